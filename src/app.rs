@@ -1,0 +1,304 @@
+//! The operations behind the CLI commands, on a loaded config: run cycles, list restore
+//! points, report status. The binary only parses arguments and prints.
+
+use crate::azure::AzureBlobs;
+use crate::blobs::{BlobError, BlobRef, PageBlobs};
+use crate::config::{BlobPath, Config, DiskConfig};
+use crate::cycle::machine::{CycleRecord, CycleStats};
+use crate::cycle::runner::{
+    kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_DISK, TAG_SOURCE_SNAPSHOT,
+};
+use crate::state::{StateError, StateStore};
+use futures::StreamExt;
+use serde::Serialize;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("unknown disk '{name}' (configured disks: {known})")]
+    UnknownDisk { name: String, known: String },
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("disk {disk} is being backed up by another snapback process (lock {path} is held)")]
+    Busy { disk: String, path: PathBuf },
+    #[error("cannot create lock file {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub fn blob_ref(p: &BlobPath) -> BlobRef {
+    BlobRef::new(&p.account, &p.container, &p.blob)
+}
+
+pub fn disk_spec(d: &DiskConfig) -> DiskSpec {
+    DiskSpec {
+        name: d.name.clone(),
+        source: blob_ref(&d.source),
+        backup: blob_ref(&d.backup),
+        concurrency: d.concurrency,
+    }
+}
+
+/// The result of one disk's cycle, as reported by `backup` and logged.
+#[derive(Debug)]
+pub struct CycleReport {
+    pub disk: String,
+    pub seconds: f64,
+    pub result: Result<CycleRecord, CycleError>,
+}
+
+/// One restore point, as `list` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestorePoint {
+    /// The backup snapshot's timestamp, as Azure returns it.
+    pub snapshot: String,
+    /// The source snapshot it captured.
+    pub source_snapshot: String,
+    pub size: u64,
+}
+
+/// Per-disk status, as `status` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskStatus {
+    pub disk: String,
+    pub source: String,
+    pub backup: String,
+    /// Phase of the unfinished cycle, or "idle".
+    pub phase: String,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub last_cycle: Option<LastCycle>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastCycle {
+    pub kind: &'static str,
+    pub backup_snapshot: Option<String>,
+    pub source_snapshot: Option<String>,
+    pub bytes_written: u64,
+    pub bytes_cleared: u64,
+    pub ranges: u64,
+    pub requests: u64,
+    pub seconds: i64,
+}
+
+pub struct App {
+    pub config: Config,
+    pub blobs: Arc<dyn PageBlobs>,
+    pub store: StateStore,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl App {
+    /// Opens storage clients (reading secrets) and the state database.
+    pub fn open(config: Config) -> Result<App, AppError> {
+        let blobs = Arc::new(AzureBlobs::new(config.accounts.values())?);
+        Self::with_blobs(config, blobs)
+    }
+
+    pub fn with_blobs(config: Config, blobs: Arc<dyn PageBlobs>) -> Result<App, AppError> {
+        let store = StateStore::open(&config.state_dir)?;
+        Ok(App {
+            config,
+            blobs,
+            store,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// The named disks (all when `names` is empty); an unknown name is an error naming it.
+    pub fn select_disks(&self, names: &[String]) -> Result<Vec<DiskConfig>, AppError> {
+        if names.is_empty() {
+            return Ok(self.config.disks.clone());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.config
+                    .disk(n)
+                    .cloned()
+                    .ok_or_else(|| AppError::UnknownDisk {
+                        name: n.clone(),
+                        known: self.known_disks(),
+                    })
+            })
+            .collect()
+    }
+
+    fn known_disks(&self) -> String {
+        let names: Vec<_> = self.config.disks.iter().map(|d| d.name.as_str()).collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// Takes the disk's lock file: two processes never work on one disk. The lock is
+    /// released when the returned file is dropped (or the process dies).
+    pub fn lock_disk(&self, disk: &str) -> Result<File, AppError> {
+        let dir = self.config.state_dir.join("locks");
+        let path = dir.join(format!("{disk}.lock"));
+        let lock_err = |source| AppError::Lock {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(lock_err)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Busy {
+                disk: disk.to_string(),
+                path,
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+        }
+    }
+
+    /// Runs (or resumes) one cycle of one disk, logging one line with its result.
+    pub async fn run_disk(&self, disk: &DiskConfig, stop: CancellationToken) -> CycleReport {
+        let started = Instant::now();
+        let result = self.run_disk_inner(disk, stop).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(rec) => {
+                let s = rec.stats;
+                tracing::info!(
+                    disk = %disk.name,
+                    kind = kind_label(rec.kind),
+                    seconds = format!("{seconds:.2}"),
+                    bytes_written = s.bytes_written,
+                    bytes_cleared = s.bytes_cleared,
+                    ranges = s.ranges,
+                    requests = s.requests,
+                    restore_point = rec.backup_snapshot.as_deref().unwrap_or(""),
+                    result = "ok",
+                    "cycle finished"
+                );
+            }
+            Err(e) => {
+                if let Err(se) =
+                    self.store
+                        .record_error(&disk.name, &e.to_string(), self.clock.now())
+                {
+                    tracing::error!(disk = %disk.name, error = %se, "cannot record the error");
+                }
+                tracing::error!(disk = %disk.name, seconds = format!("{seconds:.2}"), result = "error", error = %e, "cycle failed");
+            }
+        }
+        CycleReport {
+            disk: disk.name.clone(),
+            seconds,
+            result,
+        }
+    }
+
+    async fn run_disk_inner(
+        &self,
+        disk: &DiskConfig,
+        stop: CancellationToken,
+    ) -> Result<CycleRecord, CycleError> {
+        let _lock = self.lock_disk(&disk.name).map_err(|e| CycleError::Blob {
+            disk: disk.name.clone(),
+            source: BlobError::Config(e.to_string()),
+        })?;
+        let spec = disk_spec(disk);
+        let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
+        runner.stop = stop;
+        runner.run_cycle().await
+    }
+
+    /// Runs one cycle for each disk, at most `max_concurrent_cycles` at a time.
+    pub async fn backup(&self, disks: &[DiskConfig], stop: CancellationToken) -> Vec<CycleReport> {
+        futures::stream::iter(disks)
+            .map(|d| self.run_disk(d, stop.clone()))
+            .buffer_unordered(self.config.max_concurrent_cycles.max(1))
+            .collect()
+            .await
+    }
+
+    /// Restore points of a disk, oldest first, read from the backup account: the snapshots
+    /// snapback tagged for this disk (so the list survives the loss of the state directory).
+    pub async fn list(&self, disk: &DiskConfig) -> Result<Vec<RestorePoint>, AppError> {
+        let backup = blob_ref(&disk.backup);
+        let snapshots = self.blobs.list_snapshots(&backup).await?;
+        Ok(snapshots
+            .into_iter()
+            .filter(|s| s.metadata.get(TAG_DISK) == Some(&disk.name))
+            .map(|s| RestorePoint {
+                source_snapshot: s
+                    .metadata
+                    .get(TAG_SOURCE_SNAPSHOT)
+                    .cloned()
+                    .unwrap_or_default(),
+                snapshot: s.snapshot,
+                size: s.size,
+            })
+            .collect())
+    }
+
+    /// Status of every configured disk, from the state database (no network).
+    pub fn status(&self) -> Result<Vec<DiskStatus>, AppError> {
+        let mut out = Vec::new();
+        for d in &self.config.disks {
+            let state = self.store.disk(&d.name)?.unwrap_or_default();
+            let open = self.store.open_cycle(&d.name)?;
+            let last = self.store.last_finished_cycle(&d.name)?;
+            out.push(DiskStatus {
+                disk: d.name.clone(),
+                source: d.source.to_string(),
+                backup: d.backup.to_string(),
+                phase: open
+                    .map(|c| c.phase.as_str().to_string())
+                    .unwrap_or_else(|| "idle".into()),
+                last_success: state.last_success_at.map(format_time),
+                last_error: state.last_error,
+                last_cycle: last.map(|c| last_cycle(&c)),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn last_cycle(c: &CycleRecord) -> LastCycle {
+    let CycleStats {
+        bytes_written,
+        bytes_cleared,
+        ranges,
+        requests,
+    } = c.stats;
+    LastCycle {
+        kind: kind_label(c.kind),
+        backup_snapshot: c.backup_snapshot.clone(),
+        source_snapshot: c.source_snapshot.clone(),
+        bytes_written,
+        bytes_cleared,
+        ranges,
+        requests,
+        seconds: c.finished_at.unwrap_or(c.started_at) - c.started_at,
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub fn format_time(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}

@@ -1,0 +1,716 @@
+//! The only code in snapback that speaks HTTP.
+//!
+//! [`AzureBlobs`] implements [`PageBlobs`] on the Azure SDK for Rust 1.x (`azure_storage_blob`
+//! over `azure_core`'s pipeline). Where the SDK has no operation we add the smallest piece on
+//! the same pipeline: Shared Key signing ([`shared_key`]) and the Get Page Ranges diff
+//! ([`page_list`]). Why this layout: see `docs/azure.md`.
+//!
+//! Retries: every request goes through the SDK's retry policy (exponential backoff with
+//! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`].
+
+pub mod page_list;
+pub mod shared_key;
+
+use crate::blobs::{
+    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, Metadata, PageBlobs, PageList,
+    PageListQuery, SnapshotInfo,
+};
+use crate::config::{AccountConfig, AuthConfig};
+use crate::pages::ByteRange;
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::policies::Policy;
+use azure_core::http::{
+    new_http_client, ClientOptions, Context, ExponentialRetryOptions, HttpClientOptions, Method,
+    Pipeline, Request, RequestContent, RetryOptions, Transport, Url,
+};
+use azure_storage_blob::models::{
+    BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
+    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
+    BlobClientStartCopyFromUrlResultHeaders, BlobContainerClientListBlobsOptions, HttpRange,
+    ListBlobsIncludeItem, PageBlobClientClearPagesResultHeaders, PageBlobClientUploadPagesOptions,
+    PageBlobClientUploadPagesResultHeaders,
+};
+use azure_storage_blob::{
+    BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
+};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use shared_key::{AccountKey, SasPolicy, SharedKeyPolicy};
+use std::collections::HashMap;
+use std::num::NonZero;
+use std::sync::Arc;
+
+/// The REST version we send on requests we build ourselves; the SDK's default, so every
+/// request of a run speaks the same version. ≥ 2020-10-02 is needed for diff pagination.
+const SERVICE_VERSION: &str = "2026-04-06";
+
+/// How long a SAS minted for a Copy Blob source stays valid. A cross-account copy of a large
+/// disk can take hours on a busy account; the SAS must outlive it.
+const COPY_SAS_LIFETIME: time::Duration = time::Duration::hours(48);
+
+/// How an account's requests are authorised.
+#[derive(Clone, Debug)]
+enum Auth {
+    SharedKey(AccountKey),
+    Sas(String),
+    Token(Arc<dyn TokenCredential>),
+}
+
+/// One storage account: where it is and how to sign for it.
+#[derive(Clone, Debug)]
+struct Account {
+    /// The `[accounts.KEY]` name in the config.
+    key: String,
+    /// The storage account's own name (signs Shared Key requests).
+    name: String,
+    /// Service root: `https://acct.blob.core.windows.net` or `http://127.0.0.1:10000/acct`.
+    root: Url,
+    auth: Auth,
+    options: ClientOptions,
+}
+
+/// [`PageBlobs`] over Azure Storage (or Azurite).
+#[derive(Clone, Debug)]
+pub struct AzureBlobs {
+    accounts: HashMap<String, Account>,
+}
+
+/// Retry policy for all requests. Values: the first retry after 500 ms, doubling to at most
+/// 30 s, for at most 10 tries or 5 minutes, so a throttled account (503 ServerBusy) gets time
+/// to recover but a dead endpoint fails a cycle within minutes rather than hanging it.
+pub fn retry_options() -> RetryOptions {
+    RetryOptions::exponential(ExponentialRetryOptions {
+        initial_delay: azure_core::time::Duration::milliseconds(500),
+        max_retries: 10,
+        max_total_elapsed: azure_core::time::Duration::minutes(5),
+        max_delay: azure_core::time::Duration::seconds(30),
+    })
+}
+
+impl AzureBlobs {
+    /// Builds clients for every configured account. Secrets are read here, from the
+    /// environment or files the config names; errors name the account and the variable or
+    /// file, never the secret.
+    pub fn new<'a>(accounts: impl IntoIterator<Item = &'a AccountConfig>) -> BlobResult<Self> {
+        // One HTTP client for all accounts: each SDK client would otherwise make its own
+        // connection pool. Decompression off, as the blob SDK requires for ranged reads.
+        let transport = Transport::new(new_http_client(Some(HttpClientOptions {
+            automatic_decompression: false,
+            ..Default::default()
+        })));
+        let mut out = HashMap::new();
+        for cfg in accounts {
+            let auth = load_auth(cfg)?;
+            let mut options = ClientOptions {
+                transport: Some(transport.clone()),
+                retry: retry_options(),
+                ..Default::default()
+            };
+            match &auth {
+                Auth::SharedKey(key) => options
+                    .per_try_policies
+                    .push(SharedKeyPolicy::new(&cfg.account_name, key.clone())),
+                Auth::Sas(token) => options.per_try_policies.push(SasPolicy::new(token)),
+                Auth::Token(_) => {}
+            }
+            out.insert(
+                cfg.key.clone(),
+                Account {
+                    key: cfg.key.clone(),
+                    name: cfg.account_name.clone(),
+                    root: cfg.endpoint.clone(),
+                    auth,
+                    options,
+                },
+            );
+        }
+        Ok(AzureBlobs { accounts: out })
+    }
+
+    fn account(&self, blob: &BlobRef) -> BlobResult<&Account> {
+        self.accounts.get(&blob.account).ok_or_else(|| {
+            BlobError::Config(format!("no account '{}' is configured", blob.account))
+        })
+    }
+
+    fn credential(account: &Account) -> Option<Arc<dyn TokenCredential>> {
+        match &account.auth {
+            Auth::Token(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    fn blob_url(account: &Account, container: &str, blob: Option<&str>) -> Url {
+        let mut url = account.root.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().push(container);
+            if let Some(blob) = blob {
+                segs.extend(blob.split('/'));
+            }
+        }
+        url
+    }
+
+    fn blob_client(&self, blob: &BlobRef) -> BlobResult<BlobClient> {
+        let account = self.account(blob)?;
+        let url = Self::blob_url(account, &blob.container, Some(&blob.blob));
+        BlobClient::new(
+            url,
+            Self::credential(account),
+            Some(BlobClientOptions {
+                client_options: account.options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| BlobError::Config(format!("{blob}: {e}")))
+    }
+
+    fn container_client(&self, blob: &BlobRef) -> BlobResult<BlobContainerClient> {
+        let account = self.account(blob)?;
+        let url = Self::blob_url(account, &blob.container, None);
+        BlobContainerClient::new(
+            url,
+            Self::credential(account),
+            Some(BlobContainerClientOptions {
+                client_options: account.options.clone(),
+                ..Default::default()
+            }),
+        )
+        .map_err(|e| BlobError::Config(format!("{}/{}: {e}", blob.account, blob.container)))
+    }
+
+    /// A URL the *other* account's service can read `blob` (or a snapshot) from, for Copy Blob.
+    fn readable_source_url(&self, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult<Url> {
+        let account = self.account(blob)?;
+        let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
+        if let Some(s) = snapshot {
+            url.query_pairs_mut().append_pair("snapshot", s);
+        }
+        let sas = match &account.auth {
+            Auth::SharedKey(key) => {
+                let expiry = (time::OffsetDateTime::now_utc() + COPY_SAS_LIFETIME)
+                    .replace_nanosecond(0)
+                    .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|e| BlobError::Config(e.to_string()))?;
+                shared_key::blob_read_sas(
+                    &account.name,
+                    key,
+                    &blob.container,
+                    &blob.blob,
+                    snapshot,
+                    &expiry,
+                )
+            }
+            Auth::Sas(token) => token.trim_start_matches('?').to_string(),
+            Auth::Token(_) => {
+                return Err(BlobError::Config(format!(
+                    "account '{}' uses a managed identity: a cross-account Copy Blob needs a SAS \
+                     for {blob}; configure sas_token_env/sas_token_file for that account",
+                    account.key
+                )))
+            }
+        };
+        let query = match url.query() {
+            Some(q) => format!("{q}&{sas}"),
+            None => sas,
+        };
+        url.set_query(Some(&query));
+        Ok(url)
+    }
+}
+
+/// Reads the account's secret from where the config points.
+fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
+    let read_env = |var: &str| {
+        std::env::var(var).map_err(|_| {
+            BlobError::Config(format!(
+                "account '{}': environment variable {var} is not set",
+                cfg.key
+            ))
+        })
+    };
+    let read_file = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            BlobError::Config(format!(
+                "account '{}': cannot read {}: {e}",
+                cfg.key,
+                path.display()
+            ))
+        })
+    };
+    let key = |text: String, source: String| {
+        AccountKey::from_base64(&text)
+            .map(Auth::SharedKey)
+            .map_err(|e| BlobError::Config(format!("account '{}': {source}: {e}", cfg.key)))
+    };
+    match &cfg.auth {
+        AuthConfig::SharedKeyEnv(var) => key(read_env(var)?, var.clone()),
+        AuthConfig::SharedKeyFile(path) => key(read_file(path)?, path.display().to_string()),
+        AuthConfig::SasTokenEnv(var) => Ok(Auth::Sas(read_env(var)?.trim().to_string())),
+        AuthConfig::SasTokenFile(path) => Ok(Auth::Sas(read_file(path)?.trim().to_string())),
+        AuthConfig::ManagedIdentity { client_id } => {
+            let err = |e: azure_core::Error| {
+                BlobError::Config(format!("account '{}': managed identity: {e}", cfg.key))
+            };
+            // Workload identity (AKS) is announced by its token file; otherwise IMDS.
+            if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+                let cred = azure_identity::WorkloadIdentityCredential::new(None).map_err(err)?;
+                Ok(Auth::Token(cred))
+            } else {
+                let options = azure_identity::ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id
+                        .clone()
+                        .map(azure_identity::UserAssignedId::ClientId),
+                    ..Default::default()
+                };
+                let cred =
+                    azure_identity::ManagedIdentityCredential::new(Some(options)).map_err(err)?;
+                Ok(Auth::Token(cred))
+            }
+        }
+    }
+}
+
+/// Maps an SDK error to a [`BlobError`] that names what it concerns.
+fn map_err(account: &str, what: impl Into<String>, e: azure_core::Error) -> BlobError {
+    let what = what.into();
+    match e.kind() {
+        ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
+            let status = u16::from(*status);
+            let code = error_code.clone().unwrap_or_default();
+            let message = raw_response
+                .as_ref()
+                .and_then(|r| xml_message(r.body().as_ref()))
+                .unwrap_or_default();
+            if code.contains("PreviousSnapshot") {
+                return BlobError::PreviousSnapshotGone {
+                    blob: what,
+                    snapshot: String::new(),
+                };
+            }
+            match status {
+                401 | 403 => BlobError::Auth {
+                    account: account.to_string(),
+                    status,
+                    code,
+                },
+                404 => BlobError::NotFound { what, code },
+                409 if code.ends_with("AlreadyExists") => BlobError::AlreadyExists { what },
+                _ => BlobError::Service {
+                    what,
+                    status,
+                    code,
+                    message,
+                },
+            }
+        }
+        _ => BlobError::Transport {
+            what,
+            message: e.to_string(),
+        },
+    }
+}
+
+/// The `<Message>` of an Azure error body, first line only.
+fn xml_message(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Message>")? + "<Message>".len();
+    let end = text[start..].find("</Message>")? + start;
+    text[start..end].lines().next().map(str::to_string)
+}
+
+fn crc64_le(data: &[u8]) -> Vec<u8> {
+    crc::Crc::<u64>::new(&crc::CRC_64_NVME)
+        .checksum(data)
+        .to_le_bytes()
+        .to_vec()
+}
+
+fn etag_string(etag: Option<azure_core::http::Etag>) -> String {
+    etag.map(|e| e.to_string()).unwrap_or_default()
+}
+
+fn parse_copy_status(
+    status: Option<azure_storage_blob::models::CopyStatus>,
+    progress: Option<String>,
+    description: Option<String>,
+) -> Option<CopyStatus> {
+    use azure_storage_blob::models::CopyStatus as S;
+    let desc = description.unwrap_or_default();
+    Some(match status? {
+        S::Pending => {
+            let (copied, total) = progress
+                .as_deref()
+                .and_then(|p| p.split_once('/'))
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .unwrap_or((0, 0));
+            CopyStatus::Pending { copied, total }
+        }
+        S::Success => CopyStatus::Success,
+        S::Aborted => CopyStatus::Aborted(desc),
+        S::Failed => CopyStatus::Failed(desc),
+    })
+}
+
+fn snapshot_label(blob: &BlobRef, snapshot: Option<&str>) -> String {
+    match snapshot {
+        Some(s) => format!("{blob} snapshot {s}"),
+        None => blob.to_string(),
+    }
+}
+
+#[async_trait]
+impl PageBlobs for AzureBlobs {
+    async fn properties(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+    ) -> BlobResult<Option<BlobProps>> {
+        let mut client = self.blob_client(blob)?;
+        if let Some(s) = snapshot {
+            client = client
+                .with_snapshot(s)
+                .map_err(|e| map_err(&blob.account, blob.to_string(), e))?;
+        }
+        let resp = match client.get_properties(None).await {
+            Ok(r) => r,
+            Err(e) => {
+                return match map_err(&blob.account, snapshot_label(blob, snapshot), e) {
+                    BlobError::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                }
+            }
+        };
+        let bad = |e| map_err(&blob.account, blob.to_string(), e);
+        let copy = match (
+            resp.copy_id().map_err(bad)?,
+            resp.copy_status().map_err(bad)?,
+        ) {
+            (Some(id), status) => parse_copy_status(
+                status,
+                resp.copy_progress().map_err(bad)?,
+                resp.copy_status_description().map_err(bad)?,
+            )
+            .map(|s| (id, s)),
+            _ => None,
+        };
+        Ok(Some(BlobProps {
+            size: resp.content_length().map_err(bad)?.unwrap_or(0),
+            etag: etag_string(resp.etag().map_err(bad)?),
+            metadata: resp
+                .metadata()
+                .map_err(bad)?
+                .into_iter()
+                .map(|(k, v)| (k.to_lowercase(), v))
+                .collect(),
+            copy,
+        }))
+    }
+
+    async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String> {
+        let client = self.blob_client(blob)?;
+        let options = BlobClientCreateSnapshotOptions {
+            metadata: Some(metadata.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        let what = || format!("snapshot of {blob}");
+        let resp = client
+            .create_snapshot(Some(options))
+            .await
+            .map_err(|e| map_err(&blob.account, what(), e))?;
+        resp.snapshot()
+            .map_err(|e| map_err(&blob.account, what(), e))?
+            .ok_or_else(|| BlobError::Service {
+                what: what(),
+                status: 201,
+                code: "MissingSnapshotHeader".into(),
+                message: "the response carried no x-ms-snapshot".into(),
+            })
+    }
+
+    async fn list_snapshots(&self, blob: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
+        let client = self.container_client(blob)?;
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: Some(blob.blob.clone()),
+            include: Some(vec![
+                ListBlobsIncludeItem::Snapshots,
+                ListBlobsIncludeItem::Metadata,
+            ]),
+            ..Default::default()
+        };
+        let what = || format!("snapshots of {blob}");
+        let mut pages = client
+            .list_blobs(Some(options))
+            .map_err(|e| map_err(&blob.account, what(), e))?
+            .into_pages();
+        let mut out = Vec::new();
+        while let Some(page) = pages
+            .try_next()
+            .await
+            .map_err(|e| map_err(&blob.account, what(), e))?
+        {
+            let page = page
+                .into_model()
+                .map_err(|e| map_err(&blob.account, what(), e))?;
+            for item in page.blob_items {
+                let (Some(name), Some(snapshot)) = (item.name.as_ref(), item.snapshot) else {
+                    continue;
+                };
+                if name != &blob.blob {
+                    continue;
+                }
+                out.push(SnapshotInfo {
+                    snapshot,
+                    metadata: item
+                        .metadata
+                        .and_then(|m| m.values)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_lowercase(), v))
+                        .collect(),
+                    size: item.properties.and_then(|p| p.content_length).unwrap_or(0),
+                });
+            }
+        }
+        // Azurite does not list snapshots in time order; the timestamps sort as text.
+        out.sort_by(|a, b| a.snapshot.cmp(&b.snapshot));
+        Ok(out)
+    }
+
+    async fn delete_snapshot(&self, blob: &BlobRef, snapshot: &str) -> BlobResult<()> {
+        let what = || format!("{blob} snapshot {snapshot}");
+        let client = self
+            .blob_client(blob)?
+            .with_snapshot(snapshot)
+            .map_err(|e| map_err(&blob.account, what(), e))?;
+        match client.delete(None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(&blob.account, what(), e) {
+                BlobError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn page_ranges(&self, blob: &BlobRef, query: &PageListQuery<'_>) -> BlobResult<PageList> {
+        let account = self.account(blob)?;
+        let what = || match query.prev_snapshot {
+            Some(p) => format!(
+                "diff of {} against {p}",
+                snapshot_label(blob, query.snapshot)
+            ),
+            None => format!("page ranges of {}", snapshot_label(blob, query.snapshot)),
+        };
+        let mut per_try: Vec<Arc<dyn Policy>> = Vec::new();
+        if let Auth::Token(cred) = &account.auth {
+            per_try.push(Arc::new(
+                azure_core::http::policies::auth::BearerTokenAuthorizationPolicy::new(
+                    cred.clone(),
+                    vec!["https://storage.azure.com/.default"],
+                ),
+            ));
+        }
+        let pipeline = Pipeline::new(
+            option_env!("CARGO_PKG_NAME"),
+            option_env!("CARGO_PKG_VERSION"),
+            account.options.clone(),
+            Vec::new(),
+            per_try,
+            None,
+        );
+        let url = page_list::request_url(
+            &Self::blob_url(account, &blob.container, Some(&blob.blob)),
+            query,
+        );
+        let mut request = Request::new(url, Method::Get);
+        request.insert_header("x-ms-version", SERVICE_VERSION);
+        if let Some(r) = query.range {
+            request.insert_header("x-ms-range", r.http_header());
+        }
+        let resp = pipeline
+            .send(&Context::new(), &mut request, None)
+            .await
+            .map_err(|e| match map_err(&blob.account, what(), e) {
+                BlobError::PreviousSnapshotGone { blob, .. } => BlobError::PreviousSnapshotGone {
+                    blob,
+                    snapshot: query.prev_snapshot.unwrap_or_default().to_string(),
+                },
+                other => other,
+            })?;
+        let size = resp
+            .headers()
+            .get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+                "x-ms-blob-content-length",
+            ))
+            .and_then(|v| v.parse().ok());
+        let mut list =
+            page_list::parse(resp.body().as_ref()).map_err(|message| BlobError::Service {
+                what: what(),
+                status: 200,
+                code: "MalformedPageList".into(),
+                message,
+            })?;
+        list.blob_size = size;
+        Ok(list)
+    }
+
+    async fn read(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+        range: ByteRange,
+    ) -> BlobResult<Bytes> {
+        let what = || format!("{} {range}", snapshot_label(blob, snapshot));
+        let mut client = self.blob_client(blob)?;
+        if let Some(s) = snapshot {
+            client = client
+                .with_snapshot(s)
+                .map_err(|e| map_err(&blob.account, what(), e))?;
+        }
+        let len = usize::try_from(range.len())
+            .map_err(|_| BlobError::Config(format!("{}: range too large", what())))?;
+        let mut buf = vec![0u8; len];
+        let options = BlobClientDownloadOptions {
+            range: Some(HttpRange::new(range.start, range.len())),
+            parallel: NonZero::new(1),
+            partition_size: NonZero::new(len.max(1)),
+            ..Default::default()
+        };
+        let got = client
+            .download_into(&mut buf, Some(options))
+            .await
+            .map_err(|e| map_err(&blob.account, what(), e))?;
+        if got.len != len {
+            return Err(BlobError::Service {
+                what: what(),
+                status: 206,
+                code: "ShortRead".into(),
+                message: format!("got {} of {len} bytes", got.len),
+            });
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
+        let len = data.len() as u64;
+        let what = || format!("put {blob} {}", ByteRange::new(offset, offset + len));
+        let client = self.blob_client(blob)?.page_blob_client();
+        let options = PageBlobClientUploadPagesOptions {
+            transactional_content_crc64: Some(crc64_le(&data)),
+            ..Default::default()
+        };
+        let resp = client
+            .upload_pages(
+                RequestContent::from(data.to_vec()),
+                len,
+                HttpRange::new(offset, len),
+                Some(options),
+            )
+            .await
+            .map_err(|e| map_err(&blob.account, what(), e))?;
+        Ok(etag_string(
+            resp.etag().map_err(|e| map_err(&blob.account, what(), e))?,
+        ))
+    }
+
+    async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String> {
+        let what = || format!("clear {blob} {range}");
+        let client = self.blob_client(blob)?.page_blob_client();
+        let resp = client
+            .clear_pages(HttpRange::new(range.start, range.len()), None)
+            .await
+            .map_err(|e| map_err(&blob.account, what(), e))?;
+        Ok(etag_string(
+            resp.etag().map_err(|e| map_err(&blob.account, what(), e))?,
+        ))
+    }
+
+    async fn ensure_container(&self, blob: &BlobRef) -> BlobResult<()> {
+        let what = format!("container {}/{}", blob.account, blob.container);
+        match self.container_client(blob)?.create(None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(&blob.account, what, e) {
+                BlobError::AlreadyExists { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn create_page_blob(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
+        self.blob_client(blob)?
+            .page_blob_client()
+            .create(size, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&blob.account, format!("create {blob}"), e))
+    }
+
+    async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
+        self.blob_client(blob)?
+            .page_blob_client()
+            .resize(size, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&blob.account, format!("resize {blob} to {size} bytes"), e))
+    }
+
+    async fn start_copy(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+    ) -> BlobResult<String> {
+        let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
+        let url = self.readable_source_url(source, source_snapshot)?;
+        let resp = self
+            .blob_client(dest)?
+            .start_copy_from_url(url.to_string(), None)
+            .await
+            .map_err(|e| map_err(&dest.account, what(), e))?;
+        resp.copy_id()
+            .map_err(|e| map_err(&dest.account, what(), e))?
+            .ok_or_else(|| BlobError::Service {
+                what: what(),
+                status: 202,
+                code: "MissingCopyId".into(),
+                message: "the response carried no x-ms-copy-id".into(),
+            })
+    }
+
+    async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()> {
+        match self.blob_client(dest)?.abort_copy(copy_id, None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(&dest.account, format!("abort copy to {dest}"), e) {
+                BlobError::Service { status: 409, .. } | BlobError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc64_is_nvme() {
+        let le = crc64_le(b"123456789");
+        assert_eq!(
+            u64::from_le_bytes(le.try_into().unwrap()),
+            0xae8b14860a799888
+        );
+    }
+
+    #[test]
+    fn error_message_is_extracted() {
+        let body = b"<?xml version=\"1.0\"?><Error><Code>X</Code><Message>Server failed.\nRequestId:1</Message></Error>";
+        assert_eq!(xml_message(body).as_deref(), Some("Server failed."));
+    }
+}

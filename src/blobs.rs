@@ -1,0 +1,190 @@
+//! The narrow page-blob interface a backup cycle needs.
+//!
+//! The cycle runner only sees this trait. `azure::AzureBlobs` implements it over HTTP and
+//! `fake::MemBlobs` in memory, so the same cycle logic is tested fast in simulation and for
+//! real against Azurite.
+
+use crate::pages::{ByteRange, PageItem};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A page blob: account (the config's `[accounts.NAME]` key), container and blob name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobRef {
+    pub account: String,
+    pub container: String,
+    pub blob: String,
+}
+
+impl BlobRef {
+    pub fn new(account: &str, container: &str, blob: &str) -> Self {
+        BlobRef {
+            account: account.to_string(),
+            container: container.to_string(),
+            blob: blob.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for BlobRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.account, self.container, self.blob)
+    }
+}
+
+/// Metadata as Azure stores it (`x-ms-meta-*`), names lower-cased.
+pub type Metadata = BTreeMap<String, String>;
+
+/// State of an asynchronous Copy Blob, as reported on the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopyStatus {
+    Pending { copied: u64, total: u64 },
+    Success,
+    Failed(String),
+    Aborted(String),
+}
+
+/// What Get Blob Properties tells us about a blob or snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobProps {
+    pub size: u64,
+    pub etag: String,
+    pub metadata: Metadata,
+    /// Present when the blob is or was the destination of a Copy Blob.
+    pub copy: Option<(String, CopyStatus)>,
+}
+
+/// One snapshot of a blob, as listed with its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The snapshot's timestamp exactly as Azure returns it (it is also its identifier).
+    pub snapshot: String,
+    pub metadata: Metadata,
+    pub size: u64,
+}
+
+/// One result page of Get Page Ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageList {
+    /// Items in document (offset) order: page and clear ranges interleaved.
+    pub items: Vec<PageItem>,
+    /// Opaque continuation; `None` when the listing is complete.
+    pub next_marker: Option<String>,
+    /// `x-ms-blob-content-length` of the listed blob or snapshot, when sent.
+    pub blob_size: Option<u64>,
+}
+
+/// A Get Page Ranges request.
+#[derive(Clone, Debug, Default)]
+pub struct PageListQuery<'a> {
+    /// List this snapshot (None: the base blob).
+    pub snapshot: Option<&'a str>,
+    /// Diff against this older snapshot (`prevsnapshot`).
+    pub prev_snapshot: Option<&'a str>,
+    /// Only this part of the blob (`x-ms-range`), for huge blobs.
+    pub range: Option<ByteRange>,
+    pub marker: Option<&'a str>,
+    pub max_results: Option<u32>,
+}
+
+/// Errors of the blob layer. Each names the blob (and snapshot) it concerns, so a log line
+/// is enough to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("{what} not found ({code})")]
+    NotFound { what: String, code: String },
+    #[error("the diff base snapshot {snapshot} of {blob} no longer exists")]
+    PreviousSnapshotGone { blob: String, snapshot: String },
+    #[error(
+        "authentication failed for account '{account}' ({status} {code}): check its key, SAS \
+         token or identity"
+    )]
+    Auth {
+        account: String,
+        status: u16,
+        code: String,
+    },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error("{what}: {status} {code}: {message}")]
+    Service {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{what}: {message}")]
+    Transport { what: String, message: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl BlobError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BlobError::NotFound { .. })
+    }
+}
+
+pub type BlobResult<T> = Result<T, BlobError>;
+
+/// The page-blob operations a backup cycle needs. Implementations retry transient failures
+/// themselves; an error returned here is final for this attempt.
+#[async_trait]
+pub trait PageBlobs: Send + Sync {
+    /// Properties of a blob, or of one of its snapshots. `Ok(None)` if it does not exist.
+    async fn properties(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+    ) -> BlobResult<Option<BlobProps>>;
+
+    /// Snapshot Blob with metadata; returns the new snapshot's timestamp.
+    async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String>;
+
+    /// All snapshots of `blob` with their metadata, oldest first.
+    async fn list_snapshots(&self, blob: &BlobRef) -> BlobResult<Vec<SnapshotInfo>>;
+
+    /// Deletes one snapshot. Deleting a snapshot that is already gone succeeds.
+    async fn delete_snapshot(&self, blob: &BlobRef, snapshot: &str) -> BlobResult<()>;
+
+    /// One page of Get Page Ranges (full listing, or diff with `prev_snapshot`).
+    async fn page_ranges(&self, blob: &BlobRef, query: &PageListQuery<'_>) -> BlobResult<PageList>;
+
+    /// Reads `range` of a snapshot (or of the base blob when `snapshot` is None).
+    async fn read(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+        range: ByteRange,
+    ) -> BlobResult<Bytes>;
+
+    /// Put Page: writes `data` at `offset` (page aligned, at most 4 MiB), with a transactional
+    /// checksum. Returns the blob's new ETag.
+    async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String>;
+
+    /// Clear Page over `range`. Returns the blob's new ETag.
+    async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String>;
+
+    /// Creates the container if it does not exist.
+    async fn ensure_container(&self, blob: &BlobRef) -> BlobResult<()>;
+
+    /// Creates (or replaces) a page blob of `size` bytes, all zero.
+    async fn create_page_blob(&self, blob: &BlobRef, size: u64) -> BlobResult<()>;
+
+    /// Sets the page blob's size (grows with zero pages, or truncates).
+    async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()>;
+
+    /// Starts an asynchronous Copy Blob of `source` (one of its snapshots) over `dest`; returns
+    /// the copy id. Cross-account reads are authorised by the implementation.
+    async fn start_copy(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+    ) -> BlobResult<String>;
+
+    /// Aborts a pending copy (ignores "no pending copy").
+    async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()>;
+}

@@ -1,0 +1,6 @@
+//! One backup cycle of one disk: the pure state machine ([`machine`]), its executor
+//! ([`runner`]) and a request meter ([`metered`]).
+
+pub mod machine;
+pub mod metered;
+pub mod runner;

@@ -1,0 +1,588 @@
+//! Executes a cycle's actions against a [`PageBlobs`] and persists the record after each.
+//!
+//! The runner owns no decisions: `machine` says what to do next, the runner does it,
+//! reconciling with what storage holds first (tagged snapshots) so that repeating an action
+//! after a crash never duplicates its effect.
+
+use super::machine::{self, Action, CycleKind, CycleRecord, CycleStats, Outcome, Phase};
+use super::metered::Metered;
+use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs, PageListQuery};
+use crate::pages::{round_up_to_page, ByteRange, Coalescer, PageOp, MAX_PUT_BYTES};
+use crate::state::{StateError, StateStore};
+use futures::{stream, StreamExt, TryStreamExt};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Metadata names on the snapshots snapback creates (see docs/design.md, "Metadata tags").
+pub const TAG_DISK: &str = "snapback_disk";
+pub const TAG_CYCLE: &str = "snapback_cycle";
+pub const TAG_SOURCE_SNAPSHOT: &str = "snapback_source_snapshot";
+
+/// How often the apply checkpoint is written at most. A crash re-applies at most this much
+/// work; each write is one small SQLite transaction.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A disk as the runner needs it.
+#[derive(Clone, Debug)]
+pub struct DiskSpec {
+    pub name: String,
+    pub source: BlobRef,
+    pub backup: BlobRef,
+    /// Parallel page requests during apply.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("disk {disk}: {source}")]
+    Blob {
+        disk: String,
+        #[source]
+        source: BlobError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Machine(#[from] machine::InvalidTransition),
+    #[error("disk {disk}: stopped at a checkpoint (phase {phase}); the next run resumes it")]
+    Interrupted { disk: String, phase: &'static str },
+}
+
+/// The clock, injected so tests control time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> i64;
+}
+
+/// Wall-clock seconds since the Unix epoch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+pub struct Runner<'a> {
+    /// Storage, behind a meter that counts requests and diff ranges for the cycle's stats.
+    pub blobs: Metered<'a>,
+    pub store: &'a StateStore,
+    pub clock: &'a dyn Clock,
+    pub disk: &'a DiskSpec,
+    /// Cancelled on shutdown: the runner stops at the next checkpoint.
+    pub stop: CancellationToken,
+    /// First and longest wait between copy status polls.
+    pub copy_poll: (Duration, Duration),
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(
+        blobs: &'a dyn PageBlobs,
+        store: &'a StateStore,
+        clock: &'a dyn Clock,
+        disk: &'a DiskSpec,
+    ) -> Self {
+        Runner {
+            blobs: Metered::new(blobs),
+            store,
+            clock,
+            disk,
+            stop: CancellationToken::new(),
+            copy_poll: (Duration::from_millis(200), Duration::from_secs(15)),
+        }
+    }
+
+    fn blob_err(&self, source: BlobError) -> CycleError {
+        CycleError::Blob {
+            disk: self.disk.name.clone(),
+            source,
+        }
+    }
+
+    /// The disk's unfinished cycle, or a new one (invariant 1: never two at once).
+    pub fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
+        let d = self.disk;
+        let state =
+            self.store
+                .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
+        if let Some(rec) = self.store.open_cycle(&d.name)? {
+            return Ok(rec);
+        }
+        let rec = CycleRecord::new(
+            &d.name,
+            random_tag(),
+            state.base_snapshot,
+            state.backup_etag,
+            self.clock.now(),
+        );
+        Ok(self.store.insert_cycle(rec)?)
+    }
+
+    /// Runs (or resumes) one cycle to the end.
+    pub async fn run_cycle(&self) -> Result<CycleRecord, CycleError> {
+        let mut rec = self.open_or_resume()?;
+        while self.step(&mut rec).await? {}
+        Ok(rec)
+    }
+
+    /// Executes the next action and persists its outcome. Returns false once the cycle is done.
+    pub async fn step(&self, rec: &mut CycleRecord) -> Result<bool, CycleError> {
+        let Some(action) = machine::next_action(rec) else {
+            return Ok(false);
+        };
+        if self.stop.is_cancelled() {
+            return Err(CycleError::Interrupted {
+                disk: rec.disk.clone(),
+                phase: rec.phase.as_str(),
+            });
+        }
+        let outcome = self.execute(action, rec).await?;
+        self.commit(rec, outcome)?;
+        Ok(rec.phase != Phase::Done)
+    }
+
+    fn commit(&self, rec: &mut CycleRecord, outcome: Outcome) -> Result<(), CycleError> {
+        if let Outcome::Repair { reason } = &outcome {
+            tracing::warn!(disk = %rec.disk, reason = %reason, "cannot apply a diff onto this backup; re-seeding (earlier restore points are kept)");
+        }
+        machine::advance(rec, outcome, self.clock.now())?;
+        let (requests, ranges) = self.blobs.take_counts();
+        rec.stats.requests += requests;
+        rec.stats.ranges += ranges;
+        self.store.save_cycle(rec, self.clock.now())?;
+        Ok(())
+    }
+
+    /// Performs one action, reconciling with storage first. Public so tests can simulate a
+    /// crash between an action's effect and its persistence.
+    pub async fn execute(
+        &self,
+        action: Action,
+        rec: &mut CycleRecord,
+    ) -> Result<Outcome, CycleError> {
+        let r = match action {
+            Action::TakeSourceSnapshot => self.take_source_snapshot(rec).await,
+            Action::CheckDiffBase => self.check_diff_base(rec).await,
+            Action::ApplyDiff => return self.apply(rec).await,
+            Action::StartCopy => self.start_copy(rec).await,
+            Action::AwaitCopy => self.await_copy(rec).await,
+            Action::TakeBackupSnapshot => self.take_backup_snapshot(rec).await,
+            Action::PruneSource => self.prune_source(rec).await,
+        };
+        r.map_err(|e| self.blob_err(e))
+    }
+
+    fn tags(&self, rec: &CycleRecord) -> Metadata {
+        Metadata::from([
+            (TAG_DISK.to_string(), rec.disk.clone()),
+            (TAG_CYCLE.to_string(), rec.tag.clone()),
+        ])
+    }
+
+    async fn find_tagged(
+        &self,
+        blob: &BlobRef,
+        tag: &str,
+    ) -> Result<Option<(String, u64)>, BlobError> {
+        Ok(self
+            .blobs
+            .list_snapshots(blob)
+            .await?
+            .into_iter()
+            .find(|s| s.metadata.get(TAG_CYCLE).map(String::as_str) == Some(tag))
+            .map(|s| (s.snapshot, s.size)))
+    }
+
+    async fn take_source_snapshot(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+        let source = &self.disk.source;
+        // Invariant 9: this is the first request of a cycle; a missing source or a bad key
+        // fails here, before anything is written anywhere.
+        if let Some((snapshot, size)) = self.find_tagged(source, &rec.tag).await? {
+            return Ok(Outcome::SourceSnapshot { snapshot, size });
+        }
+        let snapshot = self.blobs.create_snapshot(source, &self.tags(rec)).await?;
+        let props = self
+            .blobs
+            .properties(source, Some(&snapshot))
+            .await?
+            .ok_or_else(|| BlobError::NotFound {
+                what: format!("{source} snapshot {snapshot}"),
+                code: "BlobNotFound".into(),
+            })?;
+        Ok(Outcome::SourceSnapshot {
+            snapshot,
+            size: props.size,
+        })
+    }
+
+    async fn check_diff_base(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+        let backup = &self.disk.backup;
+        let Some(props) = self.blobs.properties(backup, None).await? else {
+            return Ok(Outcome::Repair {
+                reason: format!("backup blob {backup} does not exist"),
+            });
+        };
+        if !rec.backup_touched {
+            if let Some(expected) = &rec.expected_backup_etag {
+                if &props.etag != expected {
+                    return Ok(Outcome::Repair {
+                        reason: format!(
+                            "backup blob {backup} was modified since the last restore point \
+                             (ETag {} instead of {expected})",
+                            props.etag
+                        ),
+                    });
+                }
+            }
+        }
+        let base = rec.base_snapshot.as_deref().unwrap_or_default();
+        if self
+            .blobs
+            .properties(&self.disk.source, Some(base))
+            .await?
+            .is_none()
+        {
+            return Ok(Outcome::Repair {
+                reason: format!(
+                    "diff base snapshot {base} of {} was deleted",
+                    self.disk.source
+                ),
+            });
+        }
+        Ok(Outcome::DiffBaseOk)
+    }
+
+    /// Applies the diff `S(n-1)..S(n)` from the checkpoint on, persisting progress as it goes.
+    async fn apply(&self, rec: &mut CycleRecord) -> Result<Outcome, CycleError> {
+        let (source, backup) = (&self.disk.source, &self.disk.backup);
+        let (Some(snapshot), Some(base)) = (rec.source_snapshot.clone(), rec.base_snapshot.clone())
+        else {
+            return Err(self.blob_err(BlobError::Config(
+                "apply without source snapshot or diff base".into(),
+            )));
+        };
+        let size = rec.source_size;
+        // A source that grew (or shrank) is matched first, so every put lands inside the blob.
+        let props = self
+            .blobs
+            .properties(backup, None)
+            .await
+            .map_err(|e| self.blob_err(e))?;
+        let mut stats = CycleStats::default();
+        match props {
+            Some(p) if p.size == size => {}
+            Some(_) => {
+                self.blobs
+                    .resize(backup, round_up_to_page(size))
+                    .await
+                    .map_err(|e| self.blob_err(e))?;
+                rec.backup_touched = true;
+            }
+            None => {
+                return Ok(Outcome::Repair {
+                    reason: format!("backup blob {backup} disappeared"),
+                })
+            }
+        }
+
+        let window = ByteRange::new(rec.applied_upto, size);
+        let ops = diff_ops(&self.blobs, source, &snapshot, &base, window);
+        let concurrency = self.disk.concurrency.max(1);
+        let snap: &str = &snapshot;
+        let results = ops
+            .map_ok(|op| async move {
+                let mut s = CycleStats::default();
+                self.run_op(op, snap, &mut s).await?;
+                Ok::<_, BlobError>((op, s))
+            })
+            .try_buffered(concurrency);
+        let mut results = std::pin::pin!(results);
+
+        let mut last_save = Instant::now();
+        let mut upto = rec.applied_upto;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => None,
+                n = results.next() => Some(n),
+            };
+            let item = match next {
+                // Stopped: keep what is checkpointed; in-flight requests are idempotent.
+                None => {
+                    self.commit(
+                        rec,
+                        Outcome::Applied {
+                            upto,
+                            done: false,
+                            stats,
+                        },
+                    )?;
+                    return Err(CycleError::Interrupted {
+                        disk: rec.disk.clone(),
+                        phase: Phase::Apply.as_str(),
+                    });
+                }
+                Some(None) => break,
+                Some(Some(item)) => item,
+            };
+            match item {
+                Ok((op, s)) => {
+                    // try_buffered yields in order, so every op before this one is done.
+                    upto = op.range().end;
+                    stats.add(&s);
+                }
+                Err(BlobError::PreviousSnapshotGone { snapshot, .. }) => {
+                    self.commit(
+                        rec,
+                        Outcome::Applied {
+                            upto,
+                            done: false,
+                            stats,
+                        },
+                    )?;
+                    return Ok(Outcome::Repair {
+                        reason: format!("diff base snapshot {snapshot} was deleted during apply"),
+                    });
+                }
+                Err(BlobError::NotFound { what, .. }) if what.contains(&snapshot) => {
+                    self.commit(
+                        rec,
+                        Outcome::Applied {
+                            upto,
+                            done: false,
+                            stats,
+                        },
+                    )?;
+                    return Ok(Outcome::SourceSnapshotGone);
+                }
+                Err(e) => {
+                    self.commit(
+                        rec,
+                        Outcome::Applied {
+                            upto,
+                            done: false,
+                            stats,
+                        },
+                    )?;
+                    return Err(self.blob_err(e));
+                }
+            }
+            if last_save.elapsed() >= CHECKPOINT_INTERVAL {
+                self.commit(
+                    rec,
+                    Outcome::Applied {
+                        upto,
+                        done: false,
+                        stats: std::mem::take(&mut stats),
+                    },
+                )?;
+                last_save = Instant::now();
+            }
+        }
+        Ok(Outcome::Applied {
+            upto: size,
+            done: true,
+            stats,
+        })
+    }
+
+    /// One request pair: read from `S(n)` and put, or clear. A chunk that reads back as all
+    /// zeros is cleared instead of written: same content, no stored pages.
+    async fn run_op(
+        &self,
+        op: PageOp,
+        snapshot: &str,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        let backup = &self.disk.backup;
+        match op {
+            PageOp::Put(r) => {
+                let data = self
+                    .blobs
+                    .read(&self.disk.source, Some(snapshot), r)
+                    .await?;
+                if data.iter().all(|b| *b == 0) {
+                    self.blobs.clear_pages(backup, r).await?;
+                    stats.bytes_cleared += r.len();
+                } else {
+                    self.blobs.put_pages(backup, r.start, data).await?;
+                    stats.bytes_written += r.len();
+                }
+            }
+            PageOp::Clear(r) => {
+                self.blobs.clear_pages(backup, r).await?;
+                stats.bytes_cleared += r.len();
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_copy(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+        let (source, backup) = (&self.disk.source, &self.disk.backup);
+        let snapshot = rec.source_snapshot.as_deref();
+        self.blobs.ensure_container(backup).await?;
+        // A copy left pending by a crash before its id was recorded would make ours fail.
+        if let Some(BlobPropsCopy { id, pending: true }) = self.copy_state(backup).await? {
+            self.blobs.abort_copy(backup, &id).await?;
+        }
+        match self.blobs.start_copy(backup, source, snapshot).await {
+            Ok(copy_id) => Ok(Outcome::CopyStarted { copy_id }),
+            Err(BlobError::NotFound { what, .. }) if what.contains(snapshot.unwrap_or("\0")) => {
+                Ok(Outcome::SourceSnapshotGone)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn copy_state(&self, blob: &BlobRef) -> Result<Option<BlobPropsCopy>, BlobError> {
+        Ok(self.blobs.properties(blob, None).await?.and_then(|p| {
+            p.copy.map(|(id, status)| BlobPropsCopy {
+                id,
+                pending: matches!(status, CopyStatus::Pending { .. }),
+            })
+        }))
+    }
+
+    async fn await_copy(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+        let backup = &self.disk.backup;
+        let copy_id = rec.copy_id.clone().unwrap_or_default();
+        let mut wait = self.copy_poll.0;
+        loop {
+            let props = self.blobs.properties(backup, None).await?;
+            let status = match props.and_then(|p| p.copy) {
+                Some((id, status)) if id == copy_id => status,
+                _ => {
+                    return Ok(Outcome::CopyFailed {
+                        reason: format!("copy {copy_id} to {backup} is no longer there"),
+                    })
+                }
+            };
+            match status {
+                CopyStatus::Success => return Ok(Outcome::CopyDone),
+                CopyStatus::Failed(reason) | CopyStatus::Aborted(reason) => {
+                    tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
+                    return Ok(Outcome::CopyFailed { reason });
+                }
+                CopyStatus::Pending { copied, total } => {
+                    tracing::info!(disk = %rec.disk, copied, total, "seed copy in progress");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => {
+                    return Err(BlobError::Config("interrupted while waiting for the copy".into()))
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(self.copy_poll.1);
+        }
+    }
+
+    async fn take_backup_snapshot(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+        let backup = &self.disk.backup;
+        let snapshot = match self.find_tagged(backup, &rec.tag).await? {
+            Some((s, _)) => s,
+            None => {
+                let mut meta = self.tags(rec);
+                meta.insert(
+                    TAG_SOURCE_SNAPSHOT.to_string(),
+                    rec.source_snapshot.clone().unwrap_or_default(),
+                );
+                self.blobs.create_snapshot(backup, &meta).await?
+            }
+        };
+        let etag = self
+            .blobs
+            .properties(backup, None)
+            .await?
+            .map(|p| p.etag)
+            .unwrap_or_default();
+        Ok(Outcome::BackupSnapshot { snapshot, etag })
+    }
+
+    async fn prune_source(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+        let source = &self.disk.source;
+        let keep = rec.source_snapshot.as_deref().unwrap_or_default();
+        for s in self.blobs.list_snapshots(source).await? {
+            let ours = s.metadata.get(TAG_DISK) == Some(&rec.disk);
+            if ours && s.snapshot != keep {
+                self.blobs.delete_snapshot(source, &s.snapshot).await?;
+            }
+        }
+        Ok(Outcome::Pruned)
+    }
+}
+
+struct BlobPropsCopy {
+    id: String,
+    pending: bool,
+}
+
+/// The diff `base..snapshot` within `window`, as a stream of coalesced ops, fetched page by
+/// page (`NextMarker`) so that a diff of millions of ranges is never held in memory. Items
+/// are clipped to the window: a resumed apply starts exactly at its checkpoint.
+fn diff_ops<'b>(
+    blobs: &'b dyn PageBlobs,
+    source: &'b BlobRef,
+    snapshot: &'b str,
+    base: &'b str,
+    window: ByteRange,
+) -> impl stream::Stream<Item = Result<PageOp, BlobError>> + 'b {
+    struct State {
+        marker: Option<String>,
+        finished: bool,
+        coalescer: Coalescer,
+    }
+    let init = State {
+        marker: None,
+        finished: window.is_empty(),
+        coalescer: Coalescer::new(MAX_PUT_BYTES),
+    };
+    stream::try_unfold(init, move |mut st| async move {
+        if st.finished {
+            return Ok(None);
+        }
+        let query = PageListQuery {
+            snapshot: Some(snapshot),
+            prev_snapshot: Some(base),
+            range: Some(window),
+            marker: st.marker.as_deref(),
+            max_results: None,
+        };
+        let page = blobs.page_ranges(source, &query).await?;
+        let mut ops = Vec::new();
+        for item in page.items {
+            if let Some(clipped) = clip(item, &window) {
+                st.coalescer.push(clipped, &mut ops);
+            }
+        }
+        st.marker = page.next_marker;
+        if st.marker.is_none() {
+            st.finished = true;
+            st.coalescer.finish(&mut ops);
+        }
+        Ok(Some((stream::iter(ops.into_iter().map(Ok)), st)))
+    })
+    .try_flatten()
+}
+
+fn clip(item: crate::pages::PageItem, window: &ByteRange) -> Option<crate::pages::PageItem> {
+    use crate::pages::PageItem;
+    let r = item.range().intersect(window)?;
+    Some(match item {
+        PageItem::Changed(_) => PageItem::Changed(r),
+        PageItem::Cleared(_) => PageItem::Cleared(r),
+    })
+}
+
+/// 16 random hex digits: the tag of one cycle's snapshots.
+fn random_tag() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Seeds count as a full copy; used by `status` to label the kind.
+pub fn kind_label(kind: CycleKind) -> &'static str {
+    match kind {
+        CycleKind::Seed => "seed",
+        CycleKind::Incremental => "incremental",
+    }
+}

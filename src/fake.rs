@@ -1,0 +1,441 @@
+//! An in-memory [`PageBlobs`] with Azure's semantics where a cycle depends on them: snapshots
+//! are immutable copies with their own metadata, the diff reports pages *written* since the
+//! older snapshot (even with identical bytes) and pages cleared, results are paginated, and
+//! Copy Blob stays pending for a few polls. For fast simulation tests of the cycle; the same
+//! behaviour is tested for real against Azurite in `tests/`.
+
+use crate::blobs::{
+    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, Metadata, PageBlobs, PageList,
+    PageListQuery, SnapshotInfo,
+};
+use crate::pages::{ByteRange, PageItem, MAX_PUT_BYTES, PAGE_SIZE};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One stored page: its bytes and the id of the write that put them there.
+type Page = (Arc<[u8]>, u64);
+
+#[derive(Clone, Debug, Default)]
+struct Image {
+    size: u64,
+    pages: BTreeMap<u64, Page>,
+    metadata: Metadata,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Blob {
+    image: Image,
+    etag: u64,
+    snapshots: BTreeMap<String, Image>,
+    copy: Option<(String, u32)>, // copy id, polls left before success
+}
+
+#[derive(Default)]
+struct Inner {
+    blobs: HashMap<BlobRef, Blob>,
+    containers: std::collections::HashSet<(String, String)>,
+    /// After this many more calls, every call fails (a simulated outage / crash point).
+    fail_after: Option<u64>,
+}
+
+/// In-memory page blob storage. Cloning shares the same storage.
+#[derive(Clone, Default)]
+pub struct MemBlobs {
+    inner: Arc<Mutex<Inner>>,
+    clock: Arc<AtomicU64>,
+    /// Items per Get Page Ranges result page (small, to exercise `NextMarker`).
+    pub page_size: usize,
+    /// Polls a copy stays pending.
+    pub copy_polls: u32,
+}
+
+impl MemBlobs {
+    pub fn new() -> Self {
+        MemBlobs {
+            page_size: 3,
+            copy_polls: 2,
+            ..Default::default()
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Makes every call fail after `n` more calls succeed (None: never).
+    pub fn fail_after(&self, n: Option<u64>) {
+        self.lock().fail_after = n;
+    }
+
+    fn gate(&self) -> BlobResult<MutexGuard<'_, Inner>> {
+        let mut g = self.lock();
+        match g.fail_after {
+            Some(0) => Err(BlobError::Transport {
+                what: "fake".into(),
+                message: "injected failure".into(),
+            }),
+            Some(n) => {
+                g.fail_after = Some(n - 1);
+                Ok(g)
+            }
+            None => Ok(g),
+        }
+    }
+
+    /// Test helper: writes `data` at `offset` into the base blob (creating it if needed).
+    pub fn write(&self, blob: &BlobRef, offset: u64, data: &[u8]) {
+        let id = self.tick();
+        let mut g = self.lock();
+        let b = g.blobs.entry(blob.clone()).or_default();
+        write_pages(&mut b.image, offset, data, id);
+        b.image.size = b
+            .image
+            .size
+            .max((offset + data.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE);
+        b.etag = id;
+    }
+
+    /// Test helper: the full content of a blob or snapshot.
+    pub fn content(&self, blob: &BlobRef, snapshot: Option<&str>) -> Option<Vec<u8>> {
+        let g = self.lock();
+        let b = g.blobs.get(blob)?;
+        let img = match snapshot {
+            Some(s) => b.snapshots.get(s)?,
+            None => &b.image,
+        };
+        Some(read_image(img, ByteRange::new(0, img.size)))
+    }
+
+    /// Test helper: snapshot ids of a blob.
+    pub fn snapshot_ids(&self, blob: &BlobRef) -> Vec<String> {
+        self.lock()
+            .blobs
+            .get(blob)
+            .map(|b| b.snapshots.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn write_pages(img: &mut Image, offset: u64, data: &[u8], id: u64) {
+    for (i, chunk) in data.chunks(PAGE_SIZE as usize).enumerate() {
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        page[..chunk.len()].copy_from_slice(chunk);
+        img.pages
+            .insert(offset / PAGE_SIZE + i as u64, (page.into(), id));
+    }
+}
+
+fn read_image(img: &Image, r: ByteRange) -> Vec<u8> {
+    let mut out = vec![0u8; r.len() as usize];
+    for (&idx, (data, _)) in img
+        .pages
+        .range(r.start / PAGE_SIZE..r.end.div_ceil(PAGE_SIZE))
+    {
+        let page = ByteRange::new(idx * PAGE_SIZE, (idx + 1) * PAGE_SIZE);
+        if let Some(overlap) = page.intersect(&r) {
+            let src =
+                &data[(overlap.start - page.start) as usize..(overlap.end - page.start) as usize];
+            out[(overlap.start - r.start) as usize..(overlap.end - r.start) as usize]
+                .copy_from_slice(src);
+        }
+    }
+    out
+}
+
+fn not_found(what: String) -> BlobError {
+    BlobError::NotFound {
+        what,
+        code: "BlobNotFound".into(),
+    }
+}
+
+/// Pages of `new` that differ from `old` (by write), and pages only `old` has, merged into
+/// ranges and in offset order, like a real diff.
+fn diff_items(new: &Image, old: Option<&Image>) -> Vec<PageItem> {
+    let mut idx: Vec<u64> = new.pages.keys().copied().collect();
+    if let Some(old) = old {
+        idx.extend(old.pages.keys().copied());
+    }
+    idx.sort_unstable();
+    idx.dedup();
+    let mut items: Vec<PageItem> = Vec::new();
+    for i in idx {
+        let now = new.pages.get(&i).map(|p| p.1);
+        let before = old.and_then(|o| o.pages.get(&i).map(|p| p.1));
+        let r = ByteRange::new(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+        let item = match (now, before) {
+            (Some(a), Some(b)) if a == b => continue,
+            (Some(_), _) => PageItem::Changed(r),
+            (None, Some(_)) => PageItem::Cleared(r),
+            (None, None) => continue,
+        };
+        match (items.last_mut(), item) {
+            (Some(PageItem::Changed(p)), PageItem::Changed(r)) if p.end == r.start => p.end = r.end,
+            (Some(PageItem::Cleared(p)), PageItem::Cleared(r)) if p.end == r.start => p.end = r.end,
+            _ => items.push(item),
+        }
+    }
+    items
+}
+
+#[async_trait]
+impl PageBlobs for MemBlobs {
+    async fn properties(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+    ) -> BlobResult<Option<BlobProps>> {
+        let mut g = self.gate()?;
+        let Some(b) = g.blobs.get_mut(blob) else {
+            return Ok(None);
+        };
+        if let Some(s) = snapshot {
+            return Ok(b.snapshots.get(s).map(|img| BlobProps {
+                size: img.size,
+                etag: format!("\"{}\"", b.etag),
+                metadata: img.metadata.clone(),
+                copy: None,
+            }));
+        }
+        let copy = b.copy.as_mut().map(|(id, left)| {
+            let status = if *left == 0 {
+                CopyStatus::Success
+            } else {
+                *left -= 1;
+                CopyStatus::Pending {
+                    copied: 0,
+                    total: 0,
+                }
+            };
+            (id.clone(), status)
+        });
+        Ok(Some(BlobProps {
+            size: b.image.size,
+            etag: format!("\"{}\"", b.etag),
+            metadata: b.image.metadata.clone(),
+            copy,
+        }))
+    }
+
+    async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String> {
+        let t = self.tick();
+        let mut g = self.gate()?;
+        let b = g
+            .blobs
+            .get_mut(blob)
+            .ok_or_else(|| not_found(blob.to_string()))?;
+        let ts = format!("2026-01-01T00:00:00.{t:07}Z");
+        let mut img = b.image.clone();
+        img.metadata = metadata.clone();
+        b.snapshots.insert(ts.clone(), img);
+        Ok(ts)
+    }
+
+    async fn list_snapshots(&self, blob: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
+        let g = self.gate()?;
+        Ok(g.blobs
+            .get(blob)
+            .map(|b| {
+                b.snapshots
+                    .iter()
+                    .map(|(s, img)| SnapshotInfo {
+                        snapshot: s.clone(),
+                        metadata: img.metadata.clone(),
+                        size: img.size,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn delete_snapshot(&self, blob: &BlobRef, snapshot: &str) -> BlobResult<()> {
+        let mut g = self.gate()?;
+        if let Some(b) = g.blobs.get_mut(blob) {
+            b.snapshots.remove(snapshot);
+        }
+        Ok(())
+    }
+
+    async fn page_ranges(&self, blob: &BlobRef, q: &PageListQuery<'_>) -> BlobResult<PageList> {
+        let g = self.gate()?;
+        let b = g
+            .blobs
+            .get(blob)
+            .ok_or_else(|| not_found(blob.to_string()))?;
+        let new = match q.snapshot {
+            Some(s) => b
+                .snapshots
+                .get(s)
+                .ok_or_else(|| not_found(format!("{blob} snapshot {s}")))?,
+            None => &b.image,
+        };
+        let old = match q.prev_snapshot {
+            Some(p) => Some(
+                b.snapshots
+                    .get(p)
+                    .ok_or_else(|| BlobError::PreviousSnapshotGone {
+                        blob: blob.to_string(),
+                        snapshot: p.to_string(),
+                    })?,
+            ),
+            None => None,
+        };
+        let mut items = diff_items(new, old);
+        if let Some(w) = q.range {
+            items.retain(|i| i.range().intersect(&w).is_some());
+        }
+        let start: usize = q.marker.and_then(|m| m.parse().ok()).unwrap_or(0);
+        let per_page = q
+            .max_results
+            .map(|n| n as usize)
+            .unwrap_or(self.page_size)
+            .max(1);
+        let end = (start + per_page).min(items.len());
+        Ok(PageList {
+            next_marker: (end < items.len()).then(|| end.to_string()),
+            items: items[start.min(end)..end].to_vec(),
+            blob_size: Some(new.size),
+        })
+    }
+
+    async fn read(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+        range: ByteRange,
+    ) -> BlobResult<Bytes> {
+        let g = self.gate()?;
+        let b = g
+            .blobs
+            .get(blob)
+            .ok_or_else(|| not_found(blob.to_string()))?;
+        let img = match snapshot {
+            Some(s) => b
+                .snapshots
+                .get(s)
+                .ok_or_else(|| not_found(format!("{blob} snapshot {s}")))?,
+            None => &b.image,
+        };
+        Ok(Bytes::from(read_image(img, range)))
+    }
+
+    async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
+        let id = self.tick();
+        let mut g = self.gate()?;
+        let b = g
+            .blobs
+            .get_mut(blob)
+            .ok_or_else(|| not_found(blob.to_string()))?;
+        let r = ByteRange::new(offset, offset + data.len() as u64);
+        if !r.is_page_aligned() || r.len() > MAX_PUT_BYTES || r.end > b.image.size {
+            return Err(BlobError::Service {
+                what: format!("put {blob} {r}"),
+                status: 416,
+                code: "InvalidPageRange".into(),
+                message: "misaligned, too large or beyond the blob".into(),
+            });
+        }
+        write_pages(&mut b.image, offset, &data, id);
+        b.etag = id;
+        Ok(format!("\"{id}\""))
+    }
+
+    async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String> {
+        let id = self.tick();
+        let mut g = self.gate()?;
+        let b = g
+            .blobs
+            .get_mut(blob)
+            .ok_or_else(|| not_found(blob.to_string()))?;
+        let first = range.start / PAGE_SIZE;
+        let pages: Vec<u64> = b
+            .image
+            .pages
+            .range(first..range.end / PAGE_SIZE)
+            .map(|(k, _)| *k)
+            .collect();
+        for p in pages {
+            b.image.pages.remove(&p);
+        }
+        b.etag = id;
+        Ok(format!("\"{id}\""))
+    }
+
+    async fn ensure_container(&self, blob: &BlobRef) -> BlobResult<()> {
+        let mut g = self.gate()?;
+        g.containers
+            .insert((blob.account.clone(), blob.container.clone()));
+        Ok(())
+    }
+
+    async fn create_page_blob(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
+        let id = self.tick();
+        let mut g = self.gate()?;
+        let b = g.blobs.entry(blob.clone()).or_default();
+        b.image = Image {
+            size,
+            ..Default::default()
+        };
+        b.etag = id;
+        Ok(())
+    }
+
+    async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
+        let id = self.tick();
+        let mut g = self.gate()?;
+        let b = g
+            .blobs
+            .get_mut(blob)
+            .ok_or_else(|| not_found(blob.to_string()))?;
+        b.image.size = size;
+        b.image.pages.retain(|k, _| k * PAGE_SIZE < size);
+        b.etag = id;
+        Ok(())
+    }
+
+    async fn start_copy(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        snap: Option<&str>,
+    ) -> BlobResult<String> {
+        let id = self.tick();
+        let mut g = self.gate()?;
+        let src = g
+            .blobs
+            .get(source)
+            .ok_or_else(|| not_found(source.to_string()))?;
+        let img = match snap {
+            Some(s) => src
+                .snapshots
+                .get(s)
+                .ok_or_else(|| not_found(format!("{source} snapshot {s}")))?,
+            None => &src.image,
+        };
+        // A copy makes the destination's pages new writes (a diff against an older backup
+        // snapshot shows every page), as on Azure.
+        let mut img = img.clone();
+        img.metadata = Metadata::new();
+        for page in img.pages.values_mut() {
+            page.1 = id;
+        }
+        let copy_id = format!("copy-{id}");
+        let polls = self.copy_polls;
+        let b = g.blobs.entry(dest.clone()).or_default();
+        b.image = img;
+        b.etag = id;
+        b.copy = Some((copy_id.clone(), polls));
+        Ok(copy_id)
+    }
+
+    async fn abort_copy(&self, _dest: &BlobRef, _copy_id: &str) -> BlobResult<()> {
+        self.gate().map(|_| ())
+    }
+}

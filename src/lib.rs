@@ -1,0 +1,20 @@
+//! snapback: incremental, crash-safe backups of Azure page blobs (VM disks).
+//!
+//! Architecture (see `docs/design.md`):
+//! - [`config`]: the TOML contract, validated into typed specs with every problem reported.
+//! - [`pages`]: page geometry and diff coalescing (pure).
+//! - [`blobs`]: the narrow page-blob trait a cycle needs.
+//! - [`azure`]: the only code that speaks HTTP; implements [`blobs::PageBlobs`].
+//! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
+//! - [`cycle`]: the cycle state machine (pure) and its runner.
+//! - [`state`]: the SQLite state database.
+//! - [`app`]: the operations behind the CLI commands.
+
+pub mod app;
+pub mod azure;
+pub mod blobs;
+pub mod config;
+pub mod cycle;
+pub mod fake;
+pub mod pages;
+pub mod state;

@@ -1,0 +1,378 @@
+//! Azurite test harness: starts a private, pinned Azurite blob service (with
+//! `tests/azurite/snapback-azurite-ext.js`, which makes it behave like real
+//! Azure for page-range diffs, pagination, Put Page limits, async copy and
+//! fault injection) and stops it on drop.
+//!
+//! std + `tempfile` only. Usage from an integration test:
+//!
+//! ```ignore
+//! mod common;
+//! use common::azurite::Azurite;
+//! let az = Azurite::start();
+//! let url = az.endpoint("premium"); // http://127.0.0.1:PORT/premium
+//! let key = az.key("premium");
+//! az.inject_fault("503", 2, "/disks/vm1");
+//! ```
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Premium (source) storage account name.
+pub const PREMIUM_ACCOUNT: &str = "premium";
+/// Backup (destination) storage account name.
+pub const BACKUP_ACCOUNT: &str = "backup";
+/// Fixed test-only Shared Key of [`PREMIUM_ACCOUNT`] (base64).
+pub const PREMIUM_KEY: &str =
+    "c25hcGJhY2staGFybmVzcy1wcmVtaXVtLWFjY291bnQta2V5LW5vdC1hLXNlY3JldC0wMTIzNDU2Nzg5YWI=";
+/// Fixed test-only Shared Key of [`BACKUP_ACCOUNT`] (base64).
+pub const BACKUP_KEY: &str =
+    "c25hcGJhY2staGFybmVzcy1iYWNrdXAtYWNjb3VudC1rZXktbm90LWEtc2VjcmV0LTAxMjM0NTY3ODlhYmNk";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const NPM_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+const NPM_LOCK_STALE: Duration = Duration::from_secs(900);
+const LISTEN_MARKER: &str = "successfully listens on http://127.0.0.1:";
+
+/// A running Azurite blob service, killed (and its data dir removed) on drop.
+pub struct Azurite {
+    child: Child,
+    dir: Option<tempfile::TempDir>,
+    port: u16,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Azurite {
+    /// Starts a fresh Azurite on 127.0.0.1 with the accounts `premium` and
+    /// `backup`, a fresh data dir, and the snapback extension. Panics (with
+    /// Azurite's stderr) if it is not listening within 30 s.
+    pub fn start() -> Azurite {
+        Self::start_with_env(&[])
+    }
+
+    /// Like [`Azurite::start`], with extra environment variables for the node
+    /// process, e.g. `[("SNAPBACK_AZURITE_COPY_POLLS", "5")]`.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Azurite {
+        ensure_npm_installed();
+        let dir = tempfile::Builder::new()
+            .prefix("snapback-azurite-")
+            .tempdir()
+            .expect("create Azurite temp dir");
+        let harness = harness_dir();
+        let main_js = harness.join("node_modules/azurite/dist/src/blob/main.js");
+        let mut cmd = Command::new(node_binary());
+        cmd.arg("--require")
+            .arg(harness.join("snapback-azurite-ext.js"))
+            .arg(&main_js)
+            // Port 0: the kernel picks a free port and Azurite prints it, so
+            // parallel tests never race for a port.
+            .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--location"])
+            .arg(dir.path())
+            .args(["--disableTelemetry", "--skipApiVersionCheck"])
+            .env(
+                "AZURITE_ACCOUNTS",
+                format!("{PREMIUM_ACCOUNT}:{PREMIUM_KEY};{BACKUP_ACCOUNT}:{BACKUP_KEY}"),
+            )
+            .env(
+                "SNAPBACK_HARNESS_PARENT_PID",
+                std::process::id().to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start node ({}): {e}; is Node.js installed?",
+                node_binary()
+            )
+        });
+        let stderr = drain_stderr(&mut child);
+        let port_rx = watch_stdout_for_port(&mut child);
+        let port = match port_rx.recv_timeout(START_TIMEOUT) {
+            Ok(port) => port,
+            Err(why) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                thread::sleep(Duration::from_millis(100)); // let stderr drain
+                panic!(
+                    "Azurite did not start ({}; exit status {:?}).\nstderr:\n{}",
+                    match why {
+                        mpsc::RecvTimeoutError::Timeout => "not listening after 30 s",
+                        mpsc::RecvTimeoutError::Disconnected => "it exited",
+                    },
+                    status,
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        let az = Azurite {
+            child,
+            dir: Some(dir),
+            port,
+            stderr,
+        };
+        az.wait_until_answers();
+        az
+    }
+
+    /// The TCP port Azurite listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Path-style account endpoint, e.g. `http://127.0.0.1:PORT/premium`.
+    pub fn endpoint(&self, account: &str) -> String {
+        format!("http://127.0.0.1:{}/{account}", self.port)
+    }
+
+    /// Base64 Shared Key of `premium` or `backup`.
+    pub fn key(&self, account: &str) -> String {
+        match account {
+            PREMIUM_ACCOUNT => PREMIUM_KEY.to_string(),
+            BACKUP_ACCOUNT => BACKUP_KEY.to_string(),
+            other => panic!("no such Azurite test account: {other}"),
+        }
+    }
+
+    /// Makes the next `count` requests whose URL contains `url_match` fail with
+    /// `status` (e.g. "503" -> ServerBusy, "500" -> OperationTimedOut) and an
+    /// Azure-style XML error body, or drop the connection (`"reset"`).
+    pub fn inject_fault(&self, status: &str, count: u32, url_match: &str) {
+        let path = format!(
+            "/__harness/faults?status={}&count={count}&match={}",
+            percent_encode(status),
+            percent_encode(url_match)
+        );
+        self.control("POST", &path);
+    }
+
+    /// Disarms all injected faults.
+    pub fn clear_faults(&self) {
+        self.control("DELETE", "/__harness/faults");
+    }
+
+    /// Everything Azurite wrote to stderr so far (for assertion messages).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn wait_until_answers(&self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+            if Instant::now() > deadline {
+                panic!(
+                    "Azurite port {} does not answer after 30 s.\nstderr:\n{}",
+                    self.port,
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a bodiless request to the harness control route; panics unless 200.
+    fn control(&self, method: &str, path_and_query: &str) -> String {
+        let (status, body) = raw_http(self.port, method, path_and_query)
+            .unwrap_or_else(|e| panic!("harness control {method} {path_and_query}: {e}"));
+        if status != 200 {
+            panic!("harness control {method} {path_and_query}: HTTP {status}: {body}");
+        }
+        body
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        // `child` is node itself (spawned without a shell), so this kills Azurite.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+fn harness_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("azurite")
+}
+
+fn node_binary() -> String {
+    std::env::var("SNAPBACK_NODE").unwrap_or_else(|_| "node".to_string())
+}
+
+/// Collects the child's stderr in the background (also keeps the pipe drained).
+fn drain_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let sink = Arc::clone(&buf);
+    thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    buf
+}
+
+/// Reads stdout lines until Azurite prints its listening address; sends the
+/// port, then keeps draining. The channel disconnects if node exits first.
+fn watch_stdout_for_port(child: &mut Child) -> mpsc::Receiver<u16> {
+    let (tx, rx) = mpsc::channel();
+    let pipe = child.stdout.take().expect("stdout is piped");
+    thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split(LISTEN_MARKER).nth(1) {
+                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if let (Some(tx), Ok(port)) = (tx.take(), digits.parse::<u16>()) {
+                    let _ = tx.send(port);
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Minimal HTTP/1.1 client for the control route: returns (status, body).
+fn raw_http(port: u16, method: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------ npm install --
+
+/// Runs `npm ci` in tests/azurite once if node_modules/azurite is missing.
+/// Within a process: `OnceLock`. Across test binaries running in parallel: a
+/// lock directory (mkdir is atomic) holding the owner's pid.
+fn ensure_npm_installed() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let harness = harness_dir();
+        let installed = harness.join("node_modules/azurite/package.json");
+        let lock = harness.join(".npm-ci.lock");
+        let deadline = Instant::now() + NPM_LOCK_TIMEOUT;
+        // Set when a crashed installer left its lock: node_modules may be partial.
+        let mut reinstall = false;
+        loop {
+            if installed.exists() && !lock.exists() && !reinstall {
+                return;
+            }
+            match fs::create_dir(&lock) {
+                Ok(()) => {
+                    let _ = fs::write(lock.join("pid"), std::process::id().to_string());
+                    let result = if installed.exists() && !reinstall {
+                        Ok(())
+                    } else {
+                        run_npm_ci(&harness)
+                    };
+                    let _ = fs::remove_dir_all(&lock);
+                    if let Err(msg) = result {
+                        panic!("{msg}");
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if lock_is_stale(&lock) {
+                        let _ = fs::remove_dir_all(&lock);
+                        reinstall = true;
+                        continue;
+                    }
+                    if Instant::now() > deadline {
+                        panic!(
+                            "waited 10 min for {} (another test's npm ci); remove it if stale",
+                            lock.display()
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("cannot create {}: {e}", lock.display()),
+            }
+        }
+    });
+}
+
+fn run_npm_ci(harness: &Path) -> Result<(), String> {
+    let output = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(harness)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run npm ci in {}: {e}; is npm installed?",
+                harness.display()
+            )
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "npm ci in {} failed ({}):\n{}\n{}",
+            harness.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// A lock is stale if its owner is gone (Linux /proc) or it is very old.
+fn lock_is_stale(lock: &Path) -> bool {
+    let owner_gone = fs::read_to_string(lock.join("pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .map(|pid| Path::new("/proc").is_dir() && !Path::new(&format!("/proc/{pid}")).exists())
+        .unwrap_or(false);
+    let too_old = fs::metadata(lock)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > NPM_LOCK_STALE);
+    owner_gone || too_old
+}

@@ -1,0 +1,2 @@
+pub mod azurite;
+pub mod fixture;
