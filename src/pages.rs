@@ -39,7 +39,7 @@ impl ByteRange {
 
     /// Both ends on a page boundary, as Put Page and Clear Page require.
     pub fn is_page_aligned(&self) -> bool {
-        self.start % PAGE_SIZE == 0 && self.end % PAGE_SIZE == 0
+        self.start.is_multiple_of(PAGE_SIZE) && self.end.is_multiple_of(PAGE_SIZE)
     }
 
     /// The part of `self` inside `other`, if any.
@@ -115,7 +115,7 @@ pub struct Coalescer {
 
 impl Coalescer {
     pub fn new(max_put: u64) -> Self {
-        assert!(max_put >= PAGE_SIZE && max_put % PAGE_SIZE == 0);
+        assert!(max_put >= PAGE_SIZE && max_put.is_multiple_of(PAGE_SIZE));
         Coalescer {
             max_put,
             pending: None,

@@ -96,10 +96,10 @@ impl AzureBlobs {
     pub fn new<'a>(accounts: impl IntoIterator<Item = &'a AccountConfig>) -> BlobResult<Self> {
         // One HTTP client for all accounts: each SDK client would otherwise make its own
         // connection pool. Decompression off, as the blob SDK requires for ranged reads.
-        let transport = Transport::new(new_http_client(Some(HttpClientOptions {
+        let http = HttpClientOptions {
             automatic_decompression: false,
-            ..Default::default()
-        })));
+        };
+        let transport = Transport::new(new_http_client(Some(http)));
         let mut out = HashMap::new();
         for cfg in accounts {
             let auth = load_auth(cfg)?;

@@ -217,7 +217,7 @@ impl Policy for SharedKeyPolicy {
                 method: &method,
                 url: Some(request.url()),
                 headers,
-                content_length: request.body().len().unwrap_or(0) as u64,
+                content_length: request.body().len().unwrap_or(0),
             };
             authorization(&self.account, &self.key, &parts)
         };
