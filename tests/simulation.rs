@@ -1,0 +1,154 @@
+//! Simulation of the cycle against the in-memory store: a crash after every action, a crash
+//! between an action's effect and its persistence, and a failure at every storage call.
+//! Fast and exhaustive; the same properties are tested against Azurite in tests/crash.rs.
+
+use snapback::blobs::{BlobRef, PageBlobs};
+use snapback::cycle::machine::{next_action, CycleKind};
+use snapback::cycle::runner::{Clock, DiskSpec, Runner};
+use snapback::fake::MemBlobs;
+use snapback::pages::ByteRange;
+use snapback::state::StateStore;
+
+struct FixedClock;
+impl Clock for FixedClock {
+    fn now(&self) -> i64 {
+        1_764_000_000
+    }
+}
+
+fn disk() -> DiskSpec {
+    DiskSpec {
+        name: "d".into(),
+        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        backup: BlobRef::new("backup", "backups", "d"),
+        concurrency: 3,
+    }
+}
+
+/// A runner that polls copies without waiting (the fake's copy needs two polls).
+fn runner<'a>(blobs: &'a MemBlobs, store: &'a StateStore, d: &'a DiskSpec) -> Runner<'a> {
+    let mut r = Runner::new(blobs, store, &FixedClock, d);
+    r.copy_poll = (std::time::Duration::from_millis(1), std::time::Duration::from_millis(1));
+    r
+}
+
+/// A world after one completed seed cycle, with fresh writes and clears on the source.
+async fn world() -> (MemBlobs, StateStore, DiskSpec) {
+    let blobs = MemBlobs::new();
+    let store = StateStore::open_in_memory().unwrap();
+    let d = disk();
+    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
+    blobs.write(&d.source, 0, &[1u8; 4096]);
+    blobs.write(&d.source, 16 * 512, &[2u8; 2048]);
+    runner(&blobs, &store, &d).run_cycle().await.unwrap();
+    // Changes for the incremental cycle under test: writes, a rewrite, a clear, a grow.
+    blobs.write(&d.source, 512, &[3u8; 1024]);
+    blobs.write(&d.source, 40 * 512, &[4u8; 512]);
+    blobs.clear_pages(&d.source, ByteRange::new(16 * 512, 18 * 512)).await.unwrap();
+    blobs.resize(&d.source, 80 * 512).await.unwrap();
+    blobs.write(&d.source, 70 * 512, &[5u8; 512]);
+    (blobs, store, d)
+}
+
+/// After a completed cycle: the newest restore point equals its source snapshot; there is
+/// exactly `points` tagged backup snapshots and one tagged source snapshot.
+fn check(blobs: &MemBlobs, store: &StateStore, d: &DiskSpec, points: usize, ctx: &str) {
+    let rps = store.restore_points(&d.name).unwrap();
+    assert_eq!(rps.len(), points, "{ctx}: restore points in the state");
+    let backup_snaps = blobs.snapshot_ids(&d.backup);
+    assert_eq!(backup_snaps.len(), points, "{ctx}: backup snapshots");
+    let last = rps.last().unwrap();
+    assert_eq!(
+        blobs.content(&d.backup, Some(&last.snapshot)),
+        blobs.content(&d.source, Some(&last.source_snapshot)),
+        "{ctx}: restore point differs from its source snapshot"
+    );
+    assert_eq!(blobs.snapshot_ids(&d.source), vec![last.source_snapshot.clone()], "{ctx}: source snapshots");
+}
+
+#[tokio::test]
+async fn crash_after_every_action_resumes_the_same_cycle() {
+    let mut k = 0;
+    loop {
+        let (blobs, store, d) = world().await;
+        let r = runner(&blobs, &store, &d);
+        let mut rec = r.open_or_resume().unwrap();
+        let mut finished = false;
+        for _ in 0..k {
+            if !r.step(&mut rec).await.unwrap() {
+                finished = true;
+                break;
+            }
+        }
+        if finished {
+            check(&blobs, &store, &d, 2, "no crash");
+            break;
+        }
+        // Crash: forget everything in memory; a new process reads the store.
+        drop(r);
+        let resumed = runner(&blobs, &store, &d).run_cycle().await.unwrap();
+        assert_eq!(resumed.kind, CycleKind::Incremental, "crash after {k} steps");
+        check(&blobs, &store, &d, 2, &format!("crash after {k} steps"));
+        k += 1;
+    }
+    assert_eq!(k, 5, "snapshot, diff, apply, backup-snapshot, prune");
+}
+
+#[tokio::test]
+async fn crash_between_effect_and_persistence_never_duplicates() {
+    let mut k = 0;
+    loop {
+        let (blobs, store, d) = world().await;
+        let r = runner(&blobs, &store, &d);
+        let mut rec = r.open_or_resume().unwrap();
+        for _ in 0..k {
+            r.step(&mut rec).await.unwrap();
+        }
+        let Some(action) = next_action(&rec) else { break };
+        // The action takes effect in storage, then the process dies before recording it.
+        let _lost = r.execute(action, &mut rec.clone()).await.unwrap();
+        drop(r);
+        runner(&blobs, &store, &d).run_cycle().await.unwrap();
+        check(&blobs, &store, &d, 2, &format!("crash inside {action:?}"));
+        k += 1;
+    }
+}
+
+#[tokio::test]
+async fn failure_at_every_storage_call_then_resume() {
+    let mut n = 0;
+    loop {
+        let (blobs, store, d) = world().await;
+        blobs.fail_after(Some(n));
+        let first = runner(&blobs, &store, &d).run_cycle().await;
+        blobs.fail_after(None);
+        let done_first_time = first.is_ok();
+        if !done_first_time {
+            runner(&blobs, &store, &d).run_cycle().await.unwrap();
+        }
+        check(&blobs, &store, &d, 2, &format!("failure at call {n}"));
+        if done_first_time {
+            break;
+        }
+        n += 1;
+    }
+    assert!(n > 10, "a cycle makes more than ten calls, saw {n}");
+}
+
+#[tokio::test]
+async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
+    for tamper in ["backup-written", "base-deleted"] {
+        let (blobs, store, d) = world().await;
+        let first_point = store.restore_points(&d.name).unwrap()[0].clone();
+        let first_content = blobs.content(&d.backup, Some(&first_point.snapshot));
+        match tamper {
+            "backup-written" => blobs.write(&d.backup, 0, &[9u8; 512]),
+            _ => blobs.delete_snapshot(&d.source, &first_point.source_snapshot).await.unwrap(),
+        }
+        let rec = runner(&blobs, &store, &d).run_cycle().await.unwrap();
+        assert_eq!(rec.kind, CycleKind::Seed, "{tamper}: repaired by a seed");
+        assert!(rec.repair_reason.is_some(), "{tamper}: reason recorded");
+        check(&blobs, &store, &d, 2, tamper);
+        assert_eq!(blobs.content(&d.backup, Some(&first_point.snapshot)), first_content, "{tamper}: old point intact");
+    }
+}
