@@ -138,6 +138,7 @@ impl<'a> Runner<'a> {
         }
         let outcome = self.execute(action, rec).await?;
         self.commit(rec, outcome)?;
+        failpoint_after_step().await;
         Ok(rec.phase != Phase::Done)
     }
 
@@ -572,6 +573,24 @@ fn clip(item: crate::pages::PageItem, window: &ByteRange) -> Option<crate::pages
         PageItem::Changed(_) => PageItem::Changed(r),
         PageItem::Cleared(_) => PageItem::Cleared(r),
     })
+}
+
+/// Test failpoint: with `SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS=N` the process prints
+/// `failpoint: paused after step N` to stderr after its N-th committed step and waits
+/// forever, so a crash test can SIGKILL it at a known point of the cycle.
+async fn failpoint_after_step() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static STEPS: AtomicUsize = AtomicUsize::new(0);
+    let Some(n) = std::env::var("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return;
+    };
+    if STEPS.fetch_add(1, Ordering::SeqCst) + 1 == n {
+        eprintln!("failpoint: paused after step {n}");
+        std::future::pending::<()>().await;
+    }
 }
 
 /// 16 random hex digits: the tag of one cycle's snapshots.
