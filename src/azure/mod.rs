@@ -77,15 +77,17 @@ pub struct AzureBlobs {
     accounts: HashMap<String, Account>,
 }
 
-/// Retry policy for all requests. Values: the first retry after 500 ms, doubling to at most
-/// 30 s, for at most 10 tries or 5 minutes, so a throttled account (503 ServerBusy) gets time
-/// to recover but a dead endpoint fails a cycle within minutes rather than hanging it.
+/// Retry policy for all requests: exponential backoff with jitter, the first retry after
+/// 500 ms, doubling to at most 15 s, for at most 8 retries or 2 minutes. A throttled account
+/// (503 ServerBusy, 500 OperationTimedOut) gets time to recover, but a dead endpoint fails the
+/// cycle within two minutes instead of hanging it; the cycle itself resumes on the next run
+/// (the daemon retries failed cycles with its own, longer backoff).
 pub fn retry_options() -> RetryOptions {
     RetryOptions::exponential(ExponentialRetryOptions {
         initial_delay: azure_core::time::Duration::milliseconds(500),
-        max_retries: 10,
-        max_total_elapsed: azure_core::time::Duration::minutes(5),
-        max_delay: azure_core::time::Duration::seconds(30),
+        max_retries: 8,
+        max_total_elapsed: azure_core::time::Duration::minutes(2),
+        max_delay: azure_core::time::Duration::seconds(15),
     })
 }
 
@@ -313,9 +315,25 @@ fn map_err(account: &str, what: impl Into<String>, e: azure_core::Error) -> Blob
         }
         _ => BlobError::Transport {
             what,
-            message: e.to_string(),
+            message: error_chain(&e),
         },
     }
+}
+
+/// An error and its causes on one line ("retry policy expired: …: connection refused"), so
+/// the log names the root cause, not only the last wrapper.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// The `<Message>` of an Azure error body, first line only.

@@ -130,13 +130,25 @@ impl<'a> Runner<'a> {
         let Some(action) = machine::next_action(rec) else {
             return Ok(false);
         };
+        let interrupted = || CycleError::Interrupted {
+            disk: rec.disk.clone(),
+            phase: rec.phase.as_str(),
+        };
         if self.stop.is_cancelled() {
-            return Err(CycleError::Interrupted {
-                disk: rec.disk.clone(),
-                phase: rec.phase.as_str(),
-            });
+            return Err(interrupted());
         }
-        let outcome = self.execute(action, rec).await?;
+        // Dropping an action midway is as safe as a crash (each is reconciled or idempotent),
+        // so a stop request does not wait for a slow request or a long copy. Apply stops on
+        // its own, after saving its checkpoint.
+        let outcome = if action == Action::ApplyDiff {
+            self.execute(action, rec).await?
+        } else {
+            let mut work = rec.clone();
+            tokio::select! {
+                r = self.execute(action, &mut work) => r?,
+                _ = self.stop.cancelled() => return Err(interrupted()),
+            }
+        };
         self.commit(rec, outcome)?;
         failpoint_after_step().await;
         Ok(rec.phase != Phase::Done)
