@@ -55,18 +55,34 @@ async fn main() -> anyhow::Result<()> {
         run(&exe, &config_path, &["backup", "demo"])?;
         // The VM keeps writing: a few scattered 64 KiB writes before the next cycle.
         for i in 0..8u64 {
-            write_random(&blobs, &disk, (cycle * 8 + i) * MIB / 2, 64 * 1024, cycle * 100 + i).await?;
+            write_random(
+                &blobs,
+                &disk,
+                (cycle * 8 + i) * MIB / 2,
+                64 * 1024,
+                cycle * 100 + i,
+            )
+            .await?;
         }
     }
     println!("\n== snapback list demo");
     run(&exe, &config_path, &["list", "demo"])?;
     println!("\n== snapback status");
     run(&exe, &config_path, &["status"])?;
-    println!("\nDone. Azurite stops now; state and config stay in {}.", work.display());
+    println!(
+        "\nDone. Azurite stops now; state and config stay in {}.",
+        work.display()
+    );
     Ok(())
 }
 
-async fn write_random(blobs: &AzureBlobs, disk: &BlobRef, at: u64, len: u64, seed: u64) -> anyhow::Result<()> {
+async fn write_random(
+    blobs: &AzureBlobs,
+    disk: &BlobRef,
+    at: u64,
+    len: u64,
+    seed: u64,
+) -> anyhow::Result<()> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let data: Vec<u8> = (0..len)
         .map(|_| {
@@ -77,7 +93,13 @@ async fn write_random(blobs: &AzureBlobs, disk: &BlobRef, at: u64, len: u64, see
         })
         .collect();
     for (i, chunk) in data.chunks(4 * MIB as usize).enumerate() {
-        blobs.put_pages(disk, at + i as u64 * 4 * MIB, bytes::Bytes::copy_from_slice(chunk)).await?;
+        blobs
+            .put_pages(
+                disk,
+                at + i as u64 * 4 * MIB,
+                bytes::Bytes::copy_from_slice(chunk),
+            )
+            .await?;
     }
     Ok(())
 }
@@ -85,14 +107,25 @@ async fn write_random(blobs: &AzureBlobs, disk: &BlobRef, at: u64, len: u64, see
 /// The `snapback` binary built next to this example (`target/<profile>/snapback`).
 fn snapback_exe() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
-    let dir = me.parent().and_then(Path::parent).ok_or_else(|| anyhow::anyhow!("no target dir"))?;
+    let dir = me
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
     let exe = dir.join("snapback");
-    anyhow::ensure!(exe.exists(), "{} not found: run `cargo build --release` first (scripts/demo does)", exe.display());
+    anyhow::ensure!(
+        exe.exists(),
+        "{} not found: run `cargo build --release` first (scripts/demo does)",
+        exe.display()
+    );
     Ok(exe)
 }
 
 fn run(exe: &Path, config: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(exe).arg("--config").arg(config).args(args).status()?;
+    let status = Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .status()?;
     anyhow::ensure!(status.success(), "snapback {} failed", args.join(" "));
     Ok(())
 }

@@ -13,7 +13,10 @@ fn stderr(o: &Output) -> String {
 
 fn no_panic(o: &Output) {
     let e = stderr(o);
-    assert!(!e.contains("panicked") && !e.contains("stack backtrace"), "a clean error, not a crash: {e}");
+    assert!(
+        !e.contains("panicked") && !e.contains("stack backtrace"),
+        "a clean error, not a crash: {e}"
+    );
 }
 
 fn snapback_with(config_text: &str, args: &[&str]) -> (Output, tempfile::TempDir) {
@@ -61,13 +64,21 @@ fn malformed_toml_names_the_file_and_line() {
 
 #[test]
 fn unknown_field_is_named_with_every_other_problem() {
-    let text = GOOD.replace("schedule =", "shedule =").replace("shared_key_env = \"K2\"", "");
+    let text = GOOD
+        .replace("schedule =", "shedule =")
+        .replace("shared_key_env = \"K2\"", "");
     let (out, _d) = snapback_with(&text, &["check-config"]);
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
-    assert!(e.contains("shedule") && e.contains("schedule"), "field named with a suggestion: {e}");
+    assert!(
+        e.contains("shedule") && e.contains("schedule"),
+        "field named with a suggestion: {e}"
+    );
     assert!(e.contains(":12:"), "line of the unknown field: {e}");
-    assert!(e.contains("backup"), "the account without auth is reported too: {e}");
+    assert!(
+        e.contains("backup"),
+        "the account without auth is reported too: {e}"
+    );
 }
 
 #[test]
@@ -86,7 +97,10 @@ fn unknown_disk_is_named_and_nothing_runs() {
     let out = fx.snapback(&["backup", "nosuchdisk"]);
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
-    assert!(e.contains("unknown disk 'nosuchdisk'") && e.contains("d1"), "{e}");
+    assert!(
+        e.contains("unknown disk 'nosuchdisk'") && e.contains("d1"),
+        "{e}"
+    );
     let out = fx.snapback(&["list", "nosuchdisk"]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -97,11 +111,16 @@ async fn missing_source_blob_is_named_and_nothing_is_created_in_the_backup_accou
     let out = fx.snapback(&["backup", "ghost"]);
     assert_eq!(out.status.code(), Some(1));
     let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-    assert!(all.contains("premium/vhds/ghost.vhd") && all.contains("not found"), "{all}");
+    assert!(
+        all.contains("premium/vhds/ghost.vhd") && all.contains("not found"),
+        "{all}"
+    );
     no_panic(&out);
     // The backup container was never created.
     let blobs = fx.blobs();
-    let err = snapback::blobs::PageBlobs::list_snapshots(blobs.as_ref(), &fx.backup("ghost")).await.unwrap_err();
+    let err = snapback::blobs::PageBlobs::list_snapshots(blobs.as_ref(), &fx.backup("ghost"))
+        .await
+        .unwrap_err();
     assert!(err.is_not_found(), "backup container absent: {err}");
 }
 
@@ -115,13 +134,27 @@ fn wrong_key_is_an_authentication_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let all = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-    assert!(all.contains("authentication failed for account 'premium'"), "{all}");
-    assert!(!all.contains("d3JvbmcgYnV0IHZhbGlkIGJhc2U2NA"), "the key never appears in output");
+    assert!(
+        all.contains("authentication failed for account 'premium'"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("d3JvbmcgYnV0IHZhbGlkIGJhc2U2NA"),
+        "the key never appears in output"
+    );
     no_panic(&out);
     // Unset variable: named, and the command fails before touching storage.
-    let out = fx.command(&["backup", "d1"]).env_remove("SB_TEST_BACKUP_KEY").output().unwrap();
+    let out = fx
+        .command(&["backup", "d1"])
+        .env_remove("SB_TEST_BACKUP_KEY")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("SB_TEST_BACKUP_KEY"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("SB_TEST_BACKUP_KEY"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Seeds `disk`, changes the source, and returns (first restore point, its content).
@@ -134,7 +167,9 @@ async fn seeded(fx: &Fixture) -> (String, Vec<u8>) {
     let out = fx.snapback(&["backup", "d1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     write(blobs.as_ref(), &source, 2 * MIB, &rng.bytes(4096)).await;
-    let first = tagged_snapshots(blobs.as_ref(), &fx.backup("d1")).await.remove(0);
+    let first = tagged_snapshots(blobs.as_ref(), &fx.backup("d1"))
+        .await
+        .remove(0);
     let c = content(blobs.as_ref(), &fx.backup("d1"), Some(&first)).await;
     (first, c)
 }
@@ -148,10 +183,17 @@ async fn backup_blob_tampered_between_cycles_is_repaired_by_a_reseed() {
     write(blobs.as_ref(), &fx.backup("d1"), 0, &[0xAB; 512]).await;
     let out = fx.snapback(&["backup", "d1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("was modified since the last restore point"), "warning names the cause: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was modified since the last restore point"),
+        "warning names the cause: {}",
+        stderr(&out)
+    );
     let points = tagged_snapshots(blobs.as_ref(), &fx.backup("d1")).await;
     assert_eq!(points.len(), 2);
-    assert!(content(blobs.as_ref(), &fx.backup("d1"), Some(&first)).await == first_content, "old point intact");
+    assert!(
+        content(blobs.as_ref(), &fx.backup("d1"), Some(&first)).await == first_content,
+        "old point intact"
+    );
     let src = tagged_snapshots(blobs.as_ref(), &fx.source("d1")).await;
     assert!(
         content(blobs.as_ref(), &fx.backup("d1"), Some(&points[1])).await
@@ -165,11 +207,19 @@ async fn diff_base_deleted_between_cycles_is_repaired_by_a_reseed() {
     let fx = Fixture::new(&["d1"]);
     let (first, first_content) = seeded(&fx).await;
     let blobs = fx.blobs();
-    let base = tagged_snapshots(blobs.as_ref(), &fx.source("d1")).await.remove(0);
-    snapback::blobs::PageBlobs::delete_snapshot(blobs.as_ref(), &fx.source("d1"), &base).await.unwrap();
+    let base = tagged_snapshots(blobs.as_ref(), &fx.source("d1"))
+        .await
+        .remove(0);
+    snapback::blobs::PageBlobs::delete_snapshot(blobs.as_ref(), &fx.source("d1"), &base)
+        .await
+        .unwrap();
     let out = fx.snapback(&["backup", "d1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("was deleted"), "warning names the cause: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("was deleted"),
+        "warning names the cause: {}",
+        stderr(&out)
+    );
     let points = tagged_snapshots(blobs.as_ref(), &fx.backup("d1")).await;
     assert_eq!(points.len(), 2);
     assert!(content(blobs.as_ref(), &fx.backup("d1"), Some(&first)).await == first_content);
@@ -191,5 +241,10 @@ async fn transient_failures_are_retried() {
     fx.azurite.inject_fault("reset", 1, "snapshot=");
     let out = fx.snapback(&["backup", "d1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(tagged_snapshots(fx.blobs().as_ref(), &fx.backup("d1")).await.len(), 2);
+    assert_eq!(
+        tagged_snapshots(fx.blobs().as_ref(), &fx.backup("d1"))
+            .await
+            .len(),
+        2
+    );
 }

@@ -18,7 +18,11 @@ async fn prepared(fx: &Fixture, size: u64, fragments: u64, seed: u64) {
     create_disk(blobs.as_ref(), &source, size).await;
     write(blobs.as_ref(), &source, 0, &rng.bytes(MIB as usize)).await;
     let out = fx.snapback(&["backup", "disk1"]);
-    assert!(out.status.success(), "seed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "seed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for _ in 0..fragments {
         let at = rng.below((size - 64 * 1024) / PAGE_SIZE) * PAGE_SIZE;
         write(blobs.as_ref(), &source, at, &rng.bytes(64 * 1024)).await;
@@ -30,17 +34,32 @@ async fn assert_one_new_consistent_point(fx: &Fixture, ctx: &str) {
     let blobs = fx.blobs();
     let (source, backup) = (fx.source("disk1"), fx.backup("disk1"));
     let points = tagged_snapshots(blobs.as_ref(), &backup).await;
-    assert_eq!(points.len(), 2, "{ctx}: exactly one new restore point after the seed");
+    assert_eq!(
+        points.len(),
+        2,
+        "{ctx}: exactly one new restore point after the seed"
+    );
     let on_source = tagged_snapshots(blobs.as_ref(), &source).await;
-    assert_eq!(on_source.len(), 1, "{ctx}: exactly one snapback snapshot on the source");
+    assert_eq!(
+        on_source.len(),
+        1,
+        "{ctx}: exactly one snapback snapshot on the source"
+    );
     let listed = fx.snapback(&["list", "disk1", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("list --json");
     let newest = &listed[1];
     assert_eq!(newest["snapshot"], points[1].as_str(), "{ctx}");
-    assert_eq!(newest["source_snapshot"], on_source[0].as_str(), "{ctx}: B(n) records S(n)");
+    assert_eq!(
+        newest["source_snapshot"],
+        on_source[0].as_str(),
+        "{ctx}: B(n) records S(n)"
+    );
     let got = content(blobs.as_ref(), &backup, Some(&points[1])).await;
     let want = content(blobs.as_ref(), &source, Some(&on_source[0])).await;
-    assert!(got == want, "{ctx}: restore point differs from its source snapshot");
+    assert!(
+        got == want,
+        "{ctx}: restore point differs from its source snapshot"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +89,11 @@ async fn sigkill_after_every_step_resumes_the_same_cycle() {
         // After the last step the cycle is complete: a new run would start the next cycle.
         if step < 5 {
             let out = fx.snapback(&["backup", "disk1"]);
-            assert!(out.status.success(), "step {step}: resume: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "step {step}: resume: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         assert_one_new_consistent_point(&fx, &format!("SIGKILL after step {step}")).await;
     }
@@ -84,7 +107,12 @@ async fn sigkill_at_random_instants_inside_apply() {
     let (mut kills, mut kills_in_apply) = (0, 0);
     let started = Instant::now();
     loop {
-        let mut child = fx.command(&["backup", "disk1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = fx
+            .command(&["backup", "disk1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
         if child.try_wait().unwrap().is_some() {
             break; // finished before the kill
@@ -97,9 +125,15 @@ async fn sigkill_at_random_instants_inside_apply() {
         if status[0]["phase"] == "apply" {
             kills_in_apply += 1;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "the cycle never finished ({kills} kills)");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the cycle never finished ({kills} kills)"
+        );
     }
     eprintln!("{kills} SIGKILLs, {kills_in_apply} inside apply");
-    assert!(kills_in_apply >= 2, "at least two kills landed inside apply ({kills} kills in all)");
+    assert!(
+        kills_in_apply >= 2,
+        "at least two kills landed inside apply ({kills} kills in all)"
+    );
     assert_one_new_consistent_point(&fx, &format!("{kills} random SIGKILLs")).await;
 }

@@ -27,7 +27,10 @@ async fn azurite_answers_diffs_like_azure() {
     write(blobs.as_ref(), &b, 0, &[1; 4096]).await;
     let s1 = blobs.create_snapshot(&b, &Metadata::new()).await.unwrap();
     write(blobs.as_ref(), &b, 8192, &[2; 1024]).await;
-    blobs.clear_pages(&b, ByteRange::new(1024, 2048)).await.unwrap();
+    blobs
+        .clear_pages(&b, ByteRange::new(1024, 2048))
+        .await
+        .unwrap();
     write(blobs.as_ref(), &b, 65536, &[3; 512]).await;
     let s2 = blobs.create_snapshot(&b, &Metadata::new()).await.unwrap();
 
@@ -46,7 +49,11 @@ async fn azurite_answers_diffs_like_azure() {
     // maxresults=1 paginates with NextMarker; the pages concatenate to the whole diff.
     let (mut items, mut marker, mut pages) = (Vec::new(), None::<String>, 0);
     loop {
-        let q = PageListQuery { max_results: Some(1), marker: marker.as_deref(), ..diff(&s2, &s1) };
+        let q = PageListQuery {
+            max_results: Some(1),
+            marker: marker.as_deref(),
+            ..diff(&s2, &s1)
+        };
         let page = blobs.page_ranges(&b, &q).await.unwrap();
         items.extend(page.items);
         pages += 1;
@@ -58,13 +65,22 @@ async fn azurite_answers_diffs_like_azure() {
     assert_eq!((items, pages), (all.items.clone(), 3));
 
     // A sub-range restricts the listing.
-    let q = PageListQuery { range: Some(ByteRange::new(4096, 65536)), ..diff(&s2, &s1) };
-    assert_eq!(blobs.page_ranges(&b, &q).await.unwrap().items, vec![PageItem::Changed(ByteRange::new(8192, 9216))]);
+    let q = PageListQuery {
+        range: Some(ByteRange::new(4096, 65536)),
+        ..diff(&s2, &s1)
+    };
+    assert_eq!(
+        blobs.page_ranges(&b, &q).await.unwrap().items,
+        vec![PageItem::Changed(ByteRange::new(8192, 9216))]
+    );
 
     // A deleted diff base is reported as such.
     blobs.delete_snapshot(&b, &s1).await.unwrap();
     let err = blobs.page_ranges(&b, &diff(&s2, &s1)).await.unwrap_err();
-    assert!(matches!(err, BlobError::PreviousSnapshotGone { .. }), "{err}");
+    assert!(
+        matches!(err, BlobError::PreviousSnapshotGone { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,7 +93,10 @@ async fn azurite_is_as_strict_as_azure() {
         .put_pages(&b, 0, bytes::Bytes::from(vec![1u8; 4 * MIB as usize + 512]))
         .await
         .unwrap_err();
-    assert!(matches!(err, BlobError::Service { status: 413, .. }), "Put Page over 4 MiB: {err}");
+    assert!(
+        matches!(err, BlobError::Service { status: 413, .. }),
+        "Put Page over 4 MiB: {err}"
+    );
 
     // Copy Blob across accounts is asynchronous: pending first, then success.
     write(blobs.as_ref(), &b, 0, &[7; 512]).await;
@@ -87,7 +106,13 @@ async fn azurite_is_as_strict_as_azure() {
     let id = blobs.start_copy(&dest, &b, Some(&snap)).await.unwrap();
     let mut seen_pending = false;
     loop {
-        let (cid, status) = blobs.properties(&dest, None).await.unwrap().unwrap().copy.unwrap();
+        let (cid, status) = blobs
+            .properties(&dest, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .copy
+            .unwrap();
         assert_eq!(cid, id);
         match status {
             CopyStatus::Pending { .. } => seen_pending = true,
@@ -96,6 +121,9 @@ async fn azurite_is_as_strict_as_azure() {
         }
     }
     assert!(seen_pending, "the copy was reported pending before success");
-    let copied = blobs.read(&dest, None, ByteRange::new(0, 512)).await.unwrap();
+    let copied = blobs
+        .read(&dest, None, ByteRange::new(0, 512))
+        .await
+        .unwrap();
     assert_eq!(&copied[..], &[7u8; 512][..]);
 }

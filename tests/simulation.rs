@@ -28,7 +28,10 @@ fn disk() -> DiskSpec {
 /// A runner that polls copies without waiting (the fake's copy needs two polls).
 fn runner<'a>(blobs: &'a MemBlobs, store: &'a StateStore, d: &'a DiskSpec) -> Runner<'a> {
     let mut r = Runner::new(blobs, store, &FixedClock, d);
-    r.copy_poll = (std::time::Duration::from_millis(1), std::time::Duration::from_millis(1));
+    r.copy_poll = (
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(1),
+    );
     r
 }
 
@@ -44,7 +47,10 @@ async fn world() -> (MemBlobs, StateStore, DiskSpec) {
     // Changes for the incremental cycle under test: writes, a rewrite, a clear, a grow.
     blobs.write(&d.source, 512, &[3u8; 1024]);
     blobs.write(&d.source, 40 * 512, &[4u8; 512]);
-    blobs.clear_pages(&d.source, ByteRange::new(16 * 512, 18 * 512)).await.unwrap();
+    blobs
+        .clear_pages(&d.source, ByteRange::new(16 * 512, 18 * 512))
+        .await
+        .unwrap();
     blobs.resize(&d.source, 80 * 512).await.unwrap();
     blobs.write(&d.source, 70 * 512, &[5u8; 512]);
     (blobs, store, d)
@@ -63,7 +69,11 @@ fn check(blobs: &MemBlobs, store: &StateStore, d: &DiskSpec, points: usize, ctx:
         blobs.content(&d.source, Some(&last.source_snapshot)),
         "{ctx}: restore point differs from its source snapshot"
     );
-    assert_eq!(blobs.snapshot_ids(&d.source), vec![last.source_snapshot.clone()], "{ctx}: source snapshots");
+    assert_eq!(
+        blobs.snapshot_ids(&d.source),
+        vec![last.source_snapshot.clone()],
+        "{ctx}: source snapshots"
+    );
 }
 
 #[tokio::test]
@@ -87,7 +97,11 @@ async fn crash_after_every_action_resumes_the_same_cycle() {
         // Crash: forget everything in memory; a new process reads the store.
         drop(r);
         let resumed = runner(&blobs, &store, &d).run_cycle().await.unwrap();
-        assert_eq!(resumed.kind, CycleKind::Incremental, "crash after {k} steps");
+        assert_eq!(
+            resumed.kind,
+            CycleKind::Incremental,
+            "crash after {k} steps"
+        );
         check(&blobs, &store, &d, 2, &format!("crash after {k} steps"));
         k += 1;
     }
@@ -104,7 +118,9 @@ async fn crash_between_effect_and_persistence_never_duplicates() {
         for _ in 0..k {
             r.step(&mut rec).await.unwrap();
         }
-        let Some(action) = next_action(&rec) else { break };
+        let Some(action) = next_action(&rec) else {
+            break;
+        };
         // The action takes effect in storage, then the process dies before recording it.
         let _lost = r.execute(action, &mut rec.clone()).await.unwrap();
         drop(r);
@@ -143,12 +159,19 @@ async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
         let first_content = blobs.content(&d.backup, Some(&first_point.snapshot));
         match tamper {
             "backup-written" => blobs.write(&d.backup, 0, &[9u8; 512]),
-            _ => blobs.delete_snapshot(&d.source, &first_point.source_snapshot).await.unwrap(),
+            _ => blobs
+                .delete_snapshot(&d.source, &first_point.source_snapshot)
+                .await
+                .unwrap(),
         }
         let rec = runner(&blobs, &store, &d).run_cycle().await.unwrap();
         assert_eq!(rec.kind, CycleKind::Seed, "{tamper}: repaired by a seed");
         assert!(rec.repair_reason.is_some(), "{tamper}: reason recorded");
         check(&blobs, &store, &d, 2, tamper);
-        assert_eq!(blobs.content(&d.backup, Some(&first_point.snapshot)), first_content, "{tamper}: old point intact");
+        assert_eq!(
+            blobs.content(&d.backup, Some(&first_point.snapshot)),
+            first_content,
+            "{tamper}: old point intact"
+        );
     }
 }
