@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     println!("== config: {}", config_path.display());
 
     let config = Config::load(&config_path)?;
-    let blobs = AzureBlobs::new(config.accounts.values())?;
+    let blobs = AzureBlobs::new(config.accounts.values());
     let disk = BlobRef::new("premium", "vhds", "demo.vhd");
     blobs.ensure_container(&disk).await?;
     blobs.create_page_blob(&disk, 64 * MIB).await?;

@@ -100,7 +100,7 @@ pub struct App {
 impl App {
     /// Opens storage clients (reading secrets) and the state database.
     pub fn open(config: Config) -> Result<App, AppError> {
-        let blobs = Arc::new(AzureBlobs::new(config.accounts.values())?);
+        let blobs = Arc::new(AzureBlobs::new(config.accounts.values()));
         Self::with_blobs(config, blobs)
     }
 
@@ -216,6 +216,14 @@ impl App {
             source: BlobError::Config(e.to_string()),
         })?;
         let spec = disk_spec(disk);
+        for account in [&spec.source.account, &spec.backup.account] {
+            self.blobs
+                .check_account(account)
+                .map_err(|source| CycleError::Blob {
+                    disk: disk.name.clone(),
+                    source,
+                })?;
+        }
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
         runner.run_cycle().await
@@ -234,7 +242,12 @@ impl App {
     /// snapback tagged for this disk (so the list survives the loss of the state directory).
     pub async fn list(&self, disk: &DiskConfig) -> Result<Vec<RestorePoint>, AppError> {
         let backup = blob_ref(&disk.backup);
-        let snapshots = self.blobs.list_snapshots(&backup).await?;
+        let snapshots = match self.blobs.list_snapshots(&backup).await {
+            Ok(s) => s,
+            // No backup container yet: the disk was never backed up.
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         Ok(snapshots
             .into_iter()
             .filter(|s| s.metadata.get(TAG_DISK) == Some(&disk.name))

@@ -133,6 +133,12 @@ pub type BlobResult<T> = Result<T, BlobError>;
 /// themselves; an error returned here is final for this attempt.
 #[async_trait]
 pub trait PageBlobs: Send + Sync {
+    /// Whether requests to `account` can be made at all (its credentials were loaded).
+    /// Checked before a cycle starts so that a missing secret fails it before any request.
+    fn check_account(&self, _account: &str) -> BlobResult<()> {
+        Ok(())
+    }
+
     /// Properties of a blob, or of one of its snapshots. `Ok(None)` if it does not exist.
     async fn properties(
         &self,

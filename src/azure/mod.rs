@@ -74,7 +74,9 @@ struct Account {
 /// [`PageBlobs`] over Azure Storage (or Azurite).
 #[derive(Clone, Debug)]
 pub struct AzureBlobs {
-    accounts: HashMap<String, Account>,
+    /// Per account: its clients' settings, or why its secret could not be loaded. A broken
+    /// account fails the disks that use it, with that reason, and no others.
+    accounts: HashMap<String, Result<Account, String>>,
 }
 
 /// Retry policy for all requests: exponential backoff with jitter, the first retry after
@@ -94,8 +96,8 @@ pub fn retry_options() -> RetryOptions {
 impl AzureBlobs {
     /// Builds clients for every configured account. Secrets are read here, from the
     /// environment or files the config names; errors name the account and the variable or
-    /// file, never the secret.
-    pub fn new<'a>(accounts: impl IntoIterator<Item = &'a AccountConfig>) -> BlobResult<Self> {
+    /// file, never the secret, and are reported when the account is used.
+    pub fn new<'a>(accounts: impl IntoIterator<Item = &'a AccountConfig>) -> Self {
         // One HTTP client for all accounts: each SDK client would otherwise make its own
         // connection pool. Decompression off, as the blob SDK requires for ranged reads.
         let http = HttpClientOptions {
@@ -104,7 +106,13 @@ impl AzureBlobs {
         let transport = Transport::new(new_http_client(Some(http)));
         let mut out = HashMap::new();
         for cfg in accounts {
-            let auth = load_auth(cfg)?;
+            let auth = match load_auth(cfg) {
+                Ok(a) => a,
+                Err(e) => {
+                    out.insert(cfg.key.clone(), Err(e.to_string()));
+                    continue;
+                }
+            };
             let mut options = ClientOptions {
                 transport: Some(transport.clone()),
                 retry: retry_options(),
@@ -119,22 +127,27 @@ impl AzureBlobs {
             }
             out.insert(
                 cfg.key.clone(),
-                Account {
+                Ok(Account {
                     key: cfg.key.clone(),
                     name: cfg.account_name.clone(),
                     root: cfg.endpoint.clone(),
                     auth,
                     options,
-                },
+                }),
             );
         }
-        Ok(AzureBlobs { accounts: out })
+        AzureBlobs { accounts: out }
     }
 
     fn account(&self, blob: &BlobRef) -> BlobResult<&Account> {
-        self.accounts.get(&blob.account).ok_or_else(|| {
-            BlobError::Config(format!("no account '{}' is configured", blob.account))
-        })
+        match self.accounts.get(&blob.account) {
+            Some(Ok(a)) => Ok(a),
+            Some(Err(e)) => Err(BlobError::Config(e.clone())),
+            None => Err(BlobError::Config(format!(
+                "no account '{}' is configured",
+                blob.account
+            ))),
+        }
     }
 
     fn credential(account: &Account) -> Option<Arc<dyn TokenCredential>> {
@@ -386,6 +399,10 @@ fn snapshot_label(blob: &BlobRef, snapshot: Option<&str>) -> String {
 
 #[async_trait]
 impl PageBlobs for AzureBlobs {
+    fn check_account(&self, account: &str) -> BlobResult<()> {
+        self.account(&BlobRef::new(account, "", "")).map(|_| ())
+    }
+
     async fn properties(
         &self,
         blob: &BlobRef,

@@ -69,7 +69,7 @@ impl Fixture {
     }
 
     pub fn blobs(&self) -> Arc<AzureBlobs> {
-        Arc::new(AzureBlobs::new(self.config().accounts.values()).expect("clients"))
+        Arc::new(AzureBlobs::new(self.config().accounts.values()))
     }
 
     pub fn app(&self) -> App {
