@@ -8,6 +8,7 @@
 //! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
 //! - [`state`]: the SQLite state database.
+//! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`app`]: the operations behind the CLI commands.
 
 pub mod app;
@@ -17,4 +18,5 @@ pub mod config;
 pub mod cycle;
 pub mod fake;
 pub mod pages;
+pub mod retention;
 pub mod state;
