@@ -9,6 +9,7 @@
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
 //! - [`state`]: the SQLite state database.
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
+//! - [`verify`]: compares a restore point with its source snapshot.
 //! - [`app`]: the operations behind the CLI commands.
 
 pub mod app;
@@ -20,3 +21,4 @@ pub mod fake;
 pub mod pages;
 pub mod retention;
 pub mod state;
+pub mod verify;
