@@ -537,6 +537,54 @@ impl<'a> Restorer<'a> {
     }
 }
 
+/// The Azure CLI commands that put a restored blob under a VM. Attaching disks is an ARM
+/// operation, outside the storage API snapback uses, so it is printed, never run.
+pub fn attach_commands(url: &str, account_name: &str, disk_name: &str) -> String {
+    format!(
+        "# Attach the restored disk (ARM operations; snapback does not run them).\n\
+         # Fill in <RG>, <VM>, <SUBSCRIPTION> and, for a data disk, <OLD_DISK>.\n\
+         #\n\
+         # Managed disks: import the blob as a new managed disk, then swap it in.\n\
+         az disk create --resource-group <RG> --name {disk_name} \\\n\
+         \x20   --source {url} \\\n\
+         \x20   --source-storage-account-id /subscriptions/<SUBSCRIPTION>/resourceGroups/<RG>/providers/Microsoft.Storage/storageAccounts/{account_name}\n\
+         az vm deallocate --resource-group <RG> --name <VM>\n\
+         az vm update --resource-group <RG> --name <VM> --os-disk {disk_name}        # OS disk\n\
+         # or, for a data disk:\n\
+         #   az vm disk detach --resource-group <RG> --vm-name <VM> --name <OLD_DISK>\n\
+         #   az vm disk attach --resource-group <RG> --vm-name <VM> --name {disk_name}\n\
+         az vm start --resource-group <RG> --name <VM>\n\
+         #\n\
+         # Unmanaged disks (the VM uses the page blob itself; a --rebase chain follows it):\n\
+         #   az vm deallocate --resource-group <RG> --name <VM>\n\
+         #   az vm update --resource-group <RG> --name <VM> --set storageProfile.osDisk.vhd.uri={url}\n\
+         #   az vm unmanaged-disk attach --resource-group <RG> --vm-name <VM> --name {disk_name} --vhd-uri {url}   # data disk\n\
+         #   az vm start --resource-group <RG> --name <VM>\n"
+    )
+}
+
+/// Parses `--at`: an RFC 3339 time with offset (`2026-11-25T06:00:00Z`), or a civil date-time
+/// (`2026-11-25T07:00`, `2026-11-25 07:00:00`) or date (`2026-11-25`, midnight) in `tz`.
+pub fn parse_time(s: &str, tz: &jiff::tz::TimeZone) -> Result<Timestamp, String> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let civil = s.parse::<jiff::civil::DateTime>().or_else(|_| {
+        s.parse::<jiff::civil::Date>()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    });
+    match civil {
+        Ok(dt) => dt
+            .to_zoned(tz.clone())
+            .map(|z| z.timestamp())
+            .map_err(|e| format!("invalid time \"{s}\": {e}")),
+        Err(_) => Err(format!(
+            "invalid time \"{s}\": use RFC 3339 (2026-11-25T06:00:00Z) or a local date-time \
+             in the disk's time zone (2026-11-25T07:00)"
+        )),
+    }
+}
+
 /// `20261125T070044Z` for unix seconds.
 pub fn compact_time(unix: i64) -> String {
     Timestamp::from_second(unix)
@@ -728,6 +776,23 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RestoreError::Interrupted { .. }), "{e}");
         assert_eq!(w.blobs.blob_names(), before, "interrupted: nothing left");
+    }
+
+    #[test]
+    fn times_parse_with_offset_or_in_the_disk_time_zone() {
+        let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+        let want: Timestamp = "2026-07-01T05:00:00Z".parse().unwrap();
+        assert_eq!(parse_time("2026-07-01T05:00:00Z", &paris), Ok(want));
+        assert_eq!(parse_time("2026-07-01T07:00:00+02:00", &paris), Ok(want));
+        assert_eq!(parse_time("2026-07-01T07:00", &paris), Ok(want));
+        assert_eq!(parse_time("2026-07-01 07:00:00", &paris), Ok(want));
+        assert_eq!(
+            parse_time("2026-07-01", &paris),
+            Ok("2026-06-30T22:00:00Z".parse().unwrap())
+        );
+        assert!(parse_time("yesterday", &paris)
+            .unwrap_err()
+            .contains("yesterday"));
     }
 
     #[tokio::test]
