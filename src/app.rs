@@ -7,7 +7,7 @@ use crate::config::VerifyMode;
 use crate::config::{BlobPath, Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::runner::{
-    kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_DISK, TAG_SOURCE_SNAPSHOT,
+    kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_SOURCE_SNAPSHOT,
 };
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
@@ -337,7 +337,7 @@ impl App {
         let snapshots = self.blobs.list_snapshots(&backup).await?;
         let snapshots: Vec<_> = snapshots
             .into_iter()
-            .filter(|s| s.metadata.get(TAG_DISK) == Some(&disk.name))
+            .filter(|s| crate::retention::is_restore_point(&s.metadata, &disk.name))
             .collect();
         let points: Vec<_> = snapshots
             .iter()

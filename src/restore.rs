@@ -210,7 +210,7 @@ impl<'a> Restorer<'a> {
                 self.disk.name
             )))?
             .into_iter()
-            .filter(|s| s.metadata.get(TAG_DISK) == Some(&self.disk.name))
+            .filter(|s| crate::retention::is_restore_point(&s.metadata, &self.disk.name))
             .map(|s| Chosen {
                 source_snapshot: s
                     .metadata

@@ -23,6 +23,11 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Serialize;
 
+/// A point more than this far after `now` is never pruned: either the local clock or the
+/// storage service's clock is wrong, and a plan made on a wrong clock must not delete. Within
+/// it, ordinary clock skew (a snapshot stamped a second "after" the local clock) is ignored.
+pub const FUTURE_TOLERANCE: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
 /// Why a restore point is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -31,7 +36,8 @@ pub enum Rule {
     NoRules,
     /// The newest restore point is always kept (it is also the base of the next cycle).
     Newest,
-    /// Its time is after `now` (clock skew): never pruned on the word of a wrong clock.
+    /// Its time is more than [`FUTURE_TOLERANCE`] after `now`: never pruned on the word of a
+    /// wrong clock.
     Future,
     /// Its snapshot id is not a readable timestamp: never pruned blind.
     UnknownTime,
@@ -171,7 +177,7 @@ pub fn plan(points: &[Point], rules: &Retention, now: Timestamp, tz: &TimeZone) 
         for (i, p) in points.iter().enumerate() {
             match p.time {
                 None => kept[i].push(Rule::UnknownTime),
-                Some(t) if t > now => kept[i].push(Rule::Future),
+                Some(t) if t > now + FUTURE_TOLERANCE => kept[i].push(Rule::Future),
                 Some(_) => {}
             }
         }
@@ -239,6 +245,17 @@ pub enum RetentionError {
     },
 }
 
+/// Whether a snapshot of a disk's backup blob is one of its restore points: tagged
+/// `snapback_disk = <disk>` *and* naming its source snapshot. The second condition rejects
+/// snapshots that merely inherited the base blob's metadata (Snapshot Blob without metadata
+/// copies the base's), so only snapshots snapback made itself are listed, verified or pruned.
+pub fn is_restore_point(metadata: &crate::blobs::Metadata, disk: &str) -> bool {
+    metadata.get(TAG_DISK).map(String::as_str) == Some(disk)
+        && metadata
+            .get(crate::cycle::runner::TAG_SOURCE_SNAPSHOT)
+            .is_some_and(|s| !s.is_empty())
+}
+
 /// The disk's time zone, for retention periods.
 pub fn disk_tz(disk: &DiskConfig) -> Result<TimeZone, RetentionError> {
     TimeZone::get(&disk.tz).map_err(|e| RetentionError::TimeZone {
@@ -274,7 +291,7 @@ pub async fn disk_plan(
             source,
         })?
         .into_iter()
-        .filter(|s| s.metadata.get(TAG_DISK) == Some(&disk.name))
+        .filter(|s| is_restore_point(&s.metadata, &disk.name))
         .map(|s| Point::from_snapshot(&s.snapshot))
         .collect();
     Ok(plan(&points, &disk.retention, timestamp(now), &tz))
@@ -560,6 +577,20 @@ mod tests {
     }
 
     #[test]
+    fn small_clock_skew_is_not_future() {
+        let p = pts(&["2026-01-01T00:00:00Z", "2026-01-01T00:00:30Z"]);
+        let r = rules(Some(1), None, None, None, None);
+        assert_eq!(
+            labels(&p, &r, "2026-01-01T00:00:00Z", "UTC"),
+            ["prune", "newest,last"]
+        );
+        assert_eq!(
+            labels(&p, &r, "2025-12-31T23:50:00Z", "UTC"),
+            ["future", "newest,future,last"]
+        );
+    }
+
+    #[test]
     fn input_order_does_not_matter() {
         let p = pts(&[
             "2026-05-02T10:00:00Z",
@@ -588,7 +619,15 @@ mod tests {
         let store = StateStore::open_in_memory().unwrap();
         let backup = BlobRef::new("bk", "bkp", "d");
         blobs.write(&backup, 0, &[1u8; 512]);
-        let tag = |d: &str| Metadata::from([(TAG_DISK.to_string(), d.to_string())]);
+        let tag = |d: &str| {
+            Metadata::from([
+                (TAG_DISK.to_string(), d.to_string()),
+                (
+                    crate::cycle::runner::TAG_SOURCE_SNAPSHOT.to_string(),
+                    "s".to_string(),
+                ),
+            ])
+        };
         let mut ours = Vec::new();
         for i in 0..4 {
             ours.push(blobs.create_snapshot(&backup, &tag("d")).await.unwrap());
@@ -598,6 +637,9 @@ mod tests {
                     .create_snapshot(&backup, &Metadata::new())
                     .await
                     .unwrap();
+                // Tagged for this disk but naming no source snapshot: inherited, not ours.
+                let inherited = Metadata::from([(TAG_DISK.to_string(), "d".to_string())]);
+                blobs.create_snapshot(&backup, &inherited).await.unwrap();
             }
         }
         let now = Timestamp::now().as_second();
@@ -605,7 +647,7 @@ mod tests {
         assert_eq!(dry.to_prune().count(), 2);
         assert_eq!(
             blobs.snapshot_ids(&backup).len(),
-            6,
+            7,
             "dry run deletes nothing"
         );
         let done = prune(&blobs, &store, &disk, now, false).await.unwrap();
@@ -613,8 +655,8 @@ mod tests {
         let left = blobs.snapshot_ids(&backup);
         assert_eq!(
             left.len(),
-            4,
-            "two of ours + the other disk's + the untagged one"
+            5,
+            "two of ours, the other disk's, and two not made by us"
         );
         assert!(left.contains(&ours[2]) && left.contains(&ours[3]));
     }

@@ -13,7 +13,7 @@
 
 use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
-use crate::cycle::runner::{TAG_DISK, TAG_SOURCE_SNAPSHOT};
+use crate::cycle::runner::TAG_SOURCE_SNAPSHOT;
 use crate::pages::{ByteRange, PageItem, MAX_PUT_BYTES};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -264,7 +264,7 @@ pub async fn verify(
             source,
         })?
         .into_iter()
-        .filter(|s| s.metadata.get(TAG_DISK) == Some(&disk.name))
+        .filter(|s| crate::retention::is_restore_point(&s.metadata, &disk.name))
         .collect();
     let point = match snapshot {
         Some(want) => ours.iter().find(|s| s.snapshot == want).ok_or_else(|| {

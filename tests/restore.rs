@@ -36,7 +36,7 @@ async fn restore_refuse_rebase_and_verify() {
     let disk = app.config.disks[0].clone();
     let (source, backup) = (fx.source("disk1"), fx.backup("disk1"));
     let size = 4 * MIB;
-    let mut rng = Rng(0x5e5_70_7e);
+    let mut rng = Rng(0x05e5_707e);
     create_disk(blobs.as_ref(), &source, size).await;
     write(blobs.as_ref(), &source, 0, &rng.bytes(MIB as usize)).await;
 
