@@ -3,12 +3,16 @@
 
 use crate::azure::AzureBlobs;
 use crate::blobs::{BlobError, BlobRef, PageBlobs};
+use crate::config::VerifyMode;
 use crate::config::{BlobPath, Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::runner::{
-    kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_DISK, TAG_SOURCE_SNAPSHOT,
+    kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_SOURCE_SNAPSHOT,
 };
+use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
+use crate::retention::{PruneReport, RetentionError};
 use crate::state::{StateError, StateStore};
+use crate::verify::{VerifyError, VerifyReport};
 use futures::StreamExt;
 use serde::Serialize;
 use std::fs::File;
@@ -32,6 +36,30 @@ pub enum AppError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("target {target}: no account '{account}' is configured (configured: {known})")]
+    UnknownAccount {
+        target: String,
+        account: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
+}
+
+impl AppError {
+    /// The command line named something that does not exist or is refused (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            AppError::UnknownDisk { .. } | AppError::UnknownAccount { .. } => true,
+            AppError::Restore(e) => e.is_usage(),
+            AppError::Verify(e) => e.is_usage(),
+            _ => false,
+        }
+    }
 }
 
 pub fn blob_ref(p: &BlobPath) -> BlobRef {
@@ -53,6 +81,10 @@ pub struct CycleReport {
     pub disk: String,
     pub seconds: f64,
     pub result: Result<CycleRecord, CycleError>,
+    /// `verify = "after-cycle"`: the new restore point checked against its source snapshot.
+    pub verify: Option<Result<VerifyReport, AppError>>,
+    /// Retention applied after the cycle (when the disk has retention rules).
+    pub prune: Option<Result<PruneReport, AppError>>,
 }
 
 /// One restore point, as `list` prints it.
@@ -63,6 +95,9 @@ pub struct RestorePoint {
     /// The source snapshot it captured.
     pub source_snapshot: String,
     pub size: u64,
+    /// The retention rules that keep it (`newest`, `last`, `hourly`, `daily`, `weekly`,
+    /// `monthly`, `no-rules`, ...); empty: the next prune deletes it.
+    pub kept_by: Vec<String>,
 }
 
 /// Per-disk status, as `status` prints it.
@@ -173,6 +208,10 @@ impl App {
         let started = Instant::now();
         let result = self.run_disk_inner(disk, stop).await;
         let seconds = started.elapsed().as_secs_f64();
+        let (verify, prune) = match &result {
+            Ok(rec) => self.after_cycle(disk, rec).await,
+            Err(_) => (None, None),
+        };
         match &result {
             Ok(rec) => {
                 let s = rec.stats;
@@ -203,7 +242,68 @@ impl App {
             disk: disk.name.clone(),
             seconds,
             result,
+            verify,
+            prune,
         }
+    }
+
+    /// After a successful cycle: verify its restore point (`verify = "after-cycle"`), then
+    /// apply retention (when rules are configured). Failures are logged and recorded as the
+    /// disk's last error; the cycle itself stays a success.
+    #[allow(clippy::type_complexity)]
+    async fn after_cycle(
+        &self,
+        disk: &DiskConfig,
+        rec: &CycleRecord,
+    ) -> (
+        Option<Result<VerifyReport, AppError>>,
+        Option<Result<PruneReport, AppError>>,
+    ) {
+        let record = |msg: String| {
+            if let Err(se) = self.store.record_error(&disk.name, &msg, self.clock.now()) {
+                tracing::error!(disk = %disk.name, error = %se, "cannot record the error");
+            }
+        };
+        let verify = match (disk.verify, &rec.backup_snapshot) {
+            (VerifyMode::AfterCycle, Some(point)) => {
+                let r = self.verify(disk, Some(point)).await;
+                match &r {
+                    Ok(VerifyReport {
+                        mismatch: None,
+                        bytes_compared,
+                        ..
+                    }) => {
+                        tracing::info!(disk = %disk.name, restore_point = %point, bytes = bytes_compared, "verify ok")
+                    }
+                    Ok(
+                        v @ VerifyReport {
+                            mismatch: Some(m), ..
+                        },
+                    ) => {
+                        let msg = format!("verify: restore point {point} differs from source snapshot {} at offset {} ({})", v.source_snapshot, m.offset, m.detail);
+                        tracing::error!(disk = %disk.name, "{msg}");
+                        record(msg);
+                    }
+                    Err(e) => {
+                        tracing::error!(disk = %disk.name, error = %e, "verify failed");
+                        record(format!("verify: {e}"));
+                    }
+                }
+                Some(r)
+            }
+            _ => None,
+        };
+        let prune = if crate::retention::keeps_everything(&disk.retention) {
+            None
+        } else {
+            let r = self.prune(disk, false).await;
+            if let Err(e) = &r {
+                tracing::error!(disk = %disk.name, error = %e, "retention failed");
+                record(format!("retention: {e}"));
+            }
+            Some(r)
+        };
+        (verify, prune)
     }
 
     async fn run_disk_inner(
@@ -248,10 +348,25 @@ impl App {
             Err(e) if e.is_not_found() => Vec::new(),
             Err(e) => return Err(e.into()),
         };
+        let snapshots: Vec<_> = snapshots
+            .into_iter()
+            .filter(|s| crate::retention::is_restore_point(&s.metadata, &disk.name))
+            .collect();
+        let points: Vec<_> = snapshots
+            .iter()
+            .map(|s| crate::retention::Point::from_snapshot(&s.snapshot))
+            .collect();
+        let tz = crate::retention::disk_tz(disk)?;
+        let plan = crate::retention::plan(
+            &points,
+            &disk.retention,
+            crate::retention::timestamp(self.clock.now()),
+            &tz,
+        );
         Ok(snapshots
             .into_iter()
-            .filter(|s| s.metadata.get(TAG_DISK) == Some(&disk.name))
-            .map(|s| RestorePoint {
+            .zip(plan)
+            .map(|(s, d)| RestorePoint {
                 source_snapshot: s
                     .metadata
                     .get(TAG_SOURCE_SNAPSHOT)
@@ -259,8 +374,101 @@ impl App {
                     .unwrap_or_default(),
                 snapshot: s.snapshot,
                 size: s.size,
+                kept_by: d
+                    .kept_by
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| r.as_str().to_string())
+                    .collect(),
             })
             .collect())
+    }
+
+    /// Compares a restore point (the newest when `snapshot` is None) with its source snapshot.
+    pub async fn verify(
+        &self,
+        disk: &DiskConfig,
+        snapshot: Option<&str>,
+    ) -> Result<VerifyReport, AppError> {
+        Ok(crate::verify::verify(self.blobs.as_ref(), disk, snapshot).await?)
+    }
+
+    /// Applies (or, `dry_run`, only plans) the disk's retention. A real prune holds the
+    /// disk's lock, so it never races a cycle.
+    pub async fn prune(&self, disk: &DiskConfig, dry_run: bool) -> Result<PruneReport, AppError> {
+        let _lock = if dry_run {
+            None
+        } else {
+            Some(self.lock_disk(&disk.name)?)
+        };
+        Ok(crate::retention::prune(
+            self.blobs.as_ref(),
+            &self.store,
+            disk,
+            self.clock.now(),
+            dry_run,
+        )
+        .await?)
+    }
+
+    /// Restores a restore point of `disk` (see [`crate::restore`]). Holds the disk's lock, so
+    /// no cycle or prune deletes the restore point while it is being copied.
+    pub async fn restore(
+        &self,
+        disk: &DiskConfig,
+        req: &RestoreRequest,
+        stop: CancellationToken,
+    ) -> Result<RestoreReport, AppError> {
+        if !self.config.accounts.contains_key(&req.target.account) {
+            return Err(AppError::UnknownAccount {
+                target: req.target.to_string(),
+                account: req.target.account.clone(),
+                known: self
+                    .config
+                    .accounts
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if let Some(other) = self
+            .config
+            .disks
+            .iter()
+            .find(|d| blob_ref(&d.backup) == req.target)
+        {
+            return Err(RestoreError::TargetIsBackup {
+                target: req.target.to_string(),
+                what: format!("the backup blob of disk {}", other.name),
+            }
+            .into());
+        }
+        if let Some(rb) = &req.rebase {
+            if self.config.disk(&rb.name).is_some() {
+                return Err(RestoreError::BadName {
+                    name: rb.name.clone(),
+                    reason: "a disk of that name is already configured".into(),
+                }
+                .into());
+            }
+        }
+        let _lock = self.lock_disk(&disk.name)?;
+        let mut r = Restorer::new(self.blobs.as_ref(), &self.store, disk);
+        r.stop = stop;
+        r.now = self.clock.now();
+        Ok(r.restore(req).await?)
+    }
+
+    /// The public URL of a blob (for `az disk create --source`), and its storage account's
+    /// own name.
+    pub fn blob_url(&self, blob: &BlobRef) -> Option<(String, String)> {
+        let acct = self.config.accounts.get(&blob.account)?;
+        let root = acct.endpoint.as_str().trim_end_matches('/');
+        Some((
+            format!("{root}/{}/{}", blob.container, blob.blob),
+            acct.account_name.clone(),
+        ))
     }
 
     /// Status of every configured disk, from the state database (no network).

@@ -193,4 +193,22 @@ pub trait PageBlobs: Send + Sync {
 
     /// Aborts a pending copy (ignores "no pending copy").
     async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()>;
+
+    /// Like [`PageBlobs::start_copy`], but the destination gets exactly `metadata` from the
+    /// moment the copy starts (a blob being copied cannot be tagged afterwards on Azure), so
+    /// an unfinished copy is recognisable as such.
+    async fn start_copy_with_metadata(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+        metadata: &Metadata,
+    ) -> BlobResult<String>;
+
+    /// Set Blob Metadata on the base blob: replaces all of its metadata.
+    async fn set_metadata(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<()>;
+
+    /// Deletes the base blob (not its snapshots: a blob that has snapshots is refused by the
+    /// service). Deleting a blob that is already gone succeeds.
+    async fn delete_blob(&self, blob: &BlobRef) -> BlobResult<()>;
 }

@@ -31,6 +31,8 @@ struct Blob {
     etag: u64,
     snapshots: BTreeMap<String, Image>,
     copy: Option<(String, u32)>, // copy id, polls left before success
+    /// A copy that ended without success (aborted, or failed by [`MemBlobs::fail_copies`]).
+    ended: Option<(String, CopyStatus)>,
 }
 
 #[derive(Default)]
@@ -39,6 +41,8 @@ struct Inner {
     containers: std::collections::HashSet<(String, String)>,
     /// After this many more calls, every call fails (a simulated outage / crash point).
     fail_after: Option<u64>,
+    /// This many more copies end as `Failed` instead of succeeding.
+    fail_copies: u32,
 }
 
 /// In-memory page blob storage. Cloning shares the same storage.
@@ -72,6 +76,18 @@ impl MemBlobs {
     /// Makes every call fail after `n` more calls succeed (None: never).
     pub fn fail_after(&self, n: Option<u64>) {
         self.lock().fail_after = n;
+    }
+
+    /// Makes the next `n` copies end as `Failed` (after being started).
+    pub fn fail_copies(&self, n: u32) {
+        self.lock().fail_copies = n;
+    }
+
+    /// Test helper: base blob names that exist.
+    pub fn blob_names(&self) -> Vec<BlobRef> {
+        let mut v: Vec<BlobRef> = self.lock().blobs.keys().cloned().collect();
+        v.sort();
+        v
     }
 
     fn gate(&self) -> BlobResult<MutexGuard<'_, Inner>> {
@@ -202,6 +218,14 @@ impl PageBlobs for MemBlobs {
                 etag: format!("\"{}\"", b.etag),
                 metadata: img.metadata.clone(),
                 copy: None,
+            }));
+        }
+        if let Some(ended) = &b.ended {
+            return Ok(Some(BlobProps {
+                size: b.image.size,
+                etag: format!("\"{}\"", b.etag),
+                metadata: b.image.metadata.clone(),
+                copy: Some(ended.clone()),
             }));
         }
         let copy = b.copy.as_mut().map(|(id, left)| {
@@ -406,6 +430,17 @@ impl PageBlobs for MemBlobs {
         source: &BlobRef,
         snap: Option<&str>,
     ) -> BlobResult<String> {
+        self.start_copy_with_metadata(dest, source, snap, &Metadata::new())
+            .await
+    }
+
+    async fn start_copy_with_metadata(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        snap: Option<&str>,
+        metadata: &Metadata,
+    ) -> BlobResult<String> {
         let id = self.tick();
         let mut g = self.gate()?;
         let src = g
@@ -422,7 +457,7 @@ impl PageBlobs for MemBlobs {
         // A copy makes the destination's pages new writes (a diff against an older backup
         // snapshot shows every page), as on Azure.
         let mut img = img.clone();
-        img.metadata = Metadata::new();
+        img.metadata = metadata.clone();
         for page in img.pages.values_mut() {
             page.1 = id;
         }
@@ -432,10 +467,54 @@ impl PageBlobs for MemBlobs {
         b.image = img;
         b.etag = id;
         b.copy = Some((copy_id.clone(), polls));
+        b.ended = None;
+        if g.fail_copies > 0 {
+            g.fail_copies -= 1;
+            if let Some(b) = g.blobs.get_mut(dest) {
+                b.copy = None;
+                b.ended = Some((copy_id.clone(), CopyStatus::Failed("injected".into())));
+            }
+        }
         Ok(copy_id)
     }
 
-    async fn abort_copy(&self, _dest: &BlobRef, _copy_id: &str) -> BlobResult<()> {
-        self.gate().map(|_| ())
+    async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()> {
+        let mut g = self.gate()?;
+        if let Some(b) = g.blobs.get_mut(dest) {
+            if matches!(&b.copy, Some((id, left)) if id == copy_id && *left > 0) {
+                b.copy = None;
+                b.ended = Some((copy_id.to_string(), CopyStatus::Aborted("aborted".into())));
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_metadata(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<()> {
+        let id = self.tick();
+        let mut g = self.gate()?;
+        let b = g
+            .blobs
+            .get_mut(blob)
+            .ok_or_else(|| not_found(blob.to_string()))?;
+        b.image.metadata = metadata.clone();
+        b.etag = id;
+        Ok(())
+    }
+
+    async fn delete_blob(&self, blob: &BlobRef) -> BlobResult<()> {
+        let mut g = self.gate()?;
+        if let Some(b) = g.blobs.get(blob) {
+            if !b.snapshots.is_empty() {
+                return Err(BlobError::Service {
+                    what: format!("delete {blob}"),
+                    status: 409,
+                    code: "SnapshotsPresent".into(),
+                    message: "This operation is not permitted because the blob has snapshots."
+                        .into(),
+                });
+            }
+        }
+        g.blobs.remove(blob);
+        Ok(())
     }
 }

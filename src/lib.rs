@@ -8,6 +8,9 @@
 //! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
 //! - [`state`]: the SQLite state database.
+//! - [`restore`]: promote a restore point, copy it to a target, optionally restart the chain.
+//! - [`retention`]: which restore points to keep (a pure plan) and pruning.
+//! - [`verify`]: compares a restore point with its source snapshot.
 //! - [`app`]: the operations behind the CLI commands.
 
 pub mod app;
@@ -17,4 +20,7 @@ pub mod config;
 pub mod cycle;
 pub mod fake;
 pub mod pages;
+pub mod restore;
+pub mod retention;
 pub mod state;
+pub mod verify;

@@ -3,8 +3,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use snapback::app::{App, DiskStatus, RestorePoint};
+use snapback::app::{App, AppError, DiskStatus, RestorePoint};
+use snapback::blobs::BlobRef;
+use snapback::config::{BlobPath, DiskConfig};
 use snapback::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
+use snapback::restore::{PointSelector, Rebase, RestoreRequest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +52,51 @@ enum Command {
     },
     /// Per disk: phase, last success, last error, what the last cycle moved.
     Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a restore point as a new blob: promote it, copy it to --to, optionally restart
+    /// the backup chain on it (see docs/restore.md).
+    Restore {
+        disk: String,
+        /// The restore point (backup snapshot id, as `list` prints it).
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        snapshot: Option<String>,
+        /// The newest restore point captured at or before this time (RFC 3339, or a local
+        /// date-time in the disk's tz).
+        #[arg(long)]
+        at: Option<String>,
+        /// Target blob ACCOUNT/CONTAINER/BLOB (ACCOUNT is an [accounts.NAME] key).
+        #[arg(long)]
+        to: String,
+        /// Restart the backup chain on the restored disk (the promoted blob becomes its backup).
+        #[arg(long)]
+        rebase: bool,
+        /// Disk name of the rebased chain (default: DISK-restored).
+        #[arg(long, requires = "rebase")]
+        name: Option<String>,
+        /// Append the rebased chain's [[disk]] stanza to the config file (default: print it).
+        #[arg(long, requires = "rebase")]
+        write_config: bool,
+        /// Overwrite the target if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Compare a restore point (default: the newest) with the source snapshot it recorded.
+    Verify {
+        disk: String,
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the disk's retention rules now (with --dry-run: print the plan only).
+    Prune {
+        disk: String,
+        #[arg(long)]
+        dry_run: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -145,6 +193,38 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         println!("{}: FAILED: {e}", r.disk);
                     }
                 }
+                match &r.verify {
+                    Some(Ok(v)) => match &v.mismatch {
+                        None => println!(
+                            "{}: verify ok ({} bytes compared)",
+                            r.disk, v.bytes_compared
+                        ),
+                        Some(m) => {
+                            failed += 1;
+                            println!(
+                                "{}: VERIFY MISMATCH at offset {}: {}",
+                                r.disk, m.offset, m.detail
+                            );
+                        }
+                    },
+                    Some(Err(e)) => {
+                        failed += 1;
+                        println!("{}: VERIFY FAILED: {e}", r.disk);
+                    }
+                    None => {}
+                }
+                match &r.prune {
+                    Some(Ok(p)) => println!(
+                        "{}: retention pruned {} restore point(s)",
+                        r.disk,
+                        p.deleted.len()
+                    ),
+                    Some(Err(e)) => {
+                        failed += 1;
+                        println!("{}: RETENTION FAILED: {e}", r.disk);
+                    }
+                    None => {}
+                }
             }
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
@@ -171,7 +251,218 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             print_status(&app.status()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Restore {
+            disk,
+            snapshot,
+            at,
+            to,
+            rebase,
+            name,
+            write_config,
+            force,
+        } => {
+            let disk = match one_disk(&app, &disk) {
+                Ok(d) => d,
+                Err(code) => return Ok(code),
+            };
+            let point = match (snapshot, at) {
+                (Some(s), _) => PointSelector::Snapshot(s),
+                (None, Some(at)) => {
+                    let parsed = snapback::retention::disk_tz(&disk)
+                        .map_err(|e| e.to_string())
+                        .and_then(|tz| snapback::restore::parse_time(&at, &tz));
+                    match parsed {
+                        Ok(t) => PointSelector::At(t),
+                        Err(e) => {
+                            eprintln!("snapback: disk {}: {e}", disk.name);
+                            return Ok(ExitCode::from(EXIT_USAGE));
+                        }
+                    }
+                }
+                (None, None) => {
+                    eprintln!(
+                        "snapback: restore of disk {}: give --snapshot or --at",
+                        disk.name
+                    );
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            let target = match to.parse::<BlobPath>() {
+                Ok(p) => BlobRef::new(&p.account, &p.container, &p.blob),
+                Err(e) => {
+                    eprintln!("snapback: --to: {e}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            let req = RestoreRequest {
+                point,
+                target,
+                rebase: rebase.then(|| Rebase {
+                    name: name.unwrap_or_else(|| format!("{}-restored", disk.name)),
+                }),
+                force,
+            };
+            let stop = CancellationToken::new();
+            let watcher = tokio::spawn(stop_on_signal(stop.clone()));
+            let result = app.restore(&disk, &req, stop).await;
+            watcher.abort();
+            let rep = match result {
+                Ok(r) => r,
+                Err(e) => return Ok(fail(&e, &format!("restore of disk {}", disk.name))),
+            };
+            println!(
+                "{}: restored restore point {} (source snapshot {}, {} bytes) to {}",
+                rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.target
+            );
+            println!(
+                "  promote: {:.2}s to {}{}",
+                rep.promote_seconds,
+                rep.promoted,
+                if rep.promoted_kept {
+                    ""
+                } else {
+                    " (deleted after the copy)"
+                }
+            );
+            println!("  copy:    {:.2}s", rep.copy_seconds);
+            if let Some(chain) = &rep.rebased {
+                let stanza = snapback::restore::config_stanza(chain, &disk);
+                println!(
+                    "  rebased: disk \"{}\" backs up {} into {}; first snapshot {}, first restore point {}; its next cycle is incremental",
+                    chain.name, chain.source, chain.backup, chain.source_snapshot, chain.restore_point
+                );
+                if write_config {
+                    use std::io::Write;
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&config_path)
+                        .with_context(|| format!("cannot append to {}", config_path.display()))?;
+                    write!(f, "\n{stanza}")
+                        .with_context(|| format!("cannot append to {}", config_path.display()))?;
+                    println!(
+                        "  config: appended the [[disk]] stanza to {}",
+                        config_path.display()
+                    );
+                } else {
+                    println!("  add this to {}:\n\n{stanza}", config_path.display());
+                }
+            }
+            if let Some((url, account_name)) = app.blob_url(&rep.target) {
+                let name = rep.target.blob.trim_end_matches(".vhd").replace('/', "-");
+                println!(
+                    "\n{}",
+                    snapback::restore::attach_commands(&url, &account_name, &name)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            disk,
+            snapshot,
+            json,
+        } => {
+            let disk = match one_disk(&app, &disk) {
+                Ok(d) => d,
+                Err(code) => return Ok(code),
+            };
+            let rep = match app.verify(&disk, snapshot.as_deref()).await {
+                Ok(r) => r,
+                Err(e) => return Ok(fail(&e, &format!("verify of disk {}", disk.name))),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+            } else {
+                match &rep.mismatch {
+                    None => println!(
+                        "{}: restore point {} equals source snapshot {} ({} bytes, {} chunks / {} bytes compared)",
+                        rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.chunks, rep.bytes_compared
+                    ),
+                    Some(m) => println!(
+                        "{}: MISMATCH: restore point {} differs from source snapshot {} at offset {} ({}: {})",
+                        rep.disk, rep.restore_point, rep.source_snapshot, m.offset, m.kind, m.detail
+                    ),
+                }
+            }
+            Ok(if rep.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            })
+        }
+        Command::Prune {
+            disk,
+            dry_run,
+            json,
+        } => {
+            let disk = match one_disk(&app, &disk) {
+                Ok(d) => d,
+                Err(code) => return Ok(code),
+            };
+            let rep = match app.prune(&disk, dry_run).await {
+                Ok(r) => r,
+                Err(e) => return Ok(fail(&e, &format!("prune of disk {}", disk.name))),
+            };
+            if json {
+                let rows: Vec<_> = rep
+                    .decisions
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "snapshot": d.point.snapshot,
+                            "kept_by": d.kept_by.clone().unwrap_or_default(),
+                            "deleted": rep.deleted.contains(&d.point.snapshot),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for d in &rep.decisions {
+                    let action = match (&d.kept_by, dry_run) {
+                        (Some(_), _) => format!("keep   ({})", d.label()),
+                        (None, true) => "prune  (would delete)".to_string(),
+                        (None, false) => "pruned (deleted)".to_string(),
+                    };
+                    println!("{}  {action}", d.point.snapshot);
+                }
+                let n = rep.to_prune().count();
+                println!(
+                    "{}: {} restore point(s), {} kept, {} {}",
+                    rep.disk,
+                    rep.decisions.len(),
+                    rep.decisions.len() - n,
+                    n,
+                    if dry_run {
+                        "to prune (dry run)"
+                    } else {
+                        "deleted"
+                    }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// The configured disk `name`, or the exit code for an unknown one.
+fn one_disk(app: &App, name: &str) -> Result<DiskConfig, ExitCode> {
+    match app.select_disks(&[name.to_string()]) {
+        Ok(mut d) => Ok(d.remove(0)),
+        Err(e) => {
+            eprintln!("snapback: {e}");
+            Err(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+/// Prints a failed operation and picks its exit code: 2 for a refused command line (unknown
+/// restore point, existing target, ...), 1 for a failure.
+fn fail(e: &AppError, what: &str) -> ExitCode {
+    eprintln!("snapback: {what}: {e}");
+    ExitCode::from(if e.is_usage() {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
+    })
 }
 
 /// SIGINT/SIGTERM during a manual backup: stop at the next checkpoint; the next run resumes.
@@ -200,8 +491,13 @@ fn print_points(points: &[RestorePoint], json: bool) -> anyhow::Result<()> {
         println!("no restore points");
     }
     for p in points {
+        let kept = if p.kept_by.is_empty() {
+            "pruned next".to_string()
+        } else {
+            format!("kept by {}", p.kept_by.join(","))
+        };
         println!(
-            "{}  source {}  {} bytes",
+            "{}  source {}  {} bytes  {kept}",
             p.snapshot, p.source_snapshot, p.size
         );
     }

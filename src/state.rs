@@ -275,6 +275,58 @@ impl StateStore {
         Ok(())
     }
 
+    /// Forgets a restore point (after retention deleted its snapshot).
+    pub fn delete_restore_point(&self, disk: &str, snapshot: &str) -> StateResult<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM restore_points WHERE disk = ?1 AND snapshot = ?2",
+                params![disk, snapshot],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Starts a disk's chain from an existing pair (restore `--rebase`): the disk row points
+    /// at `source`/`backup` with `rec`'s source snapshot as the diff base and its backup ETag,
+    /// and `rec` (a finished cycle whose restore point is `rec.backup_snapshot`) is recorded,
+    /// all in one transaction. The next cycle of the disk is then incremental.
+    pub fn start_chain(
+        &self,
+        rec: &CycleRecord,
+        source: &str,
+        backup: &str,
+        now: i64,
+    ) -> StateResult<CycleRecord> {
+        let mut rec = rec.clone();
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "INSERT INTO disks (name, source, backup) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(name) DO UPDATE SET source = ?2, backup = ?3",
+                params![rec.disk, source, backup],
+            )?;
+            tx.execute(
+                "INSERT INTO cycles (disk, done, record) VALUES (?1, 1, ?2)",
+                params![rec.disk, serde_json::to_string(&rec).unwrap_or_default()],
+            )?;
+            rec.id = tx.last_insert_rowid();
+            if let (Some(b), Some(s)) = (&rec.backup_snapshot, &rec.source_snapshot) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO restore_points \
+                     (disk, snapshot, source_snapshot, cycle_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![rec.disk, b, s, rec.id, now],
+                )?;
+            }
+            tx.execute(
+                "UPDATE disks SET base_snapshot = ?2, backup_etag = ?3, last_success_at = ?4, \
+                 last_error = NULL, last_error_at = NULL WHERE name = ?1",
+                params![rec.disk, rec.source_snapshot, rec.backup_etag, now],
+            )?;
+            tx.commit()
+        })?;
+        Ok(rec)
+    }
+
     /// Restore points recorded for a disk, oldest first.
     pub fn restore_points(&self, disk: &str) -> StateResult<Vec<RestorePointRow>> {
         self.with(|c| {

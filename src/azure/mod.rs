@@ -28,8 +28,9 @@ use azure_core::http::{
 use azure_storage_blob::models::{
     BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
-    BlobClientStartCopyFromUrlResultHeaders, BlobContainerClientListBlobsOptions, HttpRange,
-    ListBlobsIncludeItem, PageBlobClientClearPagesResultHeaders, PageBlobClientUploadPagesOptions,
+    BlobClientStartCopyFromUrlOptions, BlobClientStartCopyFromUrlResultHeaders,
+    BlobContainerClientListBlobsOptions, HttpRange, ListBlobsIncludeItem,
+    PageBlobClientClearPagesResultHeaders, PageBlobClientUploadPagesOptions,
     PageBlobClientUploadPagesResultHeaders,
 };
 use azure_storage_blob::{
@@ -702,11 +703,27 @@ impl PageBlobs for AzureBlobs {
         source: &BlobRef,
         source_snapshot: Option<&str>,
     ) -> BlobResult<String> {
+        self.start_copy_with_metadata(dest, source, source_snapshot, &Metadata::new())
+            .await
+    }
+
+    async fn start_copy_with_metadata(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+        metadata: &Metadata,
+    ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
         let url = self.readable_source_url(source, source_snapshot)?;
+        // No x-ms-meta-* at all means "copy the source's metadata" (the default of start_copy).
+        let options = BlobClientStartCopyFromUrlOptions {
+            metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),
+            ..Default::default()
+        };
         let resp = self
             .blob_client(dest)?
-            .start_copy_from_url(url.to_string(), None)
+            .start_copy_from_url(url.to_string(), Some(options))
             .await
             .map_err(|e| map_err(&dest.account, what(), e))?;
         resp.copy_id()
@@ -717,6 +734,25 @@ impl PageBlobs for AzureBlobs {
                 code: "MissingCopyId".into(),
                 message: "the response carried no x-ms-copy-id".into(),
             })
+    }
+
+    async fn set_metadata(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<()> {
+        let map: HashMap<String, String> = metadata.clone().into_iter().collect();
+        self.blob_client(blob)?
+            .set_metadata(&map, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&blob.account, format!("set metadata of {blob}"), e))
+    }
+
+    async fn delete_blob(&self, blob: &BlobRef) -> BlobResult<()> {
+        match self.blob_client(blob)?.delete(None).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(&blob.account, format!("delete {blob}"), e) {
+                BlobError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 
     async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()> {

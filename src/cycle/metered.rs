@@ -90,4 +90,22 @@ impl PageBlobs for Metered<'_> {
         self.count();
         self.inner.abort_copy(d, id).await
     }
+    async fn start_copy_with_metadata(
+        &self,
+        d: &BlobRef,
+        s: &BlobRef,
+        snap: Option<&str>,
+        m: &Metadata,
+    ) -> BlobResult<String> {
+        self.count();
+        self.inner.start_copy_with_metadata(d, s, snap, m).await
+    }
+    async fn set_metadata(&self, b: &BlobRef, m: &Metadata) -> BlobResult<()> {
+        self.count();
+        self.inner.set_metadata(b, m).await
+    }
+    async fn delete_blob(&self, b: &BlobRef) -> BlobResult<()> {
+        self.count();
+        self.inner.delete_blob(b).await
+    }
 }

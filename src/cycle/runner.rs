@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub const TAG_DISK: &str = "snapback_disk";
 pub const TAG_CYCLE: &str = "snapback_cycle";
 pub const TAG_SOURCE_SNAPSHOT: &str = "snapback_source_snapshot";
+/// On the backup base blob (not a snapshot): the disk it backs up.
+pub const TAG_BACKUP_OF: &str = "snapback_backup_of";
 
 /// How often the apply checkpoint is written at most. A crash re-applies at most this much
 /// work; each write is one small SQLite transaction.
@@ -438,7 +440,15 @@ impl<'a> Runner<'a> {
         if let Some(BlobPropsCopy { id, pending: true }) = self.copy_state(backup).await? {
             self.blobs.abort_copy(backup, &id).await?;
         }
-        match self.blobs.start_copy(backup, source, snapshot).await {
+        // Explicit metadata: without it Copy Blob copies the source snapshot's snapback tags
+        // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
+        // of the backup) would inherit them and pass for one of our restore points.
+        let meta = Metadata::from([(TAG_BACKUP_OF.to_string(), rec.disk.clone())]);
+        match self
+            .blobs
+            .start_copy_with_metadata(backup, source, snapshot, &meta)
+            .await
+        {
             Ok(copy_id) => Ok(Outcome::CopyStarted { copy_id }),
             Err(BlobError::NotFound { what, .. }) if what.contains(snapshot.unwrap_or("\0")) => {
                 Ok(Outcome::SourceSnapshotGone)

@@ -1,0 +1,863 @@
+//! Restore: a restore point becomes a disk again.
+//!
+//! 1. **Promote**: Copy Blob from the restore point (a backup snapshot) to a new writable blob
+//!    next to the backup, `<backup blob>.restore-<UTC time>`.
+//! 2. **Copy** that blob to the target (asynchronous Copy Blob; cross-account reads are
+//!    authorised by the blob layer, with a short-lived read SAS for Shared Key accounts).
+//! 3. With `rebase`: the restored disk starts a new backup chain whose backup blob is the
+//!    promoted blob. Its first source snapshot `S(0)` is taken at once and a restore point
+//!    `B(0)` of the promoted blob records it, so the chain's next cycle is incremental.
+//!    Without `rebase` the promoted blob is deleted at the end.
+//!
+//! Never a half-copied blob that looks valid: every blob a restore writes carries
+//! `snapback_restore = in-progress` from the moment its copy starts (Copy Blob sets the
+//! metadata atomically with the copy); only after the copy reports `success` is it re-tagged
+//! (`promoted` / `complete`). A failed, aborted or interrupted copy is aborted and its blob
+//! deleted. An existing target is never overwritten without `force`, and the check happens
+//! before anything is written.
+
+use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs};
+use crate::config::DiskConfig;
+use crate::cycle::machine::{CycleKind, CycleRecord, Phase};
+use crate::cycle::runner::{TAG_CYCLE, TAG_DISK, TAG_SOURCE_SNAPSHOT};
+use crate::state::{StateError, StateStore};
+use jiff::Timestamp;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Metadata on blobs a restore writes: `in-progress`, then `promoted` or `complete`.
+pub const TAG_RESTORE: &str = "snapback_restore";
+/// `<disk>@<restore point>` the blob was restored from.
+pub const TAG_RESTORED_FROM: &str = "snapback_restored_from";
+
+pub const RESTORE_IN_PROGRESS: &str = "in-progress";
+pub const RESTORE_PROMOTED: &str = "promoted";
+pub const RESTORE_COMPLETE: &str = "complete";
+
+/// Which restore point to restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PointSelector {
+    /// Exactly this backup snapshot.
+    Snapshot(String),
+    /// The newest restore point whose source snapshot was taken at or before this time.
+    At(Timestamp),
+}
+
+/// A new backup chain for the restored disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebase {
+    /// Name of the new disk (its `[[disk]]` entry).
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreRequest {
+    pub point: PointSelector,
+    pub target: BlobRef,
+    pub rebase: Option<Rebase>,
+    pub force: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("disk {disk} has no restore point {snapshot}")]
+    UnknownRestorePoint { disk: String, snapshot: String },
+    #[error("disk {disk} has no restore point at or before {at}")]
+    NoRestorePointBefore { disk: String, at: String },
+    #[error(
+        "target {target} already exists{detail}; pass --force to overwrite it (nothing was written)"
+    )]
+    TargetExists { target: String, detail: String },
+    #[error("target {target} is {what}; restoring over it would destroy that backup chain")]
+    TargetIsBackup { target: String, what: String },
+    #[error("invalid name \"{name}\" for the rebased disk: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("{what}: {source}")]
+    Blob {
+        what: String,
+        #[source]
+        source: BlobError,
+    },
+    #[error("copy {copy_id} of {source_blob} to {dest} {status}; {dest} was removed")]
+    CopyFailed {
+        source_blob: String,
+        dest: String,
+        copy_id: String,
+        status: String,
+    },
+    #[error("restore interrupted; the partial copy {dest} was aborted and removed")]
+    Interrupted { dest: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl RestoreError {
+    /// Errors the caller can fix by changing the command line (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            RestoreError::UnknownRestorePoint { .. }
+                | RestoreError::NoRestorePointBefore { .. }
+                | RestoreError::TargetExists { .. }
+                | RestoreError::TargetIsBackup { .. }
+                | RestoreError::BadName { .. }
+        )
+    }
+}
+
+fn blob_err(what: impl Into<String>) -> impl FnOnce(BlobError) -> RestoreError {
+    let what = what.into();
+    move |source| RestoreError::Blob { what, source }
+}
+
+/// The new chain started by `--rebase`.
+#[derive(Clone, Debug)]
+pub struct RebasedChain {
+    pub name: String,
+    pub source: BlobRef,
+    pub backup: BlobRef,
+    /// `S(0)` on the restored disk.
+    pub source_snapshot: String,
+    /// `B(0)` on the promoted blob.
+    pub restore_point: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreReport {
+    pub disk: String,
+    pub restore_point: String,
+    pub source_snapshot: String,
+    pub size: u64,
+    pub promoted: BlobRef,
+    pub target: BlobRef,
+    pub promote_seconds: f64,
+    pub copy_seconds: f64,
+    /// The promoted blob is kept (it is the rebased chain's backup blob).
+    pub promoted_kept: bool,
+    pub rebased: Option<RebasedChain>,
+}
+
+/// Executes restores for one disk.
+pub struct Restorer<'a> {
+    pub blobs: &'a dyn PageBlobs,
+    pub store: &'a StateStore,
+    pub disk: &'a DiskConfig,
+    /// Cancelled on Ctrl-C: the copy under way is aborted and its blob removed.
+    pub stop: CancellationToken,
+    /// First and longest wait between copy status polls.
+    pub poll: (Duration, Duration),
+    /// Unix seconds, for names and records.
+    pub now: i64,
+}
+
+/// A restore point of the disk, with the source snapshot it recorded.
+#[derive(Clone, Debug)]
+struct Chosen {
+    snapshot: String,
+    source_snapshot: String,
+    size: u64,
+}
+
+/// Checks a disk name as the config does: 1-63 characters from A-Z a-z 0-9 . _ -.
+pub fn check_disk_name(name: &str) -> Result<(), RestoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RestoreError::BadName {
+            name: name.to_string(),
+            reason: "use 1-63 characters from A-Z a-z 0-9 . _ -".into(),
+        })
+    }
+}
+
+/// The time a restore point captured: its source snapshot's time, else its own.
+fn captured_at(snapshot: &str, source_snapshot: &str) -> Option<Timestamp> {
+    source_snapshot
+        .parse()
+        .ok()
+        .or_else(|| snapshot.parse().ok())
+}
+
+impl<'a> Restorer<'a> {
+    pub fn new(blobs: &'a dyn PageBlobs, store: &'a StateStore, disk: &'a DiskConfig) -> Self {
+        Restorer {
+            blobs,
+            store,
+            disk,
+            stop: CancellationToken::new(),
+            poll: (Duration::from_millis(200), Duration::from_secs(10)),
+            now: Timestamp::now().as_second(),
+        }
+    }
+
+    fn backup(&self) -> BlobRef {
+        crate::app::blob_ref(&self.disk.backup)
+    }
+
+    async fn choose(&self, sel: &PointSelector) -> Result<Chosen, RestoreError> {
+        let backup = self.backup();
+        let points: Vec<Chosen> = self
+            .blobs
+            .list_snapshots(&backup)
+            .await
+            .map_err(blob_err(format!(
+                "restore points of disk {}",
+                self.disk.name
+            )))?
+            .into_iter()
+            .filter(|s| crate::retention::is_restore_point(&s.metadata, &self.disk.name))
+            .map(|s| Chosen {
+                source_snapshot: s
+                    .metadata
+                    .get(TAG_SOURCE_SNAPSHOT)
+                    .cloned()
+                    .unwrap_or_default(),
+                snapshot: s.snapshot,
+                size: s.size,
+            })
+            .collect();
+        match sel {
+            PointSelector::Snapshot(want) => points
+                .into_iter()
+                .find(|p| &p.snapshot == want)
+                .ok_or_else(|| RestoreError::UnknownRestorePoint {
+                    disk: self.disk.name.clone(),
+                    snapshot: want.clone(),
+                }),
+            PointSelector::At(at) => points
+                .into_iter()
+                .filter(|p| captured_at(&p.snapshot, &p.source_snapshot).is_some_and(|t| t <= *at))
+                .max_by_key(|p| captured_at(&p.snapshot, &p.source_snapshot))
+                .ok_or_else(|| RestoreError::NoRestorePointBefore {
+                    disk: self.disk.name.clone(),
+                    at: at.to_string(),
+                }),
+        }
+    }
+
+    /// Checks everything that can be checked before writing: the restore point, the target
+    /// (absent, or `force`), the rebased disk's name.
+    async fn preflight(&self, req: &RestoreRequest) -> Result<Chosen, RestoreError> {
+        let backup = self.backup();
+        if req.target == backup {
+            return Err(RestoreError::TargetIsBackup {
+                target: req.target.to_string(),
+                what: format!("the backup blob of disk {}", self.disk.name),
+            });
+        }
+        if let Some(rb) = &req.rebase {
+            check_disk_name(&rb.name)?;
+            if self.store.disk(&rb.name)?.is_some() {
+                return Err(RestoreError::BadName {
+                    name: rb.name.clone(),
+                    reason: "the state database already has a disk of that name".into(),
+                });
+            }
+        }
+        let chosen = self.choose(&req.point).await?;
+        let existing = self
+            .blobs
+            .properties(&req.target, None)
+            .await
+            .map_err(blob_err(format!("check target {}", req.target)))?;
+        if let Some(p) = existing {
+            if !req.force {
+                let detail = match p.metadata.get(TAG_RESTORE).map(String::as_str) {
+                    Some(RESTORE_IN_PROGRESS) => {
+                        " (an unfinished restore left by an interrupted run)".to_string()
+                    }
+                    _ => format!(" ({} bytes)", p.size),
+                };
+                return Err(RestoreError::TargetExists {
+                    target: req.target.to_string(),
+                    detail,
+                });
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// Runs a restore end to end.
+    pub async fn restore(&self, req: &RestoreRequest) -> Result<RestoreReport, RestoreError> {
+        let chosen = self.preflight(req).await?;
+        let backup = self.backup();
+        let from = format!("{}@{}", self.disk.name, chosen.snapshot);
+        let promoted = BlobRef {
+            blob: format!("{}.restore-{}", backup.blob, compact_time(self.now)),
+            ..backup.clone()
+        };
+        if self
+            .blobs
+            .properties(&promoted, None)
+            .await
+            .map_err(blob_err(format!("check {promoted}")))?
+            .is_some()
+        {
+            return Err(RestoreError::TargetExists {
+                target: promoted.to_string(),
+                detail: " (a promoted blob of the same second)".into(),
+            });
+        }
+        tracing::info!(disk = %self.disk.name, restore_point = %chosen.snapshot, promoted = %promoted, "promoting the restore point");
+
+        // 1. Promote.
+        let started = Instant::now();
+        let meta = |state: &str| {
+            Metadata::from([
+                (TAG_RESTORE.to_string(), state.to_string()),
+                (TAG_RESTORED_FROM.to_string(), from.clone()),
+            ])
+        };
+        self.copy(
+            &promoted,
+            &backup,
+            Some(&chosen.snapshot),
+            &meta(RESTORE_IN_PROGRESS),
+        )
+        .await?;
+        let promoted_meta = {
+            let mut m = meta(RESTORE_PROMOTED);
+            m.insert(
+                TAG_SOURCE_SNAPSHOT.to_string(),
+                chosen.source_snapshot.clone(),
+            );
+            m
+        };
+        if let Err(e) = self.blobs.set_metadata(&promoted, &promoted_meta).await {
+            self.remove(&promoted, None).await;
+            return Err(blob_err(format!("tag {promoted}"))(e));
+        }
+        let promote_seconds = started.elapsed().as_secs_f64();
+
+        // 2. Copy to the target.
+        let started = Instant::now();
+        tracing::info!(disk = %self.disk.name, target = %req.target, "copying the promoted blob to the target");
+        let copied = async {
+            self.blobs
+                .ensure_container(&req.target)
+                .await
+                .map_err(blob_err(format!("container of {}", req.target)))?;
+            // With --force over a blob that is itself the destination of a pending copy,
+            // ours would be refused: abort that one first.
+            if let Some(p) = self
+                .blobs
+                .properties(&req.target, None)
+                .await
+                .map_err(blob_err(format!("check target {}", req.target)))?
+            {
+                if let Some((id, CopyStatus::Pending { .. })) = p.copy {
+                    self.blobs
+                        .abort_copy(&req.target, &id)
+                        .await
+                        .map_err(blob_err(format!("abort copy to {}", req.target)))?;
+                }
+            }
+            self.copy(&req.target, &promoted, None, &meta(RESTORE_IN_PROGRESS))
+                .await?;
+            self.blobs
+                .set_metadata(&req.target, &meta(RESTORE_COMPLETE))
+                .await
+                .map_err(blob_err(format!("tag {}", req.target)))
+        }
+        .await;
+        if let Err(e) = copied {
+            // The target is already removed by `copy` on a copy failure; make sure, and drop
+            // the promoted blob too: a failed restore leaves nothing behind.
+            self.remove(&req.target, None).await;
+            self.remove(&promoted, None).await;
+            return Err(e);
+        }
+        let copy_seconds = started.elapsed().as_secs_f64();
+
+        // 3. Rebase, or clean up.
+        let rebased = match &req.rebase {
+            Some(rb) => Some(self.rebase(rb, &req.target, &promoted).await?),
+            None => {
+                self.blobs
+                    .delete_blob(&promoted)
+                    .await
+                    .map_err(blob_err(format!("delete the promoted blob {promoted}")))?;
+                None
+            }
+        };
+        Ok(RestoreReport {
+            disk: self.disk.name.clone(),
+            restore_point: chosen.snapshot,
+            source_snapshot: chosen.source_snapshot,
+            size: chosen.size,
+            promoted,
+            target: req.target.clone(),
+            promote_seconds,
+            copy_seconds,
+            promoted_kept: rebased.is_some(),
+            rebased,
+        })
+    }
+
+    /// Copies `source` (or a snapshot of it) over `dest` with `metadata`, polling until the
+    /// copy ends. On failure or interruption the copy is aborted and `dest` deleted.
+    async fn copy(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        snapshot: Option<&str>,
+        metadata: &Metadata,
+    ) -> Result<(), RestoreError> {
+        let source_label = match snapshot {
+            Some(s) => format!("{source} snapshot {s}"),
+            None => source.to_string(),
+        };
+        let copy_id = self
+            .blobs
+            .start_copy_with_metadata(dest, source, snapshot, metadata)
+            .await
+            .map_err(blob_err(format!("copy {source_label} to {dest}")))?;
+        let mut wait = self.poll.0;
+        loop {
+            let props = match self.blobs.properties(dest, None).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.remove(dest, Some(&copy_id)).await;
+                    return Err(blob_err(format!("status of the copy to {dest}"))(e));
+                }
+            };
+            let failed = |status: String| RestoreError::CopyFailed {
+                source_blob: source_label.clone(),
+                dest: dest.to_string(),
+                copy_id: copy_id.clone(),
+                status,
+            };
+            match props.and_then(|p| p.copy) {
+                Some((id, CopyStatus::Success)) if id == copy_id => return Ok(()),
+                Some((id, CopyStatus::Pending { copied, total })) if id == copy_id => {
+                    let pct = (copied * 100).checked_div(total).unwrap_or(0);
+                    tracing::info!(dest = %dest, copied, total, "copy {pct}% done");
+                }
+                Some((id, CopyStatus::Failed(why))) if id == copy_id => {
+                    self.remove(dest, None).await;
+                    return Err(failed(format!("failed: {why}")));
+                }
+                Some((id, CopyStatus::Aborted(why))) if id == copy_id => {
+                    self.remove(dest, None).await;
+                    return Err(failed(format!("was aborted: {why}")));
+                }
+                _ => {
+                    self.remove(dest, Some(&copy_id)).await;
+                    return Err(failed("is no longer reported on the destination".into()));
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => {
+                    self.remove(dest, Some(&copy_id)).await;
+                    return Err(RestoreError::Interrupted { dest: dest.to_string() });
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(self.poll.1);
+        }
+    }
+
+    /// Best-effort cleanup of a blob this restore wrote: abort its copy, delete it. A failure
+    /// is logged; the blob still carries `snapback_restore = in-progress`.
+    async fn remove(&self, blob: &BlobRef, copy_id: Option<&str>) {
+        if let Some(id) = copy_id {
+            if let Err(e) = self.blobs.abort_copy(blob, id).await {
+                tracing::warn!(blob = %blob, error = %e, "cannot abort the copy");
+            }
+        }
+        if let Err(e) = self.blobs.delete_blob(blob).await {
+            tracing::warn!(blob = %blob, error = %e, "cannot delete the unfinished restore blob; it is tagged snapback_restore=in-progress, delete it by hand");
+        }
+    }
+
+    /// Starts the new chain: `S(0)` of the restored disk, `B(0)` of the promoted blob (equal
+    /// bytes: both are copies of the same restore point), recorded as a finished cycle.
+    async fn rebase(
+        &self,
+        rb: &Rebase,
+        target: &BlobRef,
+        promoted: &BlobRef,
+    ) -> Result<RebasedChain, RestoreError> {
+        let tag = format!("rebase{:010x}", rand::random::<u64>() >> 24);
+        let mut meta = Metadata::from([
+            (TAG_DISK.to_string(), rb.name.clone()),
+            (TAG_CYCLE.to_string(), tag.clone()),
+        ]);
+        let s0 = self
+            .blobs
+            .create_snapshot(target, &meta)
+            .await
+            .map_err(blob_err(format!(
+                "first snapshot of the restored disk {target}"
+            )))?;
+        let size = self
+            .blobs
+            .properties(target, Some(&s0))
+            .await
+            .map_err(blob_err(format!("{target} snapshot {s0}")))?
+            .map(|p| p.size)
+            .unwrap_or_default();
+        meta.insert(TAG_SOURCE_SNAPSHOT.to_string(), s0.clone());
+        let b0 = self
+            .blobs
+            .create_snapshot(promoted, &meta)
+            .await
+            .map_err(blob_err(format!("first restore point of {promoted}")))?;
+        let etag = self
+            .blobs
+            .properties(promoted, None)
+            .await
+            .map_err(blob_err(format!("properties of {promoted}")))?
+            .map(|p| p.etag)
+            .unwrap_or_default();
+        let mut rec = CycleRecord::new(&rb.name, tag, None, None, self.now);
+        rec.kind = CycleKind::Seed;
+        rec.phase = Phase::Done;
+        rec.source_snapshot = Some(s0.clone());
+        rec.source_size = size;
+        rec.applied_upto = size;
+        rec.backup_snapshot = Some(b0.clone());
+        rec.backup_etag = Some(etag);
+        rec.repair_reason = Some(format!("started by restore of {}", self.disk.name));
+        rec.finished_at = Some(self.now);
+        self.store
+            .start_chain(&rec, &target.to_string(), &promoted.to_string(), self.now)?;
+        Ok(RebasedChain {
+            name: rb.name.clone(),
+            source: target.clone(),
+            backup: promoted.clone(),
+            source_snapshot: s0,
+            restore_point: b0,
+        })
+    }
+}
+
+/// The Azure CLI commands that put a restored blob under a VM. Attaching disks is an ARM
+/// operation, outside the storage API snapback uses, so it is printed, never run.
+pub fn attach_commands(url: &str, account_name: &str, disk_name: &str) -> String {
+    format!(
+        "# Attach the restored disk (ARM operations; snapback does not run them).\n\
+         # Fill in <RG>, <VM>, <SUBSCRIPTION> and, for a data disk, <OLD_DISK>.\n\
+         #\n\
+         # Managed disks: import the blob as a new managed disk, then swap it in.\n\
+         az disk create --resource-group <RG> --name {disk_name} \\\n\
+         \x20   --source {url} \\\n\
+         \x20   --source-storage-account-id /subscriptions/<SUBSCRIPTION>/resourceGroups/<RG>/providers/Microsoft.Storage/storageAccounts/{account_name}\n\
+         az vm deallocate --resource-group <RG> --name <VM>\n\
+         az vm update --resource-group <RG> --name <VM> --os-disk {disk_name}        # OS disk\n\
+         # or, for a data disk:\n\
+         #   az vm disk detach --resource-group <RG> --vm-name <VM> --name <OLD_DISK>\n\
+         #   az vm disk attach --resource-group <RG> --vm-name <VM> --name {disk_name}\n\
+         az vm start --resource-group <RG> --name <VM>\n\
+         #\n\
+         # Unmanaged disks (the VM uses the page blob itself; a --rebase chain follows it):\n\
+         #   az vm deallocate --resource-group <RG> --name <VM>\n\
+         #   az vm update --resource-group <RG> --name <VM> --set storageProfile.osDisk.vhd.uri={url}\n\
+         #   az vm unmanaged-disk attach --resource-group <RG> --vm-name <VM> --name {disk_name} --vhd-uri {url}   # data disk\n\
+         #   az vm start --resource-group <RG> --name <VM>\n"
+    )
+}
+
+/// Parses `--at`: an RFC 3339 time with offset (`2026-11-25T06:00:00Z`), or a civil date-time
+/// (`2026-11-25T07:00`, `2026-11-25 07:00:00`) or date (`2026-11-25`, midnight) in `tz`.
+pub fn parse_time(s: &str, tz: &jiff::tz::TimeZone) -> Result<Timestamp, String> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    let civil = s.parse::<jiff::civil::DateTime>().or_else(|_| {
+        s.parse::<jiff::civil::Date>()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    });
+    match civil {
+        Ok(dt) => dt
+            .to_zoned(tz.clone())
+            .map(|z| z.timestamp())
+            .map_err(|e| format!("invalid time \"{s}\": {e}")),
+        Err(_) => Err(format!(
+            "invalid time \"{s}\": use RFC 3339 (2026-11-25T06:00:00Z) or a local date-time \
+             in the disk's time zone (2026-11-25T07:00)"
+        )),
+    }
+}
+
+/// `20261125T070044Z` for unix seconds.
+pub fn compact_time(unix: i64) -> String {
+    Timestamp::from_second(unix)
+        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+/// The `[[disk]]` stanza of a rebased chain, with the original disk's other settings.
+pub fn config_stanza(chain: &RebasedChain, original: &DiskConfig) -> String {
+    use crate::config::VerifyMode;
+    let mut s = format!(
+        "[[disk]]\nname = \"{}\"\nsource = \"{}\"\nbackup = \"{}\"\n",
+        chain.name, chain.source, chain.backup
+    );
+    if let Some(sched) = &original.schedule {
+        s.push_str(&format!("schedule = \"{sched}\"\n"));
+    }
+    s.push_str(&format!("tz = \"{}\"\n", original.tz));
+    s.push_str(&format!("concurrency = {}\n", original.concurrency));
+    if original.verify == VerifyMode::AfterCycle {
+        s.push_str("verify = \"after-cycle\"\n");
+    }
+    let r = &original.retention;
+    let rules: Vec<String> = [
+        ("keep_last", r.keep_last),
+        ("hourly", r.hourly),
+        ("daily", r.daily),
+        ("weekly", r.weekly),
+        ("monthly", r.monthly),
+    ]
+    .iter()
+    .filter_map(|(k, v)| v.map(|v| format!("{k} = {v}")))
+    .collect();
+    if !rules.is_empty() {
+        s.push_str(&format!("retention = {{ {} }}\n", rules.join(", ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::MemBlobs;
+
+    const CONFIG: &str = "state_dir = \"/tmp/unused\"\n\
+        [accounts.premium]\nendpoint = \"http://127.0.0.1:1/premium\"\nshared_key_env = \"X\"\n\
+        [accounts.backup]\nendpoint = \"http://127.0.0.1:1/backup\"\nshared_key_env = \"X\"\n\
+        [[disk]]\nname = \"d1\"\nsource = \"premium/vhds/d1.vhd\"\nbackup = \"backup/backups/d1\"\n\
+        retention = { keep_last = 5, daily = 7 }\n";
+
+    struct World {
+        blobs: MemBlobs,
+        store: StateStore,
+        disk: DiskConfig,
+        points: Vec<(String, Vec<u8>)>,
+    }
+
+    /// Three restore points of d1 whose content differs, made by hand as a cycle would.
+    async fn world() -> World {
+        let cfg = crate::config::Config::parse(CONFIG, std::path::Path::new("t.toml")).unwrap();
+        let disk = cfg.disks[0].clone();
+        let blobs = MemBlobs::new();
+        let (src, bk) = (
+            crate::app::blob_ref(&disk.source),
+            crate::app::blob_ref(&disk.backup),
+        );
+        let mut points = Vec::new();
+        for i in 0..3u8 {
+            blobs.write(&src, u64::from(i) * 4096, &[i + 1; 4096]);
+            blobs.write(&bk, u64::from(i) * 4096, &[i + 1; 4096]);
+            let s = blobs
+                .create_snapshot(&src, &Metadata::from([(TAG_DISK.into(), "d1".into())]))
+                .await
+                .unwrap();
+            let b = blobs
+                .create_snapshot(
+                    &bk,
+                    &Metadata::from([
+                        (TAG_DISK.into(), "d1".into()),
+                        (TAG_SOURCE_SNAPSHOT.into(), s.clone()),
+                    ]),
+                )
+                .await
+                .unwrap();
+            points.push((b.clone(), blobs.content(&bk, Some(&b)).unwrap()));
+        }
+        World {
+            blobs,
+            store: StateStore::open_in_memory().unwrap(),
+            disk,
+            points,
+        }
+    }
+
+    fn restorer(w: &World) -> Restorer<'_> {
+        let mut r = Restorer::new(&w.blobs, &w.store, &w.disk);
+        r.poll = (Duration::from_millis(1), Duration::from_millis(2));
+        r
+    }
+
+    fn req(point: PointSelector, target: &BlobRef) -> RestoreRequest {
+        RestoreRequest {
+            point,
+            target: target.clone(),
+            rebase: None,
+            force: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn restores_a_middle_point_and_cleans_up_the_promoted_blob() {
+        let w = world().await;
+        let target = BlobRef::new("premium", "vhds", "d1-restored.vhd");
+        let (b, want) = &w.points[1];
+        let rep = restorer(&w)
+            .restore(&req(PointSelector::Snapshot(b.clone()), &target))
+            .await
+            .unwrap();
+        assert_eq!(w.blobs.content(&target, None).unwrap(), *want);
+        assert!(!rep.promoted_kept);
+        assert!(
+            w.blobs.content(&rep.promoted, None).is_none(),
+            "promoted blob removed"
+        );
+        let meta = w
+            .blobs
+            .properties(&target, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata;
+        assert_eq!(
+            meta.get(TAG_RESTORE).map(String::as_str),
+            Some(RESTORE_COMPLETE)
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_an_existing_target_without_force_and_writes_nothing() {
+        let w = world().await;
+        let target = BlobRef::new("premium", "vhds", "taken.vhd");
+        w.blobs.write(&target, 0, &[9u8; 512]);
+        let before = w.blobs.blob_names();
+        let e = restorer(&w)
+            .restore(&req(
+                PointSelector::Snapshot(w.points[0].0.clone()),
+                &target,
+            ))
+            .await
+            .unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("taken.vhd"), "{e}");
+        assert_eq!(w.blobs.blob_names(), before);
+        assert_eq!(w.blobs.content(&target, None).unwrap(), vec![9u8; 512]);
+        // With force it is replaced.
+        let mut r = req(PointSelector::Snapshot(w.points[0].0.clone()), &target);
+        r.force = true;
+        restorer(&w).restore(&r).await.unwrap();
+        assert_eq!(w.blobs.content(&target, None).unwrap(), w.points[0].1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_leaves_no_blob_behind() {
+        let w = world().await;
+        let target = BlobRef::new("premium", "vhds", "fails.vhd");
+        let before = w.blobs.blob_names();
+        w.blobs.fail_copies(1);
+        let e = restorer(&w)
+            .restore(&req(
+                PointSelector::Snapshot(w.points[2].0.clone()),
+                &target,
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::CopyFailed { .. }), "{e}");
+        assert_eq!(w.blobs.blob_names(), before, "promoted blob removed");
+        // Interrupted (Ctrl-C) while the promote copy is pending: aborted and removed.
+        let mut r = restorer(&w);
+        r.now += 1;
+        w.blobs.fail_copies(0);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        r.stop = stop;
+        let e = r
+            .restore(&req(
+                PointSelector::Snapshot(w.points[2].0.clone()),
+                &target,
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::Interrupted { .. }), "{e}");
+        assert_eq!(w.blobs.blob_names(), before, "interrupted: nothing left");
+    }
+
+    #[test]
+    fn times_parse_with_offset_or_in_the_disk_time_zone() {
+        let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
+        let want: Timestamp = "2026-07-01T05:00:00Z".parse().unwrap();
+        assert_eq!(parse_time("2026-07-01T05:00:00Z", &paris), Ok(want));
+        assert_eq!(parse_time("2026-07-01T07:00:00+02:00", &paris), Ok(want));
+        assert_eq!(parse_time("2026-07-01T07:00", &paris), Ok(want));
+        assert_eq!(parse_time("2026-07-01 07:00:00", &paris), Ok(want));
+        assert_eq!(
+            parse_time("2026-07-01", &paris),
+            Ok("2026-06-30T22:00:00Z".parse().unwrap())
+        );
+        assert!(parse_time("yesterday", &paris)
+            .unwrap_err()
+            .contains("yesterday"));
+    }
+
+    #[tokio::test]
+    async fn at_picks_the_newest_point_captured_at_or_before() {
+        let w = world().await;
+        let r = restorer(&w);
+        // Fake snapshot ids are 2026-01-01T00:00:00.<tick>Z; source snapshots precede points.
+        let second_source = {
+            let bk = crate::app::blob_ref(&w.disk.backup);
+            let snaps = w.blobs.list_snapshots(&bk).await.unwrap();
+            snaps[1].metadata[TAG_SOURCE_SNAPSHOT].clone()
+        };
+        let at: Timestamp = second_source.parse().unwrap();
+        let got = r.choose(&PointSelector::At(at)).await.unwrap();
+        assert_eq!(got.snapshot, w.points[1].0);
+        let e = r
+            .choose(&PointSelector::At("2025-01-01T00:00:00Z".parse().unwrap()))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::NoRestorePointBefore { .. }));
+    }
+
+    #[tokio::test]
+    async fn rebase_records_a_chain_whose_next_cycle_is_incremental() {
+        let w = world().await;
+        let target = BlobRef::new("premium", "vhds", "d1-new.vhd");
+        let mut r = req(PointSelector::Snapshot(w.points[2].0.clone()), &target);
+        r.rebase = Some(Rebase {
+            name: "d1-new".into(),
+        });
+        let rep = restorer(&w).restore(&r).await.unwrap();
+        let chain = rep.rebased.unwrap();
+        let state = w.store.disk("d1-new").unwrap().unwrap();
+        assert_eq!(
+            state.base_snapshot.as_deref(),
+            Some(chain.source_snapshot.as_str())
+        );
+        assert_eq!(state.backup, rep.promoted.to_string());
+        assert_eq!(w.store.restore_points("d1-new").unwrap().len(), 1);
+        // Run a cycle of the new disk: it must be incremental and move one page.
+        let spec = crate::cycle::runner::DiskSpec {
+            name: "d1-new".into(),
+            source: target.clone(),
+            backup: rep.promoted.clone(),
+            concurrency: 2,
+        };
+        w.blobs.write(&target, 8192, &[0xAB; 512]);
+        let clock = crate::cycle::runner::SystemClock;
+        let runner = crate::cycle::runner::Runner::new(&w.blobs, &w.store, &clock, &spec);
+        let rec = runner.run_cycle().await.unwrap();
+        assert_eq!(rec.kind, CycleKind::Incremental);
+        assert_eq!(rec.stats.bytes_written, 512);
+        let b1 = rec.backup_snapshot.unwrap();
+        assert_eq!(
+            w.blobs.content(&rep.promoted, Some(&b1)),
+            w.blobs.content(&target, None)
+        );
+        // A name already in the state database is refused before anything is written.
+        let mut again = req(
+            PointSelector::Snapshot(w.points[0].0.clone()),
+            &BlobRef::new("premium", "vhds", "x.vhd"),
+        );
+        again.rebase = Some(Rebase {
+            name: "d1-new".into(),
+        });
+        assert!(restorer(&w).restore(&again).await.unwrap_err().is_usage());
+    }
+}

@@ -1,0 +1,381 @@
+//! Verify: proves a restore point equal to the source snapshot it recorded.
+//!
+//! A restore point `B(n)` names `S(n)` in its metadata (`snapback_source_snapshot`). While
+//! `S(n)` exists on the source (the newest one always does: each cycle keeps its own), both are
+//! compared: sizes, then every allocated range of either side (the union of the two full page
+//! range listings, since the backup stores zero chunks as cleared pages where the source may
+//! hold written zeros), read in chunks of at most 4 MiB from both and compared by CRC-64; a
+//! chunk whose checksums differ is compared byte by byte to name the first differing offset.
+//! Unallocated pages read as zeros on both sides and need no read.
+//!
+//! Cost: a full read of the allocated part of both blobs (the source account is read as much
+//! as by a seed), plus two page range listings. Nothing is written.
+
+use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
+use crate::config::DiskConfig;
+use crate::cycle::runner::TAG_SOURCE_SNAPSHOT;
+use crate::pages::{ByteRange, PageItem, MAX_PUT_BYTES};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("disk {disk}: {source}")]
+    Blob {
+        disk: String,
+        #[source]
+        source: BlobError,
+    },
+    #[error("disk {disk} has no restore points")]
+    NoRestorePoints { disk: String },
+    #[error("disk {disk} has no restore point {snapshot}")]
+    UnknownRestorePoint { disk: String, snapshot: String },
+    #[error(
+        "disk {disk}: restore point {snapshot} records no source snapshot \
+         ({TAG_SOURCE_SNAPSHOT} metadata), so there is nothing to compare it with"
+    )]
+    NoSourceSnapshot { disk: String, snapshot: String },
+    #[error(
+        "disk {disk}: cannot verify restore point {snapshot}: its source snapshot {source_snapshot} \
+         of {source_blob} no longer exists (only the newest restore point's source snapshot is kept)"
+    )]
+    SourceSnapshotGone {
+        disk: String,
+        snapshot: String,
+        source_snapshot: String,
+        source_blob: String,
+    },
+}
+
+impl VerifyError {
+    /// The caller named something that does not exist (a usage error, not a failed check).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::NoRestorePoints { .. } | VerifyError::UnknownRestorePoint { .. }
+        )
+    }
+}
+
+/// Where a restore point and its source first differ.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    /// First differing byte offset (for a size mismatch: the smaller size).
+    pub offset: u64,
+    /// `"size"` or `"content"`.
+    pub kind: &'static str,
+    /// The chunk (or sizes) compared.
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub disk: String,
+    pub restore_point: String,
+    pub source_snapshot: String,
+    pub size: u64,
+    /// Page ranges listed on each side.
+    pub backup_ranges: usize,
+    pub source_ranges: usize,
+    /// Chunks read from both sides and compared.
+    pub chunks: u64,
+    /// Bytes read from each side.
+    pub bytes_compared: u64,
+    pub mismatch: Option<Mismatch>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.mismatch.is_none()
+    }
+}
+
+/// Every allocated range of a blob or snapshot, in offset order.
+pub async fn allocated_ranges(
+    blobs: &dyn PageBlobs,
+    blob: &BlobRef,
+    snapshot: Option<&str>,
+) -> Result<Vec<ByteRange>, BlobError> {
+    let mut out = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let q = PageListQuery {
+            snapshot,
+            marker: marker.as_deref(),
+            ..Default::default()
+        };
+        let page = blobs.page_ranges(blob, &q).await?;
+        out.extend(page.items.into_iter().filter_map(|i| match i {
+            PageItem::Changed(r) => Some(r),
+            PageItem::Cleared(_) => None,
+        }));
+        marker = page.next_marker;
+        if marker.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The union of two range lists, merged and clipped to `size`, split into chunks of at most
+/// `chunk` bytes.
+pub fn union_chunks(a: &[ByteRange], b: &[ByteRange], size: u64, chunk: u64) -> Vec<ByteRange> {
+    let mut all: Vec<ByteRange> = a.iter().chain(b).copied().collect();
+    all.sort_by_key(|r| (r.start, r.end));
+    let mut merged: Vec<ByteRange> = Vec::new();
+    for r in all {
+        let r = ByteRange::new(r.start.min(size), r.end.min(size));
+        if r.is_empty() {
+            continue;
+        }
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    let mut out = Vec::new();
+    for r in merged {
+        let mut at = r.start;
+        while at < r.end {
+            let end = (at + chunk).min(r.end);
+            out.push(ByteRange::new(at, end));
+            at = end;
+        }
+    }
+    out
+}
+
+fn crc64(data: &[u8]) -> u64 {
+    crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(data)
+}
+
+/// Compares `backup`@`restore_point` with `source`@`source_snapshot`, both already resolved.
+pub async fn compare(
+    blobs: &dyn PageBlobs,
+    disk: &str,
+    (backup, restore_point): (&BlobRef, &str),
+    (source, source_snapshot): (&BlobRef, &str),
+    concurrency: usize,
+) -> Result<VerifyReport, VerifyError> {
+    let err = |source| VerifyError::Blob {
+        disk: disk.to_string(),
+        source,
+    };
+    let Some(sprops) = blobs
+        .properties(source, Some(source_snapshot))
+        .await
+        .map_err(err)?
+    else {
+        return Err(VerifyError::SourceSnapshotGone {
+            disk: disk.to_string(),
+            snapshot: restore_point.to_string(),
+            source_snapshot: source_snapshot.to_string(),
+            source_blob: source.to_string(),
+        });
+    };
+    let bprops = blobs
+        .properties(backup, Some(restore_point))
+        .await
+        .map_err(err)?
+        .ok_or_else(|| VerifyError::UnknownRestorePoint {
+            disk: disk.to_string(),
+            snapshot: restore_point.to_string(),
+        })?;
+    let mut report = VerifyReport {
+        disk: disk.to_string(),
+        restore_point: restore_point.to_string(),
+        source_snapshot: source_snapshot.to_string(),
+        size: sprops.size,
+        backup_ranges: 0,
+        source_ranges: 0,
+        chunks: 0,
+        bytes_compared: 0,
+        mismatch: None,
+    };
+    if bprops.size != sprops.size {
+        report.mismatch = Some(Mismatch {
+            offset: bprops.size.min(sprops.size),
+            kind: "size",
+            detail: format!(
+                "restore point is {} bytes, source snapshot {} bytes",
+                bprops.size, sprops.size
+            ),
+        });
+        return Ok(report);
+    }
+    let b_ranges = allocated_ranges(blobs, backup, Some(restore_point))
+        .await
+        .map_err(err)?;
+    let s_ranges = allocated_ranges(blobs, source, Some(source_snapshot))
+        .await
+        .map_err(err)?;
+    report.backup_ranges = b_ranges.len();
+    report.source_ranges = s_ranges.len();
+    let chunks = union_chunks(&b_ranges, &s_ranges, sprops.size, MAX_PUT_BYTES);
+    let results = futures::stream::iter(chunks.into_iter().map(Ok::<_, BlobError>))
+        .map_ok(|r| async move {
+            let (b, s) = futures::try_join!(
+                blobs.read(backup, Some(restore_point), r),
+                blobs.read(source, Some(source_snapshot), r)
+            )?;
+            let (cb, cs) = (crc64(&b), crc64(&s));
+            let first = (cb != cs || b != s).then(|| {
+                let at = b
+                    .iter()
+                    .zip(s.iter())
+                    .position(|(x, y)| x != y)
+                    .unwrap_or(b.len().min(s.len()));
+                (r.start + at as u64, cb, cs)
+            });
+            Ok((r, first))
+        })
+        .try_buffered(concurrency.max(1));
+    let mut results = std::pin::pin!(results);
+    while let Some(item) = results.next().await {
+        let (r, first) = item.map_err(err)?;
+        report.chunks += 1;
+        report.bytes_compared += r.len();
+        if let Some((offset, cb, cs)) = first {
+            report.mismatch = Some(Mismatch {
+                offset,
+                kind: "content",
+                detail: format!(
+                    "chunk {r}: CRC-64 {cb:016x} in the restore point, {cs:016x} in the source snapshot"
+                ),
+            });
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Verifies one restore point of `disk` (the newest when `snapshot` is None).
+pub async fn verify(
+    blobs: &dyn PageBlobs,
+    disk: &DiskConfig,
+    snapshot: Option<&str>,
+) -> Result<VerifyReport, VerifyError> {
+    let backup = crate::app::blob_ref(&disk.backup);
+    let source = crate::app::blob_ref(&disk.source);
+    let ours: Vec<_> = blobs
+        .list_snapshots(&backup)
+        .await
+        .map_err(|source| VerifyError::Blob {
+            disk: disk.name.clone(),
+            source,
+        })?
+        .into_iter()
+        .filter(|s| crate::retention::is_restore_point(&s.metadata, &disk.name))
+        .collect();
+    let point = match snapshot {
+        Some(want) => ours.iter().find(|s| s.snapshot == want).ok_or_else(|| {
+            VerifyError::UnknownRestorePoint {
+                disk: disk.name.clone(),
+                snapshot: want.to_string(),
+            }
+        })?,
+        None => ours.last().ok_or_else(|| VerifyError::NoRestorePoints {
+            disk: disk.name.clone(),
+        })?,
+    };
+    let source_snapshot = point
+        .metadata
+        .get(TAG_SOURCE_SNAPSHOT)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| VerifyError::NoSourceSnapshot {
+            disk: disk.name.clone(),
+            snapshot: point.snapshot.clone(),
+        })?;
+    compare(
+        blobs,
+        &disk.name,
+        (&backup, &point.snapshot),
+        (&source, source_snapshot),
+        disk.concurrency,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::Metadata;
+    use crate::fake::MemBlobs;
+
+    fn r(a: u64, b: u64) -> ByteRange {
+        ByteRange::new(a, b)
+    }
+
+    #[test]
+    fn union_merges_clips_and_chunks() {
+        let a = [r(0, 512), r(4096, 8192)];
+        let b = [r(512, 1024), r(6144, 12288), r(20480, 30720)];
+        assert_eq!(
+            union_chunks(&a, &b, 25600, 4096),
+            vec![
+                r(0, 1024),
+                r(4096, 8192),
+                r(8192, 12288),
+                r(20480, 24576),
+                r(24576, 25600)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn equal_content_passes_even_when_zeros_are_stored_differently() {
+        let blobs = MemBlobs::new();
+        let (src, bk) = (BlobRef::new("p", "c", "src"), BlobRef::new("b", "c", "bk"));
+        blobs.write(&src, 0, &[7u8; 8192]);
+        blobs.write(&src, 65536, &[0u8; 4096]); // written zeros: allocated on the source only
+        blobs.write(&bk, 0, &[7u8; 8192]);
+        blobs.resize(&bk, 69632).await.unwrap();
+        let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
+        let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
+        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2)
+            .await
+            .unwrap();
+        assert!(rep.ok(), "{rep:?}");
+        assert_eq!(rep.bytes_compared, 8192 + 4096);
+        assert_eq!((rep.backup_ranges, rep.source_ranges), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn names_the_first_differing_byte() {
+        let blobs = MemBlobs::new();
+        let (src, bk) = (BlobRef::new("p", "c", "src"), BlobRef::new("b", "c", "bk"));
+        let mut data = vec![3u8; 16384];
+        blobs.write(&src, 0, &data);
+        data[10_000] = 4;
+        blobs.write(&bk, 0, &data);
+        let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
+        let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
+        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2)
+            .await
+            .unwrap();
+        let m = rep.mismatch.unwrap();
+        assert_eq!((m.offset, m.kind), (10_000, "content"));
+        // A size difference is reported at the smaller size.
+        blobs.resize(&bk, 32768).await.unwrap();
+        let b2 = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
+        let rep = compare(&blobs, "d", (&bk, &b2), (&src, &s), 2)
+            .await
+            .unwrap();
+        assert_eq!(rep.mismatch.unwrap().offset, 16384);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_source_snapshot_is_reported_not_compared() {
+        let blobs = MemBlobs::new();
+        let (src, bk) = (BlobRef::new("p", "c", "src"), BlobRef::new("b", "c", "bk"));
+        blobs.write(&src, 0, &[1u8; 512]);
+        blobs.write(&bk, 0, &[1u8; 512]);
+        let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
+        let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
+        blobs.delete_snapshot(&src, &s).await.unwrap();
+        let e = compare(&blobs, "d", (&bk, &b), (&src, &s), 2)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, VerifyError::SourceSnapshotGone { .. }), "{e}");
+        assert!(e.to_string().contains(&s));
+    }
+}
