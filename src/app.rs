@@ -5,12 +5,13 @@ use crate::azure::AzureBlobs;
 use crate::blobs::{BlobError, BlobRef, PageBlobs};
 use crate::config::{BlobPath, Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
+use crate::cycle::progress::Progress;
 use crate::cycle::runner::{
     kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_DISK, TAG_SOURCE_SNAPSHOT,
 };
 use crate::state::{StateError, StateStore};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,7 +67,7 @@ pub struct RestorePoint {
 }
 
 /// Per-disk status, as `status` prints it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskStatus {
     pub disk: String,
     pub source: String,
@@ -78,9 +79,9 @@ pub struct DiskStatus {
     pub last_cycle: Option<LastCycle>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastCycle {
-    pub kind: &'static str,
+    pub kind: String,
     pub backup_snapshot: Option<String>,
     pub source_snapshot: Option<String>,
     pub bytes_written: u64,
@@ -170,8 +171,18 @@ impl App {
 
     /// Runs (or resumes) one cycle of one disk, logging one line with its result.
     pub async fn run_disk(&self, disk: &DiskConfig, stop: CancellationToken) -> CycleReport {
+        self.run_disk_with(disk, stop, None).await
+    }
+
+    /// [`App::run_disk`], publishing the cycle's phase and apply offset to `progress`.
+    pub async fn run_disk_with(
+        &self,
+        disk: &DiskConfig,
+        stop: CancellationToken,
+        progress: Option<Arc<Progress>>,
+    ) -> CycleReport {
         let started = Instant::now();
-        let result = self.run_disk_inner(disk, stop).await;
+        let result = self.run_disk_inner(disk, stop, progress).await;
         let seconds = started.elapsed().as_secs_f64();
         match &result {
             Ok(rec) => {
@@ -210,6 +221,7 @@ impl App {
         &self,
         disk: &DiskConfig,
         stop: CancellationToken,
+        progress: Option<Arc<Progress>>,
     ) -> Result<CycleRecord, CycleError> {
         let _lock = self.lock_disk(&disk.name).map_err(|e| CycleError::Blob {
             disk: disk.name.clone(),
@@ -218,6 +230,7 @@ impl App {
         let spec = disk_spec(disk);
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
+        runner.progress = progress;
         runner.run_cycle().await
     }
 
@@ -281,7 +294,7 @@ fn last_cycle(c: &CycleRecord) -> LastCycle {
         requests,
     } = c.stats;
     LastCycle {
-        kind: kind_label(c.kind),
+        kind: kind_label(c.kind).to_string(),
         backup_snapshot: c.backup_snapshot.clone(),
         source_snapshot: c.source_snapshot.clone(),
         bytes_written,

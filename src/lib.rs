@@ -9,12 +9,14 @@
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
 //! - [`state`]: the SQLite state database.
 //! - [`app`]: the operations behind the CLI commands.
+//! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
 pub mod app;
 pub mod azure;
 pub mod blobs;
 pub mod config;
 pub mod cycle;
+pub mod daemon;
 pub mod fake;
 pub mod pages;
 pub mod state;

@@ -6,10 +6,12 @@
 
 use super::machine::{self, Action, CycleKind, CycleRecord, CycleStats, Outcome, Phase};
 use super::metered::Metered;
+use super::progress::Progress;
 use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs, PageListQuery};
 use crate::pages::{round_up_to_page, ByteRange, Coalescer, PageOp, MAX_PUT_BYTES};
 use crate::state::{StateError, StateStore};
 use futures::{stream, StreamExt, TryStreamExt};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +75,8 @@ pub struct Runner<'a> {
     pub stop: CancellationToken,
     /// First and longest wait between copy status polls.
     pub copy_poll: (Duration, Duration),
+    /// Where the phase and apply offset are published for watchers (the daemon).
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl<'a> Runner<'a> {
@@ -89,6 +93,7 @@ impl<'a> Runner<'a> {
             disk,
             stop: CancellationToken::new(),
             copy_poll: (Duration::from_millis(200), Duration::from_secs(15)),
+            progress: None,
         }
     }
 
@@ -130,6 +135,9 @@ impl<'a> Runner<'a> {
         let Some(action) = machine::next_action(rec) else {
             return Ok(false);
         };
+        if let Some(p) = &self.progress {
+            p.set_phase(rec.phase.as_str());
+        }
         if self.stop.is_cancelled() {
             return Err(CycleError::Interrupted {
                 disk: rec.disk.clone(),
@@ -300,6 +308,9 @@ impl<'a> Runner<'a> {
 
         let mut last_save = Instant::now();
         let mut upto = rec.applied_upto;
+        if let Some(p) = &self.progress {
+            p.start_apply(upto, size);
+        }
         loop {
             let next = tokio::select! {
                 biased;
@@ -330,6 +341,9 @@ impl<'a> Runner<'a> {
                     // try_buffered yields in order, so every op before this one is done.
                     upto = op.range().end;
                     stats.add(&s);
+                    if let Some(p) = &self.progress {
+                        p.set_done(upto);
+                    }
                 }
                 Err(BlobError::PreviousSnapshotGone { snapshot, .. }) => {
                     self.commit(
