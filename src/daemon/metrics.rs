@@ -25,7 +25,7 @@ pub const PHASES: &[&str] = &[
     "diff",
     "apply",
     "copy",
-    "backup_snapshot",
+    "backup-snapshot",
     "prune",
 ];
 
