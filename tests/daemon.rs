@@ -52,7 +52,12 @@ async fn daemon_status(socket: &Path) -> Option<control::DaemonStatus> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_reload_metrics_control_and_a_single_daemon() {
-    let fx = Fixture::with_extra(&disk_section("disk1", "schedule = \"*/2 * * * * *\""));
+    // "broken" has no source blob: its cycles fail, are logged with their cause and counted.
+    let fx = Fixture::with_extra(&format!(
+        "{}{}",
+        disk_section("disk1", "schedule = \"*/2 * * * * *\""),
+        disk_section("broken", "schedule = \"*/2 * * * * *\"")
+    ));
     let port = free_port();
     prepend_config(
         &fx,
@@ -88,9 +93,10 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
     assert!(out.status.success());
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     assert_eq!(st["pid"], d.pid());
-    assert_eq!(st["disks"][0]["disk"], "disk1");
-    assert!(st["disks"][0]["last_success"].is_string(), "{st}");
-    assert!(st["disks"][0]["next_run"].is_string(), "{st}");
+    let disk1 = &st["disks"][0];
+    assert_eq!(disk1["disk"], "disk1");
+    assert!(disk1["last_success"].is_string(), "{st}");
+    assert!(disk1["next_run"].is_string(), "{st}");
 
     // Metrics show the cycles.
     let (code, body) = http_get(port, "/metrics").expect("GET /metrics");
@@ -116,6 +122,24 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
             >= 2.0
     );
     assert_eq!(http_get(port, "/healthz").expect("healthz").0, 200);
+    assert!(
+        metric(
+            &body,
+            "snapback_cycles_total{disk=\"broken\",result=\"error\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{body}"
+    );
+    let log = d.stderr();
+    assert!(
+        log.contains("cycle failed") && log.contains("broken.vhd"),
+        "failure not logged with its cause:\n{log}"
+    );
+    assert!(log.contains("it will be retried"), "{log}");
+    let broken = &st["disks"][1];
+    assert_eq!(broken["disk"], "broken");
+    assert!(broken["last_error"].is_string(), "{st}");
 
     // SIGHUP adds a disk without a restart.
     small_disk(blobs.as_ref(), &fx.source("disk2"), 2).await;
@@ -154,7 +178,7 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
         metric(&body, "snapback_config_reloads_total{result=\"error\"}"),
         Some(1.0)
     );
-    assert_eq!(metric(&body, "snapback_disks"), Some(2.0));
+    assert_eq!(metric(&body, "snapback_disks"), Some(3.0));
     assert!(daemon_status(&socket).await.is_some());
     std::fs::write(&fx.config_path, good).unwrap();
 
