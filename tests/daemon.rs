@@ -409,3 +409,73 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     );
     assert!(!err.contains("snapback.service:"), "warnings:\n{err}");
 }
+
+/// Idle footprint with 50 disks (schedules far in the future), for docs/operations.md:
+/// `cargo test --release --test daemon idle_usage -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, takes 60 s"]
+fn idle_usage_with_50_disks() {
+    let disks: String = (0..50)
+        .map(|i| {
+            disk_section(
+                &format!("disk{i:02}"),
+                "schedule = \"0 0 0 1 1 *\"\njitter = \"1m\"",
+            )
+        })
+        .collect();
+    let fx = Fixture::with_extra(&disks);
+    prepend_config(
+        &fx,
+        &format!("metrics_listen = \"127.0.0.1:{}\"", free_port()),
+    );
+    let mut d = DaemonProc::spawn(&fx);
+    std::thread::sleep(Duration::from_secs(60));
+    assert!(d.is_running(), "{}", d.stderr());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?")
+        .to_string();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+    // After the ")" that ends the command name come fields 3.. of proc(5): state, ppid, ...;
+    // utime and stime are fields 14 and 15.
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    println!(
+        "idle with 50 disks after 60 s: {rss}, utime+stime = {ticks} ticks ({} ms at 100 Hz)",
+        ticks * 10
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_time_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapback.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[accounts.a]\nendpoint = \"http://127.0.0.1:1/acct\"\nshared_key_env = \"K\"\n{}",
+            dir.path().join("state").display(),
+            "[[disk]]\nname = \"d\"\nsource = \"a/vhds/d.vhd\"\nbackup = \"a/backups/d\"\nschedule = \"0 1 * * *\"\ntz = \"Europe/Pariss\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("disk d: unknown time zone \"Europe/Pariss\""),
+        "{err}"
+    );
+}
