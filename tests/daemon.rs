@@ -50,6 +50,25 @@ async fn daemon_status(socket: &Path) -> Option<control::DaemonStatus> {
     }
 }
 
+/// The metrics port the daemon logged ("serving /metrics and /healthz addr=127.0.0.1:PORT").
+async fn metrics_port(d: &DaemonProc) -> u16 {
+    let mut port = None;
+    eventually(Duration::from_secs(10), || {
+        port = d.stderr().lines().find_map(|l| {
+            let rest = l.split("serving /metrics").nth(1)?;
+            rest.split("127.0.0.1:")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        });
+        std::future::ready(port.is_some())
+    })
+    .await;
+    port.unwrap_or_else(|| panic!("no metrics address logged:\n{}", d.stderr()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_reload_metrics_control_and_a_single_daemon() {
     // "broken" has no source blob: its cycles fail, are logged with their cause and counted.
@@ -58,16 +77,17 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
         disk_section("disk1", "schedule = \"*/2 * * * * *\""),
         disk_section("broken", "schedule = \"*/2 * * * * *\"")
     ));
-    let port = free_port();
+    // Port 0: the kernel picks a free port and the daemon logs it (no race with other tests).
     prepend_config(
         &fx,
-        &format!("metrics_listen = \"127.0.0.1:{port}\"\nshutdown_grace = \"5s\""),
+        "metrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"",
     );
     let blobs = fx.blobs();
     small_disk(blobs.as_ref(), &fx.source("disk1"), 1).await;
     let socket = fx.config().control_socket;
 
     let mut d = DaemonProc::spawn(&fx);
+    let port = metrics_port(&d).await;
     // Cycles happen on the schedule, one after the other.
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -97,6 +117,12 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
     assert_eq!(disk1["disk"], "disk1");
     assert!(disk1["last_success"].is_string(), "{st}");
     assert!(disk1["next_run"].is_string(), "{st}");
+
+    let text = String::from_utf8_lossy(&fx.snapback(&["status"]).stdout).to_string();
+    assert!(
+        text.starts_with(&format!("daemon: pid {}", d.pid())) && text.contains("  next run:"),
+        "{text}"
+    );
 
     // Metrics show the cycles.
     let (code, body) = http_get(port, "/metrics").expect("GET /metrics");
