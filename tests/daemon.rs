@@ -5,7 +5,7 @@ mod common;
 
 use common::daemon::{
     append_config, disk_section, eventually, free_port, http_get, metric, prepend_config,
-    DaemonProc,
+    DaemonProc, NotifySocket,
 };
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
 use snapback::blobs::{BlobRef, PageBlobs};
@@ -86,7 +86,15 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
     small_disk(blobs.as_ref(), &fx.source("disk1"), 1).await;
     let socket = fx.config().control_socket;
 
-    let mut d = DaemonProc::spawn(&fx);
+    // As under systemd: READY/RELOADING/STOPPING and a 1 s watchdog (pinged every 0.5 s).
+    let notify = NotifySocket::bind(fx.dir.path());
+    let mut d = DaemonProc::spawn_with_env(
+        &fx,
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
     let port = metrics_port(&d).await;
     // Cycles happen on the schedule, one after the other.
     assert!(
@@ -167,6 +175,9 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
     assert_eq!(broken["disk"], "broken");
     assert!(broken["last_error"].is_string(), "{st}");
 
+    assert_eq!(notify.count("READY=1"), 1);
+    assert!(notify.count("WATCHDOG=1") >= 2, "watchdog not pinged");
+
     // SIGHUP adds a disk without a restart.
     small_disk(blobs.as_ref(), &fx.source("disk2"), 2).await;
     append_config(&fx, &disk_section("disk2", "schedule = \"*/2 * * * * *\""));
@@ -215,6 +226,13 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
         .expect("exits within the grace");
     assert!(st.success(), "{st:?}\n{}", d.stderr());
     assert!(!socket.exists());
+    assert_eq!(notify.count("RELOADING=1"), 2);
+    assert_eq!(
+        notify.count("READY=1"),
+        3,
+        "READY after start and after each reload"
+    );
+    assert_eq!(notify.count("STOPPING=1"), 1);
     // Without a daemon, `status` works standalone and `--require-daemon` fails.
     assert!(fx.snapback(&["status"]).status.success());
     assert_eq!(

@@ -17,8 +17,15 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub fn spawn(fx: &Fixture) -> DaemonProc {
-        let mut child = fx
-            .command(&["run"])
+        Self::spawn_with_env(fx, &[])
+    }
+
+    pub fn spawn_with_env(fx: &Fixture, env: &[(&str, &str)]) -> DaemonProc {
+        let mut cmd = fx.command(&["run"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -155,5 +162,40 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fake systemd notification socket: collects every datagram sent to it.
+pub struct NotifySocket {
+    pub path: std::path::PathBuf,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &std::path::Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        // Ends with the test process (the socket file lives in the fixture's temp dir).
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        });
+        NotifySocket { path, messages }
+    }
+
+    /// How many datagrams contained `line` (e.g. "READY=1").
+    pub fn count(&self, line: &str) -> usize {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.lines().any(|l| l == line))
+            .count()
     }
 }
