@@ -363,6 +363,7 @@ async fn window_closing_mid_apply_pauses_and_the_next_window_completes_it() {
         Options {
             clock: clock.clone(),
             notify_systemd: false,
+            blobs: None,
         },
     )
     .await
@@ -522,4 +523,188 @@ fn check_config_rejects_an_unknown_time_zone() {
         err.contains("disk d: unknown time zone \"Europe/Pariss\""),
         "{err}"
     );
+}
+
+/// In-memory storage that makes every request take 10 ms and records how many disks had
+/// requests in flight at the same time.
+struct Tracked {
+    inner: snapback::fake::MemBlobs,
+    active: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    max_disks: std::sync::atomic::AtomicUsize,
+}
+
+impl Tracked {
+    async fn track<T>(&self, b: &BlobRef, f: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering::SeqCst;
+        let disk = b.blob.trim_end_matches(".vhd").to_string();
+        {
+            let mut a = self.active.lock().unwrap();
+            *a.entry(disk.clone()).or_default() += 1;
+            self.max_disks.fetch_max(a.len(), SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let r = f.await;
+        let mut a = self.active.lock().unwrap();
+        if let Some(n) = a.get_mut(&disk) {
+            *n -= 1;
+            if *n == 0 {
+                a.remove(&disk);
+            }
+        }
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl PageBlobs for Tracked {
+    async fn properties(
+        &self,
+        b: &BlobRef,
+        s: Option<&str>,
+    ) -> snapback::blobs::BlobResult<Option<snapback::blobs::BlobProps>> {
+        self.track(b, self.inner.properties(b, s)).await
+    }
+    async fn create_snapshot(
+        &self,
+        b: &BlobRef,
+        m: &snapback::blobs::Metadata,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.create_snapshot(b, m)).await
+    }
+    async fn list_snapshots(
+        &self,
+        b: &BlobRef,
+    ) -> snapback::blobs::BlobResult<Vec<snapback::blobs::SnapshotInfo>> {
+        self.track(b, self.inner.list_snapshots(b)).await
+    }
+    async fn delete_snapshot(&self, b: &BlobRef, s: &str) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.delete_snapshot(b, s)).await
+    }
+    async fn page_ranges(
+        &self,
+        b: &BlobRef,
+        q: &snapback::blobs::PageListQuery<'_>,
+    ) -> snapback::blobs::BlobResult<snapback::blobs::PageList> {
+        self.track(b, self.inner.page_ranges(b, q)).await
+    }
+    async fn read(
+        &self,
+        b: &BlobRef,
+        s: Option<&str>,
+        r: snapback::pages::ByteRange,
+    ) -> snapback::blobs::BlobResult<bytes::Bytes> {
+        self.track(b, self.inner.read(b, s, r)).await
+    }
+    async fn put_pages(
+        &self,
+        b: &BlobRef,
+        o: u64,
+        d: bytes::Bytes,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.put_pages(b, o, d)).await
+    }
+    async fn clear_pages(
+        &self,
+        b: &BlobRef,
+        r: snapback::pages::ByteRange,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.clear_pages(b, r)).await
+    }
+    async fn ensure_container(&self, b: &BlobRef) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.ensure_container(b)).await
+    }
+    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.create_page_blob(b, size)).await
+    }
+    async fn resize(&self, b: &BlobRef, size: u64) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.resize(b, size)).await
+    }
+    async fn start_copy(
+        &self,
+        d: &BlobRef,
+        s: &BlobRef,
+        snap: Option<&str>,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(d, self.inner.start_copy(d, s, snap)).await
+    }
+    async fn abort_copy(&self, d: &BlobRef, id: &str) -> snapback::blobs::BlobResult<()> {
+        self.track(d, self.inner.abort_copy(d, id)).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_concurrent_cycles_run_at_once() {
+    use snapback::daemon::{Daemon, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["d1", "d2", "d3", "d4", "d5"];
+    let text = format!(
+        "state_dir = \"{}\"\nmax_concurrent_cycles = 2\n[accounts.premium]\nendpoint = \"http://127.0.0.1:1/premium\"\nshared_key_env = \"UNUSED\"\n[accounts.backup]\nendpoint = \"http://127.0.0.1:1/backup\"\nshared_key_env = \"UNUSED\"\n{}",
+        dir.path().join("state").display(),
+        names.iter().map(|n| disk_section(n, "")).collect::<String>()
+    );
+    let path = dir.path().join("snapback.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = snapback::config::Config::load(&path).unwrap();
+    let blobs = Arc::new(Tracked {
+        inner: snapback::fake::MemBlobs::new(),
+        active: Default::default(),
+        max_disks: Default::default(),
+    });
+    for n in names {
+        let src = BlobRef::new("premium", "vhds", &format!("{n}.vhd"));
+        blobs.inner.ensure_container(&src).await.unwrap();
+        blobs.inner.create_page_blob(&src, MIB).await.unwrap();
+        blobs.inner.write(&src, 0, &Rng(3).bytes(64 * 1024));
+    }
+    let daemon = Daemon::start(
+        config,
+        Options {
+            blobs: Some(blobs.clone()),
+            notify_systemd: false,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let h = daemon.handle();
+    for n in names {
+        let r = h.request(Request::Backup { disk: n.into() }).await;
+        assert!(
+            matches!(
+                r,
+                Response::Backup {
+                    outcome: control::BackupOutcome::Started,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    // A second request while the cycle runs (or waits for a slot) is merged into it.
+    assert!(matches!(
+        h.request(Request::Backup { disk: "d5".into() }).await,
+        Response::Backup {
+            outcome: control::BackupOutcome::AlreadyRunning,
+            ..
+        }
+    ));
+    let all_done = eventually(Duration::from_secs(30), || async {
+        match h.request(Request::Status).await {
+            Response::Status(s) => s
+                .disks
+                .iter()
+                .all(|d| !d.running && d.status.last_success.is_some()),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(all_done);
+    let max = blobs.max_disks.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(max, 2, "disks with requests in flight at once");
+    for n in names {
+        let backup = BlobRef::new("backup", "backups", n);
+        assert_eq!(blobs.inner.snapshot_ids(&backup).len(), 1, "{n}");
+    }
+    h.shutdown();
+    daemon.wait().await;
 }

@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod signals;
 
 use crate::app::{App, AppError};
+use crate::blobs::PageBlobs;
 use crate::config::{Config, DiskConfig};
 use crate::cycle::machine::CycleRecord;
 use crate::cycle::progress::Progress;
@@ -126,6 +127,8 @@ pub struct Options {
     pub clock: Arc<dyn WallClock>,
     /// Send READY/RELOADING/STOPPING/WATCHDOG to systemd (a no-op outside systemd).
     pub notify_systemd: bool,
+    /// Storage to use instead of the Azure clients the config describes (tests).
+    pub blobs: Option<Arc<dyn PageBlobs>>,
 }
 
 impl Default for Options {
@@ -133,6 +136,7 @@ impl Default for Options {
         Options {
             clock: Arc::new(SystemWallClock),
             notify_systemd: true,
+            blobs: None,
         }
     }
 }
@@ -195,7 +199,7 @@ impl Daemon {
     pub async fn start(config: Config, opts: Options) -> Result<Daemon, DaemonError> {
         let lock = take_daemon_lock(&config.state_dir)?;
         schedule::validate(&config.disks).map_err(DaemonError::Schedule)?;
-        let app = Arc::new(App::open(config.clone())?);
+        let app = Arc::new(open_app(config.clone(), opts.blobs.as_ref())?);
         let control_listener = bind_control(&config.control_socket)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
@@ -233,6 +237,7 @@ impl Daemon {
             next_id: 0,
             started: Instant::now(),
             notify: opts.notify_systemd,
+            blobs: opts.blobs,
             config,
         };
         for d in sup.config.disks.clone() {
@@ -358,6 +363,14 @@ struct Supervisor {
     next_id: u64,
     started: Instant,
     notify: bool,
+    blobs: Option<Arc<dyn PageBlobs>>,
+}
+
+fn open_app(config: Config, blobs: Option<&Arc<dyn PageBlobs>>) -> Result<App, AppError> {
+    match blobs {
+        Some(b) => App::with_blobs(config, Arc::clone(b)),
+        None => App::open(config),
+    }
 }
 
 /// A disk's config as far as "did it change" goes (its line in the file does not count).
@@ -732,7 +745,7 @@ impl Supervisor {
                 "control_socket and metrics_listen changes take effect at the next restart"
             );
         }
-        let app = App::open(new.clone()).map_err(|e| e.to_string())?;
+        let app = open_app(new.clone(), self.blobs.as_ref()).map_err(|e| e.to_string())?;
         self.app = Arc::new(app);
         if new.max_concurrent_cycles != self.config.max_concurrent_cycles {
             // Running cycles keep their permits of the old semaphore; new ones use the new.
