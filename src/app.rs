@@ -6,6 +6,7 @@ use crate::blobs::{BlobError, BlobRef, PageBlobs};
 use crate::config::VerifyMode;
 use crate::config::{BlobPath, Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
+use crate::cycle::progress::Progress;
 use crate::cycle::runner::{
     kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_SOURCE_SNAPSHOT,
 };
@@ -14,7 +15,7 @@ use crate::retention::{PruneReport, RetentionError};
 use crate::state::{StateError, StateStore};
 use crate::verify::{VerifyError, VerifyReport};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -101,7 +102,7 @@ pub struct RestorePoint {
 }
 
 /// Per-disk status, as `status` prints it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskStatus {
     pub disk: String,
     pub source: String,
@@ -113,9 +114,9 @@ pub struct DiskStatus {
     pub last_cycle: Option<LastCycle>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastCycle {
-    pub kind: &'static str,
+    pub kind: String,
     pub backup_snapshot: Option<String>,
     pub source_snapshot: Option<String>,
     pub bytes_written: u64,
@@ -205,8 +206,18 @@ impl App {
 
     /// Runs (or resumes) one cycle of one disk, logging one line with its result.
     pub async fn run_disk(&self, disk: &DiskConfig, stop: CancellationToken) -> CycleReport {
+        self.run_disk_with(disk, stop, None).await
+    }
+
+    /// [`App::run_disk`], publishing the cycle's phase and apply offset to `progress`.
+    pub async fn run_disk_with(
+        &self,
+        disk: &DiskConfig,
+        stop: CancellationToken,
+        progress: Option<Arc<Progress>>,
+    ) -> CycleReport {
         let started = Instant::now();
-        let result = self.run_disk_inner(disk, stop).await;
+        let result = self.run_disk_inner(disk, stop, progress).await;
         let seconds = started.elapsed().as_secs_f64();
         let (verify, prune) = match &result {
             Ok(rec) => self.after_cycle(disk, rec).await,
@@ -310,6 +321,7 @@ impl App {
         &self,
         disk: &DiskConfig,
         stop: CancellationToken,
+        progress: Option<Arc<Progress>>,
     ) -> Result<CycleRecord, CycleError> {
         let _lock = self.lock_disk(&disk.name).map_err(|e| CycleError::Blob {
             disk: disk.name.clone(),
@@ -326,6 +338,7 @@ impl App {
         }
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
+        runner.progress = progress;
         runner.run_cycle().await
     }
 
@@ -502,7 +515,7 @@ fn last_cycle(c: &CycleRecord) -> LastCycle {
         requests,
     } = c.stats;
     LastCycle {
-        kind: kind_label(c.kind),
+        kind: kind_label(c.kind).to_string(),
         backup_snapshot: c.backup_snapshot.clone(),
         source_snapshot: c.source_snapshot.clone(),
         bytes_written,

@@ -12,12 +12,14 @@
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`verify`]: compares a restore point with its source snapshot.
 //! - [`app`]: the operations behind the CLI commands.
+//! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
 pub mod app;
 pub mod azure;
 pub mod blobs;
 pub mod config;
 pub mod cycle;
+pub mod daemon;
 pub mod fake;
 pub mod pages;
 pub mod restore;

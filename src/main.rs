@@ -50,11 +50,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Per disk: phase, last success, last error, what the last cycle moved.
+    /// Per disk: phase, last success, last error, what the last cycle moved. Asks the
+    /// running daemon when there is one (adding progress and next run), else reads the state.
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Fail (exit 1) unless a daemon answers on the control socket (for health checks).
+        #[arg(long)]
+        require_daemon: bool,
     },
     /// Restore a restore point as a new blob: promote it, copy it to --to, optionally restart
     /// the backup chain on it (see docs/restore.md).
@@ -101,6 +105,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the daemon: back up each disk on its schedule until SIGTERM/SIGINT; SIGHUP
+    /// reloads the config. See docs/operations.md.
+    Run,
 }
 
 fn main() -> ExitCode {
@@ -112,6 +119,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Err(errors) = snapback::daemon::schedule::validate(&config.disks) {
+        for e in errors {
+            eprintln!(
+                "snapback: invalid configuration:\n{}: {e}",
+                config.path.display()
+            );
+        }
+        return ExitCode::from(EXIT_USAGE);
+    }
     init_logging(&cli, &config);
     if let Command::CheckConfig = cli.command {
         println!(
@@ -129,7 +145,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let result = runtime.block_on(run(cli.command, config));
+    // Cycles abandoned after shutdown_grace are at a checkpoint; don't wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("snapback: error: {e:#}");
@@ -159,6 +178,9 @@ fn init_logging(cli: &Cli, config: &Config) {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let config_path = config.path.clone();
+    if let Some(code) = daemon_aware(&command, &config).await? {
+        return Ok(code);
+    }
     let app = App::open(config)
         .with_context(|| format!("cannot start with {}", config_path.display()))?;
     match command {
@@ -247,7 +269,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             print_points(&points, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => {
+        Command::Run => unreachable!("handled by daemon_aware"),
+        Command::Status { json, .. } => {
             print_status(&app.status()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -463,6 +486,78 @@ fn fail(e: &AppError, what: &str) -> ExitCode {
     } else {
         EXIT_FAILED
     })
+}
+
+/// `run`, and `status`/`backup` when a daemon listens on the control socket. `None`: go on
+/// standalone.
+async fn daemon_aware(command: &Command, config: &Config) -> anyhow::Result<Option<ExitCode>> {
+    use snapback::daemon::control::{self, Request, Response};
+    let socket = &config.control_socket;
+    let ask = |req: Request| async move {
+        control::request(socket, &req)
+            .await
+            .context("cannot talk to the running daemon")
+    };
+    match command {
+        Command::Run => {
+            snapback::daemon::run(config.clone())
+                .await
+                .context("the daemon cannot start")?;
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Command::Status {
+            json,
+            require_daemon,
+        } => match ask(Request::Status).await? {
+            Some(Response::Status(s)) => {
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                } else {
+                    print!("{}", control::render_status(&s));
+                }
+                Ok(Some(ExitCode::SUCCESS))
+            }
+            Some(other) => anyhow::bail!("unexpected reply from the daemon: {other:?}"),
+            None if *require_daemon => {
+                eprintln!(
+                    "snapback: no daemon answers on {}",
+                    config.control_socket.display()
+                );
+                Ok(Some(ExitCode::from(EXIT_FAILED)))
+            }
+            None => Ok(None),
+        },
+        Command::Backup { disks } => {
+            let names: Vec<String> = if disks.is_empty() {
+                config.disks.iter().map(|d| d.name.clone()).collect()
+            } else {
+                disks.clone()
+            };
+            let mut code = ExitCode::SUCCESS;
+            for (i, disk) in names.into_iter().enumerate() {
+                match ask(Request::Backup { disk: disk.clone() }).await? {
+                    None if i == 0 => return Ok(None),
+                    None => anyhow::bail!("the daemon went away"),
+                    Some(Response::Backup { disk, outcome }) => {
+                        println!(
+                            "{disk}: {} by the daemon",
+                            match outcome {
+                                control::BackupOutcome::Started => "cycle started",
+                                control::BackupOutcome::AlreadyRunning => "cycle already running",
+                            }
+                        );
+                    }
+                    Some(Response::Error { message }) => {
+                        eprintln!("snapback: {message}");
+                        code = ExitCode::from(EXIT_USAGE);
+                    }
+                    Some(other) => anyhow::bail!("unexpected reply from the daemon: {other:?}"),
+                }
+            }
+            Ok(Some(code))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// SIGINT/SIGTERM during a manual backup: stop at the next checkpoint; the next run resumes.

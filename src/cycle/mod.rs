@@ -3,4 +3,5 @@
 
 pub mod machine;
 pub mod metered;
+pub mod progress;
 pub mod runner;

@@ -6,10 +6,12 @@
 
 use super::machine::{self, Action, CycleKind, CycleRecord, CycleStats, Outcome, Phase};
 use super::metered::Metered;
+use super::progress::Progress;
 use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs, PageListQuery};
 use crate::pages::{round_up_to_page, ByteRange, Coalescer, PageOp, MAX_PUT_BYTES};
 use crate::state::{StateError, StateStore};
 use futures::{stream, StreamExt, TryStreamExt};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +77,8 @@ pub struct Runner<'a> {
     pub stop: CancellationToken,
     /// First and longest wait between copy status polls.
     pub copy_poll: (Duration, Duration),
+    /// Where the phase and apply offset are published for watchers (the daemon).
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl<'a> Runner<'a> {
@@ -91,6 +95,7 @@ impl<'a> Runner<'a> {
             disk,
             stop: CancellationToken::new(),
             copy_poll: (Duration::from_millis(200), Duration::from_secs(15)),
+            progress: None,
         }
     }
 
@@ -136,6 +141,9 @@ impl<'a> Runner<'a> {
             disk: rec.disk.clone(),
             phase: rec.phase.as_str(),
         };
+        if let Some(p) = &self.progress {
+            p.set_phase(rec.phase.as_str());
+        }
         if self.stop.is_cancelled() {
             return Err(interrupted());
         }
@@ -315,6 +323,9 @@ impl<'a> Runner<'a> {
 
         let mut last_save = Instant::now();
         let mut upto = rec.applied_upto;
+        if let Some(p) = &self.progress {
+            p.start_apply(upto, size);
+        }
         loop {
             let next = tokio::select! {
                 biased;
@@ -345,6 +356,9 @@ impl<'a> Runner<'a> {
                     // try_buffered yields in order, so every op before this one is done.
                     upto = op.range().end;
                     stats.add(&s);
+                    if let Some(p) = &self.progress {
+                        p.set_done(upto);
+                    }
                 }
                 Err(BlobError::PreviousSnapshotGone { snapshot, .. }) => {
                     self.commit(

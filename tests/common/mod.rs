@@ -1,2 +1,3 @@
 pub mod azurite;
+pub mod daemon;
 pub mod fixture;

@@ -1,0 +1,858 @@
+//! `snapback run`: the long-running daemon.
+//!
+//! One supervisor task owns all scheduling state and is driven by events: the clock reaching
+//! a planned instant, a cycle ending, a control-socket request, SIGHUP (reload) and
+//! SIGTERM/SIGINT (shutdown). Each cycle runs in its own task through
+//! [`App::run_disk_with`]; the supervisor never waits on storage itself.
+//!
+//! - [`schedule`]: pure timing rules (cron in a time zone, window, jitter, retry, resume).
+//! - [`control`]: the control socket protocol, server and client.
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`signals`]: Unix signal handling.
+//!
+//! Invariants: at most one cycle per disk (a due tick while it runs is coalesced); at most
+//! `max_concurrent_cycles` cycles apply at once; a stopped cycle is always left at a
+//! checkpoint of the state database, so a later run resumes it (docs/design.md).
+
+pub mod control;
+pub mod metrics;
+pub mod schedule;
+pub mod signals;
+
+use crate::app::{App, AppError};
+use crate::blobs::PageBlobs;
+use crate::config::{Config, DiskConfig};
+use crate::cycle::machine::CycleRecord;
+use crate::cycle::progress::Progress;
+use crate::cycle::runner::CycleError;
+use chrono::{DateTime, Utc};
+use control::{
+    BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
+};
+use metrics::Metrics;
+use schedule::{DiskSchedule, Finish, Planner, Reason, ScheduleError, Wake};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// How often running cycles' progress is logged and published as metrics.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(15);
+/// File in the state directory that one daemon holds locked while it runs.
+pub const DAEMON_LOCK: &str = "daemon.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another snapback daemon is already running on state directory {state_dir} ({path} is locked{holder}); stop it first, or give this one another state_dir")]
+    AlreadyRunning {
+        state_dir: PathBuf,
+        path: PathBuf,
+        holder: String,
+    },
+    #[error("cannot take the daemon lock {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid schedule:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Schedule(Vec<ScheduleError>),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("cannot listen on the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The daemon's wall clock, injected so that tests can move time (windows, schedules).
+pub trait WallClock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+    /// Longest real sleep between looks at the clock. The system clock is re-read at least
+    /// every minute (it may jump: NTP, suspend); a fake clock must be polled often.
+    fn max_nap(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemWallClock;
+
+impl WallClock for SystemWallClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to (tests).
+#[derive(Debug)]
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(t: DateTime<Utc>) -> ManualClock {
+        ManualClock(Mutex::new(t))
+    }
+    pub fn set(&self, t: DateTime<Utc>) {
+        if let Ok(mut now) = self.0.lock() {
+            *now = t;
+        }
+    }
+}
+
+impl WallClock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.lock().map(|t| *t).unwrap_or_else(|_| Utc::now())
+    }
+    fn max_nap(&self) -> Duration {
+        Duration::from_millis(20)
+    }
+}
+
+pub struct Options {
+    pub clock: Arc<dyn WallClock>,
+    /// Send READY/RELOADING/STOPPING/WATCHDOG to systemd (a no-op outside systemd).
+    pub notify_systemd: bool,
+    /// Storage to use instead of the Azure clients the config describes (tests).
+    pub blobs: Option<Arc<dyn PageBlobs>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: Arc::new(SystemWallClock),
+            notify_systemd: true,
+            blobs: None,
+        }
+    }
+}
+
+enum Event {
+    Finished(Box<Finished>),
+    Reload,
+    Shutdown,
+}
+
+struct Finished {
+    disk: String,
+    id: u64,
+    seconds: f64,
+    /// `None` when the cycle was cancelled before it got a concurrency slot.
+    result: Option<Result<CycleRecord, CycleError>>,
+    cancelled: bool,
+}
+
+/// Talks to a running daemon from inside the process (signal handlers, tests).
+#[derive(Clone)]
+pub struct DaemonHandle {
+    events: mpsc::UnboundedSender<Event>,
+    control: mpsc::Sender<Incoming>,
+}
+
+impl DaemonHandle {
+    /// Re-reads the config file (what SIGHUP does).
+    pub fn reload(&self) {
+        let _ = self.events.send(Event::Reload);
+    }
+
+    /// Stops new work, checkpoints running cycles and exits (what SIGTERM does).
+    pub fn shutdown(&self) {
+        let _ = self.events.send(Event::Shutdown);
+    }
+
+    /// A control request, as if it came through the socket.
+    pub async fn request(&self, req: Request) -> Response {
+        let (tx, rx) = oneshot::channel();
+        let gone = || Response::Error {
+            message: "the daemon is shutting down".into(),
+        };
+        if self.control.send((req, tx)).await.is_err() {
+            return gone();
+        }
+        rx.await.unwrap_or_else(|_| gone())
+    }
+}
+
+/// A started daemon.
+pub struct Daemon {
+    handle: DaemonHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Takes the daemon lock, opens storage and the state database, binds the control socket
+    /// (and the metrics port) and starts the supervisor.
+    pub async fn start(config: Config, opts: Options) -> Result<Daemon, DaemonError> {
+        let lock = take_daemon_lock(&config.state_dir)?;
+        schedule::validate(&config.disks).map_err(DaemonError::Schedule)?;
+        let app = Arc::new(open_app(config.clone(), opts.blobs.as_ref())?);
+        let control_listener = bind_control(&config.control_socket)?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
+        let stop_servers = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::channel(64);
+        tokio::spawn(control::serve(
+            control_listener,
+            control_tx.clone(),
+            stop_servers.clone(),
+        ));
+        if let Some(l) = metrics_listener {
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics and /healthz");
+            tokio::spawn(metrics::serve(
+                l,
+                Arc::clone(&metrics),
+                stop_servers.clone(),
+            ));
+        }
+        let now = opts.clock.now();
+        let mut sup = Supervisor {
+            sem: Arc::new(Semaphore::new(config.max_concurrent_cycles.max(1))),
+            slots: BTreeMap::new(),
+            app,
+            clock: opts.clock,
+            metrics,
+            events_tx: events_tx.clone(),
+            next_id: 0,
+            started: Instant::now(),
+            notify: opts.notify_systemd,
+            blobs: opts.blobs,
+            config,
+        };
+        for d in sup.config.disks.clone() {
+            sup.add_disk(d, now);
+        }
+        sup.metrics.set_disks(sup.slots.len());
+        tracing::info!(
+            disks = sup.slots.len(),
+            config = %sup.config.path.display(),
+            control_socket = %sup.config.control_socket.display(),
+            "snapback daemon started"
+        );
+        sup.sd_notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("{} disk(s)", sup.slots.len())),
+        ]);
+        let task = tokio::spawn(async move {
+            sup.run(events_rx, control_rx).await;
+            stop_servers.cancel();
+            let _ = std::fs::remove_file(&sup.config.control_socket);
+            drop(lock);
+            tracing::info!("snapback daemon stopped");
+        });
+        Ok(Daemon {
+            handle: DaemonHandle {
+                events: events_tx,
+                control: control_tx,
+            },
+            task,
+        })
+    }
+
+    pub fn handle(&self) -> DaemonHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until the daemon has stopped (after a shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// One daemon per state directory: a second one would race the first on every disk.
+fn take_daemon_lock(state_dir: &Path) -> Result<File, DaemonError> {
+    let path = state_dir.join(DAEMON_LOCK);
+    let lock_err = |source| DaemonError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(lock_err)?;
+    let mut file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(lock_err)?;
+            writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map(|pid| format!(" by pid {pid}"))
+                .unwrap_or_default();
+            Err(DaemonError::AlreadyRunning {
+                state_dir: state_dir.to_path_buf(),
+                path,
+                holder,
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
+    }
+}
+
+/// Binds the control socket. Called with the daemon lock held, so a socket file left there
+/// is stale (a crashed daemon's) and is replaced.
+fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Control {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    UnixListener::bind(path).map_err(err)
+}
+
+struct Slot {
+    disk: DiskConfig,
+    sched: DiskSchedule,
+    planner: Planner,
+    running: Option<Running>,
+}
+
+struct Running {
+    id: u64,
+    token: CancellationToken,
+    /// When the window closes on this cycle (not for manual runs).
+    window_close: Option<DateTime<Utc>>,
+    by_window: bool,
+    progress: Arc<Progress>,
+}
+
+struct Supervisor {
+    config: Config,
+    app: Arc<App>,
+    clock: Arc<dyn WallClock>,
+    sem: Arc<Semaphore>,
+    slots: BTreeMap<String, Slot>,
+    metrics: Arc<Metrics>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    next_id: u64,
+    started: Instant,
+    notify: bool,
+    blobs: Option<Arc<dyn PageBlobs>>,
+}
+
+fn open_app(config: Config, blobs: Option<&Arc<dyn PageBlobs>>) -> Result<App, AppError> {
+    match blobs {
+        Some(b) => App::with_blobs(config, Arc::clone(b)),
+        None => App::open(config),
+    }
+}
+
+/// A disk's config as far as "did it change" goes (its line in the file does not count).
+fn same_disk(a: &DiskConfig, b: &DiskConfig) -> bool {
+    DiskConfig {
+        line: 0,
+        ..a.clone()
+    } == DiskConfig {
+        line: 0,
+        ..b.clone()
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Supervisor {
+    fn sd_notify(&self, states: &[sd_notify::NotifyState<'_>]) {
+        if self.notify {
+            if let Err(e) = sd_notify::notify(states) {
+                tracing::warn!(error = %e, "cannot notify systemd");
+            }
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        mut control: mpsc::Receiver<Incoming>,
+    ) {
+        let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watchdog_every = if self.notify {
+            sd_notify::watchdog_enabled().map(|d| d / 2)
+        } else {
+            None
+        };
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        loop {
+            let now = self.clock.now();
+            self.tick(now);
+            let nap = self
+                .next_wake()
+                .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::MAX)
+                .min(self.clock.max_nap());
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Event::Finished(f)) => self.finished(*f),
+                    Some(Event::Reload) => self.reload(),
+                    Some(Event::Shutdown) | None => break,
+                },
+                Some((req, reply)) = control.recv() => {
+                    let _ = reply.send(self.handle_request(req));
+                }
+                _ = tokio::time::sleep(nap) => {}
+                _ = progress.tick() => self.report_progress(),
+                _ = watchdog.tick(), if watchdog_every.is_some() => {
+                    self.sd_notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+        self.shutdown(&mut events, &mut control).await;
+    }
+
+    /// Starts what is due, coalesces what cannot start, and pauses cycles whose window closed.
+    fn tick(&mut self, now: DateTime<Utc>) {
+        let mut to_start = Vec::new();
+        for (name, slot) in &mut self.slots {
+            if let Some(r) = &mut slot.running {
+                if !r.by_window && r.window_close.is_some_and(|t| t <= now) {
+                    tracing::info!(disk = %name, "backup window closed: pausing the cycle at its next checkpoint; it resumes in the next window");
+                    r.by_window = true;
+                    r.token.cancel();
+                }
+            }
+            let running = slot.running.is_some();
+            match slot
+                .planner
+                .poll(&slot.sched, now, running, rand::random::<f64>())
+            {
+                Wake::Idle => {}
+                Wake::Start(reason) => to_start.push((name.clone(), reason)),
+                Wake::Coalesced(reason) => {
+                    tracing::info!(disk = %name, reason = reason.as_str(), "cycle already running; this start is merged into it")
+                }
+                Wake::OutsideWindow(reason) => {
+                    tracing::info!(disk = %name, reason = reason.as_str(), next_window = %rfc3339(slot.sched.next_window_open(now)), "outside the backup window; not starting")
+                }
+            }
+        }
+        for (name, reason) in to_start {
+            self.start(&name, reason, now);
+        }
+    }
+
+    fn next_wake(&self) -> Option<DateTime<Utc>> {
+        self.slots
+            .values()
+            .flat_map(|s| {
+                let close = s
+                    .running
+                    .as_ref()
+                    .filter(|r| !r.by_window)
+                    .and_then(|r| r.window_close);
+                [s.planner.due(), close]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn add_disk(&mut self, disk: DiskConfig, now: DateTime<Utc>) {
+        // Validated before: a schedule error here cannot happen, but is not a reason to panic.
+        let sched = match DiskSchedule::from_config(&disk) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "disk not scheduled");
+                return;
+            }
+        };
+        let open = match self.app.store.open_cycle(&disk.name) {
+            Ok(c) => c.is_some(),
+            Err(e) => {
+                tracing::warn!(disk = %disk.name, error = %e, "cannot read the state database");
+                false
+            }
+        };
+        if open {
+            tracing::info!(disk = %disk.name, "unfinished cycle found; it resumes as soon as the window allows");
+        }
+        if let Ok(Some(state)) = self.app.store.disk(&disk.name) {
+            if let Some(t) = state.last_success_at {
+                self.metrics.set_last_success(&disk.name, t);
+            }
+        }
+        self.metrics.set_phase(&disk.name, "idle");
+        let planner = Planner::new(&sched, now, open, rand::random::<f64>());
+        self.slots.insert(
+            disk.name.clone(),
+            Slot {
+                disk,
+                sched,
+                planner,
+                running: None,
+            },
+        );
+    }
+
+    fn start(&mut self, name: &str, reason: Reason, now: DateTime<Utc>) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let token = CancellationToken::new();
+        let progress = Arc::new(Progress::default());
+        let window_close = match reason {
+            Reason::Manual => None,
+            _ => slot.sched.window_close(now),
+        };
+        slot.running = Some(Running {
+            id,
+            token: token.clone(),
+            window_close,
+            by_window: false,
+            progress: Arc::clone(&progress),
+        });
+        tracing::info!(disk = %name, reason = reason.as_str(), "starting cycle");
+        self.metrics.set_phase(name, "starting");
+        let (app, disk, sem, tx) = (
+            Arc::clone(&self.app),
+            slot.disk.clone(),
+            Arc::clone(&self.sem),
+            self.events_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let permit = tokio::select! {
+                p = sem.acquire_owned() => p.ok(),
+                _ = token.cancelled() => None,
+            };
+            let ev = match permit {
+                None => Finished {
+                    disk: disk.name.clone(),
+                    id,
+                    seconds: 0.0,
+                    result: None,
+                    cancelled: true,
+                },
+                Some(_permit) => {
+                    let rep = app
+                        .run_disk_with(&disk, token.clone(), Some(progress))
+                        .await;
+                    Finished {
+                        disk: rep.disk,
+                        id,
+                        seconds: rep.seconds,
+                        result: Some(rep.result),
+                        cancelled: token.is_cancelled(),
+                    }
+                }
+            };
+            let _ = tx.send(Event::Finished(Box::new(ev)));
+        });
+    }
+
+    fn finished(&mut self, f: Finished) {
+        let now = self.clock.now();
+        let Some(slot) = self.slots.get_mut(&f.disk) else {
+            return; // removed by a reload meanwhile
+        };
+        if slot.running.as_ref().map(|r| r.id) != Some(f.id) {
+            return;
+        }
+        let Some(running) = slot.running.take() else {
+            return;
+        };
+        let how = match &f.result {
+            Some(Ok(_)) => Finish::Ok,
+            _ if f.cancelled && running.by_window => Finish::WindowClosed,
+            _ if f.cancelled => Finish::Stopped,
+            Some(Err(_)) => Finish::Failed,
+            None => Finish::Stopped,
+        };
+        match &f.result {
+            Some(Ok(rec)) => {
+                self.metrics
+                    .cycle_ended(&f.disk, "ok", f.seconds, Some(&rec.stats));
+                self.metrics
+                    .set_last_success(&f.disk, rec.finished_at.unwrap_or(now.timestamp()));
+            }
+            Some(Err(_)) if f.cancelled => {
+                self.metrics
+                    .cycle_ended(&f.disk, "interrupted", f.seconds, None)
+            }
+            Some(Err(_)) => self.metrics.cycle_ended(&f.disk, "error", f.seconds, None),
+            None => {}
+        }
+        self.metrics.set_phase(&f.disk, "idle");
+        self.metrics.set_apply(&f.disk, 0, 0);
+        slot.planner.finished(&slot.sched, now, how);
+        if how == Finish::Failed {
+            let next = slot
+                .planner
+                .due()
+                .map(rfc3339)
+                .unwrap_or_else(|| "-".into());
+            tracing::warn!(disk = %f.disk, failures = slot.planner.failures(), next_attempt = %next, "cycle failed (cause logged above); it will be retried");
+        }
+        if how == Finish::WindowClosed {
+            let next = slot
+                .planner
+                .due()
+                .map(rfc3339)
+                .unwrap_or_else(|| "-".into());
+            tracing::info!(disk = %f.disk, resumes_at = %next, "cycle paused at a checkpoint");
+        }
+    }
+
+    fn report_progress(&self) {
+        for (name, slot) in &self.slots {
+            let Some(r) = &slot.running else { continue };
+            let v = r.progress.view();
+            self.metrics.set_phase(name, v.phase);
+            self.metrics.set_apply(name, v.bytes_done, v.bytes_total);
+            if v.phase == "apply" && v.bytes_total > 0 {
+                tracing::info!(
+                    disk = %name,
+                    progress = %control::format_progress(&progress_info(&r.progress)),
+                    bytes_done = v.bytes_done,
+                    bytes_total = v.bytes_total,
+                    "cycle progress"
+                );
+            }
+        }
+    }
+
+    fn handle_request(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status => self.status(),
+            Request::Backup { disk } => {
+                let Some(slot) = self.slots.get(&disk) else {
+                    let known: Vec<_> = self.slots.keys().cloned().collect();
+                    return Response::Error {
+                        message: format!(
+                            "unknown disk '{disk}' (configured disks: {})",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    };
+                };
+                if slot.running.is_some() {
+                    return Response::Backup {
+                        disk,
+                        outcome: BackupOutcome::AlreadyRunning,
+                    };
+                }
+                self.start(&disk, Reason::Manual, self.clock.now());
+                Response::Backup {
+                    disk,
+                    outcome: BackupOutcome::Started,
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> Response {
+        let list = match self.app.status() {
+            Ok(l) => l,
+            Err(e) => {
+                return Response::Error {
+                    message: e.to_string(),
+                }
+            }
+        };
+        let disks = list
+            .into_iter()
+            .map(|status| {
+                let slot = self.slots.get(&status.disk);
+                let running = slot.and_then(|s| s.running.as_ref());
+                DaemonDiskStatus {
+                    running: running.is_some(),
+                    next_run: slot.and_then(|s| s.planner.next_tick()).map(rfc3339),
+                    failures: slot.map(|s| s.planner.failures()).unwrap_or(0),
+                    progress: running.map(|r| progress_info(&r.progress)),
+                    status,
+                }
+            })
+            .collect();
+        Response::Status(DaemonStatus {
+            pid: std::process::id(),
+            config: self.config.path.display().to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            disks,
+        })
+    }
+
+    /// SIGHUP: re-read the config; an invalid one is reported and the running one kept.
+    fn reload(&mut self) {
+        self.sd_notify(&[sd_notify::NotifyState::Reloading]);
+        match self.try_reload() {
+            Ok(()) => self.metrics.reload(true),
+            Err(why) => {
+                self.metrics.reload(false);
+                tracing::error!(config = %self.config.path.display(), "config reload failed; still running on the previous config:\n{why}");
+            }
+        }
+        self.sd_notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("{} disk(s)", self.slots.len())),
+        ]);
+    }
+
+    fn try_reload(&mut self) -> Result<(), String> {
+        let new = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        schedule::validate(&new.disks).map_err(|e| DaemonError::Schedule(e).to_string())?;
+        if new.state_dir != self.config.state_dir {
+            return Err(format!(
+                "state_dir changed ({} -> {}); that needs a restart",
+                self.config.state_dir.display(),
+                new.state_dir.display()
+            ));
+        }
+        if new.control_socket != self.config.control_socket
+            || new.metrics_listen != self.config.metrics_listen
+        {
+            tracing::warn!(
+                "control_socket and metrics_listen changes take effect at the next restart"
+            );
+        }
+        let app = open_app(new.clone(), self.blobs.as_ref()).map_err(|e| e.to_string())?;
+        self.app = Arc::new(app);
+        if new.max_concurrent_cycles != self.config.max_concurrent_cycles {
+            // Running cycles keep their permits of the old semaphore; new ones use the new.
+            self.sem = Arc::new(Semaphore::new(new.max_concurrent_cycles.max(1)));
+        }
+        let now = self.clock.now();
+        let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        let keep: Vec<&str> = new.disks.iter().map(|d| d.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|n| !keep.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(slot) = self.slots.remove(&name) {
+                if let Some(r) = slot.running {
+                    tracing::info!(disk = %name, "disk removed from the config: stopping its cycle at the next checkpoint");
+                    r.token.cancel();
+                }
+                self.metrics.remove_disk(&name);
+                removed.push(name);
+            }
+        }
+        for d in &new.disks {
+            match self.slots.get(&d.name) {
+                Some(slot) if same_disk(&slot.disk, d) => {}
+                Some(_) => {
+                    // A running cycle finishes with the config it started with.
+                    let running = self.slots.remove(&d.name).and_then(|s| s.running);
+                    self.add_disk(d.clone(), now);
+                    if let Some(slot) = self.slots.get_mut(&d.name) {
+                        slot.running = running;
+                    }
+                    changed.push(d.name.clone());
+                }
+                None => {
+                    self.add_disk(d.clone(), now);
+                    added.push(d.name.clone());
+                }
+            }
+        }
+        self.config = new;
+        self.metrics.set_disks(self.slots.len());
+        tracing::info!(
+            added = %added.join(","),
+            removed = %removed.join(","),
+            changed = %changed.join(","),
+            disks = self.slots.len(),
+            "config reloaded"
+        );
+        Ok(())
+    }
+
+    /// Stops new work, asks running cycles to stop at their next checkpoint and waits for
+    /// them up to `shutdown_grace`. Cycles still running then are abandoned: their last
+    /// checkpoint is in the state database and the next start resumes them.
+    async fn shutdown(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+        control: &mut mpsc::Receiver<Incoming>,
+    ) {
+        self.sd_notify(&[sd_notify::NotifyState::Stopping]);
+        for (name, slot) in &self.slots {
+            if let Some(r) = &slot.running {
+                tracing::info!(disk = %name, "stopping the cycle at its next checkpoint");
+                r.token.cancel();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        while self.slots.values().any(|s| s.running.is_some()) {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(Event::Finished(f)) => self.finished(*f),
+                    Some(_) => {}
+                    None => break,
+                },
+                Some((_, reply)) = control.recv() => {
+                    let _ = reply.send(Response::Error { message: "the daemon is shutting down".into() });
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let left: Vec<_> = self.slots.iter().filter(|(_, s)| s.running.is_some()).map(|(n, _)| n.clone()).collect();
+                    tracing::warn!(disks = %left.join(","), "shutdown_grace expired; leaving these cycles at their last checkpoint (the next start resumes them)");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn progress_info(p: &Progress) -> ProgressInfo {
+    let v = p.view();
+    ProgressInfo {
+        phase: v.phase.to_string(),
+        bytes_done: v.bytes_done,
+        bytes_total: v.bytes_total,
+        bytes_per_second: v.rate,
+        eta_seconds: v.eta_seconds,
+    }
+}
+
+/// `snapback run`: starts the daemon with signal handling and runs it until stopped.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let signals = signals::install().map_err(DaemonError::Signals)?;
+    let daemon = Daemon::start(config, Options::default()).await?;
+    let signals = signals::forward(signals, daemon.handle());
+    daemon.wait().await;
+    signals.abort();
+    Ok(())
+}

@@ -1,0 +1,640 @@
+//! When a disk's next cycle is due: cron ticks in the disk's time zone, the backup window,
+//! jitter, retries with backoff and resumption of paused cycles.
+//!
+//! Everything here is pure: no clock is read and nothing sleeps. The instant `now` is always
+//! passed in, so the supervisor runs it on the wall clock and the tests on a fake one.
+//!
+//! We evaluate cron expressions with `croner` directly rather than through
+//! `tokio-cron-scheduler`: that crate owns its timers and reads the system clock itself, so a
+//! window or a DST transition could only be tested by waiting for it, and its job model has
+//! no room for our per-disk rules (coalescing, windows, retries, pause/resume). `croner`
+//! gives us `next occurrence after T in zone Z` as a pure function, with the DST rules of the
+//! Open Cron Pattern Specification: a fixed-time job (e.g. `30 2 * * *`) runs once on the
+//! fall-back day (at the first 02:30) and once on the spring-forward day (at the first valid
+//! minute after the gap), never twice and never zero times.
+
+use crate::config::{DiskConfig, Window};
+use chrono::{DateTime, DurationRound, TimeDelta, Timelike, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use std::time::Duration;
+
+/// First retry delay after a failed cycle; each further failure doubles it.
+pub const RETRY_BASE: Duration = Duration::from_secs(30);
+/// Longest retry delay: a broken disk is retried at least twice an hour.
+pub const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// A window is searched minute by minute over this many minutes (two days and a DST hour):
+/// any daily window opens and closes within it.
+const WINDOW_SEARCH_MINUTES: i64 = 2 * 1440 + 60;
+/// How far around a DST transition the tick search looks (no zone shifts by more).
+const DST_LOOKAROUND: TimeDelta = TimeDelta::hours(2);
+/// Upper bound on ticks walked in that search (a per-second schedule: 2 h = 7,200).
+const MAX_DST_SCAN: usize = 100_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScheduleError {
+    #[error("disk {disk}: invalid cron expression \"{expr}\": {reason}")]
+    Cron {
+        disk: String,
+        expr: String,
+        reason: String,
+    },
+    #[error("disk {disk}: unknown time zone \"{tz}\"; use an IANA name such as \"UTC\" or \"Europe/Paris\"")]
+    TimeZone { disk: String, tz: String },
+}
+
+/// A disk's timing rules, parsed once.
+#[derive(Debug, Clone)]
+pub struct DiskSchedule {
+    cron: Option<Cron>,
+    tz: Tz,
+    window: Option<Window>,
+    jitter: Duration,
+}
+
+/// Parses every disk's schedule, reporting every problem (the config module checks cron
+/// syntax but links no time zone database, so an unknown zone is caught here).
+pub fn validate(disks: &[DiskConfig]) -> Result<(), Vec<ScheduleError>> {
+    let errors: Vec<_> = disks
+        .iter()
+        .filter_map(|d| DiskSchedule::from_config(d).err())
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+impl DiskSchedule {
+    pub fn from_config(d: &DiskConfig) -> Result<DiskSchedule, ScheduleError> {
+        let tz: Tz = d.tz.parse().map_err(|_| ScheduleError::TimeZone {
+            disk: d.name.clone(),
+            tz: d.tz.clone(),
+        })?;
+        let cron = d
+            .schedule
+            .as_deref()
+            .map(|expr| {
+                croner::parser::CronParser::builder()
+                    .seconds(croner::parser::Seconds::Optional)
+                    .year(croner::parser::Year::Disallowed)
+                    .build()
+                    .parse(expr)
+                    .map_err(|e| ScheduleError::Cron {
+                        disk: d.name.clone(),
+                        expr: expr.to_string(),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()?;
+        Ok(DiskSchedule {
+            cron,
+            tz,
+            window: d.window,
+            jitter: d.jitter.unwrap_or_default(),
+        })
+    }
+
+    pub fn window(&self) -> Option<Window> {
+        self.window
+    }
+
+    /// The first cron tick strictly after `after`, evaluated in the disk's zone; `None` for
+    /// a disk without a schedule.
+    ///
+    /// Near a DST transition the search starts two hours earlier and walks croner's iterator:
+    /// unlike a single `find_next_occurrence`, the iterator also yields the second instant
+    /// of a repeated wall-clock time for interval jobs (an hourly job runs in both 02:00
+    /// hours of a fall-back night, as elapsed time demands), while a fixed-time job still
+    /// runs once. Elsewhere one lookup suffices.
+    pub fn next_tick(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        use chrono::Offset;
+        let cron = self.cron.as_ref()?;
+        let offset = |t: DateTime<Utc>| t.with_timezone(&self.tz).offset().fix();
+        let near_dst = offset(after - DST_LOOKAROUND) != offset(after)
+            || offset(after + DST_LOOKAROUND) != offset(after);
+        if !near_dst {
+            let local = after.with_timezone(&self.tz);
+            return cron
+                .find_next_occurrence(&local, false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc));
+        }
+        cron.clone()
+            .iter_after((after - DST_LOOKAROUND).with_timezone(&self.tz))
+            .take(MAX_DST_SCAN)
+            .map(|t| t.with_timezone(&Utc))
+            .find(|t| *t > after)
+    }
+
+    /// Whether a cycle may start at `t` (always, without a window).
+    pub fn in_window(&self, t: DateTime<Utc>) -> bool {
+        match self.window {
+            None => true,
+            Some(w) => {
+                let local = t.with_timezone(&self.tz);
+                w.contains((local.hour() * 60 + local.minute()) as u16)
+            }
+        }
+    }
+
+    /// When the window that contains `t` closes: the first minute boundary after `t` that is
+    /// outside it. `None` without a window (nothing ever closes).
+    pub fn window_close(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.window?;
+        if !self.in_window(t) {
+            return Some(t);
+        }
+        self.first_minute_after(t, |s, m| !s.in_window(m))
+    }
+
+    /// `t` if a cycle may start then, else the next minute boundary inside the window.
+    pub fn next_window_open(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        if self.in_window(t) {
+            return t;
+        }
+        self.first_minute_after(t, |s, m| s.in_window(m))
+            .unwrap_or(t)
+    }
+
+    /// Steps over whole UTC minutes (so a DST jump of local time is just a jump of the
+    /// minute-of-day we test, never a skipped or repeated instant).
+    fn first_minute_after(
+        &self,
+        t: DateTime<Utc>,
+        pred: impl Fn(&Self, DateTime<Utc>) -> bool,
+    ) -> Option<DateTime<Utc>> {
+        let minute = TimeDelta::minutes(1);
+        let mut m = t.duration_trunc(minute).ok()? + minute;
+        for _ in 0..WINDOW_SEARCH_MINUTES {
+            if pred(self, m) {
+                return Some(m);
+            }
+            m += minute;
+        }
+        None
+    }
+
+    /// The jittered start for a tick: `tick + fraction * jitter`, `fraction` in `[0, 1)`.
+    pub fn jittered(&self, tick: DateTime<Utc>, fraction: f64) -> DateTime<Utc> {
+        let ms = (self.jitter.as_millis() as f64 * fraction.clamp(0.0, 1.0)) as i64;
+        tick + TimeDelta::milliseconds(ms)
+    }
+}
+
+/// Delay before the `failures`-th retry (1-based): `RETRY_BASE * 2^(failures-1)`, capped.
+pub fn retry_delay(failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    RETRY_BASE.saturating_mul(factor).min(RETRY_MAX)
+}
+
+/// Why a cycle is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The cron schedule fired.
+    Tick,
+    /// A failed cycle is tried again.
+    Retry,
+    /// An unfinished cycle is continued (after a restart, or in the next window).
+    Resume,
+    /// Asked for through the control socket; ignores the window.
+    Manual,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Tick => "schedule",
+            Reason::Retry => "retry",
+            Reason::Resume => "resume",
+            Reason::Manual => "manual",
+        }
+    }
+}
+
+/// What the supervisor should do for a disk at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Nothing is due.
+    Idle,
+    /// Start (or resume) a cycle.
+    Start(Reason),
+    /// Something was due but the disk's cycle is running: merged into it, not queued.
+    Coalesced(Reason),
+    /// A tick fired outside the window and is skipped (a retry or resume is postponed to
+    /// the window's next opening instead).
+    OutsideWindow(Reason),
+}
+
+/// How a cycle ended, as far as scheduling cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    Ok,
+    Failed,
+    /// Paused at a checkpoint because the window closed: resume in the next window.
+    WindowClosed,
+    /// Paused because the daemon stops or the disk was removed: nothing to plan.
+    Stopped,
+}
+
+/// The per-disk scheduling state. Pure: the supervisor calls [`Planner::poll`] at (or after)
+/// [`Planner::due`] and [`Planner::finished`] when a cycle ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planner {
+    /// The next cron tick (unjittered).
+    next_tick: Option<DateTime<Utc>>,
+    /// When that tick fires (jittered).
+    fire_at: Option<DateTime<Utc>>,
+    retry_at: Option<DateTime<Utc>>,
+    resume_at: Option<DateTime<Utc>>,
+    failures: u32,
+}
+
+impl Planner {
+    /// A disk's plan from `now`. `open_cycle`: the state database holds an unfinished cycle
+    /// for it, which is resumed at once (or when the window opens).
+    pub fn new(s: &DiskSchedule, now: DateTime<Utc>, open_cycle: bool, jitter: f64) -> Planner {
+        let next_tick = s.next_tick(now);
+        Planner {
+            next_tick,
+            fire_at: next_tick.map(|t| s.jittered(t, jitter)),
+            retry_at: None,
+            resume_at: open_cycle.then(|| s.next_window_open(now)),
+            failures: 0,
+        }
+    }
+
+    /// The earliest instant something is due for this disk.
+    pub fn due(&self) -> Option<DateTime<Utc>> {
+        [self.fire_at, self.retry_at, self.resume_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next cron tick, for `status`.
+    pub fn next_tick(&self) -> Option<DateTime<Utc>> {
+        self.next_tick
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Consumes everything due at `now` and says what to do. Ticks missed while the process
+    /// was asleep collapse into one; a tick while `running` is coalesced into that cycle.
+    pub fn poll(
+        &mut self,
+        s: &DiskSchedule,
+        now: DateTime<Utc>,
+        running: bool,
+        jitter: f64,
+    ) -> Wake {
+        let mut reason = None;
+        if self.fire_at.is_some_and(|t| t <= now) {
+            self.next_tick = s.next_tick(now);
+            self.fire_at = self.next_tick.map(|t| s.jittered(t, jitter));
+            reason = Some(Reason::Tick);
+        }
+        if self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            reason = Some(Reason::Retry);
+        }
+        if self.resume_at.is_some_and(|t| t <= now) {
+            self.resume_at = None;
+            reason = Some(Reason::Resume);
+        }
+        let Some(reason) = reason else {
+            return Wake::Idle;
+        };
+        if running {
+            return Wake::Coalesced(reason);
+        }
+        if !s.in_window(now) {
+            if reason != Reason::Tick {
+                self.resume_at = Some(s.next_window_open(now));
+            }
+            return Wake::OutsideWindow(reason);
+        }
+        Wake::Start(reason)
+    }
+
+    /// Plans what follows a cycle that ended at `now`.
+    pub fn finished(&mut self, s: &DiskSchedule, now: DateTime<Utc>, how: Finish) {
+        match how {
+            Finish::Ok => {
+                self.failures = 0;
+                self.retry_at = None;
+                self.resume_at = None;
+            }
+            Finish::Failed => {
+                self.failures = self.failures.saturating_add(1);
+                let at =
+                    now + TimeDelta::from_std(retry_delay(self.failures)).unwrap_or(TimeDelta::MAX);
+                // Retry only if it comes before the next tick; otherwise the tick is the retry.
+                self.retry_at = match self.fire_at {
+                    Some(tick) if tick <= at => None,
+                    _ => Some(at),
+                };
+            }
+            Finish::WindowClosed => self.resume_at = Some(s.next_window_open(now)),
+            Finish::Stopped => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn disk(schedule: Option<&str>, tz: &str, window: Option<&str>) -> DiskConfig {
+        let text = format!(
+            "[accounts.a]\nendpoint = \"https://acct.blob.core.windows.net\"\nshared_key_env = \"K\"\n\
+             [[disk]]\nname = \"d\"\nsource = \"a/vhds/src\"\nbackup = \"a/vhds/bak\"\n{}{}tz = \"{tz}\"\n",
+            schedule.map(|s| format!("schedule = \"{s}\"\n")).unwrap_or_default(),
+            window.map(|w| format!("window = \"{w}\"\n")).unwrap_or_default(),
+        );
+        crate::config::Config::parse(&text, std::path::Path::new("t.toml"))
+            .expect("valid test config")
+            .disks
+            .remove(0)
+    }
+
+    fn sched(schedule: Option<&str>, tz: &str, window: Option<&str>) -> DiskSchedule {
+        DiskSchedule::from_config(&disk(schedule, tz, window)).unwrap()
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    /// Every tick in `(from, to)`, by repeated `next_tick` (what the planner does).
+    fn ticks(s: &DiskSchedule, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while let Some(n) = s.next_tick(t) {
+            if n >= to {
+                break;
+            }
+            out.push(n);
+            t = n;
+        }
+        out
+    }
+
+    #[test]
+    fn five_and_six_field_expressions() {
+        let s = sched(Some("*/2 * * * * *"), "UTC", None);
+        assert_eq!(
+            s.next_tick(utc(2026, 1, 1, 0, 0, 0)),
+            Some(utc(2026, 1, 1, 0, 0, 2))
+        );
+        let s = sched(Some("0 */12 * * *"), "UTC", None);
+        assert_eq!(
+            s.next_tick(utc(2026, 1, 1, 0, 0, 0)),
+            Some(utc(2026, 1, 1, 12, 0, 0))
+        );
+        assert_eq!(
+            sched(None, "UTC", None).next_tick(utc(2026, 1, 1, 0, 0, 0)),
+            None
+        );
+    }
+
+    #[test]
+    fn ticks_follow_the_disk_time_zone() {
+        // 01:00 in Paris is 00:00 UTC in winter, 23:00 UTC the day before in summer.
+        let s = sched(Some("0 1 * * *"), "Europe/Paris", None);
+        assert_eq!(
+            s.next_tick(utc(2026, 1, 10, 12, 0, 0)),
+            Some(utc(2026, 1, 11, 0, 0, 0))
+        );
+        assert_eq!(
+            s.next_tick(utc(2026, 7, 10, 12, 0, 0)),
+            Some(utc(2026, 7, 10, 23, 0, 0))
+        );
+    }
+
+    #[test]
+    fn daily_job_runs_exactly_once_on_both_dst_transition_days() {
+        // Europe/Paris: 2026-03-29 02:00 -> 03:00 (gap), 2026-10-25 03:00 -> 02:00 (overlap).
+        let s = sched(Some("30 2 * * *"), "Europe/Paris", None);
+        let spring = ticks(&s, utc(2026, 3, 28, 12, 0, 0), utc(2026, 3, 30, 12, 0, 0));
+        assert_eq!(spring.len(), 2, "{spring:?}");
+        // 02:30 does not exist on 2026-03-29: it runs at 03:00 CEST (01:00 UTC), once.
+        assert_eq!(spring[0], utc(2026, 3, 29, 1, 0, 0));
+        assert_eq!(spring[1], utc(2026, 3, 30, 0, 30, 0));
+        let autumn = ticks(&s, utc(2026, 10, 24, 12, 0, 0), utc(2026, 10, 26, 12, 0, 0));
+        assert_eq!(autumn.len(), 2, "{autumn:?}");
+        // The first 02:30 of the repeated hour (CEST, UTC+2), then 02:30 CET the next day.
+        assert_eq!(autumn[0], utc(2026, 10, 25, 0, 30, 0));
+        assert_eq!(autumn[1], utc(2026, 10, 26, 1, 30, 0));
+    }
+
+    #[test]
+    fn hourly_job_follows_elapsed_hours_across_dst() {
+        let s = sched(Some("0 * * * *"), "Europe/Paris", None);
+        // Around each transition, ticks stay exactly one real hour apart: none lost, none
+        // doubled (12:00 UTC is excluded, so 23 ticks in the 24 hours after it; on the
+        // fall-back night both 02:00 hours get their tick).
+        for day in [(3, 28), (10, 24)] {
+            let from = utc(2026, day.0, day.1, 12, 0, 0);
+            let t = ticks(&s, from, from + TimeDelta::hours(24));
+            assert_eq!(t.len(), 23, "{t:?}");
+            assert!(
+                t.windows(2).all(|w| w[1] - w[0] == TimeDelta::hours(1)),
+                "{t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn window_wrapping_midnight() {
+        let s = sched(None, "UTC", Some("22:00-06:00"));
+        assert!(s.in_window(utc(2026, 1, 1, 23, 0, 0)));
+        assert!(s.in_window(utc(2026, 1, 1, 5, 59, 59)));
+        assert!(!s.in_window(utc(2026, 1, 1, 6, 0, 0)));
+        assert!(!s.in_window(utc(2026, 1, 1, 12, 0, 0)));
+        assert_eq!(
+            s.window_close(utc(2026, 1, 1, 23, 10, 5)),
+            Some(utc(2026, 1, 2, 6, 0, 0))
+        );
+        assert_eq!(
+            s.next_window_open(utc(2026, 1, 2, 6, 0, 0)),
+            utc(2026, 1, 2, 22, 0, 0)
+        );
+        assert_eq!(
+            s.next_window_open(utc(2026, 1, 2, 23, 0, 0)),
+            utc(2026, 1, 2, 23, 0, 0)
+        );
+        assert_eq!(
+            sched(None, "UTC", None).window_close(utc(2026, 1, 1, 0, 0, 0)),
+            None
+        );
+    }
+
+    #[test]
+    fn window_in_local_time_across_dst() {
+        // 01:00-03:00 Paris on spring-forward night lasts one real hour (02:00-03:00 is skipped).
+        let s = sched(None, "Europe/Paris", Some("01:00-03:00"));
+        let open = s.next_window_open(utc(2026, 3, 28, 12, 0, 0));
+        assert_eq!(open, utc(2026, 3, 29, 0, 0, 0));
+        assert_eq!(s.window_close(open), Some(utc(2026, 3, 29, 1, 0, 0)));
+    }
+
+    fn run(p: &mut Planner, s: &DiskSchedule, now: DateTime<Utc>, running: bool) -> Wake {
+        p.poll(s, now, running, 0.0)
+    }
+
+    #[test]
+    fn ticks_start_cycles_and_are_coalesced_while_running() {
+        let s = sched(Some("0 * * * *"), "UTC", None);
+        let t0 = utc(2026, 1, 1, 0, 30, 0);
+        let mut p = Planner::new(&s, t0, false, 0.0);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 1, 0, 0)));
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 0, 59, 59), false),
+            Wake::Idle
+        );
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 1, 0, 0), false),
+            Wake::Start(Reason::Tick)
+        );
+        // The 02:00 tick while the 01:00 cycle still runs is merged, not queued.
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 2, 0, 0), true),
+            Wake::Coalesced(Reason::Tick)
+        );
+        p.finished(&s, utc(2026, 1, 1, 2, 10, 0), Finish::Ok);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 3, 0, 0)));
+        // A process asleep for 5 hours runs one cycle, not five.
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 8, 0, 30), false),
+            Wake::Start(Reason::Tick)
+        );
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 9, 0, 0)));
+    }
+
+    #[test]
+    fn jitter_delays_the_start_but_not_the_next_tick() {
+        let mut d = disk(Some("0 * * * *"), "UTC", None);
+        d.jitter = Some(Duration::from_secs(600));
+        let s = DiskSchedule::from_config(&d).unwrap();
+        let mut p = Planner::new(&s, utc(2026, 1, 1, 0, 30, 0), false, 0.5);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 1, 5, 0)));
+        assert_eq!(
+            p.poll(&s, utc(2026, 1, 1, 1, 5, 0), false, 0.25),
+            Wake::Start(Reason::Tick)
+        );
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 2, 2, 30)));
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_before_the_next_tick() {
+        assert_eq!(retry_delay(1), Duration::from_secs(30));
+        assert_eq!(retry_delay(2), Duration::from_secs(60));
+        assert_eq!(retry_delay(4), Duration::from_secs(240));
+        assert_eq!(retry_delay(50), RETRY_MAX);
+        let s = sched(Some("0 */6 * * *"), "UTC", None);
+        let mut p = Planner::new(&s, utc(2026, 1, 1, 0, 30, 0), false, 0.0);
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 6, 0, 0), false),
+            Wake::Start(Reason::Tick)
+        );
+        let mut now = utc(2026, 1, 1, 6, 1, 0);
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            p.finished(&s, now, Finish::Failed);
+            let due = p.due().unwrap();
+            delays.push((due - now).num_seconds());
+            now = due;
+            assert_eq!(run(&mut p, &s, now, false), Wake::Start(Reason::Retry));
+        }
+        assert_eq!(delays, vec![30, 60, 120, 240]);
+        assert_eq!(p.failures(), 4);
+        p.finished(&s, now, Finish::Ok);
+        assert_eq!(p.failures(), 0);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 12, 0, 0)));
+        // A retry that would come after the next tick is left to the tick.
+        let mut p = Planner::new(&s, utc(2026, 1, 1, 11, 59, 50), false, 0.0);
+        p.finished(&s, utc(2026, 1, 1, 11, 59, 50), Finish::Failed);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 12, 0, 0)));
+    }
+
+    #[test]
+    fn window_closing_pauses_and_the_next_window_resumes() {
+        // Hourly schedule, window 22:00-06:00.
+        let s = sched(Some("0 * * * *"), "UTC", Some("22:00-06:00"));
+        let mut p = Planner::new(&s, utc(2026, 1, 1, 4, 30, 0), false, 0.0);
+        let start = utc(2026, 1, 1, 5, 0, 0);
+        assert_eq!(run(&mut p, &s, start, false), Wake::Start(Reason::Tick));
+        // The supervisor cancels the cycle when the window closes...
+        assert_eq!(s.window_close(start), Some(utc(2026, 1, 1, 6, 0, 0)));
+        // ...and the 06:00 tick (outside the window) is coalesced into the running cycle.
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 6, 0, 0), true),
+            Wake::Coalesced(Reason::Tick)
+        );
+        p.finished(&s, utc(2026, 1, 1, 6, 0, 1), Finish::WindowClosed);
+        // Daytime ticks are skipped; the paused cycle resumes when the window opens.
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 7, 0, 0), false),
+            Wake::OutsideWindow(Reason::Tick)
+        );
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 8, 0, 0)));
+        let mut now = utc(2026, 1, 1, 8, 0, 0);
+        while now < utc(2026, 1, 1, 22, 0, 0) {
+            assert_eq!(
+                run(&mut p, &s, now, false),
+                Wake::OutsideWindow(Reason::Tick)
+            );
+            now = p.due().unwrap();
+        }
+        assert_eq!(now, utc(2026, 1, 1, 22, 0, 0));
+        assert_eq!(run(&mut p, &s, now, false), Wake::Start(Reason::Resume));
+        p.finished(&s, utc(2026, 1, 1, 22, 20, 0), Finish::Ok);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 23, 0, 0)));
+    }
+
+    #[test]
+    fn open_cycle_at_startup_resumes_now_or_when_the_window_opens() {
+        let s = sched(None, "UTC", Some("22:00-06:00"));
+        let p = Planner::new(&s, utc(2026, 1, 1, 23, 0, 0), true, 0.0);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 23, 0, 0)));
+        let p = Planner::new(&s, utc(2026, 1, 1, 12, 0, 0), true, 0.0);
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 22, 0, 0)));
+        let p = Planner::new(&s, utc(2026, 1, 1, 12, 0, 0), false, 0.0);
+        assert_eq!(p.due(), None);
+    }
+
+    #[test]
+    fn retry_outside_the_window_waits_for_it() {
+        let s = sched(Some("0 23 * * *"), "UTC", Some("22:00-06:00"));
+        let mut p = Planner::new(&s, utc(2026, 1, 1, 5, 59, 0), false, 0.0);
+        p.finished(&s, utc(2026, 1, 1, 5, 59, 50), Finish::Failed);
+        let due = p.due().unwrap();
+        assert_eq!(due, utc(2026, 1, 1, 6, 0, 20));
+        assert_eq!(
+            run(&mut p, &s, due, false),
+            Wake::OutsideWindow(Reason::Retry)
+        );
+        assert_eq!(p.due(), Some(utc(2026, 1, 1, 22, 0, 0)));
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 1, 1, 22, 0, 0), false),
+            Wake::Start(Reason::Resume)
+        );
+    }
+
+    #[test]
+    fn unknown_time_zone_is_reported() {
+        let d = disk(Some("0 * * * *"), "Mars/Olympus", None);
+        assert_eq!(
+            validate(&[d]),
+            Err(vec![ScheduleError::TimeZone {
+                disk: "d".into(),
+                tz: "Mars/Olympus".into()
+            }])
+        );
+    }
+}

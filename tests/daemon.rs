@@ -1,0 +1,730 @@
+//! `snapback run` end to end: a real daemon process against Azurite, driven by real signals
+//! and the control socket; the window test runs the daemon in-process on a fake clock.
+
+mod common;
+
+use common::daemon::{
+    append_config, disk_section, eventually, free_port, http_get, metric, prepend_config,
+    DaemonProc, NotifySocket,
+};
+use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
+use snapback::blobs::{BlobRef, PageBlobs};
+use snapback::daemon::control::{self, Request, Response};
+use snapback::pages::PAGE_SIZE;
+use snapback::state::StateStore;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn restore_points(blobs: &dyn PageBlobs, backup: &BlobRef) -> usize {
+    // The backup blob does not exist before the first cycle.
+    match blobs.properties(backup, None).await {
+        Ok(Some(_)) => tagged_snapshots(blobs, backup).await.len(),
+        _ => 0,
+    }
+}
+
+/// A source disk with one MiB of data.
+async fn small_disk(blobs: &dyn PageBlobs, source: &BlobRef, seed: u64) {
+    create_disk(blobs, source, 4 * MIB).await;
+    write(blobs, source, 0, &Rng(seed).bytes(MIB as usize)).await;
+}
+
+/// `pages` single pages, 8 pages apart, so that the next diff has that many ranges and an
+/// apply at concurrency 1 takes a few seconds (two requests per range).
+async fn scatter_writes(blobs: &dyn PageBlobs, source: &BlobRef, pages: u64, seed: u64) {
+    use futures::StreamExt;
+    let data = Rng(seed).bytes(PAGE_SIZE as usize);
+    futures::stream::iter(0..pages)
+        .for_each_concurrent(16, |i| {
+            let data = data.clone();
+            async move { write(blobs, source, i * 8 * PAGE_SIZE, &data).await }
+        })
+        .await;
+}
+
+async fn daemon_status(socket: &Path) -> Option<control::DaemonStatus> {
+    match control::request(socket, &Request::Status).await {
+        Ok(Some(Response::Status(s))) => Some(s),
+        _ => None,
+    }
+}
+
+/// The metrics port the daemon logged ("serving /metrics and /healthz addr=127.0.0.1:PORT").
+async fn metrics_port(d: &DaemonProc) -> u16 {
+    let mut port = None;
+    eventually(Duration::from_secs(10), || {
+        port = d.stderr().lines().find_map(|l| {
+            let rest = l.split("serving /metrics").nth(1)?;
+            rest.split("127.0.0.1:")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        });
+        std::future::ready(port.is_some())
+    })
+    .await;
+    port.unwrap_or_else(|| panic!("no metrics address logged:\n{}", d.stderr()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_reload_metrics_control_and_a_single_daemon() {
+    // "broken" has no source blob: its cycles fail, are logged with their cause and counted.
+    let fx = Fixture::with_extra(&format!(
+        "{}{}",
+        disk_section("disk1", "schedule = \"*/2 * * * * *\""),
+        disk_section("broken", "schedule = \"*/2 * * * * *\"")
+    ));
+    // Port 0: the kernel picks a free port and the daemon logs it (no race with other tests).
+    prepend_config(
+        &fx,
+        "metrics_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"",
+    );
+    let blobs = fx.blobs();
+    small_disk(blobs.as_ref(), &fx.source("disk1"), 1).await;
+    let socket = fx.config().control_socket;
+
+    // As under systemd: READY/RELOADING/STOPPING and a 1 s watchdog (pinged every 0.5 s).
+    let notify = NotifySocket::bind(fx.dir.path());
+    let mut d = DaemonProc::spawn_with_env(
+        &fx,
+        &[
+            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let port = metrics_port(&d).await;
+    // Cycles happen on the schedule, one after the other.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            restore_points(blobs.as_ref(), &fx.backup("disk1")).await >= 2
+        })
+        .await,
+        "no two scheduled cycles; daemon log:\n{}",
+        d.stderr()
+    );
+
+    // A second daemon on the same state dir is refused, clearly.
+    let second = fx.snapback(&["run"]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another snapback daemon is already running"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("pid {}", d.pid())), "{err}");
+
+    // `status` asks the daemon.
+    let out = fx.snapback(&["status", "--json"]);
+    assert!(out.status.success());
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(st["pid"], d.pid());
+    let disk1 = &st["disks"][0];
+    assert_eq!(disk1["disk"], "disk1");
+    assert!(disk1["last_success"].is_string(), "{st}");
+    assert!(disk1["next_run"].is_string(), "{st}");
+
+    let text = String::from_utf8_lossy(&fx.snapback(&["status"]).stdout).to_string();
+    assert!(
+        text.starts_with(&format!("daemon: pid {}", d.pid())) && text.contains("  next run:"),
+        "{text}"
+    );
+
+    // Metrics show the cycles.
+    let (code, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200);
+    let ok = metric(&body, "snapback_cycles_total{disk=\"disk1\",result=\"ok\"}").unwrap_or(0.0);
+    assert!(ok >= 2.0, "{body}");
+    let last = metric(
+        &body,
+        "snapback_last_success_timestamp_seconds{disk=\"disk1\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(last > 1.7e9, "{body}");
+    assert!(
+        metric(&body, "snapback_requests_total{disk=\"disk1\"}").unwrap_or(0.0) > 0.0,
+        "{body}"
+    );
+    assert!(
+        metric(
+            &body,
+            "snapback_cycle_duration_seconds_count{disk=\"disk1\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    );
+    assert_eq!(http_get(port, "/healthz").expect("healthz").0, 200);
+    assert!(
+        metric(
+            &body,
+            "snapback_cycles_total{disk=\"broken\",result=\"error\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{body}"
+    );
+    let log = d.stderr();
+    assert!(
+        log.contains("cycle failed") && log.contains("broken.vhd"),
+        "failure not logged with its cause:\n{log}"
+    );
+    assert!(log.contains("it will be retried"), "{log}");
+    let broken = &st["disks"][1];
+    assert_eq!(broken["disk"], "broken");
+    assert!(broken["last_error"].is_string(), "{st}");
+
+    assert_eq!(notify.count("READY=1"), 1);
+    assert!(notify.count("WATCHDOG=1") >= 2, "watchdog not pinged");
+
+    // SIGHUP adds a disk without a restart.
+    small_disk(blobs.as_ref(), &fx.source("disk2"), 2).await;
+    append_config(&fx, &disk_section("disk2", "schedule = \"*/2 * * * * *\""));
+    d.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            restore_points(blobs.as_ref(), &fx.backup("disk2")).await >= 1
+        })
+        .await,
+        "disk2 never backed up after SIGHUP; daemon log:\n{}",
+        d.stderr()
+    );
+
+    // An invalid config is reported and the daemon keeps running on the old one.
+    let good = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(&fx.config_path, format!("{good}\nbogus_key = 1\n")).unwrap();
+    d.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.stderr().contains("config reload failed")
+        })
+        .await
+    );
+    let before = restore_points(blobs.as_ref(), &fx.backup("disk2")).await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            restore_points(blobs.as_ref(), &fx.backup("disk2")).await > before
+        })
+        .await,
+        "cycles stopped after a bad reload:\n{}",
+        d.stderr()
+    );
+    let (_, body) = http_get(port, "/metrics").unwrap();
+    assert_eq!(
+        metric(&body, "snapback_config_reloads_total{result=\"error\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&body, "snapback_disks"), Some(3.0));
+    assert!(daemon_status(&socket).await.is_some());
+    std::fs::write(&fx.config_path, good).unwrap();
+
+    // SIGTERM: exit 0, socket removed.
+    d.signal("TERM");
+    let st = d
+        .wait_exit(Duration::from_secs(7))
+        .expect("exits within the grace");
+    assert!(st.success(), "{st:?}\n{}", d.stderr());
+    assert!(!socket.exists());
+    assert_eq!(notify.count("RELOADING=1"), 2);
+    assert_eq!(
+        notify.count("READY=1"),
+        3,
+        "READY after start and after each reload"
+    );
+    assert_eq!(notify.count("STOPPING=1"), 1);
+    // Without a daemon, `status` works standalone and `--require-daemon` fails.
+    assert!(fx.snapback(&["status"]).status.success());
+    assert_eq!(
+        fx.snapback(&["status", "--require-daemon"]).status.code(),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle() {
+    // Yearly: only the control socket and the restart start cycles here.
+    let fx = Fixture::with_extra(&disk_section(
+        "disk1",
+        "schedule = \"0 0 0 1 1 *\"\nconcurrency = 1",
+    ));
+    prepend_config(&fx, "shutdown_grace = \"10s\"");
+    let blobs = fx.blobs();
+    let (source, backup) = (fx.source("disk1"), fx.backup("disk1"));
+    create_disk(blobs.as_ref(), &source, 32 * MIB).await;
+    write(blobs.as_ref(), &source, 0, &Rng(7).bytes(MIB as usize)).await;
+    // The seed, standalone (no daemon running): restore point 1.
+    let out = fx.snapback(&["backup", "disk1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(restore_points(blobs.as_ref(), &backup).await, 1);
+    scatter_writes(blobs.as_ref(), &source, 1500, 8).await;
+
+    let socket = fx.config().control_socket;
+    let mut d = DaemonProc::spawn(&fx);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            daemon_status(&socket).await.is_some()
+        })
+        .await
+    );
+    // `backup` through the daemon: "run this disk now".
+    let out = fx.snapback(&["backup", "disk1"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "disk1: cycle started by the daemon"
+    );
+    // Wait until apply has made progress, then SIGTERM.
+    let mid_apply = eventually(Duration::from_secs(20), || async {
+        daemon_status(&socket).await.is_some_and(|s| {
+            s.disks[0]
+                .progress
+                .as_ref()
+                .is_some_and(|p| p.phase == "apply" && p.bytes_done > 2 * MIB)
+        })
+    })
+    .await;
+    assert!(mid_apply, "never saw apply in progress:\n{}", d.stderr());
+    let t = Instant::now();
+    d.signal("TERM");
+    let st = d
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits within the grace");
+    assert!(st.success(), "{st:?}\n{}", d.stderr());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    drop(d);
+
+    let state_dir = fx.config().state_dir;
+    let paused = {
+        let store = StateStore::open(&state_dir).unwrap();
+        store.open_cycle("disk1").unwrap().expect("cycle left open")
+    };
+    assert_eq!(paused.phase.as_str(), "apply");
+    assert!(paused.applied_upto > 0 && paused.applied_upto < 32 * MIB);
+    assert_eq!(restore_points(blobs.as_ref(), &backup).await, 1);
+
+    // The restart resumes that cycle by itself: exactly one more restore point.
+    let mut d = DaemonProc::spawn(&fx);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            restore_points(blobs.as_ref(), &backup).await >= 2
+        })
+        .await,
+        "not resumed:\n{}",
+        d.stderr()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(restore_points(blobs.as_ref(), &backup).await, 2);
+    assert!(d.stderr().contains("unfinished cycle found"));
+    let done = StateStore::open(&state_dir)
+        .unwrap()
+        .last_finished_cycle("disk1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.tag, paused.tag, "a different cycle finished");
+    let b = done.backup_snapshot.clone().unwrap();
+    let s = done.source_snapshot.clone().unwrap();
+    assert!(
+        content(blobs.as_ref(), &backup, Some(&b)).await
+            == content(blobs.as_ref(), &source, Some(&s)).await,
+        "resumed restore point differs from its source snapshot"
+    );
+    d.signal("INT");
+    assert!(d
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_closing_mid_apply_pauses_and_the_next_window_completes_it() {
+    use chrono::TimeZone;
+    use snapback::daemon::{Daemon, ManualClock, Options};
+    let at = |h, m, s| chrono::Utc.with_ymd_and_hms(2026, 1, 1, h, m, s).unwrap();
+    let fx = Fixture::with_extra(&disk_section(
+        "disk1",
+        "schedule = \"30 59 5 * * *\"\nwindow = \"22:00-06:00\"\nconcurrency = 1",
+    ));
+    let blobs = fx.blobs();
+    let (source, backup) = (fx.source("disk1"), fx.backup("disk1"));
+    create_disk(blobs.as_ref(), &source, 32 * MIB).await;
+    write(blobs.as_ref(), &source, 0, &Rng(9).bytes(MIB as usize)).await;
+    let app = fx.app();
+    let disk = app.config.disks[0].clone();
+    app.run_disk(&disk, Default::default())
+        .await
+        .result
+        .expect("seed");
+    drop(app);
+    scatter_writes(blobs.as_ref(), &source, 1500, 10).await;
+
+    let clock = Arc::new(ManualClock::new(at(5, 59, 0)));
+    let daemon = Daemon::start(
+        fx.config(),
+        Options {
+            clock: clock.clone(),
+            notify_systemd: false,
+            blobs: None,
+        },
+    )
+    .await
+    .expect("daemon starts");
+    let h = daemon.handle();
+    let status = || async {
+        match h.request(Request::Status).await {
+            Response::Status(s) => s.disks.into_iter().next().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // 05:59:30, inside the window: the tick starts a cycle.
+    clock.set(at(5, 59, 30));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            status()
+                .await
+                .progress
+                .is_some_and(|p| p.phase == "apply" && p.bytes_done > MIB)
+        })
+        .await
+    );
+    // 06:00: the window closes; the cycle pauses at a checkpoint.
+    clock.set(at(6, 0, 0));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !status().await.running
+        })
+        .await
+    );
+    let store = StateStore::open(&fx.config().state_dir).unwrap();
+    let paused = store.open_cycle("disk1").unwrap().expect("paused cycle");
+    assert_eq!(paused.phase.as_str(), "apply");
+    assert!(paused.applied_upto < 32 * MIB);
+    assert_eq!(restore_points(blobs.as_ref(), &backup).await, 1);
+    // Daytime: nothing runs.
+    clock.set(at(12, 0, 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!status().await.running);
+    // 22:00: the next window resumes and completes the same cycle.
+    clock.set(at(22, 0, 0));
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            restore_points(blobs.as_ref(), &backup).await >= 2
+        })
+        .await
+    );
+    assert!(eventually(Duration::from_secs(5), || async { !status().await.running }).await);
+    assert_eq!(restore_points(blobs.as_ref(), &backup).await, 2);
+    let done = store.last_finished_cycle("disk1").unwrap().unwrap();
+    assert_eq!(done.tag, paused.tag);
+    assert!(store.open_cycle("disk1").unwrap().is_none());
+    h.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), daemon.wait())
+        .await
+        .expect("daemon stops");
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/snapback.service");
+    let text = std::fs::read_to_string(&unit).expect("systemd/snapback.service");
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("note: systemd-analyze not found; skipping the unit check");
+        return;
+    }
+    // Point ExecStart at the binary under test: verify checks that it exists.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("snapback.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/snapback", env!("CARGO_BIN_EXE_snapback")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{err}"
+    );
+    assert!(!err.contains("snapback.service:"), "warnings:\n{err}");
+}
+
+/// Idle footprint with 50 disks (schedules far in the future), for docs/operations.md:
+/// `cargo test --release --test daemon idle_usage -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, takes 60 s"]
+fn idle_usage_with_50_disks() {
+    let disks: String = (0..50)
+        .map(|i| {
+            disk_section(
+                &format!("disk{i:02}"),
+                "schedule = \"0 0 0 1 1 *\"\njitter = \"1m\"",
+            )
+        })
+        .collect();
+    let fx = Fixture::with_extra(&disks);
+    prepend_config(
+        &fx,
+        &format!("metrics_listen = \"127.0.0.1:{}\"", free_port()),
+    );
+    let mut d = DaemonProc::spawn(&fx);
+    std::thread::sleep(Duration::from_secs(60));
+    assert!(d.is_running(), "{}", d.stderr());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?")
+        .to_string();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+    // After the ")" that ends the command name come fields 3.. of proc(5): state, ppid, ...;
+    // utime and stime are fields 14 and 15.
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    println!(
+        "idle with 50 disks after 60 s: {rss}, utime+stime = {ticks} ticks ({} ms at 100 Hz)",
+        ticks * 10
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_time_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("snapback.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[accounts.a]\nendpoint = \"http://127.0.0.1:1/acct\"\nshared_key_env = \"K\"\n{}",
+            dir.path().join("state").display(),
+            "[[disk]]\nname = \"d\"\nsource = \"a/vhds/d.vhd\"\nbackup = \"a/backups/d\"\nschedule = \"0 1 * * *\"\ntz = \"Europe/Pariss\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("disk d: unknown time zone \"Europe/Pariss\""),
+        "{err}"
+    );
+}
+
+/// In-memory storage that makes every request take 10 ms and records how many disks had
+/// requests in flight at the same time.
+struct Tracked {
+    inner: snapback::fake::MemBlobs,
+    active: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    max_disks: std::sync::atomic::AtomicUsize,
+}
+
+impl Tracked {
+    async fn track<T>(&self, b: &BlobRef, f: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering::SeqCst;
+        let disk = b.blob.trim_end_matches(".vhd").to_string();
+        {
+            let mut a = self.active.lock().unwrap();
+            *a.entry(disk.clone()).or_default() += 1;
+            self.max_disks.fetch_max(a.len(), SeqCst);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let r = f.await;
+        let mut a = self.active.lock().unwrap();
+        if let Some(n) = a.get_mut(&disk) {
+            *n -= 1;
+            if *n == 0 {
+                a.remove(&disk);
+            }
+        }
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl PageBlobs for Tracked {
+    async fn properties(
+        &self,
+        b: &BlobRef,
+        s: Option<&str>,
+    ) -> snapback::blobs::BlobResult<Option<snapback::blobs::BlobProps>> {
+        self.track(b, self.inner.properties(b, s)).await
+    }
+    async fn create_snapshot(
+        &self,
+        b: &BlobRef,
+        m: &snapback::blobs::Metadata,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.create_snapshot(b, m)).await
+    }
+    async fn list_snapshots(
+        &self,
+        b: &BlobRef,
+    ) -> snapback::blobs::BlobResult<Vec<snapback::blobs::SnapshotInfo>> {
+        self.track(b, self.inner.list_snapshots(b)).await
+    }
+    async fn delete_snapshot(&self, b: &BlobRef, s: &str) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.delete_snapshot(b, s)).await
+    }
+    async fn page_ranges(
+        &self,
+        b: &BlobRef,
+        q: &snapback::blobs::PageListQuery<'_>,
+    ) -> snapback::blobs::BlobResult<snapback::blobs::PageList> {
+        self.track(b, self.inner.page_ranges(b, q)).await
+    }
+    async fn read(
+        &self,
+        b: &BlobRef,
+        s: Option<&str>,
+        r: snapback::pages::ByteRange,
+    ) -> snapback::blobs::BlobResult<bytes::Bytes> {
+        self.track(b, self.inner.read(b, s, r)).await
+    }
+    async fn put_pages(
+        &self,
+        b: &BlobRef,
+        o: u64,
+        d: bytes::Bytes,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.put_pages(b, o, d)).await
+    }
+    async fn clear_pages(
+        &self,
+        b: &BlobRef,
+        r: snapback::pages::ByteRange,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.clear_pages(b, r)).await
+    }
+    async fn ensure_container(&self, b: &BlobRef) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.ensure_container(b)).await
+    }
+    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.create_page_blob(b, size)).await
+    }
+    async fn resize(&self, b: &BlobRef, size: u64) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.resize(b, size)).await
+    }
+    async fn start_copy(
+        &self,
+        d: &BlobRef,
+        s: &BlobRef,
+        snap: Option<&str>,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(d, self.inner.start_copy(d, s, snap)).await
+    }
+    async fn abort_copy(&self, d: &BlobRef, id: &str) -> snapback::blobs::BlobResult<()> {
+        self.track(d, self.inner.abort_copy(d, id)).await
+    }
+    async fn start_copy_with_metadata(
+        &self,
+        d: &BlobRef,
+        s: &BlobRef,
+        snap: Option<&str>,
+        m: &snapback::blobs::Metadata,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(d, self.inner.start_copy_with_metadata(d, s, snap, m))
+            .await
+    }
+    async fn set_metadata(
+        &self,
+        b: &BlobRef,
+        m: &snapback::blobs::Metadata,
+    ) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.set_metadata(b, m)).await
+    }
+    async fn delete_blob(&self, b: &BlobRef) -> snapback::blobs::BlobResult<()> {
+        self.track(b, self.inner.delete_blob(b)).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_concurrent_cycles_run_at_once() {
+    use snapback::daemon::{Daemon, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["d1", "d2", "d3", "d4", "d5"];
+    let text = format!(
+        "state_dir = \"{}\"\nmax_concurrent_cycles = 2\n[accounts.premium]\nendpoint = \"http://127.0.0.1:1/premium\"\nshared_key_env = \"UNUSED\"\n[accounts.backup]\nendpoint = \"http://127.0.0.1:1/backup\"\nshared_key_env = \"UNUSED\"\n{}",
+        dir.path().join("state").display(),
+        names.iter().map(|n| disk_section(n, "")).collect::<String>()
+    );
+    let path = dir.path().join("snapback.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = snapback::config::Config::load(&path).unwrap();
+    let blobs = Arc::new(Tracked {
+        inner: snapback::fake::MemBlobs::new(),
+        active: Default::default(),
+        max_disks: Default::default(),
+    });
+    for n in names {
+        let src = BlobRef::new("premium", "vhds", &format!("{n}.vhd"));
+        blobs.inner.ensure_container(&src).await.unwrap();
+        blobs.inner.create_page_blob(&src, MIB).await.unwrap();
+        blobs.inner.write(&src, 0, &Rng(3).bytes(64 * 1024));
+    }
+    let daemon = Daemon::start(
+        config,
+        Options {
+            blobs: Some(blobs.clone()),
+            notify_systemd: false,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let h = daemon.handle();
+    for n in names {
+        let r = h.request(Request::Backup { disk: n.into() }).await;
+        assert!(
+            matches!(
+                r,
+                Response::Backup {
+                    outcome: control::BackupOutcome::Started,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    // A second request while the cycle runs (or waits for a slot) is merged into it.
+    assert!(matches!(
+        h.request(Request::Backup { disk: "d5".into() }).await,
+        Response::Backup {
+            outcome: control::BackupOutcome::AlreadyRunning,
+            ..
+        }
+    ));
+    let all_done = eventually(Duration::from_secs(30), || async {
+        match h.request(Request::Status).await {
+            Response::Status(s) => s
+                .disks
+                .iter()
+                .all(|d| !d.running && d.status.last_success.is_some()),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(all_done);
+    let max = blobs.max_disks.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(max, 2, "disks with requests in flight at once");
+    for n in names {
+        let backup = BlobRef::new("backup", "backups", n);
+        assert_eq!(blobs.inner.snapshot_ids(&backup).len(), 1, "{n}");
+    }
+    h.shutdown();
+    daemon.wait().await;
+}
