@@ -44,6 +44,7 @@ pub fn disk_spec(d: &DiskConfig) -> DiskSpec {
         source: blob_ref(&d.source),
         backup: blob_ref(&d.backup),
         concurrency: d.concurrency,
+        copy_mode: d.copy_mode,
     }
 }
 
@@ -95,6 +96,8 @@ pub struct App {
     pub blobs: Arc<dyn PageBlobs>,
     pub store: StateStore,
     pub clock: Arc<dyn Clock>,
+    /// Page requests in flight across all disks (`max_inflight_requests`).
+    pub inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -106,7 +109,11 @@ impl App {
 
     pub fn with_blobs(config: Config, blobs: Arc<dyn PageBlobs>) -> Result<App, AppError> {
         let store = StateStore::open(&config.state_dir)?;
+        let inflight = Arc::new(tokio::sync::Semaphore::new(
+            config.max_inflight_requests.max(1),
+        ));
         Ok(App {
+            inflight,
             config,
             blobs,
             store,
@@ -218,6 +225,7 @@ impl App {
         let spec = disk_spec(disk);
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
+        runner.inflight = Some(self.inflight.clone());
         runner.run_cycle().await
     }
 

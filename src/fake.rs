@@ -50,6 +50,8 @@ pub struct MemBlobs {
     pub page_size: usize,
     /// Polls a copy stays pending.
     pub copy_polls: u32,
+    /// Answer Put Page From URL with 501 NotImplemented (as Azurite does unpatched).
+    pub refuse_server_copy: bool,
 }
 
 impl MemBlobs {
@@ -294,8 +296,7 @@ impl PageBlobs for MemBlobs {
         let start: usize = q.marker.and_then(|m| m.parse().ok()).unwrap_or(0);
         let per_page = q
             .max_results
-            .map(|n| n as usize)
-            .unwrap_or(self.page_size)
+            .map_or(self.page_size, |n| (n as usize).min(self.page_size.max(1)))
             .max(1);
         let end = (start + per_page).min(items.len());
         Ok(PageList {
@@ -345,6 +346,35 @@ impl PageBlobs for MemBlobs {
         write_pages(&mut b.image, offset, &data, id);
         b.etag = id;
         Ok(format!("\"{id}\""))
+    }
+
+    async fn put_pages_from_url(
+        &self,
+        dest: &BlobRef,
+        range: ByteRange,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+        source_offset: u64,
+    ) -> BlobResult<String> {
+        if self.refuse_server_copy {
+            return Err(BlobError::Service {
+                what: format!("put {dest} {range} from {source}"),
+                status: 501,
+                code: "NotImplemented".into(),
+                message: "Put Page From URL is not implemented".into(),
+            });
+        }
+        if range.len() > MAX_PUT_BYTES || !range.is_page_aligned() {
+            return Err(BlobError::Service {
+                what: format!("put {dest} {range} from {source}"),
+                status: 416,
+                code: "InvalidPageRange".into(),
+                message: "misaligned or too large".into(),
+            });
+        }
+        let src = ByteRange::new(source_offset, source_offset + range.len());
+        let data = self.read(source, source_snapshot, src).await?;
+        self.put_pages(dest, range.start, data).await
     }
 
     async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String> {

@@ -22,6 +22,7 @@ fn disk() -> DiskSpec {
         source: BlobRef::new("premium", "vhds", "d.vhd"),
         backup: BlobRef::new("backup", "backups", "d"),
         concurrency: 3,
+        copy_mode: Default::default(),
     }
 }
 

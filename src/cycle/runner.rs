@@ -7,10 +7,17 @@
 use super::machine::{self, Action, CycleKind, CycleRecord, CycleStats, Outcome, Phase};
 use super::metered::Metered;
 use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs, PageListQuery};
-use crate::pages::{round_up_to_page, ByteRange, Coalescer, PageOp, MAX_PUT_BYTES};
+use crate::config::CopyMode;
+use crate::pages::{
+    round_up_to_page, segments, Batch, ByteRange, Coalescer, ReadPlanner, DIFF_SEGMENT_BYTES,
+    MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
+};
 use crate::state::{StateError, StateStore};
 use futures::{stream, StreamExt, TryStreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Metadata names on the snapshots snapback creates (see docs/design.md, "Metadata tags").
@@ -30,6 +37,37 @@ pub struct DiskSpec {
     pub backup: BlobRef,
     /// Parallel page requests during apply.
     pub concurrency: usize,
+    /// Client copy (read + Put Page), server copy (Put Page From URL), or server with a
+    /// fallback to client where the service refuses.
+    pub copy_mode: CopyMode,
+}
+
+/// Items asked per Get Page Ranges result page: the most Azure returns, and a bound on what
+/// one listing page holds in memory.
+pub const DIFF_PAGE_RESULTS: u32 = 10_000;
+
+/// How the apply phase lists and groups the diff (tunable for tests and the benchmark).
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyTuning {
+    /// Size of one `x-ms-range` listing segment.
+    pub segment: u64,
+    /// `maxresults` per listing page.
+    pub page_results: u32,
+    /// Largest coalesced read.
+    pub max_read: u64,
+    /// Largest unchanged gap a read spans.
+    pub max_gap: u64,
+}
+
+impl Default for ApplyTuning {
+    fn default() -> Self {
+        ApplyTuning {
+            segment: DIFF_SEGMENT_BYTES,
+            page_results: DIFF_PAGE_RESULTS,
+            max_read: MAX_READ_BYTES,
+            max_gap: MAX_READ_GAP,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +111,10 @@ pub struct Runner<'a> {
     pub stop: CancellationToken,
     /// First and longest wait between copy status polls.
     pub copy_poll: (Duration, Duration),
+    /// Process-wide cap on page requests in flight (`max_inflight_requests`), shared by every
+    /// disk's runner; `None`: only the disk's own `concurrency` applies.
+    pub inflight: Option<Arc<Semaphore>>,
+    pub tuning: ApplyTuning,
 }
 
 impl<'a> Runner<'a> {
@@ -89,6 +131,8 @@ impl<'a> Runner<'a> {
             disk,
             stop: CancellationToken::new(),
             copy_poll: (Duration::from_millis(200), Duration::from_secs(15)),
+            inflight: None,
+            tuning: ApplyTuning::default(),
         }
     }
 
@@ -299,14 +343,17 @@ impl<'a> Runner<'a> {
         }
 
         let window = ByteRange::new(rec.applied_upto, size);
-        let ops = diff_ops(&self.blobs, source, &snapshot, &base, window);
+        let batches = diff_batches(&self.blobs, source, &snapshot, &base, window, self.tuning);
         let concurrency = self.disk.concurrency.max(1);
         let snap: &str = &snapshot;
-        let results = ops
-            .map_ok(|op| async move {
+        let server = AtomicBool::new(self.disk.copy_mode != CopyMode::Client);
+        let server = &server;
+        let results = batches
+            .map_ok(|batch| async move {
                 let mut s = CycleStats::default();
-                self.run_op(op, snap, &mut s).await?;
-                Ok::<_, BlobError>((op, s))
+                let end = batch.end();
+                self.run_batch(batch, snap, server, &mut s).await?;
+                Ok::<_, BlobError>((end, s))
             })
             .try_buffered(concurrency);
         let mut results = std::pin::pin!(results);
@@ -339,9 +386,9 @@ impl<'a> Runner<'a> {
                 Some(Some(item)) => item,
             };
             match item {
-                Ok((op, s)) => {
-                    // try_buffered yields in order, so every op before this one is done.
-                    upto = op.range().end;
+                Ok((end, s)) => {
+                    // try_buffered yields in order, so every batch before this one is done.
+                    upto = end;
                     stats.add(&s);
                 }
                 Err(BlobError::PreviousSnapshotGone { snapshot, .. }) => {
@@ -399,32 +446,89 @@ impl<'a> Runner<'a> {
         })
     }
 
-    /// One request pair: read from `S(n)` and put, or clear. A chunk that reads back as all
-    /// zeros is cleared instead of written: same content, no stored pages.
-    async fn run_op(
+    /// One batch: a clear, or the puts of one coalesced read. Holds one process-wide permit
+    /// (`max_inflight_requests`) while its requests run, so memory stays at about permits ×
+    /// 4 MiB whatever the number of disks.
+    async fn run_batch(
         &self,
-        op: PageOp,
+        batch: Batch,
+        snapshot: &str,
+        server: &AtomicBool,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        let _permit = match &self.inflight {
+            Some(sem) => Some(sem.acquire().await.map_err(|_| {
+                BlobError::Config("the request limiter was closed (shutting down)".into())
+            })?),
+            None => None,
+        };
+        let backup = &self.disk.backup;
+        let (read, puts) = match batch {
+            Batch::Clear(r) => {
+                self.blobs.clear_pages(backup, r).await?;
+                stats.bytes_cleared += r.len();
+                return Ok(());
+            }
+            Batch::Copy { read, puts } => (read, puts),
+        };
+        if server.load(Ordering::Relaxed) {
+            match self.copy_server_side(&puts, snapshot, stats).await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.disk.copy_mode == CopyMode::Auto && e.refuses_server_copy() => {
+                    if server.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(disk = %self.disk.name, error = %e, "server-side copy refused; copying through snapback for the rest of this apply");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.copy_client_side(read, &puts, snapshot, stats).await
+    }
+
+    /// Put Page From URL for each put: the service reads `S(n)` itself.
+    async fn copy_server_side(
+        &self,
+        puts: &[ByteRange],
+        snapshot: &str,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        for p in puts {
+            self.blobs
+                .put_pages_from_url(
+                    &self.disk.backup,
+                    *p,
+                    &self.disk.source,
+                    Some(snapshot),
+                    p.start,
+                )
+                .await?;
+            stats.bytes_written += p.len();
+        }
+        Ok(())
+    }
+
+    /// One ranged read of `S(n)` feeding the puts inside it. A put whose bytes are all zero
+    /// is a Clear Page instead: same content, no stored pages, no body sent.
+    async fn copy_client_side(
+        &self,
+        read: ByteRange,
+        puts: &[ByteRange],
         snapshot: &str,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
         let backup = &self.disk.backup;
-        match op {
-            PageOp::Put(r) => {
-                let data = self
-                    .blobs
-                    .read(&self.disk.source, Some(snapshot), r)
-                    .await?;
-                if data.iter().all(|b| *b == 0) {
-                    self.blobs.clear_pages(backup, r).await?;
-                    stats.bytes_cleared += r.len();
-                } else {
-                    self.blobs.put_pages(backup, r.start, data).await?;
-                    stats.bytes_written += r.len();
-                }
-            }
-            PageOp::Clear(r) => {
-                self.blobs.clear_pages(backup, r).await?;
-                stats.bytes_cleared += r.len();
+        let data = self
+            .blobs
+            .read(&self.disk.source, Some(snapshot), read)
+            .await?;
+        for p in puts {
+            let piece = data.slice((p.start - read.start) as usize..(p.end - read.start) as usize);
+            if piece.iter().all(|b| *b == 0) {
+                self.blobs.clear_pages(backup, *p).await?;
+                stats.bytes_cleared += p.len();
+            } else {
+                self.blobs.put_pages(backup, p.start, piece).await?;
+                stats.bytes_written += p.len();
             }
         }
         Ok(())
@@ -530,50 +634,67 @@ struct BlobPropsCopy {
     pending: bool,
 }
 
-/// The diff `base..snapshot` within `window`, as a stream of coalesced ops, fetched page by
-/// page (`NextMarker`) so that a diff of millions of ranges is never held in memory. Items
-/// are clipped to the window: a resumed apply starts exactly at its checkpoint.
-fn diff_ops<'b>(
+/// The diff `base..snapshot` within `window`, as a stream of [`Batch`]es in offset order.
+/// The window is listed in `x-ms-range` segments (Microsoft's advice for heavily fragmented
+/// blobs) and each segment page by page (`NextMarker`, `maxresults`), so that a diff of
+/// millions of ranges is never held in memory: at most one result page and its batches are.
+/// Items are clipped to the window: a resumed apply starts exactly at its checkpoint.
+fn diff_batches<'b>(
     blobs: &'b dyn PageBlobs,
     source: &'b BlobRef,
     snapshot: &'b str,
     base: &'b str,
     window: ByteRange,
-) -> impl stream::Stream<Item = Result<PageOp, BlobError>> + 'b {
+    tuning: ApplyTuning,
+) -> impl stream::Stream<Item = Result<Batch, BlobError>> + 'b {
     struct State {
+        segments: Vec<ByteRange>,
+        next_segment: usize,
         marker: Option<String>,
-        finished: bool,
         coalescer: Coalescer,
+        planner: ReadPlanner,
     }
+    // One range per segment: 128 for an 8 TiB disk.
     let init = State {
+        segments: segments(window, tuning.segment).collect(),
+        next_segment: 0,
         marker: None,
-        finished: window.is_empty(),
         coalescer: Coalescer::new(MAX_PUT_BYTES),
+        planner: ReadPlanner::new(tuning.max_read, tuning.max_gap),
     };
     stream::try_unfold(init, move |mut st| async move {
-        if st.finished {
+        let Some(&segment) = st.segments.get(st.next_segment) else {
             return Ok(None);
-        }
+        };
         let query = PageListQuery {
             snapshot: Some(snapshot),
             prev_snapshot: Some(base),
-            range: Some(window),
+            range: Some(segment),
             marker: st.marker.as_deref(),
-            max_results: None,
+            max_results: Some(tuning.page_results),
         };
         let page = blobs.page_ranges(source, &query).await?;
         let mut ops = Vec::new();
         for item in page.items {
-            if let Some(clipped) = clip(item, &window) {
+            if let Some(clipped) = clip(item, &segment) {
                 st.coalescer.push(clipped, &mut ops);
             }
         }
         st.marker = page.next_marker;
         if st.marker.is_none() {
-            st.finished = true;
-            st.coalescer.finish(&mut ops);
+            st.next_segment += 1;
+            if st.next_segment == st.segments.len() {
+                st.coalescer.finish(&mut ops);
+            }
         }
-        Ok(Some((stream::iter(ops.into_iter().map(Ok)), st)))
+        let mut batches = Vec::new();
+        for op in ops {
+            st.planner.push(op, &mut batches);
+        }
+        if st.next_segment == st.segments.len() {
+            st.planner.finish(&mut batches);
+        }
+        Ok(Some((stream::iter(batches.into_iter().map(Ok)), st)))
     })
     .try_flatten()
 }
