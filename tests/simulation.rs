@@ -176,3 +176,40 @@ async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
         );
     }
 }
+
+/// Server copy (Put Page From URL) reads nothing through snapback; `auto` falls back to
+/// client copy where the service refuses; both end equal to the source snapshot. Tiny
+/// listing segments, pages and one global permit change nothing but the request count.
+#[tokio::test]
+async fn copy_modes_segments_and_global_limit() {
+    use snapback::config::CopyMode;
+    use snapback::cycle::runner::ApplyTuning;
+    for (mode, refuse) in [
+        (CopyMode::Server, false),
+        (CopyMode::Auto, false),
+        (CopyMode::Auto, true),
+        (CopyMode::Client, false),
+    ] {
+        let (mut blobs, store, mut d) = world().await;
+        blobs.refuse_server_copy = refuse;
+        d.copy_mode = mode;
+        let mut r = runner(&blobs, &store, &d);
+        r.tuning = ApplyTuning {
+            segment: 8 * 512,
+            page_results: 2,
+            ..Default::default()
+        };
+        r.inflight = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
+        r.run_cycle().await.unwrap();
+        let ctx = format!("{mode:?} refuse={refuse}");
+        check(&blobs, &store, &d, 2, &ctx);
+        let m = r.blobs.detail();
+        let server = mode == CopyMode::Server || (mode == CopyMode::Auto && !refuse);
+        if server {
+            assert_eq!((m.reads, m.bytes_read), (0, 0), "{ctx}: {m:?}");
+            assert!(m.puts_from_url > 0, "{ctx}: {m:?}");
+        } else {
+            assert!(m.reads > 0 && m.reads <= m.puts + m.clears, "{ctx}: {m:?}");
+        }
+    }
+}
