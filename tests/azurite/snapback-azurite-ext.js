@@ -370,6 +370,14 @@ function drain(stream) {
 function patchPutPage(az) {
   const uploadPages = az.PageBlobHandler.prototype.uploadPages;
   az.PageBlobHandler.prototype.uploadPages = async function (body, contentLength, options, context) {
+    // Azurite's dispatcher matches Put Page From URL only with x-ms-range; with a plain
+    // Range header (as the Rust SDK sends) the request lands here. Route it by its source.
+    const copySource = context.request.getHeader("x-ms-copy-source");
+    if (copySource && !(FROM_URL in options)) {
+      await drain(body);
+      return this.uploadPagesFromURL(copySource, context.request.getHeader("x-ms-source-range"),
+        contentLength, undefined, options, context);
+    }
     try {
       if (contentLength > MAX_PUT_PAGE_BYTES) {
         throw storageError(az, 413, "RequestBodyTooLarge",
@@ -412,6 +420,8 @@ function httpGet(url, headers) {
     req.on("error", reject);
   });
 }
+
+const FROM_URL = Symbol("snapback.fromUrl");
 
 function patchPutPageFromUrl(az) {
   const proto = az.PageBlobHandler.prototype;
@@ -460,7 +470,7 @@ function patchPutPageFromUrl(az) {
     const { Readable } = require("stream");
     // Same store path as a Put Page of the destination range (its checks, extent, metadata).
     const res = await proto.uploadPages.call(this, Readable.from([got.body]), len,
-      { ...options, transactionalContentCrc64: undefined, transactionalContentMD5: undefined }, context);
+      { ...options, transactionalContentCrc64: undefined, transactionalContentMD5: undefined, [FROM_URL]: true }, context);
     return { ...res, statusCode: 201 };
   };
 }
