@@ -636,9 +636,10 @@ struct BlobPropsCopy {
 
 /// The diff `base..snapshot` within `window`, as a stream of [`Batch`]es in offset order.
 /// The window is listed in `x-ms-range` segments (Microsoft's advice for heavily fragmented
-/// blobs) and each segment page by page (`NextMarker`, `maxresults`), so that a diff of
-/// millions of ranges is never held in memory: at most one result page and its batches are.
-/// Items are clipped to the window: a resumed apply starts exactly at its checkpoint.
+/// blobs) and each segment page by page (`NextMarker`, `maxresults`); batches are made from
+/// the current page's items one at a time, as the apply pulls them. So a diff of millions of
+/// ranges is never held in memory: one result page (≤ `page_results` items) and a few batches
+/// are. Items are clipped to the window: a resumed apply starts exactly at its checkpoint.
 fn diff_batches<'b>(
     blobs: &'b dyn PageBlobs,
     source: &'b BlobRef,
@@ -648,55 +649,76 @@ fn diff_batches<'b>(
     tuning: ApplyTuning,
 ) -> impl stream::Stream<Item = Result<Batch, BlobError>> + 'b {
     struct State {
+        /// Consecutive `x-ms-range` segments of the window (128 for an 8 TiB disk).
         segments: Vec<ByteRange>,
-        next_segment: usize,
-        marker: Option<String>,
+        /// The next listing to fetch: segment index and marker; None once all are fetched.
+        next: Option<(usize, Option<String>)>,
+        /// Items of the current page, and the segment they are clipped to.
+        items: std::vec::IntoIter<crate::pages::PageItem>,
+        segment: ByteRange,
         coalescer: Coalescer,
         planner: ReadPlanner,
+        ops: Vec<crate::pages::PageOp>,
+        made: Vec<Batch>,
+        ready: std::collections::VecDeque<Batch>,
+        finished: bool,
     }
-    // One range per segment: 128 for an 8 TiB disk.
+    let segments: Vec<ByteRange> = segments(window, tuning.segment).collect();
     let init = State {
-        segments: segments(window, tuning.segment).collect(),
-        next_segment: 0,
-        marker: None,
+        next: (!segments.is_empty()).then_some((0, None)),
+        segments,
+        items: Vec::new().into_iter(),
+        segment: window,
         coalescer: Coalescer::new(MAX_PUT_BYTES),
         planner: ReadPlanner::new(tuning.max_read, tuning.max_gap),
+        ops: Vec::new(),
+        made: Vec::new(),
+        ready: Default::default(),
+        finished: false,
     };
     stream::try_unfold(init, move |mut st| async move {
-        let Some(&segment) = st.segments.get(st.next_segment) else {
-            return Ok(None);
-        };
-        let query = PageListQuery {
-            snapshot: Some(snapshot),
-            prev_snapshot: Some(base),
-            range: Some(segment),
-            marker: st.marker.as_deref(),
-            max_results: Some(tuning.page_results),
-        };
-        let page = blobs.page_ranges(source, &query).await?;
-        let mut ops = Vec::new();
-        for item in page.items {
-            if let Some(clipped) = clip(item, &segment) {
-                st.coalescer.push(clipped, &mut ops);
+        loop {
+            if let Some(b) = st.ready.pop_front() {
+                return Ok(Some((b, st)));
             }
-        }
-        st.marker = page.next_marker;
-        if st.marker.is_none() {
-            st.next_segment += 1;
-            if st.next_segment == st.segments.len() {
-                st.coalescer.finish(&mut ops);
+            if st.finished {
+                return Ok(None);
             }
+            if let Some(item) = st.items.next() {
+                if let Some(clipped) = clip(item, &st.segment) {
+                    st.coalescer.push(clipped, &mut st.ops);
+                }
+            } else if let Some((index, marker)) = st.next.take() {
+                let segment = st.segments[index];
+                let query = PageListQuery {
+                    snapshot: Some(snapshot),
+                    prev_snapshot: Some(base),
+                    range: Some(segment),
+                    marker: marker.as_deref(),
+                    max_results: Some(tuning.page_results),
+                };
+                let page = blobs.page_ranges(source, &query).await?;
+                st.next = match page.next_marker {
+                    Some(m) => Some((index, Some(m))),
+                    None if index + 1 < st.segments.len() => Some((index + 1, None)),
+                    None => None,
+                };
+                st.items = page.items.into_iter();
+                st.segment = segment;
+                continue;
+            } else {
+                st.coalescer.finish(&mut st.ops);
+                st.finished = true;
+            }
+            for op in st.ops.drain(..) {
+                st.planner.push(op, &mut st.made);
+            }
+            if st.finished {
+                st.planner.finish(&mut st.made);
+            }
+            st.ready.extend(st.made.drain(..));
         }
-        let mut batches = Vec::new();
-        for op in ops {
-            st.planner.push(op, &mut batches);
-        }
-        if st.next_segment == st.segments.len() {
-            st.planner.finish(&mut batches);
-        }
-        Ok(Some((stream::iter(batches.into_iter().map(Ok)), st)))
     })
-    .try_flatten()
 }
 
 fn clip(item: crate::pages::PageItem, window: &ByteRange) -> Option<crate::pages::PageItem> {
