@@ -13,7 +13,7 @@ use crate::pages::{
     MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
 };
 use crate::state::{StateError, StateStore};
-use futures::{stream, StreamExt, TryStreamExt};
+use futures::{stream, StreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -344,31 +344,43 @@ impl<'a> Runner<'a> {
 
         let window = ByteRange::new(rec.applied_upto, size);
         let batches = diff_batches(&self.blobs, source, &snapshot, &base, window, self.tuning);
+        let mut batches = std::pin::pin!(batches);
         let concurrency = self.disk.concurrency.max(1);
+        // Batches run and finish in any order (a slow request does not hold back the ones
+        // behind it); the checkpoint only moves over the contiguous prefix of finished ones.
+        // At most `max_ahead` batches may be admitted past the oldest unfinished one, which
+        // bounds `finished` (and the work a crash can repeat).
+        let max_ahead = (concurrency * 64) as u64;
         let snap: &str = &snapshot;
         let server = AtomicBool::new(self.disk.copy_mode != CopyMode::Client);
         let server = &server;
-        let results = batches
-            .map_ok(|batch| async move {
-                let mut s = CycleStats::default();
-                let end = batch.end();
-                self.run_batch(batch, snap, server, &mut s).await?;
-                Ok::<_, BlobError>((end, s))
-            })
-            .try_buffered(concurrency);
-        let mut results = std::pin::pin!(results);
+        let mut running = futures::stream::FuturesUnordered::new();
+        let (mut admitted, mut head) = (0u64, 0u64);
+        let mut finished = std::collections::BTreeMap::<u64, u64>::new();
+        let mut listed_all = false;
 
         let mut last_save = Instant::now();
         let mut upto = rec.applied_upto;
+        enum Event<B, D> {
+            Stop,
+            Batch(Option<Result<B, BlobError>>),
+            Done(D),
+        }
         loop {
-            let next = tokio::select! {
+            if listed_all && running.is_empty() {
+                break;
+            }
+            let can_admit =
+                !listed_all && running.len() < concurrency && admitted - head < max_ahead;
+            let event = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => None,
-                n = results.next() => Some(n),
+                _ = self.stop.cancelled() => Event::Stop,
+                d = running.next(), if !running.is_empty() => Event::Done(d),
+                b = batches.next(), if can_admit => Event::Batch(b),
             };
-            let item = match next {
+            let failure = match event {
                 // Stopped: keep what is checkpointed; in-flight requests are idempotent.
-                None => {
+                Event::Stop => {
                     self.commit(
                         rec,
                         Outcome::Applied {
@@ -382,50 +394,51 @@ impl<'a> Runner<'a> {
                         phase: Phase::Apply.as_str(),
                     });
                 }
-                Some(None) => break,
-                Some(Some(item)) => item,
-            };
-            match item {
-                Ok((end, s)) => {
-                    // try_buffered yields in order, so every batch before this one is done.
-                    upto = end;
-                    stats.add(&s);
+                Event::Batch(None) => {
+                    listed_all = true;
+                    None
                 }
-                Err(BlobError::PreviousSnapshotGone { snapshot, .. }) => {
-                    self.commit(
-                        rec,
-                        Outcome::Applied {
-                            upto,
-                            done: false,
-                            stats,
-                        },
-                    )?;
-                    return Ok(Outcome::Repair {
-                        reason: format!("diff base snapshot {snapshot} was deleted during apply"),
+                Event::Batch(Some(Ok(batch))) => {
+                    let seq = admitted;
+                    admitted += 1;
+                    running.push(async move {
+                        let mut s = CycleStats::default();
+                        let end = batch.end();
+                        self.run_batch(batch, snap, server, &mut s).await?;
+                        Ok::<_, BlobError>((seq, end, s))
                     });
+                    None
                 }
-                Err(BlobError::NotFound { what, .. }) if what.contains(&snapshot) => {
-                    self.commit(
-                        rec,
-                        Outcome::Applied {
-                            upto,
-                            done: false,
-                            stats,
-                        },
-                    )?;
-                    return Ok(Outcome::SourceSnapshotGone);
+                Event::Batch(Some(Err(e))) | Event::Done(Some(Err(e))) => Some(e),
+                Event::Done(Some(Ok((seq, end, s)))) => {
+                    stats.add(&s);
+                    finished.insert(seq, end);
+                    while let Some(end) = finished.remove(&head) {
+                        upto = end;
+                        head += 1;
+                    }
+                    None
                 }
-                Err(e) => {
-                    self.commit(
-                        rec,
-                        Outcome::Applied {
-                            upto,
-                            done: false,
-                            stats,
-                        },
-                    )?;
-                    return Err(self.blob_err(e));
-                }
+                Event::Done(None) => None,
+            };
+            if let Some(e) = failure {
+                self.commit(
+                    rec,
+                    Outcome::Applied {
+                        upto,
+                        done: false,
+                        stats,
+                    },
+                )?;
+                return match e {
+                    BlobError::PreviousSnapshotGone { snapshot, .. } => Ok(Outcome::Repair {
+                        reason: format!("diff base snapshot {snapshot} was deleted during apply"),
+                    }),
+                    BlobError::NotFound { what, .. } if what.contains(&snapshot) => {
+                        Ok(Outcome::SourceSnapshotGone)
+                    }
+                    e => Err(self.blob_err(e)),
+                };
             }
             if last_save.elapsed() >= CHECKPOINT_INTERVAL {
                 self.commit(
