@@ -52,6 +52,9 @@ pub struct MemBlobs {
     pub copy_polls: u32,
     /// Answer Put Page From URL with 501 NotImplemented (as Azurite does unpatched).
     pub refuse_server_copy: bool,
+    /// Reads, puts and clears wait a pseudo-random 0..jitter_ms first, so concurrent requests
+    /// finish out of order (as over a network).
+    pub jitter_ms: u64,
 }
 
 impl MemBlobs {
@@ -65,6 +68,17 @@ impl MemBlobs {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn jitter(&self) {
+        if self.jitter_ms > 0 {
+            let n = self
+                .clock
+                .fetch_add(1, Ordering::SeqCst)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let ms = (n >> 33) % self.jitter_ms;
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
     }
 
     fn tick(&self) -> u64 {
@@ -312,6 +326,7 @@ impl PageBlobs for MemBlobs {
         snapshot: Option<&str>,
         range: ByteRange,
     ) -> BlobResult<Bytes> {
+        self.jitter().await;
         let g = self.gate()?;
         let b = g
             .blobs
@@ -328,6 +343,7 @@ impl PageBlobs for MemBlobs {
     }
 
     async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
+        self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
         let b = g
@@ -378,6 +394,7 @@ impl PageBlobs for MemBlobs {
     }
 
     async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String> {
+        self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
         let b = g

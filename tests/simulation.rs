@@ -213,3 +213,24 @@ async fn copy_modes_segments_and_global_limit() {
         }
     }
 }
+
+/// Requests that finish out of order, and a failure after every number of storage calls:
+/// the checkpoint only covers finished work, so every resumed cycle ends equal to its source.
+#[tokio::test]
+async fn out_of_order_completion_then_failure_then_resume() {
+    for fail_after in (4..40).step_by(3) {
+        let (mut blobs, store, mut d) = world().await;
+        // More, smaller batches: 40 scattered changed runs.
+        for i in 0..40u64 {
+            blobs.write(&d.source, (i * 2 + 1) * 512, &[i as u8 + 1; 512]);
+        }
+        blobs.jitter_ms = 5;
+        d.concurrency = 8;
+        blobs.fail_after(Some(fail_after));
+        let r = runner(&blobs, &store, &d);
+        assert!(r.run_cycle().await.is_err(), "fail_after {fail_after}");
+        blobs.fail_after(None);
+        runner(&blobs, &store, &d).run_cycle().await.unwrap();
+        check(&blobs, &store, &d, 2, &format!("fail_after {fail_after}"));
+    }
+}
