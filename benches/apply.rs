@@ -11,6 +11,9 @@
 //!    [`PageBlobs`] (Azurite cannot hold it fast), through the whole `App` cycle: peak RSS.
 //! 3. **100 disks** (synthetic, 10,000 ranges each, 100 cycles at once): peak RSS.
 //! 4. **200 configured disks**: CPU time to load the config and answer `status`.
+//!
+//! `--only=azurite|million|hundred|idle` runs one part; `BENCH_COPY_MODE=server` runs part 1
+//! with Put Page From URL (the raw client still does GET + PUT).
 
 #[path = "../tests/common/azurite.rs"]
 mod azurite;
@@ -114,26 +117,33 @@ fn main() {
         println!("apply bench: skipped (run it with `cargo bench --bench apply`)");
         return;
     }
-    let only = |name: &str| {
-        !args.iter().any(|a| a.starts_with("--only="))
-            || args.iter().any(|a| a == &format!("--only={name}"))
+    let Some(part) = args.iter().find_map(|a| a.strip_prefix("--only=")) else {
+        // Each part in its own process, so one part's heap does not inflate the next one's
+        // peak RSS.
+        let exe = std::env::current_exe().unwrap();
+        for part in ["azurite", "million", "hundred", "idle"] {
+            let status = std::process::Command::new(&exe)
+                .args(["--bench", &format!("--only={part}")])
+                .status()
+                .unwrap();
+            assert!(status.success(), "part {part} failed");
+        }
+        return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    println!("baseline RSS of the bench process: {:.1} MiB", rss_mib());
-    if only("azurite") {
-        rt.block_on(azurite_scenario());
-    }
-    if only("million") {
-        rt.block_on(synthetic_disks(1, 1_000_000, 1));
-    }
-    if only("hundred") {
-        rt.block_on(synthetic_disks(100, 10_000, 100));
-    }
-    if only("idle") {
-        rt.block_on(idle_disks(200));
+    println!(
+        "[{part}] baseline RSS of the bench process: {:.1} MiB",
+        rss_mib()
+    );
+    match part {
+        "azurite" => rt.block_on(azurite_scenario()),
+        "million" => rt.block_on(synthetic_disks(1, 1_000_000, 1)),
+        "hundred" => rt.block_on(synthetic_disks(100, 10_000, 100)),
+        "idle" => rt.block_on(idle_disks(200)),
+        other => panic!("unknown part {other}: azurite, million, hundred or idle"),
     }
 }
 
@@ -236,7 +246,11 @@ async fn azurite_scenario() {
     .unwrap();
     let config = Config::load(&config_path).unwrap();
     let blobs = Arc::new(AzureBlobs::new(config.accounts.values()).unwrap());
-    let spec = disk_spec(&config.disks[0]);
+    let mut spec = disk_spec(&config.disks[0]);
+    spec.copy_mode = match std::env::var("BENCH_COPY_MODE").as_deref() {
+        Ok("server") => snapback::config::CopyMode::Server,
+        _ => snapback::config::CopyMode::Client,
+    };
     let size = disk_mib * MIB;
     blobs.ensure_container(&spec.source).await.unwrap();
     blobs.create_page_blob(&spec.source, size).await.unwrap();
@@ -349,6 +363,13 @@ async fn azurite_scenario() {
         "  requests: {} Put Page (minimum {min_puts}), {} ranged GET, {} Clear Page, {} Get Page Ranges",
         d.puts, d.reads, d.clears, d.page_lists
     );
+    if d.puts_from_url > 0 {
+        println!(
+            "  server copy: {} Put Page From URL, {:.1} MiB copied by the service",
+            d.puts_from_url,
+            d.bytes_from_url as f64 / MIB as f64
+        );
+    }
     println!(
         "  bytes: read {:.1} MiB (gap bytes {:.2} MiB), written {:.1} MiB (changed {:.1} MiB)",
         d.bytes_read as f64 / MIB as f64,
