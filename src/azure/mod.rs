@@ -639,7 +639,7 @@ impl PageBlobs for AzureBlobs {
         };
         let resp = client
             .upload_pages(
-                RequestContent::from(data.to_vec()),
+                <RequestContent<Bytes, _> as From<Bytes>>::from(data),
                 len,
                 HttpRange::new(offset, len),
                 Some(options),
