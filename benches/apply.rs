@@ -9,10 +9,11 @@
 //!    diff, no planning, no checkpoints), before and after, so the ratio is meaningful.
 //! 2. **1,000,000 ranges**: one disk whose diff is generated lazily by a synthetic
 //!    [`PageBlobs`] (Azurite cannot hold it fast), through the whole `App` cycle: peak RSS.
-//! 3. **100 disks** (synthetic, 10,000 ranges each, 100 cycles at once): peak RSS.
+//! 3. **100 disks** (synthetic, 10,000 ranges each), 4 cycles at once (the default
+//!    `max_concurrent_cycles`) and all 100 at once: peak RSS.
 //! 4. **200 configured disks**: CPU time to load the config and answer `status`.
 //!
-//! `--only=azurite|million|hundred|idle` runs one part; `BENCH_COPY_MODE=server` runs part 1
+//! `--only=azurite|million|hundred|hundred-all|idle` runs one part; `BENCH_COPY_MODE=server` runs part 1
 //! with Put Page From URL (the raw client still does GET + PUT).
 
 #[path = "../tests/common/azurite.rs"]
@@ -29,7 +30,7 @@ use snapback::blobs::{
 };
 use snapback::config::Config;
 use snapback::cycle::machine::Phase;
-use snapback::cycle::runner::{Runner, SystemClock};
+use snapback::cycle::runner::{Limits, Runner, SystemClock};
 use snapback::fake::MemBlobs;
 use snapback::pages::{
     coalesce, plan_reads, Batch, ByteRange, PageItem, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
@@ -121,7 +122,7 @@ fn main() {
         // Each part in its own process, so one part's heap does not inflate the next one's
         // peak RSS.
         let exe = std::env::current_exe().unwrap();
-        for part in ["azurite", "million", "hundred", "idle"] {
+        for part in ["azurite", "million", "hundred", "hundred-all", "idle"] {
             let status = std::process::Command::new(&exe)
                 .args(["--bench", &format!("--only={part}")])
                 .status()
@@ -141,9 +142,12 @@ fn main() {
     match part {
         "azurite" => rt.block_on(azurite_scenario()),
         "million" => rt.block_on(synthetic_disks(1, 1_000_000, 1)),
-        "hundred" => rt.block_on(synthetic_disks(100, 10_000, 100)),
+        // A 100-disk config as configured (4 cycles at once by default), and the worst case:
+        // all 100 cycles at once.
+        "hundred" => rt.block_on(synthetic_disks(100, 10_000, 4)),
+        "hundred-all" => rt.block_on(synthetic_disks(100, 10_000, 100)),
         "idle" => rt.block_on(idle_disks(200)),
-        other => panic!("unknown part {other}: azurite, million, hundred or idle"),
+        other => panic!("unknown part {other}: azurite, million, hundred, hundred-all or idle"),
     }
 }
 
@@ -323,8 +327,9 @@ async fn azurite_scenario() {
 
     // snapback: one incremental cycle; the apply phase is timed on its own.
     let mut runner = Runner::new(blobs.as_ref(), &store, &SystemClock, &spec);
-    runner.inflight = Some(Arc::new(tokio::sync::Semaphore::new(
+    runner.limits = Some(Arc::new(Limits::new(
         config.max_inflight_requests,
+        config.max_buffer_mib * MIB,
     )));
     let mut rec = runner.open_or_resume().unwrap();
     let mut apply = (0.0, 0.0, 0.0);
@@ -429,18 +434,27 @@ async fn raw_client(
 // ---------------------------------------------- 2./3. synthetic big diffs ----
 
 /// MemBlobs for everything but the data path: the diff of any blob against any snapshot is
-/// `ranges` items generated on demand (4–16 KiB every 96 KiB, every tenth one cleared), reads
-/// return fresh non-zero buffers and writes are dropped. Nothing is kept per range.
+/// `ranges` items generated on demand, reads return fresh non-zero buffers and writes are
+/// dropped. Nothing is kept per range. Layout: blocks of 100 small items (4–16 KiB every
+/// 96 KiB, every tenth one cleared) followed by one 6 MiB changed run (a 4 MiB read and put,
+/// then 2 MiB), so reads of the full 4 MiB are in flight too.
 struct Synthetic {
     mem: MemBlobs,
     ranges: u64,
 }
 
 const SPACING: u64 = 96 * KIB;
+const SMALL_PER_BLOCK: u64 = 100;
+const BIG_RUN: u64 = 6 * MIB;
+const BLOCK: u64 = SMALL_PER_BLOCK * SPACING + 8 * MIB;
 
 impl Synthetic {
     fn item(&self, i: u64) -> PageItem {
-        let start = i * SPACING;
+        let (block, j) = (i / (SMALL_PER_BLOCK + 1), i % (SMALL_PER_BLOCK + 1));
+        let start = block * BLOCK + j * SPACING;
+        if j == SMALL_PER_BLOCK {
+            return PageItem::Changed(ByteRange::new(start, start + BIG_RUN));
+        }
         let r = ByteRange::new(start, start + 4 * KIB * (1 + i % 4));
         if i % 10 == 9 {
             PageItem::Cleared(r)
@@ -449,7 +463,12 @@ impl Synthetic {
         }
     }
     fn size(&self) -> u64 {
-        self.ranges * SPACING
+        self.ranges.div_ceil(SMALL_PER_BLOCK + 1) * BLOCK
+    }
+    /// First item that may intersect bytes at or after `offset`.
+    fn first_at(&self, offset: u64) -> u64 {
+        let j = ((offset % BLOCK) / SPACING).min(SMALL_PER_BLOCK);
+        (offset / BLOCK) * (SMALL_PER_BLOCK + 1) + j
     }
 }
 
@@ -475,8 +494,8 @@ impl PageBlobs for Synthetic {
         let first = q
             .marker
             .and_then(|m| m.parse().ok())
-            .unwrap_or(w.start / SPACING);
-        let end = w.end.div_ceil(SPACING).min(self.ranges);
+            .unwrap_or_else(|| self.first_at(w.start));
+        let end = (self.first_at(w.end) + 1).min(self.ranges);
         let take = q.max_results.unwrap_or(10_000) as u64;
         let last = (first + take).min(end);
         Ok(PageList {
@@ -486,9 +505,12 @@ impl PageBlobs for Synthetic {
         })
     }
     async fn read(&self, _b: &BlobRef, _s: Option<&str>, r: ByteRange) -> BlobResult<Bytes> {
-        Ok(Bytes::from(vec![0x5a; r.len() as usize]))
+        let data = Bytes::from(vec![0x5a; r.len() as usize]);
+        network_time(data.len()).await;
+        Ok(data)
     }
-    async fn put_pages(&self, _b: &BlobRef, _o: u64, _d: Bytes) -> BlobResult<String> {
+    async fn put_pages(&self, _b: &BlobRef, _o: u64, data: Bytes) -> BlobResult<String> {
+        network_time(data.len()).await;
         Ok("\"synthetic\"".into())
     }
     async fn put_pages_from_url(
@@ -521,9 +543,18 @@ impl PageBlobs for Synthetic {
     }
 }
 
+/// Big transfers take a while, as over a network, so the pipeline really holds
+/// `max_inflight_requests` big buffers at once (small ones stay instantaneous to keep the
+/// run short).
+async fn network_time(len: usize) {
+    if len as u64 >= MIB {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn synthetic_config(dir: &Path, disks: usize, parallel: usize) -> Config {
     let mut text = format!(
-        "state_dir = \"{}\"\nmax_concurrent_cycles = {parallel}\nmax_inflight_requests = 32\n\n[accounts.premium]\nendpoint = \"https://premium.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n[accounts.backup]\nendpoint = \"https://backup.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n",
+        "state_dir = \"{}\"\nmax_concurrent_cycles = {parallel}\n\n[accounts.premium]\nendpoint = \"https://premium.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n[accounts.backup]\nendpoint = \"https://backup.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n",
         dir.join("state").display()
     );
     for i in 0..disks {
@@ -538,7 +569,7 @@ fn synthetic_config(dir: &Path, disks: usize, parallel: usize) -> Config {
 
 async fn synthetic_disks(disks: usize, ranges: u64, parallel: usize) {
     println!(
-        "\n== {}. synthetic: {disks} disk(s) x {ranges} diff ranges, {parallel} cycle(s) at once, max_inflight_requests = 32",
+        "\n== {}. synthetic: {disks} disk(s) x {ranges} diff ranges, {parallel} cycle(s) at once, default max_inflight_requests and max_buffer_mib",
         if disks == 1 { 2 } else { 3 }
     );
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,8 @@ use crate::blobs::{BlobError, BlobRef, PageBlobs};
 use crate::config::{BlobPath, Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::runner::{
-    kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_DISK, TAG_SOURCE_SNAPSHOT,
+    kind_label, Clock, CycleError, DiskSpec, Limits, Runner, SystemClock, TAG_DISK,
+    TAG_SOURCE_SNAPSHOT,
 };
 use crate::state::{StateError, StateStore};
 use futures::StreamExt;
@@ -96,8 +97,9 @@ pub struct App {
     pub blobs: Arc<dyn PageBlobs>,
     pub store: StateStore,
     pub clock: Arc<dyn Clock>,
-    /// Page requests in flight across all disks (`max_inflight_requests`).
-    pub inflight: Arc<tokio::sync::Semaphore>,
+    /// Page requests and page data in flight across all disks (`max_inflight_requests`,
+    /// `max_buffer_mib`).
+    pub limits: Arc<Limits>,
 }
 
 impl App {
@@ -109,11 +111,12 @@ impl App {
 
     pub fn with_blobs(config: Config, blobs: Arc<dyn PageBlobs>) -> Result<App, AppError> {
         let store = StateStore::open(&config.state_dir)?;
-        let inflight = Arc::new(tokio::sync::Semaphore::new(
-            config.max_inflight_requests.max(1),
+        let limits = Arc::new(Limits::new(
+            config.max_inflight_requests,
+            config.max_buffer_mib * 1024 * 1024,
         ));
         Ok(App {
-            inflight,
+            limits,
             config,
             blobs,
             store,
@@ -225,7 +228,7 @@ impl App {
         let spec = disk_spec(disk);
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
-        runner.inflight = Some(self.inflight.clone());
+        runner.limits = Some(self.limits.clone());
         runner.run_cycle().await
     }
 

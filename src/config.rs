@@ -33,6 +33,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/snapback/snapback.toml";
 const DEFAULT_STATE_DIR: &str = "/var/lib/snapback";
 const DEFAULT_MAX_CONCURRENT_CYCLES: usize = 4;
 const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 32;
+const DEFAULT_MAX_BUFFER_MIB: u64 = 32;
+const MAX_BUFFER_MIB: u64 = 65536;
 const MAX_INFLIGHT_REQUESTS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_TZ: &str = "UTC";
@@ -48,6 +50,7 @@ const TOP_FIELDS: &[&str] = &[
     "log_format",
     "max_concurrent_cycles",
     "max_inflight_requests",
+    "max_buffer_mib",
     "shutdown_grace",
     "metrics_listen",
     "control_socket",
@@ -101,6 +104,9 @@ pub struct Config {
     /// Upper bound on page requests (read + put, or clear) in flight at once across all
     /// disks: bounds memory to about this many × 4 MiB, and the load on the accounts.
     pub max_inflight_requests: usize,
+    /// Upper bound, in MiB, on page data held in memory at once across all disks (client
+    /// copy reads and their puts): the memory bound whatever the write sizes.
+    pub max_buffer_mib: u64,
     /// How long in-flight cycles may keep running after a shutdown signal
     /// before they are abandoned (they resume safely on next start).
     pub shutdown_grace: Duration,
@@ -821,6 +827,9 @@ fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> Config {
         MAX_INFLIGHT_REQUESTS as i128,
     )
     .map_or(DEFAULT_MAX_INFLIGHT_REQUESTS, |n| n as usize);
+    // At least one full 4 MiB read must fit.
+    let max_buffer_mib = get_int_in(cx, doc, "max_buffer_mib", p, 4, MAX_BUFFER_MIB as i128)
+        .map_or(DEFAULT_MAX_BUFFER_MIB, |n| n as u64);
     let shutdown_grace =
         get_duration(cx, doc, "shutdown_grace", p).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
 
@@ -872,6 +881,7 @@ fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> Config {
         log_format,
         max_concurrent_cycles,
         max_inflight_requests,
+        max_buffer_mib,
         shutdown_grace,
         metrics_listen,
         control_socket,
@@ -1521,6 +1531,7 @@ shared_key_env = "BACKUP_KEY"
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.max_concurrent_cycles, 4);
         assert_eq!(c.max_inflight_requests, 32);
+        assert_eq!(c.max_buffer_mib, 32);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
@@ -2120,33 +2131,40 @@ concurrency = 0
     }
 
     #[test]
-    fn max_inflight_requests_is_bounded() {
-        for (v, needle) in [
+    fn global_apply_limits_are_bounded() {
+        let disk = "name = \"x\"\nsource = \"premium/vhds/a\"\nbackup = \"backup/bak/a\"\n";
+        for (line, needle) in [
             (
-                "0",
+                "max_inflight_requests = 0",
                 "field \"max_inflight_requests\" must be between 1 and 1024, got 0",
             ),
             (
-                "1025",
+                "max_inflight_requests = 1025",
                 "field \"max_inflight_requests\" must be between 1 and 1024, got 1025",
             ),
             (
-                "\"8\"",
+                "max_inflight_requests = \"8\"",
                 "field \"max_inflight_requests\" must be an integer, found string",
             ),
+            (
+                "max_buffer_mib = 3",
+                "field \"max_buffer_mib\" must be between 4 and 65536, got 3",
+            ),
+            (
+                "max_buffer_mib = 1.5",
+                "field \"max_buffer_mib\" must be an integer",
+            ),
         ] {
-            let p = problems(&format!(
-                "max_inflight_requests = {v}\n{}",
-                with_disk("name = \"x\"\nsource = \"premium/vhds/a\"\nbackup = \"backup/bak/a\"\n")
-            ));
-            assert!(p.iter().any(|m| m.contains(needle)), "{v}: {p:?}");
+            let p = problems(&format!("{line}\n{}", with_disk(disk)));
+            assert!(p.iter().any(|m| m.contains(needle)), "{line}: {p:?}");
         }
         let c = parse(&format!(
-            "max_inflight_requests = 7\n{}",
-            with_disk("name = \"x\"\nsource = \"premium/vhds/a\"\nbackup = \"backup/bak/a\"\n")
+            "max_inflight_requests = 7\nmax_buffer_mib = 8\n{}",
+            with_disk(disk)
         ))
         .unwrap();
         assert_eq!(c.max_inflight_requests, 7);
+        assert_eq!(c.max_buffer_mib, 8);
     }
 
     #[test]

@@ -183,7 +183,7 @@ async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
 #[tokio::test]
 async fn copy_modes_segments_and_global_limit() {
     use snapback::config::CopyMode;
-    use snapback::cycle::runner::ApplyTuning;
+    use snapback::cycle::runner::{ApplyTuning, Limits};
     for (mode, refuse) in [
         (CopyMode::Server, false),
         (CopyMode::Auto, false),
@@ -199,7 +199,8 @@ async fn copy_modes_segments_and_global_limit() {
             page_results: 2,
             ..Default::default()
         };
-        r.inflight = Some(std::sync::Arc::new(tokio::sync::Semaphore::new(1)));
+        // One request and one 64 KiB buffer unit for the whole process.
+        r.limits = Some(std::sync::Arc::new(Limits::new(1, 64 * 1024)));
         r.run_cycle().await.unwrap();
         let ctx = format!("{mode:?} refuse={refuse}");
         check(&blobs, &store, &d, 2, &ctx);

@@ -42,9 +42,54 @@ pub struct DiskSpec {
     pub copy_mode: CopyMode,
 }
 
-/// Items asked per Get Page Ranges result page: the most Azure returns, and a bound on what
-/// one listing page holds in memory.
-pub const DIFF_PAGE_RESULTS: u32 = 10_000;
+/// Items asked per Get Page Ranges result page. Azure returns at most 10,000; 2,000 keeps a
+/// listing page (its parsed items, ~24 bytes each) near 50 KB per disk, so 100 disks applying
+/// at once hold ~5 MB of listings, at the cost of one small request per 2,000 ranges (0.1 %
+/// of the puts they lead to, at most).
+pub const DIFF_PAGE_RESULTS: u32 = 2_000;
+
+/// Process-wide limits of the apply phase, shared by the runners of all disks: page requests
+/// in flight (each batch holds one permit while its requests run), and bytes of page data held
+/// in memory (a client-copy batch holds its read's size, in 64 KiB units, from before the read
+/// until its last put). Requests bound the load on the accounts; the buffer budget bounds
+/// memory whatever the write sizes, so many small requests can be in flight at once while at
+/// most `budget / 4 MiB` full-size reads are.
+#[derive(Debug)]
+pub struct Limits {
+    requests: Semaphore,
+    buffer: Semaphore,
+    buffer_units: u32,
+}
+
+/// Granularity of the buffer budget.
+const BUFFER_UNIT: u64 = 64 * 1024;
+
+impl Limits {
+    pub fn new(max_requests: usize, buffer_bytes: u64) -> Self {
+        let units = (buffer_bytes / BUFFER_UNIT).clamp(1, u32::MAX as u64) as u32;
+        Limits {
+            requests: Semaphore::new(max_requests.max(1)),
+            buffer: Semaphore::new(units as usize),
+            buffer_units: units,
+        }
+    }
+
+    async fn request(&self) -> Result<tokio::sync::SemaphorePermit<'_>, BlobError> {
+        self.requests.acquire().await.map_err(closed)
+    }
+
+    /// Permits for `bytes` of buffer (a request larger than the whole budget takes all of it).
+    async fn buffer(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, BlobError> {
+        let units = bytes
+            .div_ceil(BUFFER_UNIT)
+            .clamp(1, self.buffer_units as u64) as u32;
+        self.buffer.acquire_many(units).await.map_err(closed)
+    }
+}
+
+fn closed(_: tokio::sync::AcquireError) -> BlobError {
+    BlobError::Config("the request limiter was closed (shutting down)".into())
+}
 
 /// How the apply phase lists and groups the diff (tunable for tests and the benchmark).
 #[derive(Clone, Copy, Debug)]
@@ -111,9 +156,9 @@ pub struct Runner<'a> {
     pub stop: CancellationToken,
     /// First and longest wait between copy status polls.
     pub copy_poll: (Duration, Duration),
-    /// Process-wide cap on page requests in flight (`max_inflight_requests`), shared by every
-    /// disk's runner; `None`: only the disk's own `concurrency` applies.
-    pub inflight: Option<Arc<Semaphore>>,
+    /// Process-wide limits shared by every disk's runner (`max_inflight_requests`,
+    /// `max_buffer_mib`); `None`: only the disk's own `concurrency` applies.
+    pub limits: Option<Arc<Limits>>,
     pub tuning: ApplyTuning,
 }
 
@@ -131,7 +176,7 @@ impl<'a> Runner<'a> {
             disk,
             stop: CancellationToken::new(),
             copy_poll: (Duration::from_millis(200), Duration::from_secs(15)),
-            inflight: None,
+            limits: None,
             tuning: ApplyTuning::default(),
         }
     }
@@ -459,9 +504,10 @@ impl<'a> Runner<'a> {
         })
     }
 
-    /// One batch: a clear, or the puts of one coalesced read. Holds one process-wide permit
-    /// (`max_inflight_requests`) while its requests run, so memory stays at about permits ×
-    /// 4 MiB whatever the number of disks.
+    /// One batch: a clear, or the puts of one coalesced read. Holds one process-wide request
+    /// permit (`max_inflight_requests`) while its requests run and, for a client copy, its
+    /// read's size of the buffer budget (`max_buffer_mib`), so memory stays bounded whatever
+    /// the number of disks.
     async fn run_batch(
         &self,
         batch: Batch,
@@ -469,10 +515,10 @@ impl<'a> Runner<'a> {
         server: &AtomicBool,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
-        let _permit = match &self.inflight {
-            Some(sem) => Some(sem.acquire().await.map_err(|_| {
-                BlobError::Config("the request limiter was closed (shutting down)".into())
-            })?),
+        // Requests first, then buffer (in copy_client_side): every task takes them in this
+        // order and a buffer holder never waits for a request permit, so no deadlock.
+        let _permit = match &self.limits {
+            Some(l) => Some(l.request().await?),
             None => None,
         };
         let backup = &self.disk.backup;
@@ -530,6 +576,10 @@ impl<'a> Runner<'a> {
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
         let backup = &self.disk.backup;
+        let _buffer = match &self.limits {
+            Some(l) => Some(l.buffer(read.len()).await?),
+            None => None,
+        };
         let data = self
             .blobs
             .read(&self.disk.source, Some(snapshot), read)
