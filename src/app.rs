@@ -8,7 +8,7 @@ use crate::config::{BlobPath, Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
 use crate::cycle::runner::{
-    kind_label, Clock, CycleError, DiskSpec, Runner, SystemClock, TAG_SOURCE_SNAPSHOT,
+    kind_label, Clock, CycleError, DiskSpec, Limits, Runner, SystemClock, TAG_SOURCE_SNAPSHOT,
 };
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
@@ -73,6 +73,7 @@ pub fn disk_spec(d: &DiskConfig) -> DiskSpec {
         source: blob_ref(&d.source),
         backup: blob_ref(&d.backup),
         concurrency: d.concurrency,
+        copy_mode: d.copy_mode,
     }
 }
 
@@ -131,6 +132,9 @@ pub struct App {
     pub blobs: Arc<dyn PageBlobs>,
     pub store: StateStore,
     pub clock: Arc<dyn Clock>,
+    /// Page requests and page data in flight across all disks (`max_inflight_requests`,
+    /// `max_buffer_mib`).
+    pub limits: Arc<Limits>,
 }
 
 impl App {
@@ -142,7 +146,12 @@ impl App {
 
     pub fn with_blobs(config: Config, blobs: Arc<dyn PageBlobs>) -> Result<App, AppError> {
         let store = StateStore::open(&config.state_dir)?;
+        let limits = Arc::new(Limits::new(
+            config.max_inflight_requests,
+            config.max_buffer_mib * 1024 * 1024,
+        ));
         Ok(App {
+            limits,
             config,
             blobs,
             store,
@@ -339,6 +348,7 @@ impl App {
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
         runner.progress = progress;
+        runner.limits = Some(self.limits.clone());
         runner.run_cycle().await
     }
 

@@ -125,6 +125,23 @@ impl BlobError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BlobError::NotFound { .. })
     }
+
+    /// The service (or the account setup) refuses server-side copy: Put Page From URL is not
+    /// implemented (501), the source is not readable by the destination service (401/403,
+    /// `CannotVerifyCopySource`), the feature is off (409 `FeatureNotSupported`), or no SAS can
+    /// be minted for the source. `copy_mode = "auto"` then falls back to client copy.
+    pub fn refuses_server_copy(&self) -> bool {
+        match self {
+            BlobError::Auth { .. } | BlobError::Config(_) => true,
+            BlobError::Service { status, code, .. } => {
+                matches!(status, 400 | 401 | 403 | 405 | 501)
+                    || code.contains("FeatureNotSupported")
+                    || code.contains("CannotVerifyCopySource")
+                    || code.contains("NotImplemented")
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type BlobResult<T> = Result<T, BlobError>;
@@ -170,6 +187,19 @@ pub trait PageBlobs: Send + Sync {
     /// checksum. Returns the blob's new ETag.
     async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String>;
 
+    /// Put Page From URL: the service itself copies `range.len()` bytes (at most 4 MiB, page
+    /// aligned) from `source` (one of its snapshots) at `source_offset` into `dest` at `range`;
+    /// no page data passes through snapback. Cross-account reads are authorised by the
+    /// implementation (a short-lived SAS, or a bearer token). Returns the blob's new ETag.
+    async fn put_pages_from_url(
+        &self,
+        dest: &BlobRef,
+        range: ByteRange,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+        source_offset: u64,
+    ) -> BlobResult<String>;
+
     /// Clear Page over `range`. Returns the blob's new ETag.
     async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String>;
 
@@ -182,22 +212,15 @@ pub trait PageBlobs: Send + Sync {
     /// Sets the page blob's size (grows with zero pages, or truncates).
     async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()>;
 
-    /// Starts an asynchronous Copy Blob of `source` (one of its snapshots) over `dest`; returns
-    /// the copy id. Cross-account reads are authorised by the implementation.
-    async fn start_copy(
-        &self,
-        dest: &BlobRef,
-        source: &BlobRef,
-        source_snapshot: Option<&str>,
-    ) -> BlobResult<String>;
-
     /// Aborts a pending copy (ignores "no pending copy").
     async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()>;
 
-    /// Like [`PageBlobs::start_copy`], but the destination gets exactly `metadata` from the
-    /// moment the copy starts (a blob being copied cannot be tagged afterwards on Azure), so
-    /// an unfinished copy is recognisable as such.
-    async fn start_copy_with_metadata(
+    /// Starts an asynchronous Copy Blob of `source` (one of its snapshots) over `dest`; returns
+    /// the copy id. Cross-account reads are authorised by the implementation. The destination
+    /// gets exactly `metadata` from the moment the copy starts (a blob being copied cannot be
+    /// tagged afterwards on Azure), so an unfinished copy is recognisable as such; without it
+    /// Copy Blob would copy the source's metadata, snapback's snapshot tags included.
+    async fn start_copy(
         &self,
         dest: &BlobRef,
         source: &BlobRef,

@@ -32,6 +32,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/snapback/snapback.toml";
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/snapback";
 const DEFAULT_MAX_CONCURRENT_CYCLES: usize = 4;
+const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 32;
+const DEFAULT_MAX_BUFFER_MIB: u64 = 32;
+const MAX_BUFFER_MIB: u64 = 65536;
+const MAX_INFLIGHT_REQUESTS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_TZ: &str = "UTC";
 const DEFAULT_DISK_CONCURRENCY: usize = 8;
@@ -45,6 +49,8 @@ const TOP_FIELDS: &[&str] = &[
     "state_dir",
     "log_format",
     "max_concurrent_cycles",
+    "max_inflight_requests",
+    "max_buffer_mib",
     "shutdown_grace",
     "metrics_listen",
     "control_socket",
@@ -95,6 +101,12 @@ pub struct Config {
     /// Upper bound on backup cycles running at the same time, across all
     /// disks, to bound memory and network use.
     pub max_concurrent_cycles: usize,
+    /// Upper bound on page requests (read + put, or clear) in flight at once across all
+    /// disks: bounds memory to about this many × 4 MiB, and the load on the accounts.
+    pub max_inflight_requests: usize,
+    /// Upper bound, in MiB, on page data held in memory at once across all disks (client
+    /// copy reads and their puts): the memory bound whatever the write sizes.
+    pub max_buffer_mib: u64,
     /// How long in-flight cycles may keep running after a shutdown signal
     /// before they are abandoned (they resume safely on next start).
     pub shutdown_grace: Duration,
@@ -806,6 +818,18 @@ fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> Config {
     let max_concurrent_cycles =
         get_int_in(cx, doc, "max_concurrent_cycles", p, 1, usize::MAX as i128)
             .map_or(DEFAULT_MAX_CONCURRENT_CYCLES, |n| n as usize);
+    let max_inflight_requests = get_int_in(
+        cx,
+        doc,
+        "max_inflight_requests",
+        p,
+        1,
+        MAX_INFLIGHT_REQUESTS as i128,
+    )
+    .map_or(DEFAULT_MAX_INFLIGHT_REQUESTS, |n| n as usize);
+    // At least one full 4 MiB read must fit.
+    let max_buffer_mib = get_int_in(cx, doc, "max_buffer_mib", p, 4, MAX_BUFFER_MIB as i128)
+        .map_or(DEFAULT_MAX_BUFFER_MIB, |n| n as u64);
     let shutdown_grace =
         get_duration(cx, doc, "shutdown_grace", p).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
 
@@ -856,6 +880,8 @@ fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> Config {
         state_dir,
         log_format,
         max_concurrent_cycles,
+        max_inflight_requests,
+        max_buffer_mib,
         shutdown_grace,
         metrics_listen,
         control_socket,
@@ -1504,6 +1530,8 @@ shared_key_env = "BACKUP_KEY"
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/snapback"));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.max_concurrent_cycles, 4);
+        assert_eq!(c.max_inflight_requests, 32);
+        assert_eq!(c.max_buffer_mib, 32);
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(
@@ -2100,6 +2128,43 @@ concurrency = 0
             ),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn global_apply_limits_are_bounded() {
+        let disk = "name = \"x\"\nsource = \"premium/vhds/a\"\nbackup = \"backup/bak/a\"\n";
+        for (line, needle) in [
+            (
+                "max_inflight_requests = 0",
+                "field \"max_inflight_requests\" must be between 1 and 1024, got 0",
+            ),
+            (
+                "max_inflight_requests = 1025",
+                "field \"max_inflight_requests\" must be between 1 and 1024, got 1025",
+            ),
+            (
+                "max_inflight_requests = \"8\"",
+                "field \"max_inflight_requests\" must be an integer, found string",
+            ),
+            (
+                "max_buffer_mib = 3",
+                "field \"max_buffer_mib\" must be between 4 and 65536, got 3",
+            ),
+            (
+                "max_buffer_mib = 1.5",
+                "field \"max_buffer_mib\" must be an integer",
+            ),
+        ] {
+            let p = problems(&format!("{line}\n{}", with_disk(disk)));
+            assert!(p.iter().any(|m| m.contains(needle)), "{line}: {p:?}");
+        }
+        let c = parse(&format!(
+            "max_inflight_requests = 7\nmax_buffer_mib = 8\n{}",
+            with_disk(disk)
+        ))
+        .unwrap();
+        assert_eq!(c.max_inflight_requests, 7);
+        assert_eq!(c.max_buffer_mib, 8);
     }
 
     #[test]

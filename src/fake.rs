@@ -54,6 +54,11 @@ pub struct MemBlobs {
     pub page_size: usize,
     /// Polls a copy stays pending.
     pub copy_polls: u32,
+    /// Answer Put Page From URL with 501 NotImplemented (as Azurite does unpatched).
+    pub refuse_server_copy: bool,
+    /// Reads, puts and clears wait a pseudo-random 0..jitter_ms first, so concurrent requests
+    /// finish out of order (as over a network).
+    pub jitter_ms: u64,
 }
 
 impl MemBlobs {
@@ -67,6 +72,17 @@ impl MemBlobs {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn jitter(&self) {
+        if self.jitter_ms > 0 {
+            let n = self
+                .clock
+                .fetch_add(1, Ordering::SeqCst)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let ms = (n >> 33) % self.jitter_ms;
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
     }
 
     fn tick(&self) -> u64 {
@@ -318,8 +334,7 @@ impl PageBlobs for MemBlobs {
         let start: usize = q.marker.and_then(|m| m.parse().ok()).unwrap_or(0);
         let per_page = q
             .max_results
-            .map(|n| n as usize)
-            .unwrap_or(self.page_size)
+            .map_or(self.page_size, |n| (n as usize).min(self.page_size.max(1)))
             .max(1);
         let end = (start + per_page).min(items.len());
         Ok(PageList {
@@ -335,6 +350,7 @@ impl PageBlobs for MemBlobs {
         snapshot: Option<&str>,
         range: ByteRange,
     ) -> BlobResult<Bytes> {
+        self.jitter().await;
         let g = self.gate()?;
         let b = g
             .blobs
@@ -351,6 +367,7 @@ impl PageBlobs for MemBlobs {
     }
 
     async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
+        self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
         let b = g
@@ -371,7 +388,37 @@ impl PageBlobs for MemBlobs {
         Ok(format!("\"{id}\""))
     }
 
+    async fn put_pages_from_url(
+        &self,
+        dest: &BlobRef,
+        range: ByteRange,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+        source_offset: u64,
+    ) -> BlobResult<String> {
+        if self.refuse_server_copy {
+            return Err(BlobError::Service {
+                what: format!("put {dest} {range} from {source}"),
+                status: 501,
+                code: "NotImplemented".into(),
+                message: "Put Page From URL is not implemented".into(),
+            });
+        }
+        if range.len() > MAX_PUT_BYTES || !range.is_page_aligned() {
+            return Err(BlobError::Service {
+                what: format!("put {dest} {range} from {source}"),
+                status: 416,
+                code: "InvalidPageRange".into(),
+                message: "misaligned or too large".into(),
+            });
+        }
+        let src = ByteRange::new(source_offset, source_offset + range.len());
+        let data = self.read(source, source_snapshot, src).await?;
+        self.put_pages(dest, range.start, data).await
+    }
+
     async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String> {
+        self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
         let b = g
@@ -425,16 +472,6 @@ impl PageBlobs for MemBlobs {
     }
 
     async fn start_copy(
-        &self,
-        dest: &BlobRef,
-        source: &BlobRef,
-        snap: Option<&str>,
-    ) -> BlobResult<String> {
-        self.start_copy_with_metadata(dest, source, snap, &Metadata::new())
-            .await
-    }
-
-    async fn start_copy_with_metadata(
         &self,
         dest: &BlobRef,
         source: &BlobRef,

@@ -171,6 +171,123 @@ pub fn coalesce(items: &[PageItem], max_put: u64) -> Vec<PageOp> {
     out
 }
 
+/// Size of one Get Page Ranges sub-range (`x-ms-range`) when listing a diff. Microsoft
+/// recommends listing heavily fragmented blobs in segments so that no single request hits the
+/// server's processing timeout; 64 GiB keeps a 8 TiB disk at 128 listings at most.
+pub const DIFF_SEGMENT_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+/// Largest gap of unchanged bytes a coalesced read spans: one GET that also reads up to this
+/// much unneeded data is cheaper than a second GET (a request costs ~ a round trip; 64 KiB is
+/// well under one at any useful bandwidth). Gap bytes are read, never written.
+pub const MAX_READ_GAP: u64 = 64 * 1024;
+
+/// Largest single ranged GET: bounds memory to (in-flight requests × this).
+pub const MAX_READ_BYTES: u64 = MAX_PUT_BYTES;
+
+/// Splits `window` into consecutive segments that end on multiples of `segment` (absolute
+/// offsets, so a resumed apply lists the same segment boundaries). Empty window: no segment.
+pub fn segments(window: ByteRange, segment: u64) -> impl Iterator<Item = ByteRange> {
+    assert!(segment > 0);
+    let mut at = window.start;
+    std::iter::from_fn(move || {
+        if at >= window.end {
+            return None;
+        }
+        let end = ((at / segment) + 1).saturating_mul(segment).min(window.end);
+        let r = ByteRange::new(at, end);
+        at = end;
+        Some(r)
+    })
+}
+
+/// One unit of apply work, in offset order: either one Clear Page, or one ranged GET of the
+/// source snapshot that feeds one or more Put Pages (the puts lie inside the read, in order,
+/// and never overlap; the bytes between them are read but not written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Batch {
+    Clear(ByteRange),
+    Copy {
+        read: ByteRange,
+        puts: Vec<ByteRange>,
+    },
+}
+
+impl Batch {
+    /// Where the work of this batch ends: the apply checkpoint may move here once it (and
+    /// every batch before it) is done.
+    pub fn end(&self) -> u64 {
+        match self {
+            Batch::Clear(r) => r.end,
+            Batch::Copy { puts, read } => puts.last().map_or(read.end, |p| p.end),
+        }
+    }
+}
+
+/// Groups the ops of a [`Coalescer`] into [`Batch`]es: consecutive puts whose gaps are at most
+/// `max_gap` bytes share one read of at most `max_read` bytes. A clear ends the open group, so
+/// batches stay in offset order and never overlap (the checkpoint relies on it). Every batch
+/// holds at least one put, so reads ≤ puts.
+#[derive(Debug)]
+pub struct ReadPlanner {
+    max_read: u64,
+    max_gap: u64,
+    open: Option<(ByteRange, Vec<ByteRange>)>,
+}
+
+impl ReadPlanner {
+    pub fn new(max_read: u64, max_gap: u64) -> Self {
+        ReadPlanner {
+            max_read,
+            max_gap,
+            open: None,
+        }
+    }
+
+    pub fn push(&mut self, op: PageOp, out: &mut Vec<Batch>) {
+        match op {
+            PageOp::Clear(r) => {
+                self.flush(out);
+                out.push(Batch::Clear(r));
+            }
+            PageOp::Put(r) => {
+                if let Some((read, puts)) = &mut self.open {
+                    if r.start >= read.end
+                        && r.start - read.end <= self.max_gap
+                        && r.end - read.start <= self.max_read
+                    {
+                        read.end = r.end;
+                        puts.push(r);
+                        return;
+                    }
+                }
+                self.flush(out);
+                self.open = Some((r, vec![r]));
+            }
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<Batch>) {
+        self.flush(out);
+    }
+
+    fn flush(&mut self, out: &mut Vec<Batch>) {
+        if let Some((read, puts)) = self.open.take() {
+            out.push(Batch::Copy { read, puts });
+        }
+    }
+}
+
+/// Convenience for tests: the batches for a list of ops.
+pub fn plan_reads(ops: &[PageOp], max_read: u64, max_gap: u64) -> Vec<Batch> {
+    let mut p = ReadPlanner::new(max_read, max_gap);
+    let mut out = Vec::new();
+    for op in ops {
+        p.push(*op, &mut out);
+    }
+    p.finish(&mut out);
+    out
+}
+
 /// Rounds `n` up to the next page boundary (a resize target must be page aligned).
 pub fn round_up_to_page(n: u64) -> u64 {
     n.div_ceil(PAGE_SIZE) * PAGE_SIZE
@@ -267,5 +384,168 @@ mod tests {
         assert_eq!(r.intersect(&ByteRange::new(2048, 4096)), None);
         assert_eq!(r.http_header(), "bytes=512-2047");
         assert_eq!(round_up_to_page(513), 1024);
+    }
+
+    #[test]
+    fn segments_split_on_absolute_boundaries() {
+        let segs: Vec<_> = segments(ByteRange::new(3 * MIB, 21 * MIB), 8 * MIB).collect();
+        assert_eq!(
+            segs,
+            vec![
+                ByteRange::new(3 * MIB, 8 * MIB),
+                ByteRange::new(8 * MIB, 16 * MIB),
+                ByteRange::new(16 * MIB, 21 * MIB)
+            ]
+        );
+        assert_eq!(segments(ByteRange::new(5, 5), 8).count(), 0);
+    }
+
+    #[test]
+    fn reads_span_small_gaps_but_not_clears_or_big_gaps() {
+        let k = 1024;
+        let ops = coalesce(
+            &[
+                ch(0, 4 * k),
+                ch(8 * k, 12 * k),    // 4 KiB gap: same read
+                ch(200 * k, 204 * k), // 188 KiB gap: new read
+                cl(204 * k, 208 * k), // clear ends the group
+                ch(208 * k, 212 * k),
+            ],
+            MAX_PUT_BYTES,
+        );
+        let batches = plan_reads(&ops, MAX_READ_BYTES, MAX_READ_GAP);
+        assert_eq!(
+            batches,
+            vec![
+                Batch::Copy {
+                    read: ByteRange::new(0, 12 * k),
+                    puts: vec![ByteRange::new(0, 4 * k), ByteRange::new(8 * k, 12 * k)]
+                },
+                Batch::Copy {
+                    read: ByteRange::new(200 * k, 204 * k),
+                    puts: vec![ByteRange::new(200 * k, 204 * k)]
+                },
+                Batch::Clear(ByteRange::new(204 * k, 208 * k)),
+                Batch::Copy {
+                    read: ByteRange::new(208 * k, 212 * k),
+                    puts: vec![ByteRange::new(208 * k, 212 * k)]
+                },
+            ]
+        );
+    }
+
+    mod props {
+        use super::super::*;
+        use super::MIB;
+        use proptest::prelude::*;
+
+        /// A diff as Azure could send it: sorted, disjoint items of either kind, with gaps,
+        /// adjacent items possibly unmerged. Lengths and gaps in pages.
+        fn diff() -> impl Strategy<Value = Vec<PageItem>> {
+            prop::collection::vec((any::<bool>(), 0u64..300, 1u64..12_000), 0..60).prop_map(|v| {
+                let mut at = 0;
+                v.into_iter()
+                    .map(|(changed, gap, len)| {
+                        let start = at + gap * PAGE_SIZE;
+                        at = start + len * PAGE_SIZE;
+                        let r = ByteRange::new(start, at);
+                        if changed {
+                            PageItem::Changed(r)
+                        } else {
+                            PageItem::Cleared(r)
+                        }
+                    })
+                    .collect()
+            })
+        }
+
+        /// Pages (indices) covered by items of one kind.
+        fn pages_of(items: &[PageItem], changed: bool) -> Vec<u64> {
+            let mut out = Vec::new();
+            for i in items {
+                if matches!(i, PageItem::Changed(_)) == changed {
+                    let r = i.range();
+                    out.extend(r.start / PAGE_SIZE..r.end / PAGE_SIZE);
+                }
+            }
+            out
+        }
+
+        /// The fewest puts: ceil(len / 4 MiB) per maximal contiguous changed run.
+        fn min_puts(items: &[PageItem]) -> u64 {
+            let mut runs: Vec<ByteRange> = Vec::new();
+            for i in items {
+                if let PageItem::Changed(r) = i {
+                    match runs.last_mut() {
+                        Some(last) if last.end == r.start => last.end = r.end,
+                        _ => runs.push(*r),
+                    }
+                }
+            }
+            runs.iter().map(|r| r.len().div_ceil(MAX_PUT_BYTES)).sum()
+        }
+
+        /// Items split at segment boundaries, as `x-ms-range` listings return them.
+        fn segmented(items: &[PageItem], seg: u64) -> Vec<PageItem> {
+            let end = items.last().map_or(0, |i| i.range().end);
+            let mut out = Vec::new();
+            for s in segments(ByteRange::new(0, end), seg) {
+                for i in items {
+                    if let Some(r) = i.range().intersect(&s) {
+                        out.push(match i {
+                            PageItem::Changed(_) => PageItem::Changed(r),
+                            PageItem::Cleared(_) => PageItem::Cleared(r),
+                        });
+                    }
+                }
+            }
+            out
+        }
+
+        proptest! {
+            #[test]
+            fn plan_writes_exactly_the_diff(items in diff(), gap in 0u64..256, seg_mib in 1u64..32) {
+                let ops = coalesce(&items, MAX_PUT_BYTES);
+                // Listing in segments changes nothing.
+                prop_assert_eq!(&coalesce(&segmented(&items, seg_mib * MIB), MAX_PUT_BYTES), &ops);
+                let batches = plan_reads(&ops, MAX_READ_BYTES, gap * PAGE_SIZE);
+                let mut put_pages = Vec::new();
+                let mut clear_pages = Vec::new();
+                let (mut reads, mut puts, mut last_end) = (0u64, 0u64, 0u64);
+                for b in &batches {
+                    match b {
+                        Batch::Clear(r) => {
+                            prop_assert!(r.is_page_aligned() && !r.is_empty());
+                            prop_assert!(r.start >= last_end);
+                            clear_pages.extend(r.start / PAGE_SIZE..r.end / PAGE_SIZE);
+                        }
+                        Batch::Copy { read, puts: ps } => {
+                            reads += 1;
+                            prop_assert!(!ps.is_empty());
+                            prop_assert!(read.is_page_aligned() && read.len() <= MAX_READ_BYTES);
+                            prop_assert!(read.start >= last_end);
+                            prop_assert_eq!(read.start, ps[0].start);
+                            prop_assert_eq!(read.end, ps[ps.len() - 1].end);
+                            let mut at = read.start;
+                            for p in ps {
+                                puts += 1;
+                                prop_assert!(p.is_page_aligned() && !p.is_empty());
+                                prop_assert!(p.len() <= MAX_PUT_BYTES);
+                                prop_assert!(p.start >= at && p.start - at <= gap * PAGE_SIZE);
+                                at = p.end;
+                                put_pages.extend(p.start / PAGE_SIZE..p.end / PAGE_SIZE);
+                            }
+                        }
+                    }
+                    prop_assert!(b.end() > last_end);
+                    last_end = b.end();
+                }
+                // Every changed page written once, nothing else written; same for clears.
+                prop_assert_eq!(put_pages, pages_of(&items, true));
+                prop_assert_eq!(clear_pages, pages_of(&items, false));
+                prop_assert_eq!(puts, min_puts(&items));
+                prop_assert!(reads <= puts);
+            }
+        }
     }
 }

@@ -414,7 +414,7 @@ impl<'a> Restorer<'a> {
         };
         let copy_id = self
             .blobs
-            .start_copy_with_metadata(dest, source, snapshot, metadata)
+            .start_copy(dest, source, snapshot, metadata)
             .await
             .map_err(blob_err(format!("copy {source_label} to {dest}")))?;
         let mut wait = self.poll.0;
@@ -838,6 +838,7 @@ mod tests {
             source: target.clone(),
             backup: rep.promoted.clone(),
             concurrency: 2,
+            copy_mode: crate::config::CopyMode::Client,
         };
         w.blobs.write(&target, 8192, &[0xAB; 512]);
         let clock = crate::cycle::runner::SystemClock;

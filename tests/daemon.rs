@@ -619,26 +619,17 @@ impl PageBlobs for Tracked {
     async fn resize(&self, b: &BlobRef, size: u64) -> snapback::blobs::BlobResult<()> {
         self.track(b, self.inner.resize(b, size)).await
     }
-    async fn start_copy(
-        &self,
-        d: &BlobRef,
-        s: &BlobRef,
-        snap: Option<&str>,
-    ) -> snapback::blobs::BlobResult<String> {
-        self.track(d, self.inner.start_copy(d, s, snap)).await
-    }
     async fn abort_copy(&self, d: &BlobRef, id: &str) -> snapback::blobs::BlobResult<()> {
         self.track(d, self.inner.abort_copy(d, id)).await
     }
-    async fn start_copy_with_metadata(
+    async fn start_copy(
         &self,
         d: &BlobRef,
         s: &BlobRef,
         snap: Option<&str>,
         m: &snapback::blobs::Metadata,
     ) -> snapback::blobs::BlobResult<String> {
-        self.track(d, self.inner.start_copy_with_metadata(d, s, snap, m))
-            .await
+        self.track(d, self.inner.start_copy(d, s, snap, m)).await
     }
     async fn set_metadata(
         &self,
@@ -649,6 +640,17 @@ impl PageBlobs for Tracked {
     }
     async fn delete_blob(&self, b: &BlobRef) -> snapback::blobs::BlobResult<()> {
         self.track(b, self.inner.delete_blob(b)).await
+    }
+    async fn put_pages_from_url(
+        &self,
+        d: &BlobRef,
+        r: snapback::pages::ByteRange,
+        s: &BlobRef,
+        snap: Option<&str>,
+        offset: u64,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(d, self.inner.put_pages_from_url(d, r, s, snap, offset))
+            .await
     }
 }
 

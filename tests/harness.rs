@@ -103,7 +103,10 @@ async fn azurite_is_as_strict_as_azure() {
     let snap = blobs.create_snapshot(&b, &Metadata::new()).await.unwrap();
     let dest = BlobRef::new("backup", "backups", "copy");
     blobs.ensure_container(&dest).await.unwrap();
-    let id = blobs.start_copy(&dest, &b, Some(&snap)).await.unwrap();
+    let id = blobs
+        .start_copy(&dest, &b, Some(&snap), &Metadata::new())
+        .await
+        .unwrap();
     let mut seen_pending = false;
     loop {
         let (cid, status) = blobs

@@ -22,6 +22,7 @@ fn disk() -> DiskSpec {
         source: BlobRef::new("premium", "vhds", "d.vhd"),
         backup: BlobRef::new("backup", "backups", "d"),
         concurrency: 3,
+        copy_mode: Default::default(),
     }
 }
 
@@ -173,5 +174,64 @@ async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
             first_content,
             "{tamper}: old point intact"
         );
+    }
+}
+
+/// Server copy (Put Page From URL) reads nothing through snapback; `auto` falls back to
+/// client copy where the service refuses; both end equal to the source snapshot. Tiny
+/// listing segments, pages and one global permit change nothing but the request count.
+#[tokio::test]
+async fn copy_modes_segments_and_global_limit() {
+    use snapback::config::CopyMode;
+    use snapback::cycle::runner::{ApplyTuning, Limits};
+    for (mode, refuse) in [
+        (CopyMode::Server, false),
+        (CopyMode::Auto, false),
+        (CopyMode::Auto, true),
+        (CopyMode::Client, false),
+    ] {
+        let (mut blobs, store, mut d) = world().await;
+        blobs.refuse_server_copy = refuse;
+        d.copy_mode = mode;
+        let mut r = runner(&blobs, &store, &d);
+        r.tuning = ApplyTuning {
+            segment: 8 * 512,
+            page_results: 2,
+            ..Default::default()
+        };
+        // One request and one 64 KiB buffer unit for the whole process.
+        r.limits = Some(std::sync::Arc::new(Limits::new(1, 64 * 1024)));
+        r.run_cycle().await.unwrap();
+        let ctx = format!("{mode:?} refuse={refuse}");
+        check(&blobs, &store, &d, 2, &ctx);
+        let m = r.blobs.detail();
+        let server = mode == CopyMode::Server || (mode == CopyMode::Auto && !refuse);
+        if server {
+            assert_eq!((m.reads, m.bytes_read), (0, 0), "{ctx}: {m:?}");
+            assert!(m.puts_from_url > 0, "{ctx}: {m:?}");
+        } else {
+            assert!(m.reads > 0 && m.reads <= m.puts + m.clears, "{ctx}: {m:?}");
+        }
+    }
+}
+
+/// Requests that finish out of order, and a failure after every number of storage calls:
+/// the checkpoint only covers finished work, so every resumed cycle ends equal to its source.
+#[tokio::test]
+async fn out_of_order_completion_then_failure_then_resume() {
+    for fail_after in (4..40).step_by(3) {
+        let (mut blobs, store, mut d) = world().await;
+        // More, smaller batches: 40 scattered changed runs.
+        for i in 0..40u64 {
+            blobs.write(&d.source, (i * 2 + 1) * 512, &[i as u8 + 1; 512]);
+        }
+        blobs.jitter_ms = 5;
+        d.concurrency = 8;
+        blobs.fail_after(Some(fail_after));
+        let r = runner(&blobs, &store, &d);
+        assert!(r.run_cycle().await.is_err(), "fail_after {fail_after}");
+        blobs.fail_after(None);
+        runner(&blobs, &store, &d).run_cycle().await.unwrap();
+        check(&blobs, &store, &d, 2, &format!("fail_after {fail_after}"));
     }
 }

@@ -30,7 +30,8 @@ use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
     BlobClientStartCopyFromUrlOptions, BlobClientStartCopyFromUrlResultHeaders,
     BlobContainerClientListBlobsOptions, HttpRange, ListBlobsIncludeItem,
-    PageBlobClientClearPagesResultHeaders, PageBlobClientUploadPagesOptions,
+    PageBlobClientClearPagesResultHeaders, PageBlobClientUploadPagesFromUrlOptions,
+    PageBlobClientUploadPagesFromUrlResultHeaders, PageBlobClientUploadPagesOptions,
     PageBlobClientUploadPagesResultHeaders,
 };
 use azure_storage_blob::{
@@ -50,6 +51,13 @@ const SERVICE_VERSION: &str = "2026-04-06";
 /// How long a SAS minted for a Copy Blob source stays valid. A cross-account copy of a large
 /// disk can take hours on a busy account; the SAS must outlive it.
 const COPY_SAS_LIFETIME: time::Duration = time::Duration::hours(48);
+
+/// Lifetime of the SAS minted for one Put Page From URL: the service reads the source while
+/// it handles that one request, so a short SAS limits what a leaked URL could expose.
+const PUT_FROM_URL_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
+
+/// The scope of a bearer token for Azure Storage (also for `x-ms-copy-source-authorization`).
+const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 
 /// How an account's requests are authorised.
 #[derive(Clone, Debug)]
@@ -198,7 +206,12 @@ impl AzureBlobs {
     }
 
     /// A URL the *other* account's service can read `blob` (or a snapshot) from, for Copy Blob.
-    fn readable_source_url(&self, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult<Url> {
+    fn readable_source_url(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+        lifetime: time::Duration,
+    ) -> BlobResult<Url> {
         let account = self.account(blob)?;
         let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
         if let Some(s) = snapshot {
@@ -206,7 +219,7 @@ impl AzureBlobs {
         }
         let sas = match &account.auth {
             Auth::SharedKey(key) => {
-                let expiry = (time::OffsetDateTime::now_utc() + COPY_SAS_LIFETIME)
+                let expiry = (time::OffsetDateTime::now_utc() + lifetime)
                     .replace_nanosecond(0)
                     .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
                     .format(&time::format_description::well_known::Rfc3339)
@@ -644,7 +657,7 @@ impl PageBlobs for AzureBlobs {
         };
         let resp = client
             .upload_pages(
-                RequestContent::from(data.to_vec()),
+                <RequestContent<Bytes, _> as From<Bytes>>::from(data),
                 len,
                 HttpRange::new(offset, len),
                 Some(options),
@@ -653,6 +666,61 @@ impl PageBlobs for AzureBlobs {
             .map_err(|e| map_err(&blob.account, what(), e))?;
         Ok(etag_string(
             resp.etag().map_err(|e| map_err(&blob.account, what(), e))?,
+        ))
+    }
+
+    async fn put_pages_from_url(
+        &self,
+        dest: &BlobRef,
+        range: ByteRange,
+        source: &BlobRef,
+        source_snapshot: Option<&str>,
+        source_offset: u64,
+    ) -> BlobResult<String> {
+        let what = || {
+            format!(
+                "put {dest} {range} from {} at {source_offset}",
+                snapshot_label(source, source_snapshot)
+            )
+        };
+        let account = self.account(source)?;
+        // A token-authenticated source is read with a bearer token for it; otherwise a
+        // short-lived read SAS for this one snapshot is put into the source URL.
+        let (url, authorization) = match &account.auth {
+            Auth::Token(cred) => {
+                let mut url = Self::blob_url(account, &source.container, Some(&source.blob));
+                if let Some(s) = source_snapshot {
+                    url.query_pairs_mut().append_pair("snapshot", s);
+                }
+                let token = cred
+                    .get_token(&[STORAGE_SCOPE], None)
+                    .await
+                    .map_err(|e| map_err(&source.account, what(), e))?;
+                (url, Some(format!("Bearer {}", token.token.secret())))
+            }
+            _ => (
+                self.readable_source_url(source, source_snapshot, PUT_FROM_URL_SAS_LIFETIME)?,
+                None,
+            ),
+        };
+        let options = PageBlobClientUploadPagesFromUrlOptions {
+            copy_source_authorization: authorization,
+            ..Default::default()
+        };
+        let resp = self
+            .blob_client(dest)?
+            .page_blob_client()
+            .upload_pages_from_url(
+                url.to_string(),
+                HttpRange::new(source_offset, range.len()),
+                0,
+                HttpRange::new(range.start, range.len()),
+                Some(options),
+            )
+            .await
+            .map_err(|e| map_err(&dest.account, what(), e))?;
+        Ok(etag_string(
+            resp.etag().map_err(|e| map_err(&dest.account, what(), e))?,
         ))
     }
 
@@ -702,21 +770,11 @@ impl PageBlobs for AzureBlobs {
         dest: &BlobRef,
         source: &BlobRef,
         source_snapshot: Option<&str>,
-    ) -> BlobResult<String> {
-        self.start_copy_with_metadata(dest, source, source_snapshot, &Metadata::new())
-            .await
-    }
-
-    async fn start_copy_with_metadata(
-        &self,
-        dest: &BlobRef,
-        source: &BlobRef,
-        source_snapshot: Option<&str>,
         metadata: &Metadata,
     ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
-        let url = self.readable_source_url(source, source_snapshot)?;
-        // No x-ms-meta-* at all means "copy the source's metadata" (the default of start_copy).
+        let url = self.readable_source_url(source, source_snapshot, COPY_SAS_LIFETIME)?;
+        // No x-ms-meta-* at all means "copy the source's metadata".
         let options = BlobClientStartCopyFromUrlOptions {
             metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),
             ..Default::default()

@@ -8,11 +8,17 @@ use super::machine::{self, Action, CycleKind, CycleRecord, CycleStats, Outcome, 
 use super::metered::Metered;
 use super::progress::Progress;
 use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs, PageListQuery};
-use crate::pages::{round_up_to_page, ByteRange, Coalescer, PageOp, MAX_PUT_BYTES};
+use crate::config::CopyMode;
+use crate::pages::{
+    round_up_to_page, segments, Batch, ByteRange, Coalescer, ReadPlanner, DIFF_SEGMENT_BYTES,
+    MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
+};
 use crate::state::{StateError, StateStore};
-use futures::{stream, StreamExt, TryStreamExt};
+use futures::{stream, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Metadata names on the snapshots snapback creates (see docs/design.md, "Metadata tags").
@@ -34,6 +40,82 @@ pub struct DiskSpec {
     pub backup: BlobRef,
     /// Parallel page requests during apply.
     pub concurrency: usize,
+    /// Client copy (read + Put Page), server copy (Put Page From URL), or server with a
+    /// fallback to client where the service refuses.
+    pub copy_mode: CopyMode,
+}
+
+/// Items asked per Get Page Ranges result page. Azure returns at most 10,000; 2,000 keeps a
+/// listing page (its parsed items, ~24 bytes each) near 50 KB per disk, so 100 disks applying
+/// at once hold ~5 MB of listings, at the cost of one small request per 2,000 ranges (0.1 %
+/// of the puts they lead to, at most).
+pub const DIFF_PAGE_RESULTS: u32 = 2_000;
+
+/// Process-wide limits of the apply phase, shared by the runners of all disks: page requests
+/// in flight (each batch holds one permit while its requests run), and bytes of page data held
+/// in memory (a client-copy batch holds its read's size, in 64 KiB units, from before the read
+/// until its last put). Requests bound the load on the accounts; the buffer budget bounds
+/// memory whatever the write sizes, so many small requests can be in flight at once while at
+/// most `budget / 4 MiB` full-size reads are.
+#[derive(Debug)]
+pub struct Limits {
+    requests: Semaphore,
+    buffer: Semaphore,
+    buffer_units: u32,
+}
+
+/// Granularity of the buffer budget.
+const BUFFER_UNIT: u64 = 64 * 1024;
+
+impl Limits {
+    pub fn new(max_requests: usize, buffer_bytes: u64) -> Self {
+        let units = (buffer_bytes / BUFFER_UNIT).clamp(1, u32::MAX as u64) as u32;
+        Limits {
+            requests: Semaphore::new(max_requests.max(1)),
+            buffer: Semaphore::new(units as usize),
+            buffer_units: units,
+        }
+    }
+
+    async fn request(&self) -> Result<tokio::sync::SemaphorePermit<'_>, BlobError> {
+        self.requests.acquire().await.map_err(closed)
+    }
+
+    /// Permits for `bytes` of buffer (a request larger than the whole budget takes all of it).
+    async fn buffer(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, BlobError> {
+        let units = bytes
+            .div_ceil(BUFFER_UNIT)
+            .clamp(1, self.buffer_units as u64) as u32;
+        self.buffer.acquire_many(units).await.map_err(closed)
+    }
+}
+
+fn closed(_: tokio::sync::AcquireError) -> BlobError {
+    BlobError::Config("the request limiter was closed (shutting down)".into())
+}
+
+/// How the apply phase lists and groups the diff (tunable for tests and the benchmark).
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyTuning {
+    /// Size of one `x-ms-range` listing segment.
+    pub segment: u64,
+    /// `maxresults` per listing page.
+    pub page_results: u32,
+    /// Largest coalesced read.
+    pub max_read: u64,
+    /// Largest unchanged gap a read spans.
+    pub max_gap: u64,
+}
+
+impl Default for ApplyTuning {
+    fn default() -> Self {
+        ApplyTuning {
+            segment: DIFF_SEGMENT_BYTES,
+            page_results: DIFF_PAGE_RESULTS,
+            max_read: MAX_READ_BYTES,
+            max_gap: MAX_READ_GAP,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +161,10 @@ pub struct Runner<'a> {
     pub copy_poll: (Duration, Duration),
     /// Where the phase and apply offset are published for watchers (the daemon).
     pub progress: Option<Arc<Progress>>,
+    /// Process-wide limits shared by every disk's runner (`max_inflight_requests`,
+    /// `max_buffer_mib`); `None`: only the disk's own `concurrency` applies.
+    pub limits: Option<Arc<Limits>>,
+    pub tuning: ApplyTuning,
 }
 
 impl<'a> Runner<'a> {
@@ -96,6 +182,8 @@ impl<'a> Runner<'a> {
             stop: CancellationToken::new(),
             copy_poll: (Duration::from_millis(200), Duration::from_secs(15)),
             progress: None,
+            limits: None,
+            tuning: ApplyTuning::default(),
         }
     }
 
@@ -309,32 +397,47 @@ impl<'a> Runner<'a> {
         }
 
         let window = ByteRange::new(rec.applied_upto, size);
-        let ops = diff_ops(&self.blobs, source, &snapshot, &base, window);
+        let batches = diff_batches(&self.blobs, source, &snapshot, &base, window, self.tuning);
+        let mut batches = std::pin::pin!(batches);
         let concurrency = self.disk.concurrency.max(1);
+        // Batches run and finish in any order (a slow request does not hold back the ones
+        // behind it); the checkpoint only moves over the contiguous prefix of finished ones.
+        // At most `max_ahead` batches may be admitted past the oldest unfinished one, which
+        // bounds `finished` (and the work a crash can repeat).
+        let max_ahead = (concurrency * 64) as u64;
         let snap: &str = &snapshot;
-        let results = ops
-            .map_ok(|op| async move {
-                let mut s = CycleStats::default();
-                self.run_op(op, snap, &mut s).await?;
-                Ok::<_, BlobError>((op, s))
-            })
-            .try_buffered(concurrency);
-        let mut results = std::pin::pin!(results);
+        let server = AtomicBool::new(self.disk.copy_mode != CopyMode::Client);
+        let server = &server;
+        let mut running = futures::stream::FuturesUnordered::new();
+        let (mut admitted, mut head) = (0u64, 0u64);
+        let mut finished = std::collections::BTreeMap::<u64, u64>::new();
+        let mut listed_all = false;
 
         let mut last_save = Instant::now();
         let mut upto = rec.applied_upto;
         if let Some(p) = &self.progress {
             p.start_apply(upto, size);
         }
+        enum Event<B, D> {
+            Stop,
+            Batch(Option<Result<B, BlobError>>),
+            Done(D),
+        }
         loop {
-            let next = tokio::select! {
+            if listed_all && running.is_empty() {
+                break;
+            }
+            let can_admit =
+                !listed_all && running.len() < concurrency && admitted - head < max_ahead;
+            let event = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => None,
-                n = results.next() => Some(n),
+                _ = self.stop.cancelled() => Event::Stop,
+                d = running.next(), if !running.is_empty() => Event::Done(d),
+                b = batches.next(), if can_admit => Event::Batch(b),
             };
-            let item = match next {
+            let failure = match event {
                 // Stopped: keep what is checkpointed; in-flight requests are idempotent.
-                None => {
+                Event::Stop => {
                     self.commit(
                         rec,
                         Outcome::Applied {
@@ -348,53 +451,54 @@ impl<'a> Runner<'a> {
                         phase: Phase::Apply.as_str(),
                     });
                 }
-                Some(None) => break,
-                Some(Some(item)) => item,
-            };
-            match item {
-                Ok((op, s)) => {
-                    // try_buffered yields in order, so every op before this one is done.
-                    upto = op.range().end;
+                Event::Batch(None) => {
+                    listed_all = true;
+                    None
+                }
+                Event::Batch(Some(Ok(batch))) => {
+                    let seq = admitted;
+                    admitted += 1;
+                    running.push(async move {
+                        let mut s = CycleStats::default();
+                        let end = batch.end();
+                        self.run_batch(batch, snap, server, &mut s).await?;
+                        Ok::<_, BlobError>((seq, end, s))
+                    });
+                    None
+                }
+                Event::Batch(Some(Err(e))) | Event::Done(Some(Err(e))) => Some(e),
+                Event::Done(Some(Ok((seq, end, s)))) => {
                     stats.add(&s);
+                    finished.insert(seq, end);
+                    while let Some(end) = finished.remove(&head) {
+                        upto = end;
+                        head += 1;
+                    }
                     if let Some(p) = &self.progress {
                         p.set_done(upto);
                     }
+                    None
                 }
-                Err(BlobError::PreviousSnapshotGone { snapshot, .. }) => {
-                    self.commit(
-                        rec,
-                        Outcome::Applied {
-                            upto,
-                            done: false,
-                            stats,
-                        },
-                    )?;
-                    return Ok(Outcome::Repair {
+                Event::Done(None) => None,
+            };
+            if let Some(e) = failure {
+                self.commit(
+                    rec,
+                    Outcome::Applied {
+                        upto,
+                        done: false,
+                        stats,
+                    },
+                )?;
+                return match e {
+                    BlobError::PreviousSnapshotGone { snapshot, .. } => Ok(Outcome::Repair {
                         reason: format!("diff base snapshot {snapshot} was deleted during apply"),
-                    });
-                }
-                Err(BlobError::NotFound { what, .. }) if what.contains(&snapshot) => {
-                    self.commit(
-                        rec,
-                        Outcome::Applied {
-                            upto,
-                            done: false,
-                            stats,
-                        },
-                    )?;
-                    return Ok(Outcome::SourceSnapshotGone);
-                }
-                Err(e) => {
-                    self.commit(
-                        rec,
-                        Outcome::Applied {
-                            upto,
-                            done: false,
-                            stats,
-                        },
-                    )?;
-                    return Err(self.blob_err(e));
-                }
+                    }),
+                    BlobError::NotFound { what, .. } if what.contains(&snapshot) => {
+                        Ok(Outcome::SourceSnapshotGone)
+                    }
+                    e => Err(self.blob_err(e)),
+                };
             }
             if last_save.elapsed() >= CHECKPOINT_INTERVAL {
                 self.commit(
@@ -415,32 +519,94 @@ impl<'a> Runner<'a> {
         })
     }
 
-    /// One request pair: read from `S(n)` and put, or clear. A chunk that reads back as all
-    /// zeros is cleared instead of written: same content, no stored pages.
-    async fn run_op(
+    /// One batch: a clear, or the puts of one coalesced read. Holds one process-wide request
+    /// permit (`max_inflight_requests`) while its requests run and, for a client copy, its
+    /// read's size of the buffer budget (`max_buffer_mib`), so memory stays bounded whatever
+    /// the number of disks.
+    async fn run_batch(
         &self,
-        op: PageOp,
+        batch: Batch,
+        snapshot: &str,
+        server: &AtomicBool,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        // Requests first, then buffer (in copy_client_side): every task takes them in this
+        // order and a buffer holder never waits for a request permit, so no deadlock.
+        let _permit = match &self.limits {
+            Some(l) => Some(l.request().await?),
+            None => None,
+        };
+        let backup = &self.disk.backup;
+        let (read, puts) = match batch {
+            Batch::Clear(r) => {
+                self.blobs.clear_pages(backup, r).await?;
+                stats.bytes_cleared += r.len();
+                return Ok(());
+            }
+            Batch::Copy { read, puts } => (read, puts),
+        };
+        if server.load(Ordering::Relaxed) {
+            match self.copy_server_side(&puts, snapshot, stats).await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.disk.copy_mode == CopyMode::Auto && e.refuses_server_copy() => {
+                    if server.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(disk = %self.disk.name, error = %e, "server-side copy refused; copying through snapback for the rest of this apply");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.copy_client_side(read, &puts, snapshot, stats).await
+    }
+
+    /// Put Page From URL for each put: the service reads `S(n)` itself.
+    async fn copy_server_side(
+        &self,
+        puts: &[ByteRange],
+        snapshot: &str,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        for p in puts {
+            self.blobs
+                .put_pages_from_url(
+                    &self.disk.backup,
+                    *p,
+                    &self.disk.source,
+                    Some(snapshot),
+                    p.start,
+                )
+                .await?;
+            stats.bytes_written += p.len();
+        }
+        Ok(())
+    }
+
+    /// One ranged read of `S(n)` feeding the puts inside it. A put whose bytes are all zero
+    /// is a Clear Page instead: same content, no stored pages, no body sent.
+    async fn copy_client_side(
+        &self,
+        read: ByteRange,
+        puts: &[ByteRange],
         snapshot: &str,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
         let backup = &self.disk.backup;
-        match op {
-            PageOp::Put(r) => {
-                let data = self
-                    .blobs
-                    .read(&self.disk.source, Some(snapshot), r)
-                    .await?;
-                if data.iter().all(|b| *b == 0) {
-                    self.blobs.clear_pages(backup, r).await?;
-                    stats.bytes_cleared += r.len();
-                } else {
-                    self.blobs.put_pages(backup, r.start, data).await?;
-                    stats.bytes_written += r.len();
-                }
-            }
-            PageOp::Clear(r) => {
-                self.blobs.clear_pages(backup, r).await?;
-                stats.bytes_cleared += r.len();
+        let _buffer = match &self.limits {
+            Some(l) => Some(l.buffer(read.len()).await?),
+            None => None,
+        };
+        let data = self
+            .blobs
+            .read(&self.disk.source, Some(snapshot), read)
+            .await?;
+        for p in puts {
+            let piece = data.slice((p.start - read.start) as usize..(p.end - read.start) as usize);
+            if piece.iter().all(|b| *b == 0) {
+                self.blobs.clear_pages(backup, *p).await?;
+                stats.bytes_cleared += p.len();
+            } else {
+                self.blobs.put_pages(backup, p.start, piece).await?;
+                stats.bytes_written += p.len();
             }
         }
         Ok(())
@@ -458,11 +624,7 @@ impl<'a> Runner<'a> {
         // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
         // of the backup) would inherit them and pass for one of our restore points.
         let meta = Metadata::from([(TAG_BACKUP_OF.to_string(), rec.disk.clone())]);
-        match self
-            .blobs
-            .start_copy_with_metadata(backup, source, snapshot, &meta)
-            .await
-        {
+        match self.blobs.start_copy(backup, source, snapshot, &meta).await {
             Ok(copy_id) => Ok(Outcome::CopyStarted { copy_id }),
             Err(BlobError::NotFound { what, .. }) if what.contains(snapshot.unwrap_or("\0")) => {
                 Ok(Outcome::SourceSnapshotGone)
@@ -554,52 +716,91 @@ struct BlobPropsCopy {
     pending: bool,
 }
 
-/// The diff `base..snapshot` within `window`, as a stream of coalesced ops, fetched page by
-/// page (`NextMarker`) so that a diff of millions of ranges is never held in memory. Items
-/// are clipped to the window: a resumed apply starts exactly at its checkpoint.
-fn diff_ops<'b>(
+/// The diff `base..snapshot` within `window`, as a stream of [`Batch`]es in offset order.
+/// The window is listed in `x-ms-range` segments (Microsoft's advice for heavily fragmented
+/// blobs) and each segment page by page (`NextMarker`, `maxresults`); batches are made from
+/// the current page's items one at a time, as the apply pulls them. So a diff of millions of
+/// ranges is never held in memory: one result page (≤ `page_results` items) and a few batches
+/// are. Items are clipped to the window: a resumed apply starts exactly at its checkpoint.
+fn diff_batches<'b>(
     blobs: &'b dyn PageBlobs,
     source: &'b BlobRef,
     snapshot: &'b str,
     base: &'b str,
     window: ByteRange,
-) -> impl stream::Stream<Item = Result<PageOp, BlobError>> + 'b {
+    tuning: ApplyTuning,
+) -> impl stream::Stream<Item = Result<Batch, BlobError>> + 'b {
     struct State {
-        marker: Option<String>,
-        finished: bool,
+        /// Consecutive `x-ms-range` segments of the window (128 for an 8 TiB disk).
+        segments: Vec<ByteRange>,
+        /// The next listing to fetch: segment index and marker; None once all are fetched.
+        next: Option<(usize, Option<String>)>,
+        /// Items of the current page, and the segment they are clipped to.
+        items: std::vec::IntoIter<crate::pages::PageItem>,
+        segment: ByteRange,
         coalescer: Coalescer,
+        planner: ReadPlanner,
+        ops: Vec<crate::pages::PageOp>,
+        made: Vec<Batch>,
+        ready: std::collections::VecDeque<Batch>,
+        finished: bool,
     }
+    let segments: Vec<ByteRange> = segments(window, tuning.segment).collect();
     let init = State {
-        marker: None,
-        finished: window.is_empty(),
+        next: (!segments.is_empty()).then_some((0, None)),
+        segments,
+        items: Vec::new().into_iter(),
+        segment: window,
         coalescer: Coalescer::new(MAX_PUT_BYTES),
+        planner: ReadPlanner::new(tuning.max_read, tuning.max_gap),
+        ops: Vec::new(),
+        made: Vec::new(),
+        ready: Default::default(),
+        finished: false,
     };
     stream::try_unfold(init, move |mut st| async move {
-        if st.finished {
-            return Ok(None);
-        }
-        let query = PageListQuery {
-            snapshot: Some(snapshot),
-            prev_snapshot: Some(base),
-            range: Some(window),
-            marker: st.marker.as_deref(),
-            max_results: None,
-        };
-        let page = blobs.page_ranges(source, &query).await?;
-        let mut ops = Vec::new();
-        for item in page.items {
-            if let Some(clipped) = clip(item, &window) {
-                st.coalescer.push(clipped, &mut ops);
+        loop {
+            if let Some(b) = st.ready.pop_front() {
+                return Ok(Some((b, st)));
             }
+            if st.finished {
+                return Ok(None);
+            }
+            if let Some(item) = st.items.next() {
+                if let Some(clipped) = clip(item, &st.segment) {
+                    st.coalescer.push(clipped, &mut st.ops);
+                }
+            } else if let Some((index, marker)) = st.next.take() {
+                let segment = st.segments[index];
+                let query = PageListQuery {
+                    snapshot: Some(snapshot),
+                    prev_snapshot: Some(base),
+                    range: Some(segment),
+                    marker: marker.as_deref(),
+                    max_results: Some(tuning.page_results),
+                };
+                let page = blobs.page_ranges(source, &query).await?;
+                st.next = match page.next_marker {
+                    Some(m) => Some((index, Some(m))),
+                    None if index + 1 < st.segments.len() => Some((index + 1, None)),
+                    None => None,
+                };
+                st.items = page.items.into_iter();
+                st.segment = segment;
+                continue;
+            } else {
+                st.coalescer.finish(&mut st.ops);
+                st.finished = true;
+            }
+            for op in st.ops.drain(..) {
+                st.planner.push(op, &mut st.made);
+            }
+            if st.finished {
+                st.planner.finish(&mut st.made);
+            }
+            st.ready.extend(st.made.drain(..));
         }
-        st.marker = page.next_marker;
-        if st.marker.is_none() {
-            st.finished = true;
-            st.coalescer.finish(&mut ops);
-        }
-        Ok(Some((stream::iter(ops.into_iter().map(Ok)), st)))
     })
-    .try_flatten()
 }
 
 fn clip(item: crate::pages::PageItem, window: &ByteRange) -> Option<crate::pages::PageItem> {

@@ -331,6 +331,35 @@ async function run() {
     return seen.join(" -> ");
   });
 
+  await check("Put Page From URL copies x-ms-source-range server-side (public source)", async () => {
+    const PUB = "/selfcheck-pub";
+    expectStatus(await az("PUT", PUB, { query: { restype: "container" }, headers: { "x-ms-blob-public-access": "blob" } }), 201);
+    expectStatus(await az("PUT", `${PUB}/src`, { headers: { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(64 * 1024) } }), 201);
+    const data = Buffer.concat([fill("x", 512), fill("y", 1024)]);
+    expectStatus(await putPage(`${PUB}/src`, 4096, data), 201);
+    const DEST = "/selfcheck-dst";
+    expectStatus(await az("PUT", DEST, { query: { restype: "container" }, account: OTHER, key: OTHER_KEY }), 201);
+    expectStatus(await az("PUT", `${DEST}/d`, { account: OTHER, key: OTHER_KEY, headers: { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(64 * 1024) } }), 201);
+    const fromUrl = (range, sourceRange, source = `http://127.0.0.1:${port}/${ACCOUNT}${PUB}/src`) =>
+      az("PUT", `${DEST}/d`, { account: OTHER, key: OTHER_KEY, query: { comp: "page" }, headers: {
+        "x-ms-page-write": "update", "x-ms-range": range, "x-ms-source-range": sourceRange, "x-ms-copy-source": source } });
+    // Source bytes 4096..5631 land at 8192..9727 of the other account's blob.
+    expectStatus(await fromUrl("bytes=8192-9727", "bytes=4096-5631"), 201);
+    const got = await az("GET", `${DEST}/d`, { account: OTHER, key: OTHER_KEY, headers: { "x-ms-range": "bytes=7680-10239" } });
+    expectStatus(got, 206);
+    const want = Buffer.concat([Buffer.alloc(512), data, Buffer.alloc(512)]).toString();
+    expect(got.body === want, "copied bytes differ");
+    const list = parsePageList((await az("GET", `${DEST}/d`, { account: OTHER, key: OTHER_KEY, query: { comp: "pagelist" } })).body);
+    expect(same(list.items, [["P", 8192, 9727]]), `dest pages ${JSON.stringify(list.items)}`);
+    expectStatus(await fromUrl("bytes=0-4194815", "bytes=0-4194815"), 413, "RequestBodyTooLarge");
+    expectStatus(await fromUrl("bytes=0-511", "bytes=0-1023"), 416, "InvalidPageRange");
+    expectStatus(await fromUrl("bytes=0-511", "bytes=1-512"), 416, "InvalidPageRange");
+    // A private source without a SAS is not readable by the destination.
+    const res = await fromUrl("bytes=0-511", "bytes=0-511", `http://127.0.0.1:${port}/${ACCOUNT}${DISK}`);
+    expect(res.status >= 400 && errorCode(res) === "CannotVerifyCopySource", `private source: ${res.status} ${errorCode(res)}`);
+    return `private source: ${res.status} ${errorCode(res)}`;
+  });
+
   await check("fault injection: 2 x 503 ServerBusy, then normal", async () => {
     const arm = await raw("POST", `/__harness/faults?status=503&count=2&match=${encodeURIComponent("/selfcheck/disk")}`);
     expect(arm.status === 200, `arm: ${arm.status} ${arm.body}`);

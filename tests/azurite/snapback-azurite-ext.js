@@ -45,6 +45,14 @@
  *       GET    /__harness/faults     -> JSON list of armed faults
  *       DELETE /__harness/faults     -> clear all
  *       GET    /__harness/version    -> {"azurite":"3.37.0","extension":"..."}
+ *  i. Put Page From URL. Azurite answers 501 NotImplemented; Azure copies the
+ *     source range server-side. We read x-ms-source-range of the source URL
+ *     (x-ms-copy-source, a SAS or x-ms-copy-source-authorization Bearer) with a
+ *     GET to this same Azurite, so its own authorisation decides what the
+ *     source grants, then store the bytes exactly as a Put Page of the
+ *     destination range would (same limits: at most 4 MiB, page aligned,
+ *     source and destination lengths equal). A refused source read answers
+ *     like Azure: CannotVerifyCopySource with the source's status.
  *  g. Version pin + self-check. If Azurite is not exactly 3.37.0, or an
  *     internal we patch is missing, print why and exit 1 before serving.
  *  h. Stops by itself when SNAPBACK_HARNESS_PARENT_PID is gone (polled every
@@ -55,7 +63,7 @@ const fs = require("fs");
 const path = require("path");
 const crypto = require("crypto");
 
-const EXTENSION_VERSION = "1.0.0";
+const EXTENSION_VERSION = "1.1.0";
 const PINNED_AZURITE_VERSION = "3.37.0";
 const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 const PAGE = 512;
@@ -118,6 +126,7 @@ function selfCheck(az) {
   requireFunction(az.PageBlobHandler.prototype, "getPageRanges", "PageBlobHandler");
   requireFunction(az.PageBlobHandler.prototype, "uploadPages", "PageBlobHandler");
   requireFunction(az.PageBlobHandler.prototype, "clearPages", "PageBlobHandler");
+  requireFunction(az.PageBlobHandler.prototype, "uploadPagesFromURL", "PageBlobHandler");
   requireFunction(az.BlobHandler.prototype, "startCopyFromURL", "BlobHandler");
   requireFunction(az.BlobHandler.prototype, "getProperties", "BlobHandler");
   requireFunction(az.BlobHandler.prototype, "download", "BlobHandler");
@@ -361,6 +370,14 @@ function drain(stream) {
 function patchPutPage(az) {
   const uploadPages = az.PageBlobHandler.prototype.uploadPages;
   az.PageBlobHandler.prototype.uploadPages = async function (body, contentLength, options, context) {
+    // Azurite's dispatcher matches Put Page From URL only with x-ms-range; with a plain
+    // Range header (as the Rust SDK sends) the request lands here. Route it by its source.
+    const copySource = context.request.getHeader("x-ms-copy-source");
+    if (copySource && !(FROM_URL in options)) {
+      await drain(body);
+      return this.uploadPagesFromURL(copySource, context.request.getHeader("x-ms-source-range"),
+        contentLength, undefined, options, context);
+    }
     try {
       if (contentLength > MAX_PUT_PAGE_BYTES) {
         throw storageError(az, 413, "RequestBodyTooLarge",
@@ -381,6 +398,81 @@ function patchPutPage(az) {
   // Azurite's own InvalidPageRange error carries the code "Requested Range Not Satisfiable".
   az.StorageErrorFactory.getInvalidPageRange = (requestId) =>
     storageError(az, 416, "InvalidPageRange", "The page range specified is invalid.", requestId);
+}
+
+// ------------------------------------------- (i) Put Page From URL --------
+
+function parseBytesRange(raw) {
+  const m = /^bytes=(\d+)-(\d+)$/.exec(String(raw || "").trim());
+  return m ? { start: Number(m[1]), end: Number(m[2]) } : null;
+}
+
+/** GET `url` with `headers`; resolves { status, body: Buffer, code }. Loopback only. */
+function httpGet(url, headers) {
+  const http = require("http");
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { headers }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode, body: Buffer.concat(chunks), code: res.headers["x-ms-error-code"] }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+  });
+}
+
+const FROM_URL = Symbol("snapback.fromUrl");
+
+function patchPutPageFromUrl(az) {
+  const proto = az.PageBlobHandler.prototype;
+  proto.uploadPagesFromURL = async function (sourceUrl, sourceRange, contentLength, range, options, context) {
+    const request = context.request;
+    const requestId = context.contextId;
+    const dest = validatePageRange(az, request, requestId);
+    const src = parseBytesRange(sourceRange || request.getHeader("x-ms-source-range"));
+    if (!src || src.start % PAGE !== 0 || (src.end + 1) % PAGE !== 0 || src.end < src.start ||
+        src.end - src.start !== dest.end - dest.start) {
+      throw storageError(az, 416, "InvalidPageRange", "The page range specified is invalid.", requestId);
+    }
+    const len = dest.end - dest.start + 1;
+    if (len > MAX_PUT_PAGE_BYTES) {
+      throw storageError(az, 413, "RequestBodyTooLarge",
+        "The request body is too large and exceeds the maximum permissible limit.", requestId);
+    }
+    let url;
+    try {
+      url = new URL(sourceUrl);
+    } catch (err) {
+      throw storageError(az, 400, "InvalidHeaderValue", "The value for x-ms-copy-source is invalid.", requestId);
+    }
+    const localPort = request.req && request.req.socket ? request.req.socket.localPort : undefined;
+    if (url.protocol !== "http:" || !["127.0.0.1", "localhost"].includes(url.hostname) ||
+        (localPort !== undefined && Number(url.port) !== localPort)) {
+      throw storageError(az, 400, "CannotVerifyCopySource", "Only a source on this emulator can be copied.", requestId);
+    }
+    const headers = { "x-ms-range": `bytes=${src.start}-${src.end}`, "x-ms-version": "2025-11-05" };
+    const auth = request.getHeader("x-ms-copy-source-authorization");
+    if (auth) headers.authorization = auth;
+    let got;
+    try {
+      got = await httpGet(url.toString(), headers);
+    } catch (err) {
+      throw storageError(az, 500, "InternalError", `reading the copy source failed: ${err.message}`, requestId);
+    }
+    if (got.status !== 200 && got.status !== 206) {
+      throw storageError(az, got.status === 404 ? 404 : 403 === got.status ? 403 : 409, "CannotVerifyCopySource",
+        `The source answered ${got.status} ${got.code || ""}`.trim(), requestId);
+    }
+    if (got.body.length !== len) {
+      throw storageError(az, 416, "InvalidSourceRange",
+        `The source range is outside the source blob (got ${got.body.length} of ${len} bytes).`, requestId);
+    }
+    const { Readable } = require("stream");
+    // Same store path as a Put Page of the destination range (its checks, extent, metadata).
+    const res = await proto.uploadPages.call(this, Readable.from([got.body]), len,
+      { ...options, transactionalContentCrc64: undefined, transactionalContentMD5: undefined, [FROM_URL]: true }, context);
+    return { ...res, statusCode: 201 };
+  };
 }
 
 // ---------------------------------------------------- (e) async copy -------
@@ -569,6 +661,7 @@ function install() {
   patchGetPageRanges(az);
   patchSerializer(az);
   patchPutPage(az);
+  patchPutPageFromUrl(az);
   patchCopy(az);
   patchListener(az);
   watchParent();

@@ -1,0 +1,637 @@
+//! `cargo bench --bench apply` — the apply phase measured, not asserted (docs/performance.md).
+//!
+//! 1. **Azurite**: a private Azurite (started and stopped here, the test harness's), a disk of
+//!    `BENCH_DISK_MIB` MiB with `BENCH_CHANGED_PCT` % of it rewritten at random offsets in writes
+//!    drawn from `BENCH_SIZES` (size:weight, e.g. `4K:50,64K:30,1M:20`), then one incremental
+//!    cycle. Reports changed MiB/s of the apply phase, requests issued vs the minimum for the
+//!    diff, bytes read and written, peak RSS and CPU time; and the **raw limit**: the same GETs
+//!    and PUTs issued by a minimal client (the SDK calls of `AzureBlobs`, same concurrency, no
+//!    diff, no planning, no checkpoints), before and after, so the ratio is meaningful.
+//! 2. **1,000,000 ranges**: one disk whose diff is generated lazily by a synthetic
+//!    [`PageBlobs`] (Azurite cannot hold it fast), through the whole `App` cycle: peak RSS.
+//! 3. **100 disks** (synthetic, 10,000 ranges each), 4 cycles at once (the default
+//!    `max_concurrent_cycles`) and all 100 at once: peak RSS.
+//! 4. **200 configured disks**: CPU time to load the config and answer `status`.
+//!
+//! `--only=azurite|million|hundred|hundred-all|idle` runs one part; `BENCH_COPY_MODE=server` runs part 1
+//! with Put Page From URL (the raw client still does GET + PUT).
+
+#[path = "../tests/common/azurite.rs"]
+mod azurite;
+
+use async_trait::async_trait;
+use azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use snapback::app::{disk_spec, App};
+use snapback::azure::AzureBlobs;
+use snapback::blobs::{
+    BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, PageList, PageListQuery, SnapshotInfo,
+};
+use snapback::config::Config;
+use snapback::cycle::machine::Phase;
+use snapback::cycle::runner::{Limits, Runner, SystemClock};
+use snapback::fake::MemBlobs;
+use snapback::pages::{
+    coalesce, plan_reads, Batch, ByteRange, PageItem, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
+    PAGE_SIZE,
+};
+use snapback::state::StateStore;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ------------------------------------------------------------ process meters --
+
+/// Peak resident set since the last [`reset_peak_rss`] (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    proc_status_kib("VmHWM:") as f64 / 1024.0
+}
+
+fn rss_mib() -> f64 {
+    proc_status_kib("VmRSS:") as f64 / 1024.0
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// User + system CPU seconds of this process (all threads), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after "pid (comm)". Ticks of 1/100 s.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+struct Meter {
+    started: Instant,
+    cpu: f64,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        reset_peak_rss();
+        Meter {
+            started: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+    /// (wall seconds, CPU seconds, peak RSS MiB)
+    fn stop(&self) -> (f64, f64, f64) {
+        (
+            self.started.elapsed().as_secs_f64(),
+            cpu_seconds() - self.cpu,
+            peak_rss_mib(),
+        )
+    }
+}
+
+// ------------------------------------------------------------------- main --
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("apply bench: skipped (run it with `cargo bench --bench apply`)");
+        return;
+    }
+    let Some(part) = args.iter().find_map(|a| a.strip_prefix("--only=")) else {
+        // Each part in its own process, so one part's heap does not inflate the next one's
+        // peak RSS.
+        let exe = std::env::current_exe().unwrap();
+        for part in ["azurite", "million", "hundred", "hundred-all", "idle"] {
+            let status = std::process::Command::new(&exe)
+                .args(["--bench", &format!("--only={part}")])
+                .status()
+                .unwrap();
+            assert!(status.success(), "part {part} failed");
+        }
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "[{part}] baseline RSS of the bench process: {:.1} MiB",
+        rss_mib()
+    );
+    match part {
+        "azurite" => rt.block_on(azurite_scenario()),
+        "million" => rt.block_on(synthetic_disks(1, 1_000_000, 1)),
+        // A 100-disk config as configured (4 cycles at once by default), and the worst case:
+        // all 100 cycles at once.
+        "hundred" => rt.block_on(synthetic_disks(100, 10_000, 4)),
+        "hundred-all" => rt.block_on(synthetic_disks(100, 10_000, 100)),
+        "idle" => rt.block_on(idle_disks(200)),
+        other => panic!("unknown part {other}: azurite, million, hundred, hundred-all or idle"),
+    }
+}
+
+// --------------------------------------------------------- 1. on Azurite ----
+
+/// Write sizes and weights, e.g. "4K:50,64K:30,1M:20".
+fn size_mix() -> Vec<(u64, u64)> {
+    let spec = std::env::var("BENCH_SIZES").unwrap_or_else(|_| "4K:50,64K:30,1M:20".into());
+    spec.split(',')
+        .map(|p| {
+            let (s, w) = p.split_once(':').expect("size:weight");
+            let n: u64 = s[..s.len() - 1].parse().expect("size");
+            let size = match &s[s.len() - 1..] {
+                "K" => n * KIB,
+                "M" => n * MIB,
+                _ => panic!("size unit K or M: {s}"),
+            };
+            (size, w.parse().expect("weight"))
+        })
+        .collect()
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// Random writes until `target` bytes were written; returns the written ranges.
+fn scenario(disk: u64, target: u64, mix: &[(u64, u64)], rng: &mut Rng) -> Vec<ByteRange> {
+    let total_w: u64 = mix.iter().map(|m| m.1).sum();
+    let mut out = Vec::new();
+    let mut written = 0;
+    while written < target {
+        let mut pick = rng.next() % total_w;
+        let size = mix
+            .iter()
+            .find(|(_, w)| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .unwrap()
+            .0;
+        let at = (rng.next() % ((disk - size) / PAGE_SIZE)) * PAGE_SIZE;
+        out.push(ByteRange::new(at, at + size));
+        written += size;
+    }
+    out
+}
+
+/// The union of ranges as sorted disjoint runs (adjacent ones merged).
+fn union(mut rs: Vec<ByteRange>) -> Vec<ByteRange> {
+    rs.sort();
+    let mut out: Vec<ByteRange> = Vec::new();
+    for r in rs {
+        match out.last_mut() {
+            Some(l) if r.start <= l.end => l.end = l.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng(seed | 1);
+    (0..len).map(|_| r.next() as u8 | 1).collect()
+}
+
+async fn azurite_scenario() {
+    let disk_mib = env_u64("BENCH_DISK_MIB", 2048);
+    let pct = env_u64("BENCH_CHANGED_PCT", 10);
+    let concurrency = env_u64("BENCH_CONCURRENCY", 8) as usize;
+    let mix = size_mix();
+    println!("\n== 1. Azurite: {disk_mib} MiB disk, {pct} % rewritten, writes {mix:?} (bytes:weight), concurrency {concurrency}");
+    let az = Azurite::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("BENCH_PREMIUM_KEY", PREMIUM_KEY);
+    std::env::set_var("BENCH_BACKUP_KEY", BACKUP_KEY);
+    let config_path = dir.path().join("snapback.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "state_dir = \"{}\"\nmax_inflight_requests = {}\n\n[accounts.premium]\nendpoint = \"{}\"\nshared_key_env = \"BENCH_PREMIUM_KEY\"\n\n[accounts.backup]\nendpoint = \"{}\"\nshared_key_env = \"BENCH_BACKUP_KEY\"\n\n[[disk]]\nname = \"d\"\nsource = \"premium/vhds/d.vhd\"\nbackup = \"backup/backups/d\"\nconcurrency = {concurrency}\n",
+            dir.path().join("state").display(),
+            concurrency * 4,
+            az.endpoint("premium"),
+            az.endpoint("backup")
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let blobs = Arc::new(AzureBlobs::new(config.accounts.values()));
+    let mut spec = disk_spec(&config.disks[0]);
+    spec.copy_mode = match std::env::var("BENCH_COPY_MODE").as_deref() {
+        Ok("server") => snapback::config::CopyMode::Server,
+        _ => snapback::config::CopyMode::Client,
+    };
+    let size = disk_mib * MIB;
+    blobs.ensure_container(&spec.source).await.unwrap();
+    blobs.create_page_blob(&spec.source, size).await.unwrap();
+    let store = StateStore::open(&config.state_dir).unwrap();
+    let mut seed_runner = Runner::new(blobs.as_ref(), &store, &SystemClock, &spec);
+    seed_runner.copy_poll = (Duration::from_millis(10), Duration::from_millis(50));
+    seed_runner.run_cycle().await.unwrap();
+
+    // The VM writes.
+    let mut rng = Rng(0x5eed_be4c);
+    let writes = scenario(size, size * pct / 100, &mix, &mut rng);
+    let t = Instant::now();
+    futures::stream::iter(writes.iter().enumerate())
+        .map(|(i, r)| {
+            let blobs = blobs.clone();
+            let src = spec.source.clone();
+            async move {
+                for (j, c) in pattern(i as u64, r.len() as usize)
+                    .chunks(MAX_PUT_BYTES as usize)
+                    .enumerate()
+                {
+                    blobs
+                        .put_pages(
+                            &src,
+                            r.start + j as u64 * MAX_PUT_BYTES,
+                            Bytes::copy_from_slice(c),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    let runs = union(writes.clone());
+    let changed: u64 = runs.iter().map(|r| r.len()).sum();
+    let min_puts: u64 = runs.iter().map(|r| r.len().div_ceil(MAX_PUT_BYTES)).sum();
+    println!(
+        "scenario: {} writes, {} changed runs, {:.1} MiB changed, written in {:.1} s",
+        writes.len(),
+        runs.len(),
+        changed as f64 / MIB as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    // The plan a minimal client would also have to follow: same reads, same puts.
+    let items: Vec<PageItem> = runs.iter().map(|r| PageItem::Changed(*r)).collect();
+    let batches = plan_reads(
+        &coalesce(&items, MAX_PUT_BYTES),
+        MAX_READ_BYTES,
+        MAX_READ_GAP,
+    );
+    let raw_snapshot = blobs
+        .create_snapshot(&spec.source, &Metadata::new())
+        .await
+        .unwrap();
+    let scratch = BlobRef::new("backup", "backups", "raw-scratch");
+    blobs.create_page_blob(&scratch, size).await.unwrap();
+
+    let raw1 = raw_client(
+        &blobs,
+        &spec.source,
+        &raw_snapshot,
+        &scratch,
+        &batches,
+        concurrency,
+    )
+    .await;
+
+    // snapback: one incremental cycle; the apply phase is timed on its own.
+    let mut runner = Runner::new(blobs.as_ref(), &store, &SystemClock, &spec);
+    runner.limits = Some(Arc::new(Limits::new(
+        config.max_inflight_requests,
+        config.max_buffer_mib * MIB,
+    )));
+    let mut rec = runner.open_or_resume().unwrap();
+    let mut apply = (0.0, 0.0, 0.0);
+    loop {
+        let in_apply = rec.phase == Phase::Apply;
+        let m = Meter::start();
+        let more = runner.step(&mut rec).await.unwrap();
+        if in_apply {
+            apply = m.stop();
+        }
+        if !more {
+            break;
+        }
+    }
+    let d = runner.blobs.detail();
+    let raw2 = raw_client(
+        &blobs,
+        &spec.source,
+        &raw_snapshot,
+        &scratch,
+        &batches,
+        concurrency,
+    )
+    .await;
+
+    let raw_wall = (raw1.0 + raw2.0) / 2.0;
+    let mibs = |secs: f64| changed as f64 / MIB as f64 / secs;
+    println!(
+        "snapback apply: {:.2} s, {:.1} changed MiB/s, CPU {:.2} s, peak RSS {:.1} MiB",
+        apply.0,
+        mibs(apply.0),
+        apply.1,
+        apply.2
+    );
+    println!(
+        "  requests: {} Put Page (minimum {min_puts}), {} ranged GET, {} Clear Page, {} Get Page Ranges",
+        d.puts, d.reads, d.clears, d.page_lists
+    );
+    if d.puts_from_url > 0 {
+        println!(
+            "  server copy: {} Put Page From URL, {:.1} MiB copied by the service",
+            d.puts_from_url,
+            d.bytes_from_url as f64 / MIB as f64
+        );
+    }
+    println!(
+        "  bytes: read {:.1} MiB (gap bytes {:.2} MiB), written {:.1} MiB (changed {:.1} MiB)",
+        d.bytes_read as f64 / MIB as f64,
+        (d.bytes_read - changed.min(d.bytes_read)) as f64 / MIB as f64,
+        d.bytes_put as f64 / MIB as f64,
+        changed as f64 / MIB as f64
+    );
+    for (i, r) in [raw1, raw2].iter().enumerate() {
+        println!(
+            "raw client run {}: {:.2} s, {:.1} MiB/s, CPU {:.2} s, peak RSS {:.1} MiB",
+            i + 1,
+            r.0,
+            mibs(r.0),
+            r.1,
+            r.2
+        );
+    }
+    println!(
+        "RATIO apply / raw = {:.3}   puts/minimum = {}/{}   reads/puts = {}/{}",
+        raw_wall / apply.0,
+        d.puts,
+        min_puts,
+        d.reads,
+        d.puts
+    );
+    drop(az);
+}
+
+/// The same reads and puts, straight through the SDK calls, `concurrency` at a time.
+async fn raw_client(
+    blobs: &AzureBlobs,
+    source: &BlobRef,
+    snapshot: &str,
+    dest: &BlobRef,
+    batches: &[Batch],
+    concurrency: usize,
+) -> (f64, f64, f64) {
+    let m = Meter::start();
+    futures::stream::iter(batches)
+        .map(|b| async move {
+            if let Batch::Copy { read, puts } = b {
+                let data = blobs.read(source, Some(snapshot), *read).await?;
+                for p in puts {
+                    let s = (p.start - read.start) as usize..(p.end - read.start) as usize;
+                    blobs.put_pages(dest, p.start, data.slice(s)).await?;
+                }
+            }
+            Ok::<_, snapback::blobs::BlobError>(())
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    m.stop()
+}
+
+// ---------------------------------------------- 2./3. synthetic big diffs ----
+
+/// MemBlobs for everything but the data path: the diff of any blob against any snapshot is
+/// `ranges` items generated on demand, reads return fresh non-zero buffers and writes are
+/// dropped. Nothing is kept per range. Layout: blocks of 100 small items (4–16 KiB every
+/// 96 KiB, every tenth one cleared) followed by one 6 MiB changed run (a 4 MiB read and put,
+/// then 2 MiB), so reads of the full 4 MiB are in flight too.
+struct Synthetic {
+    mem: MemBlobs,
+    ranges: u64,
+}
+
+const SPACING: u64 = 96 * KIB;
+const SMALL_PER_BLOCK: u64 = 100;
+const BIG_RUN: u64 = 6 * MIB;
+const BLOCK: u64 = SMALL_PER_BLOCK * SPACING + 8 * MIB;
+
+impl Synthetic {
+    fn item(&self, i: u64) -> PageItem {
+        let (block, j) = (i / (SMALL_PER_BLOCK + 1), i % (SMALL_PER_BLOCK + 1));
+        let start = block * BLOCK + j * SPACING;
+        if j == SMALL_PER_BLOCK {
+            return PageItem::Changed(ByteRange::new(start, start + BIG_RUN));
+        }
+        let r = ByteRange::new(start, start + 4 * KIB * (1 + i % 4));
+        if i % 10 == 9 {
+            PageItem::Cleared(r)
+        } else {
+            PageItem::Changed(r)
+        }
+    }
+    fn size(&self) -> u64 {
+        self.ranges.div_ceil(SMALL_PER_BLOCK + 1) * BLOCK
+    }
+    /// First item that may intersect bytes at or after `offset`.
+    fn first_at(&self, offset: u64) -> u64 {
+        let j = ((offset % BLOCK) / SPACING).min(SMALL_PER_BLOCK);
+        (offset / BLOCK) * (SMALL_PER_BLOCK + 1) + j
+    }
+}
+
+#[async_trait]
+impl PageBlobs for Synthetic {
+    async fn properties(&self, b: &BlobRef, s: Option<&str>) -> BlobResult<Option<BlobProps>> {
+        self.mem.properties(b, s).await
+    }
+    async fn create_snapshot(&self, b: &BlobRef, m: &Metadata) -> BlobResult<String> {
+        self.mem.create_snapshot(b, m).await
+    }
+    async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
+        self.mem.list_snapshots(b).await
+    }
+    async fn delete_snapshot(&self, b: &BlobRef, s: &str) -> BlobResult<()> {
+        self.mem.delete_snapshot(b, s).await
+    }
+    async fn page_ranges(&self, b: &BlobRef, q: &PageListQuery<'_>) -> BlobResult<PageList> {
+        if q.prev_snapshot.is_none() {
+            return self.mem.page_ranges(b, q).await;
+        }
+        let w = q.range.unwrap_or(ByteRange::new(0, self.size()));
+        let first = q
+            .marker
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| self.first_at(w.start));
+        let end = (self.first_at(w.end) + 1).min(self.ranges);
+        let take = q.max_results.unwrap_or(10_000) as u64;
+        let last = (first + take).min(end);
+        Ok(PageList {
+            items: (first..last).map(|i| self.item(i)).collect(),
+            next_marker: (last < end).then(|| last.to_string()),
+            blob_size: Some(self.size()),
+        })
+    }
+    async fn read(&self, _b: &BlobRef, _s: Option<&str>, r: ByteRange) -> BlobResult<Bytes> {
+        let data = Bytes::from(vec![0x5a; r.len() as usize]);
+        network_time(data.len()).await;
+        Ok(data)
+    }
+    async fn put_pages(&self, _b: &BlobRef, _o: u64, data: Bytes) -> BlobResult<String> {
+        network_time(data.len()).await;
+        Ok("\"synthetic\"".into())
+    }
+    async fn put_pages_from_url(
+        &self,
+        _d: &BlobRef,
+        _r: ByteRange,
+        _s: &BlobRef,
+        _snap: Option<&str>,
+        _at: u64,
+    ) -> BlobResult<String> {
+        Ok("\"synthetic\"".into())
+    }
+    async fn clear_pages(&self, _b: &BlobRef, _r: ByteRange) -> BlobResult<String> {
+        Ok("\"synthetic\"".into())
+    }
+    async fn ensure_container(&self, b: &BlobRef) -> BlobResult<()> {
+        self.mem.ensure_container(b).await
+    }
+    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+        self.mem.create_page_blob(b, size).await
+    }
+    async fn resize(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+        self.mem.resize(b, size).await
+    }
+    async fn start_copy(
+        &self,
+        d: &BlobRef,
+        s: &BlobRef,
+        snap: Option<&str>,
+        m: &Metadata,
+    ) -> BlobResult<String> {
+        self.mem.start_copy(d, s, snap, m).await
+    }
+    async fn set_metadata(&self, b: &BlobRef, m: &Metadata) -> BlobResult<()> {
+        self.mem.set_metadata(b, m).await
+    }
+    async fn delete_blob(&self, b: &BlobRef) -> BlobResult<()> {
+        self.mem.delete_blob(b).await
+    }
+    async fn abort_copy(&self, d: &BlobRef, id: &str) -> BlobResult<()> {
+        self.mem.abort_copy(d, id).await
+    }
+}
+
+/// Big transfers take a while, as over a network, so the pipeline really holds
+/// `max_inflight_requests` big buffers at once (small ones stay instantaneous to keep the
+/// run short).
+async fn network_time(len: usize) {
+    if len as u64 >= MIB {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn synthetic_config(dir: &Path, disks: usize, parallel: usize) -> Config {
+    let mut text = format!(
+        "state_dir = \"{}\"\nmax_concurrent_cycles = {parallel}\n\n[accounts.premium]\nendpoint = \"https://premium.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n[accounts.backup]\nendpoint = \"https://backup.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n",
+        dir.join("state").display()
+    );
+    for i in 0..disks {
+        text.push_str(&format!(
+            "[[disk]]\nname = \"disk{i}\"\nsource = \"premium/vhds/disk{i}.vhd\"\nbackup = \"backup/backups/disk{i}\"\nschedule = \"0 */12 * * *\"\n\n"
+        ));
+    }
+    let path = dir.join("snapback.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+async fn synthetic_disks(disks: usize, ranges: u64, parallel: usize) {
+    println!(
+        "\n== {}. synthetic: {disks} disk(s) x {ranges} diff ranges, {parallel} cycle(s) at once, default max_inflight_requests and max_buffer_mib",
+        if disks == 1 { 2 } else { 3 }
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = synthetic_config(dir.path(), disks, parallel);
+    let mut mem = MemBlobs::new();
+    mem.copy_polls = 0;
+    mem.page_size = 10_000;
+    let synth = Arc::new(Synthetic { mem, ranges });
+    for d in &config.disks {
+        let spec = disk_spec(d);
+        synth.ensure_container(&spec.source).await.unwrap();
+        synth
+            .create_page_blob(&spec.source, synth.size())
+            .await
+            .unwrap();
+    }
+    let app = App::with_blobs(config, synth.clone()).unwrap();
+    let all = app.config.disks.clone();
+    for r in app.backup(&all, CancellationToken::new()).await {
+        r.result.unwrap(); // seeds
+    }
+    let m = Meter::start();
+    let reports = app.backup(&all, CancellationToken::new()).await;
+    let (wall, cpu, peak) = m.stop();
+    let mut requests = 0;
+    for r in reports {
+        requests += r.result.unwrap().stats.requests;
+    }
+    println!(
+        "{} cycles, {} diff ranges, {requests} requests in {wall:.2} s (CPU {cpu:.2} s): peak RSS {peak:.1} MiB",
+        disks,
+        disks as u64 * ranges
+    );
+}
+
+// ------------------------------------------------------ 4. 200 idle disks ----
+
+async fn idle_disks(disks: usize) {
+    println!("\n== 4. {disks} configured disks, idle: config load + status");
+    let dir = tempfile::tempdir().unwrap();
+    synthetic_config(dir.path(), disks, 4);
+    let m = Meter::start();
+    let config = Config::load(&dir.path().join("snapback.toml")).unwrap();
+    let (load_wall, load_cpu, _) = m.stop();
+    let app = App::with_blobs(config, Arc::new(MemBlobs::new())).unwrap();
+    let m = Meter::start();
+    let status = app.status().unwrap();
+    let (st_wall, st_cpu, peak) = m.stop();
+    println!(
+        "config load: {load_wall:.3} s (CPU {load_cpu:.2} s); status of {} disks: {st_wall:.3} s (CPU {st_cpu:.2} s); peak RSS {peak:.1} MiB",
+        status.len()
+    );
+}
