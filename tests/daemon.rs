@@ -455,15 +455,20 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     assert!(!err.contains("snapback.service:"), "warnings:\n{err}");
 }
 
-/// Idle footprint with 50 disks (schedules far in the future), for docs/operations.md:
-/// `cargo test --release --test daemon idle_usage -- --ignored --nocapture`.
+/// Idle footprint with `SNAPBACK_IDLE_DISKS` disks (default 50; schedules far in the
+/// future), for docs/operations.md and docs/performance.md:
+/// `SNAPBACK_IDLE_DISKS=200 cargo test --release --test daemon idle_usage -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement, takes 60 s"]
-fn idle_usage_with_50_disks() {
-    let disks: String = (0..50)
+fn idle_usage() {
+    let n: usize = std::env::var("SNAPBACK_IDLE_DISKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let disks: String = (0..n)
         .map(|i| {
             disk_section(
-                &format!("disk{i:02}"),
+                &format!("disk{i:03}"),
                 "schedule = \"0 0 0 1 1 *\"\njitter = \"1m\"",
             )
         })
@@ -493,7 +498,7 @@ fn idle_usage_with_50_disks() {
         .collect();
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
     println!(
-        "idle with 50 disks after 60 s: {rss}, utime+stime = {ticks} ticks ({} ms at 100 Hz)",
+        "idle with {n} disks after 60 s: {rss}, utime+stime = {ticks} ticks ({} ms at 100 Hz)",
         ticks * 10
     );
 }
