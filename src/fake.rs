@@ -181,6 +181,21 @@ fn read_image(img: &Image, r: ByteRange) -> Vec<u8> {
     out
 }
 
+/// A blob's base image, or one of its snapshots; NotFound names which.
+fn image<'g>(g: &'g Inner, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult<&'g Image> {
+    let b = g
+        .blobs
+        .get(blob)
+        .ok_or_else(|| not_found(blob.to_string()))?;
+    match snapshot {
+        Some(s) => b
+            .snapshots
+            .get(s)
+            .ok_or_else(|| not_found(format!("{blob} snapshot {s}"))),
+        None => Ok(&b.image),
+    }
+}
+
 fn not_found(what: String) -> BlobError {
     BlobError::NotFound {
         what,
@@ -305,26 +320,16 @@ impl PageBlobs for MemBlobs {
 
     async fn page_ranges(&self, blob: &BlobRef, q: &PageListQuery<'_>) -> BlobResult<PageList> {
         let g = self.gate()?;
-        let b = g
-            .blobs
-            .get(blob)
-            .ok_or_else(|| not_found(blob.to_string()))?;
-        let new = match q.snapshot {
-            Some(s) => b
-                .snapshots
-                .get(s)
-                .ok_or_else(|| not_found(format!("{blob} snapshot {s}")))?,
-            None => &b.image,
-        };
+        let new = image(&g, blob, q.snapshot)?;
         let old = match q.prev_snapshot {
-            Some(p) => Some(
-                b.snapshots
-                    .get(p)
-                    .ok_or_else(|| BlobError::PreviousSnapshotGone {
+            Some(p) => {
+                Some(
+                    image(&g, blob, Some(p)).map_err(|_| BlobError::PreviousSnapshotGone {
                         blob: blob.to_string(),
                         snapshot: p.to_string(),
                     })?,
-            ),
+                )
+            }
             None => None,
         };
         let mut items = diff_items(new, old);
@@ -352,17 +357,7 @@ impl PageBlobs for MemBlobs {
     ) -> BlobResult<Bytes> {
         self.jitter().await;
         let g = self.gate()?;
-        let b = g
-            .blobs
-            .get(blob)
-            .ok_or_else(|| not_found(blob.to_string()))?;
-        let img = match snapshot {
-            Some(s) => b
-                .snapshots
-                .get(s)
-                .ok_or_else(|| not_found(format!("{blob} snapshot {s}")))?,
-            None => &b.image,
-        };
+        let img = image(&g, blob, snapshot)?;
         Ok(Bytes::from(read_image(img, range)))
     }
 
@@ -480,17 +475,7 @@ impl PageBlobs for MemBlobs {
     ) -> BlobResult<String> {
         let id = self.tick();
         let mut g = self.gate()?;
-        let src = g
-            .blobs
-            .get(source)
-            .ok_or_else(|| not_found(source.to_string()))?;
-        let img = match snap {
-            Some(s) => src
-                .snapshots
-                .get(s)
-                .ok_or_else(|| not_found(format!("{source} snapshot {s}")))?,
-            None => &src.image,
-        };
+        let img = image(&g, source, snap)?;
         // A copy makes the destination's pages new writes (a diff against an older backup
         // snapshot shows every page), as on Azure.
         let mut img = img.clone();

@@ -185,26 +185,24 @@ impl StateStore {
 
     /// The disk's unfinished cycle, if any (invariant: at most one).
     pub fn open_cycle(&self, disk: &str) -> StateResult<Option<CycleRecord>> {
-        let row: Option<(i64, String)> = self.with(|c| {
-            c.query_row(
-                "SELECT id, record FROM cycles WHERE disk = ?1 AND done = 0 ORDER BY id LIMIT 1",
-                [disk],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-        })?;
-        row.map(|(id, json)| self.decode(id, &json)).transpose()
+        self.one_cycle(
+            "SELECT id, record FROM cycles WHERE disk = ?1 AND done = 0 ORDER BY id LIMIT 1",
+            disk,
+        )
     }
 
     /// The most recent finished cycle of a disk.
     pub fn last_finished_cycle(&self, disk: &str) -> StateResult<Option<CycleRecord>> {
+        self.one_cycle(
+            "SELECT id, record FROM cycles WHERE disk = ?1 AND done = 1 ORDER BY id DESC LIMIT 1",
+            disk,
+        )
+    }
+
+    fn one_cycle(&self, sql: &str, disk: &str) -> StateResult<Option<CycleRecord>> {
         let row: Option<(i64, String)> = self.with(|c| {
-            c.query_row(
-                "SELECT id, record FROM cycles WHERE disk = ?1 AND done = 1 ORDER BY id DESC LIMIT 1",
-                [disk],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+            c.query_row(sql, [disk], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
         })?;
         row.map(|(id, json)| self.decode(id, &json)).transpose()
     }
