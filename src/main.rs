@@ -185,285 +185,307 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot start with {}", config_path.display()))?;
     match command {
         Command::CheckConfig => unreachable!("handled before the runtime starts"),
-        Command::Backup { disks } => {
-            let disks = match app.select_disks(&disks) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("snapback: {e}");
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
-            };
-            let stop = CancellationToken::new();
-            let watcher = tokio::spawn(stop_on_signal(stop.clone()));
-            let reports = app.backup(&disks, stop).await;
-            watcher.abort();
-            let mut failed = 0;
-            for r in &reports {
-                match &r.result {
-                    Ok(rec) => println!(
-                        "{}: ok in {:.1}s, restore point {} ({} bytes written, {} cleared, {} ranges, {} requests)",
-                        r.disk,
-                        r.seconds,
-                        rec.backup_snapshot.as_deref().unwrap_or("?"),
-                        rec.stats.bytes_written,
-                        rec.stats.bytes_cleared,
-                        rec.stats.ranges,
-                        rec.stats.requests
-                    ),
-                    Err(e) => {
-                        failed += 1;
-                        println!("{}: FAILED: {e}", r.disk);
-                    }
-                }
-                match &r.verify {
-                    Some(Ok(v)) => match &v.mismatch {
-                        None => println!(
-                            "{}: verify ok ({} bytes compared)",
-                            r.disk, v.bytes_compared
-                        ),
-                        Some(m) => {
-                            failed += 1;
-                            println!(
-                                "{}: VERIFY MISMATCH at offset {}: {}",
-                                r.disk, m.offset, m.detail
-                            );
-                        }
-                    },
-                    Some(Err(e)) => {
-                        failed += 1;
-                        println!("{}: VERIFY FAILED: {e}", r.disk);
-                    }
-                    None => {}
-                }
-                match &r.prune {
-                    Some(Ok(p)) => println!(
-                        "{}: retention pruned {} restore point(s)",
-                        r.disk,
-                        p.deleted.len()
-                    ),
-                    Some(Err(e)) => {
-                        failed += 1;
-                        println!("{}: RETENTION FAILED: {e}", r.disk);
-                    }
-                    None => {}
-                }
-            }
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            })
-        }
-        Command::List { disk, json } => {
-            let disk = match app.select_disks(std::slice::from_ref(&disk)) {
-                Ok(mut d) => d.remove(0),
-                Err(e) => {
-                    eprintln!("snapback: {e}");
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
-            };
-            let points = app
-                .list(&disk)
-                .await
-                .with_context(|| format!("cannot list restore points of disk {}", disk.name))?;
-            print_points(&points, json)?;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Run => unreachable!("handled by daemon_aware"),
+        Command::Backup { disks } => backup(&app, &disks).await,
+        Command::List { disk, json } => list(&app, &disk, json).await,
         Command::Status { json, .. } => {
             print_status(&app.status()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore {
-            disk,
-            snapshot,
-            at,
-            to,
-            rebase,
-            name,
-            write_config,
-            force,
-        } => {
-            let disk = match one_disk(&app, &disk) {
-                Ok(d) => d,
-                Err(code) => return Ok(code),
-            };
-            let point = match (snapshot, at) {
-                (Some(s), _) => PointSelector::Snapshot(s),
-                (None, Some(at)) => {
-                    let parsed = snapback::retention::disk_tz(&disk)
-                        .map_err(|e| e.to_string())
-                        .and_then(|tz| snapback::restore::parse_time(&at, &tz));
-                    match parsed {
-                        Ok(t) => PointSelector::At(t),
-                        Err(e) => {
-                            eprintln!("snapback: disk {}: {e}", disk.name);
-                            return Ok(ExitCode::from(EXIT_USAGE));
-                        }
-                    }
-                }
-                (None, None) => {
-                    eprintln!(
-                        "snapback: restore of disk {}: give --snapshot or --at",
-                        disk.name
-                    );
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
-            };
-            let target = match to.parse::<BlobPath>() {
-                Ok(p) => BlobRef::new(&p.account, &p.container, &p.blob),
-                Err(e) => {
-                    eprintln!("snapback: --to: {e}");
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
-            };
-            let req = RestoreRequest {
-                point,
-                target,
-                rebase: rebase.then(|| Rebase {
-                    name: name.unwrap_or_else(|| format!("{}-restored", disk.name)),
-                }),
-                force,
-            };
-            let stop = CancellationToken::new();
-            let watcher = tokio::spawn(stop_on_signal(stop.clone()));
-            let result = app.restore(&disk, &req, stop).await;
-            watcher.abort();
-            let rep = match result {
-                Ok(r) => r,
-                Err(e) => return Ok(fail(&e, &format!("restore of disk {}", disk.name))),
-            };
-            println!(
-                "{}: restored restore point {} (source snapshot {}, {} bytes) to {}",
-                rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.target
-            );
-            println!(
-                "  promote: {:.2}s to {}{}",
-                rep.promote_seconds,
-                rep.promoted,
-                if rep.promoted_kept {
-                    ""
-                } else {
-                    " (deleted after the copy)"
-                }
-            );
-            println!("  copy:    {:.2}s", rep.copy_seconds);
-            if let Some(chain) = &rep.rebased {
-                let stanza = snapback::restore::config_stanza(chain, &disk);
-                println!(
-                    "  rebased: disk \"{}\" backs up {} into {}; first snapshot {}, first restore point {}; its next cycle is incremental",
-                    chain.name, chain.source, chain.backup, chain.source_snapshot, chain.restore_point
-                );
-                if write_config {
-                    use std::io::Write;
-                    let mut f = std::fs::OpenOptions::new()
-                        .append(true)
-                        .open(&config_path)
-                        .with_context(|| format!("cannot append to {}", config_path.display()))?;
-                    write!(f, "\n{stanza}")
-                        .with_context(|| format!("cannot append to {}", config_path.display()))?;
-                    println!(
-                        "  config: appended the [[disk]] stanza to {}",
-                        config_path.display()
-                    );
-                } else {
-                    println!("  add this to {}:\n\n{stanza}", config_path.display());
-                }
-            }
-            if let Some((url, account_name)) = app.blob_url(&rep.target) {
-                let name = rep.target.blob.trim_end_matches(".vhd").replace('/', "-");
-                println!(
-                    "\n{}",
-                    snapback::restore::attach_commands(&url, &account_name, &name)
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        cmd @ Command::Restore { .. } => restore(&app, cmd).await,
         Command::Verify {
             disk,
             snapshot,
             json,
-        } => {
-            let disk = match one_disk(&app, &disk) {
-                Ok(d) => d,
-                Err(code) => return Ok(code),
-            };
-            let rep = match app.verify(&disk, snapshot.as_deref()).await {
-                Ok(r) => r,
-                Err(e) => return Ok(fail(&e, &format!("verify of disk {}", disk.name))),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rep)?);
-            } else {
-                match &rep.mismatch {
-                    None => println!(
-                        "{}: restore point {} equals source snapshot {} ({} bytes, {} chunks / {} bytes compared)",
-                        rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.chunks, rep.bytes_compared
-                    ),
-                    Some(m) => println!(
-                        "{}: MISMATCH: restore point {} differs from source snapshot {} at offset {} ({}: {})",
-                        rep.disk, rep.restore_point, rep.source_snapshot, m.offset, m.kind, m.detail
-                    ),
-                }
-            }
-            Ok(if rep.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            })
-        }
+        } => verify(&app, &disk, snapshot.as_deref(), json).await,
         Command::Prune {
             disk,
             dry_run,
             json,
-        } => {
-            let disk = match one_disk(&app, &disk) {
-                Ok(d) => d,
-                Err(code) => return Ok(code),
-            };
-            let rep = match app.prune(&disk, dry_run).await {
-                Ok(r) => r,
-                Err(e) => return Ok(fail(&e, &format!("prune of disk {}", disk.name))),
-            };
-            if json {
-                let rows: Vec<_> = rep
-                    .decisions
-                    .iter()
-                    .map(|d| {
-                        serde_json::json!({
-                            "snapshot": d.point.snapshot,
-                            "kept_by": d.kept_by.clone().unwrap_or_default(),
-                            "deleted": rep.deleted.contains(&d.point.snapshot),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for d in &rep.decisions {
-                    let action = match (&d.kept_by, dry_run) {
-                        (Some(_), _) => format!("keep   ({})", d.label()),
-                        (None, true) => "prune  (would delete)".to_string(),
-                        (None, false) => "pruned (deleted)".to_string(),
-                    };
-                    println!("{}  {action}", d.point.snapshot);
+        } => prune(&app, &disk, dry_run, json).await,
+    }
+}
+
+/// `backup`: one cycle per disk, then each disk's result (and its verify and retention).
+async fn backup(app: &App, disks: &[String]) -> anyhow::Result<ExitCode> {
+    let disks = match app.select_disks(disks) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("snapback: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(stop_on_signal(stop.clone()));
+    let reports = app.backup(&disks, stop).await;
+    watcher.abort();
+    let mut failed = 0;
+    for r in &reports {
+        match &r.result {
+                Ok(rec) => println!(
+                    "{}: ok in {:.1}s, restore point {} ({} bytes written, {} cleared, {} ranges, {} requests)",
+                    r.disk,
+                    r.seconds,
+                    rec.backup_snapshot.as_deref().unwrap_or("?"),
+                    rec.stats.bytes_written,
+                    rec.stats.bytes_cleared,
+                    rec.stats.ranges,
+                    rec.stats.requests
+                ),
+                Err(e) => {
+                    failed += 1;
+                    println!("{}: FAILED: {e}", r.disk);
                 }
-                let n = rep.to_prune().count();
-                println!(
-                    "{}: {} restore point(s), {} kept, {} {}",
-                    rep.disk,
-                    rep.decisions.len(),
-                    rep.decisions.len() - n,
-                    n,
-                    if dry_run {
-                        "to prune (dry run)"
-                    } else {
-                        "deleted"
-                    }
-                );
             }
-            Ok(ExitCode::SUCCESS)
+        match &r.verify {
+            Some(Ok(v)) => match &v.mismatch {
+                None => println!(
+                    "{}: verify ok ({} bytes compared)",
+                    r.disk, v.bytes_compared
+                ),
+                Some(m) => {
+                    failed += 1;
+                    println!(
+                        "{}: VERIFY MISMATCH at offset {}: {}",
+                        r.disk, m.offset, m.detail
+                    );
+                }
+            },
+            Some(Err(e)) => {
+                failed += 1;
+                println!("{}: VERIFY FAILED: {e}", r.disk);
+            }
+            None => {}
+        }
+        match &r.prune {
+            Some(Ok(p)) => println!(
+                "{}: retention pruned {} restore point(s)",
+                r.disk,
+                p.deleted.len()
+            ),
+            Some(Err(e)) => {
+                failed += 1;
+                println!("{}: RETENTION FAILED: {e}", r.disk);
+            }
+            None => {}
         }
     }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `list`: the disk's restore points, oldest first.
+async fn list(app: &App, disk: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let disk = match one_disk(app, disk) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    let points = app
+        .list(&disk)
+        .await
+        .with_context(|| format!("cannot list restore points of disk {}", disk.name))?;
+    print_points(&points, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restore`: promote, copy back, optionally rebase; then the `az` commands to attach.
+async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
+    let Command::Restore {
+        disk,
+        snapshot,
+        at,
+        to,
+        rebase,
+        name,
+        write_config,
+        force,
+    } = command
+    else {
+        unreachable!("called for restore only")
+    };
+    let config_path = &app.config.path;
+    let disk = match one_disk(app, &disk) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    let point = match (snapshot, at) {
+        (Some(s), _) => PointSelector::Snapshot(s),
+        (None, Some(at)) => {
+            let parsed = snapback::retention::disk_tz(&disk)
+                .map_err(|e| e.to_string())
+                .and_then(|tz| snapback::restore::parse_time(&at, &tz));
+            match parsed {
+                Ok(t) => PointSelector::At(t),
+                Err(e) => {
+                    eprintln!("snapback: disk {}: {e}", disk.name);
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!(
+                "snapback: restore of disk {}: give --snapshot or --at",
+                disk.name
+            );
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let target = match to.parse::<BlobPath>() {
+        Ok(p) => BlobRef::new(&p.account, &p.container, &p.blob),
+        Err(e) => {
+            eprintln!("snapback: --to: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let req = RestoreRequest {
+        point,
+        target,
+        rebase: rebase.then(|| Rebase {
+            name: name.unwrap_or_else(|| format!("{}-restored", disk.name)),
+        }),
+        force,
+    };
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(stop_on_signal(stop.clone()));
+    let result = app.restore(&disk, &req, stop).await;
+    watcher.abort();
+    let rep = match result {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(&e, &format!("restore of disk {}", disk.name))),
+    };
+    println!(
+        "{}: restored restore point {} (source snapshot {}, {} bytes) to {}",
+        rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.target
+    );
+    println!(
+        "  promote: {:.2}s to {}{}",
+        rep.promote_seconds,
+        rep.promoted,
+        if rep.promoted_kept {
+            ""
+        } else {
+            " (deleted after the copy)"
+        }
+    );
+    println!("  copy:    {:.2}s", rep.copy_seconds);
+    if let Some(chain) = &rep.rebased {
+        let stanza = snapback::restore::config_stanza(chain, &disk);
+        println!(
+                "  rebased: disk \"{}\" backs up {} into {}; first snapshot {}, first restore point {}; its next cycle is incremental",
+                chain.name, chain.source, chain.backup, chain.source_snapshot, chain.restore_point
+            );
+        if write_config {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(config_path)
+                .with_context(|| format!("cannot append to {}", config_path.display()))?;
+            write!(f, "\n{stanza}")
+                .with_context(|| format!("cannot append to {}", config_path.display()))?;
+            println!(
+                "  config: appended the [[disk]] stanza to {}",
+                config_path.display()
+            );
+        } else {
+            println!("  add this to {}:\n\n{stanza}", config_path.display());
+        }
+    }
+    if let Some((url, account_name)) = app.blob_url(&rep.target) {
+        let name = rep.target.blob.trim_end_matches(".vhd").replace('/', "-");
+        println!(
+            "\n{}",
+            snapback::restore::attach_commands(&url, &account_name, &name)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `verify`: a restore point against its source snapshot.
+async fn verify(
+    app: &App,
+    disk: &str,
+    snapshot: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let disk = match one_disk(app, disk) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    let rep = match app.verify(&disk, snapshot).await {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(&e, &format!("verify of disk {}", disk.name))),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        match &rep.mismatch {
+                None => println!(
+                    "{}: restore point {} equals source snapshot {} ({} bytes, {} chunks / {} bytes compared)",
+                    rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.chunks, rep.bytes_compared
+                ),
+                Some(m) => println!(
+                    "{}: MISMATCH: restore point {} differs from source snapshot {} at offset {} ({}: {})",
+                    rep.disk, rep.restore_point, rep.source_snapshot, m.offset, m.kind, m.detail
+                ),
+            }
+    }
+    Ok(if rep.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `prune`: the retention plan, executed unless `dry_run`.
+async fn prune(app: &App, disk: &str, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let disk = match one_disk(app, disk) {
+        Ok(d) => d,
+        Err(code) => return Ok(code),
+    };
+    let rep = match app.prune(&disk, dry_run).await {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(&e, &format!("prune of disk {}", disk.name))),
+    };
+    if json {
+        let rows: Vec<_> = rep
+            .decisions
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "snapshot": d.point.snapshot,
+                    "kept_by": d.kept_by.clone().unwrap_or_default(),
+                    "deleted": rep.deleted.contains(&d.point.snapshot),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for d in &rep.decisions {
+            let action = match (&d.kept_by, dry_run) {
+                (Some(_), _) => format!("keep   ({})", d.label()),
+                (None, true) => "prune  (would delete)".to_string(),
+                (None, false) => "pruned (deleted)".to_string(),
+            };
+            println!("{}  {action}", d.point.snapshot);
+        }
+        let n = rep.to_prune().count();
+        println!(
+            "{}: {} restore point(s), {} kept, {} {}",
+            rep.disk,
+            rep.decisions.len(),
+            rep.decisions.len() - n,
+            n,
+            if dry_run {
+                "to prune (dry run)"
+            } else {
+                "deleted"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The configured disk `name`, or the exit code for an unknown one.
