@@ -264,6 +264,23 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
+    /// Persists apply progress: everything below `upto` is in the backup.
+    fn checkpoint(
+        &self,
+        rec: &mut CycleRecord,
+        upto: u64,
+        stats: CycleStats,
+    ) -> Result<(), CycleError> {
+        self.commit(
+            rec,
+            Outcome::Applied {
+                upto,
+                done: false,
+                stats,
+            },
+        )
+    }
+
     /// Performs one action, reconciling with storage first. Public so tests can simulate a
     /// crash between an action's effect and its persistence.
     pub async fn execute(
@@ -438,14 +455,7 @@ impl<'a> Runner<'a> {
             let failure = match event {
                 // Stopped: keep what is checkpointed; in-flight requests are idempotent.
                 Event::Stop => {
-                    self.commit(
-                        rec,
-                        Outcome::Applied {
-                            upto,
-                            done: false,
-                            stats,
-                        },
-                    )?;
+                    self.checkpoint(rec, upto, stats)?;
                     return Err(CycleError::Interrupted {
                         disk: rec.disk.clone(),
                         phase: Phase::Apply.as_str(),
@@ -482,14 +492,7 @@ impl<'a> Runner<'a> {
                 Event::Done(None) => None,
             };
             if let Some(e) = failure {
-                self.commit(
-                    rec,
-                    Outcome::Applied {
-                        upto,
-                        done: false,
-                        stats,
-                    },
-                )?;
+                self.checkpoint(rec, upto, stats)?;
                 return match e {
                     BlobError::PreviousSnapshotGone { snapshot, .. } => Ok(Outcome::Repair {
                         reason: format!("diff base snapshot {snapshot} was deleted during apply"),
@@ -501,14 +504,7 @@ impl<'a> Runner<'a> {
                 };
             }
             if last_save.elapsed() >= CHECKPOINT_INTERVAL {
-                self.commit(
-                    rec,
-                    Outcome::Applied {
-                        upto,
-                        done: false,
-                        stats: std::mem::take(&mut stats),
-                    },
-                )?;
+                self.checkpoint(rec, upto, std::mem::take(&mut stats))?;
                 last_save = Instant::now();
             }
         }
