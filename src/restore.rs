@@ -20,8 +20,10 @@ use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs};
 use crate::config::DiskConfig;
 use crate::cycle::machine::{CycleKind, CycleRecord, Phase};
 use crate::cycle::runner::{TAG_CYCLE, TAG_DISK, TAG_SOURCE_SNAPSHOT};
+use crate::retention::{format_timestamp, parse_timestamp, Timestamp};
 use crate::state::{StateError, StateStore};
-use jiff::Timestamp;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -177,10 +179,7 @@ pub fn check_disk_name(name: &str) -> Result<(), RestoreError> {
 
 /// The time a restore point captured: its source snapshot's time, else its own.
 fn captured_at(snapshot: &str, source_snapshot: &str) -> Option<Timestamp> {
-    source_snapshot
-        .parse()
-        .ok()
-        .or_else(|| snapshot.parse().ok())
+    parse_timestamp(source_snapshot).or_else(|| parse_timestamp(snapshot))
 }
 
 impl<'a> Restorer<'a> {
@@ -191,7 +190,7 @@ impl<'a> Restorer<'a> {
             disk,
             stop: CancellationToken::new(),
             poll: (Duration::from_millis(200), Duration::from_secs(10)),
-            now: Timestamp::now().as_second(),
+            now: Utc::now().timestamp(),
         }
     }
 
@@ -235,7 +234,7 @@ impl<'a> Restorer<'a> {
                 .max_by_key(|p| captured_at(&p.snapshot, &p.source_snapshot))
                 .ok_or_else(|| RestoreError::NoRestorePointBefore {
                     disk: self.disk.name.clone(),
-                    at: at.to_string(),
+                    at: format_timestamp(*at),
                 }),
         }
     }
@@ -565,31 +564,76 @@ pub fn attach_commands(url: &str, account_name: &str, disk_name: &str) -> String
 
 /// Parses `--at`: an RFC 3339 time with offset (`2026-11-25T06:00:00Z`), or a civil date-time
 /// (`2026-11-25T07:00`, `2026-11-25 07:00:00`) or date (`2026-11-25`, midnight) in `tz`.
-pub fn parse_time(s: &str, tz: &jiff::tz::TimeZone) -> Result<Timestamp, String> {
-    if let Ok(t) = s.parse::<Timestamp>() {
+///
+/// A civil time repeated by a DST fall-back means its earlier instant; one skipped by a
+/// spring-forward is read with the offset in force before the gap, so it lands as far after
+/// the gap as it was into it (02:30 in a 02:00-03:00 gap is 03:30): the "compatible"
+/// disambiguation of RFC 5545 and Temporal.
+pub fn parse_time(s: &str, tz: &Tz) -> Result<Timestamp, String> {
+    if let Some(t) = parse_timestamp(s).or_else(|| {
+        // RFC 3339 without seconds (`2026-11-25T07:00+01:00`).
+        DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M%#z")
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }) {
         return Ok(t);
     }
-    let civil = s.parse::<jiff::civil::DateTime>().or_else(|_| {
-        s.parse::<jiff::civil::Date>()
-            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
-    });
+    const CIVIL: [&str; 4] = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ];
+    let civil = CIVIL
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .or_else(|| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .map(|d| d.and_time(chrono::NaiveTime::MIN))
+        });
     match civil {
-        Ok(dt) => dt
-            .to_zoned(tz.clone())
-            .map(|z| z.timestamp())
-            .map_err(|e| format!("invalid time \"{s}\": {e}")),
-        Err(_) => Err(format!(
+        Some(dt) => local_to_utc(dt, tz).ok_or_else(|| {
+            format!(
+                "invalid time \"{s}\": out of range in time zone {}",
+                tz.name()
+            )
+        }),
+        None => Err(format!(
             "invalid time \"{s}\": use RFC 3339 (2026-11-25T06:00:00Z) or a local date-time \
              in the disk's time zone (2026-11-25T07:00)"
         )),
     }
 }
 
+/// The instant of a civil time in `tz`: the earlier one in a fold, and in a gap the civil
+/// time read with the offset before the gap (see [`parse_time`]).
+fn local_to_utc(dt: NaiveDateTime, tz: &Tz) -> Option<Timestamp> {
+    if let Some(t) = tz.from_local_datetime(&dt).earliest() {
+        return Some(t.with_timezone(&Utc));
+    }
+    // A gap: no offset `o` has `offset_at(dt - o) == o`. Reading `dt` with the offset after
+    // the gap gives an instant before the transition (where the offset before is in force),
+    // and with the offset before, one after it; the two offsets alternate.
+    let offset_at = |o: i64| -> Option<i64> {
+        let t = dt.checked_sub_signed(chrono::TimeDelta::seconds(o))?;
+        Some(i64::from(
+            tz.offset_from_utc_datetime(&t).fix().local_minus_utc(),
+        ))
+    };
+    let a = offset_at(0)?;
+    let b = offset_at(a)?;
+    let before = a.min(b);
+    dt.checked_sub_signed(chrono::TimeDelta::seconds(before))
+        .map(|t| t.and_utc())
+}
+
 /// `20261125T070044Z` for unix seconds.
 pub fn compact_time(unix: i64) -> String {
-    Timestamp::from_second(unix)
-        .map(|t| t.strftime("%Y%m%dT%H%M%SZ").to_string())
-        .unwrap_or_else(|_| unix.to_string())
+    DateTime::from_timestamp(unix, 0)
+        .filter(|t| (-9999..=9999).contains(&chrono::Datelike::year(t)))
+        .map(|t| t.format("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// The `[[disk]]` stanza of a rebased chain, with the original disk's other settings.
@@ -780,19 +824,63 @@ mod tests {
 
     #[test]
     fn times_parse_with_offset_or_in_the_disk_time_zone() {
-        let paris = jiff::tz::TimeZone::get("Europe/Paris").unwrap();
-        let want: Timestamp = "2026-07-01T05:00:00Z".parse().unwrap();
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        let want = parse_timestamp("2026-07-01T05:00:00Z").unwrap();
         assert_eq!(parse_time("2026-07-01T05:00:00Z", &paris), Ok(want));
         assert_eq!(parse_time("2026-07-01T07:00:00+02:00", &paris), Ok(want));
         assert_eq!(parse_time("2026-07-01T07:00", &paris), Ok(want));
         assert_eq!(parse_time("2026-07-01 07:00:00", &paris), Ok(want));
         assert_eq!(
             parse_time("2026-07-01", &paris),
-            Ok("2026-06-30T22:00:00Z".parse().unwrap())
+            Ok(parse_timestamp("2026-06-30T22:00:00Z").unwrap())
         );
         assert!(parse_time("yesterday", &paris)
             .unwrap_err()
             .contains("yesterday"));
+    }
+
+    #[test]
+    fn dst_folds_take_the_earlier_instant_and_gaps_shift_forward() {
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        let at = |s: &str| parse_timestamp(s).unwrap();
+        // 25 Oct 2026: 02:30 happens at 00:30Z (CEST) and again at 01:30Z (CET).
+        assert_eq!(
+            parse_time("2026-10-25T02:30", &paris),
+            Ok(at("2026-10-25T00:30:00Z"))
+        );
+        // 29 Mar 2026: 02:00-03:00 does not exist; 02:30 is read as 03:30 CEST.
+        assert_eq!(
+            parse_time("2026-03-29 02:30:00", &paris),
+            Ok(at("2026-03-29T01:30:00Z"))
+        );
+        assert_eq!(
+            parse_time("2026-03-29T03:00:00", &paris),
+            Ok(at("2026-03-29T01:00:00Z"))
+        );
+        // A whole day skipped (Samoa, 30 Dec 2011, -10:00 to +14:00).
+        let apia: Tz = "Pacific/Apia".parse().unwrap();
+        assert_eq!(
+            parse_time("2011-12-30", &apia),
+            Ok(at("2011-12-30T10:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn rfc3339_times_with_fractions_or_without_seconds() {
+        let utc: Tz = "UTC".parse().unwrap();
+        let t = parse_time("2026-11-25T07:00:09.7120000Z", &utc).unwrap();
+        assert_eq!(t.timestamp_subsec_nanos(), 712_000_000);
+        assert_eq!(
+            parse_time("2026-11-25T08:00+01:00", &utc),
+            Ok(parse_timestamp("2026-11-25T07:00:00Z").unwrap())
+        );
+    }
+
+    #[test]
+    fn compact_times() {
+        assert_eq!(compact_time(1_795_590_044), "20261125T070044Z");
+        assert_eq!(compact_time(0), "19700101T000000Z");
+        assert_eq!(compact_time(i64::MAX), i64::MAX.to_string());
     }
 
     #[tokio::test]
@@ -805,11 +893,13 @@ mod tests {
             let snaps = w.blobs.list_snapshots(&bk).await.unwrap();
             snaps[1].metadata[TAG_SOURCE_SNAPSHOT].clone()
         };
-        let at: Timestamp = second_source.parse().unwrap();
+        let at = parse_timestamp(&second_source).unwrap();
         let got = r.choose(&PointSelector::At(at)).await.unwrap();
         assert_eq!(got.snapshot, w.points[1].0);
         let e = r
-            .choose(&PointSelector::At("2025-01-01T00:00:00Z".parse().unwrap()))
+            .choose(&PointSelector::At(
+                parse_timestamp("2025-01-01T00:00:00Z").unwrap(),
+            ))
             .await
             .unwrap_err();
         assert!(matches!(e, RestoreError::NoRestorePointBefore { .. }));

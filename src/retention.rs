@@ -19,14 +19,17 @@ use crate::blobs::{BlobError, PageBlobs};
 use crate::config::{DiskConfig, Retention};
 use crate::cycle::runner::TAG_DISK;
 use crate::state::{StateError, StateStore};
-use jiff::tz::TimeZone;
-use jiff::Timestamp;
+use chrono::{DateTime, Datelike, Offset, SecondsFormat, TimeDelta, Timelike, Utc};
+use chrono_tz::Tz;
 use serde::Serialize;
+
+/// An instant, in UTC.
+pub type Timestamp = DateTime<Utc>;
 
 /// A point more than this far after `now` is never pruned: either the local clock or the
 /// storage service's clock is wrong, and a plan made on a wrong clock must not delete. Within
 /// it, ordinary clock skew (a snapshot stamped a second "after" the local clock) is ignored.
-pub const FUTURE_TOLERANCE: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+pub const FUTURE_TOLERANCE: TimeDelta = TimeDelta::minutes(5);
 
 /// Why a restore point is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -85,9 +88,26 @@ impl Point {
     pub fn from_snapshot(snapshot: &str) -> Point {
         Point {
             snapshot: snapshot.to_string(),
-            time: snapshot.parse().ok(),
+            time: parse_timestamp(snapshot),
         }
     }
+}
+
+/// An RFC 3339 timestamp with an offset, as UTC: Azure snapshot ids
+/// (`2026-11-25T07:00:09.7120000Z`, seven fractional digits) and `--at` times.
+pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// RFC 3339 in UTC with as many fractional digits as needed (`2026-11-25T07:00:09.712Z`,
+/// `2026-11-25T07:00:00Z`).
+pub fn format_timestamp(t: Timestamp) -> String {
+    let s = t.to_rfc3339_opts(SecondsFormat::Nanos, true);
+    let (rest, _z) = s.split_at(s.len() - 1);
+    let trimmed = rest.trim_end_matches('0').trim_end_matches('.');
+    format!("{trimmed}Z")
 }
 
 /// The plan for one point: the rules that keep it, or `None` if it is to be pruned.
@@ -130,34 +150,31 @@ pub fn keeps_everything(rules: &Retention) -> bool {
 }
 
 /// The period of a time under one rule, as a comparable key.
-fn period(rule: Rule, t: Timestamp, tz: &TimeZone) -> (i32, i32, i32, i32) {
-    let z = t.to_zoned(tz.clone());
-    let d = z.date();
+fn period(rule: Rule, t: Timestamp, tz: &Tz) -> (i32, i32, i32, i32) {
+    let z = t.with_timezone(tz);
+    let d = z.date_naive();
+    // Month, day, hour and week numbers are small; `as` cannot truncate them.
+    let (month, day) = (d.month() as i32, d.day() as i32);
     match rule {
         Rule::Hourly => (
             // The offset tells apart the two 02:00 hours of a DST fall-back.
-            i32::from(d.year()) * 10_000 + i32::from(d.month()) * 100 + i32::from(d.day()),
-            i32::from(z.hour()),
-            z.offset().seconds(),
+            d.year() * 10_000 + month * 100 + day,
+            z.hour() as i32,
+            z.offset().fix().local_minus_utc(),
             0,
         ),
-        Rule::Daily => (
-            i32::from(d.year()),
-            i32::from(d.month()),
-            i32::from(d.day()),
-            0,
-        ),
+        Rule::Daily => (d.year(), month, day, 0),
         Rule::Weekly => {
-            let w = d.iso_week_date();
-            (i32::from(w.year()), i32::from(w.week()), 0, 0)
+            let w = d.iso_week();
+            (w.year(), w.week() as i32, 0, 0)
         }
-        Rule::Monthly => (i32::from(d.year()), i32::from(d.month()), 0, 0),
+        Rule::Monthly => (d.year(), month, 0, 0),
         _ => (0, 0, 0, 0),
     }
 }
 
 /// Decides, for each point, which rules keep it. The result is in the order of `points`.
-pub fn plan(points: &[Point], rules: &Retention, now: Timestamp, tz: &TimeZone) -> Vec<Decision> {
+pub fn plan(points: &[Point], rules: &Retention, now: Timestamp, tz: &Tz) -> Vec<Decision> {
     let mut kept: Vec<Vec<Rule>> = vec![Vec::new(); points.len()];
     if keeps_everything(rules) {
         for k in &mut kept {
@@ -174,10 +191,12 @@ pub fn plan(points: &[Point], rules: &Retention, now: Timestamp, tz: &TimeZone) 
             b.1.cmp(&a.1)
                 .then_with(|| points[b.0].snapshot.cmp(&points[a.0].snapshot))
         });
+        // `None` only when `now` is at the end of time: then nothing is in the future.
+        let future_after = now.checked_add_signed(FUTURE_TOLERANCE);
         for (i, p) in points.iter().enumerate() {
             match p.time {
                 None => kept[i].push(Rule::UnknownTime),
-                Some(t) if t > now + FUTURE_TOLERANCE => kept[i].push(Rule::Future),
+                Some(t) if future_after.is_some_and(|f| t > f) => kept[i].push(Rule::Future),
                 Some(_) => {}
             }
         }
@@ -257,8 +276,8 @@ pub fn is_restore_point(metadata: &crate::blobs::Metadata, disk: &str) -> bool {
 }
 
 /// The disk's time zone, for retention periods.
-pub fn disk_tz(disk: &DiskConfig) -> Result<TimeZone, RetentionError> {
-    TimeZone::get(&disk.tz).map_err(|e| RetentionError::TimeZone {
+pub fn disk_tz(disk: &DiskConfig) -> Result<Tz, RetentionError> {
+    disk.tz.parse::<Tz>().map_err(|e| RetentionError::TimeZone {
         disk: disk.name.clone(),
         tz: disk.tz.clone(),
         message: e.to_string(),
@@ -267,10 +286,10 @@ pub fn disk_tz(disk: &DiskConfig) -> Result<TimeZone, RetentionError> {
 
 /// Unix seconds as a timestamp (out-of-range values clamp, which no real clock produces).
 pub fn timestamp(unix: i64) -> Timestamp {
-    Timestamp::from_second(unix).unwrap_or(if unix < 0 {
-        Timestamp::MIN
+    DateTime::from_timestamp(unix, 0).unwrap_or(if unix < 0 {
+        DateTime::<Utc>::MIN_UTC
     } else {
-        Timestamp::MAX
+        DateTime::<Utc>::MAX_UTC
     })
 }
 
@@ -354,7 +373,7 @@ mod tests {
     use super::*;
 
     fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
+        parse_timestamp(s).unwrap()
     }
 
     fn pts(times: &[&str]) -> Vec<Point> {
@@ -378,7 +397,7 @@ mod tests {
     }
 
     fn labels(points: &[Point], r: &Retention, now: &str, tz: &str) -> Vec<String> {
-        let tz = TimeZone::get(tz).unwrap();
+        let tz: Tz = tz.parse().unwrap();
         plan(points, r, ts(now), &tz)
             .iter()
             .map(Decision::label)
@@ -603,6 +622,54 @@ mod tests {
         );
     }
 
+    #[test]
+    fn azure_snapshot_ids_parse_with_seven_fractional_digits() {
+        let t = Point::from_snapshot("2026-11-25T07:00:09.7120000Z")
+            .time
+            .unwrap();
+        assert_eq!(t.timestamp(), 1_795_590_009);
+        assert_eq!(t.timestamp_subsec_nanos(), 712_000_000);
+        let tick = ts("2026-01-01T00:00:00.0000001Z");
+        assert_eq!(tick.timestamp_subsec_nanos(), 100);
+        assert!(Point::from_snapshot("not-a-time").time.is_none());
+        assert_eq!(format_timestamp(t), "2026-11-25T07:00:09.712Z");
+        assert_eq!(
+            format_timestamp(ts("2026-01-01T00:00:00Z")),
+            "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn timestamps_clamp_and_the_end_of_time_is_not_a_panic() {
+        assert_eq!(timestamp(0).timestamp(), 0);
+        assert_eq!(timestamp(i64::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(timestamp(i64::MIN), DateTime::<Utc>::MIN_UTC);
+        let p = pts(&["2026-01-01T00:00:00Z"]);
+        let r = rules(Some(1), None, None, None, None);
+        let tz: Tz = "UTC".parse().unwrap();
+        let got = plan(&p, &r, timestamp(i64::MAX), &tz);
+        assert_eq!(got[0].label(), "newest,last");
+    }
+
+    #[test]
+    fn an_unknown_time_zone_is_an_error() {
+        let cfg = crate::config::Config::parse(
+            "state_dir = \"/tmp/unused\"\n[accounts.bk]\nendpoint = \"http://127.0.0.1:1/bkacct\"\n\
+             shared_key_env = \"X\"\n[[disk]]\nname = \"d\"\nsource = \"bk/src/d\"\n\
+             backup = \"bk/bkp/d\"\ntz = \"Mars/Olympus_Mons\"\n",
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let e = disk_tz(&cfg.disks[0]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("disk d: time zone \"Mars/Olympus_Mons\" is not known: "),
+            "{e}"
+        );
+        cfg.disks
+            .iter()
+            .for_each(|d| assert!(d.tz.parse::<Tz>().is_err()));
+    }
+
     #[tokio::test]
     async fn prune_deletes_only_this_disks_snapshots_and_their_rows() {
         use crate::blobs::{BlobRef, Metadata};
@@ -642,7 +709,7 @@ mod tests {
                 blobs.create_snapshot(&backup, &inherited).await.unwrap();
             }
         }
-        let now = Timestamp::now().as_second();
+        let now = Utc::now().timestamp();
         let dry = prune(&blobs, &store, &disk, now, true).await.unwrap();
         assert_eq!(dry.to_prune().count(), 2);
         assert_eq!(
