@@ -117,6 +117,10 @@ pub enum BlobError {
     },
     #[error("{what}: {message}")]
     Transport { what: String, message: String },
+    /// The storage service cannot be given read access to this Copy Blob source (a
+    /// managed-identity account cannot mint a SAS); the caller copies through itself instead.
+    #[error("{what}: {reason}")]
+    CopySourceUnreadable { what: String, reason: String },
     #[error("{0}")]
     Config(String),
 }

@@ -56,6 +56,8 @@ pub struct MemBlobs {
     pub copy_polls: u32,
     /// Answer Put Page From URL with 501 NotImplemented (as Azurite does unpatched).
     pub refuse_server_copy: bool,
+    /// Copy Blob answers as for a source it cannot read (a managed-identity account).
+    pub refuse_copy: bool,
     /// Reads, puts and clears wait a pseudo-random 0..jitter_ms first, so concurrent requests
     /// finish out of order (as over a network).
     pub jitter_ms: u64,
@@ -473,6 +475,12 @@ impl PageBlobs for MemBlobs {
         snap: Option<&str>,
         metadata: &Metadata,
     ) -> BlobResult<String> {
+        if self.refuse_copy {
+            return Err(BlobError::CopySourceUnreadable {
+                what: source.to_string(),
+                reason: "the fake refuses copies".into(),
+            });
+        }
         let id = self.tick();
         let mut g = self.gate()?;
         let img = image(&g, source, snap)?;

@@ -235,3 +235,48 @@ async fn out_of_order_completion_then_failure_then_resume() {
         check(&blobs, &store, &d, 2, &format!("fail_after {fail_after}"));
     }
 }
+
+#[tokio::test]
+async fn seed_without_copy_blob_copies_every_page_and_resumes_after_any_failure() {
+    // A source the service cannot read (no SAS, e.g. a managed-identity account): the seed
+    // copies every page of S(1) through snapback, resumably like any apply.
+    let mut n = 0;
+    loop {
+        let mut blobs = MemBlobs::new();
+        blobs.refuse_copy = true;
+        let store = StateStore::open_in_memory().unwrap();
+        let d = disk();
+        blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
+        blobs.write(&d.source, 0, &[1u8; 4096]);
+        blobs.write(&d.source, 20 * 512, &[2u8; 1024]);
+        // An old backup base with other content: the seed must not keep any of it.
+        blobs.create_page_blob(&d.backup, 64 * 512).await.unwrap();
+        blobs.write(&d.backup, 40 * 512, &[9u8; 512]);
+        blobs.fail_after(Some(n));
+        let first = runner(&blobs, &store, &d).run_cycle().await;
+        blobs.fail_after(None);
+        let done_first_time = first.is_ok();
+        let rec = match first {
+            Ok(rec) => rec,
+            Err(_) => runner(&blobs, &store, &d).run_cycle().await.unwrap(),
+        };
+        assert_eq!(rec.kind, CycleKind::Seed, "failure at call {n}");
+        check(
+            &blobs,
+            &store,
+            &d,
+            1,
+            &format!("client seed, failure at call {n}"),
+        );
+        if done_first_time {
+            assert_eq!(
+                rec.stats.bytes_written,
+                4096 + 1024,
+                "only the source's pages are written"
+            );
+            break;
+        }
+        n += 1;
+    }
+    assert!(n > 5, "a seed makes more than five calls, saw {n}");
+}

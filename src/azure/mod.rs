@@ -235,11 +235,14 @@ impl AzureBlobs {
             }
             Auth::Sas(token) => token.trim_start_matches('?').to_string(),
             Auth::Token(_) => {
-                return Err(BlobError::Config(format!(
-                    "account '{}' uses a managed identity: a cross-account Copy Blob needs a SAS \
-                     for {blob}; configure sas_token_env/sas_token_file for that account",
-                    account.key
-                )))
+                return Err(BlobError::CopySourceUnreadable {
+                    what: blob.to_string(),
+                    reason: format!(
+                        "account '{}' uses a managed identity, which cannot mint the SAS a \
+                         cross-account Copy Blob needs",
+                        account.key
+                    ),
+                })
             }
         };
         let query = match url.query() {

@@ -179,6 +179,11 @@ pub enum Outcome {
     CopyFailed {
         reason: String,
     },
+    /// The service cannot read the source (no SAS can be made for it): seed by copying every
+    /// page of `S(n)` through snapback instead (Apply with no diff base).
+    CopyUnavailable {
+        reason: String,
+    },
     BackupSnapshot {
         snapshot: String,
         etag: String,
@@ -256,6 +261,11 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
             rec.phase = P::BackupSnapshot;
         }
         (P::Copy, O::CopyFailed { .. }) => rec.copy_id = None,
+        (P::Copy, O::CopyUnavailable { .. }) => {
+            rec.base_snapshot = None;
+            rec.applied_upto = 0;
+            rec.phase = P::Apply;
+        }
         (P::BackupSnapshot, O::BackupSnapshot { snapshot, etag }) => {
             rec.backup_snapshot = Some(snapshot);
             rec.backup_etag = Some(etag);
@@ -372,6 +382,41 @@ mod tests {
         .unwrap();
         advance(&mut r, Outcome::CopyDone, 0).unwrap();
         assert_eq!(next_action(&r), Some(Action::TakeBackupSnapshot));
+    }
+
+    #[test]
+    fn a_copy_the_service_cannot_read_becomes_a_full_apply() {
+        let mut r = incremental();
+        advance(
+            &mut r,
+            Outcome::SourceSnapshot {
+                snapshot: "S1".into(),
+                size: 8,
+            },
+            0,
+        )
+        .unwrap();
+        advance(
+            &mut r,
+            Outcome::Repair {
+                reason: "tampered".into(),
+            },
+            0,
+        )
+        .unwrap();
+        advance(
+            &mut r,
+            Outcome::CopyUnavailable {
+                reason: "no SAS".into(),
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.kind, r.phase, r.base_snapshot.as_deref()),
+            (CycleKind::Seed, Phase::Apply, None)
+        );
+        assert_eq!(next_action(&r), Some(Action::ApplyDiff));
     }
 
     #[test]

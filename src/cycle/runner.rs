@@ -383,13 +383,20 @@ impl<'a> Runner<'a> {
     /// Applies the diff `S(n-1)..S(n)` from the checkpoint on, persisting progress as it goes.
     async fn apply(&self, rec: &mut CycleRecord) -> Result<Outcome, CycleError> {
         let (source, backup) = (&self.disk.source, &self.disk.backup);
-        let (Some(snapshot), Some(base)) = (rec.source_snapshot.clone(), rec.base_snapshot.clone())
-        else {
-            return Err(self.blob_err(BlobError::Config(
-                "apply without source snapshot or diff base".into(),
-            )));
+        let Some(snapshot) = rec.source_snapshot.clone() else {
+            return Err(self.blob_err(BlobError::Config("apply without a source snapshot".into())));
         };
+        // No diff base: a seed by client copy. Every page of S(n) is listed and copied onto a
+        // backup base made blank first (only before the first checkpoint: later, resume).
+        let base = rec.base_snapshot.clone();
         let size = rec.source_size;
+        if base.is_none() && rec.applied_upto == 0 {
+            self.blobs
+                .create_page_blob(backup, round_up_to_page(size))
+                .await
+                .map_err(|e| self.blob_err(e))?;
+            rec.backup_touched = true;
+        }
         // A source that grew (or shrank) is matched first, so every put lands inside the blob.
         let props = self
             .blobs
@@ -414,7 +421,14 @@ impl<'a> Runner<'a> {
         }
 
         let window = ByteRange::new(rec.applied_upto, size);
-        let batches = diff_batches(&self.blobs, source, &snapshot, &base, window, self.tuning);
+        let batches = diff_batches(
+            &self.blobs,
+            source,
+            &snapshot,
+            base.as_deref(),
+            window,
+            self.tuning,
+        );
         let mut batches = std::pin::pin!(batches);
         let concurrency = self.disk.concurrency.max(1);
         // Batches run and finish in any order (a slow request does not hold back the ones
@@ -625,6 +639,10 @@ impl<'a> Runner<'a> {
             Err(BlobError::NotFound { what, .. }) if what.contains(snapshot.unwrap_or("\0")) => {
                 Ok(Outcome::SourceSnapshotGone)
             }
+            Err(BlobError::CopySourceUnreadable { what, reason }) => {
+                tracing::info!(disk = %rec.disk, source = %what, %reason, "seeding by copying every page through snapback");
+                Ok(Outcome::CopyUnavailable { reason })
+            }
             Err(e) => Err(e),
         }
     }
@@ -712,7 +730,7 @@ struct BlobPropsCopy {
     pending: bool,
 }
 
-/// The diff `base..snapshot` within `window`, as a stream of [`Batch`]es in offset order.
+/// The diff `base..snapshot` (every page of `snapshot` when there is no base) within `window`, as a stream of [`Batch`]es in offset order.
 /// The window is listed in `x-ms-range` segments (Microsoft's advice for heavily fragmented
 /// blobs) and each segment page by page (`NextMarker`, `maxresults`); batches are made from
 /// the current page's items one at a time, as the apply pulls them. So a diff of millions of
@@ -722,7 +740,7 @@ fn diff_batches<'b>(
     blobs: &'b dyn PageBlobs,
     source: &'b BlobRef,
     snapshot: &'b str,
-    base: &'b str,
+    base: Option<&'b str>,
     window: ByteRange,
     tuning: ApplyTuning,
 ) -> impl stream::Stream<Item = Result<Batch, BlobError>> + 'b {
@@ -770,7 +788,7 @@ fn diff_batches<'b>(
                 let segment = st.segments[index];
                 let query = PageListQuery {
                     snapshot: Some(snapshot),
-                    prev_snapshot: Some(base),
+                    prev_snapshot: base,
                     range: Some(segment),
                     marker: marker.as_deref(),
                     max_results: Some(tuning.page_results),
