@@ -127,6 +127,23 @@ pub struct LastCycle {
     pub seconds: i64,
 }
 
+/// One line for `status`, standalone or from the daemon.
+impl std::fmt::Display for LastCycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} -> {} ({} bytes written, {} cleared, {} ranges, {} requests, {}s)",
+            self.kind,
+            self.backup_snapshot.as_deref().unwrap_or("-"),
+            self.bytes_written,
+            self.bytes_cleared,
+            self.ranges,
+            self.requests,
+            self.seconds
+        )
+    }
+}
+
 pub struct App {
     pub config: Config,
     pub blobs: Arc<dyn PageBlobs>,

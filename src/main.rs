@@ -637,16 +637,7 @@ fn print_status(status: &[DiskStatus], json: bool) -> anyhow::Result<()> {
             println!("  last error:    {e}");
         }
         if let Some(c) = &s.last_cycle {
-            println!(
-                "  last cycle:    {} -> {} ({} bytes written, {} cleared, {} ranges, {} requests, {}s)",
-                c.kind,
-                c.backup_snapshot.as_deref().unwrap_or("-"),
-                c.bytes_written,
-                c.bytes_cleared,
-                c.ranges,
-                c.requests,
-                c.seconds
-            );
+            println!("  last cycle:    {c}");
         }
     }
     Ok(())

@@ -235,17 +235,7 @@ pub fn render_status(s: &DaemonStatus) -> String {
             let _ = writeln!(out, "  failures:      {} in a row", d.failures);
         }
         if let Some(c) = &st.last_cycle {
-            let _ = writeln!(
-                out,
-                "  last cycle:    {} -> {} ({} bytes written, {} cleared, {} ranges, {} requests, {}s)",
-                c.kind,
-                c.backup_snapshot.as_deref().unwrap_or("-"),
-                c.bytes_written,
-                c.bytes_cleared,
-                c.ranges,
-                c.requests,
-                c.seconds
-            );
+            let _ = writeln!(out, "  last cycle:    {c}");
         }
     }
     out
