@@ -381,17 +381,7 @@ impl App {
     /// Restore points of a disk, oldest first, read from the backup account: the snapshots
     /// snapback tagged for this disk (so the list survives the loss of the state directory).
     pub async fn list(&self, disk: &DiskConfig) -> Result<Vec<RestorePoint>, AppError> {
-        let backup = blob_ref(&disk.backup);
-        let snapshots = match self.blobs.list_snapshots(&backup).await {
-            Ok(s) => s,
-            // No backup container yet: the disk was never backed up.
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let snapshots: Vec<_> = snapshots
-            .into_iter()
-            .filter(|s| crate::retention::is_restore_point(&s.metadata, &disk.name))
-            .collect();
+        let snapshots = crate::retention::restore_points(self.blobs.as_ref(), disk).await?;
         let points: Vec<_> = snapshots
             .iter()
             .map(|s| crate::retention::Point::from_snapshot(&s.snapshot))

@@ -199,17 +199,13 @@ impl<'a> Restorer<'a> {
     }
 
     async fn choose(&self, sel: &PointSelector) -> Result<Chosen, RestoreError> {
-        let backup = self.backup();
-        let points: Vec<Chosen> = self
-            .blobs
-            .list_snapshots(&backup)
+        let points: Vec<Chosen> = crate::retention::restore_points(self.blobs, self.disk)
             .await
             .map_err(blob_err(format!(
                 "restore points of disk {}",
                 self.disk.name
             )))?
             .into_iter()
-            .filter(|s| crate::retention::is_restore_point(&s.metadata, &self.disk.name))
             .map(|s| Chosen {
                 source_snapshot: s
                     .metadata

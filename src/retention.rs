@@ -275,6 +275,25 @@ pub fn is_restore_point(metadata: &crate::blobs::Metadata, disk: &str) -> bool {
             .is_some_and(|s| !s.is_empty())
 }
 
+/// A disk's restore points, oldest first, as its backup blob's snapshots show them (the truth,
+/// even if the state directory was lost). A backup container that does not exist yet means
+/// the disk was never backed up: no restore points.
+pub async fn restore_points(
+    blobs: &dyn PageBlobs,
+    disk: &DiskConfig,
+) -> Result<Vec<crate::blobs::SnapshotInfo>, BlobError> {
+    let backup = crate::app::blob_ref(&disk.backup);
+    let snapshots = match blobs.list_snapshots(&backup).await {
+        Ok(s) => s,
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(snapshots
+        .into_iter()
+        .filter(|s| is_restore_point(&s.metadata, &disk.name))
+        .collect())
+}
+
 /// The disk's time zone, for retention periods.
 pub fn disk_tz(disk: &DiskConfig) -> Result<Tz, RetentionError> {
     disk.tz.parse::<Tz>().map_err(|e| RetentionError::TimeZone {
@@ -301,16 +320,13 @@ pub async fn disk_plan(
     now: i64,
 ) -> Result<Vec<Decision>, RetentionError> {
     let tz = disk_tz(disk)?;
-    let backup = crate::app::blob_ref(&disk.backup);
-    let points: Vec<Point> = blobs
-        .list_snapshots(&backup)
+    let points: Vec<Point> = restore_points(blobs, disk)
         .await
         .map_err(|source| RetentionError::Blob {
             disk: disk.name.clone(),
             source,
         })?
         .into_iter()
-        .filter(|s| is_restore_point(&s.metadata, &disk.name))
         .map(|s| Point::from_snapshot(&s.snapshot))
         .collect();
     Ok(plan(&points, &disk.retention, timestamp(now), &tz))

@@ -256,16 +256,12 @@ pub async fn verify(
 ) -> Result<VerifyReport, VerifyError> {
     let backup = crate::app::blob_ref(&disk.backup);
     let source = crate::app::blob_ref(&disk.source);
-    let ours: Vec<_> = blobs
-        .list_snapshots(&backup)
+    let ours = crate::retention::restore_points(blobs, disk)
         .await
         .map_err(|source| VerifyError::Blob {
             disk: disk.name.clone(),
             source,
-        })?
-        .into_iter()
-        .filter(|s| crate::retention::is_restore_point(&s.metadata, &disk.name))
-        .collect();
+        })?;
     let point = match snapshot {
         Some(want) => ours.iter().find(|s| s.snapshot == want).ok_or_else(|| {
             VerifyError::UnknownRestorePoint {
