@@ -42,6 +42,10 @@ enum Command {
     Backup {
         /// Disk names from the config.
         disks: Vec<String>,
+        /// With a daemon running: return once it has started the cycles, instead of waiting
+        /// for their results.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// List a disk's restore points, oldest first.
     List {
@@ -186,7 +190,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig => unreachable!("handled before the runtime starts"),
         Command::Run => unreachable!("handled by daemon_aware"),
-        Command::Backup { disks } => backup(&app, &disks).await,
+        Command::Backup { disks, .. } => backup(&app, &disks).await,
         Command::List { disk, json } => list(&app, &disk, json).await,
         Command::Status { json, .. } => {
             print_status(&app.status()?, json)?;
@@ -549,16 +553,23 @@ async fn daemon_aware(command: &Command, config: &Config) -> anyhow::Result<Opti
             }
             None => Ok(None),
         },
-        Command::Backup { disks } => {
+        Command::Backup { disks, no_wait } => {
             let names: Vec<String> = if disks.is_empty() {
                 config.disks.iter().map(|d| d.name.clone()).collect()
             } else {
                 disks.clone()
             };
+            // What each disk's last cycle and failure count were before asking, to tell the
+            // cycle we asked for from earlier ones.
+            let before = match ask(Request::Status).await? {
+                Some(Response::Status(s)) => s,
+                Some(other) => anyhow::bail!("unexpected reply from the daemon: {other:?}"),
+                None => return Ok(None),
+            };
             let mut code = ExitCode::SUCCESS;
-            for (i, disk) in names.into_iter().enumerate() {
+            let mut started = Vec::new();
+            for disk in names {
                 match ask(Request::Backup { disk: disk.clone() }).await? {
-                    None if i == 0 => return Ok(None),
                     None => anyhow::bail!("the daemon went away"),
                     Some(Response::Backup { disk, outcome }) => {
                         println!(
@@ -568,18 +579,90 @@ async fn daemon_aware(command: &Command, config: &Config) -> anyhow::Result<Opti
                                 control::BackupOutcome::AlreadyRunning => "cycle already running",
                             }
                         );
+                        started.push(disk);
                     }
                     Some(Response::Error { message }) => {
                         eprintln!("snapback: {message}");
-                        code = ExitCode::from(EXIT_USAGE);
+                        return Ok(Some(ExitCode::from(EXIT_USAGE)));
                     }
                     Some(other) => anyhow::bail!("unexpected reply from the daemon: {other:?}"),
                 }
+            }
+            if *no_wait {
+                return Ok(Some(code));
+            }
+            if !wait_for_daemon_cycles(socket, &before, started).await? {
+                code = ExitCode::from(EXIT_FAILED);
             }
             Ok(Some(code))
         }
         _ => Ok(None),
     }
+}
+
+/// Waits until the daemon has finished a cycle of each disk (one that ends after `before`),
+/// printing each result; returns whether all succeeded. A cycle succeeded when the disk's last
+/// restore point changed, and failed when its count of failures in a row went up.
+async fn wait_for_daemon_cycles(
+    socket: &std::path::Path,
+    before: &snapback::daemon::control::DaemonStatus,
+    mut pending: Vec<String>,
+) -> anyhow::Result<bool> {
+    use snapback::daemon::control::{self, Request, Response};
+    let key = |s: &control::DaemonDiskStatus| {
+        (
+            s.status
+                .last_cycle
+                .as_ref()
+                .and_then(|c| c.backup_snapshot.clone()),
+            s.failures,
+        )
+    };
+    let earlier: std::collections::HashMap<String, _> = before
+        .disks
+        .iter()
+        .map(|d| (d.status.disk.clone(), key(d)))
+        .collect();
+    let mut all_ok = true;
+    while !pending.is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = match control::request(socket, &Request::Status).await {
+            Ok(Some(Response::Status(s))) => s,
+            _ => anyhow::bail!(
+                "the daemon stopped before the cycle of {} finished; it resumes when the daemon starts again",
+                pending.join(", ")
+            ),
+        };
+        pending.retain(|name| {
+            let Some(d) = now.disks.iter().find(|d| &d.status.disk == name) else {
+                println!("{name}: FAILED: the disk was removed from the daemon's config");
+                all_ok = false;
+                return false;
+            };
+            let (point, failures) = key(d);
+            let (old_point, old_failures) = earlier.get(name).cloned().unwrap_or((None, 0));
+            if d.running {
+                return true;
+            }
+            if point.is_some() && point != old_point {
+                println!("{name}: ok, restore point {}", point.unwrap_or_default());
+                false
+            } else if failures > old_failures {
+                println!(
+                    "{name}: FAILED: {}",
+                    d.status
+                        .last_error
+                        .as_deref()
+                        .unwrap_or("see the daemon's log")
+                );
+                all_ok = false;
+                false
+            } else {
+                true // not started yet (waiting for a slot or a window)
+            }
+        });
+    }
+    Ok(all_ok)
 }
 
 /// SIGINT/SIGTERM during a manual backup: stop at the next checkpoint; the next run resumes.

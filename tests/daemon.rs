@@ -268,7 +268,7 @@ async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle(
         .await
     );
     // `backup` through the daemon: "run this disk now".
-    let out = fx.snapback(&["backup", "disk1"]);
+    let out = fx.snapback(&["backup", "--no-wait", "disk1"]);
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -734,4 +734,34 @@ async fn at_most_max_concurrent_cycles_run_at_once() {
     }
     h.shutdown();
     daemon.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_through_the_daemon_waits_for_the_result() {
+    // Manual-only disks (no schedule): only our request runs a cycle.
+    let disks = disk_section("disk1", "") + &disk_section("ghost", "");
+    let fx = Fixture::with_extra(&disks);
+    let blobs = fx.blobs();
+    small_disk(blobs.as_ref(), &fx.source("disk1"), 11).await;
+    let socket = fx.config().control_socket;
+    let d = DaemonProc::spawn(&fx);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            daemon_status(&socket).await.is_some()
+        })
+        .await
+    );
+    let out = fx.snapback(&["backup", "disk1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", d.stderr());
+    assert!(stdout.contains("disk1: ok, restore point"), "{stdout}");
+    assert_eq!(restore_points(blobs.as_ref(), &fx.backup("disk1")).await, 1);
+    // A failing cycle is reported as such, with its cause, and exits 1.
+    let out = fx.snapback(&["backup", "ghost"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("ghost: FAILED") && stdout.contains("ghost.vhd"),
+        "{stdout}"
+    );
 }
