@@ -16,13 +16,16 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN} AS build
 WORKDIR /src
 # Dependencies first: a code change does not rebuild them. (rusqlite builds SQLite with the
 # image's C compiler; TLS is rustls, so no OpenSSL is needed.)
+# The manifest declares the benchmark target, so a stub of it is needed too.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+RUN mkdir src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/apply.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src benches
 COPY src ./src
+COPY benches ./benches
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
     && strip target/release/snapback
