@@ -198,6 +198,13 @@ fn image<'g>(g: &'g Inner, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult
     }
 }
 
+/// A base blob, for writing; NotFound names it.
+fn blob_mut<'g>(g: &'g mut Inner, blob: &BlobRef) -> BlobResult<&'g mut Blob> {
+    g.blobs
+        .get_mut(blob)
+        .ok_or_else(|| not_found(blob.to_string()))
+}
+
 fn not_found(what: String) -> BlobError {
     BlobError::NotFound {
         what,
@@ -284,10 +291,7 @@ impl PageBlobs for MemBlobs {
     async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String> {
         let t = self.tick();
         let mut g = self.gate()?;
-        let b = g
-            .blobs
-            .get_mut(blob)
-            .ok_or_else(|| not_found(blob.to_string()))?;
+        let b = blob_mut(&mut g, blob)?;
         let ts = format!("2026-01-01T00:00:00.{t:07}Z");
         let mut img = b.image.clone();
         img.metadata = metadata.clone();
@@ -367,10 +371,7 @@ impl PageBlobs for MemBlobs {
         self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
-        let b = g
-            .blobs
-            .get_mut(blob)
-            .ok_or_else(|| not_found(blob.to_string()))?;
+        let b = blob_mut(&mut g, blob)?;
         let r = ByteRange::new(offset, offset + data.len() as u64);
         if !r.is_page_aligned() || r.len() > MAX_PUT_BYTES || r.end > b.image.size {
             return Err(BlobError::Service {
@@ -418,10 +419,7 @@ impl PageBlobs for MemBlobs {
         self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
-        let b = g
-            .blobs
-            .get_mut(blob)
-            .ok_or_else(|| not_found(blob.to_string()))?;
+        let b = blob_mut(&mut g, blob)?;
         let first = range.start / PAGE_SIZE;
         let pages: Vec<u64> = b
             .image
@@ -458,10 +456,7 @@ impl PageBlobs for MemBlobs {
     async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
         let id = self.tick();
         let mut g = self.gate()?;
-        let b = g
-            .blobs
-            .get_mut(blob)
-            .ok_or_else(|| not_found(blob.to_string()))?;
+        let b = blob_mut(&mut g, blob)?;
         b.image.size = size;
         b.image.pages.retain(|k, _| k * PAGE_SIZE < size);
         b.etag = id;
@@ -522,10 +517,7 @@ impl PageBlobs for MemBlobs {
     async fn set_metadata(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<()> {
         let id = self.tick();
         let mut g = self.gate()?;
-        let b = g
-            .blobs
-            .get_mut(blob)
-            .ok_or_else(|| not_found(blob.to_string()))?;
+        let b = blob_mut(&mut g, blob)?;
         b.image.metadata = metadata.clone();
         b.etag = id;
         Ok(())

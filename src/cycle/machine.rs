@@ -291,6 +291,15 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
 mod tests {
     use super::*;
 
+    /// The first step of every cycle: S(n) = "S1", 8 bytes.
+    fn take_s1(r: &mut CycleRecord) {
+        let s1 = Outcome::SourceSnapshot {
+            snapshot: "S1".into(),
+            size: 8,
+        };
+        advance(r, s1, 0).unwrap();
+    }
+
     fn incremental() -> CycleRecord {
         CycleRecord::new("d", "t".into(), Some("S0".into()), Some("e0".into()), 0)
     }
@@ -351,15 +360,7 @@ mod tests {
     fn first_cycle_seeds_and_retries_a_failed_copy() {
         let mut r = CycleRecord::new("d", "t".into(), None, None, 0);
         assert_eq!(r.kind, CycleKind::Seed);
-        advance(
-            &mut r,
-            Outcome::SourceSnapshot {
-                snapshot: "S1".into(),
-                size: 8,
-            },
-            0,
-        )
-        .unwrap();
+        take_s1(&mut r);
         assert_eq!(next_action(&r), Some(Action::StartCopy));
         advance(
             &mut r,
@@ -387,15 +388,7 @@ mod tests {
     #[test]
     fn a_copy_the_service_cannot_read_becomes_a_full_apply() {
         let mut r = incremental();
-        advance(
-            &mut r,
-            Outcome::SourceSnapshot {
-                snapshot: "S1".into(),
-                size: 8,
-            },
-            0,
-        )
-        .unwrap();
+        take_s1(&mut r);
         advance(
             &mut r,
             Outcome::Repair {
@@ -422,15 +415,7 @@ mod tests {
     #[test]
     fn unusable_base_turns_the_cycle_into_a_seed_keeping_the_snapshot() {
         let mut r = incremental();
-        advance(
-            &mut r,
-            Outcome::SourceSnapshot {
-                snapshot: "S1".into(),
-                size: 8,
-            },
-            0,
-        )
-        .unwrap();
+        take_s1(&mut r);
         advance(
             &mut r,
             Outcome::Repair {
@@ -447,15 +432,7 @@ mod tests {
     #[test]
     fn vanished_source_snapshot_restarts_from_snapshot_and_skips_etag_check() {
         let mut r = incremental();
-        advance(
-            &mut r,
-            Outcome::SourceSnapshot {
-                snapshot: "S1".into(),
-                size: 8,
-            },
-            0,
-        )
-        .unwrap();
+        take_s1(&mut r);
         advance(&mut r, Outcome::DiffBaseOk, 0).unwrap();
         advance(
             &mut r,
