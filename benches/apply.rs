@@ -501,7 +501,6 @@ impl PageBlobs for Synthetic {
         Ok(PageList {
             items: (first..last).map(|i| self.item(i)).collect(),
             next_marker: (last < end).then(|| last.to_string()),
-            blob_size: Some(self.size()),
         })
     }
     async fn read(&self, _b: &BlobRef, _s: Option<&str>, r: ByteRange) -> BlobResult<Bytes> {

@@ -72,8 +72,6 @@ pub struct PageList {
     pub items: Vec<PageItem>,
     /// Opaque continuation; `None` when the listing is complete.
     pub next_marker: Option<String>,
-    /// `x-ms-blob-content-length` of the listed blob or snapshot, when sent.
-    pub blob_size: Option<u64>,
 }
 
 /// A Get Page Ranges request.

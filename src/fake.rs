@@ -351,7 +351,6 @@ impl PageBlobs for MemBlobs {
         Ok(PageList {
             next_marker: (end < items.len()).then(|| end.to_string()),
             items: items[start.min(end)..end].to_vec(),
-            blob_size: Some(new.size),
         })
     }
 

@@ -288,6 +288,12 @@ pub fn plan_reads(ops: &[PageOp], max_read: u64, max_gap: u64) -> Vec<Batch> {
     out
 }
 
+/// CRC-64/NVME, the checksum Azure uses for `x-ms-content-crc64`; also how `verify` compares
+/// chunks.
+pub fn crc64(data: &[u8]) -> u64 {
+    crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(data)
+}
+
 /// Rounds `n` up to the next page boundary (a resize target must be page aligned).
 pub fn round_up_to_page(n: u64) -> u64 {
     n.div_ceil(PAGE_SIZE) * PAGE_SIZE

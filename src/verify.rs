@@ -14,7 +14,7 @@
 use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
 use crate::cycle::runner::TAG_SOURCE_SNAPSHOT;
-use crate::pages::{ByteRange, PageItem, MAX_PUT_BYTES};
+use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
@@ -142,10 +142,6 @@ pub fn union_chunks(a: &[ByteRange], b: &[ByteRange], size: u64, chunk: u64) -> 
         }
     }
     out
-}
-
-fn crc64(data: &[u8]) -> u64 {
-    crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(data)
 }
 
 /// Compares `backup`@`restore_point` with `source`@`source_snapshot`, both already resolved.

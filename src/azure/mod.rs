@@ -374,11 +374,9 @@ fn xml_message(body: &[u8]) -> Option<String> {
     text[start..end].lines().next().map(str::to_string)
 }
 
+/// `x-ms-content-crc64`: the CRC-64/NVME of the body, 8 bytes little-endian.
 fn crc64_le(data: &[u8]) -> Vec<u8> {
-    crc::Crc::<u64>::new(&crc::CRC_64_NVME)
-        .checksum(data)
-        .to_le_bytes()
-        .to_vec()
+    crate::pages::crc64(data).to_le_bytes().to_vec()
 }
 
 fn etag_string(etag: Option<azure_core::http::Etag>) -> String {
@@ -596,21 +594,12 @@ impl PageBlobs for AzureBlobs {
                 },
                 other => other,
             })?;
-        let size = resp
-            .headers()
-            .get_optional_str(&azure_core::http::headers::HeaderName::from_static(
-                "x-ms-blob-content-length",
-            ))
-            .and_then(|v| v.parse().ok());
-        let mut list =
-            page_list::parse(resp.body().as_ref()).map_err(|message| BlobError::Service {
-                what: what(),
-                status: 200,
-                code: "MalformedPageList".into(),
-                message,
-            })?;
-        list.blob_size = size;
-        Ok(list)
+        page_list::parse(resp.body().as_ref()).map_err(|message| BlobError::Service {
+            what: what(),
+            status: 200,
+            code: "MalformedPageList".into(),
+            message,
+        })
     }
 
     async fn read(
