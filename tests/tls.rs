@@ -30,5 +30,8 @@ async fn https_requests_start_a_tls_handshake() {
         .unwrap();
     // 0x16 = handshake record, 0x03 = TLS major version: a ClientHello.
     assert_eq!(&header[..2], &[0x16, 0x03], "first bytes {header:?}");
-    assert!(answer.is_err(), "a closed handshake cannot yield a response");
+    assert!(
+        answer.is_err(),
+        "a closed handshake cannot yield a response"
+    );
 }
