@@ -65,11 +65,15 @@ pub fn redact(text: &str) -> String {
             .filter_map(|pat| lower[pos..].find(pat).map(|i| (pos + i, pat.len())))
             .min();
         let Some((at, len)) = next else { break };
-        // A parameter named exactly `sig` (not `xsig=`): preceded by a non-word character.
-        let is_param = lower[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        // A parameter named exactly `sig` (not `xsig=`): preceded by a non-word character
+        // or by an encoded `&` / `?`.
+        let before = &lower[..at];
+        let is_param = before.ends_with("%26")
+            || before.ends_with("%3f")
+            || before
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
         let value_start = at + len;
         out.push_str(&text[pos..value_start]);
         if is_param {
