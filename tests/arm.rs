@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::arm::{ArmEmulator, SUBSCRIPTION};
+use common::arm::{ArmEmulator, CLIENT_ID, FEDERATED_TOKEN, IDENTITY_HEADER, SUBSCRIPTION, TENANT};
 use common::azurite::{Azurite, PREMIUM_KEY};
 use common::fixture::{create_disk, write, Fixture};
 use snapback::arm::{
@@ -566,5 +566,59 @@ async fn a_token_is_required_and_a_bad_secret_is_a_credential_error() {
     assert!(
         err.to_string().contains("SB_TEST_ARM_UNSET_VARIABLE"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_signs_in_with_the_federated_token_file() {
+    let az = Azurite::start();
+    let emu = ArmEmulator::start(&az, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, FEDERATED_TOKEN).unwrap();
+    // What the AKS webhook injects. Only this test reads these variables: the other
+    // credentials ignore them (the authority host comes from the config, not the environment).
+    std::env::set_var("AZURE_TENANT_ID", TENANT);
+    std::env::set_var("AZURE_CLIENT_ID", CLIENT_ID);
+    std::env::set_var("AZURE_FEDERATED_TOKEN_FILE", &token_file);
+    let cfg = emu.azure_config_with("workload_identity = true");
+    let arm = ArmClient::from_config(&cfg, ArmEmulator::options()).expect("workload identity");
+    let err = arm.get_disk(&disk_id("db05")).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ArmErrorKind::NotFound,
+        "signed in, then 404: {err}"
+    );
+    let stats = emu.control_get("/__emulator/stats").await;
+    assert_eq!(
+        (stats["token"].as_u64(), stats["unauthorized"].as_u64()),
+        (Some(1), Some(0)),
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_signs_in_at_the_identity_endpoint_never_imds() {
+    let az = Azurite::start();
+    let emu = ArmEmulator::start(&az, &[]);
+    // azure_identity's ManagedIdentityCredential takes the App Service protocol when these
+    // are set, so it asks the emulator, never IMDS (169.254.169.254). Only this test sets them.
+    std::env::set_var("IDENTITY_ENDPOINT", format!("{}/msi/token", emu.endpoint()));
+    std::env::set_var("IDENTITY_HEADER", IDENTITY_HEADER);
+    let cfg = emu.azure_config_with(&format!(
+        "managed_identity = true\nclient_id = \"{CLIENT_ID}\""
+    ));
+    let arm = ArmClient::from_config(&cfg, ArmEmulator::options()).expect("managed identity");
+    let err = arm.get_disk(&disk_id("db06")).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ArmErrorKind::NotFound,
+        "signed in, then 404: {err}"
+    );
+    let stats = emu.control_get("/__emulator/stats").await;
+    assert_eq!(
+        (stats["token"].as_u64(), stats["unauthorized"].as_u64()),
+        (Some(1), Some(0)),
+        "{stats}"
     );
 }

@@ -27,7 +27,10 @@
  *    deleting a snapshot or disk whose access is not ended, on a write SAS for a
  *    disk that is not ReadyToUpload.
  *  - Token endpoint: POST /{tenant}/oauth2/v2.0/token (client credentials):
- *    client_id / client_secret must equal EMU_CLIENT_ID / EMU_CLIENT_SECRET.
+ *    client_id must equal EMU_CLIENT_ID, and client_secret EMU_CLIENT_SECRET or
+ *    client_assertion (workload identity) EMU_FEDERATED_TOKEN; the scope must be
+ *    {this endpoint}/.default. Managed identity: GET /msi/token (App Service
+ *    protocol) with x-identity-header = EMU_IDENTITY_HEADER.
  *
  * Control routes (no token): POST /__emulator/faults?status=429&count=1&match=S
  *   [&retry_after=N][&code=C] arms faults like the Azurite preload's; GET
@@ -37,7 +40,7 @@
  *
  * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
  * EMU_TLS_CERT, EMU_TLS_KEY (PEM files), EMU_TENANT, EMU_CLIENT_ID,
- * EMU_CLIENT_SECRET, EMU_POLLS, EMU_RETRY_AFTER, EMU_PAGE_SIZE (list page size,
+ * EMU_CLIENT_SECRET, EMU_FEDERATED_TOKEN, EMU_IDENTITY_HEADER, EMU_POLLS, EMU_RETRY_AFTER, EMU_PAGE_SIZE (list page size,
  * default 2), SNAPBACK_HARNESS_PARENT_PID (exit when that process is gone).
  */
 
@@ -70,6 +73,12 @@ const MD_KEY = Buffer.from(env("EMU_MD_KEY"), "base64");
 const TENANT = env("EMU_TENANT", "tenant");
 const CLIENT_ID = env("EMU_CLIENT_ID", "client");
 const CLIENT_SECRET = env("EMU_CLIENT_SECRET");
+// Workload identity: the federated token (the contents of AZURE_FEDERATED_TOKEN_FILE) the
+// token endpoint accepts as client_assertion; empty: not accepted.
+const FEDERATED_TOKEN = env("EMU_FEDERATED_TOKEN", "");
+// Managed identity, App Service protocol (IDENTITY_ENDPOINT + IDENTITY_HEADER): the secret
+// header value the identity endpoint requires; empty: endpoint disabled.
+const IDENTITY_HEADER = env("EMU_IDENTITY_HEADER", "");
 const POLLS = Number(env("EMU_POLLS", "1"));
 const RETRY_AFTER = Number(env("EMU_RETRY_AFTER", "0"));
 const PAGE_SIZE = Number(env("EMU_PAGE_SIZE", "2"));
@@ -468,7 +477,11 @@ async function handleToken(req, res, url) {
   if (url.pathname !== `/${TENANT}/oauth2/v2.0/token`) {
     return send(res, 400, { error: "invalid_request", error_description: `AADSTS90002: Tenant not found (${url.pathname}).` });
   }
-  if (form.get("grant_type") !== "client_credentials" || form.get("client_id") !== CLIENT_ID || form.get("client_secret") !== CLIENT_SECRET) {
+  const bySecret = form.get("client_secret") === CLIENT_SECRET;
+  const assertion = form.get("client_assertion");
+  const byAssertion = FEDERATED_TOKEN !== "" && assertion === FEDERATED_TOKEN &&
+    form.get("client_assertion_type") === "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+  if (form.get("grant_type") !== "client_credentials" || form.get("client_id") !== CLIENT_ID || !(bySecret || byAssertion)) {
     return send(res, 401, { error: "invalid_client", error_description: "AADSTS7000215: Invalid client secret provided." });
   }
   if (form.get("scope") !== `${base}/.default`) {
@@ -477,6 +490,31 @@ async function handleToken(req, res, url) {
   const token = `emu-${crypto.randomBytes(24).toString("hex")}`;
   tokens.add(token);
   send(res, 200, { token_type: "Bearer", expires_in: 3600, ext_expires_in: 3600, access_token: token });
+}
+
+/**
+ * Managed identity endpoint (App Service protocol, what azure_identity's
+ * ManagedIdentityCredential uses when IDENTITY_ENDPOINT and IDENTITY_HEADER are set):
+ * GET /msi/token?api-version=2019-08-01&resource=R[&client_id=C] with x-identity-header.
+ */
+function handleIdentity(req, res, url) {
+  stats.token += 1;
+  if (IDENTITY_HEADER === "" || req.headers["x-identity-header"] !== IDENTITY_HEADER) {
+    return send(res, 401, { error: "invalid_request", error_description: "x-identity-header is missing or wrong" });
+  }
+  const q = url.searchParams;
+  if (q.get("api-version") !== "2019-08-01" || q.get("resource") !== base) {
+    return send(res, 400, { error: "invalid_resource", error_description: `resource ${q.get("resource")} is not ${base}` });
+  }
+  if (q.has("client_id") && q.get("client_id") !== CLIENT_ID) {
+    return send(res, 400, { error: "invalid_request", error_description: "Identity not found" });
+  }
+  const token = `emu-mi-${crypto.randomBytes(24).toString("hex")}`;
+  tokens.add(token);
+  send(res, 200, {
+    access_token: token, token_type: "Bearer", resource: base,
+    expires_on: String(Math.floor(Date.now() / 1000) + 3600),
+  });
 }
 
 // ---------------------------------------------------------- control ------
@@ -540,6 +578,7 @@ async function main() {
     let handler;
     if (url.pathname.startsWith("/__emulator/")) handler = async () => handleControl(req, res, url);
     else if (url.pathname.endsWith("/oauth2/v2.0/token") && req.method === "POST") handler = () => handleToken(req, res, url);
+    else if (url.pathname === "/msi/token" && req.method === "GET") handler = async () => handleIdentity(req, res, url);
     else handler = () => handleArm(req, res, url);
     handler().catch((err) => {
       process.stderr.write(`${TAG}: ${req.method} ${url.pathname}: ${err.stack || err}\n`);

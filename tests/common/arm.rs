@@ -23,6 +23,10 @@ pub const TENANT: &str = "snapback-test-tenant";
 pub const CLIENT_ID: &str = "snapback-test-client";
 /// Test-only client secret the emulator's token endpoint accepts.
 pub const CLIENT_SECRET: &str = "snapback-test-client-secret-not-a-secret";
+/// Test-only federated token (workload identity's token file) the emulator accepts.
+pub const FEDERATED_TOKEN: &str = "snapback-test-federated-token-not-a-secret";
+/// Test-only `IDENTITY_HEADER` of the emulator's managed identity endpoint (`/msi/token`).
+pub const IDENTITY_HEADER: &str = "snapback-test-identity-header";
 /// A subscription id (a GUID, as ARM's are).
 pub const SUBSCRIPTION: &str = "00000000-0000-4000-8000-000000000001";
 
@@ -59,6 +63,8 @@ impl ArmEmulator {
             .env("EMU_TENANT", TENANT)
             .env("EMU_CLIENT_ID", CLIENT_ID)
             .env("EMU_CLIENT_SECRET", CLIENT_SECRET)
+            .env("EMU_FEDERATED_TOKEN", FEDERATED_TOKEN)
+            .env("EMU_IDENTITY_HEADER", IDENTITY_HEADER)
             .env(
                 "SNAPBACK_HARNESS_PARENT_PID",
                 std::process::id().to_string(),
@@ -138,9 +144,16 @@ impl ArmEmulator {
     /// An `[azure]` table pointing at this emulator with the client-secret credential,
     /// the secret in `secret_env` (which the caller sets).
     pub fn azure_config(&self, secret_env: &str) -> AzureConfig {
+        self.azure_config_with(&format!(
+            "tenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{secret_env}\""
+        ))
+    }
+
+    /// An `[azure]` table pointing at this emulator with `credential_lines` (TOML) as the
+    /// credential.
+    pub fn azure_config_with(&self, credential_lines: &str) -> AzureConfig {
         let text = format!(
-            "arm_endpoint = \"{e}\"\nauthority_host = \"{e}\"\ntenant_id = \"{TENANT}\"\n\
-             client_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{secret_env}\"\n",
+            "arm_endpoint = \"{e}\"\nauthority_host = \"{e}\"\n{credential_lines}\n",
             e = self.endpoint
         );
         AzureConfig::from_table(&text.parse().expect("TOML")).expect("valid [azure]")
