@@ -508,9 +508,9 @@ async fn polling_honours_retry_after_and_429_is_retried() {
         started.elapsed()
     );
 
-    // 503 beyond the retry budget (3 retries): typed Server error with ARM's code.
+    // 503 on the first try and all 3 retries: typed Server error with ARM's code.
     emu.control_post(
-        "/__emulator/faults?status=503&count=10&retry_after=0&match=/disks/db03&code=ServerBusy",
+        "/__emulator/faults?status=503&count=4&retry_after=0&match=/disks/db03&code=ServerBusy",
     )
     .await;
     let err = arm.get_disk(&disk).await.unwrap_err();
@@ -518,6 +518,22 @@ async fn polling_honours_retry_after_and_429_is_retried() {
     assert_eq!((err.status(), err.code()), (Some(503), Some("ServerBusy")));
     let stats = emu.control_get("/__emulator/stats").await;
     assert!(stats["arm"].as_u64().unwrap() >= 4 + 3 + 4, "{stats}");
+
+    // A message that quotes a SAS URL (services do echo URLs) is redacted in the error.
+    emu.control_post(
+        "/__emulator/faults?status=400&count=1&match=/disks/db03&code=InvalidParameter\
+         &message=bad%20source%20https%3A%2F%2Fmd-x.blob%2Fd%3Fsv%3D1%26sig%3DTOPSECRETSIG%26sr%3Db",
+    )
+    .await;
+    let err = arm.get_disk(&disk).await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.code()),
+        (ArmErrorKind::BadRequest, Some("InvalidParameter"))
+    );
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains("TOPSECRETSIG"), "{shown}");
+        assert!(shown.contains("sig=REDACTED"), "{shown}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,7 @@
  *    protocol) with x-identity-header = EMU_IDENTITY_HEADER.
  *
  * Control routes (no token): POST /__emulator/faults?status=429&count=1&match=S
- *   [&retry_after=N][&code=C] arms faults like the Azurite preload's; GET
+ *   [&retry_after=N][&code=C][&message=M] arms faults like the Azurite preload's; GET
  *   /__emulator/state lists disks, snapshots and active accesses; GET
  *   /__emulator/disk-sas?id=<disk id> mints a read-write SAS on the live disk
  *   blob (the "VM" writing its disk); GET /__emulator/stats counts requests.
@@ -421,7 +421,8 @@ async function handleArm(req, res, url) {
   const fault = takeFault(req);
   if (fault) {
     const headers = fault.retryAfter !== undefined ? { "Retry-After": String(fault.retryAfter) } : {};
-    return armError(res, fault.status, fault.code || (fault.status === 429 ? "TooManyRequests" : "InternalServerError"), "Injected fault.", headers);
+    return armError(res, fault.status, fault.code || (fault.status === 429 ? "TooManyRequests" : "InternalServerError"),
+      fault.message || "Injected fault.", headers);
   }
   if (url.pathname.startsWith("/__operations/") || url.pathname.startsWith("/__operationResults/")) {
     const isResult = url.pathname.startsWith("/__operationResults/");
@@ -534,7 +535,10 @@ function handleControl(req, res, url) {
     const status = Number(q.get("status"));
     const count = Number(q.get("count") || "1");
     if (!(status >= 400 && status <= 599) || !(count >= 1)) return send(res, 400, { error: "status 400..599, count >= 1" });
-    const fault = { status, count, match: q.get("match") || "", method: (q.get("method") || "").toUpperCase(), code: q.get("code") || undefined };
+    const fault = {
+      status, count, match: q.get("match") || "", method: (q.get("method") || "").toUpperCase(),
+      code: q.get("code") || undefined, message: q.get("message") || undefined,
+    };
     if (q.has("retry_after")) fault.retryAfter = Number(q.get("retry_after"));
     faults.push(fault);
     return send(res, 200, { faults });
