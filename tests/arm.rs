@@ -519,6 +519,37 @@ async fn polling_honours_retry_after_and_429_is_retried() {
     let stats = emu.control_get("/__emulator/stats").await;
     assert!(stats["arm"].as_u64().unwrap() >= 4 + 3 + 4, "{stats}");
 
+    // Operations that announce only `Location` (no Azure-AsyncOperation) are polled there:
+    // a second emulator on the same Azurite, in that mode.
+    let loc = ArmEmulator::start(&az, &[("EMU_POLLS", "2"), ("EMU_LOCATION_ONLY", "1")]);
+    let arm2 = loc.client();
+    let d7 = disk_id("db07");
+    let data = pattern(7, 8192);
+    upload_disk(&arm2, &d7, MIB, &[(4096, data.clone())]).await;
+    let d7_disk = arm2.get_disk(&d7).await.unwrap();
+    let s7 = arm2
+        .create_incremental_snapshot(&snap_id("db07-1"), &d7_disk, &Tags::new())
+        .await
+        .expect("snapshot, Location-only");
+    assert!(s7.is_ready());
+    let sas = arm2
+        .begin_get_access(&snap_id("db07-1"), Access::Read, HOUR)
+        .await
+        .expect("read SAS, Location-only");
+    assert_eq!(read_sas(sas.expose().as_str(), 4096, 8192).await.1, data);
+    arm2.end_get_access(&snap_id("db07-1")).await.unwrap();
+    arm2.delete_snapshot(&snap_id("db07-1")).await.unwrap();
+    arm2.delete_disk(&d7).await.unwrap();
+    let state = loc.control_get("/__emulator/state").await;
+    assert_eq!(
+        (
+            state["disks"].as_array().map(Vec::len),
+            state["snapshots"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0)),
+        "{state}"
+    );
+
     // A message that quotes a SAS URL (services do echo URLs) is redacted in the error.
     emu.control_post(
         "/__emulator/faults?status=400&count=1&match=/disks/db03&code=InvalidParameter\
@@ -561,6 +592,8 @@ async fn a_token_is_required_and_a_bad_secret_is_a_credential_error() {
     );
     let stats = emu.control_get("/__emulator/stats").await;
     assert_eq!(stats["token"], 1, "{stats}");
+    // The cached token (the emulator's start with "emu-") is not in the client's Debug.
+    assert!(!format!("{arm:?}").contains("emu-"), "{arm:?}");
 
     // A wrong secret: a credential error that does not show the secret.
     std::env::set_var("SB_TEST_ARM_WRONG_SECRET", "wrong-secret-value");

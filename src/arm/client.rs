@@ -271,7 +271,9 @@ impl ArmClient {
             id,
             Method::Post,
             self.url(id, "/endGetAccess"),
-            Some(Bytes::from_static(b"{}")),
+            // No body, as Azure's own SDKs send it; an explicit empty one so that the POST
+            // carries `Content-Length: 0`.
+            Some(Bytes::new()),
         )
         .await?;
         Ok(())
@@ -363,7 +365,9 @@ impl ArmClient {
             let mut request = Request::new(url.clone(), method);
             request.insert_header("accept", "application/json");
             if let Some(b) = &body {
-                request.insert_header("content-type", "application/json");
+                if !b.is_empty() {
+                    request.insert_header("content-type", "application/json");
+                }
                 request.set_body(b.clone());
             }
             let options = PipelineSendOptions {

@@ -18,7 +18,8 @@
  *    with it, and the diff with `x-ms-previous-snapshot-url` (answered by the
  *    Azurite preload, which accepts that header only on the md account).
  *  - Long-running operations (PUT, DELETE, beginGetAccess, endGetAccess) answer
- *    201/202 with Azure-AsyncOperation (+ Location for POST and DELETE) and
+ *    201/202 with Azure-AsyncOperation (+ Location for POST and DELETE; only
+ *    Location with EMU_LOCATION_ONLY=1) and
  *    Retry-After (EMU_RETRY_AFTER seconds, default 0); each operation reports
  *    "InProgress" EMU_POLLS times (default 1) before it succeeds.
  *  - Enforced like Azure: a bearer token issued by the token endpoint on every
@@ -40,7 +41,7 @@
  *
  * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
  * EMU_TLS_CERT, EMU_TLS_KEY (PEM files), EMU_TENANT, EMU_CLIENT_ID,
- * EMU_CLIENT_SECRET, EMU_FEDERATED_TOKEN, EMU_IDENTITY_HEADER, EMU_POLLS, EMU_RETRY_AFTER, EMU_PAGE_SIZE (list page size,
+ * EMU_CLIENT_SECRET, EMU_FEDERATED_TOKEN, EMU_IDENTITY_HEADER, EMU_POLLS, EMU_LOCATION_ONLY, EMU_RETRY_AFTER, EMU_PAGE_SIZE (list page size,
  * default 2), SNAPBACK_HARNESS_PARENT_PID (exit when that process is gone).
  */
 
@@ -82,6 +83,7 @@ const IDENTITY_HEADER = env("EMU_IDENTITY_HEADER", "");
 const POLLS = Number(env("EMU_POLLS", "1"));
 const RETRY_AFTER = Number(env("EMU_RETRY_AFTER", "0"));
 const PAGE_SIZE = Number(env("EMU_PAGE_SIZE", "2"));
+const LOCATION_ONLY = env("EMU_LOCATION_ONLY", "0") === "1";
 const CONTAINER = "disks";
 
 // ------------------------------------------------------------- state -----
@@ -187,15 +189,18 @@ function parseJson(text) {
   }
 }
 
-/** Starts a long-running operation; `finish` runs once the polls are used up. */
-function startOperation(finish) {
+/**
+ * Starts a long-running operation; `finish` runs once the polls are used up. The answer's
+ * headers: Azure-AsyncOperation, plus Location when `location` (POST, DELETE); with
+ * EMU_LOCATION_ONLY=1 only Location (the other pattern ARM services use).
+ */
+function startOperation(finish, { location = true } = {}) {
   const id = crypto.randomUUID();
   operations.set(id, { remaining: POLLS, finish, done: false, result: undefined, error: undefined });
-  return {
-    "Azure-AsyncOperation": `${base}/__operations/${id}?api-version=2024-03-02`,
-    Location: `${base}/__operationResults/${id}?api-version=2024-03-02`,
-    "Retry-After": String(RETRY_AFTER),
-  };
+  const headers = { "Retry-After": String(RETRY_AFTER) };
+  if (!LOCATION_ONLY) headers["Azure-AsyncOperation"] = `${base}/__operations/${id}?api-version=2024-03-02`;
+  if (location || LOCATION_ONLY) headers.Location = `${base}/__operationResults/${id}?api-version=2024-03-02`;
+  return headers;
 }
 
 async function advance(op) {
@@ -281,8 +286,8 @@ async function putDisk(req, res, id, m, body) {
     await storage("PUT", `${CONTAINER}/${blob}`, "", { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(upload) });
     disk.provisioningState = "Succeeded";
     return undefined;
-  });
-  send(res, 201, diskView(disk), { "Azure-AsyncOperation": headers["Azure-AsyncOperation"], "Retry-After": headers["Retry-After"] });
+  }, { location: false });
+  send(res, 201, diskView(disk), headers);
 }
 
 async function putSnapshot(req, res, id, m, body) {
@@ -325,8 +330,8 @@ async function putSnapshot(req, res, id, m, body) {
     snapshot.provisioningState = "Succeeded";
     snapshot.completionPercent = 100;
     return undefined;
-  });
-  send(res, 201, snapshotView(snapshot), { "Azure-AsyncOperation": headers["Azure-AsyncOperation"], "Retry-After": headers["Retry-After"] });
+  }, { location: false });
+  send(res, 201, snapshotView(snapshot), headers);
 }
 
 function listSnapshots(req, res, url, m) {
