@@ -550,6 +550,30 @@ async fn polling_honours_retry_after_and_429_is_retried() {
         "{state}"
     );
 
+    // An operation that ends Failed: typed, with ARM's code, the message redacted.
+    emu.control_post(
+        "/__emulator/next-operation?fail=InternalDiskManagementError\
+         &message=see%20https%3A%2F%2Fmd%2Fd%3Fsig%3DOPSECRET",
+    )
+    .await;
+    let err = arm.end_get_access(&disk).await.unwrap_err();
+    assert_eq!(err.kind(), ArmErrorKind::OperationFailed, "{err}");
+    assert_eq!(err.code(), Some("InternalDiskManagementError"));
+    assert!(matches!(&err, ArmError::OperationFailed { status, .. } if status == "Failed"));
+    assert!(!format!("{err} {err:?}").contains("OPSECRET"), "{err:?}");
+    // A polling URL on another origin is not followed (the token would go there).
+    emu.control_post("/__emulator/next-operation?host=localhost")
+        .await;
+    let err = arm
+        .begin_get_access(&disk, Access::Write, HOUR)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ArmErrorKind::InvalidResponse, "{err}");
+    assert!(
+        err.to_string().contains("outside https://127.0.0.1:"),
+        "{err}"
+    );
+
     // A message that quotes a SAS URL (services do echo URLs) is redacted in the error.
     emu.control_post(
         "/__emulator/faults?status=400&count=1&match=/disks/db03&code=InvalidParameter\

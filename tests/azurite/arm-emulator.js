@@ -35,7 +35,10 @@
  *
  * Control routes (no token): POST /__emulator/faults?status=429&count=1&match=S
  *   [&retry_after=N][&code=C][&message=M] arms faults like the Azurite preload's; GET
- *   /__emulator/state lists disks, snapshots and active accesses; GET
+ *   /__emulator/state lists disks, snapshots and active accesses; POST
+ *   /__emulator/next-operation?fail=CODE[&message=M] makes the next long-running
+ *   operation end Failed with that code (?host=localhost: announce its polling URL on
+ *   another origin); GET
  *   /__emulator/disk-sas?id=<disk id> mints a read-write SAS on the live disk
  *   blob (the "VM" writing its disk); GET /__emulator/stats counts requests.
  *
@@ -94,6 +97,7 @@ const snapshots = new Map(); // lower-case id -> snapshot
 const operations = new Map(); // op id -> { remaining, done, result, error }
 const faults = []; // { status, count, match, retryAfter, code }
 const stats = { arm: 0, token: 0, unauthorized: 0 };
+let nextOperation = {}; // set by POST /__emulator/next-operation: { fail, message, host }
 let base = ""; // https://127.0.0.1:PORT
 
 function now() {
@@ -196,10 +200,22 @@ function parseJson(text) {
  */
 function startOperation(finish, { location = true } = {}) {
   const id = crypto.randomUUID();
-  operations.set(id, { remaining: POLLS, finish, done: false, result: undefined, error: undefined });
+  const twist = nextOperation;
+  nextOperation = {};
+  const run = twist.fail
+    ? async () => {
+      const err = new Error(`The operation failed (injected): ${twist.message || twist.fail}`);
+      err.code = twist.fail;
+      throw err;
+    }
+    : finish;
+  operations.set(id, { remaining: POLLS, finish: run, done: false, result: undefined, error: undefined });
+  // A polling URL on another origin (same port, host "localhost"): a client must not follow
+  // it, since its bearer token would go there.
+  const origin = twist.host ? base.replace("127.0.0.1", twist.host) : base;
   const headers = { "Retry-After": String(RETRY_AFTER) };
-  if (!LOCATION_ONLY) headers["Azure-AsyncOperation"] = `${base}/__operations/${id}?api-version=2024-03-02`;
-  if (location || LOCATION_ONLY) headers.Location = `${base}/__operationResults/${id}?api-version=2024-03-02`;
+  if (!LOCATION_ONLY) headers["Azure-AsyncOperation"] = `${origin}/__operations/${id}?api-version=2024-03-02`;
+  if (location || LOCATION_ONLY) headers.Location = `${origin}/__operationResults/${id}?api-version=2024-03-02`;
   return headers;
 }
 
@@ -547,6 +563,10 @@ function handleControl(req, res, url) {
     if (q.has("retry_after")) fault.retryAfter = Number(q.get("retry_after"));
     faults.push(fault);
     return send(res, 200, { faults });
+  }
+  if (url.pathname === "/__emulator/next-operation" && req.method === "POST") {
+    nextOperation = { fail: q.get("fail") || undefined, message: q.get("message") || undefined, host: q.get("host") || undefined };
+    return send(res, 200, { nextOperation });
   }
   if (url.pathname === "/__emulator/state" && req.method === "GET") {
     return send(res, 200, {
