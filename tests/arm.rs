@@ -386,6 +386,36 @@ async fn snapshots_sas_and_managed_diff_over_http() {
     // Kinds are checked before any request.
     let err = arm.get_disk(&snap_id("db01-c2")).await.unwrap_err();
     assert_eq!(err.kind(), ArmErrorKind::BadRequest);
+
+    // The ARM side of one incremental cycle, counted: snapshot S3, read SAS for S3 and S2,
+    // end both, delete S2. Each operation is polled twice (InProgress, Succeeded): PUT + 2
+    // polls + GET, 2 × (POST + 2 polls + GET Location), 2 × (POST + 2 polls), DELETE + 2
+    // polls = 4 + 8 + 6 + 3 = 21 requests.
+    let before = emu.control_get("/__emulator/stats").await["arm"]
+        .as_u64()
+        .unwrap();
+    let started = Instant::now();
+    arm.create_incremental_snapshot(&snap_id("db01-c3"), &got, &t2)
+        .await
+        .unwrap();
+    for s in ["db01-c3", "db01-c2"] {
+        arm.begin_get_access(&snap_id(s), Access::Read, HOUR)
+            .await
+            .unwrap();
+    }
+    for s in ["db01-c3", "db01-c2"] {
+        arm.end_get_access(&snap_id(s)).await.unwrap();
+    }
+    arm.delete_snapshot(&snap_id("db01-c2")).await.unwrap();
+    let after = emu.control_get("/__emulator/stats").await["arm"]
+        .as_u64()
+        .unwrap();
+    eprintln!(
+        "ARM side of one cycle: {} requests, {:?}",
+        after - before,
+        started.elapsed()
+    );
+    assert_eq!(after - before, 21);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

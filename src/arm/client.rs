@@ -172,7 +172,14 @@ impl ArmClient {
             },
         };
         let out = self
-            .lro(OP, id, Method::Put, self.url(id, ""), Some(json(&body)))
+            .lro(
+                OP,
+                id,
+                Method::Put,
+                self.url(id, ""),
+                Some(json(&body)),
+                Outcome::Resource,
+            )
             .await?;
         parse(OP, &id.to_string(), out)
     }
@@ -219,8 +226,15 @@ impl ArmClient {
     pub async fn delete_snapshot(&self, id: &ResourceId) -> Result<(), ArmError> {
         const OP: &str = "delete snapshot";
         expect_kind(OP, id, ResourceKind::Snapshot)?;
-        self.lro(OP, id, Method::Delete, self.url(id, ""), None)
-            .await?;
+        self.lro(
+            OP,
+            id,
+            Method::Delete,
+            self.url(id, ""),
+            None,
+            Outcome::Nothing,
+        )
+        .await?;
         Ok(())
     }
 
@@ -228,8 +242,15 @@ impl ArmClient {
     pub async fn delete_disk(&self, id: &ResourceId) -> Result<(), ArmError> {
         const OP: &str = "delete disk";
         expect_kind(OP, id, ResourceKind::Disk)?;
-        self.lro(OP, id, Method::Delete, self.url(id, ""), None)
-            .await?;
+        self.lro(
+            OP,
+            id,
+            Method::Delete,
+            self.url(id, ""),
+            None,
+            Outcome::Nothing,
+        )
+        .await?;
         Ok(())
     }
 
@@ -254,6 +275,7 @@ impl ArmClient {
                 Method::Post,
                 self.url(id, "/beginGetAccess"),
                 Some(json(&body)),
+                Outcome::AtLocation,
             )
             .await?;
         let uri: AccessUri = parse(OP, &id.to_string(), out)?;
@@ -274,6 +296,7 @@ impl ArmClient {
             // No body, as Azure's own SDKs send it; an explicit empty one so that the POST
             // carries `Content-Length: 0`.
             Some(Bytes::new()),
+            Outcome::Nothing,
         )
         .await?;
         Ok(())
@@ -302,7 +325,14 @@ impl ArmClient {
             },
         };
         let out = self
-            .lro(OP, id, Method::Put, self.url(id, ""), Some(json(&body)))
+            .lro(
+                OP,
+                id,
+                Method::Put,
+                self.url(id, ""),
+                Some(json(&body)),
+                Outcome::Resource,
+            )
             .await?;
         parse(OP, &id.to_string(), out)
     }
@@ -422,7 +452,7 @@ impl ArmClient {
 
     /// A request that may start a long-running operation (201/202 with
     /// `Azure-AsyncOperation` or `Location`): polls it to its end, honouring `Retry-After`,
-    /// and returns the final result's body (empty when there is none).
+    /// and returns the body of the result `want`s (empty for [`Outcome::Nothing`]).
     async fn lro(
         &self,
         op: &'static str,
@@ -430,6 +460,7 @@ impl ArmClient {
         method: Method,
         url: Url,
         body: Option<Bytes>,
+        want: Outcome,
     ) -> Result<Bytes, ArmError> {
         let resource = id.to_string();
         let first = self.send(op, &resource, method, url.clone(), body).await?;
@@ -444,64 +475,65 @@ impl ArmClient {
         }
         let deadline = Instant::now() + self.options.poll.timeout;
         let mut wait = retry_after(&headers);
-        if let Some(link) = async_op {
-            let poll_url = self.same_origin(op, &resource, &link)?;
+        let Some(link) = async_op else {
+            // Only `Location`: it answers 202 until the operation ends, then the result.
+            let poll_url = match &location {
+                Some(link) => self.same_origin(op, &resource, link)?,
+                None => return Ok(Bytes::new()),
+            };
             loop {
                 self.pause(op, &resource, deadline, wait).await?;
                 let resp = self
                     .send(op, &resource, Method::Get, poll_url.clone(), None)
                     .await?;
+                if u16::from(resp.status()) != 202 {
+                    return match want {
+                        Outcome::Resource => self.call(op, &resource, Method::Get, url, None).await,
+                        Outcome::AtLocation => Ok(resp.into_body().into()),
+                        Outcome::Nothing => Ok(Bytes::new()),
+                    };
+                }
                 wait = retry_after(resp.headers());
-                let state: AsyncOperation = parse(op, &resource, resp.into_body().into())?;
-                match state.status.as_str() {
-                    "Succeeded" => break,
-                    "Failed" | "Canceled" => {
-                        let (code, message) = state
-                            .error
-                            .map(|e| (e.code, redact(&e.message)))
-                            .unwrap_or_default();
-                        return Err(ArmError::OperationFailed {
-                            operation: op,
-                            resource,
-                            status: state.status,
-                            code,
-                            message,
-                        });
-                    }
-                    _ => {}
-                }
             }
-            // The result: a PUT's is the resource; a POST's is at `Location` (ARM's
-            // final-state-via for beginGetAccess); a DELETE has none.
-            return match (method, location) {
-                (Method::Put | Method::Patch, _) => {
-                    self.call(op, &resource, Method::Get, url, None).await
-                }
-                (Method::Post, Some(link)) => {
-                    let url = self.same_origin(op, &resource, &link)?;
-                    self.call(op, &resource, Method::Get, url, None).await
-                }
-                _ => Ok(Bytes::new()),
-            };
-        }
-        let poll_url = match &location {
-            Some(link) => self.same_origin(op, &resource, link)?,
-            None => return Ok(Bytes::new()),
         };
+        let poll_url = self.same_origin(op, &resource, &link)?;
         loop {
             self.pause(op, &resource, deadline, wait).await?;
             let resp = self
                 .send(op, &resource, Method::Get, poll_url.clone(), None)
                 .await?;
-            if u16::from(resp.status()) != 202 {
-                return match method {
-                    Method::Put | Method::Patch => {
-                        self.call(op, &resource, Method::Get, url, None).await
-                    }
-                    _ => Ok(resp.into_body().into()),
-                };
-            }
             wait = retry_after(resp.headers());
+            let state: AsyncOperation = parse(op, &resource, resp.into_body().into())?;
+            match state.status.as_str() {
+                "Succeeded" => break,
+                "Failed" | "Canceled" => {
+                    let (code, message) = state
+                        .error
+                        .map(|e| (e.code, redact(&e.message)))
+                        .unwrap_or_default();
+                    return Err(ArmError::OperationFailed {
+                        operation: op,
+                        resource,
+                        status: state.status,
+                        code,
+                        message,
+                    });
+                }
+                _ => {}
+            }
+        }
+        match (want, location) {
+            (Outcome::Resource, _) => self.call(op, &resource, Method::Get, url, None).await,
+            (Outcome::AtLocation, Some(link)) => {
+                let url = self.same_origin(op, &resource, &link)?;
+                self.call(op, &resource, Method::Get, url, None).await
+            }
+            (Outcome::AtLocation, None) => Err(ArmError::invalid(
+                op,
+                &resource,
+                "the operation succeeded but gave no Location to read its result from",
+            )),
+            (Outcome::Nothing, _) => Ok(Bytes::new()),
         }
     }
 
@@ -523,6 +555,19 @@ impl ArmClient {
         tokio::time::sleep(wait).await;
         Ok(())
     }
+}
+
+/// What a long-running operation's caller needs once it succeeded; each is one request
+/// (or none), so a caller that needs nothing spends no request on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The resource (PUT): a GET of the request URL.
+    Resource,
+    /// The operation's result at `Location` (`beginGetAccess`: the SAS; ARM's
+    /// final-state-via for it).
+    AtLocation,
+    /// Nothing (DELETE, `endGetAccess`).
+    Nothing,
 }
 
 fn expect_kind(op: &'static str, id: &ResourceId, kind: ResourceKind) -> Result<(), ArmError> {
