@@ -4,7 +4,8 @@
 //! - [`config`]: the TOML contract, validated into typed specs with every problem reported.
 //! - [`pages`]: page geometry and diff coalescing (pure).
 //! - [`blobs`]: the narrow page-blob trait a cycle needs.
-//! - [`azure`]: the only code that speaks HTTP; implements [`blobs::PageBlobs`].
+//! - [`arm`]: the only code that speaks to Azure Resource Manager (managed disks).
+//! - [`azure`]: the only code that speaks HTTP to storage; implements [`blobs::PageBlobs`].
 //! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
 //! - [`state`]: the SQLite state database.
@@ -15,6 +16,7 @@
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
 pub mod app;
+pub mod arm;
 pub mod azure;
 pub mod blobs;
 pub mod config;

@@ -514,6 +514,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // Problem collection
 // ---------------------------------------------------------------------------
 
+pub mod azure;
 mod validate;
 use validate::{build_config, valid_container_name, Ctx};
 

@@ -53,6 +53,12 @@
  *     destination range would (same limits: at most 4 MiB, page aligned,
  *     source and destination lengths equal). A refused source read answers
  *     like Azure: CannotVerifyCopySource with the source's status.
+ *  j. x-ms-previous-snapshot-url (managed disks). The diff base of a managed
+ *     disk snapshot is given as the SAS URL of the older snapshot in this
+ *     header. Accepted only on the accounts in SNAPBACK_AZURITE_MD_ACCOUNTS
+ *     (default "md"; 400 UnsupportedHeaderForNonManagedDisksAccount elsewhere,
+ *     as on Azure); the URL's SAS is checked by reading it from this Azurite;
+ *     then the answer is exactly the prevsnapshot diff of (a).
  *  g. Version pin + self-check. If Azurite is not exactly 3.37.0, or an
  *     internal we patch is missing, print why and exit 1 before serving.
  *  h. Stops by itself when SNAPBACK_HARNESS_PARENT_PID is gone (polled every
@@ -63,7 +69,7 @@ const fs = require("fs");
 const path = require("path");
 const crypto = require("crypto");
 
-const EXTENSION_VERSION = "1.1.0";
+const EXTENSION_VERSION = "1.2.0";
 const PINNED_AZURITE_VERSION = "3.37.0";
 const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 const PAGE = 512;
@@ -289,6 +295,52 @@ async function loadPrevSnapshot(az, store, context, ctx, prevsnapshot, snapshot)
   }
 }
 
+/** Accounts that behave like the managed-disk ("md-...") accounts behind disk SAS URLs. */
+function managedDiskAccounts() {
+  return (process.env.SNAPBACK_AZURITE_MD_ACCOUNTS || "md").split(",").filter((a) => a !== "");
+}
+
+/**
+ * The diff base given as `x-ms-previous-snapshot-url` (the managed-disk form of
+ * prevsnapshot): a SAS URL of an older snapshot of the same blob. Azure accepts
+ * the header only on managed-disk accounts (400
+ * UnsupportedHeaderForNonManagedDisksAccount elsewhere). The URL must name this
+ * blob and carry `snapshot=`; its SAS must let it be read, which we check with a
+ * GET to this same Azurite (so Azurite's own SAS rules decide). Returns the
+ * snapshot time, or undefined when the header is absent.
+ */
+async function prevSnapshotFromUrl(az, request, ctx, requestId) {
+  const raw = request.getHeader("x-ms-previous-snapshot-url");
+  if (raw === undefined || raw === "") return undefined;
+  if (!managedDiskAccounts().includes(ctx.account)) {
+    throw storageError(az, 400, "UnsupportedHeaderForNonManagedDisksAccount",
+      "The header x-ms-previous-snapshot-url is supported only for managed disk accounts.", requestId);
+  }
+  const invalid = () => storageError(az, 400, "InvalidHeaderValue",
+    "The value for one of the HTTP headers is not in the correct format.", requestId);
+  let url;
+  try {
+    url = new URL(String(raw));
+  } catch (err) {
+    throw invalid();
+  }
+  const snapshot = url.searchParams.get("snapshot");
+  const samePath = decodeURIComponent(url.pathname) === `/${ctx.account}/${ctx.container}/${ctx.blob}`;
+  const localPort = request.req && request.req.socket ? request.req.socket.localPort : undefined;
+  const local = url.protocol === "http:" && ["127.0.0.1", "localhost"].includes(url.hostname) &&
+    (localPort === undefined || Number(url.port) === localPort);
+  if (!snapshot || !samePath || !local) throw invalid();
+  const got = await httpGet(url.toString(), { "x-ms-range": "bytes=0-0", "x-ms-version": "2025-11-05" });
+  if (got.status === 404) {
+    throw storageError(az, 409, "PreviousSnapshotNotFound", "The previous snapshot is not found.", requestId);
+  }
+  if (got.status !== 200 && got.status !== 206) {
+    throw storageError(az, 403, "AuthenticationFailed",
+      `The previous snapshot URL is not authorized (it answered ${got.status} ${got.code || ""}).`.trim(), requestId);
+  }
+  return snapshot;
+}
+
 function patchGetPageRanges(az) {
   az.PageBlobHandler.prototype.getPageRanges = async function getPageRanges(options, context) {
     const ctx = new az.BlobStorageContext(context);
@@ -301,7 +353,7 @@ function patchGetPageRanges(az) {
       throw az.StorageErrorFactory.getInvalidPageRange(context.contextId);
     }
     const { maxResults, afterOffset } = parseListingQuery(az, request, context.contextId);
-    const prevsnapshot = request.getQuery("prevsnapshot");
+    const prevsnapshot = await prevSnapshotFromUrl(az, request, ctx, context.contextId) || request.getQuery("prevsnapshot");
     let items;
     if (prevsnapshot) {
       const prev = await loadPrevSnapshot(az, this.metadataStore, context, ctx, prevsnapshot, options.snapshot);

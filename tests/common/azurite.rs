@@ -29,6 +29,12 @@ use std::time::{Duration, Instant, SystemTime};
 pub const PREMIUM_ACCOUNT: &str = "premium";
 /// Backup (destination) storage account name.
 pub const BACKUP_ACCOUNT: &str = "backup";
+/// The managed-disk account: the ARM emulator keeps disks and snapshots there,
+/// and only it accepts `x-ms-previous-snapshot-url` (as Azure's md-* accounts).
+pub const MD_ACCOUNT: &str = "md";
+/// Fixed test-only Shared Key of [`MD_ACCOUNT`] (base64).
+pub const MD_KEY: &str =
+    "c25hcGJhY2staGFybmVzcy1tYW5hZ2VkLWRpc2stYWNjb3VudC1rZXktbm90LWEtc2VjcmV0LTAxMjM0NTY3ODk=";
 /// Fixed test-only Shared Key of [`PREMIUM_ACCOUNT`] (base64).
 pub const PREMIUM_KEY: &str =
     "c25hcGJhY2staGFybmVzcy1wcmVtaXVtLWFjY291bnQta2V5LW5vdC1hLXNlY3JldC0wMTIzNDU2Nzg5YWI=";
@@ -50,8 +56,8 @@ pub struct Azurite {
 }
 
 impl Azurite {
-    /// Starts a fresh Azurite on 127.0.0.1 with the accounts `premium` and
-    /// `backup`, a fresh data dir, and the snapback extension. Panics (with
+    /// Starts a fresh Azurite on 127.0.0.1 with the accounts `premium`,
+    /// `backup` and `md`, a fresh data dir, and the snapback extension. Panics (with
     /// Azurite's stderr) if it is not listening within 30 s.
     pub fn start() -> Azurite {
         Self::start_with_env(&[])
@@ -78,7 +84,9 @@ impl Azurite {
             .args(["--disableTelemetry", "--skipApiVersionCheck"])
             .env(
                 "AZURITE_ACCOUNTS",
-                format!("{PREMIUM_ACCOUNT}:{PREMIUM_KEY};{BACKUP_ACCOUNT}:{BACKUP_KEY}"),
+                format!(
+                    "{PREMIUM_ACCOUNT}:{PREMIUM_KEY};{BACKUP_ACCOUNT}:{BACKUP_KEY};{MD_ACCOUNT}:{MD_KEY}"
+                ),
             )
             .env(
                 "SNAPBACK_HARNESS_PARENT_PID",
@@ -140,6 +148,7 @@ impl Azurite {
         match account {
             PREMIUM_ACCOUNT => PREMIUM_KEY.to_string(),
             BACKUP_ACCOUNT => BACKUP_KEY.to_string(),
+            MD_ACCOUNT => MD_KEY.to_string(),
             other => panic!("no such Azurite test account: {other}"),
         }
     }

@@ -1,3 +1,4 @@
+pub mod arm;
 pub mod azurite;
 pub mod daemon;
 pub mod fixture;

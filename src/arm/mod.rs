@@ -1,0 +1,27 @@
+//! The only code in snapback that speaks to Azure Resource Manager: the few
+//! Microsoft.Compute requests managed-disk backups need (incremental snapshots, read and
+//! write SAS, disks for upload), hand-written on azure_core's pipeline because no
+//! maintained ARM Compute crate exists (see docs/managed-disks.md).
+//!
+//! - [`id`]: resource ids of disks and snapshots, validated.
+//! - [`client`]: [`ArmClient`], retries per `Retry-After` and long-running operations.
+//! - [`models`]: the request and response bodies.
+//! - [`credential`]: the azure_identity credential an `[azure]` table names.
+//! - [`sas`]: SAS URLs that never show their signature; redaction of error text.
+//! - [`error`]: typed errors (kind, resource id, HTTP status, ARM error code).
+
+pub mod client;
+pub mod credential;
+pub mod error;
+pub mod id;
+pub mod models;
+pub mod sas;
+
+pub use client::{ArmClient, ArmOptions, PollPolicy, RetryPolicy};
+pub use error::{ArmError, ArmErrorKind};
+pub use id::{ResourceGroup, ResourceId, ResourceKind};
+pub use models::{Access, Disk, Snapshot, Tags, UploadDiskSpec};
+pub use sas::SasUrl;
+
+/// The Microsoft.Compute (DiskRP) REST version of every request.
+pub const API_VERSION: &str = "2024-03-02";

@@ -1,0 +1,211 @@
+//! The request and response bodies of the few ARM operations snapback uses
+//! (Microsoft.Compute disks and snapshots, api-version [`super::API_VERSION`]).
+//!
+//! Only the fields snapback reads or writes; unknown fields in answers are ignored.
+
+use super::sas::SasUrl;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Resource tags (ARM keeps them as a string map).
+pub type Tags = BTreeMap<String, String>;
+
+/// How a disk or snapshot was made.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreationData {
+    pub create_option: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_resource_id: Option<String>,
+    /// Changes when a disk is deleted and recreated under the same name: tells an old
+    /// disk's snapshots from the new one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_unique_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_size_bytes: Option<u64>,
+}
+
+/// A snapshot resource as ARM returns it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub location: String,
+    #[serde(default)]
+    pub tags: Tags,
+    pub properties: SnapshotProperties,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotProperties {
+    pub creation_data: CreationData,
+    #[serde(default)]
+    pub incremental: Option<bool>,
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+    #[serde(default)]
+    pub provisioning_state: Option<String>,
+    /// Background copy progress; Premium SSD v2 / Ultra snapshots are usable only at 100.
+    #[serde(default)]
+    pub completion_percent: Option<f64>,
+    #[serde(default)]
+    pub disk_state: Option<String>,
+    #[serde(default)]
+    pub time_created: Option<String>,
+}
+
+impl Snapshot {
+    /// Usable as a diff base and readable: provisioned, and copied if the disk type reports
+    /// a copy progress.
+    pub fn is_ready(&self) -> bool {
+        self.properties.provisioning_state.as_deref() == Some("Succeeded")
+            && self
+                .properties
+                .completion_percent
+                .is_none_or(|p| p >= 100.0)
+    }
+}
+
+/// A managed disk as ARM returns it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Disk {
+    pub id: String,
+    pub name: String,
+    pub location: String,
+    #[serde(default)]
+    pub sku: Option<Sku>,
+    #[serde(default)]
+    pub zones: Vec<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    pub properties: DiskProperties,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskProperties {
+    pub creation_data: CreationData,
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+    #[serde(default)]
+    pub unique_id: Option<String>,
+    #[serde(default)]
+    pub provisioning_state: Option<String>,
+    /// `Unattached`, `Attached`, `ReadyToUpload`, `ActiveUpload`, `ActiveSAS`, ...
+    #[serde(default)]
+    pub disk_state: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Sku {
+    pub name: String,
+}
+
+/// PUT body of an incremental snapshot.
+#[derive(Debug, Serialize)]
+pub(crate) struct SnapshotPut<'a> {
+    pub location: &'a str,
+    pub tags: &'a Tags,
+    pub properties: SnapshotPutProperties,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SnapshotPutProperties {
+    pub creation_data: CreationData,
+    pub incremental: bool,
+}
+
+/// What a disk for upload (a restore target) looks like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadDiskSpec {
+    pub location: String,
+    /// Disk size + 512 (the fixed VHD footer Azure expects in an upload).
+    pub upload_size_bytes: u64,
+    /// e.g. `Premium_LRS`; Azure's default (Standard_LRS) if `None`.
+    pub sku: Option<String>,
+    pub zone: Option<String>,
+    pub tags: Tags,
+}
+
+/// PUT body of a disk created for upload.
+#[derive(Debug, Serialize)]
+pub(crate) struct DiskPut<'a> {
+    pub location: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sku: Option<Sku>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    pub tags: &'a Tags,
+    pub properties: DiskPutProperties,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DiskPutProperties {
+    pub creation_data: CreationData,
+}
+
+/// `beginGetAccess` access level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GrantAccess {
+    pub access: Access,
+    pub duration_in_seconds: u32,
+}
+
+/// The result of `beginGetAccess`.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessUri {
+    #[serde(rename = "accessSAS")]
+    pub access_sas: String,
+}
+
+impl fmt::Debug for AccessUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match url::Url::parse(&self.access_sas) {
+            Ok(u) => write!(f, "AccessUri({})", SasUrl::new(u)),
+            Err(_) => f.write_str("AccessUri(<unparsable>)"),
+        }
+    }
+}
+
+/// Body of an `Azure-AsyncOperation` poll.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AsyncOperation {
+    pub status: String,
+    #[serde(default)]
+    pub error: Option<ErrorBody>,
+}
+
+/// ARM's error envelope: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// One page of a list.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Page<T> {
+    pub value: Vec<T>,
+    #[serde(default)]
+    pub next_link: Option<String>,
+}

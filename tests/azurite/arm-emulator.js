@@ -1,0 +1,627 @@
+"use strict";
+/*
+ * arm-emulator.js — a small Azure Resource Manager (Microsoft.Compute disks and
+ * snapshots) + Entra token endpoint for snapback's tests, backed by Azurite.
+ *
+ *   node tests/azurite/arm-emulator.js      (environment below; prints
+ *   "arm-emulator listening on https://127.0.0.1:PORT" once it serves)
+ *
+ * Model (what Azure does, mapped onto Azurite):
+ *  - A managed disk is a page blob `disks/<sub>/<rg>/<name>` (lower case) in a
+ *    dedicated Azurite account (EMU_MD_ACCOUNT, "md"). Its length is the disk
+ *    size + 512: Azure exports a disk as a fixed VHD (data + 512-byte footer);
+ *    the emulator keeps the length but does not write a VHD footer (see
+ *    docs/managed-disks.md).
+ *  - A snapshot resource is a blob snapshot of its disk's blob; a read SAS
+ *    (beginGetAccess) is a real Azurite service SAS (sr=bs, signed with the md
+ *    account key) on `...?snapshot=<time>`, so Get Blob and Get Page Ranges work
+ *    with it, and the diff with `x-ms-previous-snapshot-url` (answered by the
+ *    Azurite preload, which accepts that header only on the md account).
+ *  - Long-running operations (PUT, DELETE, beginGetAccess, endGetAccess) answer
+ *    201/202 with Azure-AsyncOperation (+ Location for POST and DELETE; only
+ *    Location with EMU_LOCATION_ONLY=1) and
+ *    Retry-After (EMU_RETRY_AFTER seconds, default 0); each operation reports
+ *    "InProgress" EMU_POLLS times (default 1) before it succeeds.
+ *  - Enforced like Azure: a bearer token issued by the token endpoint on every
+ *    ARM request (401 otherwise); at most 5 snapshots of one disk's family with
+ *    an active SAS (409); 409 on creating a disk over an existing one, on
+ *    deleting a snapshot or disk whose access is not ended, on a write SAS for a
+ *    disk that is not ReadyToUpload.
+ *  - Token endpoint: POST /{tenant}/oauth2/v2.0/token (client credentials):
+ *    client_id must equal EMU_CLIENT_ID, and client_secret EMU_CLIENT_SECRET or
+ *    client_assertion (workload identity) EMU_FEDERATED_TOKEN; the scope must be
+ *    {this endpoint}/.default. Managed identity: GET /msi/token (App Service
+ *    protocol) with x-identity-header = EMU_IDENTITY_HEADER.
+ *
+ * Control routes (no token): POST /__emulator/faults?status=429&count=1&match=S
+ *   [&retry_after=N][&code=C][&message=M] arms faults like the Azurite preload's; GET
+ *   /__emulator/state lists disks, snapshots and active accesses; POST
+ *   /__emulator/next-operation?fail=CODE[&message=M] makes the next long-running
+ *   operation end Failed with that code (?host=localhost: announce its polling URL on
+ *   another origin); GET
+ *   /__emulator/disk-sas?id=<disk id> mints a read-write SAS on the live disk
+ *   blob (the "VM" writing its disk); GET /__emulator/stats counts requests.
+ *
+ * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
+ * EMU_TLS_CERT, EMU_TLS_KEY (PEM files), EMU_TENANT, EMU_CLIENT_ID,
+ * EMU_CLIENT_SECRET, EMU_FEDERATED_TOKEN, EMU_IDENTITY_HEADER, EMU_POLLS, EMU_LOCATION_ONLY, EMU_RETRY_AFTER, EMU_PAGE_SIZE (list page size,
+ * default 2), SNAPBACK_HARNESS_PARENT_PID (exit when that process is gone).
+ */
+
+const fs = require("fs");
+const https = require("https");
+const http = require("http");
+const crypto = require("crypto");
+
+const TAG = "arm-emulator";
+const SAS_VERSION = "2020-12-06";
+const STORAGE_VERSION = "2021-08-06";
+const MAX_ACTIVE_SAS_PER_FAMILY = 5;
+const VHD_FOOTER = 512;
+
+function env(name, fallback) {
+  const v = process.env[name];
+  if (v === undefined || v === "") {
+    if (fallback === undefined) {
+      process.stderr.write(`${TAG}: FATAL: ${name} is not set\n`);
+      process.exit(1);
+    }
+    return fallback;
+  }
+  return v;
+}
+
+const AZURITE = env("EMU_AZURITE");
+const MD_ACCOUNT = env("EMU_MD_ACCOUNT", "md");
+const MD_KEY = Buffer.from(env("EMU_MD_KEY"), "base64");
+const TENANT = env("EMU_TENANT", "tenant");
+const CLIENT_ID = env("EMU_CLIENT_ID", "client");
+const CLIENT_SECRET = env("EMU_CLIENT_SECRET");
+// Workload identity: the federated token (the contents of AZURE_FEDERATED_TOKEN_FILE) the
+// token endpoint accepts as client_assertion; empty: not accepted.
+const FEDERATED_TOKEN = env("EMU_FEDERATED_TOKEN", "");
+// Managed identity, App Service protocol (IDENTITY_ENDPOINT + IDENTITY_HEADER): the secret
+// header value the identity endpoint requires; empty: endpoint disabled.
+const IDENTITY_HEADER = env("EMU_IDENTITY_HEADER", "");
+const POLLS = Number(env("EMU_POLLS", "1"));
+const RETRY_AFTER = Number(env("EMU_RETRY_AFTER", "0"));
+const PAGE_SIZE = Number(env("EMU_PAGE_SIZE", "2"));
+const LOCATION_ONLY = env("EMU_LOCATION_ONLY", "0") === "1";
+const CONTAINER = "disks";
+
+// ------------------------------------------------------------- state -----
+
+const tokens = new Set();
+const disks = new Map(); // lower-case id -> disk
+const snapshots = new Map(); // lower-case id -> snapshot
+const operations = new Map(); // op id -> { remaining, done, result, error }
+const faults = []; // { status, count, match, retryAfter, code }
+const stats = { arm: 0, token: 0, unauthorized: 0 };
+let nextOperation = {}; // set by POST /__emulator/next-operation: { fail, message, host }
+let base = ""; // https://127.0.0.1:PORT
+
+function now() {
+  return new Date().toISOString();
+}
+
+// ------------------------------------------------------- Azurite calls ---
+
+function sign(stringToSign) {
+  return crypto.createHmac("sha256", MD_KEY).update(stringToSign, "utf8").digest("base64");
+}
+
+function isoSeconds(date) {
+  return date.toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/** Account SAS (sv 2019-12-12 layout) for the emulator's own blob requests. */
+function accountSas() {
+  const sv = "2019-12-12";
+  const se = isoSeconds(new Date(Date.now() + 3600 * 1000));
+  const sig = sign([MD_ACCOUNT, "rwdlac", "b", "sco", "", se, "", "", sv, ""].join("\n"));
+  return new URLSearchParams({ sv, ss: "b", srt: "sco", sp: "rwdlac", se, sig }).toString();
+}
+
+/** Service SAS on a blob (sr=b) or one of its snapshots (sr=bs), as Azure's beginGetAccess returns. */
+function blobSas(blob, snapshot, permissions, seconds) {
+  const sr = snapshot ? "bs" : "b";
+  const se = isoSeconds(new Date(Date.now() + seconds * 1000));
+  const toSign = [permissions, "", se, `/blob/${MD_ACCOUNT}/${CONTAINER}/${blob}`, "", "", "",
+    SAS_VERSION, sr, snapshot || "", "", "", "", "", "", ""].join("\n");
+  const q = new URLSearchParams();
+  if (snapshot) q.set("snapshot", snapshot);
+  q.set("sv", SAS_VERSION);
+  q.set("sr", sr);
+  q.set("sp", permissions);
+  q.set("se", se);
+  q.set("sig", sign(toSign));
+  return `${AZURITE}/${MD_ACCOUNT}/${CONTAINER}/${blob}?${q.toString()}`;
+}
+
+function storage(method, path, query, headers) {
+  const url = new URL(`${AZURITE}/${MD_ACCOUNT}/${path}?${query ? query + "&" : ""}${accountSas()}`);
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method, headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, ...headers } }, (res) => {
+      const chunks = [];
+      res.on("data", (c) => chunks.push(c));
+      res.on("end", () => {
+        const body = Buffer.concat(chunks).toString("utf8");
+        if (res.statusCode >= 300) {
+          reject(new Error(`Azurite ${method} ${path}?${query}: ${res.statusCode} ${res.headers["x-ms-error-code"] || ""} ${body}`));
+        } else resolve({ status: res.statusCode, headers: res.headers, body });
+      });
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+async function ensureContainer() {
+  try {
+    await storage("PUT", CONTAINER, "restype=container");
+  } catch (err) {
+    if (!/ContainerAlreadyExists/.test(err.message)) throw err;
+  }
+}
+
+// ----------------------------------------------------------- helpers -----
+
+function send(res, status, body, headers = {}) {
+  const text = body === undefined ? "" : JSON.stringify(body);
+  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
+  res.end(text);
+}
+
+function armError(res, status, code, message, headers = {}) {
+  send(res, status, { error: { code, message } }, { "x-ms-failure-cause": "gateway", ...headers });
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    req.on("error", reject);
+  });
+}
+
+function parseJson(text) {
+  try {
+    return text === "" ? {} : JSON.parse(text);
+  } catch (err) {
+    return undefined;
+  }
+}
+
+/**
+ * Starts a long-running operation; `finish` runs once the polls are used up. The answer's
+ * headers: Azure-AsyncOperation, plus Location when `location` (POST, DELETE); with
+ * EMU_LOCATION_ONLY=1 only Location (the other pattern ARM services use).
+ */
+function startOperation(finish, { location = true } = {}) {
+  const id = crypto.randomUUID();
+  const twist = nextOperation;
+  nextOperation = {};
+  const run = twist.fail
+    ? async () => {
+      const err = new Error(`The operation failed (injected): ${twist.message || twist.fail}`);
+      err.code = twist.fail;
+      throw err;
+    }
+    : finish;
+  operations.set(id, { remaining: POLLS, finish: run, done: false, result: undefined, error: undefined });
+  // A polling URL on another origin (same port, host "localhost"): a client must not follow
+  // it, since its bearer token would go there.
+  const origin = twist.host ? base.replace("127.0.0.1", twist.host) : base;
+  const headers = { "Retry-After": String(RETRY_AFTER) };
+  if (!LOCATION_ONLY) headers["Azure-AsyncOperation"] = `${origin}/__operations/${id}?api-version=2024-03-02`;
+  if (location || LOCATION_ONLY) headers.Location = `${origin}/__operationResults/${id}?api-version=2024-03-02`;
+  return headers;
+}
+
+async function advance(op) {
+  if (op.done) return;
+  if (op.remaining > 0) {
+    op.remaining -= 1;
+    return;
+  }
+  op.done = true;
+  try {
+    op.result = await op.finish();
+  } catch (err) {
+    op.error = { code: err.code || "InternalOperationError", message: err.message };
+  }
+}
+
+// ------------------------------------------------------------ routes -----
+
+const ID_RE = /^\/subscriptions\/([^/]+)\/resourceGroups\/([^/]+)\/providers\/Microsoft\.Compute\/(disks|snapshots)(?:\/([^/]+))?(?:\/(beginGetAccess|endGetAccess))?$/i;
+
+function diskBlob(sub, rg, name) {
+  return `${sub}/${rg}/${name}`.toLowerCase();
+}
+
+function diskView(d) {
+  return {
+    id: d.id, name: d.name, type: "Microsoft.Compute/disks", location: d.location,
+    sku: { name: d.sku }, zones: d.zone ? [d.zone] : undefined, tags: d.tags,
+    properties: {
+      creationData: { createOption: d.createOption, uploadSizeBytes: d.uploadSizeBytes },
+      diskSizeBytes: d.sizeBytes, diskSizeGB: Math.ceil(d.sizeBytes / 2 ** 30), uniqueId: d.uniqueId,
+      provisioningState: d.provisioningState, diskState: d.diskState, timeCreated: d.timeCreated,
+    },
+  };
+}
+
+function snapshotView(s) {
+  return {
+    id: s.id, name: s.name, type: "Microsoft.Compute/snapshots", location: s.location, tags: s.tags,
+    properties: {
+      creationData: { createOption: "Copy", sourceResourceId: s.sourceResourceId, sourceUniqueId: s.sourceUniqueId },
+      incremental: s.incremental, diskSizeBytes: s.sizeBytes, provisioningState: s.provisioningState,
+      completionPercent: s.completionPercent, diskState: s.access ? "ActiveSAS" : "Unattached",
+      uniqueId: s.uniqueId, timeCreated: s.timeCreated,
+    },
+  };
+}
+
+function familyActiveSas(diskId) {
+  let n = 0;
+  for (const s of snapshots.values()) if (s.access && s.sourceResourceId.toLowerCase() === diskId.toLowerCase()) n += 1;
+  return n;
+}
+
+async function putDisk(req, res, id, m, body) {
+  const key = id.toLowerCase();
+  const props = body.properties || {};
+  const creation = props.creationData || {};
+  if (disks.has(key)) {
+    return armError(res, 409, "Conflict", `Disk ${id} already exists; the emulator does not update disks.`);
+  }
+  if (creation.createOption !== "Upload") {
+    return armError(res, 400, "InvalidParameter", "The emulator creates disks with createOption Upload only.");
+  }
+  const upload = Number(creation.uploadSizeBytes);
+  if (!Number.isSafeInteger(upload) || upload < 2 * VHD_FOOTER || upload % VHD_FOOTER !== 0) {
+    return armError(res, 400, "InvalidParameter",
+      `uploadSizeBytes must be a multiple of 512 and at least 1024 (disk size + 512-byte VHD footer), got ${creation.uploadSizeBytes}`);
+  }
+  if (typeof body.location !== "string" || body.location === "") {
+    return armError(res, 400, "LocationRequired", "The location property is required for this definition.");
+  }
+  const blob = diskBlob(m[1], m[2], m[4]);
+  const disk = {
+    id, name: m[4], location: body.location, sku: (body.sku && body.sku.name) || "Standard_LRS",
+    zone: Array.isArray(body.zones) ? body.zones[0] : undefined, tags: body.tags || {},
+    createOption: "Upload", uploadSizeBytes: upload, sizeBytes: upload - VHD_FOOTER, blob,
+    uniqueId: crypto.randomUUID(), provisioningState: "Updating", diskState: "ReadyToUpload",
+    timeCreated: now(), access: undefined,
+  };
+  disks.set(key, disk);
+  const headers = startOperation(async () => {
+    await storage("PUT", `${CONTAINER}/${blob}`, "", { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(upload) });
+    disk.provisioningState = "Succeeded";
+    return undefined;
+  }, { location: false });
+  send(res, 201, diskView(disk), headers);
+}
+
+async function putSnapshot(req, res, id, m, body) {
+  const key = id.toLowerCase();
+  const props = body.properties || {};
+  const creation = props.creationData || {};
+  const existing = snapshots.get(key);
+  if (existing) {
+    // ARM PUT is idempotent by name: the same definition answers the existing resource.
+    if (String(creation.sourceResourceId).toLowerCase() !== existing.sourceResourceId.toLowerCase()) {
+      return armError(res, 409, "PropertyChangeNotAllowed", `Changing property 'sourceResourceId' of snapshot ${id} is not allowed.`);
+    }
+    existing.tags = body.tags || existing.tags;
+    return send(res, 200, snapshotView(existing));
+  }
+  if (creation.createOption !== "Copy" || typeof creation.sourceResourceId !== "string") {
+    return armError(res, 400, "InvalidParameter", "createOption must be Copy with a sourceResourceId.");
+  }
+  if (props.incremental !== true) {
+    return armError(res, 400, "InvalidParameter", "The emulator makes incremental snapshots only.");
+  }
+  const disk = disks.get(creation.sourceResourceId.toLowerCase());
+  if (!disk || disk.provisioningState !== "Succeeded") {
+    return armError(res, 404, "ResourceNotFound", `The Resource '${creation.sourceResourceId}' was not found.`);
+  }
+  if (disk.diskState === "ReadyToUpload" || disk.diskState === "ActiveUpload") {
+    return armError(res, 409, "OperationNotAllowed", `Disk ${disk.id} is being uploaded; it cannot be snapshotted.`);
+  }
+  // The blob snapshot is taken now, when the PUT is accepted: the point in time is the PUT's.
+  const snap = await storage("PUT", `${CONTAINER}/${disk.blob}`, "comp=snapshot");
+  const snapshot = {
+    id, name: m[4], location: body.location || disk.location, tags: body.tags || {},
+    sourceResourceId: disk.id, sourceUniqueId: disk.uniqueId, incremental: true,
+    sizeBytes: disk.sizeBytes, blob: disk.blob, blobSnapshot: snap.headers["x-ms-snapshot"],
+    provisioningState: "Creating", completionPercent: 0, uniqueId: crypto.randomUUID(),
+    timeCreated: now(), access: undefined,
+  };
+  snapshots.set(key, snapshot);
+  const headers = startOperation(async () => {
+    snapshot.provisioningState = "Succeeded";
+    snapshot.completionPercent = 100;
+    return undefined;
+  }, { location: false });
+  send(res, 201, snapshotView(snapshot), headers);
+}
+
+function listSnapshots(req, res, url, m) {
+  const prefix = `/subscriptions/${m[1]}/resourceGroups/${m[2]}/`.toLowerCase();
+  const all = [...snapshots.values()].filter((s) => s.id.toLowerCase().startsWith(prefix))
+    .sort((a, b) => a.name.localeCompare(b.name));
+  const skip = Number(url.searchParams.get("$skiptoken") || "0");
+  const page = all.slice(skip, skip + PAGE_SIZE).map(snapshotView);
+  const out = { value: page };
+  if (skip + PAGE_SIZE < all.length) {
+    const next = new URL(url.toString());
+    next.searchParams.set("$skiptoken", String(skip + PAGE_SIZE));
+    out.nextLink = `${base}${next.pathname}${next.search}`;
+  }
+  send(res, 200, out);
+}
+
+function beginGetAccess(req, res, kind, resource, body) {
+  const access = body.access;
+  const seconds = Number(body.durationInSeconds);
+  if (!["Read", "Write"].includes(access) || !Number.isInteger(seconds) || seconds < 1) {
+    return armError(res, 400, "InvalidParameter", "access must be Read or Write and durationInSeconds a positive integer.");
+  }
+  if (kind === "snapshots") {
+    if (access !== "Read") return armError(res, 400, "InvalidParameter", "A snapshot can only be exported (Read).");
+    if (!resource.access && familyActiveSas(resource.sourceResourceId) >= MAX_ACTIVE_SAS_PER_FAMILY) {
+      return armError(res, 409, "OperationNotAllowed",
+        `At most ${MAX_ACTIVE_SAS_PER_FAMILY} snapshots of the snapshot family of ${resource.sourceResourceId} can have an active SAS at once; end access to one first.`);
+    }
+  } else if (access === "Write") {
+    if (resource.diskState !== "ReadyToUpload" && resource.diskState !== "ActiveUpload") {
+      return armError(res, 409, "OperationNotAllowed", `Disk ${resource.id} is not ready to upload (state ${resource.diskState}).`);
+    }
+  } else if (resource.diskState === "ReadyToUpload" || resource.diskState === "ActiveUpload") {
+    return armError(res, 409, "OperationNotAllowed", `Disk ${resource.id} is being uploaded; it cannot be exported.`);
+  }
+  const sas = kind === "snapshots"
+    ? blobSas(resource.blob, resource.blobSnapshot, "r", seconds)
+    : blobSas(resource.blob, undefined, access === "Write" ? "rw" : "r", seconds);
+  resource.access = access; // counts against the family limit from the moment it is accepted
+  if (kind === "disks") resource.diskState = access === "Write" ? "ActiveUpload" : "ActiveSAS";
+  const headers = startOperation(async () => ({ accessSAS: sas }));
+  send(res, 202, undefined, headers);
+}
+
+function endGetAccess(req, res, kind, resource) {
+  const headers = startOperation(async () => {
+    resource.access = undefined;
+    // After an upload or an export the disk is an ordinary, unattached disk again.
+    if (kind === "disks") resource.diskState = "Unattached";
+    return undefined;
+  });
+  send(res, 202, undefined, headers);
+}
+
+function deleteResource(req, res, kind, id, resource) {
+  if (!resource) return send(res, 204); // DELETE of a missing resource succeeds, as in ARM
+  if (resource.access) {
+    return armError(res, 409, "OperationNotAllowed", `${kind === "disks" ? "Disk" : "Snapshot"} ${id} has an active SAS; end access first.`);
+  }
+  const headers = startOperation(async () => {
+    if (kind === "snapshots") {
+      await storage("DELETE", `${CONTAINER}/${resource.blob}`, `snapshot=${encodeURIComponent(resource.blobSnapshot)}`);
+      snapshots.delete(id.toLowerCase());
+    } else {
+      if ([...snapshots.values()].some((s) => s.sourceResourceId.toLowerCase() === id.toLowerCase())) {
+        // Azure keeps incremental snapshots of a deleted disk; the emulator keeps the blob for them.
+        disks.delete(id.toLowerCase());
+      } else {
+        await storage("DELETE", `${CONTAINER}/${resource.blob}`, "", { "x-ms-delete-snapshots": "include" });
+        disks.delete(id.toLowerCase());
+      }
+    }
+    return undefined;
+  });
+  send(res, 202, undefined, headers);
+}
+
+async function handleArm(req, res, url) {
+  stats.arm += 1;
+  const auth = req.headers.authorization || "";
+  const m0 = /^Bearer (.+)$/.exec(auth);
+  if (!m0 || !tokens.has(m0[1])) {
+    stats.unauthorized += 1;
+    return armError(res, 401, m0 ? "InvalidAuthenticationToken" : "AuthenticationFailed",
+      m0 ? "The access token is invalid." : "Authentication failed. The 'Authorization' header is missing.",
+      { "WWW-Authenticate": `Bearer authorization_uri="${base}/${TENANT}", error="invalid_token"` });
+  }
+  if (!url.searchParams.get("api-version")) {
+    return armError(res, 400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.");
+  }
+  const fault = takeFault(req);
+  if (fault) {
+    const headers = fault.retryAfter !== undefined ? { "Retry-After": String(fault.retryAfter) } : {};
+    return armError(res, fault.status, fault.code || (fault.status === 429 ? "TooManyRequests" : "InternalServerError"),
+      fault.message || "Injected fault.", headers);
+  }
+  if (url.pathname.startsWith("/__operations/") || url.pathname.startsWith("/__operationResults/")) {
+    const isResult = url.pathname.startsWith("/__operationResults/");
+    const op = operations.get(url.pathname.split("/")[2]);
+    if (!op) return armError(res, 404, "NotFound", "No such operation.");
+    await advance(op);
+    const status = !op.done ? "InProgress" : op.error ? "Failed" : "Succeeded";
+    if (isResult) {
+      if (!op.done) return send(res, 202, undefined, { Location: `${base}${url.pathname}${url.search}`, "Retry-After": String(RETRY_AFTER) });
+      if (op.error) return armError(res, 409, op.error.code, op.error.message);
+      return op.result === undefined ? send(res, 204) : send(res, 200, op.result);
+    }
+    const body = { name: url.pathname.split("/")[2], status, startTime: now() };
+    if (op.done) body.endTime = now();
+    if (op.error) body.error = op.error;
+    if (op.done && op.result !== undefined) body.properties = { output: op.result };
+    return send(res, 200, body, op.done ? {} : { "Retry-After": String(RETRY_AFTER) });
+  }
+  const m = ID_RE.exec(url.pathname);
+  if (!m) return armError(res, 404, "InvalidResourceType", `The emulator has no route for ${req.method} ${url.pathname}`);
+  const kind = m[3].toLowerCase();
+  const id = `/subscriptions/${m[1]}/resourceGroups/${m[2]}/providers/Microsoft.Compute/${kind}${m[4] ? "/" + m[4] : ""}`;
+  const table = kind === "disks" ? disks : snapshots;
+  const text = await readBody(req);
+  const body = parseJson(text);
+  if (body === undefined) return armError(res, 400, "InvalidRequestContent", "The request content is not valid JSON.");
+  if (!m[4]) {
+    if (req.method === "GET" && kind === "snapshots") return listSnapshots(req, res, url, m);
+    return armError(res, 405, "MethodNotAllowed", "Only listing snapshots of a resource group is emulated.");
+  }
+  const resource = table.get(id.toLowerCase());
+  if (m[5]) {
+    if (req.method !== "POST") return armError(res, 405, "MethodNotAllowed", `${m[5]} takes POST.`);
+    if (!resource) return armError(res, 404, "ResourceNotFound", `The Resource '${id}' was not found.`);
+    return m[5].toLowerCase() === "begingetaccess" ? beginGetAccess(req, res, kind, resource, body) : endGetAccess(req, res, kind, resource);
+  }
+  switch (req.method) {
+    case "GET":
+      if (!resource) return armError(res, 404, "ResourceNotFound", `The Resource '${id}' under resource group '${m[2]}' was not found.`);
+      return send(res, 200, kind === "disks" ? diskView(resource) : snapshotView(resource));
+    case "PUT":
+      return kind === "disks" ? putDisk(req, res, id, m, body) : putSnapshot(req, res, id, m, body);
+    case "DELETE":
+      return deleteResource(req, res, kind, id, resource);
+    default:
+      return armError(res, 405, "MethodNotAllowed", `${req.method} is not emulated.`);
+  }
+}
+
+async function handleToken(req, res, url) {
+  stats.token += 1;
+  const form = new URLSearchParams(await readBody(req));
+  if (url.pathname !== `/${TENANT}/oauth2/v2.0/token`) {
+    return send(res, 400, { error: "invalid_request", error_description: `AADSTS90002: Tenant not found (${url.pathname}).` });
+  }
+  const bySecret = form.get("client_secret") === CLIENT_SECRET;
+  const assertion = form.get("client_assertion");
+  const byAssertion = FEDERATED_TOKEN !== "" && assertion === FEDERATED_TOKEN &&
+    form.get("client_assertion_type") === "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+  if (form.get("grant_type") !== "client_credentials" || form.get("client_id") !== CLIENT_ID || !(bySecret || byAssertion)) {
+    return send(res, 401, { error: "invalid_client", error_description: "AADSTS7000215: Invalid client secret provided." });
+  }
+  if (form.get("scope") !== `${base}/.default`) {
+    return send(res, 400, { error: "invalid_scope", error_description: `AADSTS70011: scope ${form.get("scope")} is not ${base}/.default` });
+  }
+  const token = `emu-${crypto.randomBytes(24).toString("hex")}`;
+  tokens.add(token);
+  send(res, 200, { token_type: "Bearer", expires_in: 3600, ext_expires_in: 3600, access_token: token });
+}
+
+/**
+ * Managed identity endpoint (App Service protocol, what azure_identity's
+ * ManagedIdentityCredential uses when IDENTITY_ENDPOINT and IDENTITY_HEADER are set):
+ * GET /msi/token?api-version=2019-08-01&resource=R[&client_id=C] with x-identity-header.
+ */
+function handleIdentity(req, res, url) {
+  stats.token += 1;
+  if (IDENTITY_HEADER === "" || req.headers["x-identity-header"] !== IDENTITY_HEADER) {
+    return send(res, 401, { error: "invalid_request", error_description: "x-identity-header is missing or wrong" });
+  }
+  const q = url.searchParams;
+  if (q.get("api-version") !== "2019-08-01" || q.get("resource") !== base) {
+    return send(res, 400, { error: "invalid_resource", error_description: `resource ${q.get("resource")} is not ${base}` });
+  }
+  if (q.has("client_id") && q.get("client_id") !== CLIENT_ID) {
+    return send(res, 400, { error: "invalid_request", error_description: "Identity not found" });
+  }
+  const token = `emu-mi-${crypto.randomBytes(24).toString("hex")}`;
+  tokens.add(token);
+  send(res, 200, {
+    access_token: token, token_type: "Bearer", resource: base,
+    expires_on: String(Math.floor(Date.now() / 1000) + 3600),
+  });
+}
+
+// ---------------------------------------------------------- control ------
+
+function takeFault(req) {
+  const index = faults.findIndex((f) => req.url.includes(f.match) && (!f.method || f.method === req.method));
+  if (index < 0) return undefined;
+  const fault = faults[index];
+  fault.count -= 1;
+  if (fault.count <= 0) faults.splice(index, 1);
+  return fault;
+}
+
+function handleControl(req, res, url) {
+  const q = url.searchParams;
+  if (url.pathname === "/__emulator/faults" && req.method === "POST") {
+    const status = Number(q.get("status"));
+    const count = Number(q.get("count") || "1");
+    if (!(status >= 400 && status <= 599) || !(count >= 1)) return send(res, 400, { error: "status 400..599, count >= 1" });
+    const fault = {
+      status, count, match: q.get("match") || "", method: (q.get("method") || "").toUpperCase(),
+      code: q.get("code") || undefined, message: q.get("message") || undefined,
+    };
+    if (q.has("retry_after")) fault.retryAfter = Number(q.get("retry_after"));
+    faults.push(fault);
+    return send(res, 200, { faults });
+  }
+  if (url.pathname === "/__emulator/next-operation" && req.method === "POST") {
+    nextOperation = { fail: q.get("fail") || undefined, message: q.get("message") || undefined, host: q.get("host") || undefined };
+    return send(res, 200, { nextOperation });
+  }
+  if (url.pathname === "/__emulator/state" && req.method === "GET") {
+    return send(res, 200, {
+      disks: [...disks.values()].map(diskView),
+      snapshots: [...snapshots.values()].map(snapshotView),
+      activeAccess: [...disks.values(), ...snapshots.values()].filter((r) => r.access).map((r) => r.id),
+    });
+  }
+  if (url.pathname === "/__emulator/stats" && req.method === "GET") return send(res, 200, stats);
+  if (url.pathname === "/__emulator/disk-sas" && req.method === "GET") {
+    const disk = disks.get(String(q.get("id")).toLowerCase());
+    if (!disk) return send(res, 404, { error: `no disk ${q.get("id")}` });
+    return send(res, 200, { url: blobSas(disk.blob, undefined, "rw", 3600) });
+  }
+  return send(res, 404, { error: `unknown control route ${req.method} ${url.pathname}` });
+}
+
+// ------------------------------------------------------------- main ------
+
+function watchParent() {
+  const raw = process.env.SNAPBACK_HARNESS_PARENT_PID;
+  if (!raw) return;
+  const pid = Number(raw);
+  setInterval(() => {
+    try {
+      process.kill(pid, 0);
+    } catch (err) {
+      if (err.code === "EPERM") return;
+      process.exit(0);
+    }
+  }, 500).unref();
+}
+
+async function main() {
+  await ensureContainer();
+  const server = https.createServer({ cert: fs.readFileSync(env("EMU_TLS_CERT")), key: fs.readFileSync(env("EMU_TLS_KEY")) }, (req, res) => {
+    const url = new URL(req.url, base);
+    let handler;
+    if (url.pathname.startsWith("/__emulator/")) handler = async () => handleControl(req, res, url);
+    else if (url.pathname.endsWith("/oauth2/v2.0/token") && req.method === "POST") handler = () => handleToken(req, res, url);
+    else if (url.pathname === "/msi/token" && req.method === "GET") handler = async () => handleIdentity(req, res, url);
+    else handler = () => handleArm(req, res, url);
+    handler().catch((err) => {
+      process.stderr.write(`${TAG}: ${req.method} ${url.pathname}: ${err.stack || err}\n`);
+      if (!res.headersSent) armError(res, err.status || 500, err.code || "InternalServerError", String(err.message));
+    });
+  });
+  server.listen(0, "127.0.0.1", () => {
+    base = `https://127.0.0.1:${server.address().port}`;
+    process.stdout.write(`${TAG} listening on ${base}\n`);
+  });
+  watchParent();
+}
+
+main().catch((err) => {
+  process.stderr.write(`${TAG}: FATAL: ${err.stack || err}\n`);
+  process.exit(1);
+});

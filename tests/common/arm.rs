@@ -1,0 +1,218 @@
+//! ARM emulator harness: starts `tests/azurite/arm-emulator.js` (HTTPS on 127.0.0.1, a
+//! free port) against a running [`Azurite`], and stops it on drop (it also exits by itself
+//! when the test process is gone).
+//!
+//! The emulator's certificate (`tests/arm/emulator-cert.pem`, test only, for 127.0.0.1) is
+//! trusted by [`ArmEmulator::transport`] and [`ArmEmulator::http`] only: azure_identity and
+//! azure_core's bearer policy accept nothing but https, so the emulator speaks it.
+#![allow(dead_code)]
+
+use super::azurite::{Azurite, MD_ACCOUNT, MD_KEY};
+use azure_core::http::Transport;
+use snapback::arm::{ArmClient, ArmOptions, PollPolicy, RetryPolicy};
+use snapback::config::azure::AzureConfig;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+pub const TENANT: &str = "snapback-test-tenant";
+pub const CLIENT_ID: &str = "snapback-test-client";
+/// Test-only client secret the emulator's token endpoint accepts.
+pub const CLIENT_SECRET: &str = "snapback-test-client-secret-not-a-secret";
+/// Test-only federated token (workload identity's token file) the emulator accepts.
+pub const FEDERATED_TOKEN: &str = "snapback-test-federated-token-not-a-secret";
+/// Test-only `IDENTITY_HEADER` of the emulator's managed identity endpoint (`/msi/token`).
+pub const IDENTITY_HEADER: &str = "snapback-test-identity-header";
+/// A subscription id (a GUID, as ARM's are).
+pub const SUBSCRIPTION: &str = "00000000-0000-4000-8000-000000000001";
+
+const MARKER: &str = "arm-emulator listening on ";
+
+/// A running emulator.
+pub struct ArmEmulator {
+    child: Child,
+    endpoint: String,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn harness_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(rel)
+}
+
+impl ArmEmulator {
+    /// Starts an emulator on `azurite`'s md account; `env` adds settings such as
+    /// `("EMU_POLLS", "2")` or `("EMU_RETRY_AFTER", "1")`.
+    pub fn start(azurite: &Azurite, env: &[(&str, &str)]) -> ArmEmulator {
+        let mut cmd =
+            Command::new(std::env::var("SNAPBACK_NODE").unwrap_or_else(|_| "node".into()));
+        cmd.arg(harness_file("azurite/arm-emulator.js"))
+            .env(
+                "EMU_AZURITE",
+                format!("http://127.0.0.1:{}", azurite.port()),
+            )
+            .env("EMU_MD_ACCOUNT", MD_ACCOUNT)
+            .env("EMU_MD_KEY", MD_KEY)
+            .env("EMU_TLS_CERT", harness_file("arm/emulator-cert.pem"))
+            .env("EMU_TLS_KEY", harness_file("arm/emulator-key.pem"))
+            .env("EMU_TENANT", TENANT)
+            .env("EMU_CLIENT_ID", CLIENT_ID)
+            .env("EMU_CLIENT_SECRET", CLIENT_SECRET)
+            .env("EMU_FEDERATED_TOKEN", FEDERATED_TOKEN)
+            .env("EMU_IDENTITY_HEADER", IDENTITY_HEADER)
+            .env(
+                "SNAPBACK_HARNESS_PARENT_PID",
+                std::process::id().to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start node for the ARM emulator");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix(MARKER) {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let endpoint = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                thread::sleep(Duration::from_millis(100));
+                panic!("ARM emulator did not start:\n{}", stderr.lock().unwrap());
+            }
+        };
+        ArmEmulator {
+            child,
+            endpoint,
+            stderr,
+        }
+    }
+
+    /// `https://127.0.0.1:PORT` (ARM endpoint and authority host at once).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// An HTTP client that trusts only the emulator's certificate (plain http to Azurite
+    /// works too).
+    pub fn http() -> reqwest::Client {
+        let pem = std::fs::read(harness_file("arm/emulator-cert.pem")).expect("read test cert");
+        let cert = reqwest::Certificate::from_pem(&pem).expect("test cert is PEM");
+        reqwest::Client::builder()
+            .tls_certs_only([cert])
+            .no_proxy()
+            .build()
+            .expect("reqwest client")
+    }
+
+    /// The same client as azure_core's transport (ARM and token requests).
+    pub fn transport() -> Transport {
+        Transport::new(Arc::new(Self::http()))
+    }
+
+    /// An `[azure]` table pointing at this emulator with the client-secret credential,
+    /// the secret in `secret_env` (which the caller sets).
+    pub fn azure_config(&self, secret_env: &str) -> AzureConfig {
+        self.azure_config_with(&format!(
+            "tenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{secret_env}\""
+        ))
+    }
+
+    /// An `[azure]` table pointing at this emulator with `credential_lines` (TOML) as the
+    /// credential.
+    pub fn azure_config_with(&self, credential_lines: &str) -> AzureConfig {
+        let text = format!(
+            "arm_endpoint = \"{e}\"\nauthority_host = \"{e}\"\n{credential_lines}\n",
+            e = self.endpoint
+        );
+        AzureConfig::from_table(&text.parse().expect("TOML")).expect("valid [azure]")
+    }
+
+    /// Options for tests: fast retries, polls at the emulator's `Retry-After`.
+    pub fn options() -> ArmOptions {
+        ArmOptions {
+            transport: Some(Self::transport()),
+            retry: RetryPolicy {
+                max_retries: 3,
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_secs(5),
+            },
+            poll: PollPolicy {
+                default_interval: Duration::from_millis(50),
+                timeout: Duration::from_secs(60),
+            },
+        }
+    }
+
+    /// A client signed in through azure_identity's `ClientSecretCredential` against the
+    /// emulator's token endpoint.
+    pub fn client(&self) -> ArmClient {
+        // One fixed secret for every emulator, so a process-wide variable is safe.
+        std::env::set_var("SB_TEST_ARM_SECRET", CLIENT_SECRET);
+        ArmClient::from_config(&self.azure_config("SB_TEST_ARM_SECRET"), Self::options())
+            .expect("ARM client")
+    }
+
+    /// GET a control route; the JSON answer.
+    pub async fn control_get(&self, path: &str) -> serde_json::Value {
+        let resp = Self::http()
+            .get(format!("{}{path}", self.endpoint))
+            .send()
+            .await
+            .expect("control route answers");
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("JSON")
+    }
+
+    /// POST a control route (e.g. arm a fault).
+    pub async fn control_post(&self, path_and_query: &str) {
+        let resp = Self::http()
+            .post(format!("{}{path_and_query}", self.endpoint))
+            .send()
+            .await
+            .expect("control route answers");
+        assert!(
+            resp.status().is_success(),
+            "{path_and_query}: {}",
+            resp.status()
+        );
+    }
+}
+
+impl Drop for ArmEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
