@@ -8,6 +8,7 @@
 //! - [`schedule`]: pure timing rules (cron in a time zone, window, jitter, retry, resume).
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`readiness`]: what `/readyz` answers.
 //! - [`signals`]: Unix signal handling.
 //!
 //! Invariants: at most one cycle per disk (a due tick while it runs is coalesced); at most
@@ -16,6 +17,7 @@
 
 pub mod control;
 pub mod metrics;
+pub mod readiness;
 pub mod schedule;
 pub mod signals;
 
@@ -30,6 +32,7 @@ use control::{
     BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
 };
 use metrics::Metrics;
+use readiness::Readiness;
 use schedule::{DiskSchedule, Finish, Planner, Reason, ScheduleError, Wake};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -211,6 +214,7 @@ impl Daemon {
         };
         let stop_servers = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(Readiness::default());
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::channel(64);
         tokio::spawn(control::serve(
@@ -219,10 +223,11 @@ impl Daemon {
             stop_servers.clone(),
         ));
         if let Some(l) = metrics_listener {
-            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics and /healthz");
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz and /readyz");
             tokio::spawn(metrics::serve(
                 l,
                 Arc::clone(&metrics),
+                Arc::clone(&ready),
                 stop_servers.clone(),
             ));
         }
@@ -233,6 +238,7 @@ impl Daemon {
             app,
             clock: opts.clock,
             metrics,
+            ready,
             events_tx: events_tx.clone(),
             next_id: 0,
             started: Instant::now(),
@@ -244,6 +250,7 @@ impl Daemon {
             sup.add_disk(d, now);
         }
         sup.metrics.set_disks(sup.slots.len());
+        sup.probe_storage();
         tracing::info!(
             disks = sup.slots.len(),
             config = %sup.config.path.display(),
@@ -359,6 +366,7 @@ struct Supervisor {
     sem: Arc<Semaphore>,
     slots: BTreeMap<String, Slot>,
     metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
     events_tx: mpsc::UnboundedSender<Event>,
     next_id: u64,
     started: Instant,
@@ -429,7 +437,12 @@ impl Supervisor {
                     let _ = reply.send(self.handle_request(req));
                 }
                 _ = tokio::time::sleep(nap) => {}
-                _ = progress.tick() => self.report_progress(),
+                _ = progress.tick() => {
+                    self.report_progress();
+                    if !self.ready.is_ready() {
+                        self.probe_storage();
+                    }
+                }
                 _ = watchdog.tick(), if watchdog_every.is_some() => {
                     self.sd_notify(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -509,6 +522,9 @@ impl Supervisor {
             }
         }
         self.metrics.set_phase(&disk.name, "idle");
+        self.metrics
+            .set_schedule_interval(&disk.name, sched.longest_gap(now));
+        self.publish_restore_points(&disk.name);
         let planner = Planner::new(&sched, now, open, rand::random::<f64>());
         self.slots.insert(
             disk.name.clone(),
@@ -610,6 +626,9 @@ impl Supervisor {
             Some(Err(_)) => self.metrics.cycle_ended(&f.disk, "error", f.seconds, None),
             None => {}
         }
+        if let Some(result) = &f.result {
+            self.ready.cycle_ended(&f.disk, result);
+        }
         self.metrics.set_phase(&f.disk, "idle");
         self.metrics.set_apply(&f.disk, 0, 0);
         slot.planner.finished(&slot.sched, now, how);
@@ -629,6 +648,28 @@ impl Supervisor {
                 .unwrap_or_else(|| "-".into());
             tracing::info!(disk = %f.disk, resumes_at = %next, "cycle paused at a checkpoint");
         }
+        self.publish_restore_points(&f.disk);
+    }
+
+    /// Restore-point count and newest time, from the state database (a cycle and the
+    /// retention after it both change them).
+    fn publish_restore_points(&self, disk: &str) {
+        match self.app.store.restore_points(disk) {
+            Ok(points) => self.metrics.set_restore_points(
+                disk,
+                points.len(),
+                points.iter().map(|p| p.created_at).max(),
+            ),
+            Err(e) => tracing::warn!(disk = %disk, error = %e, "cannot read the state database"),
+        }
+    }
+
+    /// Checks in the background that every account answers; `/readyz` follows the result.
+    fn probe_storage(&self) {
+        let (app, ready) = (Arc::clone(&self.app), Arc::clone(&self.ready));
+        tokio::spawn(async move {
+            ready.probed(readiness::probe(app.blobs.as_ref(), &app.config.disks).await);
+        });
     }
 
     fn report_progress(&self) {
@@ -716,7 +757,10 @@ impl Supervisor {
     fn reload(&mut self) {
         self.sd_notify(&[sd_notify::NotifyState::Reloading]);
         match self.try_reload() {
-            Ok(()) => self.metrics.reload(true),
+            Ok(()) => {
+                self.metrics.reload(true);
+                self.probe_storage();
+            }
             Err(why) => {
                 self.metrics.reload(false);
                 tracing::error!(config = %self.config.path.display(), "config reload failed; still running on the previous config:\n{why}");
