@@ -57,6 +57,7 @@ pub struct Metrics {
     newest_restore_point: Family<Labels, Gauge>,
     interval: Family<Labels, Gauge>,
     disks: Gauge,
+    start_time: Gauge,
     reloads: Family<Labels, Counter>,
 }
 
@@ -99,6 +100,7 @@ impl Metrics {
             newest_restore_point: Family::default(),
             interval: Family::default(),
             disks: Gauge::default(),
+            start_time: Gauge::default(),
             reloads: Family::default(),
             registry: Registry::default(),
         };
@@ -173,6 +175,18 @@ impl Metrics {
             Info::new(build_labels()),
         );
         registry.register("disks", "Configured disks", m.disks.clone());
+        // The overdue alert's clock for a disk that never succeeded.
+        m.start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default(),
+        );
+        registry.register(
+            "start_time_seconds",
+            "Unix time the daemon started",
+            m.start_time.clone(),
+        );
         registry.register(
             "config_reloads",
             "Config reloads, by result (ok, error)",
