@@ -156,12 +156,12 @@ impl Metrics {
         );
         registry.register(
             "restore_points",
-            "Restore points of the disk in the state database",
+            "Restore points of the disk (tagged snapshots of its backup blob)",
             m.restore_points.clone(),
         );
         registry.register(
             "newest_restore_point_timestamp_seconds",
-            "Unix time the disk's newest restore point was recorded",
+            "Unix time of the disk's newest restore point (its snapshot time)",
             m.newest_restore_point.clone(),
         );
         registry.register(

@@ -524,8 +524,8 @@ impl Supervisor {
         self.metrics.set_phase(&disk.name, "idle");
         self.metrics
             .set_schedule_interval(&disk.name, sched.longest_gap(now));
-        self.publish_restore_points(&disk.name);
         let planner = Planner::new(&sched, now, open, rand::random::<f64>());
+        let name = disk.name.clone();
         self.slots.insert(
             disk.name.clone(),
             Slot {
@@ -535,6 +535,7 @@ impl Supervisor {
                 running: None,
             },
         );
+        self.publish_restore_points(&name);
     }
 
     fn start(&mut self, name: &str, reason: Reason, now: DateTime<Utc>) {
@@ -651,17 +652,34 @@ impl Supervisor {
         self.publish_restore_points(&f.disk);
     }
 
-    /// Restore-point count and newest time, from the state database (a cycle and the
-    /// retention after it both change them).
+    /// Restore-point count and newest time, as the backup account lists them (a cycle and
+    /// the retention after it both change them; a new state directory knows none). Listed
+    /// in the background: one List Blobs per disk at start and after each cycle.
     fn publish_restore_points(&self, disk: &str) {
-        match self.app.store.restore_points(disk) {
-            Ok(points) => self.metrics.set_restore_points(
-                disk,
-                points.len(),
-                points.iter().map(|p| p.created_at).max(),
-            ),
-            Err(e) => tracing::warn!(disk = %disk, error = %e, "cannot read the state database"),
-        }
+        let Some(slot) = self.slots.get(disk) else {
+            return;
+        };
+        let (app, metrics, disk) = (
+            Arc::clone(&self.app),
+            Arc::clone(&self.metrics),
+            slot.disk.clone(),
+        );
+        tokio::spawn(async move {
+            match crate::retention::restore_points(app.blobs.as_ref(), &disk).await {
+                Ok(points) => metrics.set_restore_points(
+                    &disk.name,
+                    points.len(),
+                    points
+                        .iter()
+                        .filter_map(|p| crate::retention::Point::from_snapshot(&p.snapshot).time)
+                        .map(|t| t.timestamp())
+                        .max(),
+                ),
+                Err(e) => {
+                    tracing::warn!(disk = %disk.name, error = %e, "cannot list the restore points")
+                }
+            }
+        });
     }
 
     /// Checks in the background that every account answers; `/readyz` follows the result.
