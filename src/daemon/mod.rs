@@ -157,6 +157,33 @@ struct Finished {
     /// `None` when the cycle was cancelled before it got a concurrency slot.
     result: Option<Result<CycleRecord, CycleError>>,
     cancelled: bool,
+    /// The disk's restore points after the cycle (`None`: not listed).
+    points: Option<RestorePoints>,
+}
+
+/// A disk's restore-point count and newest snapshot time (Unix seconds).
+struct RestorePoints {
+    count: usize,
+    newest: Option<i64>,
+}
+
+/// Lists a disk's restore points from its backup account (a cycle and the retention after it
+/// both change them; a new state directory knows none). `None` after logging a failure.
+async fn list_restore_points(app: &App, disk: &DiskConfig) -> Option<RestorePoints> {
+    match crate::retention::restore_points(app.blobs.as_ref(), disk).await {
+        Ok(points) => Some(RestorePoints {
+            count: points.len(),
+            newest: points
+                .iter()
+                .filter_map(|p| crate::retention::Point::from_snapshot(&p.snapshot).time)
+                .map(|t| t.timestamp())
+                .max(),
+        }),
+        Err(e) => {
+            tracing::warn!(disk = %disk.name, error = %e, "cannot list the restore points");
+            None
+        }
+    }
 }
 
 /// Talks to a running daemon from inside the process (signal handlers, tests).
@@ -251,6 +278,7 @@ impl Daemon {
         }
         sup.metrics.set_disks(sup.slots.len());
         sup.probe_storage();
+        sup.list_restore_points(sup.config.disks.clone());
         tracing::info!(
             disks = sup.slots.len(),
             config = %sup.config.path.display(),
@@ -525,7 +553,6 @@ impl Supervisor {
         self.metrics
             .set_schedule_interval(&disk.name, sched.longest_gap(now));
         let planner = Planner::new(&sched, now, open, rand::random::<f64>());
-        let name = disk.name.clone();
         self.slots.insert(
             disk.name.clone(),
             Slot {
@@ -535,7 +562,6 @@ impl Supervisor {
                 running: None,
             },
         );
-        self.publish_restore_points(&name);
     }
 
     fn start(&mut self, name: &str, reason: Reason, now: DateTime<Utc>) {
@@ -577,17 +603,22 @@ impl Supervisor {
                     seconds: 0.0,
                     result: None,
                     cancelled: true,
+                    points: None,
                 },
                 Some(_permit) => {
                     let rep = app
                         .run_disk_with(&disk, token.clone(), Some(progress))
                         .await;
+                    // Still in the disk's concurrency slot: a cycle's requests stay within
+                    // max_concurrent_cycles.
+                    let points = list_restore_points(&app, &disk).await;
                     Finished {
                         disk: rep.disk,
                         id,
                         seconds: rep.seconds,
                         result: Some(rep.result),
                         cancelled: token.is_cancelled(),
+                        points,
                     }
                 }
             };
@@ -649,43 +680,42 @@ impl Supervisor {
                 .unwrap_or_else(|| "-".into());
             tracing::info!(disk = %f.disk, resumes_at = %next, "cycle paused at a checkpoint");
         }
-        self.publish_restore_points(&f.disk);
+        if let Some(p) = f.points {
+            self.metrics.set_restore_points(&f.disk, p.count, p.newest);
+        }
     }
 
-    /// Restore-point count and newest time, as the backup account lists them (a cycle and
-    /// the retention after it both change them; a new state directory knows none). Listed
-    /// in the background: one List Blobs per disk at start and after each cycle.
-    fn publish_restore_points(&self, disk: &str) {
-        let Some(slot) = self.slots.get(disk) else {
-            return;
-        };
-        let (app, metrics, disk) = (
+    /// Publishes the restore points of `disks` (at start, and for disks a reload added or
+    /// changed), one disk at a time, each in a concurrency slot like a cycle.
+    fn list_restore_points(&self, disks: Vec<DiskConfig>) {
+        let (app, metrics, sem) = (
             Arc::clone(&self.app),
             Arc::clone(&self.metrics),
-            slot.disk.clone(),
+            Arc::clone(&self.sem),
         );
         tokio::spawn(async move {
-            match crate::retention::restore_points(app.blobs.as_ref(), &disk).await {
-                Ok(points) => metrics.set_restore_points(
-                    &disk.name,
-                    points.len(),
-                    points
-                        .iter()
-                        .filter_map(|p| crate::retention::Point::from_snapshot(&p.snapshot).time)
-                        .map(|t| t.timestamp())
-                        .max(),
-                ),
-                Err(e) => {
-                    tracing::warn!(disk = %disk.name, error = %e, "cannot list the restore points")
+            for disk in disks {
+                let Ok(_permit) = sem.acquire().await else {
+                    return;
+                };
+                if let Some(p) = list_restore_points(&app, &disk).await {
+                    metrics.set_restore_points(&disk.name, p.count, p.newest);
                 }
             }
         });
     }
 
     /// Checks in the background that every account answers; `/readyz` follows the result.
+    /// The probe waits for a concurrency slot like a cycle, but not for long: readiness must
+    /// not wait for hours behind resumed seeds.
     fn probe_storage(&self) {
-        let (app, ready) = (Arc::clone(&self.app), Arc::clone(&self.ready));
+        let (app, ready, sem) = (
+            Arc::clone(&self.app),
+            Arc::clone(&self.ready),
+            Arc::clone(&self.sem),
+        );
         tokio::spawn(async move {
+            let _permit = tokio::time::timeout(PROGRESS_INTERVAL, sem.acquire()).await;
             ready.probed(readiness::probe(app.blobs.as_ref(), &app.config.disks).await);
         });
     }
@@ -852,6 +882,14 @@ impl Supervisor {
         }
         self.config = new;
         self.metrics.set_disks(self.slots.len());
+        let relist = self
+            .config
+            .disks
+            .iter()
+            .filter(|d| added.contains(&d.name) || changed.contains(&d.name))
+            .cloned()
+            .collect();
+        self.list_restore_points(relist);
         tracing::info!(
             added = %added.join(","),
             removed = %removed.join(","),
