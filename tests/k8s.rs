@@ -4,8 +4,8 @@
 //! grace period outlasts `shutdown_grace`, the mounts match the config's paths, and each
 //! config passes `snapback check-config`.
 //!
-//! kubernetes-validate is required (`pip install kubernetes-validate`; `.ci/run` installs
-//! it); `kubectl kustomize`, when present, also renders the kustomizations for the check.
+//! kubernetes-validate is required (`python3 -m pip install kubernetes-validate`; `.ci/run`
+//! installs it); `kubectl kustomize`, when present, also renders the kustomizations for the check.
 
 mod common;
 
@@ -39,12 +39,23 @@ fn yaml(path: &Path) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("JSON from python")
 }
 
+/// `kubernetes-validate --strict` (run as a module: no dependence on where pip put scripts).
 fn validate(files: &[PathBuf]) {
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet"])
+    let installed = Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        tool_missing(
+            "kubernetes-validate",
+            "python3 -m pip install kubernetes-validate",
+        );
+    }
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
         .args(files)
         .output()
-        .unwrap_or_else(|_| tool_missing("kubernetes-validate", "pip install kubernetes-validate"));
+        .expect("run python3");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
