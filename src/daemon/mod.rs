@@ -709,6 +709,9 @@ impl Supervisor {
     /// The probe waits for a concurrency slot like a cycle, but not for long: readiness must
     /// not wait for hours behind resumed seeds.
     fn probe_storage(&self) {
+        if !self.ready.start_probe() {
+            return;
+        }
         let (app, ready, sem) = (
             Arc::clone(&self.app),
             Arc::clone(&self.ready),

@@ -15,10 +15,15 @@ use crate::blobs::{BlobError, PageBlobs};
 use crate::config::DiskConfig;
 use crate::cycle::machine::CycleRecord;
 use crate::cycle::runner::CycleError;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug)]
-pub struct Readiness(Mutex<State>);
+pub struct Readiness {
+    state: Mutex<State>,
+    /// A probe is under way (a slow one is not joined by the next).
+    probing: AtomicBool,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -28,16 +33,19 @@ enum State {
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness(Mutex::new(State::NotReady(
-            "waiting for the storage accounts to answer".into(),
-        )))
+        Readiness {
+            state: Mutex::new(State::NotReady(
+                "waiting for the storage accounts to answer".into(),
+            )),
+            probing: AtomicBool::new(false),
+        }
     }
 }
 
 impl Readiness {
     /// `Err(why)` while not ready.
     pub fn check(&self) -> Result<(), String> {
-        match self.0.lock().map(|s| s.clone()) {
+        match self.state.lock().map(|s| s.clone()) {
             Ok(State::Ready) => Ok(()),
             Ok(State::NotReady(why)) => Err(why),
             Err(_) => Err("readiness state poisoned".into()),
@@ -49,7 +57,7 @@ impl Readiness {
     }
 
     fn set(&self, state: State) {
-        if let Ok(mut s) = self.0.lock() {
+        if let Ok(mut s) = self.state.lock() {
             if *s != state {
                 match &state {
                     State::Ready => tracing::info!("ready: the storage accounts answer"),
@@ -60,8 +68,14 @@ impl Readiness {
         }
     }
 
-    /// Takes a probe's result.
+    /// Claims the right to probe; `false` while another probe runs.
+    pub fn start_probe(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Takes a probe's result (and ends the probe).
     pub fn probed(&self, result: Result<(), String>) {
+        self.probing.store(false, Ordering::Release);
         self.set(match result {
             Ok(()) => State::Ready,
             Err(why) => State::NotReady(why),
@@ -123,7 +137,10 @@ mod tests {
     fn starts_not_ready_and_follows_cycle_evidence() {
         let r = Readiness::default();
         assert!(r.check().unwrap_err().contains("waiting"));
+        assert!(r.start_probe());
+        assert!(!r.start_probe(), "one probe at a time");
         r.probed(Ok(()));
+        assert!(r.start_probe());
         assert!(r.is_ready());
         let auth = Err(CycleError::Blob {
             disk: "d1".into(),
