@@ -1,6 +1,6 @@
 # snapback container image: `snapback run` as a non-root user.
 #
-#   docker build -t snapback .
+#   docker build -t snapback --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
 #   docker run -d --name snapback \
 #     -v /srv/snapback/config:/etc/snapback:ro \
 #     -v snapback-state:/var/lib/snapback \
@@ -26,6 +26,9 @@ RUN mkdir src benches \
     && rm -rf src benches
 COPY src ./src
 COPY benches ./benches
+# Shown by the snapback_build_info metric; empty: "unknown".
+ARG GIT_COMMIT=""
+ENV SNAPBACK_GIT_COMMIT=${GIT_COMMIT}
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
     && strip target/release/snapback
@@ -40,6 +43,13 @@ RUN apt-get update \
     && chown snapback:snapback /var/lib/snapback \
     && chmod 0700 /var/lib/snapback
 COPY --from=build /src/target/release/snapback /usr/local/bin/snapback
+# Completions and man pages, generated from the CLI definition (README "For packagers").
+RUN mkdir -p /usr/share/bash-completion/completions /usr/share/zsh/vendor-completions \
+        /usr/share/fish/vendor_completions.d /usr/share/man/man1 \
+    && snapback completions bash > /usr/share/bash-completion/completions/snapback \
+    && snapback completions zsh > /usr/share/zsh/vendor-completions/_snapback \
+    && snapback completions fish > /usr/share/fish/vendor_completions.d/snapback.fish \
+    && snapback man /usr/share/man/man1
 USER 10001:10001
 ENV SNAPBACK_CONFIG=/etc/snapback/snapback.toml
 # Config (read-only is fine) and state (must persist: it holds the checkpoints that let an

@@ -112,10 +112,46 @@ enum Command {
     /// Run the daemon: back up each disk on its schedule until SIGTERM/SIGINT; SIGHUP
     /// reloads the config. See docs/operations.md.
     Run,
+    /// Print a shell completion script (for packagers; see README "For packagers").
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (snapback.1 and one per subcommand) into DIR (for packagers).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
+/// `completions` and `man`: generated from this CLI definition, so they never drift from it.
+/// They need no config (packagers run them at build time).
+fn generate(command: &Command) -> Option<ExitCode> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let (written, target) = match command {
+        Command::Completions { shell } => {
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "snapback", &mut script);
+            (std::io::stdout().write_all(&script), "stdout".to_string())
+        }
+        Command::Man { dir } => (
+            clap_mangen::generate_to(Cli::command(), dir),
+            dir.display().to_string(),
+        ),
+        _ => return None,
+    };
+    Some(match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("snapback: cannot write to {target}: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(code) = generate(&cli.command) {
+        return code;
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -190,6 +226,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig => unreachable!("handled before the runtime starts"),
         Command::Run => unreachable!("handled by daemon_aware"),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the config is read")
+        }
         Command::Backup { disks, .. } => backup(&app, &disks).await,
         Command::List { disk, json } => list(&app, &disk, json).await,
         Command::Status { json, .. } => {

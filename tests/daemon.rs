@@ -50,7 +50,7 @@ async fn daemon_status(socket: &Path) -> Option<control::DaemonStatus> {
     }
 }
 
-/// The metrics port the daemon logged ("serving /metrics and /healthz addr=127.0.0.1:PORT").
+/// The metrics port the daemon logged ("serving /metrics, /healthz and /readyz addr=127.0.0.1:PORT").
 async fn metrics_port(d: &DaemonProc) -> u16 {
     let mut port = None;
     eventually(Duration::from_secs(10), || {

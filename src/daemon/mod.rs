@@ -8,6 +8,7 @@
 //! - [`schedule`]: pure timing rules (cron in a time zone, window, jitter, retry, resume).
 //! - [`control`]: the control socket protocol, server and client.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`readiness`]: what `/readyz` answers.
 //! - [`signals`]: Unix signal handling.
 //!
 //! Invariants: at most one cycle per disk (a due tick while it runs is coalesced); at most
@@ -16,6 +17,7 @@
 
 pub mod control;
 pub mod metrics;
+pub mod readiness;
 pub mod schedule;
 pub mod signals;
 
@@ -30,6 +32,7 @@ use control::{
     BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
 };
 use metrics::Metrics;
+use readiness::Readiness;
 use schedule::{DiskSchedule, Finish, Planner, Reason, ScheduleError, Wake};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -154,6 +157,33 @@ struct Finished {
     /// `None` when the cycle was cancelled before it got a concurrency slot.
     result: Option<Result<CycleRecord, CycleError>>,
     cancelled: bool,
+    /// The disk's restore points after the cycle (`None`: not listed).
+    points: Option<RestorePoints>,
+}
+
+/// A disk's restore-point count and newest snapshot time (Unix seconds).
+struct RestorePoints {
+    count: usize,
+    newest: Option<i64>,
+}
+
+/// Lists a disk's restore points from its backup account (a cycle and the retention after it
+/// both change them; a new state directory knows none). `None` after logging a failure.
+async fn list_restore_points(app: &App, disk: &DiskConfig) -> Option<RestorePoints> {
+    match crate::retention::restore_points(app.blobs.as_ref(), disk).await {
+        Ok(points) => Some(RestorePoints {
+            count: points.len(),
+            newest: points
+                .iter()
+                .filter_map(|p| crate::retention::Point::from_snapshot(&p.snapshot).time)
+                .map(|t| t.timestamp())
+                .max(),
+        }),
+        Err(e) => {
+            tracing::warn!(disk = %disk.name, error = %e, "cannot list the restore points");
+            None
+        }
+    }
 }
 
 /// Talks to a running daemon from inside the process (signal handlers, tests).
@@ -211,6 +241,7 @@ impl Daemon {
         };
         let stop_servers = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(Readiness::default());
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (control_tx, control_rx) = mpsc::channel(64);
         tokio::spawn(control::serve(
@@ -219,10 +250,11 @@ impl Daemon {
             stop_servers.clone(),
         ));
         if let Some(l) = metrics_listener {
-            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics and /healthz");
+            tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz and /readyz");
             tokio::spawn(metrics::serve(
                 l,
                 Arc::clone(&metrics),
+                Arc::clone(&ready),
                 stop_servers.clone(),
             ));
         }
@@ -233,6 +265,7 @@ impl Daemon {
             app,
             clock: opts.clock,
             metrics,
+            ready,
             events_tx: events_tx.clone(),
             next_id: 0,
             started: Instant::now(),
@@ -244,6 +277,8 @@ impl Daemon {
             sup.add_disk(d, now);
         }
         sup.metrics.set_disks(sup.slots.len());
+        sup.probe_storage();
+        sup.list_restore_points(sup.config.disks.clone());
         tracing::info!(
             disks = sup.slots.len(),
             config = %sup.config.path.display(),
@@ -359,6 +394,7 @@ struct Supervisor {
     sem: Arc<Semaphore>,
     slots: BTreeMap<String, Slot>,
     metrics: Arc<Metrics>,
+    ready: Arc<Readiness>,
     events_tx: mpsc::UnboundedSender<Event>,
     next_id: u64,
     started: Instant,
@@ -429,7 +465,12 @@ impl Supervisor {
                     let _ = reply.send(self.handle_request(req));
                 }
                 _ = tokio::time::sleep(nap) => {}
-                _ = progress.tick() => self.report_progress(),
+                _ = progress.tick() => {
+                    self.report_progress();
+                    if !self.ready.is_ready() {
+                        self.probe_storage();
+                    }
+                }
                 _ = watchdog.tick(), if watchdog_every.is_some() => {
                     self.sd_notify(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -509,6 +550,8 @@ impl Supervisor {
             }
         }
         self.metrics.set_phase(&disk.name, "idle");
+        self.metrics
+            .set_schedule_interval(&disk.name, sched.longest_gap(now));
         let planner = Planner::new(&sched, now, open, rand::random::<f64>());
         self.slots.insert(
             disk.name.clone(),
@@ -560,17 +603,22 @@ impl Supervisor {
                     seconds: 0.0,
                     result: None,
                     cancelled: true,
+                    points: None,
                 },
                 Some(_permit) => {
                     let rep = app
                         .run_disk_with(&disk, token.clone(), Some(progress))
                         .await;
+                    // Still in the disk's concurrency slot: a cycle's requests stay within
+                    // max_concurrent_cycles.
+                    let points = list_restore_points(&app, &disk).await;
                     Finished {
                         disk: rep.disk,
                         id,
                         seconds: rep.seconds,
                         result: Some(rep.result),
                         cancelled: token.is_cancelled(),
+                        points,
                     }
                 }
             };
@@ -610,6 +658,9 @@ impl Supervisor {
             Some(Err(_)) => self.metrics.cycle_ended(&f.disk, "error", f.seconds, None),
             None => {}
         }
+        if let Some(result) = &f.result {
+            self.ready.cycle_ended(&f.disk, result);
+        }
         self.metrics.set_phase(&f.disk, "idle");
         self.metrics.set_apply(&f.disk, 0, 0);
         slot.planner.finished(&slot.sched, now, how);
@@ -629,6 +680,47 @@ impl Supervisor {
                 .unwrap_or_else(|| "-".into());
             tracing::info!(disk = %f.disk, resumes_at = %next, "cycle paused at a checkpoint");
         }
+        if let Some(p) = f.points {
+            self.metrics.set_restore_points(&f.disk, p.count, p.newest);
+        }
+    }
+
+    /// Publishes the restore points of `disks` (at start, and for disks a reload added or
+    /// changed), one disk at a time, each in a concurrency slot like a cycle.
+    fn list_restore_points(&self, disks: Vec<DiskConfig>) {
+        let (app, metrics, sem) = (
+            Arc::clone(&self.app),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.sem),
+        );
+        tokio::spawn(async move {
+            for disk in disks {
+                let Ok(_permit) = sem.acquire().await else {
+                    return;
+                };
+                if let Some(p) = list_restore_points(&app, &disk).await {
+                    metrics.set_restore_points(&disk.name, p.count, p.newest);
+                }
+            }
+        });
+    }
+
+    /// Checks in the background that every account answers; `/readyz` follows the result.
+    /// The probe waits for a concurrency slot like a cycle, but not for long: readiness must
+    /// not wait for hours behind resumed seeds.
+    fn probe_storage(&self) {
+        if !self.ready.start_probe() {
+            return;
+        }
+        let (app, ready, sem) = (
+            Arc::clone(&self.app),
+            Arc::clone(&self.ready),
+            Arc::clone(&self.sem),
+        );
+        tokio::spawn(async move {
+            let _permit = tokio::time::timeout(PROGRESS_INTERVAL, sem.acquire()).await;
+            ready.probed(readiness::probe(app.blobs.as_ref(), &app.config.disks).await);
+        });
     }
 
     fn report_progress(&self) {
@@ -716,7 +808,10 @@ impl Supervisor {
     fn reload(&mut self) {
         self.sd_notify(&[sd_notify::NotifyState::Reloading]);
         match self.try_reload() {
-            Ok(()) => self.metrics.reload(true),
+            Ok(()) => {
+                self.metrics.reload(true);
+                self.probe_storage();
+            }
             Err(why) => {
                 self.metrics.reload(false);
                 tracing::error!(config = %self.config.path.display(), "config reload failed; still running on the previous config:\n{why}");
@@ -790,6 +885,14 @@ impl Supervisor {
         }
         self.config = new;
         self.metrics.set_disks(self.slots.len());
+        let relist = self
+            .config
+            .disks
+            .iter()
+            .filter(|d| added.contains(&d.name) || changed.contains(&d.name))
+            .cloned()
+            .collect();
+        self.list_restore_points(relist);
         tracing::info!(
             added = %added.join(","),
             removed = %removed.join(","),

@@ -30,6 +30,9 @@ const WINDOW_SEARCH_MINUTES: i64 = 2 * 1440 + 60;
 const DST_LOOKAROUND: TimeDelta = TimeDelta::hours(2);
 /// Upper bound on ticks walked in that search (a per-second schedule: 2 h = 7,200).
 const MAX_DST_SCAN: usize = 100_000;
+/// Ticks looked at for a schedule's longest gap: enough to cover two weekends of a
+/// weekdays-only daily schedule.
+const GAP_TICKS: usize = 16;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScheduleError {
@@ -174,6 +177,22 @@ impl DiskSchedule {
             m += minute;
         }
         None
+    }
+
+    /// The longest time between two of the next few ticks after `now`, plus the jitter: how
+    /// long a healthy disk may go between cycles (the "no success for 2× the schedule"
+    /// alert compares against it). `None` for a disk without a schedule.
+    pub fn longest_gap(&self, now: DateTime<Utc>) -> Option<Duration> {
+        let mut prev = self.next_tick(now)?;
+        let mut longest = TimeDelta::zero();
+        for _ in 0..GAP_TICKS {
+            let Some(next) = self.next_tick(prev) else {
+                break;
+            };
+            longest = longest.max(next - prev);
+            prev = next;
+        }
+        Some(longest.to_std().unwrap_or_default() + self.jitter)
     }
 
     /// The jittered start for a tick: `tick + fraction * jitter`, `fraction` in `[0, 1)`.
@@ -368,6 +387,26 @@ mod tests {
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn longest_gap_covers_weekends_and_jitter() {
+        let now = utc(2026, 11, 30, 10, 0, 0); // a Monday
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(
+            sched(Some("0 */12 * * *"), "UTC", None).longest_gap(now),
+            Some(h(12))
+        );
+        // Weekdays at 02:00: Friday to Monday is the longest gap.
+        assert_eq!(
+            sched(Some("0 2 * * 1-5"), "UTC", None).longest_gap(now),
+            Some(h(72))
+        );
+        assert_eq!(sched(None, "UTC", None).longest_gap(now), None);
+        let mut d = disk(Some("0 * * * *"), "UTC", None);
+        d.jitter = Some(Duration::from_secs(600));
+        let s = DiskSchedule::from_config(&d).unwrap();
+        assert_eq!(s.longest_gap(now), Some(h(1) + Duration::from_secs(600)));
     }
 
     /// Every tick in `(from, to)`, by repeated `next_tick` (what the planner does).

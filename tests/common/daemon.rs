@@ -25,6 +25,11 @@ impl DaemonProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn_command(cmd)
+    }
+
+    /// Any `snapback ... run` command (a config without the fixture's Azurite).
+    pub fn spawn_command(mut cmd: std::process::Command) -> DaemonProc {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
