@@ -11,6 +11,7 @@
 //! - [`restore`]: promote a restore point, copy it to a target, optionally restart the chain.
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`verify`]: compares a restore point with its source snapshot.
+//! - [`logging`]: log output on stderr (colour only on a terminal).
 //! - [`app`]: the operations behind the CLI commands.
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod fake;
+pub mod logging;
 pub mod pages;
 pub mod restore;
 pub mod retention;

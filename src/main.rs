@@ -166,18 +166,7 @@ fn init_logging(cli: &Cli, config: &Config) {
         Some(f) => f == "json",
         None => config.log_format == LogFormat::Json,
     };
-    // The SDK logs every failed try at info; ours say what failed and why, once.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPBACK_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,typespec_client_core=warn,azure_core=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    snapback::logging::init(json);
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
