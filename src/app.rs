@@ -275,6 +275,12 @@ impl App {
                 tracing::error!(disk = %disk.name, seconds = format!("{seconds:.2}"), result = "error", error = %e, "cycle failed");
             }
         }
+        // After the result is persisted and logged: a hook can only add warnings.
+        let hooks = self.config.hooks_for(disk);
+        if hooks != crate::config::Hooks::default() {
+            let event = crate::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
+            crate::hooks::run(&hooks, &event).await;
+        }
         CycleReport {
             disk: disk.name.clone(),
             seconds,

@@ -12,6 +12,7 @@
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`verify`]: compares a restore point with its source snapshot.
 //! - [`logging`]: log output on stderr (colour only on a terminal).
+//! - [`hooks`]: commands and a webhook run after each cycle, never changing its result.
 //! - [`app`]: the operations behind the CLI commands.
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod fake;
+pub mod hooks;
 pub mod logging;
 pub mod pages;
 pub mod restore;
