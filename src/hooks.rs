@@ -295,7 +295,10 @@ mod tests {
         let h = c.hooks_for(&c.disks[0]);
         assert_eq!(h.on_success, Some(vec!["/bin/d".to_string()]));
         assert_eq!(h.on_failure, Some(vec!["/bin/gf".to_string(), "x".into()]));
-        assert_eq!(h.webhook.as_ref().unwrap().as_str(), "https://example.org/h");
+        assert_eq!(
+            h.webhook.as_ref().unwrap().as_str(),
+            "https://example.org/h"
+        );
         assert_eq!(h.timeout(), Duration::from_secs(5));
         assert_eq!(Hooks::default().timeout(), Duration::from_secs(60));
     }

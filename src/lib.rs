@@ -13,12 +13,14 @@
 //! - [`verify`]: compares a restore point with its source snapshot.
 //! - [`logging`]: log output on stderr (colour only on a terminal).
 //! - [`hooks`]: commands and a webhook run after each cycle, never changing its result.
+//! - [`check`]: `snapback check`, the preflight of every permission a disk needs.
 //! - [`app`]: the operations behind the CLI commands.
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
 pub mod app;
 pub mod azure;
 pub mod blobs;
+pub mod check;
 pub mod config;
 pub mod cycle;
 pub mod daemon;

@@ -38,6 +38,15 @@ struct Cli {
 enum Command {
     /// Validate the config file; exit 0 iff it is valid.
     CheckConfig,
+    /// Prove against the service that every operation each disk's cycles and restores need
+    /// is permitted, with scratch objects only (see docs/operations.md); exit 0 iff all pass.
+    Check {
+        /// Disk names from the config (all if none).
+        disks: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run (or resume) one backup cycle now for each named disk (all if none).
     Backup {
         /// Disk names from the config.
@@ -174,11 +183,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     if let Some(code) = daemon_aware(&command, &config).await? {
         return Ok(code);
     }
+    if let Command::Check { disks, json } = &command {
+        return check(&config, disks, *json).await;
+    }
     let app = App::open(config)
         .with_context(|| format!("cannot start with {}", config_path.display()))?;
     match command {
         Command::CheckConfig => unreachable!("handled before the runtime starts"),
         Command::Run => unreachable!("handled by daemon_aware"),
+        Command::Check { .. } => unreachable!("handled before the state is opened"),
         Command::Backup { disks, .. } => backup(&app, &disks).await,
         Command::List { disk, json } => list(&app, &disk, json).await,
         Command::Status { json, .. } => {
@@ -264,6 +277,40 @@ async fn backup(app: &App, disks: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `check`: the preflight table; exit 0 iff every operation passed.
+async fn check(config: &Config, names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let disks = if names.is_empty() {
+        config.disks.clone()
+    } else {
+        let mut out = Vec::new();
+        for n in names {
+            match config.disk(n) {
+                Some(d) => out.push(d.clone()),
+                None => {
+                    let known: Vec<_> = config.disks.iter().map(|d| d.name.as_str()).collect();
+                    eprintln!(
+                        "snapback: unknown disk '{n}' (configured disks: {})",
+                        known.join(", ")
+                    );
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            }
+        }
+        out
+    };
+    let rows = snapback::check::check(config, &disks).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", snapback::check::render(&rows));
+    }
+    Ok(if snapback::check::all_passed(&rows) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)

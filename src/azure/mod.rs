@@ -9,6 +9,7 @@
 //! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`].
 
 pub mod page_list;
+mod preflight;
 pub mod shared_key;
 
 use crate::blobs::{
