@@ -14,6 +14,7 @@
 //! - [`logging`]: log output on stderr (colour only on a terminal).
 //! - [`hooks`]: commands and a webhook run after each cycle, never changing its result.
 //! - [`check`]: `snapback check`, the preflight of every permission a disk needs.
+//! - [`terminal`]: progress bars on a terminal (nothing otherwise).
 //! - [`app`]: the operations behind the CLI commands.
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
@@ -31,4 +32,5 @@ pub mod pages;
 pub mod restore;
 pub mod retention;
 pub mod state;
+pub mod terminal;
 pub mod verify;

@@ -5,7 +5,7 @@
 //! stderr is a terminal, and never when `NO_COLOR` is set to a non-empty value
 //! (<https://no-color.org>). JSON lines never carry colour.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 /// Whether log lines on stderr get ANSI colour: a terminal, and `no_color` (the value of
 /// `NO_COLOR`) unset or empty.
@@ -19,17 +19,33 @@ pub fn init(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPBACK_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,typespec_client_core=warn,azure_core=warn")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let terminal = std::io::stderr().is_terminal();
     if json {
-        builder.json().with_ansi(false).init();
+        builder
+            .json()
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    } else if terminal {
+        let ansi = colour(terminal, std::env::var_os("NO_COLOR").as_deref());
+        builder.with_ansi(ansi).with_writer(|| AboveBars).init();
     } else {
-        let ansi = colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        );
-        builder.with_ansi(ansi).init();
+        builder.with_ansi(false).with_writer(std::io::stderr).init();
+    }
+}
+
+/// stderr on a terminal: each log line is written above the progress bars, not through them
+/// (the formatter writes one event per `write`).
+struct AboveBars;
+
+impl Write for AboveBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::terminal::suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

@@ -92,3 +92,67 @@ fn json_logs_never_carry_colour() {
     assert_eq!(v["level"], "ERROR");
     assert_eq!(v["fields"]["disk"], "d1");
 }
+
+/// Seed (a pending Copy Blob for a few polls), then an incremental apply and a verify, run on
+/// a PTY and through pipes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bars_on_a_terminal_and_nothing_in_a_pipe() {
+    use common::azurite::Azurite;
+    use common::fixture::{create_disk, disks_toml, write, Fixture, Rng, MIB};
+    let fx = Fixture::start(
+        Azurite::start_with_env(&[("SNAPBACK_AZURITE_COPY_POLLS", "3")]),
+        &disks_toml(&["d1"]),
+    );
+    let blobs = fx.blobs();
+    let source = fx.source("d1");
+    create_disk(blobs.as_ref(), &source, 16 * MIB).await;
+    write(blobs.as_ref(), &source, 0, &Rng(1).bytes(4 * MIB as usize)).await;
+    let bin = env!("CARGO_BIN_EXE_snapback");
+    let config = fx.config_path.display().to_string();
+    let on_pty = |args: &[&str]| {
+        let mut a = vec!["--config", config.as_str()];
+        a.extend_from_slice(args);
+        let out = run_on_pty(bin, &a, &[]);
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{shown}");
+        shown
+    };
+    // The final state of each bar stays on screen, e.g.
+    // "d1: seed copy [======] 16.00 MiB/16.00 MiB (100%), 40.12 MiB/s, ETA 0s".
+    let seed = on_pty(&["backup", "d1"]);
+    println!("{seed}"); // shown with --nocapture
+    let line = seed
+        .split(['\r', '\n'])
+        .find(|l| l.contains("d1: seed copy ["))
+        .unwrap_or_else(|| panic!("no seed copy bar: {seed:?}"));
+    assert!(
+        line.contains("MiB/16.00 MiB") && line.contains("ETA"),
+        "{line:?}"
+    );
+
+    write(
+        blobs.as_ref(),
+        &source,
+        8 * MIB,
+        &Rng(2).bytes(6 * MIB as usize),
+    )
+    .await;
+    let apply = on_pty(&["backup", "d1"]);
+    println!("{apply}");
+    assert!(
+        apply.contains("d1: apply [") && apply.contains("(100%)") && apply.contains("/s, ETA"),
+        "{apply:?}"
+    );
+    let verify = on_pty(&["verify", "d1"]);
+    assert!(verify.contains("d1: verify ["), "{verify:?}");
+
+    // Through pipes: the same work, no bar, no escape codes.
+    write(blobs.as_ref(), &source, 0, &Rng(3).bytes(6 * MIB as usize)).await;
+    for args in [&["backup", "d1"][..], &["verify", "d1"][..]] {
+        let out = fx.command(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("ETA") && !err.contains(" ["), "{err}");
+        assert!(!has_escape_codes(&err) && !err.contains('\r'), "{err:?}");
+    }
+}

@@ -447,7 +447,7 @@ impl<'a> Runner<'a> {
         let mut last_save = Instant::now();
         let mut upto = rec.applied_upto;
         if let Some(p) = &self.progress {
-            p.start_apply(upto, size);
+            p.start("apply", upto, size);
         }
         enum Event<B, D> {
             Stop,
@@ -678,6 +678,9 @@ impl<'a> Runner<'a> {
                 }
                 CopyStatus::Pending { copied, total } => {
                     tracing::info!(disk = %rec.disk, copied, total, "seed copy in progress");
+                    if let Some(p) = &self.progress {
+                        p.report("seed copy", copied, total);
+                    }
                 }
             }
             tokio::select! {
