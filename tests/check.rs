@@ -58,8 +58,12 @@ async fn inventory(fx: &Fixture) -> Vec<String> {
     out
 }
 
+/// Disk `d1` with server copy, so the check also tries Put Page From URL.
 async fn fixture_with_disk() -> Fixture {
-    let fx = Fixture::new(&["d1"]);
+    let fx = Fixture::with_extra(&format!(
+        "{}copy_mode = \"server\"\n",
+        common::fixture::disks_toml(&["d1"])
+    ));
     let blobs = fx.blobs();
     create_disk(blobs.as_ref(), &fx.source("d1"), MIB).await;
     write(blobs.as_ref(), &fx.source("d1"), 4096, &[3u8; 4096]).await;
