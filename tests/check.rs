@@ -70,7 +70,7 @@ async fn fixture_with_disk() -> Fixture {
     fx
 }
 
-fn rows(out: &std::process::Output) -> Vec<serde_json::Value> {
+fn parse_rows(out: &std::process::Output) -> Vec<serde_json::Value> {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {}\n{}",
@@ -128,9 +128,21 @@ async fn every_operation_passes_and_nothing_is_left_behind() {
 
     let out = fx.snapback(&["check", "d1", "--json"]);
     assert_eq!(out.status.code(), Some(0));
-    let rows = rows(&out);
+    let rows = parse_rows(&out);
     assert_eq!(rows.len(), 15);
     assert!(rows.iter().all(|r| r["outcome"] == "pass"), "{rows:?}");
+    assert_eq!(inventory(&fx).await, before);
+
+    // A failure midway, with the scratch blob and snapshots made: cleaned up all the same.
+    fx.azurite.inject_fault("409", 1, "comp=lease");
+    let out = fx.snapback(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let failed = parse_rows(&out);
+    let lease = row(&failed, "backup-lease");
+    assert_eq!(lease["outcome"], "fail", "{lease}");
+    assert!(lease["cause"].as_str().unwrap().contains("409"), "{lease}");
+    assert_eq!(row(&failed, "backup-snapshot")["outcome"], "pass");
+    assert_eq!(row(&failed, "cleanup")["outcome"], "pass");
     assert_eq!(inventory(&fx).await, before);
 
     let out = fx.snapback(&["check", "nope"]);
@@ -149,7 +161,7 @@ async fn a_wrong_backup_key_fails_the_backup_rows_and_cleans_the_source() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let rows = rows(&out);
+    let rows = parse_rows(&out);
     for op in [
         "source-snapshot",
         "source-diff",
