@@ -610,3 +610,57 @@ pub fn render(rows: &[CheckRow]) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn account(auth: &str) -> AccountConfig {
+        let text = format!(
+            "[accounts.bk]\nendpoint = \"https://mybackup.blob.core.windows.net\"\n{auth}\n"
+        );
+        Config::parse(&text, Path::new("t.toml"))
+            .unwrap()
+            .accounts
+            .remove("bk")
+            .unwrap()
+    }
+
+    fn denied(code: &str) -> BlobError {
+        BlobError::Auth {
+            account: "bk".into(),
+            status: 403,
+            code: code.into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_role_the_sas_letter_or_the_key() {
+        let mi = account("managed_identity = true");
+        let e = denied("AuthorizationPermissionMismatch");
+        assert_eq!(
+            missing_for(Operation::BackupWrite, Some(&mi), &e),
+            "assign role \"Storage Blob Data Contributor\" on storage account 'mybackup' to the identity"
+        );
+        assert!(missing_for(Operation::SourceDiff, Some(&mi), &e)
+            .contains("\"Storage Blob Data Reader\""));
+        let sas = account("sas_token_file = \"/run/secrets/bk-sas\"");
+        assert!(missing_for(Operation::SourceList, Some(&sas), &e)
+            .starts_with("the SAS in /run/secrets/bk-sas lacks 'l'"));
+        assert!(missing_for(Operation::BackupDelete, Some(&sas), &e).contains("lacks 'd'"));
+        assert!(missing_for(
+            Operation::BackupRead,
+            Some(&sas),
+            &denied("AuthenticationFailed")
+        )
+        .starts_with("use a valid, unexpired SAS"));
+        let key = account("shared_key_env = \"BK_KEY\"");
+        assert!(missing_for(
+            Operation::SourceRead,
+            Some(&key),
+            &denied("AuthenticationFailed")
+        )
+        .starts_with("use a valid key of storage account 'mybackup' in $BK_KEY"));
+    }
+}

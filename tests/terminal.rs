@@ -145,6 +145,22 @@ async fn progress_bars_on_a_terminal_and_nothing_in_a_pipe() {
     );
     let verify = on_pty(&["verify", "d1"]);
     assert!(verify.contains("d1: verify ["), "{verify:?}");
+    // Restore: the promote and the copy to the target are both pending Copy Blobs here.
+    let list = fx.command(&["list", "d1", "--json"]).output().unwrap();
+    let points: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let point = points[0]["snapshot"].as_str().unwrap().to_string();
+    let restore = on_pty(&[
+        "restore",
+        "d1",
+        "--snapshot",
+        &point,
+        "--to",
+        "premium/vhds/restored.vhd",
+    ]);
+    assert!(
+        restore.contains("d1: promote [") && restore.contains("d1: restore copy ["),
+        "{restore:?}"
+    );
 
     // Through pipes: the same work, no bar, no escape codes.
     write(blobs.as_ref(), &source, 0, &Rng(3).bytes(6 * MIB as usize)).await;
