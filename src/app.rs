@@ -275,9 +275,11 @@ impl App {
                 tracing::error!(disk = %disk.name, seconds = format!("{seconds:.2}"), result = "error", error = %e, "cycle failed");
             }
         }
-        // After the result is persisted and logged: a hook can only add warnings.
+        // After the result is persisted and logged: a hook can only add warnings. A cycle
+        // stopped at a checkpoint (shutdown, window end) has no result yet: no hook.
         let hooks = self.config.hooks_for(disk);
-        if hooks != crate::config::Hooks::default() {
+        let interrupted = matches!(result, Err(CycleError::Interrupted { .. }));
+        if hooks != crate::config::Hooks::default() && !interrupted {
             let event = crate::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
             crate::hooks::run(&hooks, &event).await;
         }

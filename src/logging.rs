@@ -21,17 +21,20 @@ pub fn init(json: bool) {
     });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let terminal = std::io::stderr().is_terminal();
-    if json {
-        builder
+    let ansi = colour(terminal, std::env::var_os("NO_COLOR").as_deref());
+    match (json, terminal) {
+        (true, true) => builder
+            .json()
+            .with_ansi(false)
+            .with_writer(|| AboveBars)
+            .init(),
+        (true, false) => builder
             .json()
             .with_ansi(false)
             .with_writer(std::io::stderr)
-            .init();
-    } else if terminal {
-        let ansi = colour(terminal, std::env::var_os("NO_COLOR").as_deref());
-        builder.with_ansi(ansi).with_writer(|| AboveBars).init();
-    } else {
-        builder.with_ansi(false).with_writer(std::io::stderr).init();
+            .init(),
+        (false, true) => builder.with_ansi(ansi).with_writer(|| AboveBars).init(),
+        (false, false) => builder.with_ansi(false).with_writer(std::io::stderr).init(),
     }
 }
 
