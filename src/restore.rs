@@ -441,7 +441,12 @@ impl<'a> Restorer<'a> {
                 status,
             };
             match props.and_then(|p| p.copy) {
-                Some((id, CopyStatus::Success)) if id == copy_id => return Ok(()),
+                Some((id, CopyStatus::Success)) if id == copy_id => {
+                    if let Some(p) = &self.progress {
+                        p.complete();
+                    }
+                    return Ok(());
+                }
                 Some((id, CopyStatus::Pending { copied, total })) if id == copy_id => {
                     let pct = (copied * 100).checked_div(total).unwrap_or(0);
                     tracing::info!(dest = %dest, copied, total, "copy {pct}% done");

@@ -4,7 +4,9 @@
 //! logs captured by systemd or redirected to a file stay plain lines.
 
 use crate::cycle::progress::Progress;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{
+    HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle,
+};
 use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -12,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How often a bar reads its [`Progress`].
 const TICK: Duration = Duration::from_millis(100);
-const TEMPLATE: &str =
-    "{msg} [{bar:30}] {bytes}/{total_bytes} ({percent}%), {bytes_per_sec}, ETA {eta}";
+/// `{msg}` is the rate and ETA from [`Progress::view`], the same figures `status` shows
+/// (indicatif's own estimate would count bytes done before the bar appeared as speed).
+const TEMPLATE: &str = "{prefix} [{bar:30}] {bytes}/{total_bytes} ({percent}%){msg}";
 
 /// All bars of the process, one line each (several disks back up at once).
 fn bars() -> &'static MultiProgress {
@@ -71,7 +74,7 @@ fn update(label: &str, progress: &Progress, shown: &mut Option<(&'static str, Pr
         let bar = bars().add(
             ProgressBar::new(v.bytes_total)
                 .with_position(v.bytes_done)
-                .with_message(format!("{label}: {}", v.work)),
+                .with_prefix(format!("{label}: {}", v.work)),
         );
         if let Ok(style) = ProgressStyle::with_template(TEMPLATE) {
             bar.set_style(style.progress_chars("=> "));
@@ -81,6 +84,13 @@ fn update(label: &str, progress: &Progress, shown: &mut Option<(&'static str, Pr
     if let Some((_, bar)) = shown {
         bar.set_length(v.bytes_total);
         bar.set_position(v.bytes_done);
+        if let (Some(rate), Some(eta)) = (v.rate, v.eta_seconds) {
+            bar.set_message(format!(
+                ", {}/s, ETA {}",
+                HumanBytes(rate as u64),
+                HumanDuration(Duration::from_secs_f64(eta.clamp(0.0, 1e9)))
+            ));
+        }
     }
 }
 

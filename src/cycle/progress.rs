@@ -56,6 +56,11 @@ impl Progress {
         self.done.store(upto, Relaxed);
     }
 
+    /// The work is complete (a copy reported success: no count comes with it).
+    pub fn complete(&self) {
+        self.done.store(self.total.load(Relaxed), Relaxed);
+    }
+
     pub fn add_done(&self, bytes: u64) {
         self.done.fetch_add(bytes, Relaxed);
     }

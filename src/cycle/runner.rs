@@ -671,7 +671,12 @@ impl<'a> Runner<'a> {
                 }
             };
             match status {
-                CopyStatus::Success => return Ok(Outcome::CopyDone),
+                CopyStatus::Success => {
+                    if let Some(p) = &self.progress {
+                        p.complete();
+                    }
+                    return Ok(Outcome::CopyDone);
+                }
                 CopyStatus::Failed(reason) | CopyStatus::Aborted(reason) => {
                     tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
                     return Ok(Outcome::CopyFailed { reason });
