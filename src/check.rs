@@ -393,10 +393,11 @@ async fn run_backup(
         Copy,
     ];
     let created = async {
-        if !blobs.container_exists(backup).await? {
-            blobs.ensure_container(backup).await?;
-            made.created_container = true;
-        }
+        // Create Container as a cycle does; remove it afterwards only when it surely did not
+        // exist before (a SAS without read leaves that unknown: then it stays).
+        let existed = blobs.container_exists(backup).await.unwrap_or(true);
+        blobs.ensure_container(backup).await?;
+        made.created_container = !existed;
         blobs.create_page_blob(scratch, SCRATCH_SIZE).await
     }
     .await;
