@@ -214,3 +214,57 @@ async fn hanging_failing_or_missing_hooks_never_fail_the_backup() {
         .unwrap_or(false);
     assert!(!alive, "the hook's child {} still runs", pid.trim());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_hooks_and_does_not_wait_past_their_timeout() {
+    use common::daemon::{disk_section, eventually, DaemonProc};
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("hook-started");
+    let hang = script(
+        tmp.path(),
+        "hang.sh",
+        &format!("echo \"$SNAPBACK_DISK\" > {}\nsleep 30", marker.display()),
+    );
+    // Manual-only disk: only our request runs a cycle.
+    let fx = Fixture::with_extra(&disk_section(
+        "d1",
+        &format!(
+            "hooks = {{ on_success = {}, timeout = \"1s\" }}",
+            toml_argv(&[&hang])
+        ),
+    ));
+    create_disk(fx.blobs().as_ref(), &fx.source("d1"), MIB).await;
+    let socket = fx.config().control_socket;
+    let d = DaemonProc::spawn(&fx);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            snapback::daemon::control::request(&socket, &snapback::daemon::control::Request::Status)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        })
+        .await
+    );
+    // `backup` through the daemon waits for the cycle, hook included: 1 s, not 30.
+    let started = Instant::now();
+    let out = fx.snapback(&["backup", "d1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", d.stderr());
+    assert!(stdout.contains("d1: ok, restore point"), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "d1");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            d.stderr()
+                .contains("hang.sh ran longer than 1.0s and was killed")
+        })
+        .await,
+        "{}",
+        d.stderr()
+    );
+}
