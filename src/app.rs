@@ -281,7 +281,7 @@ impl App {
         let interrupted = matches!(result, Err(CycleError::Interrupted { .. }));
         if hooks != crate::config::Hooks::default() && !interrupted {
             let event = crate::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
-            crate::hooks::run(&hooks, &event).await;
+            crate::hooks::run(&hooks, &event, &self.config.secret_env_vars()).await;
         }
         CycleReport {
             disk: disk.name.clone(),

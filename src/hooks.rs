@@ -121,8 +121,10 @@ pub enum HookError {
 }
 
 /// Runs the hooks for `event` (the command and the webhook at once) and logs what they did;
-/// returns each one's failure (already logged as a warning).
-pub async fn run(hooks: &Hooks, event: &HookEvent) -> Vec<HookError> {
+/// returns each one's failure (already logged as a warning). `secret_vars` (the variables
+/// holding account keys and SAS tokens) are removed from the command's environment: a
+/// notification script has no business with storage credentials.
+pub async fn run(hooks: &Hooks, event: &HookEvent, secret_vars: &[String]) -> Vec<HookError> {
     let (hook, argv) = if event.success() {
         ("on_success", &hooks.on_success)
     } else {
@@ -131,7 +133,9 @@ pub async fn run(hooks: &Hooks, event: &HookEvent) -> Vec<HookError> {
     let timeout = hooks.timeout();
     let command = async {
         match argv {
-            Some(argv) => run_command(hook, argv, event, timeout).await.err(),
+            Some(argv) => run_command(hook, argv, event, secret_vars, timeout)
+                .await
+                .err(),
             None => None,
         }
     };
@@ -155,11 +159,23 @@ async fn run_command(
     hook: &'static str,
     argv: &[String],
     event: &HookEvent,
+    secret_vars: &[String],
     timeout: Duration,
 ) -> Result<(), HookError> {
-    let program = argv[0].clone();
-    let mut child = tokio::process::Command::new(&program)
-        .args(&argv[1..])
+    let Some((program, args)) = argv.split_first() else {
+        return Err(HookError::Spawn {
+            hook,
+            program: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"),
+        });
+    };
+    let program = program.clone();
+    let mut command = tokio::process::Command::new(&program);
+    for var in secret_vars {
+        command.env_remove(var);
+    }
+    let mut child = command
+        .args(args)
         .envs(event.env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -105,6 +105,13 @@ async fn hooks_get_the_cycle_in_their_environment_and_as_json() {
     assert_eq!(env["SNAPBACK_ERROR"], "");
     assert!(env["SNAPBACK_DURATION_SECONDS"].parse::<f64>().unwrap() > 0.0);
     assert!(env.contains_key("SNAPBACK_BYTES_WRITTEN"));
+    // The account keys snapback reads from its environment are not passed on.
+    let raw = std::fs::read_to_string(&ok_env).unwrap();
+    assert!(raw.contains("SNAPBACK_DISK=d1"), "{raw}");
+    assert!(
+        !raw.contains("SB_TEST_PREMIUM_KEY") && !raw.contains("SB_TEST_BACKUP_KEY"),
+        "{raw}"
+    );
 
     let (head, body) = bodies.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(head.starts_with("POST /hook "), "{head}");

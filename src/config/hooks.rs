@@ -52,6 +52,20 @@ impl Hooks {
     }
 }
 
+impl super::Config {
+    /// The environment variables that hold account keys or SAS tokens (kept from hooks).
+    pub fn secret_env_vars(&self) -> Vec<String> {
+        use super::AuthConfig::{SasTokenEnv, SharedKeyEnv};
+        self.accounts
+            .values()
+            .filter_map(|a| match &a.auth {
+                SharedKeyEnv(v) | SasTokenEnv(v) => Some(v.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// Reads `t.hooks` (absent: no hooks), reporting every problem.
 pub(super) fn build_hooks(cx: &mut Ctx<'_>, t: &DeTable<'_>, prefix: &str) -> Hooks {
     let Some(v) = t.get("hooks") else {
