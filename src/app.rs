@@ -275,6 +275,14 @@ impl App {
                 tracing::error!(disk = %disk.name, seconds = format!("{seconds:.2}"), result = "error", error = %e, "cycle failed");
             }
         }
+        // After the result is persisted and logged: a hook can only add warnings. A cycle
+        // stopped at a checkpoint (shutdown, window end) has no result yet: no hook.
+        let hooks = self.config.hooks_for(disk);
+        let interrupted = matches!(result, Err(CycleError::Interrupted { .. }));
+        if hooks != crate::config::Hooks::default() && !interrupted {
+            let event = crate::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
+            crate::hooks::run(&hooks, &event, &self.config.secret_env_vars()).await;
+        }
         CycleReport {
             disk: disk.name.clone(),
             seconds,
@@ -372,7 +380,15 @@ impl App {
     /// Runs one cycle for each disk, at most `max_concurrent_cycles` at a time.
     pub async fn backup(&self, disks: &[DiskConfig], stop: CancellationToken) -> Vec<CycleReport> {
         futures::stream::iter(disks)
-            .map(|d| self.run_disk(d, stop.clone()))
+            .map(|d| async {
+                let progress = Arc::new(Progress::default());
+                let bar = crate::terminal::watch(&d.name, progress.clone());
+                let report = self.run_disk_with(d, stop.clone(), Some(progress)).await;
+                if let Some(bar) = bar {
+                    bar.finish().await;
+                }
+                report
+            })
             .buffer_unordered(self.config.max_concurrent_cycles.max(1))
             .collect()
             .await
@@ -420,7 +436,14 @@ impl App {
         disk: &DiskConfig,
         snapshot: Option<&str>,
     ) -> Result<VerifyReport, AppError> {
-        Ok(crate::verify::verify(self.blobs.as_ref(), disk, snapshot).await?)
+        let progress = Arc::new(Progress::default());
+        let bar = crate::terminal::watch(&disk.name, progress.clone());
+        let report =
+            crate::verify::verify(self.blobs.as_ref(), disk, snapshot, Some(&progress)).await;
+        if let Some(bar) = bar {
+            bar.finish().await;
+        }
+        Ok(report?)
     }
 
     /// Applies (or, `dry_run`, only plans) the disk's retention. A real prune holds the
@@ -487,7 +510,14 @@ impl App {
         let mut r = Restorer::new(self.blobs.as_ref(), &self.store, disk);
         r.stop = stop;
         r.now = self.clock.now();
-        Ok(r.restore(req).await?)
+        let progress = Arc::new(Progress::default());
+        r.progress = Some(progress.clone());
+        let bar = crate::terminal::watch(&disk.name, progress);
+        let report = r.restore(req).await;
+        if let Some(bar) = bar {
+            bar.finish().await;
+        }
+        Ok(report?)
     }
 
     /// The public URL of a blob (for `az disk create --source`), and its storage account's

@@ -12,6 +12,10 @@
 //! - [`restore`]: promote a restore point, copy it to a target, optionally restart the chain.
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`verify`]: compares a restore point with its source snapshot.
+//! - [`logging`]: log output on stderr (colour only on a terminal).
+//! - [`hooks`]: commands and a webhook run after each cycle, never changing its result.
+//! - [`check`]: `snapback check`, the preflight of every permission a disk needs.
+//! - [`terminal`]: progress bars on a terminal (nothing otherwise).
 //! - [`app`]: the operations behind the CLI commands.
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
@@ -19,12 +23,17 @@ pub mod app;
 pub mod arm;
 pub mod azure;
 pub mod blobs;
+pub mod check;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod fake;
+pub mod hooks;
+pub mod logging;
 pub mod pages;
 pub mod restore;
 pub mod retention;
 pub mod state;
+pub mod terminal;
+pub mod tls;
 pub mod verify;

@@ -38,6 +38,15 @@ struct Cli {
 enum Command {
     /// Validate the config file; exit 0 iff it is valid.
     CheckConfig,
+    /// Prove against the service that every operation each disk's cycles and restores need
+    /// is permitted, with scratch objects only (see docs/operations.md); exit 0 iff all pass.
+    Check {
+        /// Disk names from the config (all if none).
+        disks: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run (or resume) one backup cycle now for each named disk (all if none).
     Backup {
         /// Disk names from the config.
@@ -202,24 +211,16 @@ fn init_logging(cli: &Cli, config: &Config) {
         Some(f) => f == "json",
         None => config.log_format == LogFormat::Json,
     };
-    // The SDK logs every failed try at info; ours say what failed and why, once.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPBACK_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,typespec_client_core=warn,azure_core=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    snapback::logging::init(json);
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let config_path = config.path.clone();
     if let Some(code) = daemon_aware(&command, &config).await? {
         return Ok(code);
+    }
+    if let Command::Check { disks, json } = &command {
+        return check(&config, disks, *json).await;
     }
     let app = App::open(config)
         .with_context(|| format!("cannot start with {}", config_path.display()))?;
@@ -229,6 +230,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before the config is read")
         }
+        Command::Check { .. } => unreachable!("handled before the state is opened"),
         Command::Backup { disks, .. } => backup(&app, &disks).await,
         Command::List { disk, json } => list(&app, &disk, json).await,
         Command::Status { json, .. } => {
@@ -314,6 +316,40 @@ async fn backup(app: &App, disks: &[String]) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `check`: the preflight table; exit 0 iff every operation passed.
+async fn check(config: &Config, names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let disks = if names.is_empty() {
+        config.disks.clone()
+    } else {
+        let mut out = Vec::new();
+        for n in names {
+            match config.disk(n) {
+                Some(d) => out.push(d.clone()),
+                None => {
+                    let known: Vec<_> = config.disks.iter().map(|d| d.name.as_str()).collect();
+                    eprintln!(
+                        "snapback: unknown disk '{n}' (configured disks: {})",
+                        known.join(", ")
+                    );
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            }
+        }
+        out
+    };
+    let rows = snapback::check::check(config, &disks).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", snapback::check::render(&rows));
+    }
+    Ok(if snapback::check::all_passed(&rows) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)

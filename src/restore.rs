@@ -19,11 +19,13 @@
 use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs};
 use crate::config::DiskConfig;
 use crate::cycle::machine::{CycleKind, CycleRecord, Phase};
+use crate::cycle::progress::Progress;
 use crate::cycle::runner::{TAG_CYCLE, TAG_DISK, TAG_SOURCE_SNAPSHOT};
 use crate::retention::{format_timestamp, parse_timestamp, Timestamp};
 use crate::state::{StateError, StateStore};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -150,6 +152,8 @@ pub struct Restorer<'a> {
     pub poll: (Duration, Duration),
     /// Unix seconds, for names and records.
     pub now: i64,
+    /// Where the copies report their progress (a terminal's progress bar).
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// A restore point of the disk, with the source snapshot it recorded.
@@ -191,6 +195,7 @@ impl<'a> Restorer<'a> {
             stop: CancellationToken::new(),
             poll: (Duration::from_millis(200), Duration::from_secs(10)),
             now: Utc::now().timestamp(),
+            progress: None,
         }
     }
 
@@ -309,6 +314,7 @@ impl<'a> Restorer<'a> {
             ])
         };
         self.copy(
+            "promote",
             &promoted,
             &backup,
             Some(&chosen.snapshot),
@@ -352,8 +358,14 @@ impl<'a> Restorer<'a> {
                         .map_err(blob_err(format!("abort copy to {}", req.target)))?;
                 }
             }
-            self.copy(&req.target, &promoted, None, &meta(RESTORE_IN_PROGRESS))
-                .await?;
+            self.copy(
+                "restore copy",
+                &req.target,
+                &promoted,
+                None,
+                &meta(RESTORE_IN_PROGRESS),
+            )
+            .await?;
             self.blobs
                 .set_metadata(&req.target, &meta(RESTORE_COMPLETE))
                 .await
@@ -398,6 +410,7 @@ impl<'a> Restorer<'a> {
     /// copy ends. On failure or interruption the copy is aborted and `dest` deleted.
     async fn copy(
         &self,
+        work: &'static str,
         dest: &BlobRef,
         source: &BlobRef,
         snapshot: Option<&str>,
@@ -428,10 +441,18 @@ impl<'a> Restorer<'a> {
                 status,
             };
             match props.and_then(|p| p.copy) {
-                Some((id, CopyStatus::Success)) if id == copy_id => return Ok(()),
+                Some((id, CopyStatus::Success)) if id == copy_id => {
+                    if let Some(p) = &self.progress {
+                        p.complete();
+                    }
+                    return Ok(());
+                }
                 Some((id, CopyStatus::Pending { copied, total })) if id == copy_id => {
                     let pct = (copied * 100).checked_div(total).unwrap_or(0);
                     tracing::info!(dest = %dest, copied, total, "copy {pct}% done");
+                    if let Some(p) = &self.progress {
+                        p.report(work, copied, total);
+                    }
                 }
                 Some((id, CopyStatus::Failed(why))) if id == copy_id => {
                     self.remove(dest, None).await;

@@ -13,6 +13,7 @@
 
 use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
+use crate::cycle::progress::Progress;
 use crate::cycle::runner::TAG_SOURCE_SNAPSHOT;
 use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
 use futures::{StreamExt, TryStreamExt};
@@ -151,6 +152,7 @@ pub async fn compare(
     (backup, restore_point): (&BlobRef, &str),
     (source, source_snapshot): (&BlobRef, &str),
     concurrency: usize,
+    progress: Option<&Progress>,
 ) -> Result<VerifyReport, VerifyError> {
     let err = |source| VerifyError::Blob {
         disk: disk.to_string(),
@@ -207,6 +209,9 @@ pub async fn compare(
     report.backup_ranges = b_ranges.len();
     report.source_ranges = s_ranges.len();
     let chunks = union_chunks(&b_ranges, &s_ranges, sprops.size, MAX_PUT_BYTES);
+    if let Some(p) = progress {
+        p.start("verify", 0, chunks.iter().map(|c| c.len()).sum());
+    }
     let results = futures::stream::iter(chunks.into_iter().map(Ok::<_, BlobError>))
         .map_ok(|r| async move {
             let (b, s) = futures::try_join!(
@@ -230,6 +235,9 @@ pub async fn compare(
         let (r, first) = item.map_err(err)?;
         report.chunks += 1;
         report.bytes_compared += r.len();
+        if let Some(p) = progress {
+            p.add_done(r.len());
+        }
         if let Some((offset, cb, cs)) = first {
             report.mismatch = Some(Mismatch {
                 offset,
@@ -249,6 +257,7 @@ pub async fn verify(
     blobs: &dyn PageBlobs,
     disk: &DiskConfig,
     snapshot: Option<&str>,
+    progress: Option<&Progress>,
 ) -> Result<VerifyReport, VerifyError> {
     let backup = crate::app::blob_ref(&disk.backup);
     let source = crate::app::blob_ref(&disk.source);
@@ -283,6 +292,7 @@ pub async fn verify(
         (&backup, &point.snapshot),
         (&source, source_snapshot),
         disk.concurrency,
+        progress,
     )
     .await
 }
@@ -323,7 +333,7 @@ mod tests {
         blobs.resize(&bk, 69632).await.unwrap();
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2)
+        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2, None)
             .await
             .unwrap();
         assert!(rep.ok(), "{rep:?}");
@@ -341,7 +351,7 @@ mod tests {
         blobs.write(&bk, 0, &data);
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2)
+        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2, None)
             .await
             .unwrap();
         let m = rep.mismatch.unwrap();
@@ -349,7 +359,7 @@ mod tests {
         // A size difference is reported at the smaller size.
         blobs.resize(&bk, 32768).await.unwrap();
         let b2 = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(&blobs, "d", (&bk, &b2), (&src, &s), 2)
+        let rep = compare(&blobs, "d", (&bk, &b2), (&src, &s), 2, None)
             .await
             .unwrap();
         assert_eq!(rep.mismatch.unwrap().offset, 16384);
@@ -364,7 +374,7 @@ mod tests {
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
         blobs.delete_snapshot(&src, &s).await.unwrap();
-        let e = compare(&blobs, "d", (&bk, &b), (&src, &s), 2)
+        let e = compare(&blobs, "d", (&bk, &b), (&src, &s), 2, None)
             .await
             .unwrap_err();
         assert!(matches!(e, VerifyError::SourceSnapshotGone { .. }), "{e}");

@@ -285,6 +285,20 @@ async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle(
     })
     .await;
     assert!(mid_apply, "never saw apply in progress:\n{}", d.stderr());
+    // `status --json` from the CLI carries the running cycle's progress.
+    let out = fx.snapback(&["status", "--json"]);
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &json["disks"][0]["progress"];
+    assert_eq!(p["work"], "apply", "{json}");
+    assert!(p["bytes_total"].as_u64().unwrap() > 0, "{json}");
+    assert!(p["bytes_done"].as_u64().unwrap() > 2 * MIB, "{json}");
+    let pct = p["percent"].as_f64().unwrap();
+    assert!(pct > 0.0 && pct <= 100.0, "{json}");
+    assert!(
+        p.get("bytes_per_second").is_some() && p.get("eta_seconds").is_some(),
+        "{json}"
+    );
     let t = Instant::now();
     d.signal("TERM");
     let st = d

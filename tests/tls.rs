@@ -1,5 +1,5 @@
 //! The TLS stack: reqwest on rustls with the ring provider (Cargo.toml), installed by
-//! `azure::install_tls_provider`. No test talks to Azure over TLS, so this proves the stack
+//! `tls::install_provider`. No test talks to Azure over TLS, so this proves the stack
 //! is wired: an https request reaches a loopback listener as a TLS ClientHello instead of
 //! panicking for want of a crypto provider.
 
@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn https_requests_start_a_tls_handshake() {
-    snapback::azure::install_tls_provider();
+    snapback::tls::install_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {

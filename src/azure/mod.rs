@@ -9,6 +9,7 @@
 //! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`].
 
 pub mod page_list;
+mod preflight;
 pub mod shared_key;
 
 use crate::blobs::{
@@ -102,24 +103,12 @@ pub fn retry_options() -> RetryOptions {
     })
 }
 
-/// Installs rustls' ring crypto provider as the process default, once. reqwest is built
-/// with `rustls-no-provider` (see Cargo.toml: aws-lc, the SDK's default, is a long C build),
-/// so a provider must be in place before the first HTTP client is made.
-pub fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err only means another provider was installed first (by an embedding program);
-        // that one is then used, which is what the embedder asked for.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl AzureBlobs {
     /// Builds clients for every configured account. Secrets are read here, from the
     /// environment or files the config names; errors name the account and the variable or
     /// file, never the secret, and are reported when the account is used.
     pub fn new<'a>(accounts: impl IntoIterator<Item = &'a AccountConfig>) -> Self {
-        install_tls_provider();
+        crate::tls::install_provider();
         // One HTTP client for all accounts: each SDK client would otherwise make its own
         // connection pool. Decompression off, as the blob SDK requires for ranged reads.
         let http = HttpClientOptions {

@@ -56,6 +56,7 @@ const TOP_FIELDS: &[&str] = &[
     "control_socket",
     "accounts",
     "disk",
+    "hooks",
 ];
 
 const ACCOUNT_FIELDS: &[&str] = &[
@@ -81,6 +82,7 @@ const DISK_FIELDS: &[&str] = &[
     "copy_mode",
     "verify",
     "retention",
+    "hooks",
 ];
 
 const RETENTION_FIELDS: &[&str] = &["keep_last", "hourly", "daily", "weekly", "monthly"];
@@ -119,6 +121,8 @@ pub struct Config {
     pub accounts: BTreeMap<String, AccountConfig>,
     /// Disks to back up, in file order.
     pub disks: Vec<DiskConfig>,
+    /// The `[hooks]` table: hooks of every disk that does not override them.
+    pub hooks: Hooks,
 }
 
 /// Log output format: `text` for humans at a terminal / journald, `json` for
@@ -283,6 +287,8 @@ pub struct DiskConfig {
     pub verify: VerifyMode,
     /// Which backup snapshots to keep.
     pub retention: Retention,
+    /// This disk's `hooks` table (overrides of the global `[hooks]`; see [`Config::hooks_for`]).
+    pub hooks: Hooks,
     /// Line of the `[[disk]]` header, so later runtime messages can point the
     /// operator at the right entry.
     pub line: usize,
@@ -453,6 +459,11 @@ impl Config {
         }
     }
 
+    /// The hooks that run after `disk`'s cycles: its own, else the global ones.
+    pub fn hooks_for(&self, disk: &DiskConfig) -> Hooks {
+        disk.hooks.over(&self.hooks)
+    }
+
     /// Looks up a disk by name.
     pub fn disk(&self, name: &str) -> Option<&DiskConfig> {
         self.disks.iter().find(|d| d.name == name)
@@ -515,7 +526,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // ---------------------------------------------------------------------------
 
 pub mod azure;
+mod hooks;
 mod validate;
+pub use hooks::{Hooks, DEFAULT_HOOK_TIMEOUT};
 use validate::{build_config, valid_container_name, Ctx};
 
 #[cfg(test)]

@@ -368,6 +368,7 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
 
     let (accounts, account_keys) = build_accounts(cx, doc);
     let disks = build_disks(cx, doc, &account_keys);
+    let hooks = super::hooks::build_hooks(cx, doc, "");
 
     Config {
         path: path.to_path_buf(),
@@ -381,6 +382,7 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
         control_socket,
         accounts,
         disks,
+        hooks,
     }
 }
 
@@ -881,6 +883,7 @@ pub(super) fn build_disk(
     )
     .unwrap_or_default();
     let retention = build_retention(cx, t, &prefix);
+    let hooks = super::hooks::build_hooks(cx, t, &prefix);
 
     if cx.problems.len() != before {
         return None;
@@ -900,6 +903,7 @@ pub(super) fn build_disk(
             copy_mode,
             verify,
             retention,
+            hooks,
             line,
         },
         backup_span,

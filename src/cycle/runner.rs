@@ -447,7 +447,7 @@ impl<'a> Runner<'a> {
         let mut last_save = Instant::now();
         let mut upto = rec.applied_upto;
         if let Some(p) = &self.progress {
-            p.start_apply(upto, size);
+            p.start("apply", upto, size);
         }
         enum Event<B, D> {
             Stop,
@@ -671,13 +671,21 @@ impl<'a> Runner<'a> {
                 }
             };
             match status {
-                CopyStatus::Success => return Ok(Outcome::CopyDone),
+                CopyStatus::Success => {
+                    if let Some(p) = &self.progress {
+                        p.complete();
+                    }
+                    return Ok(Outcome::CopyDone);
+                }
                 CopyStatus::Failed(reason) | CopyStatus::Aborted(reason) => {
                     tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
                     return Ok(Outcome::CopyFailed { reason });
                 }
                 CopyStatus::Pending { copied, total } => {
                     tracing::info!(disk = %rec.disk, copied, total, "seed copy in progress");
+                    if let Some(p) = &self.progress {
+                        p.report("seed copy", copied, total);
+                    }
                 }
             }
             tokio::select! {

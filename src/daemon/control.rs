@@ -72,8 +72,14 @@ pub struct DaemonDiskStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ProgressInfo {
     pub phase: String,
+    /// What the byte counts are about: `apply`, `seed copy` (empty before either starts).
+    #[serde(default)]
+    pub work: String,
     pub bytes_done: u64,
     pub bytes_total: u64,
+    /// `bytes_done` in percent of `bytes_total` (None while the total is unknown).
+    #[serde(default)]
+    pub percent: Option<f64>,
     pub bytes_per_second: Option<f64>,
     pub eta_seconds: Option<f64>,
 }
@@ -245,6 +251,9 @@ pub fn render_status(s: &DaemonStatus) -> String {
 pub fn format_progress(p: &ProgressInfo) -> String {
     let mib = |b: f64| b / (1024.0 * 1024.0);
     let mut s = p.phase.clone();
+    if !p.work.is_empty() && p.work != p.phase {
+        s += &format!(" ({})", p.work);
+    }
     if p.bytes_total > 0 {
         s += &format!(
             " {:.1} MiB / {:.1} MiB ({}%)",
@@ -281,10 +290,12 @@ mod tests {
 
     #[test]
     fn progress_line() {
-        let p = ProgressInfo {
+        let mut p = ProgressInfo {
             phase: "apply".into(),
+            work: "apply".into(),
             bytes_done: 16 << 20,
             bytes_total: 64 << 20,
+            percent: Some(25.0),
             bytes_per_second: Some(4.0 * 1024.0 * 1024.0),
             eta_seconds: Some(12.0),
         };
@@ -292,6 +303,9 @@ mod tests {
             format_progress(&p),
             "apply 16.0 MiB / 64.0 MiB (25%), 4.0 MiB/s, ETA 12s"
         );
+        p.phase = "copy".into();
+        p.work = "seed copy".into();
+        assert!(format_progress(&p).starts_with("copy (seed copy) 16.0 MiB"));
     }
 
     #[tokio::test]

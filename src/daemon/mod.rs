@@ -729,7 +729,7 @@ impl Supervisor {
             let v = r.progress.view();
             self.metrics.set_phase(name, v.phase);
             self.metrics.set_apply(name, v.bytes_done, v.bytes_total);
-            if v.phase == "apply" && v.bytes_total > 0 {
+            if matches!(v.phase, "apply" | "copy") && v.bytes_total > 0 {
                 tracing::info!(
                     disk = %name,
                     progress = %control::format_progress(&progress_info(&r.progress)),
@@ -943,8 +943,10 @@ fn progress_info(p: &Progress) -> ProgressInfo {
     let v = p.view();
     ProgressInfo {
         phase: v.phase.to_string(),
+        work: v.work.to_string(),
         bytes_done: v.bytes_done,
         bytes_total: v.bytes_total,
+        percent: (v.bytes_total > 0).then(|| v.bytes_done as f64 * 100.0 / v.bytes_total as f64),
         bytes_per_second: v.rate,
         eta_seconds: v.eta_seconds,
     }

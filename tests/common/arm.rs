@@ -127,6 +127,7 @@ impl ArmEmulator {
     /// An HTTP client that trusts only the emulator's certificate (plain http to Azurite
     /// works too).
     pub fn http() -> reqwest::Client {
+        snapback::tls::install_provider();
         let pem = std::fs::read(harness_file("arm/emulator-cert.pem")).expect("read test cert");
         let cert = reqwest::Certificate::from_pem(&pem).expect("test cert is PEM");
         reqwest::Client::builder()

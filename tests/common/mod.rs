@@ -2,3 +2,4 @@ pub mod arm;
 pub mod azurite;
 pub mod daemon;
 pub mod fixture;
+pub mod pty;

@@ -1,0 +1,57 @@
+//! Requests that only `snapback check` makes: a cycle never leases a blob, asks whether a
+//! container exists or deletes one. Kept here so the cycle's client stays what it needs.
+
+use super::{map_err, AzureBlobs};
+use crate::blobs::{BlobError, BlobRef, BlobResult};
+use azure_storage_blob::models::BlobClientAcquireLeaseResultHeaders;
+
+/// Shortest lease Azure grants; the lease is released at once anyway.
+const LEASE_SECONDS: i32 = 15;
+
+impl AzureBlobs {
+    /// Acquires a lease on `blob` and releases it.
+    pub async fn lease_and_release(&self, blob: &BlobRef) -> BlobResult<()> {
+        let what = || format!("lease {blob}");
+        let client = self.blob_client(blob)?;
+        let resp = client
+            .acquire_lease(LEASE_SECONDS, None)
+            .await
+            .map_err(|e| map_err(&blob.account, what(), e))?;
+        let id = resp
+            .lease_id()
+            .map_err(|e| map_err(&blob.account, what(), e))?
+            .ok_or_else(|| BlobError::Service {
+                what: what(),
+                status: 201,
+                code: "MissingLeaseId".into(),
+                message: "the response carried no x-ms-lease-id".into(),
+            })?;
+        client
+            .release_lease(id, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&blob.account, format!("release the lease on {blob}"), e))
+    }
+
+    /// Whether `blob`'s container exists.
+    pub async fn container_exists(&self, blob: &BlobRef) -> BlobResult<bool> {
+        let what = format!("container {}/{}", blob.account, blob.container);
+        match self.container_client(blob)?.get_properties(None).await {
+            Ok(_) => Ok(true),
+            Err(e) => match map_err(&blob.account, what, e) {
+                BlobError::NotFound { .. } => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Deletes `blob`'s container (all it holds).
+    pub async fn delete_container(&self, blob: &BlobRef) -> BlobResult<()> {
+        let what = format!("delete container {}/{}", blob.account, blob.container);
+        self.container_client(blob)?
+            .delete(None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(&blob.account, what, e))
+    }
+}

@@ -1,0 +1,660 @@
+//! `snapback check`: proves, per disk and against the real service, that every operation a
+//! cycle and a restore need is permitted, before the first scheduled cycle finds out.
+//!
+//! Only scratch objects are used, and all of them are removed whatever happens:
+//! - on the source, two snapshots tagged `snapback_check=<id>` (never `snapback_disk`, so no
+//!   cycle ever mistakes or prunes them), deleted at the end; the source blob itself is only
+//!   read;
+//! - in the backup container, a page blob `<backup>.snapback-check-<id>` and one snapshot of
+//!   it; the container is created (and deleted afterwards) when it does not exist yet.
+//!
+//! A failure names its cause and what is missing in terms an operator can act on: the role to
+//! assign to a managed identity, the letter a SAS lacks, or the key that is refused.
+
+use crate::azure::AzureBlobs;
+use crate::blobs::{BlobError, BlobRef, Metadata, PageBlobs, PageListQuery};
+use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
+use crate::pages::{ByteRange, PAGE_SIZE};
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Metadata tag on every scratch snapshot `check` creates.
+pub const TAG_CHECK: &str = "snapback_check";
+/// Size of the scratch page blob.
+const SCRATCH_SIZE: u64 = 8 * PAGE_SIZE;
+
+/// One operation of a disk's check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    /// Get Blob Properties on the source.
+    SourceRead,
+    /// Snapshot Blob on the source.
+    SourceSnapshot,
+    /// List Blobs with snapshots and metadata on the source.
+    SourceList,
+    /// Get Page Ranges with `prevsnapshot` between two source snapshots.
+    SourceDiff,
+    /// Get Blob (a range) of a source snapshot.
+    SourceReadSnapshot,
+    /// Delete Blob of snapback's own source snapshots.
+    SourceDeleteSnapshot,
+    /// Create Container (if missing) and Put Blob (page blob) in the backup container.
+    BackupCreate,
+    /// Put Page, Clear Page and resize on the backup blob.
+    BackupWrite,
+    /// Lease Blob (acquire, release) on the backup blob.
+    BackupLease,
+    /// Snapshot Blob on the backup blob (a restore point).
+    BackupSnapshot,
+    /// List the backup blob's snapshots.
+    BackupList,
+    /// Get Blob of a backup snapshot (verify, restore).
+    BackupRead,
+    /// Copy Blob from a source snapshot (seed, restore), and Put Page From URL when
+    /// `copy_mode` is `server` or `auto`.
+    Copy,
+    /// Delete Blob of the backup's snapshots (retention) and of a blob (restore clean-up).
+    BackupDelete,
+    /// Removing the scratch objects.
+    Cleanup,
+}
+
+impl Operation {
+    pub fn label(self) -> &'static str {
+        match self {
+            Operation::SourceRead => "source: read properties",
+            Operation::SourceSnapshot => "source: snapshot",
+            Operation::SourceList => "source: list snapshots",
+            Operation::SourceDiff => "source: diff (prevsnapshot)",
+            Operation::SourceReadSnapshot => "source: read snapshot",
+            Operation::SourceDeleteSnapshot => "source: delete own snapshot",
+            Operation::BackupCreate => "backup: create blob",
+            Operation::BackupWrite => "backup: write (put/clear/resize)",
+            Operation::BackupLease => "backup: lease",
+            Operation::BackupSnapshot => "backup: snapshot",
+            Operation::BackupList => "backup: list snapshots",
+            Operation::BackupRead => "backup: read snapshot",
+            Operation::Copy => "copy source -> backup",
+            Operation::BackupDelete => "backup: delete snapshot/blob",
+            Operation::Cleanup => "clean up scratch objects",
+        }
+    }
+
+    /// Whether the operation changes data (which RBAC role it needs).
+    fn writes(self) -> bool {
+        !matches!(
+            self,
+            Operation::SourceRead
+                | Operation::SourceList
+                | Operation::SourceDiff
+                | Operation::SourceReadSnapshot
+                | Operation::BackupList
+                | Operation::BackupRead
+        )
+    }
+
+    /// The SAS permission letters the operation needs.
+    fn sas_permission(self) -> &'static str {
+        match self {
+            Operation::SourceRead
+            | Operation::SourceDiff
+            | Operation::SourceReadSnapshot
+            | Operation::BackupRead => "r",
+            Operation::SourceList | Operation::BackupList => "l",
+            Operation::SourceSnapshot | Operation::BackupSnapshot | Operation::BackupCreate => {
+                "c' or 'w"
+            }
+            Operation::BackupWrite | Operation::BackupLease | Operation::Copy => "w",
+            Operation::SourceDeleteSnapshot | Operation::BackupDelete | Operation::Cleanup => "d",
+        }
+    }
+}
+
+/// Outcome of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// Not attempted: an operation it depends on failed.
+    Skipped,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRow {
+    pub disk: String,
+    pub operation: Operation,
+    /// The blob (or container) the operation was tried on.
+    pub target: String,
+    pub outcome: Outcome,
+    /// Why it failed (or a note on a pass), empty otherwise.
+    pub cause: String,
+    /// What to grant or fix: a role, a SAS permission, a key.
+    pub missing: String,
+}
+
+/// Checks each disk in turn (one at a time: a check is a handful of small requests).
+pub async fn check(config: &Config, disks: &[DiskConfig]) -> Vec<CheckRow> {
+    let blobs = AzureBlobs::new(config.accounts.values());
+    let mut rows = Vec::new();
+    for disk in disks {
+        rows.extend(check_disk(&blobs, config, disk).await);
+    }
+    rows
+}
+
+/// Whether every row passed.
+pub fn all_passed(rows: &[CheckRow]) -> bool {
+    rows.iter().all(|r| r.outcome == Outcome::Pass)
+}
+
+/// A disk's check: its rows, in the order the operations ran.
+struct DiskCheck<'a> {
+    config: &'a Config,
+    disk: &'a DiskConfig,
+    rows: Vec<CheckRow>,
+}
+
+impl DiskCheck<'_> {
+    /// Records the result of `op` on `target`; returns the value on success.
+    fn record<T>(
+        &mut self,
+        op: Operation,
+        target: &BlobRef,
+        result: Result<T, BlobError>,
+    ) -> Option<T> {
+        let (outcome, cause, missing, value) = match result {
+            Ok(v) => (Outcome::Pass, String::new(), String::new(), Some(v)),
+            Err(e) => {
+                let missing = missing_for(op, self.account(target), &e);
+                (Outcome::Fail, e.to_string(), missing, None)
+            }
+        };
+        self.rows.push(CheckRow {
+            disk: self.disk.name.clone(),
+            operation: op,
+            target: target.to_string(),
+            outcome,
+            cause,
+            missing,
+        });
+        value
+    }
+
+    fn note(&mut self, op: Operation, target: &BlobRef, outcome: Outcome, cause: String) {
+        self.rows.push(CheckRow {
+            disk: self.disk.name.clone(),
+            operation: op,
+            target: target.to_string(),
+            outcome,
+            cause,
+            missing: String::new(),
+        });
+    }
+
+    fn skip(&mut self, ops: &[Operation], target: &BlobRef, because: Operation) {
+        for op in ops {
+            self.note(
+                *op,
+                target,
+                Outcome::Skipped,
+                format!("not tried: \"{}\" failed", because.label()),
+            );
+        }
+    }
+
+    fn account(&self, blob: &BlobRef) -> Option<&AccountConfig> {
+        self.config.accounts.get(&blob.account)
+    }
+}
+
+/// What to grant or fix for `op` failing with `e` on an account authorised as `account` says.
+fn missing_for(op: Operation, account: Option<&AccountConfig>, e: &BlobError) -> String {
+    let Some(account) = account else {
+        return String::new();
+    };
+    let name = &account.account_name;
+    match e {
+        BlobError::Auth { code, .. } => match &account.auth {
+            AuthConfig::SharedKeyEnv(_) | AuthConfig::SharedKeyFile(_) => format!(
+                "use a valid key of storage account '{name}' in {} (the service refused the signature: {code})",
+                secret_source(&account.auth)
+            ),
+            AuthConfig::SasTokenEnv(_) | AuthConfig::SasTokenFile(_) => {
+                if code.contains("PermissionMismatch") || code.contains("AuthorizationFailure") {
+                    format!(
+                        "the SAS in {} lacks '{}' (or does not cover this container) for account '{name}': issue one with it",
+                        secret_source(&account.auth),
+                        op.sas_permission()
+                    )
+                } else {
+                    format!(
+                        "use a valid, unexpired SAS for account '{name}' in {}",
+                        secret_source(&account.auth)
+                    )
+                }
+            }
+            AuthConfig::ManagedIdentity { .. } => format!(
+                "assign role \"{}\" on storage account '{name}' to the identity",
+                if op.writes() {
+                    "Storage Blob Data Contributor"
+                } else {
+                    "Storage Blob Data Reader"
+                }
+            ),
+        },
+        BlobError::Config(_) => format!("provide the secret of account '{}'", account.key),
+        BlobError::NotFound { .. } if op == Operation::SourceRead => {
+            "check the disk's source path: the blob does not exist".into()
+        }
+        _ => String::new(),
+    }
+}
+
+fn secret_source(auth: &AuthConfig) -> String {
+    match auth {
+        AuthConfig::SharedKeyEnv(v) | AuthConfig::SasTokenEnv(v) => format!("${v}"),
+        AuthConfig::SharedKeyFile(p) | AuthConfig::SasTokenFile(p) => p.display().to_string(),
+        AuthConfig::ManagedIdentity { .. } => "managed identity".into(),
+    }
+}
+
+/// What the check created, removed at the end in reverse order of creation.
+#[derive(Default)]
+struct Scratch {
+    source_snapshots: Vec<String>,
+    created_container: bool,
+    backup_blob: bool,
+    backup_snapshots: Vec<String>,
+}
+
+async fn check_disk(blobs: &AzureBlobs, config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
+    let source = crate::app::blob_ref(&disk.source);
+    let backup = crate::app::blob_ref(&disk.backup);
+    let id = format!("{:08x}", rand::random::<u32>());
+    let scratch = BlobRef::new(
+        &backup.account,
+        &backup.container,
+        &format!("{}.snapback-check-{id}", backup.blob),
+    );
+    let mut cx = DiskCheck {
+        config,
+        disk,
+        rows: Vec::new(),
+    };
+    let mut made = Scratch::default();
+    run_source(blobs, &mut cx, &source, &id, &mut made).await;
+    run_backup(blobs, &mut cx, &source, &scratch, &backup, &mut made).await;
+    cleanup(blobs, &mut cx, &source, &scratch, made).await;
+    cx.rows
+}
+
+/// Source side: properties, two scratch snapshots, list, diff, read.
+async fn run_source(
+    blobs: &AzureBlobs,
+    cx: &mut DiskCheck<'_>,
+    source: &BlobRef,
+    id: &str,
+    made: &mut Scratch,
+) {
+    use Operation::*;
+    let props = blobs.properties(source, None).await.and_then(|p| {
+        p.ok_or_else(|| BlobError::NotFound {
+            what: source.to_string(),
+            code: "BlobNotFound".into(),
+        })
+    });
+    let Some(props) = cx.record(SourceRead, source, props) else {
+        cx.skip(
+            &[SourceSnapshot, SourceList, SourceDiff, SourceReadSnapshot],
+            source,
+            SourceRead,
+        );
+        return;
+    };
+    let tags: Metadata = [(TAG_CHECK.to_string(), id.to_string())].into();
+    let first = blobs.create_snapshot(source, &tags).await;
+    let first = cx.record(SourceSnapshot, source, first);
+    let Some(first) = first else {
+        cx.skip(
+            &[SourceList, SourceDiff, SourceReadSnapshot],
+            source,
+            SourceSnapshot,
+        );
+        return;
+    };
+    made.source_snapshots.push(first.clone());
+    // The diff needs a newer snapshot to compare with the first.
+    let second = match blobs.create_snapshot(source, &tags).await {
+        Ok(s) => {
+            made.source_snapshots.push(s.clone());
+            Some(s)
+        }
+        Err(e) => {
+            cx.record::<()>(SourceDiff, source, Err(e));
+            None
+        }
+    };
+    let listed = blobs.list_snapshots(source).await.and_then(|list| {
+        if list.iter().any(|s| s.snapshot == first) {
+            Ok(())
+        } else {
+            Err(BlobError::Service {
+                what: format!("list snapshots of {source}"),
+                status: 200,
+                code: "SnapshotNotListed".into(),
+                message: format!("the new snapshot {first} is not in the list"),
+            })
+        }
+    });
+    cx.record(SourceList, source, listed);
+    let Some(second) = second else {
+        cx.skip(&[SourceReadSnapshot], source, SourceSnapshot);
+        return;
+    };
+    let query = PageListQuery {
+        snapshot: Some(&second),
+        prev_snapshot: Some(&first),
+        max_results: Some(100),
+        ..Default::default()
+    };
+    let diff = blobs.page_ranges(source, &query).await.map(|_| ());
+    cx.record(SourceDiff, source, diff);
+    if props.size == 0 {
+        let why = "the source blob is empty: nothing to read".to_string();
+        cx.note(SourceReadSnapshot, source, Outcome::Pass, why);
+        return;
+    }
+    let range = ByteRange::new(0, props.size.min(PAGE_SIZE));
+    let read = blobs.read(source, Some(&second), range).await.map(|_| ());
+    cx.record(SourceReadSnapshot, source, read);
+}
+
+/// Backup side, on the scratch blob: create, write, lease, snapshot, list, read, delete a
+/// snapshot, copy from the source.
+async fn run_backup(
+    blobs: &AzureBlobs,
+    cx: &mut DiskCheck<'_>,
+    source: &BlobRef,
+    scratch: &BlobRef,
+    backup: &BlobRef,
+    made: &mut Scratch,
+) {
+    use Operation::*;
+    let rest = [
+        BackupWrite,
+        BackupLease,
+        BackupSnapshot,
+        BackupList,
+        BackupRead,
+        BackupDelete,
+        Copy,
+    ];
+    let created = async {
+        // Create Container as a cycle does; remove it afterwards only when it surely did not
+        // exist before (a SAS without read leaves that unknown: then it stays).
+        let existed = blobs.container_exists(backup).await.unwrap_or(true);
+        blobs.ensure_container(backup).await?;
+        made.created_container = !existed;
+        blobs.create_page_blob(scratch, SCRATCH_SIZE).await
+    }
+    .await;
+    if cx.record(BackupCreate, scratch, created).is_none() {
+        cx.skip(&rest, scratch, BackupCreate);
+        return;
+    }
+    made.backup_blob = true;
+    let write = async {
+        blobs
+            .put_pages(scratch, 0, Bytes::from(vec![0x5a; PAGE_SIZE as usize]))
+            .await?;
+        blobs
+            .clear_pages(scratch, ByteRange::new(0, PAGE_SIZE))
+            .await?;
+        blobs.resize(scratch, SCRATCH_SIZE + PAGE_SIZE).await
+    }
+    .await;
+    cx.record(BackupWrite, scratch, write);
+    let lease = blobs.lease_and_release(scratch).await;
+    cx.record(BackupLease, scratch, lease);
+    let tags: Metadata = [(TAG_CHECK.to_string(), "backup".to_string())].into();
+    let snap = blobs.create_snapshot(scratch, &tags).await;
+    match cx.record(BackupSnapshot, scratch, snap) {
+        Some(snap) => {
+            made.backup_snapshots.push(snap.clone());
+            let listed = blobs.list_snapshots(scratch).await.map(|_| ());
+            cx.record(BackupList, scratch, listed);
+            let read = blobs
+                .read(scratch, Some(&snap), ByteRange::new(0, PAGE_SIZE))
+                .await
+                .map(|_| ());
+            cx.record(BackupRead, scratch, read);
+            let deleted = blobs.delete_snapshot(scratch, &snap).await;
+            if cx.record(BackupDelete, scratch, deleted).is_some() {
+                made.backup_snapshots.clear();
+            }
+        }
+        None => cx.skip(
+            &[BackupList, BackupRead, BackupDelete],
+            scratch,
+            BackupSnapshot,
+        ),
+    }
+    match made.source_snapshots.last().cloned() {
+        Some(snap) => copy(blobs, cx, source, &snap, scratch).await,
+        None => cx.skip(&[Copy], scratch, SourceSnapshot),
+    }
+}
+
+/// Copy Blob from a source snapshot onto the scratch blob (aborted at once: a check does not
+/// copy a whole disk), then Put Page From URL when the disk may use server copy.
+async fn copy(
+    blobs: &AzureBlobs,
+    cx: &mut DiskCheck<'_>,
+    source: &BlobRef,
+    snapshot: &str,
+    scratch: &BlobRef,
+) {
+    let tags: Metadata = [(TAG_CHECK.to_string(), "copy".to_string())].into();
+    let started = async {
+        let id = blobs
+            .start_copy(scratch, source, Some(snapshot), &tags)
+            .await?;
+        blobs.abort_copy(scratch, &id).await
+    }
+    .await;
+    if let Err(e) = started {
+        cx.record::<()>(Operation::Copy, scratch, Err(e));
+        return;
+    }
+    if cx.disk.copy_mode == CopyMode::Client {
+        cx.record(Operation::Copy, scratch, Ok(()));
+        return;
+    }
+    // Copy Blob may have left the scratch blob pending or resized: start from a fresh one.
+    let server = async {
+        blobs.create_page_blob(scratch, SCRATCH_SIZE).await?;
+        blobs
+            .put_pages_from_url(
+                scratch,
+                ByteRange::new(0, PAGE_SIZE),
+                source,
+                Some(snapshot),
+                0,
+            )
+            .await
+    }
+    .await;
+    match server {
+        Ok(_) => cx.record(Operation::Copy, scratch, Ok(())),
+        Err(e) if cx.disk.copy_mode == CopyMode::Auto && e.refuses_server_copy() => {
+            cx.note(
+                Operation::Copy,
+                scratch,
+                Outcome::Pass,
+                format!("Copy Blob ok; Put Page From URL refused, cycles copy through snapback (copy_mode = \"auto\"): {e}"),
+            );
+            None
+        }
+        Err(e) => cx.record::<()>(Operation::Copy, scratch, Err(e)),
+    };
+}
+
+/// Removes every scratch object; anything left is a failed row naming it.
+async fn cleanup(
+    blobs: &AzureBlobs,
+    cx: &mut DiskCheck<'_>,
+    source: &BlobRef,
+    scratch: &BlobRef,
+    made: Scratch,
+) {
+    let mut left = Vec::new();
+    for snap in &made.backup_snapshots {
+        if let Err(e) = blobs.delete_snapshot(scratch, snap).await {
+            left.push(format!("{scratch} snapshot {snap}: {e}"));
+        }
+    }
+    if made.backup_blob {
+        if let Err(e) = blobs.delete_blob(scratch).await {
+            left.push(format!("{scratch}: {e}"));
+        }
+    }
+    if made.created_container {
+        if let Err(e) = blobs.delete_container(scratch).await {
+            left.push(format!(
+                "container {}/{}: {e}",
+                scratch.account, scratch.container
+            ));
+        }
+    }
+    let mut source_failed = false;
+    for snap in &made.source_snapshots {
+        let r = blobs.delete_snapshot(source, snap).await;
+        if let Err(e) = &r {
+            left.push(format!(
+                "{source} snapshot {snap} (tagged {TAG_CHECK}): {e}"
+            ));
+        }
+        source_failed |= r.is_err();
+    }
+    if !made.source_snapshots.is_empty() {
+        let r = if source_failed {
+            Err(BlobError::Service {
+                what: format!("delete snapshots of {source}"),
+                status: 0,
+                code: "NotDeleted".into(),
+                message: "see the clean-up row".into(),
+            })
+        } else {
+            Ok(())
+        };
+        cx.record(Operation::SourceDeleteSnapshot, source, r);
+    }
+    if left.is_empty() {
+        cx.note(Operation::Cleanup, scratch, Outcome::Pass, String::new());
+    } else {
+        cx.note(
+            Operation::Cleanup,
+            scratch,
+            Outcome::Fail,
+            format!("left behind, delete by hand: {}", left.join("; ")),
+        );
+    }
+}
+
+/// The report as a table, one row per disk and operation.
+pub fn render(rows: &[CheckRow]) -> String {
+    use std::fmt::Write;
+    let w_disk = rows.iter().map(|r| r.disk.len()).max().unwrap_or(4).max(4);
+    let w_op = rows
+        .iter()
+        .map(|r| r.operation.label().len())
+        .max()
+        .unwrap_or(9)
+        .max(9);
+    let mut out = format!(
+        "{:w_disk$}  {:w_op$}  RESULT  CAUSE / MISSING\n",
+        "DISK", "OPERATION"
+    );
+    for r in rows {
+        let result = match r.outcome {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "FAIL",
+            Outcome::Skipped => "skip",
+        };
+        let mut detail = r.cause.clone();
+        if !r.missing.is_empty() {
+            detail += &format!("; fix: {}", r.missing);
+        }
+        let line = format!(
+            "{:w_disk$}  {:w_op$}  {result:6}  {detail}",
+            r.disk,
+            r.operation.label()
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let failed = rows.iter().filter(|r| r.outcome != Outcome::Pass).count();
+    let _ = writeln!(
+        out,
+        "{} operation(s) checked, {} not permitted or not tried",
+        rows.len(),
+        failed
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn account(auth: &str) -> AccountConfig {
+        let text = format!(
+            "[accounts.bk]\nendpoint = \"https://mybackup.blob.core.windows.net\"\n{auth}\n"
+        );
+        Config::parse(&text, Path::new("t.toml"))
+            .unwrap()
+            .accounts
+            .remove("bk")
+            .unwrap()
+    }
+
+    fn denied(code: &str) -> BlobError {
+        BlobError::Auth {
+            account: "bk".into(),
+            status: 403,
+            code: code.into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_role_the_sas_letter_or_the_key() {
+        let mi = account("managed_identity = true");
+        let e = denied("AuthorizationPermissionMismatch");
+        assert_eq!(
+            missing_for(Operation::BackupWrite, Some(&mi), &e),
+            "assign role \"Storage Blob Data Contributor\" on storage account 'mybackup' to the identity"
+        );
+        assert!(missing_for(Operation::SourceDiff, Some(&mi), &e)
+            .contains("\"Storage Blob Data Reader\""));
+        let sas = account("sas_token_file = \"/run/secrets/bk-sas\"");
+        assert!(missing_for(Operation::SourceList, Some(&sas), &e)
+            .starts_with("the SAS in /run/secrets/bk-sas lacks 'l'"));
+        assert!(missing_for(Operation::BackupDelete, Some(&sas), &e).contains("lacks 'd'"));
+        assert!(missing_for(
+            Operation::BackupRead,
+            Some(&sas),
+            &denied("AuthenticationFailed")
+        )
+        .starts_with("use a valid, unexpired SAS"));
+        let key = account("shared_key_env = \"BK_KEY\"");
+        assert!(missing_for(
+            Operation::SourceRead,
+            Some(&key),
+            &denied("AuthenticationFailed")
+        )
+        .starts_with("use a valid key of storage account 'mybackup' in $BK_KEY"));
+    }
+}
