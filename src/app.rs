@@ -4,7 +4,7 @@
 use crate::azure::AzureBlobs;
 use crate::blobs::{BlobError, BlobRef, PageBlobs};
 use crate::config::VerifyMode;
-use crate::config::{BlobPath, Config, DiskConfig};
+use crate::config::{Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
 use crate::cycle::runner::{
@@ -63,15 +63,11 @@ impl AppError {
     }
 }
 
-pub fn blob_ref(p: &BlobPath) -> BlobRef {
-    BlobRef::new(&p.account, &p.container, &p.blob)
-}
-
 pub fn disk_spec(d: &DiskConfig) -> DiskSpec {
     DiskSpec {
         name: d.name.clone(),
-        source: blob_ref(&d.source),
-        backup: blob_ref(&d.backup),
+        source: d.source.clone(),
+        backup: d.backup.clone(),
         concurrency: d.concurrency,
         copy_mode: d.copy_mode,
     }
@@ -466,7 +462,7 @@ impl App {
             .config
             .disks
             .iter()
-            .find(|d| blob_ref(&d.backup) == req.target)
+            .find(|d| d.backup.clone() == req.target)
         {
             return Err(RestoreError::TargetIsBackup {
                 target: req.target.to_string(),

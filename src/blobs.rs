@@ -7,35 +7,8 @@
 use crate::pages::{ByteRange, PageItem};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::BTreeMap;
-use std::fmt;
 
-/// A page blob: account (the config's `[accounts.NAME]` key), container and blob name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobRef {
-    pub account: String,
-    pub container: String,
-    pub blob: String,
-}
-
-impl BlobRef {
-    pub fn new(account: &str, container: &str, blob: &str) -> Self {
-        BlobRef {
-            account: account.to_string(),
-            container: container.to_string(),
-            blob: blob.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for BlobRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.account, self.container, self.blob)
-    }
-}
-
-/// Metadata as Azure stores it (`x-ms-meta-*`), names lower-cased.
-pub type Metadata = BTreeMap<String, String>;
+pub use crate::model::{BlobRef, Metadata};
 
 /// State of an asynchronous Copy Blob, as reported on the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]

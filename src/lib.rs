@@ -2,6 +2,7 @@
 //!
 //! Architecture (see `docs/design.md`):
 //! - [`config`]: the TOML contract, validated into typed specs with every problem reported.
+//! - [`model`]: the shared vocabulary: blob and snapshot ids, metadata tags, time.
 //! - [`pages`]: page geometry and diff coalescing (pure).
 //! - [`blobs`]: the narrow page-blob trait a cycle needs.
 //! - [`azure`]: the only code that speaks HTTP; implements [`blobs::PageBlobs`].
@@ -21,6 +22,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod fake;
+pub mod model;
 pub mod pages;
 pub mod restore;
 pub mod retention;

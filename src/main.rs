@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use snapback::app::{App, AppError, DiskStatus, RestorePoint};
 use snapback::blobs::BlobRef;
-use snapback::config::{BlobPath, DiskConfig};
+use snapback::config::DiskConfig;
 use snapback::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use snapback::restore::{PointSelector, Rebase, RestoreRequest};
 use std::path::PathBuf;
@@ -337,8 +337,8 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let target = match to.parse::<BlobPath>() {
-        Ok(p) => BlobRef::new(&p.account, &p.container, &p.blob),
+    let target = match to.parse::<BlobRef>() {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("snapback: --to: {e}");
             return Ok(ExitCode::from(EXIT_USAGE));

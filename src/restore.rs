@@ -195,7 +195,7 @@ impl<'a> Restorer<'a> {
     }
 
     fn backup(&self) -> BlobRef {
-        crate::app::blob_ref(&self.disk.backup)
+        self.disk.backup.clone()
     }
 
     async fn choose(&self, sel: &PointSelector) -> Result<Chosen, RestoreError> {
@@ -687,10 +687,7 @@ mod tests {
         let cfg = crate::config::Config::parse(CONFIG, std::path::Path::new("t.toml")).unwrap();
         let disk = cfg.disks[0].clone();
         let blobs = MemBlobs::new();
-        let (src, bk) = (
-            crate::app::blob_ref(&disk.source),
-            crate::app::blob_ref(&disk.backup),
-        );
+        let (src, bk) = (disk.source.clone(), disk.backup.clone());
         let mut points = Vec::new();
         for i in 0..3u8 {
             blobs.write(&src, u64::from(i) * 4096, &[i + 1; 4096]);
@@ -885,7 +882,7 @@ mod tests {
         let r = restorer(&w);
         // Fake snapshot ids are 2026-01-01T00:00:00.<tick>Z; source snapshots precede points.
         let second_source = {
-            let bk = crate::app::blob_ref(&w.disk.backup);
+            let bk = w.disk.backup.clone();
             let snaps = w.blobs.list_snapshots(&bk).await.unwrap();
             snaps[1].metadata[TAG_SOURCE_SNAPSHOT].clone()
         };

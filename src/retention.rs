@@ -282,7 +282,7 @@ pub async fn restore_points(
     blobs: &dyn PageBlobs,
     disk: &DiskConfig,
 ) -> Result<Vec<crate::blobs::SnapshotInfo>, BlobError> {
-    let backup = crate::app::blob_ref(&disk.backup);
+    let backup = disk.backup.clone();
     let snapshots = match blobs.list_snapshots(&backup).await {
         Ok(s) => s,
         Err(e) if e.is_not_found() => Vec::new(),
@@ -359,7 +359,7 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<PruneReport, RetentionError> {
     let decisions = disk_plan(blobs, disk, now).await?;
-    let backup = crate::app::blob_ref(&disk.backup);
+    let backup = disk.backup.clone();
     let mut deleted = Vec::new();
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.is_kept()) {

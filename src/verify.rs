@@ -250,8 +250,8 @@ pub async fn verify(
     disk: &DiskConfig,
     snapshot: Option<&str>,
 ) -> Result<VerifyReport, VerifyError> {
-    let backup = crate::app::blob_ref(&disk.backup);
-    let source = crate::app::blob_ref(&disk.source);
+    let backup = disk.backup.clone();
+    let source = disk.source.clone();
     let ours = crate::retention::restore_points(blobs, disk)
         .await
         .map_err(|source| VerifyError::Blob {

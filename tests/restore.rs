@@ -190,7 +190,7 @@ async fn restore_refuse_rebase_and_verify() {
         .unwrap_or_else(|e| panic!("first cycle of the new chain: {e}"));
     assert_eq!(rec.kind, CycleKind::Incremental, "{rec:?}");
     assert_eq!(rec.stats.bytes_written, 3 * PAGE_SIZE, "{:?}", rec.stats);
-    let nb = snapback::app::blob_ref(&new_disk.backup);
+    let nb = new_disk.backup.clone();
     assert!(
         content(blobs.as_ref(), &nb, rec.backup_snapshot.as_deref()).await
             == content(blobs.as_ref(), &restored, rec.source_snapshot.as_deref()).await

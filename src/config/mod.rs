@@ -15,7 +15,7 @@
 //! rejected with a hint pointing at the supported alternatives.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -177,82 +177,9 @@ pub enum AuthConfig {
     },
 }
 
-/// A blob addressed as `account/container/blob`, where `account` is the key
-/// of an `[accounts.KEY]` section (not necessarily the Azure account name).
-///
-/// One string per side keeps disk entries short and greppable; the blob part
-/// may itself contain `/` (virtual directories).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobPath {
-    /// Key of the `[accounts.KEY]` section.
-    pub account: String,
-    /// Container name.
-    pub container: String,
-    /// Blob name, possibly containing `/`.
-    pub blob: String,
-}
-
-impl fmt::Display for BlobPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.account, self.container, self.blob)
-    }
-}
-
-impl FromStr for BlobPath {
-    type Err = String;
-
-    /// Parses `account/container/blob`. Container names are checked against
-    /// Azure's rules here so a typo fails at load time rather than as an HTTP
-    /// 400 in the middle of the night.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let form = "expected \"account/container/blob\"";
-        let mut parts = s.splitn(3, '/');
-        let (Some(account), Some(container), Some(blob)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!("invalid blob path \"{s}\": {form}"));
-        };
-        if account.is_empty() {
-            return Err(format!("invalid blob path \"{s}\": empty account; {form}"));
-        }
-        if container.is_empty() {
-            return Err(format!(
-                "invalid blob path \"{s}\": empty container; {form}"
-            ));
-        }
-        if blob.is_empty() {
-            return Err(format!(
-                "invalid blob path \"{s}\": empty blob name; {form}"
-            ));
-        }
-        if !valid_container_name(container) {
-            return Err(format!(
-                "invalid blob path \"{s}\": container \"{container}\" is not a valid container name \
-                 (3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit)"
-            ));
-        }
-        if blob.starts_with('/') || blob.ends_with('/') {
-            return Err(format!(
-                "invalid blob path \"{s}\": blob name must not start or end with '/'"
-            ));
-        }
-        if blob.chars().count() > 1024 {
-            return Err(format!(
-                "invalid blob path \"{s}\": blob name is longer than 1024 characters"
-            ));
-        }
-        if blob.chars().any(char::is_control) {
-            return Err(format!(
-                "invalid blob path \"{s}\": blob name contains control characters"
-            ));
-        }
-        Ok(BlobPath {
-            account: account.to_string(),
-            container: container.to_string(),
-            blob: blob.to_string(),
-        })
-    }
-}
+/// `account/container/blob`, as the config names a page blob (parsed and checked by
+/// [`BlobRef`]'s `FromStr`).
+pub use crate::model::BlobRef;
 
 /// One `[[disk]]` entry: a source page blob and where its backup goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,9 +188,9 @@ pub struct DiskConfig {
     /// the restricted character set.
     pub name: String,
     /// The page blob being backed up.
-    pub source: BlobPath,
+    pub source: BlobRef,
     /// The page blob the backup is written to (snapshots are taken of it).
-    pub backup: BlobPath,
+    pub backup: BlobRef,
     /// Cron expression (5 fields, or 6 with leading seconds); `None` means
     /// the disk is only backed up on demand.
     pub schedule: Option<String>,
@@ -515,7 +442,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // ---------------------------------------------------------------------------
 
 mod validate;
-use validate::{build_config, valid_container_name, Ctx};
+use validate::{build_config, Ctx};
 
 #[cfg(test)]
 mod tests;

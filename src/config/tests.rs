@@ -80,7 +80,7 @@ fn full_example_values() {
     let d = c.disk("mypremiumdisk").unwrap();
     assert_eq!(
         d.source,
-        BlobPath {
+        BlobRef {
             account: "premium".into(),
             container: "vhds".into(),
             blob: "mypremiumdisk.vhd".into()
@@ -818,12 +818,12 @@ fn durations() {
 
 #[test]
 fn blob_paths() {
-    let b: BlobPath = "premium/vhds/dir/sub/disk.vhd".parse().unwrap();
+    let b: BlobRef = "premium/vhds/dir/sub/disk.vhd".parse().unwrap();
     assert_eq!(b.account, "premium");
     assert_eq!(b.container, "vhds");
     assert_eq!(b.blob, "dir/sub/disk.vhd");
     assert_eq!(b.to_string(), "premium/vhds/dir/sub/disk.vhd");
-    assert!("a/$root/x".parse::<BlobPath>().is_ok());
+    assert!("a/$root/x".parse::<BlobRef>().is_ok());
     for (bad, needle) in [
         ("premium", "expected \"account/container/blob\""),
         ("premium/vhds", "expected \"account/container/blob\""),
@@ -835,7 +835,7 @@ fn blob_paths() {
         ("a/a--b/x", "not a valid container name"),
         ("a/vhds//x", "must not start or end with '/'"),
     ] {
-        let e = bad.parse::<BlobPath>().unwrap_err();
+        let e = bad.parse::<BlobRef>().unwrap_err();
         assert!(e.contains(needle), "{bad}: {e}");
     }
 }

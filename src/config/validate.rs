@@ -2,6 +2,7 @@
 //! collected with its position (see the module docs of `config`).
 
 use super::*;
+use crate::model::valid_simple_name;
 
 /// Collects problems with their byte offsets; turned into `file:line:col`
 /// messages, sorted in file order, at the end.
@@ -768,7 +769,7 @@ pub(super) fn build_disk(
         }
     };
 
-    let blob = |cx: &mut Ctx<'_>, key: &str| -> Option<(BlobPath, Range<usize>)> {
+    let blob = |cx: &mut Ctx<'_>, key: &str| -> Option<(BlobRef, Range<usize>)> {
         let Some((s, span)) = get_str(cx, t, key, &prefix) else {
             if !t.contains_key(key) {
                 cx.err(
@@ -780,7 +781,7 @@ pub(super) fn build_disk(
             }
             return None;
         };
-        match s.parse::<BlobPath>() {
+        match s.parse::<BlobRef>() {
             Ok(b) => {
                 if !account_keys.contains(&b.account) {
                     let known: Vec<&str> = account_keys.iter().map(String::as_str).collect();
@@ -952,31 +953,9 @@ pub(super) fn validate_cron(expr: &str) -> Result<(), String> {
         .map_err(|e| format!("invalid cron expression \"{expr}\": {e}"))
 }
 
-/// `[A-Za-z0-9._-]{1,63}`: safe in file names, metric labels, URLs and logs.
-pub(super) fn valid_simple_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-}
-
 /// Azure storage account names: 3-24 lowercase letters and digits.
 pub(super) fn valid_storage_account_name(s: &str) -> bool {
     (3..=24).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
-/// Azure container names: 3-63 of lowercase letters, digits and single
-/// hyphens, starting and ending with a letter or digit; or `$root`.
-pub(super) fn valid_container_name(s: &str) -> bool {
-    if s == "$root" {
-        return true;
-    }
-    (3..=63).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
 }
