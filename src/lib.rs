@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML contract, validated into typed specs with every problem reported.
 //! - [`model`]: the shared vocabulary: blob and snapshot ids, metadata tags, time.
 //! - [`pages`]: page geometry and diff coalescing (pure).
+//! - [`blob_error`]: typed storage errors (kind, resource, status, error code).
 //! - [`blobs`]: the narrow page-blob trait a cycle needs.
 //! - [`azure`]: the only code that speaks HTTP; implements [`blobs::PageBlobs`].
 //! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
@@ -17,14 +18,18 @@
 
 pub mod app;
 pub mod azure;
+pub mod blob_error;
 pub mod blobs;
 pub mod config;
+pub mod copy;
 pub mod cycle;
 pub mod daemon;
 pub mod fake;
+pub mod lock;
 pub mod model;
 pub mod pages;
 pub mod restore;
 pub mod retention;
+pub mod source;
 pub mod state;
 pub mod verify;

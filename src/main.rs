@@ -230,7 +230,9 @@ async fn backup(app: &App, disks: &[String]) -> anyhow::Result<ExitCode> {
                     "{}: ok in {:.1}s, restore point {} ({} bytes written, {} cleared, {} ranges, {} requests)",
                     r.disk,
                     r.seconds,
-                    rec.backup_snapshot.as_deref().unwrap_or("?"),
+                    rec.phase
+                        .restore_point()
+                        .map_or("?", |(b, _)| b.as_str()),
                     rec.stats.bytes_written,
                     rec.stats.bytes_cleared,
                     rec.stats.ranges,

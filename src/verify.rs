@@ -13,7 +13,7 @@
 
 use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
-use crate::cycle::runner::TAG_SOURCE_SNAPSHOT;
+use crate::model::tags::{self, SOURCE_SNAPSHOT_NAME};
 use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -32,7 +32,7 @@ pub enum VerifyError {
     UnknownRestorePoint { disk: String, snapshot: String },
     #[error(
         "disk {disk}: restore point {snapshot} records no source snapshot \
-         ({TAG_SOURCE_SNAPSHOT} metadata), so there is nothing to compare it with"
+         ({SOURCE_SNAPSHOT_NAME} metadata), so there is nothing to compare it with"
     )]
     NoSourceSnapshot { disk: String, snapshot: String },
     #[error(
@@ -269,11 +269,8 @@ pub async fn verify(
             disk: disk.name.clone(),
         })?,
     };
-    let source_snapshot = point
-        .metadata
-        .get(TAG_SOURCE_SNAPSHOT)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| VerifyError::NoSourceSnapshot {
+    let source_snapshot =
+        tags::source_of(&point.metadata).ok_or_else(|| VerifyError::NoSourceSnapshot {
             disk: disk.name.clone(),
             snapshot: point.snapshot.clone(),
         })?;
@@ -281,7 +278,7 @@ pub async fn verify(
         blobs,
         &disk.name,
         (&backup, &point.snapshot),
-        (&source, source_snapshot),
+        (&source, source_snapshot.as_str()),
         disk.concurrency,
     )
     .await

@@ -408,7 +408,7 @@ pub(super) fn build_accounts(
         if !valid_simple_name(name) {
             cx.err(
                 key.span(),
-                format!("{prefix}invalid account key; use 1-63 characters from A-Z a-z 0-9 . _ - (it is used in \"account/container/blob\" paths)"),
+                format!("{prefix}invalid account key; {} (it is used in \"account/container/blob\" paths)", crate::model::SIMPLE_NAME_RULE),
             );
         }
         let DeValue::Table(t) = value.get_ref() else {
@@ -746,7 +746,7 @@ pub(super) fn build_disk(
             if !valid_simple_name(s) {
                 cx.err(
                     span,
-                    format!("{prefix}invalid name; use 1-63 characters from A-Z a-z 0-9 . _ -"),
+                    format!("{prefix}invalid name; {}", crate::model::SIMPLE_NAME_RULE),
                 );
             } else if let Some(first) = seen.get(s) {
                 cx.err(

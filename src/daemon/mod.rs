@@ -22,9 +22,10 @@ pub mod signals;
 use crate::app::{App, AppError};
 use crate::blobs::PageBlobs;
 use crate::config::{Config, DiskConfig};
-use crate::cycle::machine::CycleRecord;
-use crate::cycle::progress::Progress;
+use crate::cycle::machine::{CycleRecord, PhaseName};
+use crate::cycle::progress::{Activity, Progress};
 use crate::cycle::runner::CycleError;
+use crate::model::{Clock, SystemClock};
 use chrono::{DateTime, Utc};
 use control::{
     BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
@@ -33,9 +34,8 @@ use metrics::Metrics;
 use schedule::{DiskSchedule, Finish, Planner, Reason, ScheduleError, Wake};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -80,51 +80,8 @@ pub enum DaemonError {
     },
 }
 
-/// The daemon's wall clock, injected so that tests can move time (windows, schedules).
-pub trait WallClock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-    /// Longest real sleep between looks at the clock. The system clock is re-read at least
-    /// every minute (it may jump: NTP, suspend); a fake clock must be polled often.
-    fn max_nap(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemWallClock;
-
-impl WallClock for SystemWallClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that only moves when told to (tests).
-#[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    pub fn new(t: DateTime<Utc>) -> ManualClock {
-        ManualClock(Mutex::new(t))
-    }
-    pub fn set(&self, t: DateTime<Utc>) {
-        if let Ok(mut now) = self.0.lock() {
-            *now = t;
-        }
-    }
-}
-
-impl WallClock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0.lock().map(|t| *t).unwrap_or_else(|_| Utc::now())
-    }
-    fn max_nap(&self) -> Duration {
-        Duration::from_millis(20)
-    }
-}
-
 pub struct Options {
-    pub clock: Arc<dyn WallClock>,
+    pub clock: Arc<dyn Clock>,
     /// Send READY/RELOADING/STOPPING/WATCHDOG to systemd (a no-op outside systemd).
     pub notify_systemd: bool,
     /// Storage to use instead of the Azure clients the config describes (tests).
@@ -134,7 +91,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            clock: Arc::new(SystemWallClock),
+            clock: Arc::new(SystemClock),
             notify_systemd: true,
             blobs: None,
         }
@@ -282,40 +239,14 @@ impl Daemon {
 
 /// One daemon per state directory: a second one would race the first on every disk.
 fn take_daemon_lock(state_dir: &Path) -> Result<File, DaemonError> {
-    let path = state_dir.join(DAEMON_LOCK);
-    let lock_err = |source| DaemonError::Lock {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(state_dir).map_err(lock_err)?;
-    let mut file = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(lock_err)?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0).map_err(lock_err)?;
-            writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path)
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .map(|pid| format!(" by pid {pid}"))
-                .unwrap_or_default();
-            Err(DaemonError::AlreadyRunning {
-                state_dir: state_dir.to_path_buf(),
-                path,
-                holder,
-            })
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
-    }
+    crate::lock::try_lock(&state_dir.join(DAEMON_LOCK)).map_err(|e| match e {
+        crate::lock::LockError::Held { path, holder } => DaemonError::AlreadyRunning {
+            state_dir: state_dir.to_path_buf(),
+            path,
+            holder,
+        },
+        crate::lock::LockError::Io { path, source } => DaemonError::Lock { path, source },
+    })
 }
 
 /// Binds the control socket. Called with the daemon lock held, so a socket file left there
@@ -355,7 +286,7 @@ struct Running {
 struct Supervisor {
     config: Config,
     app: Arc<App>,
-    clock: Arc<dyn WallClock>,
+    clock: Arc<dyn Clock>,
     sem: Arc<Semaphore>,
     slots: BTreeMap<String, Slot>,
     metrics: Arc<Metrics>,
@@ -508,7 +439,7 @@ impl Supervisor {
                 self.metrics.set_last_success(&disk.name, t);
             }
         }
-        self.metrics.set_phase(&disk.name, "idle");
+        self.metrics.set_phase(&disk.name, Activity::Idle);
         let planner = Planner::new(&sched, now, open, rand::random::<f64>());
         self.slots.insert(
             disk.name.clone(),
@@ -541,7 +472,7 @@ impl Supervisor {
             progress: Arc::clone(&progress),
         });
         tracing::info!(disk = %name, reason = reason.as_str(), "starting cycle");
-        self.metrics.set_phase(name, "starting");
+        self.metrics.set_phase(name, Activity::Starting);
         let (app, disk, sem, tx) = (
             Arc::clone(&self.app),
             slot.disk.clone(),
@@ -601,7 +532,7 @@ impl Supervisor {
                 self.metrics
                     .cycle_ended(&f.disk, "ok", f.seconds, Some(&rec.stats));
                 self.metrics
-                    .set_last_success(&f.disk, rec.finished_at.unwrap_or(now.timestamp()));
+                    .set_last_success(&f.disk, rec.finished_at().unwrap_or(now.timestamp()));
             }
             Some(Err(_)) if f.cancelled => {
                 self.metrics
@@ -610,7 +541,7 @@ impl Supervisor {
             Some(Err(_)) => self.metrics.cycle_ended(&f.disk, "error", f.seconds, None),
             None => {}
         }
-        self.metrics.set_phase(&f.disk, "idle");
+        self.metrics.set_phase(&f.disk, Activity::Idle);
         self.metrics.set_apply(&f.disk, 0, 0);
         slot.planner.finished(&slot.sched, now, how);
         if how == Finish::Failed {
@@ -637,7 +568,7 @@ impl Supervisor {
             let v = r.progress.view();
             self.metrics.set_phase(name, v.phase);
             self.metrics.set_apply(name, v.bytes_done, v.bytes_total);
-            if v.phase == "apply" && v.bytes_total > 0 {
+            if v.phase == Activity::Phase(PhaseName::Apply) && v.bytes_total > 0 {
                 tracing::info!(
                     disk = %name,
                     progress = %control::format_progress(&progress_info(&r.progress)),
@@ -839,7 +770,7 @@ impl Supervisor {
 fn progress_info(p: &Progress) -> ProgressInfo {
     let v = p.view();
     ProgressInfo {
-        phase: v.phase.to_string(),
+        phase: v.phase.as_str().to_string(),
         bytes_done: v.bytes_done,
         bytes_total: v.bytes_total,
         bytes_per_second: v.rate,
