@@ -876,6 +876,27 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_copy_names_the_resource_the_service_meant() {
+        let (dest, src) = (
+            BlobRef::new("backup", "backups", "d"),
+            BlobRef::new("premium", "vhds", "d.vhd"),
+        );
+        let snap = Some("2026-01-01T00:00:00.0000000Z");
+        assert_eq!(
+            copy_error_resource(Some("BlobNotFound"), &dest, &src, snap),
+            Resource::blob(&dest)
+        );
+        assert_eq!(
+            copy_error_resource(None, &dest, &src, snap),
+            Resource::blob(&dest)
+        );
+        assert_eq!(
+            copy_error_resource(Some("CannotVerifyCopySource"), &dest, &src, snap),
+            Resource::of(&src, snap)
+        );
+    }
+
+    #[test]
     fn error_message_is_extracted() {
         let body = b"<?xml version=\"1.0\"?><Error><Code>X</Code><Message>Server failed.\nRequestId:1</Message></Error>";
         assert_eq!(xml_message(body).as_deref(), Some("Server failed."));
