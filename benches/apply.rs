@@ -23,7 +23,6 @@ use async_trait::async_trait;
 use azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use snapback::app::{disk_spec, App};
 use snapback::azure::AzureBlobs;
 use snapback::blobs::{
     BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, PageList, PageListQuery, SnapshotInfo,
@@ -37,6 +36,7 @@ use snapback::pages::{
     coalesce, plan_reads, Batch, ByteRange, PageItem, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
     PAGE_SIZE,
 };
+use snapback::service::{disk_spec, App};
 use snapback::state::StateStore;
 use std::path::Path;
 use std::sync::Arc;

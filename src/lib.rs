@@ -13,10 +13,9 @@
 //! - [`restore`]: promote a restore point, copy it to a target, optionally restart the chain.
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`verify`]: compares a restore point with its source snapshot.
-//! - [`app`]: the operations behind the CLI commands.
+//! - [`service`]: the operations behind the CLI commands (above the engine, below the daemon).
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
-pub mod app;
 pub mod azure;
 pub mod blob_error;
 pub mod blobs;
@@ -30,6 +29,7 @@ pub mod model;
 pub mod pages;
 pub mod restore;
 pub mod retention;
+pub mod service;
 pub mod source;
 pub mod state;
 pub mod verify;

@@ -3,11 +3,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use snapback::app::{App, AppError, DiskStatus, RestorePoint};
 use snapback::blobs::BlobRef;
 use snapback::config::DiskConfig;
 use snapback::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use snapback::restore::{PointSelector, Rebase, RestoreRequest};
+use snapback::service::{App, AppError, DiskStatus, RestorePoint};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;

@@ -2,13 +2,13 @@
 //! snapback at schema version 1) is migrated on open, and work resumes from it: the
 //! unfinished cycles continue where they stopped, `status` reads it, and the chain goes on.
 
-use snapback::app::App;
 use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
 use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
 use snapback::cycle::runner::{DiskSpec, Runner};
 use snapback::fake::MemBlobs;
 use snapback::model::{Clock, SnapshotId, Timestamp};
+use snapback::service::App;
 use snapback::state::{StateError, StateStore};
 use std::path::Path;
 use std::sync::Arc;

@@ -19,13 +19,13 @@ pub mod metrics;
 pub mod schedule;
 pub mod signals;
 
-use crate::app::{App, AppError};
 use crate::blobs::PageBlobs;
 use crate::config::{Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, PhaseName};
 use crate::cycle::progress::{Activity, Progress};
 use crate::cycle::runner::CycleError;
 use crate::model::{Clock, SystemClock};
+use crate::service::{App, AppError};
 use chrono::{DateTime, Utc};
 use control::{
     BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
