@@ -123,15 +123,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Err(errors) = snapback::daemon::schedule::validate(&config.disks) {
-        for e in errors {
-            eprintln!(
-                "snapback: invalid configuration:\n{}: {e}",
-                config.path.display()
-            );
-        }
-        return ExitCode::from(EXIT_USAGE);
-    }
     init_logging(&cli, &config);
     if let Command::CheckConfig = cli.command {
         println!(
@@ -320,9 +311,7 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
     let point = match (snapshot, at) {
         (Some(s), _) => PointSelector::Snapshot(s),
         (None, Some(at)) => {
-            let parsed = snapback::retention::disk_tz(&disk)
-                .map_err(|e| e.to_string())
-                .and_then(|tz| snapback::restore::parse_time(&at, &tz));
+            let parsed = snapback::restore::parse_time(&at, &disk.tz);
             match parsed {
                 Ok(t) => PointSelector::At(t),
                 Err(e) => {

@@ -236,12 +236,6 @@ pub enum RetentionError {
     },
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("disk {disk}: time zone \"{tz}\" is not known: {message}")]
-    TimeZone {
-        disk: String,
-        tz: String,
-        message: String,
-    },
 }
 
 /// A disk's restore points, oldest first, as its backup blob's snapshots show them (the truth,
@@ -263,15 +257,6 @@ pub async fn restore_points(
         .collect())
 }
 
-/// The disk's time zone, for retention periods.
-pub fn disk_tz(disk: &DiskConfig) -> Result<Tz, RetentionError> {
-    disk.tz.parse::<Tz>().map_err(|e| RetentionError::TimeZone {
-        disk: disk.name.clone(),
-        tz: disk.tz.clone(),
-        message: e.to_string(),
-    })
-}
-
 /// The plan for a disk's restore points (the backup snapshots tagged for this disk), oldest
 /// first.
 pub async fn disk_plan(
@@ -279,7 +264,6 @@ pub async fn disk_plan(
     disk: &DiskConfig,
     now: i64,
 ) -> Result<Vec<Decision>, RetentionError> {
-    let tz = disk_tz(disk)?;
     let points: Vec<Point> = restore_points(blobs, disk)
         .await
         .map_err(|source| RetentionError::Blob {
@@ -289,7 +273,7 @@ pub async fn disk_plan(
         .into_iter()
         .map(|s| Point::from_snapshot(&s.snapshot))
         .collect();
-    Ok(plan(&points, &disk.retention, from_unix(now), &tz))
+    Ok(plan(&points, &disk.retention, from_unix(now), &disk.tz))
 }
 
 /// What a prune did (or, dry, would do).
@@ -634,25 +618,6 @@ mod tests {
         let tz: Tz = "UTC".parse().unwrap();
         let got = plan(&p, &r, from_unix(i64::MAX), &tz);
         assert_eq!(got[0].label(), "newest,last");
-    }
-
-    #[test]
-    fn an_unknown_time_zone_is_an_error() {
-        let cfg = crate::config::Config::parse(
-            "state_dir = \"/tmp/unused\"\n[accounts.bk]\nendpoint = \"http://127.0.0.1:1/bkacct\"\n\
-             shared_key_env = \"X\"\n[[disk]]\nname = \"d\"\nsource = \"bk/src/d\"\n\
-             backup = \"bk/bkp/d\"\ntz = \"Mars/Olympus_Mons\"\n",
-            std::path::Path::new("test.toml"),
-        )
-        .unwrap();
-        let e = disk_tz(&cfg.disks[0]).unwrap_err().to_string();
-        assert!(
-            e.starts_with("disk d: time zone \"Mars/Olympus_Mons\" is not known: "),
-            "{e}"
-        );
-        cfg.disks
-            .iter()
-            .for_each(|d| assert!(d.tz.parse::<Tz>().is_err()));
     }
 
     #[tokio::test]

@@ -387,8 +387,7 @@ impl App {
             .iter()
             .map(|s| crate::retention::Point::from_snapshot(&s.snapshot))
             .collect();
-        let tz = crate::retention::disk_tz(disk)?;
-        let plan = crate::retention::plan(&points, &disk.retention, self.clock.now(), &tz);
+        let plan = crate::retention::plan(&points, &disk.retention, self.clock.now(), &disk.tz);
         Ok(snapshots
             .into_iter()
             .zip(plan)

@@ -527,7 +527,7 @@ fn check_config_rejects_an_unknown_time_zone() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("disk d: unknown time zone \"Europe/Pariss\""),
+        err.contains("disk \"d\": field \"tz\": \"Europe/Pariss\" is not a time zone name"),
         "{err}"
     );
 }

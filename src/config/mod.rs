@@ -15,6 +15,7 @@
 //! rejected with a hint pointing at the supported alternatives.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -37,7 +38,7 @@ const DEFAULT_MAX_BUFFER_MIB: u64 = 32;
 const MAX_BUFFER_MIB: u64 = 65536;
 const MAX_INFLIGHT_REQUESTS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-const DEFAULT_TZ: &str = "UTC";
+const DEFAULT_TZ: chrono_tz::Tz = chrono_tz::Tz::UTC;
 const DEFAULT_DISK_CONCURRENCY: usize = 8;
 const MAX_DISK_CONCURRENCY: usize = 64;
 /// `sun_path` in `struct sockaddr_un` is 108 bytes on Linux, including the
@@ -181,6 +182,61 @@ pub enum AuthConfig {
 /// [`BlobRef`]'s `FromStr`).
 pub use crate::model::BlobRef;
 
+/// A cron schedule: the expression as written and its parse. The one place cron is parsed.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    expr: String,
+    cron: croner::Cron,
+}
+
+impl Schedule {
+    /// Parses a cron expression the way the scheduler runs it: 5 fields, or 6 with leading
+    /// seconds (croner's optional-seconds mode), no year field.
+    pub fn parse(expr: &str) -> Result<Schedule, String> {
+        use croner::parser::{CronParser, Seconds, Year};
+        let expr = expr.trim();
+        let n = expr.split_whitespace().count();
+        if n != 5 && n != 6 {
+            return Err(format!(
+                "cron expression \"{expr}\" has {n} fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (with leading seconds)"
+            ));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build()
+            .parse(expr)
+            .map_err(|e| format!("invalid cron expression \"{expr}\": {e}"))?;
+        Ok(Schedule {
+            expr: expr.to_string(),
+            cron,
+        })
+    }
+
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    pub fn cron(&self) -> &croner::Cron {
+        &self.cron
+    }
+}
+
+/// Two schedules are the same if they are written the same (a config reload compares them).
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
+}
+
+impl Eq for Schedule {}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expr)
+    }
+}
+
 /// One `[[disk]]` entry: a source page blob and where its backup goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
@@ -191,12 +247,11 @@ pub struct DiskConfig {
     pub source: BlobRef,
     /// The page blob the backup is written to (snapshots are taken of it).
     pub backup: BlobRef,
-    /// Cron expression (5 fields, or 6 with leading seconds); `None` means
+    /// Cron schedule (5 fields, or 6 with leading seconds); `None` means
     /// the disk is only backed up on demand.
-    pub schedule: Option<String>,
-    /// IANA time zone the schedule and window are evaluated in. Only checked
-    /// loosely here (no tz database is linked into this module).
-    pub tz: String,
+    pub schedule: Option<Schedule>,
+    /// IANA time zone the schedule, the window and retention periods are evaluated in.
+    pub tz: chrono_tz::Tz,
     /// Random delay up to this long before each scheduled cycle, so many
     /// disks on the same schedule do not all hit the storage account at once.
     pub jitter: Option<Duration>,

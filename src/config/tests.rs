@@ -87,8 +87,8 @@ fn full_example_values() {
         }
     );
     assert_eq!(d.backup.to_string(), "backup/backups/mybackupstdpageblob");
-    assert_eq!(d.schedule.as_deref(), Some("0 */12 * * *"));
-    assert_eq!(d.tz, "Europe/Paris");
+    assert_eq!(d.schedule.as_ref().map(|s| s.expr()), Some("0 */12 * * *"));
+    assert_eq!(d.tz, chrono_tz::Tz::Europe__Paris);
     assert_eq!(d.jitter, Some(Duration::from_secs(300)));
     assert_eq!(
         d.window,
@@ -121,7 +121,7 @@ fn full_example_values() {
     );
     assert_eq!(d2.source.blob, "data/disk1.vhd");
     assert_eq!(d2.schedule, None);
-    assert_eq!(d2.tz, "UTC");
+    assert_eq!(d2.tz, chrono_tz::Tz::UTC);
     assert_eq!(d2.jitter, None);
     assert_eq!(d2.window, None);
     assert_eq!(d2.concurrency, 8);
@@ -175,7 +175,10 @@ fn azurite_example() {
     assert_eq!(d.name, "demo");
     assert_eq!(d.source.to_string(), "premium/vhds/demo.vhd");
     assert_eq!(d.backup.to_string(), "backup/backups/demo");
-    assert_eq!(d.schedule.as_deref(), Some("*/30 * * * * *"));
+    assert_eq!(
+        d.schedule.as_ref().map(|s| s.expr()),
+        Some("*/30 * * * * *")
+    );
 }
 
 fn account(endpoint: &str, extra: &str) -> AccountConfig {

@@ -821,24 +821,25 @@ pub(super) fn build_disk(
     }
 
     let schedule =
-        get_str(cx, t, "schedule", &prefix).and_then(|(s, span)| match validate_cron(s) {
-            Ok(()) => Some(s.trim().to_string()),
+        get_str(cx, t, "schedule", &prefix).and_then(|(s, span)| match Schedule::parse(s) {
+            Ok(s) => Some(s),
             Err(e) => {
                 cx.err(span, format!("{prefix}field \"schedule\": {e}"));
                 None
             }
         });
     let tz = match get_str(cx, t, "tz", &prefix) {
-        Some((s, span)) => {
-            if s.is_empty() || s.chars().any(char::is_whitespace) {
+        Some((s, span)) => match s.parse::<chrono_tz::Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
                 cx.err(
                     span,
                     format!("{prefix}field \"tz\": \"{s}\" is not a time zone name; use an IANA name such as \"UTC\" or \"Europe/Paris\""),
                 );
+                DEFAULT_TZ
             }
-            s.to_string()
-        }
-        None => DEFAULT_TZ.to_string(),
+        },
+        None => DEFAULT_TZ,
     };
     let jitter = get_duration(cx, t, "jitter", &prefix);
     let window =
@@ -932,25 +933,6 @@ pub(super) fn build_retention(cx: &mut Ctx<'_>, t: &DeTable<'_>, prefix: &str) -
         weekly: get("weekly"),
         monthly: get("monthly"),
     }
-}
-
-/// Validates a cron expression the way the scheduler will parse it: 5
-/// fields, or 6 with leading seconds (croner's optional-seconds mode).
-pub(super) fn validate_cron(expr: &str) -> Result<(), String> {
-    use croner::parser::{CronParser, Seconds, Year};
-    let n = expr.split_whitespace().count();
-    if n != 5 && n != 6 {
-        return Err(format!(
-            "cron expression \"{expr}\" has {n} fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (with leading seconds)"
-        ));
-    }
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build()
-        .parse(expr)
-        .map(|_| ())
-        .map_err(|e| format!("invalid cron expression \"{expr}\": {e}"))
 }
 
 /// Azure storage account names: 3-24 lowercase letters and digits.

@@ -31,7 +31,7 @@ use control::{
     BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
 };
 use metrics::Metrics;
-use schedule::{DiskSchedule, Finish, Planner, Reason, ScheduleError, Wake};
+use schedule::{DiskSchedule, Finish, Planner, Reason, Wake};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -60,8 +60,6 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid schedule:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Schedule(Vec<ScheduleError>),
     #[error(transparent)]
     App(#[from] AppError),
     #[error("cannot listen on the control socket {path}: {source}")]
@@ -155,7 +153,6 @@ impl Daemon {
     /// (and the metrics port) and starts the supervisor.
     pub async fn start(config: Config, opts: Options) -> Result<Daemon, DaemonError> {
         let lock = take_daemon_lock(&config.state_dir)?;
-        schedule::validate(&config.disks).map_err(DaemonError::Schedule)?;
         let app = Arc::new(open_app(config.clone(), opts.blobs.as_ref())?);
         let control_listener = bind_control(&config.control_socket)?;
         let metrics_listener = match config.metrics_listen {
@@ -416,14 +413,7 @@ impl Supervisor {
     }
 
     fn add_disk(&mut self, disk: DiskConfig, now: DateTime<Utc>) {
-        // Validated before: a schedule error here cannot happen, but is not a reason to panic.
-        let sched = match DiskSchedule::from_config(&disk) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "disk not scheduled");
-                return;
-            }
-        };
+        let sched = DiskSchedule::from_config(&disk);
         let open = match self.app.store.open_cycle(&disk.name) {
             Ok(c) => c.is_some(),
             Err(e) => {
@@ -661,7 +651,6 @@ impl Supervisor {
 
     fn try_reload(&mut self) -> Result<(), String> {
         let new = Config::load(&self.config.path).map_err(|e| e.to_string())?;
-        schedule::validate(&new.disks).map_err(|e| DaemonError::Schedule(e).to_string())?;
         if new.state_dir != self.config.state_dir {
             return Err(format!(
                 "state_dir changed ({} -> {}); that needs a restart",
