@@ -1,6 +1,7 @@
 //! snapback: incremental, crash-safe backups of Azure page blobs (VM disks).
 //!
-//! Architecture (see `docs/design.md`):
+//! Architecture (see `docs/design.md`, "Architecture"; dependencies point down: CLI → daemon →
+//! service → engine → storage, state, model):
 //! - [`config`]: the TOML contract, validated into typed specs with every problem reported.
 //! - [`model`]: the shared vocabulary: blob and snapshot ids, metadata tags, time.
 //! - [`pages`]: page geometry and diff coalescing (pure).
@@ -9,7 +10,10 @@
 //! - [`azure`]: the only code that speaks HTTP; implements [`blobs::PageBlobs`].
 //! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
-//! - [`state`]: the SQLite state database.
+//! - [`state`]: the SQLite state database, its schema versions and migrations.
+//! - [`source`]: what a cycle needs from the disk it backs up ([`source::Source`]).
+//! - [`copy`]: waiting for an asynchronous Copy Blob.
+//! - [`lock`]: lock files (one daemon per state directory, one process per disk).
 //! - [`restore`]: promote a restore point, copy it to a target, optionally restart the chain.
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`verify`]: compares a restore point with its source snapshot.

@@ -203,18 +203,22 @@ impl App {
     /// Takes the disk's lock file: two processes never work on one disk. The lock is
     /// released when the returned file is dropped (or the process dies).
     pub fn lock_disk(&self, disk: &str) -> Result<File, AppError> {
-        let path = self
-            .config
-            .state_dir
-            .join("locks")
-            .join(format!("{disk}.lock"));
-        crate::lock::try_lock(&path).map_err(|e| match e {
+        self.try_lock_disk(disk).map_err(|e| match e {
             LockError::Held { path, .. } => AppError::Busy {
                 disk: disk.to_string(),
                 path,
             },
             LockError::Io { path, source } => AppError::Lock { path, source },
         })
+    }
+
+    fn try_lock_disk(&self, disk: &str) -> Result<File, LockError> {
+        let path = self
+            .config
+            .state_dir
+            .join("locks")
+            .join(format!("{disk}.lock"));
+        crate::lock::try_lock(&path)
     }
 
     /// Runs (or resumes) one cycle of one disk, logging one line with its result.
@@ -340,29 +344,18 @@ impl App {
         stop: CancellationToken,
         progress: Option<Arc<Progress>>,
     ) -> Result<CycleRecord, CycleError> {
-        let _lock = self.lock_disk(&disk.name).map_err(|e| match e {
-            AppError::Busy { disk, path } => CycleError::Busy { disk, path },
-            AppError::Lock { path, source } => CycleError::Lock {
+        let _lock = self.try_lock_disk(&disk.name).map_err(|e| match e {
+            LockError::Held { path, .. } => CycleError::Busy {
+                disk: disk.name.clone(),
+                path,
+            },
+            LockError::Io { path, source } => CycleError::Lock {
                 disk: disk.name.clone(),
                 path,
                 source,
             },
-            // lock_disk fails with nothing else.
-            other => CycleError::Lock {
-                disk: disk.name.clone(),
-                path: PathBuf::new(),
-                source: std::io::Error::other(other.to_string()),
-            },
         })?;
         let spec = disk_spec(disk);
-        for account in [&spec.source.account, &spec.backup.account] {
-            self.blobs
-                .check_account(account)
-                .map_err(|source| CycleError::Blob {
-                    disk: disk.name.clone(),
-                    source,
-                })?;
-        }
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
         runner.progress = progress;

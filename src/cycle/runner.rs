@@ -127,7 +127,7 @@ pub enum CycleError {
     #[error("disk {disk}: stopped at a checkpoint (phase {phase}); the next run resumes it")]
     Interrupted { disk: String, phase: PhaseName },
     /// Another snapback process holds the disk's lock.
-    #[error("disk {disk} is busy: another snapback process holds {path}")]
+    #[error("disk {disk} is being backed up by another snapback process (lock {path} is held)")]
     Busy {
         disk: String,
         path: std::path::PathBuf,
@@ -212,8 +212,13 @@ impl<'a> Runner<'a> {
         Ok(self.store.insert_cycle(rec)?)
     }
 
-    /// Runs (or resumes) one cycle to the end.
+    /// Runs (or resumes) one cycle to the end. A source or backup account that cannot be
+    /// used (a missing secret) fails it before any request.
     pub async fn run_cycle(&self) -> Result<CycleRecord, CycleError> {
+        self.source()
+            .check()
+            .and_then(|()| self.blobs.check_account(&self.disk.backup.account))
+            .map_err(|e| self.blob_err(e))?;
         let mut rec = self.open_or_resume()?;
         while self.step(&mut rec).await? {}
         Ok(rec)
