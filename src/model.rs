@@ -153,9 +153,6 @@ pub mod tags {
     const RESTORE: &str = "snapback_restore";
     const RESTORED_FROM: &str = "snapback_restored_from";
 
-    /// The metadata name that records a restore point's source snapshot, for messages.
-    pub const SOURCE_SNAPSHOT_NAME: &str = SOURCE_SNAPSHOT;
-
     /// Tags of a source snapshot `S(n)` taken by cycle `cycle` of `disk`.
     pub fn source_snapshot(disk: &str, cycle: &str) -> Metadata {
         Metadata::from([
@@ -347,8 +344,7 @@ mod tests {
             &tags::source_snapshot("d", "c"),
             "d"
         ));
-        let mut empty = tags::source_snapshot("d", "c");
-        empty.insert(tags::SOURCE_SNAPSHOT_NAME.into(), String::new());
+        let empty = tags::restore_point("d", "c", &SnapshotId::new(""));
         assert!(!tags::is_restore_point(&empty, "d"));
     }
 

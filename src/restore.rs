@@ -195,10 +195,7 @@ impl<'a> Restorer<'a> {
             )))?
             .into_iter()
             .map(|s| Chosen {
-                // `restore_points` lists only snapshots that record their source.
-                source_snapshot: tags::source_of(&s.metadata)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
+                source_snapshot: s.source.to_string(),
                 snapshot: s.snapshot,
                 size: s.size,
             })

@@ -17,7 +17,7 @@
 
 use crate::blobs::{BlobError, PageBlobs};
 use crate::config::{DiskConfig, Retention};
-use crate::model::{from_unix, tags, Timestamp};
+use crate::model::{from_unix, tags, SnapshotId, Timestamp};
 use crate::state::{StateError, StateStore};
 use chrono::{Datelike, Offset, TimeDelta, Timelike};
 use chrono_tz::Tz;
@@ -244,9 +244,8 @@ pub enum RetentionError {
 pub async fn restore_points(
     blobs: &dyn PageBlobs,
     disk: &DiskConfig,
-) -> Result<Vec<crate::blobs::SnapshotInfo>, BlobError> {
-    let backup = disk.backup.clone();
-    let snapshots = match blobs.list_snapshots(&backup).await {
+) -> Result<Vec<StoredPoint>, BlobError> {
+    let snapshots = match blobs.list_snapshots(&disk.backup).await {
         Ok(s) => s,
         Err(e) if e.is_not_found() => Vec::new(),
         Err(e) => return Err(e),
@@ -254,7 +253,24 @@ pub async fn restore_points(
     Ok(snapshots
         .into_iter()
         .filter(|s| tags::is_restore_point(&s.metadata, &disk.name))
+        .filter_map(|s| {
+            Some(StoredPoint {
+                source: tags::source_of(&s.metadata)?,
+                snapshot: s.snapshot,
+                size: s.size,
+            })
+        })
         .collect())
+}
+
+/// A restore point as its backup snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPoint {
+    /// The backup snapshot `B(n)`.
+    pub snapshot: String,
+    /// The source snapshot `S(n)` it equals (its `snapback_source_snapshot`).
+    pub source: SnapshotId,
+    pub size: u64,
 }
 
 /// The plan for a disk's restore points (the backup snapshots tagged for this disk), oldest

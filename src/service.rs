@@ -9,7 +9,7 @@ use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
 use crate::cycle::runner::{CycleError, DiskSpec, Limits, Runner};
 use crate::lock::LockError;
-use crate::model::{tags, Clock, SnapshotId, SystemClock};
+use crate::model::{Clock, SnapshotId, SystemClock};
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
 use crate::state::{StateError, StateStore};
@@ -385,10 +385,7 @@ impl App {
             .into_iter()
             .zip(plan)
             .map(|(s, d)| RestorePoint {
-                // `restore_points` lists only snapshots that record their source.
-                source_snapshot: tags::source_of(&s.metadata)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
+                source_snapshot: s.source.to_string(),
                 snapshot: s.snapshot,
                 size: s.size,
                 kept_by: d

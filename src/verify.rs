@@ -13,7 +13,6 @@
 
 use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
-use crate::model::tags::{self, SOURCE_SNAPSHOT_NAME};
 use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -30,11 +29,6 @@ pub enum VerifyError {
     NoRestorePoints { disk: String },
     #[error("disk {disk} has no restore point {snapshot}")]
     UnknownRestorePoint { disk: String, snapshot: String },
-    #[error(
-        "disk {disk}: restore point {snapshot} records no source snapshot \
-         ({SOURCE_SNAPSHOT_NAME} metadata), so there is nothing to compare it with"
-    )]
-    NoSourceSnapshot { disk: String, snapshot: String },
     #[error(
         "disk {disk}: cannot verify restore point {snapshot}: its source snapshot {source_snapshot} \
          of {source_blob} no longer exists (only the newest restore point's source snapshot is kept)"
@@ -269,16 +263,11 @@ pub async fn verify(
             disk: disk.name.clone(),
         })?,
     };
-    let source_snapshot =
-        tags::source_of(&point.metadata).ok_or_else(|| VerifyError::NoSourceSnapshot {
-            disk: disk.name.clone(),
-            snapshot: point.snapshot.clone(),
-        })?;
     compare(
         blobs,
         &disk.name,
         (&backup, &point.snapshot),
-        (&source, source_snapshot.as_str()),
+        (&source, point.source.as_str()),
         disk.concurrency,
     )
     .await
