@@ -294,8 +294,8 @@ pub enum Action {
     },
     /// Start Copy Blob of `source` over the backup base.
     StartCopy { source: SnapshotId },
-    /// Wait for the copy `copy_id` to finish.
-    AwaitCopy { copy_id: String },
+    /// Wait for the copy `copy_id` of `source` to finish.
+    AwaitCopy { source: SnapshotId, copy_id: String },
     /// Find the backup snapshot tagged with this cycle, or take one recording `source`.
     TakeBackupSnapshot { source: SnapshotId },
     /// Delete every tagged source snapshot of the disk except `keep`.
@@ -372,8 +372,11 @@ pub fn next_action(rec: &CycleRecord) -> Option<Action> {
             from: *applied_upto,
         },
         Phase::Copy {
-            copy_id: Some(id), ..
+            source,
+            copy_id: Some(id),
+            ..
         } => Action::AwaitCopy {
+            source: source.clone(),
             copy_id: id.clone(),
         },
         Phase::Copy { source, .. } => Action::StartCopy {
@@ -646,6 +649,7 @@ mod tests {
         assert_eq!(
             next_action(&r),
             Some(Action::AwaitCopy {
+                source: id("S1"),
                 copy_id: "c".into()
             })
         );

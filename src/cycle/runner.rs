@@ -305,7 +305,9 @@ impl<'a> Runner<'a> {
                 from,
             } => return self.apply(rec, &source, base.as_ref(), size, from).await,
             Action::StartCopy { source } => self.start_copy(rec, &source).await,
-            Action::AwaitCopy { copy_id } => return self.await_copy(rec, &copy_id).await,
+            Action::AwaitCopy { source, copy_id } => {
+                return self.await_copy(rec, &source, &copy_id).await
+            }
             Action::TakeBackupSnapshot { source } => self.take_backup_snapshot(rec, &source).await,
             Action::PruneSource { keep } => self.prune_source(rec, &keep).await,
         };
@@ -684,11 +686,17 @@ impl<'a> Runner<'a> {
         // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
         // of the backup) would inherit them and pass for one of our restore points.
         let meta = tags::backup_base(&rec.disk);
-        match self
+        let started = self
             .blobs
             .start_copy(backup, &blob, Some(s.as_str()), &meta)
-            .await
-        {
+            .await;
+        if started.is_err() {
+            // No copy reads S(n): end the access granted for it.
+            if let Err(e) = source.revoke_read(snapshot).await {
+                tracing::warn!(disk = %rec.disk, error = %e, "could not revoke the backup service's read access");
+            }
+        }
+        match started {
             Ok(copy_id) => Ok(Outcome::CopyStarted { copy_id }),
             Err(e) if e.is_not_found() && e.concerns(&source.snapshot_resource(snapshot)) => {
                 Ok(Outcome::SourceSnapshotGone)
@@ -698,7 +706,12 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn await_copy(&self, rec: &CycleRecord, copy_id: &str) -> Result<Outcome, CycleError> {
+    async fn await_copy(
+        &self,
+        rec: &CycleRecord,
+        snapshot: &SnapshotId,
+        copy_id: &str,
+    ) -> Result<Outcome, CycleError> {
         let backup = &self.disk.backup;
         let progress = |copied, total| {
             tracing::info!(disk = %rec.disk, copied, total, "seed copy in progress");
@@ -713,18 +726,24 @@ impl<'a> Runner<'a> {
         )
         .await
         .map_err(|e| self.blob_err(e))?;
-        let reason = match end {
+        let end = match end {
             CopyWait::Stopped => {
                 return Err(CycleError::Interrupted {
                     disk: rec.disk.clone(),
                     phase: PhaseName::Copy,
                 })
             }
-            CopyWait::Ended(copy::CopyEnd::Success) => return Ok(Outcome::CopyDone),
-            CopyWait::Ended(copy::CopyEnd::Gone) => {
-                format!("copy {copy_id} to {backup} is no longer there")
-            }
-            CopyWait::Ended(copy::CopyEnd::Failed(r) | copy::CopyEnd::Aborted(r)) => r,
+            CopyWait::Ended(end) => end,
+        };
+        // The copy no longer reads S(n): end the access `start_copy` granted (a retry grants
+        // it again).
+        if let Err(e) = self.source().revoke_read(snapshot).await {
+            tracing::warn!(disk = %rec.disk, error = %e, "could not revoke the backup service's read access");
+        }
+        let reason = match end {
+            copy::CopyEnd::Success => return Ok(Outcome::CopyDone),
+            copy::CopyEnd::Gone => format!("copy {copy_id} to {backup} is no longer there"),
+            copy::CopyEnd::Failed(r) | copy::CopyEnd::Aborted(r) => r,
         };
         tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
         Ok(Outcome::CopyFailed { reason })
