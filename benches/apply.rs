@@ -23,19 +23,20 @@ use async_trait::async_trait;
 use azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use snapback::app::{disk_spec, App};
 use snapback::azure::AzureBlobs;
 use snapback::blobs::{
     BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, PageList, PageListQuery, SnapshotInfo,
 };
 use snapback::config::Config;
-use snapback::cycle::machine::Phase;
-use snapback::cycle::runner::{Limits, Runner, SystemClock};
+use snapback::cycle::machine::PhaseName;
+use snapback::cycle::runner::{Limits, Runner};
 use snapback::fake::MemBlobs;
+use snapback::model::SystemClock;
 use snapback::pages::{
     coalesce, plan_reads, Batch, ByteRange, PageItem, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
     PAGE_SIZE,
 };
+use snapback::service::{disk_spec, App};
 use snapback::state::StateStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -334,7 +335,7 @@ async fn azurite_scenario() {
     let mut rec = runner.open_or_resume().unwrap();
     let mut apply = (0.0, 0.0, 0.0);
     loop {
-        let in_apply = rec.phase == Phase::Apply;
+        let in_apply = rec.phase.name() == PhaseName::Apply;
         let m = Meter::start();
         let more = runner.step(&mut rec).await.unwrap();
         if in_apply {

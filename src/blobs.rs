@@ -7,35 +7,9 @@
 use crate::pages::{ByteRange, PageItem};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::BTreeMap;
-use std::fmt;
 
-/// A page blob: account (the config's `[accounts.NAME]` key), container and blob name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobRef {
-    pub account: String,
-    pub container: String,
-    pub blob: String,
-}
-
-impl BlobRef {
-    pub fn new(account: &str, container: &str, blob: &str) -> Self {
-        BlobRef {
-            account: account.to_string(),
-            container: container.to_string(),
-            blob: blob.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for BlobRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.account, self.container, self.blob)
-    }
-}
-
-/// Metadata as Azure stores it (`x-ms-meta-*`), names lower-cased.
-pub type Metadata = BTreeMap<String, String>;
+pub use crate::blob_error::{BlobError, BlobResult, ErrorKind, Resource};
+pub use crate::model::{BlobRef, Metadata};
 
 /// State of an asynchronous Copy Blob, as reported on the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,67 +60,6 @@ pub struct PageListQuery<'a> {
     pub marker: Option<&'a str>,
     pub max_results: Option<u32>,
 }
-
-/// Errors of the blob layer. Each names the blob (and snapshot) it concerns, so a log line
-/// is enough to act on.
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    #[error("{what} not found ({code})")]
-    NotFound { what: String, code: String },
-    #[error("the diff base snapshot {snapshot} of {blob} no longer exists")]
-    PreviousSnapshotGone { blob: String, snapshot: String },
-    #[error(
-        "authentication failed for account '{account}' ({status} {code}): check its key, SAS \
-         token or identity"
-    )]
-    Auth {
-        account: String,
-        status: u16,
-        code: String,
-    },
-    #[error("{what} already exists")]
-    AlreadyExists { what: String },
-    #[error("{what}: {status} {code}: {message}")]
-    Service {
-        what: String,
-        status: u16,
-        code: String,
-        message: String,
-    },
-    #[error("{what}: {message}")]
-    Transport { what: String, message: String },
-    /// The storage service cannot be given read access to this Copy Blob source (a
-    /// managed-identity account cannot mint a SAS); the caller copies through itself instead.
-    #[error("{what}: {reason}")]
-    CopySourceUnreadable { what: String, reason: String },
-    #[error("{0}")]
-    Config(String),
-}
-
-impl BlobError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, BlobError::NotFound { .. })
-    }
-
-    /// The service (or the account setup) refuses server-side copy: Put Page From URL is not
-    /// implemented (501), the source is not readable by the destination service (401/403,
-    /// `CannotVerifyCopySource`), the feature is off (409 `FeatureNotSupported`), or no SAS can
-    /// be minted for the source. `copy_mode = "auto"` then falls back to client copy.
-    pub fn refuses_server_copy(&self) -> bool {
-        match self {
-            BlobError::Auth { .. } | BlobError::Config(_) => true,
-            BlobError::Service { status, code, .. } => {
-                matches!(status, 400 | 401 | 403 | 405 | 501)
-                    || code.contains("FeatureNotSupported")
-                    || code.contains("CannotVerifyCopySource")
-                    || code.contains("NotImplemented")
-            }
-            _ => false,
-        }
-    }
-}
-
-pub type BlobResult<T> = Result<T, BlobError>;
 
 /// The page-blob operations a backup cycle needs. Implementations retry transient failures
 /// themselves; an error returned here is final for this attempt.

@@ -12,7 +12,7 @@
 //! assign to a managed identity, the letter a SAS lacks, or the key that is refused.
 
 use crate::azure::AzureBlobs;
-use crate::blobs::{BlobError, BlobRef, Metadata, PageBlobs, PageListQuery};
+use crate::blobs::{BlobError, BlobRef, ErrorKind, Metadata, PageBlobs, PageListQuery, Resource};
 use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
 use crate::pages::{ByteRange, PAGE_SIZE};
 use bytes::Bytes;
@@ -216,14 +216,20 @@ fn missing_for(op: Operation, account: Option<&AccountConfig>, e: &BlobError) ->
         return String::new();
     };
     let name = &account.account_name;
-    match e {
-        BlobError::Auth { code, .. } => match &account.auth {
+    let code = e.code.as_deref().unwrap_or("");
+    match e.kind {
+        ErrorKind::Auth => match &account.auth {
             AuthConfig::SharedKeyEnv(_) | AuthConfig::SharedKeyFile(_) => format!(
                 "use a valid key of storage account '{name}' in {} (the service refused the signature: {code})",
                 secret_source(&account.auth)
             ),
             AuthConfig::SasTokenEnv(_) | AuthConfig::SasTokenFile(_) => {
-                if code.contains("PermissionMismatch") || code.contains("AuthorizationFailure") {
+                if matches!(
+                    code,
+                    "AuthorizationPermissionMismatch"
+                        | "AuthorizationResourceTypeMismatch"
+                        | "AuthorizationFailure"
+                ) {
                     format!(
                         "the SAS in {} lacks '{}' (or does not cover this container) for account '{name}': issue one with it",
                         secret_source(&account.auth),
@@ -245,8 +251,8 @@ fn missing_for(op: Operation, account: Option<&AccountConfig>, e: &BlobError) ->
                 }
             ),
         },
-        BlobError::Config(_) => format!("provide the secret of account '{}'", account.key),
-        BlobError::NotFound { .. } if op == Operation::SourceRead => {
+        ErrorKind::Unusable => format!("provide the secret of account '{}'", account.key),
+        ErrorKind::NotFound if op == Operation::SourceRead => {
             "check the disk's source path: the blob does not exist".into()
         }
         _ => String::new(),
@@ -271,8 +277,8 @@ struct Scratch {
 }
 
 async fn check_disk(blobs: &AzureBlobs, config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
-    let source = crate::app::blob_ref(&disk.source);
-    let backup = crate::app::blob_ref(&disk.backup);
+    let source = disk.source.clone();
+    let backup = disk.backup.clone();
     let id = format!("{:08x}", rand::random::<u32>());
     let scratch = BlobRef::new(
         &backup.account,
@@ -301,9 +307,12 @@ async fn run_source(
 ) {
     use Operation::*;
     let props = blobs.properties(source, None).await.and_then(|p| {
-        p.ok_or_else(|| BlobError::NotFound {
-            what: source.to_string(),
-            code: "BlobNotFound".into(),
+        p.ok_or_else(|| {
+            BlobError::local(
+                ErrorKind::NotFound,
+                Resource::blob(source),
+                "get properties",
+            )
         })
     });
     let Some(props) = cx.record(SourceRead, source, props) else {
@@ -341,12 +350,12 @@ async fn run_source(
         if list.iter().any(|s| s.snapshot == first) {
             Ok(())
         } else {
-            Err(BlobError::Service {
-                what: format!("list snapshots of {source}"),
-                status: 200,
-                code: "SnapshotNotListed".into(),
-                message: format!("the new snapshot {first} is not in the list"),
-            })
+            Err(BlobError::bad_response(
+                Resource::blob(source),
+                200,
+                "SnapshotNotListed",
+                format!("list snapshots: the new snapshot {first} is not in the list"),
+            ))
         }
     });
     cx.record(SourceList, source, listed);
@@ -541,12 +550,11 @@ async fn cleanup(
     }
     if !made.source_snapshots.is_empty() {
         let r = if source_failed {
-            Err(BlobError::Service {
-                what: format!("delete snapshots of {source}"),
-                status: 0,
-                code: "NotDeleted".into(),
-                message: "see the clean-up row".into(),
-            })
+            Err(BlobError::local(
+                ErrorKind::Conflict,
+                Resource::blob(source),
+                "delete snapshots: not all were deleted, see the clean-up row",
+            ))
         } else {
             Ok(())
         };
@@ -622,11 +630,12 @@ mod tests {
     }
 
     fn denied(code: &str) -> BlobError {
-        BlobError::Auth {
-            account: "bk".into(),
-            status: 403,
-            code: code.into(),
-        }
+        BlobError::service(
+            Resource::Account("bk".into()),
+            403,
+            Some(code.into()),
+            "put page".into(),
+        )
     }
 
     #[test]

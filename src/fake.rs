@@ -5,8 +5,8 @@
 //! behaviour is tested for real against Azurite in `tests/`.
 
 use crate::blobs::{
-    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, Metadata, PageBlobs, PageList,
-    PageListQuery, SnapshotInfo,
+    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, ErrorKind, Metadata, PageBlobs,
+    PageList, PageListQuery, Resource, SnapshotInfo,
 };
 use crate::pages::{ByteRange, PageItem, MAX_PUT_BYTES, PAGE_SIZE};
 use async_trait::async_trait;
@@ -111,10 +111,11 @@ impl MemBlobs {
     fn gate(&self) -> BlobResult<MutexGuard<'_, Inner>> {
         let mut g = self.lock();
         match g.fail_after {
-            Some(0) => Err(BlobError::Transport {
-                what: "fake".into(),
-                message: "injected failure".into(),
-            }),
+            Some(0) => Err(BlobError::local(
+                ErrorKind::Transient,
+                Resource::Account("fake".into()),
+                "injected failure",
+            )),
             Some(n) => {
                 g.fail_after = Some(n - 1);
                 Ok(g)
@@ -188,12 +189,12 @@ fn image<'g>(g: &'g Inner, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult
     let b = g
         .blobs
         .get(blob)
-        .ok_or_else(|| not_found(blob.to_string()))?;
+        .ok_or_else(|| not_found(Resource::of(blob, snapshot)))?;
     match snapshot {
         Some(s) => b
             .snapshots
             .get(s)
-            .ok_or_else(|| not_found(format!("{blob} snapshot {s}"))),
+            .ok_or_else(|| not_found(Resource::of(blob, snapshot))),
         None => Ok(&b.image),
     }
 }
@@ -202,14 +203,11 @@ fn image<'g>(g: &'g Inner, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult
 fn blob_mut<'g>(g: &'g mut Inner, blob: &BlobRef) -> BlobResult<&'g mut Blob> {
     g.blobs
         .get_mut(blob)
-        .ok_or_else(|| not_found(blob.to_string()))
+        .ok_or_else(|| not_found(Resource::blob(blob)))
 }
 
-fn not_found(what: String) -> BlobError {
-    BlobError::NotFound {
-        what,
-        code: "BlobNotFound".into(),
-    }
+fn not_found(resource: Resource) -> BlobError {
+    BlobError::service(resource, 404, Some("BlobNotFound".into()), String::new())
 }
 
 /// Pages of `new` that differ from `old` (by write), and pages only `old` has, merged into
@@ -328,14 +326,14 @@ impl PageBlobs for MemBlobs {
         let g = self.gate()?;
         let new = image(&g, blob, q.snapshot)?;
         let old = match q.prev_snapshot {
-            Some(p) => {
-                Some(
-                    image(&g, blob, Some(p)).map_err(|_| BlobError::PreviousSnapshotGone {
-                        blob: blob.to_string(),
-                        snapshot: p.to_string(),
-                    })?,
+            Some(p) => Some(image(&g, blob, Some(p)).map_err(|_| {
+                BlobError::service(
+                    Resource::of(blob, Some(p)),
+                    409,
+                    Some("PreviousSnapshotNotFound".into()),
+                    String::new(),
                 )
-            }
+            })?),
             None => None,
         };
         let mut items = diff_items(new, old);
@@ -373,12 +371,12 @@ impl PageBlobs for MemBlobs {
         let b = blob_mut(&mut g, blob)?;
         let r = ByteRange::new(offset, offset + data.len() as u64);
         if !r.is_page_aligned() || r.len() > MAX_PUT_BYTES || r.end > b.image.size {
-            return Err(BlobError::Service {
-                what: format!("put {blob} {r}"),
-                status: 416,
-                code: "InvalidPageRange".into(),
-                message: "misaligned, too large or beyond the blob".into(),
-            });
+            return Err(BlobError::service(
+                Resource::blob(blob),
+                416,
+                Some("InvalidPageRange".into()),
+                format!("put {r}: misaligned, too large or beyond the blob"),
+            ));
         }
         write_pages(&mut b.image, offset, &data, id);
         b.etag = id;
@@ -394,23 +392,35 @@ impl PageBlobs for MemBlobs {
         source_offset: u64,
     ) -> BlobResult<String> {
         if self.refuse_server_copy {
-            return Err(BlobError::Service {
-                what: format!("put {dest} {range} from {source}"),
-                status: 501,
-                code: "NotImplemented".into(),
-                message: "Put Page From URL is not implemented".into(),
-            });
+            return Err(BlobError::service(
+                Resource::blob(dest),
+                501,
+                Some("NotImplemented".into()),
+                "Put Page From URL is not implemented".into(),
+            ));
         }
         if range.len() > MAX_PUT_BYTES || !range.is_page_aligned() {
-            return Err(BlobError::Service {
-                what: format!("put {dest} {range} from {source}"),
-                status: 416,
-                code: "InvalidPageRange".into(),
-                message: "misaligned or too large".into(),
-            });
+            return Err(BlobError::service(
+                Resource::blob(dest),
+                416,
+                Some("InvalidPageRange".into()),
+                format!("put {range}: misaligned or too large"),
+            ));
         }
         let src = ByteRange::new(source_offset, source_offset + range.len());
-        let data = self.read(source, source_snapshot, src).await?;
+        // As on Azure, a source the service cannot read is reported with
+        // CannotVerifyCopySource, a missing destination with BlobNotFound.
+        let data = match self.read(source, source_snapshot, src).await {
+            Err(e) if e.is_not_found() => {
+                return Err(BlobError::service(
+                    *e.resource,
+                    404,
+                    Some("CannotVerifyCopySource".into()),
+                    String::new(),
+                ))
+            }
+            r => r?,
+        };
         self.put_pages(dest, range.start, data).await
     }
 
@@ -470,10 +480,11 @@ impl PageBlobs for MemBlobs {
         metadata: &Metadata,
     ) -> BlobResult<String> {
         if self.refuse_copy {
-            return Err(BlobError::CopySourceUnreadable {
-                what: source.to_string(),
-                reason: "the fake refuses copies".into(),
-            });
+            return Err(BlobError::local(
+                ErrorKind::NoReadAccess,
+                Resource::of(source, snap),
+                "the fake refuses copies",
+            ));
         }
         let id = self.tick();
         let mut g = self.gate()?;
@@ -526,13 +537,12 @@ impl PageBlobs for MemBlobs {
         let mut g = self.gate()?;
         if let Some(b) = g.blobs.get(blob) {
             if !b.snapshots.is_empty() {
-                return Err(BlobError::Service {
-                    what: format!("delete {blob}"),
-                    status: 409,
-                    code: "SnapshotsPresent".into(),
-                    message: "This operation is not permitted because the blob has snapshots."
-                        .into(),
-                });
+                return Err(BlobError::service(
+                    Resource::blob(blob),
+                    409,
+                    Some("SnapshotsPresent".into()),
+                    "This operation is not permitted because the blob has snapshots.".into(),
+                ));
             }
         }
         g.blobs.remove(blob);

@@ -7,7 +7,7 @@
 
 use crate::config::Hooks;
 use crate::cycle::machine::CycleRecord;
-use crate::cycle::runner::{kind_label, CycleError};
+use crate::cycle::runner::CycleError;
 use serde::Serialize;
 use std::process::Stdio;
 use std::time::Duration;
@@ -46,17 +46,20 @@ impl HookEvent {
         result: &Result<CycleRecord, CycleError>,
     ) -> HookEvent {
         match result {
-            Ok(rec) => HookEvent {
-                event: "success",
-                disk: disk.to_string(),
-                kind: Some(kind_label(rec.kind)),
-                restore_point: rec.backup_snapshot.clone(),
-                source_snapshot: rec.source_snapshot.clone(),
-                bytes_written: rec.stats.bytes_written,
-                bytes_cleared: rec.stats.bytes_cleared,
-                duration_seconds: seconds,
-                error: None,
-            },
+            Ok(rec) => {
+                let point = rec.phase.restore_point();
+                HookEvent {
+                    event: "success",
+                    disk: disk.to_string(),
+                    kind: Some(rec.kind.label()),
+                    restore_point: point.map(|(b, _)| b.to_string()),
+                    source_snapshot: point.map(|(_, s)| s.to_string()),
+                    bytes_written: rec.stats.bytes_written,
+                    bytes_cleared: rec.stats.bytes_cleared,
+                    duration_seconds: seconds,
+                    error: None,
+                }
+            }
             Err(e) => HookEvent {
                 event: "failure",
                 disk: disk.to_string(),

@@ -3,11 +3,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use snapback::app::{App, AppError, DiskStatus, RestorePoint};
 use snapback::blobs::BlobRef;
-use snapback::config::{BlobPath, DiskConfig};
+use snapback::config::DiskConfig;
 use snapback::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use snapback::restore::{PointSelector, Rebase, RestoreRequest};
+use snapback::service::{App, AppError, DiskStatus, RestorePoint};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -168,15 +168,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Err(errors) = snapback::daemon::schedule::validate(&config.disks) {
-        for e in errors {
-            eprintln!(
-                "snapback: invalid configuration:\n{}: {e}",
-                config.path.display()
-            );
-        }
-        return ExitCode::from(EXIT_USAGE);
-    }
     init_logging(&cli, &config);
     if let Command::CheckConfig = cli.command {
         println!(
@@ -271,7 +262,9 @@ async fn backup(app: &App, disks: &[String]) -> anyhow::Result<ExitCode> {
                     "{}: ok in {:.1}s, restore point {} ({} bytes written, {} cleared, {} ranges, {} requests)",
                     r.disk,
                     r.seconds,
-                    rec.backup_snapshot.as_deref().unwrap_or("?"),
+                    rec.phase
+                        .restore_point()
+                        .map_or("?", |(b, _)| b.as_str()),
                     rec.stats.bytes_written,
                     rec.stats.bytes_cleared,
                     rec.stats.ranges,
@@ -393,9 +386,7 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
     let point = match (snapshot, at) {
         (Some(s), _) => PointSelector::Snapshot(s),
         (None, Some(at)) => {
-            let parsed = snapback::retention::disk_tz(&disk)
-                .map_err(|e| e.to_string())
-                .and_then(|tz| snapback::restore::parse_time(&at, &tz));
+            let parsed = snapback::restore::parse_time(&at, &disk.tz);
             match parsed {
                 Ok(t) => PointSelector::At(t),
                 Err(e) => {
@@ -412,8 +403,8 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let target = match to.parse::<BlobPath>() {
-        Ok(p) => BlobRef::new(&p.account, &p.container, &p.blob),
+    let target = match to.parse::<BlobRef>() {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("snapback: --to: {e}");
             return Ok(ExitCode::from(EXIT_USAGE));

@@ -16,27 +16,20 @@
 //! deleted. An existing target is never overwritten without `force`, and the check happens
 //! before anything is written.
 
-use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs};
+use crate::blobs::{BlobError, BlobRef, CopyStatus, ErrorKind, Metadata, PageBlobs, Resource};
 use crate::config::DiskConfig;
-use crate::cycle::machine::{CycleKind, CycleRecord, Phase};
+use crate::copy::{self, CopyEnd, CopyWait};
+use crate::cycle::machine::CycleRecord;
 use crate::cycle::progress::Progress;
-use crate::cycle::runner::{TAG_CYCLE, TAG_DISK, TAG_SOURCE_SNAPSHOT};
-use crate::retention::{format_timestamp, parse_timestamp, Timestamp};
+use crate::model::tags::{self, RestoreState};
+use crate::model::{format_timestamp, parse_timestamp, SnapshotId, Timestamp};
+use crate::source::{PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// Metadata on blobs a restore writes: `in-progress`, then `promoted` or `complete`.
-pub const TAG_RESTORE: &str = "snapback_restore";
-/// `<disk>@<restore point>` the blob was restored from.
-pub const TAG_RESTORED_FROM: &str = "snapback_restored_from";
-
-pub const RESTORE_IN_PROGRESS: &str = "in-progress";
-pub const RESTORE_PROMOTED: &str = "promoted";
-pub const RESTORE_COMPLETE: &str = "complete";
 
 /// Which restore point to restore.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,19 +157,14 @@ struct Chosen {
     size: u64,
 }
 
-/// Checks a disk name as the config does: 1-63 characters from A-Z a-z 0-9 . _ -.
+/// Checks a disk name by the config's rule ([`crate::model::valid_simple_name`]).
 pub fn check_disk_name(name: &str) -> Result<(), RestoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::model::valid_simple_name(name) {
         Ok(())
     } else {
         Err(RestoreError::BadName {
             name: name.to_string(),
-            reason: "use 1-63 characters from A-Z a-z 0-9 . _ -".into(),
+            reason: crate::model::SIMPLE_NAME_RULE.into(),
         })
     }
 }
@@ -200,7 +188,7 @@ impl<'a> Restorer<'a> {
     }
 
     fn backup(&self) -> BlobRef {
-        crate::app::blob_ref(&self.disk.backup)
+        self.disk.backup.clone()
     }
 
     async fn choose(&self, sel: &PointSelector) -> Result<Chosen, RestoreError> {
@@ -212,11 +200,7 @@ impl<'a> Restorer<'a> {
             )))?
             .into_iter()
             .map(|s| Chosen {
-                source_snapshot: s
-                    .metadata
-                    .get(TAG_SOURCE_SNAPSHOT)
-                    .cloned()
-                    .unwrap_or_default(),
+                source_snapshot: s.source.to_string(),
                 snapshot: s.snapshot,
                 size: s.size,
             })
@@ -267,8 +251,8 @@ impl<'a> Restorer<'a> {
             .map_err(blob_err(format!("check target {}", req.target)))?;
         if let Some(p) = existing {
             if !req.force {
-                let detail = match p.metadata.get(TAG_RESTORE).map(String::as_str) {
-                    Some(RESTORE_IN_PROGRESS) => {
+                let detail = match tags::restore_state(&p.metadata) {
+                    Some(RestoreState::InProgress) => {
                         " (an unfinished restore left by an interrupted run)".to_string()
                     }
                     _ => format!(" ({} bytes)", p.size),
@@ -286,7 +270,6 @@ impl<'a> Restorer<'a> {
     pub async fn restore(&self, req: &RestoreRequest) -> Result<RestoreReport, RestoreError> {
         let chosen = self.preflight(req).await?;
         let backup = self.backup();
-        let from = format!("{}@{}", self.disk.name, chosen.snapshot);
         let promoted = BlobRef {
             blob: format!("{}.restore-{}", backup.blob, compact_time(self.now)),
             ..backup.clone()
@@ -307,28 +290,22 @@ impl<'a> Restorer<'a> {
 
         // 1. Promote.
         let started = Instant::now();
-        let meta = |state: &str| {
-            Metadata::from([
-                (TAG_RESTORE.to_string(), state.to_string()),
-                (TAG_RESTORED_FROM.to_string(), from.clone()),
-            ])
-        };
+        let point = SnapshotId::new(chosen.snapshot.clone());
+        let meta = |state| tags::restored(state, &self.disk.name, &point, None);
         self.copy(
             "promote",
             &promoted,
             &backup,
             Some(&chosen.snapshot),
-            &meta(RESTORE_IN_PROGRESS),
+            &meta(RestoreState::InProgress),
         )
         .await?;
-        let promoted_meta = {
-            let mut m = meta(RESTORE_PROMOTED);
-            m.insert(
-                TAG_SOURCE_SNAPSHOT.to_string(),
-                chosen.source_snapshot.clone(),
-            );
-            m
-        };
+        let promoted_meta = tags::restored(
+            RestoreState::Promoted,
+            &self.disk.name,
+            &point,
+            Some(&SnapshotId::new(chosen.source_snapshot.clone())),
+        );
         if let Err(e) = self.blobs.set_metadata(&promoted, &promoted_meta).await {
             self.remove(&promoted, None).await;
             return Err(blob_err(format!("tag {promoted}"))(e));
@@ -363,11 +340,11 @@ impl<'a> Restorer<'a> {
                 &req.target,
                 &promoted,
                 None,
-                &meta(RESTORE_IN_PROGRESS),
+                &meta(RestoreState::InProgress),
             )
             .await?;
             self.blobs
-                .set_metadata(&req.target, &meta(RESTORE_COMPLETE))
+                .set_metadata(&req.target, &meta(RestoreState::Complete))
                 .await
                 .map_err(blob_err(format!("tag {}", req.target)))
         }
@@ -425,56 +402,52 @@ impl<'a> Restorer<'a> {
             .start_copy(dest, source, snapshot, metadata)
             .await
             .map_err(blob_err(format!("copy {source_label} to {dest}")))?;
-        let mut wait = self.poll.0;
-        loop {
-            let props = match self.blobs.properties(dest, None).await {
-                Ok(p) => p,
+        let progress = |copied: u64, total: u64| {
+            let pct = (copied * 100).checked_div(total).unwrap_or(0);
+            tracing::info!(dest = %dest, copied, total, "copy {pct}% done");
+            if let Some(p) = &self.progress {
+                p.report(work, copied, total);
+            }
+        };
+        let end =
+            match copy::wait(self.blobs, dest, &copy_id, self.poll, &self.stop, progress).await {
+                Ok(end) => end,
                 Err(e) => {
                     self.remove(dest, Some(&copy_id)).await;
                     return Err(blob_err(format!("status of the copy to {dest}"))(e));
                 }
             };
-            let failed = |status: String| RestoreError::CopyFailed {
-                source_blob: source_label.clone(),
-                dest: dest.to_string(),
-                copy_id: copy_id.clone(),
-                status,
-            };
-            match props.and_then(|p| p.copy) {
-                Some((id, CopyStatus::Success)) if id == copy_id => {
-                    if let Some(p) = &self.progress {
-                        p.complete();
-                    }
-                    return Ok(());
+        let failed = |status: String| RestoreError::CopyFailed {
+            source_blob: source_label.clone(),
+            dest: dest.to_string(),
+            copy_id: copy_id.clone(),
+            status,
+        };
+        match end {
+            CopyWait::Ended(CopyEnd::Success) => {
+                if let Some(p) = &self.progress {
+                    p.complete();
                 }
-                Some((id, CopyStatus::Pending { copied, total })) if id == copy_id => {
-                    let pct = (copied * 100).checked_div(total).unwrap_or(0);
-                    tracing::info!(dest = %dest, copied, total, "copy {pct}% done");
-                    if let Some(p) = &self.progress {
-                        p.report(work, copied, total);
-                    }
-                }
-                Some((id, CopyStatus::Failed(why))) if id == copy_id => {
-                    self.remove(dest, None).await;
-                    return Err(failed(format!("failed: {why}")));
-                }
-                Some((id, CopyStatus::Aborted(why))) if id == copy_id => {
-                    self.remove(dest, None).await;
-                    return Err(failed(format!("was aborted: {why}")));
-                }
-                _ => {
-                    self.remove(dest, Some(&copy_id)).await;
-                    return Err(failed("is no longer reported on the destination".into()));
-                }
+                Ok(())
             }
-            tokio::select! {
-                _ = self.stop.cancelled() => {
-                    self.remove(dest, Some(&copy_id)).await;
-                    return Err(RestoreError::Interrupted { dest: dest.to_string() });
-                }
-                _ = tokio::time::sleep(wait) => {}
+            CopyWait::Ended(CopyEnd::Failed(why)) => {
+                self.remove(dest, None).await;
+                Err(failed(format!("failed: {why}")))
             }
-            wait = (wait * 2).min(self.poll.1);
+            CopyWait::Ended(CopyEnd::Aborted(why)) => {
+                self.remove(dest, None).await;
+                Err(failed(format!("was aborted: {why}")))
+            }
+            CopyWait::Ended(CopyEnd::Gone) => {
+                self.remove(dest, Some(&copy_id)).await;
+                Err(failed("is no longer reported on the destination".into()))
+            }
+            CopyWait::Stopped => {
+                self.remove(dest, Some(&copy_id)).await;
+                Err(RestoreError::Interrupted {
+                    dest: dest.to_string(),
+                })
+            }
         }
     }
 
@@ -500,55 +473,52 @@ impl<'a> Restorer<'a> {
         promoted: &BlobRef,
     ) -> Result<RebasedChain, RestoreError> {
         let tag = format!("rebase{:010x}", rand::random::<u64>() >> 24);
-        let mut meta = Metadata::from([
-            (TAG_DISK.to_string(), rb.name.clone()),
-            (TAG_CYCLE.to_string(), tag.clone()),
-        ]);
-        let s0 = self
-            .blobs
-            .create_snapshot(target, &meta)
+        // The restored disk is the new chain's source: S(0) is taken as a cycle would.
+        let s0 = PageBlobSource::new(self.blobs, target)
+            .take_snapshot(&rb.name, &tag)
             .await
             .map_err(blob_err(format!(
                 "first snapshot of the restored disk {target}"
-            )))?;
-        let size = self
-            .blobs
-            .properties(target, Some(&s0))
-            .await
-            .map_err(blob_err(format!("{target} snapshot {s0}")))?
-            .map(|p| p.size)
-            .unwrap_or_default();
-        meta.insert(TAG_SOURCE_SNAPSHOT.to_string(), s0.clone());
+            )))?
+            .id;
         let b0 = self
             .blobs
-            .create_snapshot(promoted, &meta)
+            .create_snapshot(promoted, &tags::restore_point(&rb.name, &tag, &s0))
             .await
             .map_err(blob_err(format!("first restore point of {promoted}")))?;
         let etag = self
             .blobs
             .properties(promoted, None)
             .await
+            .and_then(|p| {
+                p.ok_or_else(|| {
+                    BlobError::local(
+                        ErrorKind::NotFound,
+                        Resource::blob(promoted),
+                        "the promoted blob vanished right after its snapshot was taken",
+                    )
+                })
+            })
             .map_err(blob_err(format!("properties of {promoted}")))?
-            .map(|p| p.etag)
-            .unwrap_or_default();
-        let mut rec = CycleRecord::new(&rb.name, tag, None, None, self.now);
-        rec.kind = CycleKind::Seed;
-        rec.phase = Phase::Done;
-        rec.source_snapshot = Some(s0.clone());
-        rec.source_size = size;
-        rec.applied_upto = size;
-        rec.backup_snapshot = Some(b0.clone());
-        rec.backup_etag = Some(etag);
-        rec.repair_reason = Some(format!("started by restore of {}", self.disk.name));
-        rec.finished_at = Some(self.now);
+            .etag;
+        let b0 = SnapshotId::new(b0);
+        let rec = CycleRecord::rebased(
+            &rb.name,
+            tag,
+            s0.clone(),
+            b0.clone(),
+            etag,
+            format!("started by restore of {}", self.disk.name),
+            self.now,
+        );
         self.store
             .start_chain(&rec, &target.to_string(), &promoted.to_string(), self.now)?;
         Ok(RebasedChain {
             name: rb.name.clone(),
             source: target.clone(),
             backup: promoted.clone(),
-            source_snapshot: s0,
-            restore_point: b0,
+            source_snapshot: s0.as_str().to_string(),
+            restore_point: b0.as_str().to_string(),
         })
     }
 }
@@ -708,25 +678,19 @@ mod tests {
         let cfg = crate::config::Config::parse(CONFIG, std::path::Path::new("t.toml")).unwrap();
         let disk = cfg.disks[0].clone();
         let blobs = MemBlobs::new();
-        let (src, bk) = (
-            crate::app::blob_ref(&disk.source),
-            crate::app::blob_ref(&disk.backup),
-        );
+        let (src, bk) = (disk.source.clone(), disk.backup.clone());
         let mut points = Vec::new();
         for i in 0..3u8 {
             blobs.write(&src, u64::from(i) * 4096, &[i + 1; 4096]);
             blobs.write(&bk, u64::from(i) * 4096, &[i + 1; 4096]);
             let s = blobs
-                .create_snapshot(&src, &Metadata::from([(TAG_DISK.into(), "d1".into())]))
+                .create_snapshot(&src, &tags::source_snapshot("d1", "c"))
                 .await
                 .unwrap();
             let b = blobs
                 .create_snapshot(
                     &bk,
-                    &Metadata::from([
-                        (TAG_DISK.into(), "d1".into()),
-                        (TAG_SOURCE_SNAPSHOT.into(), s.clone()),
-                    ]),
+                    &tags::restore_point("d1", "c", &SnapshotId::new(s.clone())),
                 )
                 .await
                 .unwrap();
@@ -777,10 +741,7 @@ mod tests {
             .unwrap()
             .unwrap()
             .metadata;
-        assert_eq!(
-            meta.get(TAG_RESTORE).map(String::as_str),
-            Some(RESTORE_COMPLETE)
-        );
+        assert_eq!(tags::restore_state(&meta), Some(RestoreState::Complete));
     }
 
     #[tokio::test]
@@ -906,9 +867,9 @@ mod tests {
         let r = restorer(&w);
         // Fake snapshot ids are 2026-01-01T00:00:00.<tick>Z; source snapshots precede points.
         let second_source = {
-            let bk = crate::app::blob_ref(&w.disk.backup);
+            let bk = w.disk.backup.clone();
             let snaps = w.blobs.list_snapshots(&bk).await.unwrap();
-            snaps[1].metadata[TAG_SOURCE_SNAPSHOT].clone()
+            tags::source_of(&snaps[1].metadata).unwrap().to_string()
         };
         let at = parse_timestamp(&second_source).unwrap();
         let got = r.choose(&PointSelector::At(at)).await.unwrap();
@@ -948,14 +909,14 @@ mod tests {
             copy_mode: crate::config::CopyMode::Client,
         };
         w.blobs.write(&target, 8192, &[0xAB; 512]);
-        let clock = crate::cycle::runner::SystemClock;
+        let clock = crate::model::SystemClock;
         let runner = crate::cycle::runner::Runner::new(&w.blobs, &w.store, &clock, &spec);
         let rec = runner.run_cycle().await.unwrap();
-        assert_eq!(rec.kind, CycleKind::Incremental);
+        assert_eq!(rec.kind, crate::cycle::machine::CycleKind::Incremental);
         assert_eq!(rec.stats.bytes_written, 512);
-        let b1 = rec.backup_snapshot.unwrap();
+        let (b1, _) = rec.phase.restore_point().unwrap();
         assert_eq!(
-            w.blobs.content(&rep.promoted, Some(&b1)),
+            w.blobs.content(&rep.promoted, Some(b1.as_str())),
             w.blobs.content(&target, None)
         );
         // A name already in the state database is refused before anything is written.

@@ -17,14 +17,11 @@
 
 use crate::blobs::{BlobError, PageBlobs};
 use crate::config::{DiskConfig, Retention};
-use crate::cycle::runner::TAG_DISK;
+use crate::model::{from_unix, tags, SnapshotId, Timestamp};
 use crate::state::{StateError, StateStore};
-use chrono::{DateTime, Datelike, Offset, SecondsFormat, TimeDelta, Timelike, Utc};
+use chrono::{Datelike, Offset, TimeDelta, Timelike};
 use chrono_tz::Tz;
 use serde::Serialize;
-
-/// An instant, in UTC.
-pub type Timestamp = DateTime<Utc>;
 
 /// A point more than this far after `now` is never pruned: either the local clock or the
 /// storage service's clock is wrong, and a plan made on a wrong clock must not delete. Within
@@ -88,26 +85,9 @@ impl Point {
     pub fn from_snapshot(snapshot: &str) -> Point {
         Point {
             snapshot: snapshot.to_string(),
-            time: parse_timestamp(snapshot),
+            time: crate::model::parse_timestamp(snapshot),
         }
     }
-}
-
-/// An RFC 3339 timestamp with an offset, as UTC: Azure snapshot ids
-/// (`2026-11-25T07:00:09.7120000Z`, seven fractional digits) and `--at` times.
-pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// RFC 3339 in UTC with as many fractional digits as needed (`2026-11-25T07:00:09.712Z`,
-/// `2026-11-25T07:00:00Z`).
-pub fn format_timestamp(t: Timestamp) -> String {
-    let s = t.to_rfc3339_opts(SecondsFormat::Nanos, true);
-    let (rest, _z) = s.split_at(s.len() - 1);
-    let trimmed = rest.trim_end_matches('0').trim_end_matches('.');
-    format!("{trimmed}Z")
 }
 
 /// The plan for one point: the rules that keep it, or `None` if it is to be pruned.
@@ -256,23 +236,6 @@ pub enum RetentionError {
     },
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("disk {disk}: time zone \"{tz}\" is not known: {message}")]
-    TimeZone {
-        disk: String,
-        tz: String,
-        message: String,
-    },
-}
-
-/// Whether a snapshot of a disk's backup blob is one of its restore points: tagged
-/// `snapback_disk = <disk>` *and* naming its source snapshot. The second condition rejects
-/// snapshots that merely inherited the base blob's metadata (Snapshot Blob without metadata
-/// copies the base's), so only snapshots snapback made itself are listed, verified or pruned.
-pub fn is_restore_point(metadata: &crate::blobs::Metadata, disk: &str) -> bool {
-    metadata.get(TAG_DISK).map(String::as_str) == Some(disk)
-        && metadata
-            .get(crate::cycle::runner::TAG_SOURCE_SNAPSHOT)
-            .is_some_and(|s| !s.is_empty())
 }
 
 /// A disk's restore points, oldest first, as its backup blob's snapshots show them (the truth,
@@ -281,35 +244,33 @@ pub fn is_restore_point(metadata: &crate::blobs::Metadata, disk: &str) -> bool {
 pub async fn restore_points(
     blobs: &dyn PageBlobs,
     disk: &DiskConfig,
-) -> Result<Vec<crate::blobs::SnapshotInfo>, BlobError> {
-    let backup = crate::app::blob_ref(&disk.backup);
-    let snapshots = match blobs.list_snapshots(&backup).await {
+) -> Result<Vec<StoredPoint>, BlobError> {
+    let snapshots = match blobs.list_snapshots(&disk.backup).await {
         Ok(s) => s,
         Err(e) if e.is_not_found() => Vec::new(),
         Err(e) => return Err(e),
     };
     Ok(snapshots
         .into_iter()
-        .filter(|s| is_restore_point(&s.metadata, &disk.name))
+        .filter(|s| tags::is_restore_point(&s.metadata, &disk.name))
+        .filter_map(|s| {
+            Some(StoredPoint {
+                source: tags::source_of(&s.metadata)?,
+                snapshot: s.snapshot,
+                size: s.size,
+            })
+        })
         .collect())
 }
 
-/// The disk's time zone, for retention periods.
-pub fn disk_tz(disk: &DiskConfig) -> Result<Tz, RetentionError> {
-    disk.tz.parse::<Tz>().map_err(|e| RetentionError::TimeZone {
-        disk: disk.name.clone(),
-        tz: disk.tz.clone(),
-        message: e.to_string(),
-    })
-}
-
-/// Unix seconds as a timestamp (out-of-range values clamp, which no real clock produces).
-pub fn timestamp(unix: i64) -> Timestamp {
-    DateTime::from_timestamp(unix, 0).unwrap_or(if unix < 0 {
-        DateTime::<Utc>::MIN_UTC
-    } else {
-        DateTime::<Utc>::MAX_UTC
-    })
+/// A restore point as its backup snapshot shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPoint {
+    /// The backup snapshot `B(n)`.
+    pub snapshot: String,
+    /// The source snapshot `S(n)` it equals (its `snapback_source_snapshot`).
+    pub source: SnapshotId,
+    pub size: u64,
 }
 
 /// The plan for a disk's restore points (the backup snapshots tagged for this disk), oldest
@@ -319,7 +280,6 @@ pub async fn disk_plan(
     disk: &DiskConfig,
     now: i64,
 ) -> Result<Vec<Decision>, RetentionError> {
-    let tz = disk_tz(disk)?;
     let points: Vec<Point> = restore_points(blobs, disk)
         .await
         .map_err(|source| RetentionError::Blob {
@@ -329,7 +289,7 @@ pub async fn disk_plan(
         .into_iter()
         .map(|s| Point::from_snapshot(&s.snapshot))
         .collect();
-    Ok(plan(&points, &disk.retention, timestamp(now), &tz))
+    Ok(plan(&points, &disk.retention, from_unix(now), &disk.tz))
 }
 
 /// What a prune did (or, dry, would do).
@@ -359,7 +319,7 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<PruneReport, RetentionError> {
     let decisions = disk_plan(blobs, disk, now).await?;
-    let backup = crate::app::blob_ref(&disk.backup);
+    let backup = disk.backup.clone();
     let mut deleted = Vec::new();
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.is_kept()) {
@@ -389,7 +349,7 @@ mod tests {
     use super::*;
 
     fn ts(s: &str) -> Timestamp {
-        parse_timestamp(s).unwrap()
+        crate::model::parse_timestamp(s).unwrap()
     }
 
     fn pts(times: &[&str]) -> Vec<Point> {
@@ -648,42 +608,32 @@ mod tests {
         let tick = ts("2026-01-01T00:00:00.0000001Z");
         assert_eq!(tick.timestamp_subsec_nanos(), 100);
         assert!(Point::from_snapshot("not-a-time").time.is_none());
-        assert_eq!(format_timestamp(t), "2026-11-25T07:00:09.712Z");
         assert_eq!(
-            format_timestamp(ts("2026-01-01T00:00:00Z")),
+            crate::model::format_timestamp(t),
+            "2026-11-25T07:00:09.712Z"
+        );
+        assert_eq!(
+            crate::model::format_timestamp(ts("2026-01-01T00:00:00Z")),
             "2026-01-01T00:00:00Z"
         );
     }
 
     #[test]
     fn timestamps_clamp_and_the_end_of_time_is_not_a_panic() {
-        assert_eq!(timestamp(0).timestamp(), 0);
-        assert_eq!(timestamp(i64::MAX), DateTime::<Utc>::MAX_UTC);
-        assert_eq!(timestamp(i64::MIN), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(from_unix(0).timestamp(), 0);
+        assert_eq!(
+            from_unix(i64::MAX),
+            chrono::DateTime::<chrono::Utc>::MAX_UTC
+        );
+        assert_eq!(
+            from_unix(i64::MIN),
+            chrono::DateTime::<chrono::Utc>::MIN_UTC
+        );
         let p = pts(&["2026-01-01T00:00:00Z"]);
         let r = rules(Some(1), None, None, None, None);
         let tz: Tz = "UTC".parse().unwrap();
-        let got = plan(&p, &r, timestamp(i64::MAX), &tz);
+        let got = plan(&p, &r, from_unix(i64::MAX), &tz);
         assert_eq!(got[0].label(), "newest,last");
-    }
-
-    #[test]
-    fn an_unknown_time_zone_is_an_error() {
-        let cfg = crate::config::Config::parse(
-            "state_dir = \"/tmp/unused\"\n[accounts.bk]\nendpoint = \"http://127.0.0.1:1/bkacct\"\n\
-             shared_key_env = \"X\"\n[[disk]]\nname = \"d\"\nsource = \"bk/src/d\"\n\
-             backup = \"bk/bkp/d\"\ntz = \"Mars/Olympus_Mons\"\n",
-            std::path::Path::new("test.toml"),
-        )
-        .unwrap();
-        let e = disk_tz(&cfg.disks[0]).unwrap_err().to_string();
-        assert!(
-            e.starts_with("disk d: time zone \"Mars/Olympus_Mons\" is not known: "),
-            "{e}"
-        );
-        cfg.disks
-            .iter()
-            .for_each(|d| assert!(d.tz.parse::<Tz>().is_err()));
     }
 
     #[tokio::test]
@@ -702,15 +652,7 @@ mod tests {
         let store = StateStore::open_in_memory().unwrap();
         let backup = BlobRef::new("bk", "bkp", "d");
         blobs.write(&backup, 0, &[1u8; 512]);
-        let tag = |d: &str| {
-            Metadata::from([
-                (TAG_DISK.to_string(), d.to_string()),
-                (
-                    crate::cycle::runner::TAG_SOURCE_SNAPSHOT.to_string(),
-                    "s".to_string(),
-                ),
-            ])
-        };
+        let tag = |d: &str| tags::restore_point(d, "c", &crate::model::SnapshotId::new("s"));
         let mut ours = Vec::new();
         for i in 0..4 {
             ours.push(blobs.create_snapshot(&backup, &tag("d")).await.unwrap());
@@ -721,11 +663,11 @@ mod tests {
                     .await
                     .unwrap();
                 // Tagged for this disk but naming no source snapshot: inherited, not ours.
-                let inherited = Metadata::from([(TAG_DISK.to_string(), "d".to_string())]);
+                let inherited = tags::source_snapshot("d", "c");
                 blobs.create_snapshot(&backup, &inherited).await.unwrap();
             }
         }
-        let now = Utc::now().timestamp();
+        let now = chrono::Utc::now().timestamp();
         let dry = prune(&blobs, &store, &disk, now, true).await.unwrap();
         assert_eq!(dry.to_prune().count(), 2);
         assert_eq!(

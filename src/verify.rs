@@ -14,7 +14,6 @@
 use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
 use crate::cycle::progress::Progress;
-use crate::cycle::runner::TAG_SOURCE_SNAPSHOT;
 use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -31,11 +30,6 @@ pub enum VerifyError {
     NoRestorePoints { disk: String },
     #[error("disk {disk} has no restore point {snapshot}")]
     UnknownRestorePoint { disk: String, snapshot: String },
-    #[error(
-        "disk {disk}: restore point {snapshot} records no source snapshot \
-         ({TAG_SOURCE_SNAPSHOT} metadata), so there is nothing to compare it with"
-    )]
-    NoSourceSnapshot { disk: String, snapshot: String },
     #[error(
         "disk {disk}: cannot verify restore point {snapshot}: its source snapshot {source_snapshot} \
          of {source_blob} no longer exists (only the newest restore point's source snapshot is kept)"
@@ -259,8 +253,8 @@ pub async fn verify(
     snapshot: Option<&str>,
     progress: Option<&Progress>,
 ) -> Result<VerifyReport, VerifyError> {
-    let backup = crate::app::blob_ref(&disk.backup);
-    let source = crate::app::blob_ref(&disk.source);
+    let backup = disk.backup.clone();
+    let source = disk.source.clone();
     let ours = crate::retention::restore_points(blobs, disk)
         .await
         .map_err(|source| VerifyError::Blob {
@@ -278,19 +272,11 @@ pub async fn verify(
             disk: disk.name.clone(),
         })?,
     };
-    let source_snapshot = point
-        .metadata
-        .get(TAG_SOURCE_SNAPSHOT)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| VerifyError::NoSourceSnapshot {
-            disk: disk.name.clone(),
-            snapshot: point.snapshot.clone(),
-        })?;
     compare(
         blobs,
         &disk.name,
         (&backup, &point.snapshot),
-        (&source, source_snapshot),
+        (&source, point.source.as_str()),
         disk.concurrency,
         progress,
     )

@@ -62,8 +62,8 @@ async fn restore_points_equal_their_source_snapshots_over_many_cycles() {
         let rec = report
             .result
             .unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed:#x}): {e}"));
-        let b = rec.backup_snapshot.clone().unwrap();
-        let s = rec.source_snapshot.clone().unwrap();
+        let b = rec.phase.restore_point().unwrap().0.to_string();
+        let s = rec.phase.source().unwrap().to_string();
         let expected = content(blobs.as_ref(), &source, Some(&s)).await;
         let got = content(blobs.as_ref(), &backup, Some(&b)).await;
         assert_eq!(got.len(), expected.len(), "cycle {cycle}: size");

@@ -6,12 +6,13 @@
 mod common;
 
 use common::fixture::{content, create_disk, write, Fixture, Rng, MIB};
-use snapback::app::disk_spec;
 use snapback::blobs::PageBlobs;
 use snapback::config::CopyMode;
 use snapback::cycle::metered::MeterCounts;
-use snapback::cycle::runner::{DiskSpec, Runner, SystemClock};
+use snapback::cycle::runner::{DiskSpec, Runner};
+use snapback::model::SystemClock;
 use snapback::pages::ByteRange;
+use snapback::service::disk_spec;
 use snapback::state::StateStore;
 use std::time::Duration;
 

@@ -6,11 +6,11 @@
 mod common;
 
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
-use snapback::blobs::{BlobRef, Metadata, PageBlobs};
+use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::cycle::machine::CycleKind;
-use snapback::cycle::runner::{TAG_CYCLE, TAG_DISK, TAG_SOURCE_SNAPSHOT};
+use snapback::model::{tags, SnapshotId};
 use snapback::pages::PAGE_SIZE;
-use snapback::restore::{PointSelector, RestoreRequest, TAG_RESTORE};
+use snapback::restore::{PointSelector, RestoreRequest};
 use std::process::Output;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,9 +56,9 @@ async fn restore_refuse_rebase_and_verify() {
             .await
             .result
             .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
-        let s = rec.source_snapshot.unwrap();
+        let s = rec.phase.source().unwrap().to_string();
         let want = content(blobs.as_ref(), &source, Some(&s)).await;
-        points.push((rec.backup_snapshot.unwrap(), s, want));
+        points.push((rec.phase.restore_point().unwrap().0.to_string(), s, want));
     }
     assert!(points[0].2 != points[1].2 && points[1].2 != points[2].2);
 
@@ -90,8 +90,8 @@ async fn restore_refuse_rebase_and_verify() {
         );
         let props = blobs.properties(&target, None).await.unwrap().unwrap();
         assert_eq!(
-            props.metadata.get(TAG_RESTORE).map(String::as_str),
-            Some("complete")
+            tags::restore_state(&props.metadata),
+            Some(tags::RestoreState::Complete)
         );
     }
 
@@ -190,10 +190,20 @@ async fn restore_refuse_rebase_and_verify() {
         .unwrap_or_else(|e| panic!("first cycle of the new chain: {e}"));
     assert_eq!(rec.kind, CycleKind::Incremental, "{rec:?}");
     assert_eq!(rec.stats.bytes_written, 3 * PAGE_SIZE, "{:?}", rec.stats);
-    let nb = snapback::app::blob_ref(&new_disk.backup);
+    let nb = new_disk.backup.clone();
     assert!(
-        content(blobs.as_ref(), &nb, rec.backup_snapshot.as_deref()).await
-            == content(blobs.as_ref(), &restored, rec.source_snapshot.as_deref()).await
+        content(
+            blobs.as_ref(),
+            &nb,
+            rec.phase.restore_point().map(|(b, _)| b.as_str())
+        )
+        .await
+            == content(
+                blobs.as_ref(),
+                &restored,
+                rec.phase.source().map(|s| s.as_str())
+            )
+            .await
     );
     // The chain's two restore points (B(0) from the restore, B(1) from the cycle).
     assert_eq!(tagged_snapshots(blobs.as_ref(), &nb).await.len(), 2);
@@ -222,11 +232,7 @@ async fn restore_refuse_rebase_and_verify() {
     let forged = blobs
         .create_snapshot(
             &backup,
-            &Metadata::from([
-                (TAG_DISK.to_string(), "disk1".to_string()),
-                (TAG_CYCLE.to_string(), "forged".to_string()),
-                (TAG_SOURCE_SNAPSHOT.to_string(), points[2].1.clone()),
-            ]),
+            &tags::restore_point("disk1", "forged", &SnapshotId::new(points[2].1.clone())),
         )
         .await
         .unwrap();
@@ -254,7 +260,7 @@ async fn restore_of_a_full_64_mib_disk_is_measured() {
         .await
         .result
         .expect("seed cycle");
-    let point = rec.backup_snapshot.unwrap();
+    let point = rec.phase.restore_point().unwrap().0.to_string();
     let target = BlobRef::new("premium", "restores", "big.vhd");
     let started = Instant::now();
     let rep = app

@@ -58,10 +58,13 @@ async fn keep_last_3_leaves_exactly_3_restore_points() {
         // after-cycle verify ran and passed on the new restore point.
         let v = report.verify.expect("verify ran").expect("verify ok");
         assert!(v.ok(), "cycle {cycle}: {v:?}");
-        assert_eq!(v.restore_point, rec.backup_snapshot.clone().unwrap());
+        assert_eq!(
+            v.restore_point,
+            rec.phase.restore_point().unwrap().0.to_string()
+        );
         let p = report.prune.expect("retention ran").expect("prune ok");
         assert_eq!(p.deleted.len(), usize::from(cycle >= 3), "cycle {cycle}");
-        made.push(rec.backup_snapshot.unwrap());
+        made.push(rec.phase.restore_point().unwrap().0.to_string());
     }
 
     let ours = tagged_snapshots(blobs.as_ref(), &backup).await;

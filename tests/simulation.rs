@@ -4,15 +4,16 @@
 
 use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::cycle::machine::{next_action, CycleKind};
-use snapback::cycle::runner::{Clock, DiskSpec, Runner};
+use snapback::cycle::runner::{DiskSpec, Runner};
 use snapback::fake::MemBlobs;
+use snapback::model::{Clock, Timestamp};
 use snapback::pages::ByteRange;
 use snapback::state::StateStore;
 
 struct FixedClock;
 impl Clock for FixedClock {
-    fn now(&self) -> i64 {
-        1_764_000_000
+    fn now(&self) -> Timestamp {
+        snapback::model::from_unix(1_764_000_000)
     }
 }
 
@@ -123,7 +124,7 @@ async fn crash_between_effect_and_persistence_never_duplicates() {
             break;
         };
         // The action takes effect in storage, then the process dies before recording it.
-        let _lost = r.execute(action, &mut rec.clone()).await.unwrap();
+        let _lost = r.execute(action.clone(), &mut rec.clone()).await.unwrap();
         drop(r);
         runner(&blobs, &store, &d).run_cycle().await.unwrap();
         check(&blobs, &store, &d, 2, &format!("crash inside {action:?}"));

@@ -13,8 +13,8 @@ mod preflight;
 pub mod shared_key;
 
 use crate::blobs::{
-    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, Metadata, PageBlobs, PageList,
-    PageListQuery, SnapshotInfo,
+    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, ErrorKind as Kind, Metadata, PageBlobs,
+    PageList, PageListQuery, Resource, SnapshotInfo,
 };
 use crate::config::{AccountConfig, AuthConfig};
 use crate::pages::ByteRange;
@@ -86,7 +86,7 @@ struct Account {
 pub struct AzureBlobs {
     /// Per account: its clients' settings, or why its secret could not be loaded. A broken
     /// account fails the disks that use it, with that reason, and no others.
-    accounts: HashMap<String, Result<Account, String>>,
+    accounts: HashMap<String, Result<Account, BlobError>>,
 }
 
 /// Retry policy for all requests: exponential backoff with jitter, the first retry after
@@ -120,7 +120,7 @@ impl AzureBlobs {
             let auth = match load_auth(cfg) {
                 Ok(a) => a,
                 Err(e) => {
-                    out.insert(cfg.key.clone(), Err(e.to_string()));
+                    out.insert(cfg.key.clone(), Err(e));
                     continue;
                 }
             };
@@ -153,11 +153,12 @@ impl AzureBlobs {
     fn account(&self, blob: &BlobRef) -> BlobResult<&Account> {
         match self.accounts.get(&blob.account) {
             Some(Ok(a)) => Ok(a),
-            Some(Err(e)) => Err(BlobError::Config(e.clone())),
-            None => Err(BlobError::Config(format!(
-                "no account '{}' is configured",
-                blob.account
-            ))),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(BlobError::local(
+                Kind::Unusable,
+                Resource::Account(blob.account.clone()),
+                "no such account is configured",
+            )),
         }
     }
 
@@ -190,7 +191,7 @@ impl AzureBlobs {
                 ..Default::default()
             }),
         )
-        .map_err(|e| BlobError::Config(format!("{blob}: {e}")))
+        .map_err(|e| BlobError::local(Kind::Unusable, Resource::blob(blob), e.to_string()))
     }
 
     fn container_client(&self, blob: &BlobRef) -> BlobResult<BlobContainerClient> {
@@ -204,7 +205,7 @@ impl AzureBlobs {
                 ..Default::default()
             }),
         )
-        .map_err(|e| BlobError::Config(format!("{}/{}: {e}", blob.account, blob.container)))
+        .map_err(|e| BlobError::local(Kind::Unusable, Resource::container(blob), e.to_string()))
     }
 
     /// A URL the *other* account's service can read `blob` (or a snapshot) from, for Copy Blob.
@@ -225,7 +226,9 @@ impl AzureBlobs {
                     .replace_nanosecond(0)
                     .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
                     .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(|e| BlobError::Config(e.to_string()))?;
+                    .map_err(|e| {
+                        BlobError::local(Kind::Unusable, Resource::blob(blob), e.to_string())
+                    })?;
                 shared_key::blob_read_sas(
                     &account.name,
                     key,
@@ -237,14 +240,15 @@ impl AzureBlobs {
             }
             Auth::Sas(token) => token.trim_start_matches('?').to_string(),
             Auth::Token(_) => {
-                return Err(BlobError::CopySourceUnreadable {
-                    what: blob.to_string(),
-                    reason: format!(
+                return Err(BlobError::local(
+                    Kind::NoReadAccess,
+                    Resource::of(blob, snapshot),
+                    format!(
                         "account '{}' uses a managed identity, which cannot mint the SAS a \
                          cross-account Copy Blob needs",
                         account.key
                     ),
-                })
+                ))
             }
         };
         let query = match url.query() {
@@ -260,25 +264,32 @@ impl AzureBlobs {
 fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
     let read_env = |var: &str| {
         std::env::var(var).map_err(|_| {
-            BlobError::Config(format!(
-                "account '{}': environment variable {var} is not set",
-                cfg.key
-            ))
+            BlobError::local(
+                Kind::Unusable,
+                Resource::Account(cfg.key.clone()),
+                format!("environment variable {var} is not set"),
+            )
         })
     };
     let read_file = |path: &std::path::Path| {
         std::fs::read_to_string(path).map_err(|e| {
-            BlobError::Config(format!(
-                "account '{}': cannot read {}: {e}",
-                cfg.key,
-                path.display()
-            ))
+            BlobError::local(
+                Kind::Unusable,
+                Resource::Account(cfg.key.clone()),
+                format!("cannot read {}: {e}", path.display()),
+            )
         })
     };
     let key = |text: String, source: String| {
         AccountKey::from_base64(&text)
             .map(Auth::SharedKey)
-            .map_err(|e| BlobError::Config(format!("account '{}': {source}: {e}", cfg.key)))
+            .map_err(|e| {
+                BlobError::local(
+                    Kind::Unusable,
+                    Resource::Account(cfg.key.clone()),
+                    format!("{source}: {e}"),
+                )
+            })
     };
     match &cfg.auth {
         AuthConfig::SharedKeyEnv(var) => key(read_env(var)?, var.clone()),
@@ -287,7 +298,11 @@ fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
         AuthConfig::SasTokenFile(path) => Ok(Auth::Sas(read_file(path)?.trim().to_string())),
         AuthConfig::ManagedIdentity { client_id } => {
             let err = |e: azure_core::Error| {
-                BlobError::Config(format!("account '{}': managed identity: {e}", cfg.key))
+                BlobError::local(
+                    Kind::Unusable,
+                    Resource::Account(cfg.key.clone()),
+                    format!("managed identity: {e}"),
+                )
             };
             // Workload identity (AKS) is announced by its token file; otherwise IMDS.
             if std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").is_some() {
@@ -308,8 +323,9 @@ fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
     }
 }
 
-/// Maps an SDK error to a [`BlobError`] that names what it concerns.
-fn map_err(account: &str, what: impl Into<String>, e: azure_core::Error) -> BlobError {
+/// Maps an SDK error on `resource` to a [`BlobError`]; `what` (the operation) is kept for
+/// people, the kind comes from the status and `x-ms-error-code` only.
+fn map_err(resource: Resource, what: impl Into<String>, e: azure_core::Error) -> BlobError {
     let what = what.into();
     match e.kind() {
         ErrorKind::HttpResponse {
@@ -317,39 +333,54 @@ fn map_err(account: &str, what: impl Into<String>, e: azure_core::Error) -> Blob
             error_code,
             raw_response,
         } => {
-            let status = u16::from(*status);
-            let code = error_code.clone().unwrap_or_default();
             let message = raw_response
                 .as_ref()
-                .and_then(|r| xml_message(r.body().as_ref()))
-                .unwrap_or_default();
-            if code.contains("PreviousSnapshot") {
-                return BlobError::PreviousSnapshotGone {
-                    blob: what,
-                    snapshot: String::new(),
-                };
-            }
-            match status {
-                401 | 403 => BlobError::Auth {
-                    account: account.to_string(),
-                    status,
-                    code,
-                },
-                404 => BlobError::NotFound { what, code },
-                409 if code.ends_with("AlreadyExists") => BlobError::AlreadyExists { what },
-                _ => BlobError::Service {
-                    what,
-                    status,
-                    code,
-                    message,
-                },
-            }
+                .and_then(|r| xml_message(r.body().as_ref()));
+            let detail = match message {
+                Some(m) => format!("{what}: {m}"),
+                None => what,
+            };
+            BlobError::service(resource, u16::from(*status), error_code.clone(), detail)
         }
-        _ => BlobError::Transport {
-            what,
-            message: error_chain(&e),
-        },
+        _ => BlobError::local(
+            Kind::Transient,
+            resource,
+            format!("{what}: {}", error_chain(&e)),
+        ),
     }
+}
+
+/// The resource a failed copy request (Put Page From URL, Copy Blob) concerns: the service
+/// reports a source it could not read with `CannotVerifyCopySource`; anything else is about
+/// the destination it was writing.
+fn copy_error_resource(
+    code: Option<&str>,
+    dest: &BlobRef,
+    source: &BlobRef,
+    snapshot: Option<&str>,
+) -> Resource {
+    match code {
+        Some("CannotVerifyCopySource") => Resource::of(source, snapshot),
+        _ => Resource::blob(dest),
+    }
+}
+
+/// Maps an SDK error of a copy request, naming the resource it concerns.
+fn map_copy_err(
+    dest: &BlobRef,
+    source: &BlobRef,
+    snapshot: Option<&str>,
+    what: String,
+    e: azure_core::Error,
+) -> BlobError {
+    let mut err = map_err(Resource::blob(dest), what, e);
+    err.resource = Box::new(copy_error_resource(
+        err.code.as_deref(),
+        dest,
+        source,
+        snapshot,
+    ));
+    err
 }
 
 /// An error and its causes on one line ("retry policy expired: …: connection refused"), so
@@ -429,18 +460,18 @@ impl PageBlobs for AzureBlobs {
         if let Some(s) = snapshot {
             client = client
                 .with_snapshot(s)
-                .map_err(|e| map_err(&blob.account, blob.to_string(), e))?;
+                .map_err(|e| map_err(Resource::of(blob, snapshot), "get properties", e))?;
         }
         let resp = match client.get_properties(None).await {
             Ok(r) => r,
             Err(e) => {
-                return match map_err(&blob.account, snapshot_label(blob, snapshot), e) {
-                    BlobError::NotFound { .. } => Ok(None),
+                return match map_err(Resource::of(blob, snapshot), "get properties", e) {
+                    e if e.is_not_found() => Ok(None),
                     other => Err(other),
                 }
             }
         };
-        let bad = |e| map_err(&blob.account, blob.to_string(), e);
+        let bad = |e| map_err(Resource::of(blob, snapshot), "get properties", e);
         let copy = match (
             resp.copy_id().map_err(bad)?,
             resp.copy_status().map_err(bad)?,
@@ -472,18 +503,20 @@ impl PageBlobs for AzureBlobs {
             metadata: Some(metadata.clone().into_iter().collect()),
             ..Default::default()
         };
-        let what = || format!("snapshot of {blob}");
+        let what = "snapshot blob";
         let resp = client
             .create_snapshot(Some(options))
             .await
-            .map_err(|e| map_err(&blob.account, what(), e))?;
+            .map_err(|e| map_err(Resource::blob(blob), what, e))?;
         resp.snapshot()
-            .map_err(|e| map_err(&blob.account, what(), e))?
-            .ok_or_else(|| BlobError::Service {
-                what: what(),
-                status: 201,
-                code: "MissingSnapshotHeader".into(),
-                message: "the response carried no x-ms-snapshot".into(),
+            .map_err(|e| map_err(Resource::blob(blob), what, e))?
+            .ok_or_else(|| {
+                BlobError::bad_response(
+                    Resource::blob(blob),
+                    201,
+                    "MissingSnapshotHeader",
+                    "the response carried no x-ms-snapshot".into(),
+                )
             })
     }
 
@@ -497,20 +530,20 @@ impl PageBlobs for AzureBlobs {
             ]),
             ..Default::default()
         };
-        let what = || format!("snapshots of {blob}");
+        let what = || "list snapshots";
         let mut pages = client
             .list_blobs(Some(options))
-            .map_err(|e| map_err(&blob.account, what(), e))?
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?
             .into_pages();
         let mut out = Vec::new();
         while let Some(page) = pages
             .try_next()
             .await
-            .map_err(|e| map_err(&blob.account, what(), e))?
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?
         {
             let page = page
                 .into_model()
-                .map_err(|e| map_err(&blob.account, what(), e))?;
+                .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
             for item in page.blob_items {
                 let (Some(name), Some(snapshot)) = (item.name.as_ref(), item.snapshot) else {
                     continue;
@@ -537,15 +570,15 @@ impl PageBlobs for AzureBlobs {
     }
 
     async fn delete_snapshot(&self, blob: &BlobRef, snapshot: &str) -> BlobResult<()> {
-        let what = || format!("{blob} snapshot {snapshot}");
+        let res = || Resource::of(blob, Some(snapshot));
         let client = self
             .blob_client(blob)?
             .with_snapshot(snapshot)
-            .map_err(|e| map_err(&blob.account, what(), e))?;
+            .map_err(|e| map_err(res(), "delete snapshot", e))?;
         match client.delete(None).await {
             Ok(_) => Ok(()),
-            Err(e) => match map_err(&blob.account, what(), e) {
-                BlobError::NotFound { .. } => Ok(()),
+            Err(e) => match map_err(res(), "delete snapshot", e) {
+                e if e.is_not_found() => Ok(()),
                 other => Err(other),
             },
         }
@@ -589,18 +622,21 @@ impl PageBlobs for AzureBlobs {
         let resp = pipeline
             .send(&Context::new(), &mut request, None)
             .await
-            .map_err(|e| match map_err(&blob.account, what(), e) {
-                BlobError::PreviousSnapshotGone { blob, .. } => BlobError::PreviousSnapshotGone {
-                    blob,
-                    snapshot: query.prev_snapshot.unwrap_or_default().to_string(),
-                },
-                other => other,
+            .map_err(|e| {
+                let mut err = map_err(Resource::of(blob, query.snapshot), what(), e);
+                // The one code that is about the diff base rather than the listed snapshot.
+                if err.code.as_deref() == Some("PreviousSnapshotNotFound") {
+                    err.resource = Box::new(Resource::of(blob, query.prev_snapshot));
+                }
+                err
             })?;
-        page_list::parse(resp.body().as_ref()).map_err(|message| BlobError::Service {
-            what: what(),
-            status: 200,
-            code: "MalformedPageList".into(),
-            message,
+        page_list::parse(resp.body().as_ref()).map_err(|message| {
+            BlobError::bad_response(
+                Resource::of(blob, query.snapshot),
+                200,
+                "MalformedPageList",
+                format!("{}: {message}", what()),
+            )
         })
     }
 
@@ -615,10 +651,15 @@ impl PageBlobs for AzureBlobs {
         if let Some(s) = snapshot {
             client = client
                 .with_snapshot(s)
-                .map_err(|e| map_err(&blob.account, what(), e))?;
+                .map_err(|e| map_err(Resource::of(blob, snapshot), what(), e))?;
         }
-        let len = usize::try_from(range.len())
-            .map_err(|_| BlobError::Config(format!("{}: range too large", what())))?;
+        let len = usize::try_from(range.len()).map_err(|_| {
+            BlobError::local(
+                Kind::Unusable,
+                Resource::of(blob, snapshot),
+                format!("{}: range too large for this platform", what()),
+            )
+        })?;
         let mut buf = vec![0u8; len];
         let options = BlobClientDownloadOptions {
             range: Some(HttpRange::new(range.start, range.len())),
@@ -629,14 +670,14 @@ impl PageBlobs for AzureBlobs {
         let got = client
             .download_into(&mut buf, Some(options))
             .await
-            .map_err(|e| map_err(&blob.account, what(), e))?;
+            .map_err(|e| map_err(Resource::of(blob, snapshot), what(), e))?;
         if got.len != len {
-            return Err(BlobError::Service {
-                what: what(),
-                status: 206,
-                code: "ShortRead".into(),
-                message: format!("got {} of {len} bytes", got.len),
-            });
+            return Err(BlobError::bad_response(
+                Resource::of(blob, snapshot),
+                206,
+                "ShortRead",
+                format!("{}: got {} of {len} bytes", what(), got.len),
+            ));
         }
         Ok(Bytes::from(buf))
     }
@@ -657,9 +698,10 @@ impl PageBlobs for AzureBlobs {
                 Some(options),
             )
             .await
-            .map_err(|e| map_err(&blob.account, what(), e))?;
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
         Ok(etag_string(
-            resp.etag().map_err(|e| map_err(&blob.account, what(), e))?,
+            resp.etag()
+                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
         ))
     }
 
@@ -689,7 +731,7 @@ impl PageBlobs for AzureBlobs {
                 let token = cred
                     .get_token(&[STORAGE_SCOPE], None)
                     .await
-                    .map_err(|e| map_err(&source.account, what(), e))?;
+                    .map_err(|e| map_err(Resource::of(source, source_snapshot), what(), e))?;
                 (url, Some(format!("Bearer {}", token.token.secret())))
             }
             _ => (
@@ -712,9 +754,10 @@ impl PageBlobs for AzureBlobs {
                 Some(options),
             )
             .await
-            .map_err(|e| map_err(&dest.account, what(), e))?;
+            .map_err(|e| map_copy_err(dest, source, source_snapshot, what(), e))?;
         Ok(etag_string(
-            resp.etag().map_err(|e| map_err(&dest.account, what(), e))?,
+            resp.etag()
+                .map_err(|e| map_err(Resource::blob(dest), what(), e))?,
         ))
     }
 
@@ -724,18 +767,18 @@ impl PageBlobs for AzureBlobs {
         let resp = client
             .clear_pages(HttpRange::new(range.start, range.len()), None)
             .await
-            .map_err(|e| map_err(&blob.account, what(), e))?;
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
         Ok(etag_string(
-            resp.etag().map_err(|e| map_err(&blob.account, what(), e))?,
+            resp.etag()
+                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
         ))
     }
 
     async fn ensure_container(&self, blob: &BlobRef) -> BlobResult<()> {
-        let what = format!("container {}/{}", blob.account, blob.container);
         match self.container_client(blob)?.create(None).await {
             Ok(_) => Ok(()),
-            Err(e) => match map_err(&blob.account, what, e) {
-                BlobError::AlreadyExists { .. } => Ok(()),
+            Err(e) => match map_err(Resource::container(blob), "create container", e) {
+                e if e.kind == Kind::AlreadyExists => Ok(()),
                 other => Err(other),
             },
         }
@@ -747,7 +790,7 @@ impl PageBlobs for AzureBlobs {
             .create(size, None)
             .await
             .map(|_| ())
-            .map_err(|e| map_err(&blob.account, format!("create {blob}"), e))
+            .map_err(|e| map_err(Resource::blob(blob), "create page blob", e))
     }
 
     async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
@@ -756,7 +799,7 @@ impl PageBlobs for AzureBlobs {
             .resize(size, None)
             .await
             .map(|_| ())
-            .map_err(|e| map_err(&blob.account, format!("resize {blob} to {size} bytes"), e))
+            .map_err(|e| map_err(Resource::blob(blob), format!("resize to {size} bytes"), e))
     }
 
     async fn start_copy(
@@ -777,14 +820,16 @@ impl PageBlobs for AzureBlobs {
             .blob_client(dest)?
             .start_copy_from_url(url.to_string(), Some(options))
             .await
-            .map_err(|e| map_err(&dest.account, what(), e))?;
+            .map_err(|e| map_copy_err(dest, source, source_snapshot, what(), e))?;
         resp.copy_id()
-            .map_err(|e| map_err(&dest.account, what(), e))?
-            .ok_or_else(|| BlobError::Service {
-                what: what(),
-                status: 202,
-                code: "MissingCopyId".into(),
-                message: "the response carried no x-ms-copy-id".into(),
+            .map_err(|e| map_err(Resource::blob(dest), what(), e))?
+            .ok_or_else(|| {
+                BlobError::bad_response(
+                    Resource::blob(dest),
+                    202,
+                    "MissingCopyId",
+                    "the response carried no x-ms-copy-id".into(),
+                )
             })
     }
 
@@ -794,14 +839,14 @@ impl PageBlobs for AzureBlobs {
             .set_metadata(&map, None)
             .await
             .map(|_| ())
-            .map_err(|e| map_err(&blob.account, format!("set metadata of {blob}"), e))
+            .map_err(|e| map_err(Resource::blob(blob), "set metadata", e))
     }
 
     async fn delete_blob(&self, blob: &BlobRef) -> BlobResult<()> {
         match self.blob_client(blob)?.delete(None).await {
             Ok(_) => Ok(()),
-            Err(e) => match map_err(&blob.account, format!("delete {blob}"), e) {
-                BlobError::NotFound { .. } => Ok(()),
+            Err(e) => match map_err(Resource::blob(blob), "delete blob", e) {
+                e if e.is_not_found() => Ok(()),
                 other => Err(other),
             },
         }
@@ -810,8 +855,9 @@ impl PageBlobs for AzureBlobs {
     async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()> {
         match self.blob_client(dest)?.abort_copy(copy_id, None).await {
             Ok(_) => Ok(()),
-            Err(e) => match map_err(&dest.account, format!("abort copy to {dest}"), e) {
-                BlobError::Service { status: 409, .. } | BlobError::NotFound { .. } => Ok(()),
+            // 409 NoPendingCopyOperation: the copy ended (or never started) already.
+            Err(e) => match map_err(Resource::blob(dest), "abort copy", e) {
+                e if matches!(e.kind, Kind::Conflict | Kind::NotFound) => Ok(()),
                 other => Err(other),
             },
         }
@@ -828,6 +874,27 @@ mod tests {
         assert_eq!(
             u64::from_le_bytes(le.try_into().unwrap()),
             0xae8b14860a799888
+        );
+    }
+
+    #[test]
+    fn a_failed_copy_names_the_resource_the_service_meant() {
+        let (dest, src) = (
+            BlobRef::new("backup", "backups", "d"),
+            BlobRef::new("premium", "vhds", "d.vhd"),
+        );
+        let snap = Some("2026-01-01T00:00:00.0000000Z");
+        assert_eq!(
+            copy_error_resource(Some("BlobNotFound"), &dest, &src, snap),
+            Resource::blob(&dest)
+        );
+        assert_eq!(
+            copy_error_resource(None, &dest, &src, snap),
+            Resource::blob(&dest)
+        );
+        assert_eq!(
+            copy_error_resource(Some("CannotVerifyCopySource"), &dest, &src, snap),
+            Resource::of(&src, snap)
         );
     }
 

@@ -2,7 +2,7 @@
 //! container exists or deletes one. Kept here so the cycle's client stays what it needs.
 
 use super::{map_err, AzureBlobs};
-use crate::blobs::{BlobError, BlobRef, BlobResult};
+use crate::blobs::{BlobError, BlobRef, BlobResult, ErrorKind, Resource};
 use azure_storage_blob::models::BlobClientAcquireLeaseResultHeaders;
 
 /// Shortest lease Azure grants; the lease is released at once anyway.
@@ -16,21 +16,29 @@ impl AzureBlobs {
         let resp = client
             .acquire_lease(LEASE_SECONDS, None)
             .await
-            .map_err(|e| map_err(&blob.account, what(), e))?;
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
         let id = resp
             .lease_id()
-            .map_err(|e| map_err(&blob.account, what(), e))?
-            .ok_or_else(|| BlobError::Service {
-                what: what(),
-                status: 201,
-                code: "MissingLeaseId".into(),
-                message: "the response carried no x-ms-lease-id".into(),
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?
+            .ok_or_else(|| {
+                BlobError::bad_response(
+                    Resource::blob(blob),
+                    201,
+                    "MissingLeaseId",
+                    format!("{}: the response carried no x-ms-lease-id", what()),
+                )
             })?;
         client
             .release_lease(id, None)
             .await
             .map(|_| ())
-            .map_err(|e| map_err(&blob.account, format!("release the lease on {blob}"), e))
+            .map_err(|e| {
+                map_err(
+                    Resource::blob(blob),
+                    format!("release the lease on {blob}"),
+                    e,
+                )
+            })
     }
 
     /// Whether `blob`'s container exists.
@@ -38,8 +46,8 @@ impl AzureBlobs {
         let what = format!("container {}/{}", blob.account, blob.container);
         match self.container_client(blob)?.get_properties(None).await {
             Ok(_) => Ok(true),
-            Err(e) => match map_err(&blob.account, what, e) {
-                BlobError::NotFound { .. } => Ok(false),
+            Err(e) => match map_err(Resource::container(blob), what, e) {
+                e if e.kind == ErrorKind::NotFound => Ok(false),
                 other => Err(other),
             },
         }
@@ -52,6 +60,6 @@ impl AzureBlobs {
             .delete(None)
             .await
             .map(|_| ())
-            .map_err(|e| map_err(&blob.account, what, e))
+            .map_err(|e| map_err(Resource::container(blob), what, e))
     }
 }

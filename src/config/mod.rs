@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ const DEFAULT_MAX_BUFFER_MIB: u64 = 32;
 const MAX_BUFFER_MIB: u64 = 65536;
 const MAX_INFLIGHT_REQUESTS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-const DEFAULT_TZ: &str = "UTC";
+const DEFAULT_TZ: chrono_tz::Tz = chrono_tz::Tz::UTC;
 const DEFAULT_DISK_CONCURRENCY: usize = 8;
 const MAX_DISK_CONCURRENCY: usize = 64;
 /// `sun_path` in `struct sockaddr_un` is 108 bytes on Linux, including the
@@ -181,80 +182,62 @@ pub enum AuthConfig {
     },
 }
 
-/// A blob addressed as `account/container/blob`, where `account` is the key
-/// of an `[accounts.KEY]` section (not necessarily the Azure account name).
-///
-/// One string per side keeps disk entries short and greppable; the blob part
-/// may itself contain `/` (virtual directories).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlobPath {
-    /// Key of the `[accounts.KEY]` section.
-    pub account: String,
-    /// Container name.
-    pub container: String,
-    /// Blob name, possibly containing `/`.
-    pub blob: String,
+/// `account/container/blob`, as the config names a page blob (parsed and checked by
+/// [`BlobRef`]'s `FromStr`).
+pub use crate::model::BlobRef;
+
+/// A cron schedule: the expression as written and its parse. The one place cron is parsed.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    expr: String,
+    cron: croner::Cron,
 }
 
-impl fmt::Display for BlobPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.account, self.container, self.blob)
+impl Schedule {
+    /// Parses a cron expression the way the scheduler runs it: 5 fields, or 6 with leading
+    /// seconds (croner's optional-seconds mode), no year field.
+    pub fn parse(expr: &str) -> Result<Schedule, String> {
+        use croner::parser::{CronParser, Seconds, Year};
+        let expr = expr.trim();
+        let n = expr.split_whitespace().count();
+        if n != 5 && n != 6 {
+            return Err(format!(
+                "cron expression \"{expr}\" has {n} fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (with leading seconds)"
+            ));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build()
+            .parse(expr)
+            .map_err(|e| format!("invalid cron expression \"{expr}\": {e}"))?;
+        Ok(Schedule {
+            expr: expr.to_string(),
+            cron,
+        })
+    }
+
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    pub fn cron(&self) -> &croner::Cron {
+        &self.cron
     }
 }
 
-impl FromStr for BlobPath {
-    type Err = String;
+/// Two schedules are the same if they are written the same (a config reload compares them).
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
+}
 
-    /// Parses `account/container/blob`. Container names are checked against
-    /// Azure's rules here so a typo fails at load time rather than as an HTTP
-    /// 400 in the middle of the night.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let form = "expected \"account/container/blob\"";
-        let mut parts = s.splitn(3, '/');
-        let (Some(account), Some(container), Some(blob)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!("invalid blob path \"{s}\": {form}"));
-        };
-        if account.is_empty() {
-            return Err(format!("invalid blob path \"{s}\": empty account; {form}"));
-        }
-        if container.is_empty() {
-            return Err(format!(
-                "invalid blob path \"{s}\": empty container; {form}"
-            ));
-        }
-        if blob.is_empty() {
-            return Err(format!(
-                "invalid blob path \"{s}\": empty blob name; {form}"
-            ));
-        }
-        if !valid_container_name(container) {
-            return Err(format!(
-                "invalid blob path \"{s}\": container \"{container}\" is not a valid container name \
-                 (3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit)"
-            ));
-        }
-        if blob.starts_with('/') || blob.ends_with('/') {
-            return Err(format!(
-                "invalid blob path \"{s}\": blob name must not start or end with '/'"
-            ));
-        }
-        if blob.chars().count() > 1024 {
-            return Err(format!(
-                "invalid blob path \"{s}\": blob name is longer than 1024 characters"
-            ));
-        }
-        if blob.chars().any(char::is_control) {
-            return Err(format!(
-                "invalid blob path \"{s}\": blob name contains control characters"
-            ));
-        }
-        Ok(BlobPath {
-            account: account.to_string(),
-            container: container.to_string(),
-            blob: blob.to_string(),
-        })
+impl Eq for Schedule {}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expr)
     }
 }
 
@@ -265,15 +248,14 @@ pub struct DiskConfig {
     /// the restricted character set.
     pub name: String,
     /// The page blob being backed up.
-    pub source: BlobPath,
+    pub source: BlobRef,
     /// The page blob the backup is written to (snapshots are taken of it).
-    pub backup: BlobPath,
-    /// Cron expression (5 fields, or 6 with leading seconds); `None` means
+    pub backup: BlobRef,
+    /// Cron schedule (5 fields, or 6 with leading seconds); `None` means
     /// the disk is only backed up on demand.
-    pub schedule: Option<String>,
-    /// IANA time zone the schedule and window are evaluated in. Only checked
-    /// loosely here (no tz database is linked into this module).
-    pub tz: String,
+    pub schedule: Option<Schedule>,
+    /// IANA time zone the schedule, the window and retention periods are evaluated in.
+    pub tz: chrono_tz::Tz,
     /// Random delay up to this long before each scheduled cycle, so many
     /// disks on the same schedule do not all hit the storage account at once.
     pub jitter: Option<Duration>,
@@ -529,7 +511,7 @@ pub mod azure;
 mod hooks;
 mod validate;
 pub use hooks::{Hooks, DEFAULT_HOOK_TIMEOUT};
-use validate::{build_config, valid_container_name, Ctx};
+use validate::{build_config, Ctx};
 
 #[cfg(test)]
 mod tests;

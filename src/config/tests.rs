@@ -80,15 +80,15 @@ fn full_example_values() {
     let d = c.disk("mypremiumdisk").unwrap();
     assert_eq!(
         d.source,
-        BlobPath {
+        BlobRef {
             account: "premium".into(),
             container: "vhds".into(),
             blob: "mypremiumdisk.vhd".into()
         }
     );
     assert_eq!(d.backup.to_string(), "backup/backups/mybackupstdpageblob");
-    assert_eq!(d.schedule.as_deref(), Some("0 */12 * * *"));
-    assert_eq!(d.tz, "Europe/Paris");
+    assert_eq!(d.schedule.as_ref().map(|s| s.expr()), Some("0 */12 * * *"));
+    assert_eq!(d.tz, chrono_tz::Tz::Europe__Paris);
     assert_eq!(d.jitter, Some(Duration::from_secs(300)));
     assert_eq!(
         d.window,
@@ -121,7 +121,7 @@ fn full_example_values() {
     );
     assert_eq!(d2.source.blob, "data/disk1.vhd");
     assert_eq!(d2.schedule, None);
-    assert_eq!(d2.tz, "UTC");
+    assert_eq!(d2.tz, chrono_tz::Tz::UTC);
     assert_eq!(d2.jitter, None);
     assert_eq!(d2.window, None);
     assert_eq!(d2.concurrency, 8);
@@ -175,7 +175,10 @@ fn azurite_example() {
     assert_eq!(d.name, "demo");
     assert_eq!(d.source.to_string(), "premium/vhds/demo.vhd");
     assert_eq!(d.backup.to_string(), "backup/backups/demo");
-    assert_eq!(d.schedule.as_deref(), Some("*/30 * * * * *"));
+    assert_eq!(
+        d.schedule.as_ref().map(|s| s.expr()),
+        Some("*/30 * * * * *")
+    );
 }
 
 fn account(endpoint: &str, extra: &str) -> AccountConfig {
@@ -818,12 +821,12 @@ fn durations() {
 
 #[test]
 fn blob_paths() {
-    let b: BlobPath = "premium/vhds/dir/sub/disk.vhd".parse().unwrap();
+    let b: BlobRef = "premium/vhds/dir/sub/disk.vhd".parse().unwrap();
     assert_eq!(b.account, "premium");
     assert_eq!(b.container, "vhds");
     assert_eq!(b.blob, "dir/sub/disk.vhd");
     assert_eq!(b.to_string(), "premium/vhds/dir/sub/disk.vhd");
-    assert!("a/$root/x".parse::<BlobPath>().is_ok());
+    assert!("a/$root/x".parse::<BlobRef>().is_ok());
     for (bad, needle) in [
         ("premium", "expected \"account/container/blob\""),
         ("premium/vhds", "expected \"account/container/blob\""),
@@ -835,7 +838,7 @@ fn blob_paths() {
         ("a/a--b/x", "not a valid container name"),
         ("a/vhds//x", "must not start or end with '/'"),
     ] {
-        let e = bad.parse::<BlobPath>().unwrap_err();
+        let e = bad.parse::<BlobRef>().unwrap_err();
         assert!(e.contains(needle), "{bad}: {e}");
     }
 }

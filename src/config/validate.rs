@@ -2,6 +2,7 @@
 //! collected with its position (see the module docs of `config`).
 
 use super::*;
+use crate::model::valid_simple_name;
 
 /// Collects problems with their byte offsets; turned into `file:line:col`
 /// messages, sorted in file order, at the end.
@@ -409,7 +410,7 @@ pub(super) fn build_accounts(
         if !valid_simple_name(name) {
             cx.err(
                 key.span(),
-                format!("{prefix}invalid account key; use 1-63 characters from A-Z a-z 0-9 . _ - (it is used in \"account/container/blob\" paths)"),
+                format!("{prefix}invalid account key; {} (it is used in \"account/container/blob\" paths)", crate::model::SIMPLE_NAME_RULE),
             );
         }
         let DeValue::Table(t) = value.get_ref() else {
@@ -747,7 +748,7 @@ pub(super) fn build_disk(
             if !valid_simple_name(s) {
                 cx.err(
                     span,
-                    format!("{prefix}invalid name; use 1-63 characters from A-Z a-z 0-9 . _ -"),
+                    format!("{prefix}invalid name; {}", crate::model::SIMPLE_NAME_RULE),
                 );
             } else if let Some(first) = seen.get(s) {
                 cx.err(
@@ -770,7 +771,7 @@ pub(super) fn build_disk(
         }
     };
 
-    let blob = |cx: &mut Ctx<'_>, key: &str| -> Option<(BlobPath, Range<usize>)> {
+    let blob = |cx: &mut Ctx<'_>, key: &str| -> Option<(BlobRef, Range<usize>)> {
         let Some((s, span)) = get_str(cx, t, key, &prefix) else {
             if !t.contains_key(key) {
                 cx.err(
@@ -782,7 +783,7 @@ pub(super) fn build_disk(
             }
             return None;
         };
-        match s.parse::<BlobPath>() {
+        match s.parse::<BlobRef>() {
             Ok(b) => {
                 if !account_keys.contains(&b.account) {
                     let known: Vec<&str> = account_keys.iter().map(String::as_str).collect();
@@ -822,24 +823,25 @@ pub(super) fn build_disk(
     }
 
     let schedule =
-        get_str(cx, t, "schedule", &prefix).and_then(|(s, span)| match validate_cron(s) {
-            Ok(()) => Some(s.trim().to_string()),
+        get_str(cx, t, "schedule", &prefix).and_then(|(s, span)| match Schedule::parse(s) {
+            Ok(s) => Some(s),
             Err(e) => {
                 cx.err(span, format!("{prefix}field \"schedule\": {e}"));
                 None
             }
         });
     let tz = match get_str(cx, t, "tz", &prefix) {
-        Some((s, span)) => {
-            if s.is_empty() || s.chars().any(char::is_whitespace) {
+        Some((s, span)) => match s.parse::<chrono_tz::Tz>() {
+            Ok(tz) => tz,
+            Err(_) => {
                 cx.err(
                     span,
                     format!("{prefix}field \"tz\": \"{s}\" is not a time zone name; use an IANA name such as \"UTC\" or \"Europe/Paris\""),
                 );
+                DEFAULT_TZ
             }
-            s.to_string()
-        }
-        None => DEFAULT_TZ.to_string(),
+        },
+        None => DEFAULT_TZ,
     };
     let jitter = get_duration(cx, t, "jitter", &prefix);
     let window =
@@ -937,50 +939,9 @@ pub(super) fn build_retention(cx: &mut Ctx<'_>, t: &DeTable<'_>, prefix: &str) -
     }
 }
 
-/// Validates a cron expression the way the scheduler will parse it: 5
-/// fields, or 6 with leading seconds (croner's optional-seconds mode).
-pub(super) fn validate_cron(expr: &str) -> Result<(), String> {
-    use croner::parser::{CronParser, Seconds, Year};
-    let n = expr.split_whitespace().count();
-    if n != 5 && n != 6 {
-        return Err(format!(
-            "cron expression \"{expr}\" has {n} fields; expected 5 (minute hour day-of-month month day-of-week) or 6 (with leading seconds)"
-        ));
-    }
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build()
-        .parse(expr)
-        .map(|_| ())
-        .map_err(|e| format!("invalid cron expression \"{expr}\": {e}"))
-}
-
-/// `[A-Za-z0-9._-]{1,63}`: safe in file names, metric labels, URLs and logs.
-pub(super) fn valid_simple_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-}
-
 /// Azure storage account names: 3-24 lowercase letters and digits.
 pub(super) fn valid_storage_account_name(s: &str) -> bool {
     (3..=24).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
-/// Azure container names: 3-63 of lowercase letters, digits and single
-/// hyphens, starting and ending with a letter or digit; or `$root`.
-pub(super) fn valid_container_name(s: &str) -> bool {
-    if s == "$root" {
-        return true;
-    }
-    (3..=63).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
 }

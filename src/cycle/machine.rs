@@ -2,9 +2,12 @@
 //! calls for next, and how an [`Outcome`] moves it on. No I/O here; `runner` executes actions
 //! and persists records. The invariants this implements are in `docs/design.md`.
 
+use crate::model::SnapshotId;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
-/// Seed copies the whole source snapshot; Incremental applies the diff since the last one.
+/// Seed copies the whole source snapshot; Incremental applies the diff since `S(n-1)`.
+/// For people (logs, `status`): what the runner does follows from the phase's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CycleKind {
@@ -12,9 +15,73 @@ pub enum CycleKind {
     Incremental,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+impl CycleKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            CycleKind::Seed => "seed",
+            CycleKind::Incremental => "incremental",
+        }
+    }
+}
+
+/// The chain's position an incremental cycle starts from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffBase {
+    /// `S(n-1)`.
+    pub snapshot: SnapshotId,
+    /// The backup ETag the last restore point left; checked before the first write. None
+    /// when there is nothing to check (this cycle may have written to the backup already).
+    pub backup_etag: Option<String>,
+}
+
+/// Where a cycle stands, with the data that phase needs: a phase cannot be reached without
+/// what it acts on (Apply has `S(n)`, Prune has `S(n)` and `B(n)`), so a resumed record never
+/// acts on a missing field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
+    /// Take `S(n)`; with a base the cycle is incremental, without it a seed.
+    Snapshot {
+        base: Option<DiffBase>,
+    },
+    Diff {
+        source: SnapshotId,
+        size: u64,
+        base: DiffBase,
+    },
+    Apply {
+        source: SnapshotId,
+        size: u64,
+        /// `S(n-1)`; None: a seed by client copy (every page of `S(n)`).
+        base: Option<SnapshotId>,
+        /// Checkpoint: every change below this offset is in the backup.
+        applied_upto: u64,
+    },
+    Copy {
+        source: SnapshotId,
+        size: u64,
+        /// The pending Copy Blob, once started.
+        copy_id: Option<String>,
+    },
+    BackupSnapshot {
+        source: SnapshotId,
+    },
+    Prune {
+        source: SnapshotId,
+        backup_snapshot: SnapshotId,
+        backup_etag: String,
+    },
+    Done {
+        source: SnapshotId,
+        backup_snapshot: SnapshotId,
+        backup_etag: String,
+        finished_at: i64,
+    },
+}
+
+/// A phase's name, for logs, `status`, metrics and the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PhaseName {
     Snapshot,
     Diff,
     Apply,
@@ -24,16 +91,84 @@ pub enum Phase {
     Done,
 }
 
-impl Phase {
-    pub fn as_str(&self) -> &'static str {
+impl PhaseName {
+    pub const ALL: [PhaseName; 7] = [
+        PhaseName::Snapshot,
+        PhaseName::Diff,
+        PhaseName::Apply,
+        PhaseName::Copy,
+        PhaseName::BackupSnapshot,
+        PhaseName::Prune,
+        PhaseName::Done,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Snapshot => "snapshot",
-            Phase::Diff => "diff",
-            Phase::Apply => "apply",
-            Phase::Copy => "copy",
-            Phase::BackupSnapshot => "backup-snapshot",
-            Phase::Prune => "prune",
-            Phase::Done => "done",
+            PhaseName::Snapshot => "snapshot",
+            PhaseName::Diff => "diff",
+            PhaseName::Apply => "apply",
+            PhaseName::Copy => "copy",
+            PhaseName::BackupSnapshot => "backup-snapshot",
+            PhaseName::Prune => "prune",
+            PhaseName::Done => "done",
+        }
+    }
+}
+
+impl fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Phase {
+    pub fn name(&self) -> PhaseName {
+        match self {
+            Phase::Snapshot { .. } => PhaseName::Snapshot,
+            Phase::Diff { .. } => PhaseName::Diff,
+            Phase::Apply { .. } => PhaseName::Apply,
+            Phase::Copy { .. } => PhaseName::Copy,
+            Phase::BackupSnapshot { .. } => PhaseName::BackupSnapshot,
+            Phase::Prune { .. } => PhaseName::Prune,
+            Phase::Done { .. } => PhaseName::Done,
+        }
+    }
+
+    /// `S(n)`, once taken.
+    pub fn source(&self) -> Option<&SnapshotId> {
+        match self {
+            Phase::Snapshot { .. } => None,
+            Phase::Diff { source, .. }
+            | Phase::Apply { source, .. }
+            | Phase::Copy { source, .. }
+            | Phase::BackupSnapshot { source }
+            | Phase::Prune { source, .. }
+            | Phase::Done { source, .. } => Some(source),
+        }
+    }
+
+    /// The apply checkpoint, in Apply.
+    pub fn applied_upto(&self) -> Option<u64> {
+        match self {
+            Phase::Apply { applied_upto, .. } => Some(*applied_upto),
+            _ => None,
+        }
+    }
+
+    /// The restore point `B(n)` and the `S(n)` it equals, once taken.
+    pub fn restore_point(&self) -> Option<(&SnapshotId, &SnapshotId)> {
+        match self {
+            Phase::Prune {
+                source,
+                backup_snapshot,
+                ..
+            }
+            | Phase::Done {
+                source,
+                backup_snapshot,
+                ..
+            } => Some((backup_snapshot, source)),
+            _ => None,
         }
     }
 }
@@ -72,90 +207,106 @@ pub struct CycleRecord {
     pub disk: String,
     pub kind: CycleKind,
     pub phase: Phase,
-    /// `S(n-1)`, the diff base (incremental only).
-    pub base_snapshot: Option<String>,
-    /// The backup ETag the last restore point left; checked before the first write.
-    pub expected_backup_etag: Option<String>,
     /// Set once this cycle may have written to the backup base (its ETag no longer proves
     /// anything about tampering).
     pub backup_touched: bool,
-    /// `S(n)`, once taken.
-    pub source_snapshot: Option<String>,
-    pub source_size: u64,
-    /// Apply checkpoint: every change below this offset is in the backup.
-    pub applied_upto: u64,
-    /// Pending Copy Blob (seed).
-    pub copy_id: Option<String>,
-    /// `B(n)`, once taken, and the backup ETag right after it.
-    pub backup_snapshot: Option<String>,
-    pub backup_etag: Option<String>,
     /// Why an incremental cycle turned into a seed.
     pub repair_reason: Option<String>,
     pub started_at: i64,
-    pub finished_at: Option<i64>,
     pub stats: CycleStats,
 }
 
 impl CycleRecord {
-    /// A new cycle: a seed when there is no diff base yet, else incremental.
-    pub fn new(
-        disk: &str,
-        tag: String,
-        base_snapshot: Option<String>,
-        expected_backup_etag: Option<String>,
-        now: i64,
-    ) -> Self {
+    /// A new cycle: incremental from `base` (`S(n-1)` and the backup ETag the last restore
+    /// point left) when the chain has one, else a seed.
+    pub fn new(disk: &str, tag: String, base: Option<DiffBase>, now: i64) -> Self {
         CycleRecord {
             id: 0,
             tag,
             disk: disk.to_string(),
-            kind: if base_snapshot.is_some() {
+            kind: if base.is_some() {
                 CycleKind::Incremental
             } else {
                 CycleKind::Seed
             },
-            phase: Phase::Snapshot,
-            base_snapshot,
-            expected_backup_etag,
+            phase: Phase::Snapshot { base },
             backup_touched: false,
-            source_snapshot: None,
-            source_size: 0,
-            applied_upto: 0,
-            copy_id: None,
-            backup_snapshot: None,
-            backup_etag: None,
             repair_reason: None,
             started_at: now,
-            finished_at: None,
             stats: CycleStats::default(),
+        }
+    }
+
+    /// A finished seed whose restore point `backup_snapshot` equals `source` although no
+    /// cycle copied it (restore `--rebase`: both are copies of one restore point). The next
+    /// cycle of the disk is incremental from `source`.
+    pub fn rebased(
+        disk: &str,
+        tag: String,
+        source: SnapshotId,
+        backup_snapshot: SnapshotId,
+        backup_etag: String,
+        reason: String,
+        now: i64,
+    ) -> Self {
+        CycleRecord {
+            phase: Phase::Done {
+                source,
+                backup_snapshot,
+                backup_etag,
+                finished_at: now,
+            },
+            repair_reason: Some(reason),
+            ..CycleRecord::new(disk, tag, None, now)
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done { .. })
+    }
+
+    pub fn finished_at(&self) -> Option<i64> {
+        match self.phase {
+            Phase::Done { finished_at, .. } => Some(finished_at),
+            _ => None,
         }
     }
 }
 
-/// What the runner must do next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the runner must do next, with everything it needs to do it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Find the source snapshot tagged with this cycle, or take one.
     TakeSourceSnapshot,
     /// Check the backup base and the diff base are what the chain expects.
-    CheckDiffBase,
-    /// Resize the backup, then apply the diff from `applied_upto`.
-    ApplyDiff,
-    /// Start Copy Blob of `S(n)` over the backup base.
-    StartCopy,
-    /// Wait for the copy `copy_id` to finish.
-    AwaitCopy,
-    /// Find the backup snapshot tagged with this cycle, or take one.
-    TakeBackupSnapshot,
-    /// Delete every tagged source snapshot of the disk except `S(n)`.
-    PruneSource,
+    CheckDiffBase {
+        base: SnapshotId,
+        /// None once this cycle may have written to the backup (nothing to compare).
+        expected_backup_etag: Option<String>,
+    },
+    /// Resize the backup to `size`, then apply the diff `base..source` (every page of
+    /// `source` without a base) from `from` on.
+    ApplyDiff {
+        source: SnapshotId,
+        base: Option<SnapshotId>,
+        size: u64,
+        from: u64,
+    },
+    /// Start Copy Blob of `source` over the backup base.
+    StartCopy { source: SnapshotId },
+    /// Wait for the copy `copy_id` of `source` to finish.
+    AwaitCopy { source: SnapshotId, copy_id: String },
+    /// Find the backup snapshot tagged with this cycle, or take one recording `source`.
+    TakeBackupSnapshot { source: SnapshotId },
+    /// Delete every tagged source snapshot of the disk except `keep`.
+    PruneSource { keep: SnapshotId },
 }
 
 /// What executing an action found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     SourceSnapshot {
-        snapshot: String,
+        snapshot: SnapshotId,
         size: u64,
     },
     /// The source snapshot vanished (deleted by someone): take a new one.
@@ -185,7 +336,7 @@ pub enum Outcome {
         reason: String,
     },
     BackupSnapshot {
-        snapshot: String,
+        snapshot: SnapshotId,
         etag: String,
     },
     Pruned,
@@ -197,21 +348,47 @@ pub enum Outcome {
 pub struct InvalidTransition {
     pub disk: String,
     pub cycle: i64,
-    pub phase: &'static str,
+    pub phase: PhaseName,
     pub outcome: String,
 }
 
 /// The next action for a record, or None when the cycle is done.
 pub fn next_action(rec: &CycleRecord) -> Option<Action> {
-    Some(match rec.phase {
-        Phase::Snapshot => Action::TakeSourceSnapshot,
-        Phase::Diff => Action::CheckDiffBase,
-        Phase::Apply => Action::ApplyDiff,
-        Phase::Copy if rec.copy_id.is_some() => Action::AwaitCopy,
-        Phase::Copy => Action::StartCopy,
-        Phase::BackupSnapshot => Action::TakeBackupSnapshot,
-        Phase::Prune => Action::PruneSource,
-        Phase::Done => return None,
+    Some(match &rec.phase {
+        Phase::Snapshot { .. } => Action::TakeSourceSnapshot,
+        Phase::Diff { base, .. } => Action::CheckDiffBase {
+            base: base.snapshot.clone(),
+            expected_backup_etag: base.backup_etag.clone().filter(|_| !rec.backup_touched),
+        },
+        Phase::Apply {
+            source,
+            size,
+            base,
+            applied_upto,
+        } => Action::ApplyDiff {
+            source: source.clone(),
+            base: base.clone(),
+            size: *size,
+            from: *applied_upto,
+        },
+        Phase::Copy {
+            source,
+            copy_id: Some(id),
+            ..
+        } => Action::AwaitCopy {
+            source: source.clone(),
+            copy_id: id.clone(),
+        },
+        Phase::Copy { source, .. } => Action::StartCopy {
+            source: source.clone(),
+        },
+        Phase::BackupSnapshot { source } => Action::TakeBackupSnapshot {
+            source: source.clone(),
+        },
+        Phase::Prune { source, .. } => Action::PruneSource {
+            keep: source.clone(),
+        },
+        Phase::Done { .. } => return None,
     })
 }
 
@@ -219,89 +396,187 @@ pub fn next_action(rec: &CycleRecord) -> Option<Action> {
 pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), InvalidTransition> {
     use Outcome as O;
     use Phase as P;
-    match (rec.phase, outcome) {
-        (P::Snapshot, O::SourceSnapshot { snapshot, size }) => {
-            rec.source_snapshot = Some(snapshot);
-            rec.source_size = size;
-            rec.phase = match rec.kind {
-                CycleKind::Seed => P::Copy,
-                CycleKind::Incremental => P::Diff,
-            };
-        }
-        (P::Diff, O::DiffBaseOk) => rec.phase = P::Apply,
-        (P::Diff | P::Apply, O::Repair { reason }) => {
+    let phase = std::mem::replace(&mut rec.phase, P::Snapshot { base: None });
+    let (next, outcome) = match (phase, outcome) {
+        (P::Snapshot { base }, O::SourceSnapshot { snapshot, size }) => (
+            match base {
+                None => P::Copy {
+                    source: snapshot,
+                    size,
+                    copy_id: None,
+                },
+                Some(base) => P::Diff {
+                    source: snapshot,
+                    size,
+                    base,
+                },
+            },
+            None,
+        ),
+        (P::Diff { source, size, base }, O::DiffBaseOk) => (
+            P::Apply {
+                source,
+                size,
+                base: Some(base.snapshot),
+                applied_upto: 0,
+            },
+            None,
+        ),
+        (P::Diff { source, size, .. } | P::Apply { source, size, .. }, O::Repair { reason }) => {
             rec.kind = CycleKind::Seed;
             rec.repair_reason = Some(reason);
-            rec.applied_upto = 0;
-            rec.phase = P::Copy;
+            (
+                P::Copy {
+                    source,
+                    size,
+                    copy_id: None,
+                },
+                None,
+            )
         }
-        (P::Apply | P::Copy, O::SourceSnapshotGone) => {
+        (P::Apply { base, .. }, O::SourceSnapshotGone) => {
             // A new S(n) is diffed against the same S(n-1): every page written after S(n-1)
-            // shows up again, so what was half applied is applied again in full.
-            rec.source_snapshot = None;
-            rec.applied_upto = 0;
-            rec.copy_id = None;
+            // shows up again, so what was half applied is applied again in full. The backup
+            // was written, so its ETag proves nothing any more.
             rec.backup_touched = true;
-            rec.phase = P::Snapshot;
+            let base = base.map(|snapshot| DiffBase {
+                snapshot,
+                backup_etag: None,
+            });
+            (P::Snapshot { base }, None)
         }
-        (P::Apply, O::Applied { upto, done, stats }) => {
-            rec.applied_upto = upto;
+        (P::Copy { .. }, O::SourceSnapshotGone) => {
+            rec.backup_touched = true;
+            (P::Snapshot { base: None }, None)
+        }
+        (
+            P::Apply {
+                source, size, base, ..
+            },
+            O::Applied { upto, done, stats },
+        ) => {
             rec.backup_touched = true;
             rec.stats.add(&stats);
-            if done {
-                rec.phase = P::BackupSnapshot;
-            }
+            let next = if done {
+                P::BackupSnapshot { source }
+            } else {
+                P::Apply {
+                    source,
+                    size,
+                    base,
+                    applied_upto: upto,
+                }
+            };
+            (next, None)
         }
-        (P::Copy, O::CopyStarted { copy_id }) => {
-            rec.copy_id = Some(copy_id);
+        (P::Copy { source, size, .. }, O::CopyStarted { copy_id }) => {
             rec.backup_touched = true;
+            (
+                P::Copy {
+                    source,
+                    size,
+                    copy_id: Some(copy_id),
+                },
+                None,
+            )
         }
-        (P::Copy, O::CopyDone) => {
-            rec.stats.bytes_written += rec.source_size;
-            rec.phase = P::BackupSnapshot;
+        (P::Copy { source, size, .. }, O::CopyDone) => {
+            rec.stats.bytes_written += size;
+            (P::BackupSnapshot { source }, None)
         }
-        (P::Copy, O::CopyFailed { .. }) => rec.copy_id = None,
-        (P::Copy, O::CopyUnavailable { .. }) => {
-            rec.base_snapshot = None;
-            rec.applied_upto = 0;
-            rec.phase = P::Apply;
+        (P::Copy { source, size, .. }, O::CopyFailed { .. }) => (
+            P::Copy {
+                source,
+                size,
+                copy_id: None,
+            },
+            None,
+        ),
+        (P::Copy { source, size, .. }, O::CopyUnavailable { .. }) => {
+            // Seed by client copy: Apply with no diff base.
+            rec.kind = CycleKind::Seed;
+            (
+                P::Apply {
+                    source,
+                    size,
+                    base: None,
+                    applied_upto: 0,
+                },
+                None,
+            )
         }
-        (P::BackupSnapshot, O::BackupSnapshot { snapshot, etag }) => {
-            rec.backup_snapshot = Some(snapshot);
-            rec.backup_etag = Some(etag);
-            rec.phase = P::Prune;
-        }
-        (P::Prune, O::Pruned) => {
-            rec.phase = P::Done;
-            rec.finished_at = Some(now);
-        }
-        (phase, outcome) => {
-            return Err(InvalidTransition {
-                disk: rec.disk.clone(),
-                cycle: rec.id,
-                phase: phase.as_str(),
-                outcome: format!("{outcome:?}"),
-            })
-        }
+        (P::BackupSnapshot { source }, O::BackupSnapshot { snapshot, etag }) => (
+            P::Prune {
+                source,
+                backup_snapshot: snapshot,
+                backup_etag: etag,
+            },
+            None,
+        ),
+        (
+            P::Prune {
+                source,
+                backup_snapshot,
+                backup_etag,
+            },
+            O::Pruned,
+        ) => (
+            P::Done {
+                source,
+                backup_snapshot,
+                backup_etag,
+                finished_at: now,
+            },
+            None,
+        ),
+        (phase, outcome) => (phase, Some(outcome)),
+    };
+    rec.phase = next;
+    match outcome {
+        None => Ok(()),
+        Some(outcome) => Err(InvalidTransition {
+            disk: rec.disk.clone(),
+            cycle: rec.id,
+            phase: rec.phase.name(),
+            outcome: format!("{outcome:?}"),
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> SnapshotId {
+        SnapshotId::new(s)
+    }
+
     /// The first step of every cycle: S(n) = "S1", 8 bytes.
     fn take_s1(r: &mut CycleRecord) {
         let s1 = Outcome::SourceSnapshot {
-            snapshot: "S1".into(),
+            snapshot: id("S1"),
             size: 8,
         };
         advance(r, s1, 0).unwrap();
     }
 
     fn incremental() -> CycleRecord {
-        CycleRecord::new("d", "t".into(), Some("S0".into()), Some("e0".into()), 0)
+        let base = DiffBase {
+            snapshot: id("S0"),
+            backup_etag: Some("e0".into()),
+        };
+        CycleRecord::new("d", "t".into(), Some(base), 0)
+    }
+
+    fn applied(upto: u64, done: bool) -> Outcome {
+        Outcome::Applied {
+            upto,
+            done,
+            stats: CycleStats {
+                bytes_written: 512,
+                ..Default::default()
+            },
+        }
     }
 
     #[test]
@@ -312,121 +587,122 @@ mod tests {
             (
                 Action::TakeSourceSnapshot,
                 Outcome::SourceSnapshot {
-                    snapshot: "S1".into(),
+                    snapshot: id("S1"),
                     size: 4096,
                 },
             ),
-            (Action::CheckDiffBase, Outcome::DiffBaseOk),
             (
-                Action::ApplyDiff,
-                Outcome::Applied {
-                    upto: 1024,
-                    done: false,
-                    stats: CycleStats::default(),
+                Action::CheckDiffBase {
+                    base: id("S0"),
+                    expected_backup_etag: Some("e0".into()),
                 },
+                Outcome::DiffBaseOk,
             ),
             (
-                Action::ApplyDiff,
-                Outcome::Applied {
-                    upto: 4096,
-                    done: true,
-                    stats: CycleStats {
-                        bytes_written: 512,
-                        ..Default::default()
-                    },
+                Action::ApplyDiff {
+                    source: id("S1"),
+                    base: Some(id("S0")),
+                    size: 4096,
+                    from: 0,
                 },
+                applied(1024, false),
             ),
             (
-                Action::TakeBackupSnapshot,
+                Action::ApplyDiff {
+                    source: id("S1"),
+                    base: Some(id("S0")),
+                    size: 4096,
+                    from: 1024,
+                },
+                applied(4096, true),
+            ),
+            (
+                Action::TakeBackupSnapshot { source: id("S1") },
                 Outcome::BackupSnapshot {
-                    snapshot: "B1".into(),
+                    snapshot: id("B1"),
                     etag: "e1".into(),
                 },
             ),
-            (Action::PruneSource, Outcome::Pruned),
+            (Action::PruneSource { keep: id("S1") }, Outcome::Pruned),
         ];
         for (action, outcome) in steps {
             assert_eq!(next_action(&r), Some(action));
             advance(&mut r, outcome, 9).unwrap();
         }
         assert_eq!(next_action(&r), None);
-        assert_eq!(r.phase, Phase::Done);
-        assert_eq!(r.finished_at, Some(9));
-        assert_eq!(r.stats.bytes_written, 512);
-        assert_eq!(r.backup_snapshot.as_deref(), Some("B1"));
+        assert_eq!(r.finished_at(), Some(9));
+        assert_eq!(r.stats.bytes_written, 1024);
+        assert_eq!(r.phase.restore_point(), Some((&id("B1"), &id("S1"))));
     }
 
     #[test]
     fn first_cycle_seeds_and_retries_a_failed_copy() {
-        let mut r = CycleRecord::new("d", "t".into(), None, None, 0);
+        let mut r = CycleRecord::new("d", "t".into(), None, 0);
         assert_eq!(r.kind, CycleKind::Seed);
         take_s1(&mut r);
-        assert_eq!(next_action(&r), Some(Action::StartCopy));
-        advance(
-            &mut r,
-            Outcome::CopyStarted {
-                copy_id: "c".into(),
-            },
-            0,
-        )
-        .unwrap();
-        assert_eq!(next_action(&r), Some(Action::AwaitCopy));
+        assert_eq!(
+            next_action(&r),
+            Some(Action::StartCopy { source: id("S1") })
+        );
+        let started = |c: &str| Outcome::CopyStarted { copy_id: c.into() };
+        advance(&mut r, started("c"), 0).unwrap();
+        assert_eq!(
+            next_action(&r),
+            Some(Action::AwaitCopy {
+                source: id("S1"),
+                copy_id: "c".into()
+            })
+        );
         advance(&mut r, Outcome::CopyFailed { reason: "x".into() }, 0).unwrap();
-        assert_eq!(next_action(&r), Some(Action::StartCopy));
-        advance(
-            &mut r,
-            Outcome::CopyStarted {
-                copy_id: "c2".into(),
-            },
-            0,
-        )
-        .unwrap();
+        assert_eq!(
+            next_action(&r),
+            Some(Action::StartCopy { source: id("S1") })
+        );
+        advance(&mut r, started("c2"), 0).unwrap();
         advance(&mut r, Outcome::CopyDone, 0).unwrap();
-        assert_eq!(next_action(&r), Some(Action::TakeBackupSnapshot));
+        assert_eq!(
+            next_action(&r),
+            Some(Action::TakeBackupSnapshot { source: id("S1") })
+        );
     }
 
     #[test]
     fn a_copy_the_service_cannot_read_becomes_a_full_apply() {
         let mut r = incremental();
         take_s1(&mut r);
-        advance(
-            &mut r,
-            Outcome::Repair {
-                reason: "tampered".into(),
-            },
-            0,
-        )
-        .unwrap();
-        advance(
-            &mut r,
-            Outcome::CopyUnavailable {
-                reason: "no SAS".into(),
-            },
-            0,
-        )
-        .unwrap();
+        let repair = Outcome::Repair {
+            reason: "tampered".into(),
+        };
+        advance(&mut r, repair, 0).unwrap();
+        let unavailable = Outcome::CopyUnavailable {
+            reason: "no SAS".into(),
+        };
+        advance(&mut r, unavailable, 0).unwrap();
+        assert_eq!(r.kind, CycleKind::Seed);
         assert_eq!(
-            (r.kind, r.phase, r.base_snapshot.as_deref()),
-            (CycleKind::Seed, Phase::Apply, None)
+            next_action(&r),
+            Some(Action::ApplyDiff {
+                source: id("S1"),
+                base: None,
+                size: 8,
+                from: 0
+            })
         );
-        assert_eq!(next_action(&r), Some(Action::ApplyDiff));
     }
 
     #[test]
     fn unusable_base_turns_the_cycle_into_a_seed_keeping_the_snapshot() {
         let mut r = incremental();
         take_s1(&mut r);
-        advance(
-            &mut r,
-            Outcome::Repair {
-                reason: "tampered".into(),
-            },
-            0,
-        )
-        .unwrap();
+        let repair = Outcome::Repair {
+            reason: "tampered".into(),
+        };
+        advance(&mut r, repair, 0).unwrap();
         assert_eq!(r.kind, CycleKind::Seed);
-        assert_eq!(r.source_snapshot.as_deref(), Some("S1"));
-        assert_eq!(next_action(&r), Some(Action::StartCopy));
+        assert_eq!(
+            next_action(&r),
+            Some(Action::StartCopy { source: id("S1") })
+        );
     }
 
     #[test]
@@ -434,20 +710,17 @@ mod tests {
         let mut r = incremental();
         take_s1(&mut r);
         advance(&mut r, Outcome::DiffBaseOk, 0).unwrap();
-        advance(
-            &mut r,
-            Outcome::Applied {
-                upto: 4,
-                done: false,
-                stats: CycleStats::default(),
-            },
-            0,
-        )
-        .unwrap();
+        advance(&mut r, applied(4, false), 0).unwrap();
         advance(&mut r, Outcome::SourceSnapshotGone, 0).unwrap();
+        assert_eq!(next_action(&r), Some(Action::TakeSourceSnapshot));
+        assert!(r.backup_touched);
+        take_s1(&mut r);
         assert_eq!(
-            (r.phase, r.applied_upto, r.backup_touched),
-            (Phase::Snapshot, 0, true)
+            next_action(&r),
+            Some(Action::CheckDiffBase {
+                base: id("S0"),
+                expected_backup_etag: None
+            })
         );
     }
 
@@ -456,7 +729,78 @@ mod tests {
         let mut r = incremental();
         let before = r.clone();
         let err = advance(&mut r, Outcome::Pruned, 0).unwrap_err();
-        assert!(err.to_string().contains("phase snapshot"));
+        assert_eq!(err.phase, PhaseName::Snapshot);
         assert_eq!(r, before);
+    }
+
+    /// Every path through the machine, driven by every outcome in every phase: a record
+    /// that can prune always knows `S(n)` (and `B(n)`), and a finished one names its restore
+    /// point. (The types make the opposite unrepresentable; this shows the transitions never
+    /// leave the paths the types allow, e.g. by resetting to an earlier phase.)
+    #[test]
+    fn no_transition_reaches_prune_without_its_snapshots() {
+        let outcomes = [
+            Outcome::SourceSnapshot {
+                snapshot: id("S1"),
+                size: 8,
+            },
+            Outcome::SourceSnapshotGone,
+            Outcome::DiffBaseOk,
+            Outcome::Repair { reason: "r".into() },
+            applied(4, false),
+            applied(8, true),
+            Outcome::CopyStarted {
+                copy_id: "c".into(),
+            },
+            Outcome::CopyDone,
+            Outcome::CopyFailed { reason: "f".into() },
+            Outcome::CopyUnavailable { reason: "u".into() },
+            Outcome::BackupSnapshot {
+                snapshot: id("B1"),
+                etag: "e1".into(),
+            },
+            Outcome::Pruned,
+        ];
+        let mut seen = 0;
+        let mut todo = vec![
+            (incremental(), 0),
+            (CycleRecord::new("d", "t".into(), None, 0), 0),
+        ];
+        while let Some((r, depth)) = todo.pop() {
+            if let Some(Action::PruneSource { keep }) = next_action(&r) {
+                assert_eq!(keep, id("S1"));
+                assert_eq!(r.phase.restore_point(), Some((&id("B1"), &id("S1"))));
+                seen += 1;
+            }
+            if r.is_done() {
+                assert!(r.phase.restore_point().is_some());
+            }
+            if depth == 9 {
+                continue;
+            }
+            for o in &outcomes {
+                let mut next = r.clone();
+                if advance(&mut next, o.clone(), 1).is_ok() {
+                    todo.push((next, depth + 1));
+                }
+            }
+        }
+        assert!(seen > 0, "some path reaches Prune");
+    }
+
+    #[test]
+    fn rebase_is_a_finished_seed_naming_its_restore_point() {
+        let r = CycleRecord::rebased(
+            "n",
+            "t".into(),
+            id("S0"),
+            id("B0"),
+            "e".into(),
+            "x".into(),
+            5,
+        );
+        assert_eq!(next_action(&r), None);
+        assert_eq!(r.phase.restore_point(), Some((&id("B0"), &id("S0"))));
+        assert_eq!(r.finished_at(), Some(5));
     }
 }

@@ -83,6 +83,10 @@ impl<'a> Metered<'a> {
 
 #[async_trait]
 impl PageBlobs for Metered<'_> {
+    fn check_account(&self, account: &str) -> BlobResult<()> {
+        self.inner.check_account(account)
+    }
+
     async fn properties(&self, b: &BlobRef, s: Option<&str>) -> BlobResult<Option<BlobProps>> {
         self.count();
         self.inner.properties(b, s).await

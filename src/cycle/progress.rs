@@ -3,13 +3,46 @@
 //! the progress bar on a terminal (`crate::terminal`). Written by the worker, read anywhere;
 //! no logic.
 
+use super::machine::PhaseName;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// What a disk is doing, as `status` and the `snapback_cycle_phase` metric report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activity {
+    /// No cycle runs.
+    Idle,
+    /// A cycle was started and has not reached its first action yet.
+    Starting,
+    Phase(PhaseName),
+}
+
+impl Activity {
+    /// Every activity a running daemon reports (a finished cycle is idle again).
+    pub const ALL: [Activity; 8] = [
+        Activity::Idle,
+        Activity::Starting,
+        Activity::Phase(PhaseName::Snapshot),
+        Activity::Phase(PhaseName::Diff),
+        Activity::Phase(PhaseName::Apply),
+        Activity::Phase(PhaseName::Copy),
+        Activity::Phase(PhaseName::BackupSnapshot),
+        Activity::Phase(PhaseName::Prune),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activity::Idle => "idle",
+            Activity::Starting => "starting",
+            Activity::Phase(p) => p.as_str(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Progress {
-    phase: Mutex<&'static str>,
+    phase: Mutex<Option<PhaseName>>,
     /// What the byte counts are about (`apply`, `seed copy`, `verify`, ...).
     work: Mutex<&'static str>,
     /// Bytes of the work done (for apply: the checkpoint offset reached).
@@ -23,7 +56,7 @@ pub struct Progress {
 /// A consistent-enough reading of [`Progress`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProgressView {
-    pub phase: &'static str,
+    pub phase: Activity,
     /// What `bytes_done` and `bytes_total` count (empty before any byte-counted work).
     pub work: &'static str,
     pub bytes_done: u64,
@@ -34,9 +67,9 @@ pub struct ProgressView {
 }
 
 impl Progress {
-    pub fn set_phase(&self, phase: &'static str) {
+    pub fn set_phase(&self, phase: PhaseName) {
         if let Ok(mut p) = self.phase.lock() {
-            *p = phase;
+            *p = Some(phase);
         }
     }
 
@@ -77,7 +110,7 @@ impl Progress {
     }
 
     pub fn view(&self) -> ProgressView {
-        let phase = self.phase.lock().map(|p| *p).unwrap_or("");
+        let phase = self.phase.lock().ok().and_then(|p| *p);
         let work = self.work.lock().map(|w| *w).unwrap_or("");
         let (done, total) = (self.done.load(Relaxed), self.total.load(Relaxed));
         let start = self.work_start.lock().ok().and_then(|s| *s);
@@ -89,7 +122,7 @@ impl Progress {
             .filter(|r| *r > 0.0)
             .map(|r| total.saturating_sub(done) as f64 / r);
         ProgressView {
-            phase: if phase.is_empty() { "starting" } else { phase },
+            phase: phase.map_or(Activity::Starting, Activity::Phase),
             work,
             bytes_done: done,
             bytes_total: total,

@@ -4,15 +4,18 @@
 //! reconciling with what storage holds first (tagged snapshots) so that repeating an action
 //! after a crash never duplicates its effect.
 
-use super::machine::{self, Action, CycleKind, CycleRecord, CycleStats, Outcome, Phase};
+use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, PhaseName};
 use super::metered::Metered;
 use super::progress::Progress;
-use crate::blobs::{BlobError, BlobRef, CopyStatus, Metadata, PageBlobs, PageListQuery};
+use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs, Resource};
 use crate::config::CopyMode;
+use crate::copy::{self, CopyWait};
+use crate::model::{tags, Clock, SnapshotId};
 use crate::pages::{
     round_up_to_page, segments, Batch, ByteRange, Coalescer, ReadPlanner, DIFF_SEGMENT_BYTES,
     MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
 };
+use crate::source::{CopySource, DiffQuery, PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
 use futures::{stream, StreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,13 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-/// Metadata names on the snapshots snapback creates (see docs/design.md, "Metadata tags").
-pub const TAG_DISK: &str = "snapback_disk";
-pub const TAG_CYCLE: &str = "snapback_cycle";
-pub const TAG_SOURCE_SNAPSHOT: &str = "snapback_source_snapshot";
-/// On the backup base blob (not a snapshot): the disk it backs up.
-pub const TAG_BACKUP_OF: &str = "snapback_backup_of";
 
 /// How often the apply checkpoint is written at most. A crash re-applies at most this much
 /// work; each write is one small SQLite transaction.
@@ -77,21 +73,18 @@ impl Limits {
         }
     }
 
-    async fn request(&self) -> Result<tokio::sync::SemaphorePermit<'_>, BlobError> {
-        self.requests.acquire().await.map_err(closed)
+    /// A request permit. `Limits` never closes its semaphores, so acquiring only waits.
+    async fn request(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.requests.acquire().await.ok()
     }
 
     /// Permits for `bytes` of buffer (a request larger than the whole budget takes all of it).
-    async fn buffer(&self, bytes: u64) -> Result<tokio::sync::SemaphorePermit<'_>, BlobError> {
+    async fn buffer(&self, bytes: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let units = bytes
             .div_ceil(BUFFER_UNIT)
             .clamp(1, self.buffer_units as u64) as u32;
-        self.buffer.acquire_many(units).await.map_err(closed)
+        self.buffer.acquire_many(units).await.ok()
     }
-}
-
-fn closed(_: tokio::sync::AcquireError) -> BlobError {
-    BlobError::Config("the request limiter was closed (shutting down)".into())
 }
 
 /// How the apply phase lists and groups the diff (tunable for tests and the benchmark).
@@ -130,23 +123,22 @@ pub enum CycleError {
     State(#[from] StateError),
     #[error(transparent)]
     Machine(#[from] machine::InvalidTransition),
+    /// Stopped on request (shutdown, end of the backup window) at a checkpoint.
     #[error("disk {disk}: stopped at a checkpoint (phase {phase}); the next run resumes it")]
-    Interrupted { disk: String, phase: &'static str },
-}
-
-/// The clock, injected so tests control time.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> i64;
-}
-
-/// Wall-clock seconds since the Unix epoch.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        time::OffsetDateTime::now_utc().unix_timestamp()
-    }
+    Interrupted { disk: String, phase: PhaseName },
+    /// Another snapback process holds the disk's lock.
+    #[error("disk {disk} is being backed up by another snapback process (lock {path} is held)")]
+    Busy {
+        disk: String,
+        path: std::path::PathBuf,
+    },
+    /// The disk's lock file cannot be used.
+    #[error("disk {disk}: lock file {path}: {source}")]
+    Lock {
+        disk: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Runner<'a> {
@@ -194,6 +186,15 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// The disk's source, seen through the meter.
+    fn source(&self) -> PageBlobSource<'_> {
+        PageBlobSource::new(&self.blobs, &self.disk.source)
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now().timestamp()
+    }
+
     /// The disk's unfinished cycle, or a new one (invariant 1: never two at once).
     pub fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
         let d = self.disk;
@@ -203,18 +204,21 @@ impl<'a> Runner<'a> {
         if let Some(rec) = self.store.open_cycle(&d.name)? {
             return Ok(rec);
         }
-        let rec = CycleRecord::new(
-            &d.name,
-            random_tag(),
-            state.base_snapshot,
-            state.backup_etag,
-            self.clock.now(),
-        );
+        let base = state.base_snapshot.map(|s| DiffBase {
+            snapshot: SnapshotId::new(s),
+            backup_etag: state.backup_etag,
+        });
+        let rec = CycleRecord::new(&d.name, random_tag(), base, self.now());
         Ok(self.store.insert_cycle(rec)?)
     }
 
-    /// Runs (or resumes) one cycle to the end.
+    /// Runs (or resumes) one cycle to the end. A source or backup account that cannot be
+    /// used (a missing secret) fails it before any request.
     pub async fn run_cycle(&self) -> Result<CycleRecord, CycleError> {
+        self.source()
+            .check()
+            .and_then(|()| self.blobs.check_account(&self.disk.backup.account))
+            .map_err(|e| self.blob_err(e))?;
         let mut rec = self.open_or_resume()?;
         while self.step(&mut rec).await? {}
         Ok(rec)
@@ -227,10 +231,10 @@ impl<'a> Runner<'a> {
         };
         let interrupted = || CycleError::Interrupted {
             disk: rec.disk.clone(),
-            phase: rec.phase.as_str(),
+            phase: rec.phase.name(),
         };
         if let Some(p) = &self.progress {
-            p.set_phase(rec.phase.as_str());
+            p.set_phase(rec.phase.name());
         }
         if self.stop.is_cancelled() {
             return Err(interrupted());
@@ -238,7 +242,7 @@ impl<'a> Runner<'a> {
         // Dropping an action midway is as safe as a crash (each is reconciled or idempotent),
         // so a stop request does not wait for a slow request or a long copy. Apply stops on
         // its own, after saving its checkpoint.
-        let outcome = if action == Action::ApplyDiff {
+        let outcome = if matches!(action, Action::ApplyDiff { .. }) {
             self.execute(action, rec).await?
         } else {
             let mut work = rec.clone();
@@ -249,18 +253,18 @@ impl<'a> Runner<'a> {
         };
         self.commit(rec, outcome)?;
         failpoint_after_step().await;
-        Ok(rec.phase != Phase::Done)
+        Ok(!rec.is_done())
     }
 
     fn commit(&self, rec: &mut CycleRecord, outcome: Outcome) -> Result<(), CycleError> {
         if let Outcome::Repair { reason } = &outcome {
             tracing::warn!(disk = %rec.disk, reason = %reason, "cannot apply a diff onto this backup; re-seeding (earlier restore points are kept)");
         }
-        machine::advance(rec, outcome, self.clock.now())?;
+        machine::advance(rec, outcome, self.now())?;
         let (requests, ranges) = self.blobs.take_counts();
         rec.stats.requests += requests;
         rec.stats.ranges += ranges;
-        self.store.save_cycle(rec, self.clock.now())?;
+        self.store.save_cycle(rec, self.now())?;
         Ok(())
     }
 
@@ -290,86 +294,63 @@ impl<'a> Runner<'a> {
     ) -> Result<Outcome, CycleError> {
         let r = match action {
             Action::TakeSourceSnapshot => self.take_source_snapshot(rec).await,
-            Action::CheckDiffBase => self.check_diff_base(rec).await,
-            Action::ApplyDiff => return self.apply(rec).await,
-            Action::StartCopy => self.start_copy(rec).await,
-            Action::AwaitCopy => self.await_copy(rec).await,
-            Action::TakeBackupSnapshot => self.take_backup_snapshot(rec).await,
-            Action::PruneSource => self.prune_source(rec).await,
+            Action::CheckDiffBase {
+                base,
+                expected_backup_etag,
+            } => self.check_diff_base(&base, expected_backup_etag).await,
+            Action::ApplyDiff {
+                source,
+                base,
+                size,
+                from,
+            } => return self.apply(rec, &source, base.as_ref(), size, from).await,
+            Action::StartCopy { source } => self.start_copy(rec, &source).await,
+            Action::AwaitCopy { source, copy_id } => {
+                return self.await_copy(rec, &source, &copy_id).await
+            }
+            Action::TakeBackupSnapshot { source } => self.take_backup_snapshot(rec, &source).await,
+            Action::PruneSource { keep } => self.prune_source(rec, &keep).await,
         };
         r.map_err(|e| self.blob_err(e))
     }
 
-    fn tags(&self, rec: &CycleRecord) -> Metadata {
-        Metadata::from([
-            (TAG_DISK.to_string(), rec.disk.clone()),
-            (TAG_CYCLE.to_string(), rec.tag.clone()),
-        ])
-    }
-
-    async fn find_tagged(
-        &self,
-        blob: &BlobRef,
-        tag: &str,
-    ) -> Result<Option<(String, u64)>, BlobError> {
-        Ok(self
-            .blobs
-            .list_snapshots(blob)
-            .await?
-            .into_iter()
-            .find(|s| s.metadata.get(TAG_CYCLE).map(String::as_str) == Some(tag))
-            .map(|s| (s.snapshot, s.size)))
-    }
-
     async fn take_source_snapshot(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
-        let source = &self.disk.source;
+        let source = self.source();
         // Invariant 9: this is the first request of a cycle; a missing source or a bad key
         // fails here, before anything is written anywhere.
-        if let Some((snapshot, size)) = self.find_tagged(source, &rec.tag).await? {
-            return Ok(Outcome::SourceSnapshot { snapshot, size });
-        }
-        let snapshot = self.blobs.create_snapshot(source, &self.tags(rec)).await?;
-        let props = self
-            .blobs
-            .properties(source, Some(&snapshot))
-            .await?
-            .ok_or_else(|| BlobError::NotFound {
-                what: format!("{source} snapshot {snapshot}"),
-                code: "BlobNotFound".into(),
-            })?;
+        let s = match source.find_snapshot(&rec.disk, &rec.tag).await? {
+            Some(s) => s,
+            None => source.take_snapshot(&rec.disk, &rec.tag).await?,
+        };
         Ok(Outcome::SourceSnapshot {
-            snapshot,
-            size: props.size,
+            snapshot: s.id,
+            size: s.size,
         })
     }
 
-    async fn check_diff_base(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+    async fn check_diff_base(
+        &self,
+        base: &SnapshotId,
+        expected_backup_etag: Option<String>,
+    ) -> Result<Outcome, BlobError> {
         let backup = &self.disk.backup;
         let Some(props) = self.blobs.properties(backup, None).await? else {
             return Ok(Outcome::Repair {
                 reason: format!("backup blob {backup} does not exist"),
             });
         };
-        if !rec.backup_touched {
-            if let Some(expected) = &rec.expected_backup_etag {
-                if &props.etag != expected {
-                    return Ok(Outcome::Repair {
-                        reason: format!(
-                            "backup blob {backup} was modified since the last restore point \
-                             (ETag {} instead of {expected})",
-                            props.etag
-                        ),
-                    });
-                }
+        if let Some(expected) = expected_backup_etag {
+            if props.etag != expected {
+                return Ok(Outcome::Repair {
+                    reason: format!(
+                        "backup blob {backup} was modified since the last restore point \
+                         (ETag {} instead of {expected})",
+                        props.etag
+                    ),
+                });
             }
         }
-        let base = rec.base_snapshot.as_deref().unwrap_or_default();
-        if self
-            .blobs
-            .properties(&self.disk.source, Some(base))
-            .await?
-            .is_none()
-        {
+        if self.source().snapshot_size(base).await?.is_none() {
             return Ok(Outcome::Repair {
                 reason: format!(
                     "diff base snapshot {base} of {} was deleted",
@@ -380,17 +361,21 @@ impl<'a> Runner<'a> {
         Ok(Outcome::DiffBaseOk)
     }
 
-    /// Applies the diff `S(n-1)..S(n)` from the checkpoint on, persisting progress as it goes.
-    async fn apply(&self, rec: &mut CycleRecord) -> Result<Outcome, CycleError> {
-        let (source, backup) = (&self.disk.source, &self.disk.backup);
-        let Some(snapshot) = rec.source_snapshot.clone() else {
-            return Err(self.blob_err(BlobError::Config("apply without a source snapshot".into())));
-        };
+    /// Applies the diff `base..snapshot` (every page of `snapshot` without a base) from `from`
+    /// on, persisting progress as it goes.
+    async fn apply(
+        &self,
+        rec: &mut CycleRecord,
+        snapshot: &SnapshotId,
+        base: Option<&SnapshotId>,
+        size: u64,
+        from: u64,
+    ) -> Result<Outcome, CycleError> {
+        let backup = &self.disk.backup;
+        let source = self.source();
         // No diff base: a seed by client copy. Every page of S(n) is listed and copied onto a
         // backup base made blank first (only before the first checkpoint: later, resume).
-        let base = rec.base_snapshot.clone();
-        let size = rec.source_size;
-        if base.is_none() && rec.applied_upto == 0 {
+        if base.is_none() && from == 0 {
             self.blobs
                 .create_page_blob(backup, round_up_to_page(size))
                 .await
@@ -403,7 +388,7 @@ impl<'a> Runner<'a> {
             .properties(backup, None)
             .await
             .map_err(|e| self.blob_err(e))?;
-        let mut stats = CycleStats::default();
+        let stats = CycleStats::default();
         match props {
             Some(p) if p.size == size => {}
             Some(_) => {
@@ -420,15 +405,56 @@ impl<'a> Runner<'a> {
             }
         }
 
-        let window = ByteRange::new(rec.applied_upto, size);
-        let batches = diff_batches(
-            &self.blobs,
-            source,
-            &snapshot,
-            base.as_deref(),
-            window,
-            self.tuning,
-        );
+        // Server copy reads S(n) through access granted for this apply (revoked at its end).
+        let server_wanted = self.disk.copy_mode != CopyMode::Client;
+        let grant = if server_wanted {
+            match source.grant_read(snapshot).await {
+                Ok(g) => Some(g),
+                Err(e) if self.disk.copy_mode == CopyMode::Auto && e.refuses_server_copy() => {
+                    tracing::warn!(disk = %self.disk.name, error = %e, "server-side copy unavailable; copying through snapback");
+                    None
+                }
+                Err(e) => return Err(self.blob_err(e)),
+            }
+        } else {
+            None
+        };
+        let result = self
+            .apply_window(
+                rec,
+                &source,
+                snapshot,
+                base,
+                size,
+                from,
+                grant.as_ref(),
+                stats,
+            )
+            .await;
+        if grant.is_some() {
+            if let Err(e) = source.revoke_read(snapshot).await {
+                tracing::warn!(disk = %self.disk.name, error = %e, "could not revoke the backup service's read access");
+            }
+        }
+        result
+    }
+
+    /// The pipelined part of [`Runner::apply`]: list, plan and run batches over
+    /// `from..size`, checkpointing the contiguous prefix of finished ones.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_window(
+        &self,
+        rec: &mut CycleRecord,
+        source: &dyn Source,
+        snapshot: &SnapshotId,
+        base: Option<&SnapshotId>,
+        size: u64,
+        from: u64,
+        grant: Option<&CopySource>,
+        mut stats: CycleStats,
+    ) -> Result<Outcome, CycleError> {
+        let window = ByteRange::new(from, size);
+        let batches = diff_batches(source, snapshot, base, window, self.tuning);
         let mut batches = std::pin::pin!(batches);
         let concurrency = self.disk.concurrency.max(1);
         // Batches run and finish in any order (a slow request does not hold back the ones
@@ -436,8 +462,7 @@ impl<'a> Runner<'a> {
         // At most `max_ahead` batches may be admitted past the oldest unfinished one, which
         // bounds `finished` (and the work a crash can repeat).
         let max_ahead = (concurrency * 64) as u64;
-        let snap: &str = &snapshot;
-        let server = AtomicBool::new(self.disk.copy_mode != CopyMode::Client);
+        let server = AtomicBool::new(grant.is_some());
         let server = &server;
         let mut running = futures::stream::FuturesUnordered::new();
         let (mut admitted, mut head) = (0u64, 0u64);
@@ -445,7 +470,7 @@ impl<'a> Runner<'a> {
         let mut listed_all = false;
 
         let mut last_save = Instant::now();
-        let mut upto = rec.applied_upto;
+        let mut upto = from;
         if let Some(p) = &self.progress {
             p.start("apply", upto, size);
         }
@@ -472,7 +497,7 @@ impl<'a> Runner<'a> {
                     self.checkpoint(rec, upto, stats)?;
                     return Err(CycleError::Interrupted {
                         disk: rec.disk.clone(),
-                        phase: Phase::Apply.as_str(),
+                        phase: PhaseName::Apply,
                     });
                 }
                 Event::Batch(None) => {
@@ -485,7 +510,8 @@ impl<'a> Runner<'a> {
                     running.push(async move {
                         let mut s = CycleStats::default();
                         let end = batch.end();
-                        self.run_batch(batch, snap, server, &mut s).await?;
+                        self.run_batch(source, batch, snapshot, grant, server, &mut s)
+                            .await?;
                         Ok::<_, BlobError>((seq, end, s))
                     });
                     None
@@ -507,15 +533,19 @@ impl<'a> Runner<'a> {
             };
             if let Some(e) = failure {
                 self.checkpoint(rec, upto, stats)?;
-                return match e {
-                    BlobError::PreviousSnapshotGone { snapshot, .. } => Ok(Outcome::Repair {
-                        reason: format!("diff base snapshot {snapshot} was deleted during apply"),
-                    }),
-                    BlobError::NotFound { what, .. } if what.contains(&snapshot) => {
-                        Ok(Outcome::SourceSnapshotGone)
+                // Only a NotFound about the snapshots themselves changes course; a 404 about
+                // the backup blob (e.g. during Put Page From URL) fails the apply.
+                if e.is_not_found() {
+                    if let Some(base) = base.filter(|b| e.concerns(&source.snapshot_resource(b))) {
+                        return Ok(Outcome::Repair {
+                            reason: format!("diff base snapshot {base} was deleted during apply"),
+                        });
                     }
-                    e => Err(self.blob_err(e)),
-                };
+                    if e.concerns(&source.snapshot_resource(snapshot)) {
+                        return Ok(Outcome::SourceSnapshotGone);
+                    }
+                }
+                return Err(self.blob_err(e));
             }
             if last_save.elapsed() >= CHECKPOINT_INTERVAL {
                 self.checkpoint(rec, upto, std::mem::take(&mut stats))?;
@@ -535,15 +565,17 @@ impl<'a> Runner<'a> {
     /// the number of disks.
     async fn run_batch(
         &self,
+        source: &dyn Source,
         batch: Batch,
-        snapshot: &str,
+        snapshot: &SnapshotId,
+        grant: Option<&CopySource>,
         server: &AtomicBool,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
         // Requests first, then buffer (in copy_client_side): every task takes them in this
         // order and a buffer holder never waits for a request permit, so no deadlock.
         let _permit = match &self.limits {
-            Some(l) => Some(l.request().await?),
+            Some(l) => l.request().await,
             None => None,
         };
         let backup = &self.disk.backup;
@@ -555,8 +587,8 @@ impl<'a> Runner<'a> {
             }
             Batch::Copy { read, puts } => (read, puts),
         };
-        if server.load(Ordering::Relaxed) {
-            match self.copy_server_side(&puts, snapshot, stats).await {
+        if let Some(grant) = grant.filter(|_| server.load(Ordering::Relaxed)) {
+            match self.copy_server_side(&puts, grant, stats).await {
                 Ok(()) => return Ok(()),
                 Err(e) if self.disk.copy_mode == CopyMode::Auto && e.refuses_server_copy() => {
                     if server.swap(false, Ordering::Relaxed) {
@@ -566,23 +598,25 @@ impl<'a> Runner<'a> {
                 Err(e) => return Err(e),
             }
         }
-        self.copy_client_side(read, &puts, snapshot, stats).await
+        self.copy_client_side(source, read, &puts, snapshot, stats)
+            .await
     }
 
     /// Put Page From URL for each put: the service reads `S(n)` itself.
     async fn copy_server_side(
         &self,
         puts: &[ByteRange],
-        snapshot: &str,
+        grant: &CopySource,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
+        let CopySource::Blob { blob, snapshot } = grant;
         for p in puts {
             self.blobs
                 .put_pages_from_url(
                     &self.disk.backup,
                     *p,
-                    &self.disk.source,
-                    Some(snapshot),
+                    blob,
+                    Some(snapshot.as_str()),
                     p.start,
                 )
                 .await?;
@@ -595,20 +629,18 @@ impl<'a> Runner<'a> {
     /// is a Clear Page instead: same content, no stored pages, no body sent.
     async fn copy_client_side(
         &self,
+        source: &dyn Source,
         read: ByteRange,
         puts: &[ByteRange],
-        snapshot: &str,
+        snapshot: &SnapshotId,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
         let backup = &self.disk.backup;
         let _buffer = match &self.limits {
-            Some(l) => Some(l.buffer(read.len()).await?),
+            Some(l) => l.buffer(read.len()).await,
             None => None,
         };
-        let data = self
-            .blobs
-            .read(&self.disk.source, Some(snapshot), read)
-            .await?;
+        let data = source.read(snapshot, read).await?;
         for p in puts {
             let piece = data.slice((p.start - read.start) as usize..(p.end - read.start) as usize);
             if piece.iter().all(|b| *b == 0) {
@@ -622,120 +654,154 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    async fn start_copy(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
-        let (source, backup) = (&self.disk.source, &self.disk.backup);
-        let snapshot = rec.source_snapshot.as_deref();
+    async fn start_copy(
+        &self,
+        rec: &CycleRecord,
+        snapshot: &SnapshotId,
+    ) -> Result<Outcome, BlobError> {
+        let backup = &self.disk.backup;
+        let source = self.source();
         self.blobs.ensure_container(backup).await?;
         // A copy left pending by a crash before its id was recorded would make ours fail.
-        if let Some(BlobPropsCopy { id, pending: true }) = self.copy_state(backup).await? {
+        let pending = self
+            .blobs
+            .properties(backup, None)
+            .await?
+            .and_then(|p| p.copy);
+        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) = pending {
             self.blobs.abort_copy(backup, &id).await?;
         }
+        let unavailable = |e: BlobError| {
+            tracing::info!(disk = %rec.disk, error = %e, "seeding by copying every page through snapback");
+            Ok(Outcome::CopyUnavailable {
+                reason: e.to_string(),
+            })
+        };
+        let CopySource::Blob { blob, snapshot: s } = match source.grant_read(snapshot).await {
+            Ok(g) => g,
+            Err(e) if e.kind == ErrorKind::NoReadAccess => return unavailable(e),
+            Err(e) => return Err(e),
+        };
         // Explicit metadata: without it Copy Blob copies the source snapshot's snapback tags
         // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
         // of the backup) would inherit them and pass for one of our restore points.
-        let meta = Metadata::from([(TAG_BACKUP_OF.to_string(), rec.disk.clone())]);
-        match self.blobs.start_copy(backup, source, snapshot, &meta).await {
+        let meta = tags::backup_base(&rec.disk);
+        let started = self
+            .blobs
+            .start_copy(backup, &blob, Some(s.as_str()), &meta)
+            .await;
+        if started.is_err() {
+            // No copy reads S(n): end the access granted for it.
+            if let Err(e) = source.revoke_read(snapshot).await {
+                tracing::warn!(disk = %rec.disk, error = %e, "could not revoke the backup service's read access");
+            }
+        }
+        match started {
             Ok(copy_id) => Ok(Outcome::CopyStarted { copy_id }),
-            Err(BlobError::NotFound { what, .. }) if what.contains(snapshot.unwrap_or("\0")) => {
+            Err(e) if e.is_not_found() && e.concerns(&source.snapshot_resource(snapshot)) => {
                 Ok(Outcome::SourceSnapshotGone)
             }
-            Err(BlobError::CopySourceUnreadable { what, reason }) => {
-                tracing::info!(disk = %rec.disk, source = %what, %reason, "seeding by copying every page through snapback");
-                Ok(Outcome::CopyUnavailable { reason })
-            }
+            Err(e) if e.kind == ErrorKind::NoReadAccess => unavailable(e),
             Err(e) => Err(e),
         }
     }
 
-    async fn copy_state(&self, blob: &BlobRef) -> Result<Option<BlobPropsCopy>, BlobError> {
-        Ok(self.blobs.properties(blob, None).await?.and_then(|p| {
-            p.copy.map(|(id, status)| BlobPropsCopy {
-                id,
-                pending: matches!(status, CopyStatus::Pending { .. }),
-            })
-        }))
-    }
-
-    async fn await_copy(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+    async fn await_copy(
+        &self,
+        rec: &CycleRecord,
+        snapshot: &SnapshotId,
+        copy_id: &str,
+    ) -> Result<Outcome, CycleError> {
         let backup = &self.disk.backup;
-        let copy_id = rec.copy_id.clone().unwrap_or_default();
-        let mut wait = self.copy_poll.0;
-        loop {
-            let props = self.blobs.properties(backup, None).await?;
-            let status = match props.and_then(|p| p.copy) {
-                Some((id, status)) if id == copy_id => status,
-                _ => {
-                    return Ok(Outcome::CopyFailed {
-                        reason: format!("copy {copy_id} to {backup} is no longer there"),
-                    })
-                }
-            };
-            match status {
-                CopyStatus::Success => {
-                    if let Some(p) = &self.progress {
-                        p.complete();
-                    }
-                    return Ok(Outcome::CopyDone);
-                }
-                CopyStatus::Failed(reason) | CopyStatus::Aborted(reason) => {
-                    tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
-                    return Ok(Outcome::CopyFailed { reason });
-                }
-                CopyStatus::Pending { copied, total } => {
-                    tracing::info!(disk = %rec.disk, copied, total, "seed copy in progress");
-                    if let Some(p) = &self.progress {
-                        p.report("seed copy", copied, total);
-                    }
-                }
+        let progress = |copied, total| {
+            tracing::info!(disk = %rec.disk, copied, total, "seed copy in progress");
+            if let Some(p) = &self.progress {
+                p.report("seed copy", copied, total);
             }
-            tokio::select! {
-                _ = self.stop.cancelled() => {
-                    return Err(BlobError::Config("interrupted while waiting for the copy".into()))
-                }
-                _ = tokio::time::sleep(wait) => {}
+        };
+        let end = copy::wait(
+            &self.blobs,
+            backup,
+            copy_id,
+            self.copy_poll,
+            &self.stop,
+            progress,
+        )
+        .await
+        .map_err(|e| self.blob_err(e))?;
+        let end = match end {
+            CopyWait::Stopped => {
+                return Err(CycleError::Interrupted {
+                    disk: rec.disk.clone(),
+                    phase: PhaseName::Copy,
+                })
             }
-            wait = (wait * 2).min(self.copy_poll.1);
+            CopyWait::Ended(end) => end,
+        };
+        // The copy no longer reads S(n): end the access `start_copy` granted (a retry grants
+        // it again).
+        if let Err(e) = self.source().revoke_read(snapshot).await {
+            tracing::warn!(disk = %rec.disk, error = %e, "could not revoke the backup service's read access");
         }
+        let reason = match end {
+            copy::CopyEnd::Success => {
+                if let Some(p) = &self.progress {
+                    p.complete();
+                }
+                return Ok(Outcome::CopyDone);
+            }
+            copy::CopyEnd::Gone => format!("copy {copy_id} to {backup} is no longer there"),
+            copy::CopyEnd::Failed(r) | copy::CopyEnd::Aborted(r) => r,
+        };
+        tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
+        Ok(Outcome::CopyFailed { reason })
     }
 
-    async fn take_backup_snapshot(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
+    async fn take_backup_snapshot(
+        &self,
+        rec: &CycleRecord,
+        source: &SnapshotId,
+    ) -> Result<Outcome, BlobError> {
         let backup = &self.disk.backup;
-        let snapshot = match self.find_tagged(backup, &rec.tag).await? {
-            Some((s, _)) => s,
+        let found = self
+            .blobs
+            .list_snapshots(backup)
+            .await?
+            .into_iter()
+            .find(|s| tags::cycle(&s.metadata) == Some(rec.tag.as_str()));
+        let snapshot = match found {
+            Some(s) => s.snapshot,
             None => {
-                let mut meta = self.tags(rec);
-                meta.insert(
-                    TAG_SOURCE_SNAPSHOT.to_string(),
-                    rec.source_snapshot.clone().unwrap_or_default(),
-                );
+                let meta = tags::restore_point(&rec.disk, &rec.tag, source);
                 self.blobs.create_snapshot(backup, &meta).await?
             }
         };
-        let etag = self
-            .blobs
-            .properties(backup, None)
-            .await?
-            .map(|p| p.etag)
-            .unwrap_or_default();
-        Ok(Outcome::BackupSnapshot { snapshot, etag })
+        let Some(props) = self.blobs.properties(backup, None).await? else {
+            return Err(BlobError::local(
+                ErrorKind::NotFound,
+                Resource::blob(backup),
+                "the backup blob vanished right after its snapshot was taken",
+            ));
+        };
+        Ok(Outcome::BackupSnapshot {
+            snapshot: SnapshotId::new(snapshot),
+            etag: props.etag,
+        })
     }
 
-    async fn prune_source(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
-        let source = &self.disk.source;
-        let keep = rec.source_snapshot.as_deref().unwrap_or_default();
-        for s in self.blobs.list_snapshots(source).await? {
-            let ours = s.metadata.get(TAG_DISK) == Some(&rec.disk);
-            if ours && s.snapshot != keep {
-                self.blobs.delete_snapshot(source, &s.snapshot).await?;
+    async fn prune_source(
+        &self,
+        rec: &CycleRecord,
+        keep: &SnapshotId,
+    ) -> Result<Outcome, BlobError> {
+        let source = self.source();
+        for s in source.own_snapshots(&rec.disk).await? {
+            if &s != keep {
+                source.delete_snapshot(&s).await?;
             }
         }
         Ok(Outcome::Pruned)
     }
-}
-
-struct BlobPropsCopy {
-    id: String,
-    pending: bool,
 }
 
 /// The diff `base..snapshot` (every page of `snapshot` when there is no base) within `window`, as a stream of [`Batch`]es in offset order.
@@ -745,10 +811,9 @@ struct BlobPropsCopy {
 /// ranges is never held in memory: one result page (≤ `page_results` items) and a few batches
 /// are. Items are clipped to the window: a resumed apply starts exactly at its checkpoint.
 fn diff_batches<'b>(
-    blobs: &'b dyn PageBlobs,
-    source: &'b BlobRef,
-    snapshot: &'b str,
-    base: Option<&'b str>,
+    source: &'b dyn Source,
+    snapshot: &'b SnapshotId,
+    base: Option<&'b SnapshotId>,
     window: ByteRange,
     tuning: ApplyTuning,
 ) -> impl stream::Stream<Item = Result<Batch, BlobError>> + 'b {
@@ -794,14 +859,14 @@ fn diff_batches<'b>(
                 }
             } else if let Some((index, marker)) = st.next.take() {
                 let segment = st.segments[index];
-                let query = PageListQuery {
-                    snapshot: Some(snapshot),
-                    prev_snapshot: base,
-                    range: Some(segment),
+                let query = DiffQuery {
+                    snapshot,
+                    base,
+                    range: segment,
                     marker: marker.as_deref(),
-                    max_results: Some(tuning.page_results),
+                    max_results: tuning.page_results,
                 };
-                let page = blobs.page_ranges(source, &query).await?;
+                let page = source.diff(query).await?;
                 st.next = match page.next_marker {
                     Some(m) => Some((index, Some(m))),
                     None if index + 1 < st.segments.len() => Some((index + 1, None)),
@@ -855,12 +920,4 @@ async fn failpoint_after_step() {
 /// 16 random hex digits: the tag of one cycle's snapshots.
 fn random_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
-}
-
-/// Seeds count as a full copy; used by `status` to label the kind.
-pub fn kind_label(kind: CycleKind) -> &'static str {
-    match kind {
-        CycleKind::Seed => "seed",
-        CycleKind::Incremental => "incremental",
-    }
 }

@@ -2,7 +2,7 @@
 //! socket `config.control_socket`. `snapback status` and `snapback backup` are its clients;
 //! when nothing listens there they work standalone.
 
-use crate::app::DiskStatus;
+use crate::service::DiskStatus;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;

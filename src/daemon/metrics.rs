@@ -7,6 +7,7 @@
 
 use super::readiness::Readiness;
 use crate::cycle::machine::CycleStats;
+use crate::cycle::progress::Activity;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -23,18 +24,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(&'static str, String)>;
-
-/// Phases reported by `snapback_cycle_phase`; "idle" when no cycle runs.
-pub const PHASES: &[&str] = &[
-    "idle",
-    "starting",
-    "snapshot",
-    "diff",
-    "apply",
-    "copy",
-    "backup-snapshot",
-    "prune",
-];
 
 fn histogram() -> Histogram {
     // 1 s .. ~3 days, x4 per bucket.
@@ -213,11 +202,15 @@ impl Metrics {
         self.last_success.get_or_create(&Self::disk(disk)).set(unix);
     }
 
-    pub fn set_phase(&self, disk: &str, phase: &str) {
-        for p in PHASES {
-            let v = i64::from(*p == phase);
+    /// `snapback_cycle_phase`: 1 for the disk's current activity, 0 for every other one.
+    pub fn set_phase(&self, disk: &str, phase: Activity) {
+        for p in Activity::ALL {
+            let v = i64::from(p == phase);
             self.phase
-                .get_or_create(&vec![("disk", disk.to_string()), ("phase", p.to_string())])
+                .get_or_create(&vec![
+                    ("disk", disk.to_string()),
+                    ("phase", p.as_str().to_string()),
+                ])
                 .set(v);
         }
     }
@@ -285,9 +278,11 @@ impl Metrics {
         ] {
             f.remove(&l);
         }
-        for p in PHASES {
-            self.phase
-                .remove(&vec![("disk", disk.to_string()), ("phase", p.to_string())]);
+        for p in Activity::ALL {
+            self.phase.remove(&vec![
+                ("disk", disk.to_string()),
+                ("phase", p.as_str().to_string()),
+            ]);
         }
     }
 
@@ -427,6 +422,7 @@ fn route<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cycle::machine::PhaseName;
 
     #[test]
     fn renders_counters_and_phase() {
@@ -439,7 +435,7 @@ mod tests {
         };
         m.cycle_ended("d1", "ok", 2.5, Some(&stats));
         m.set_last_success("d1", 1_700_000_000);
-        m.set_phase("d1", "apply");
+        m.set_phase("d1", Activity::Phase(PhaseName::Apply));
         let text = m.render();
         for line in [
             "snapback_cycles_total{disk=\"d1\",result=\"ok\"} 1",

@@ -21,24 +21,24 @@ pub mod readiness;
 pub mod schedule;
 pub mod signals;
 
-use crate::app::{App, AppError};
 use crate::blobs::PageBlobs;
 use crate::config::{Config, DiskConfig};
-use crate::cycle::machine::CycleRecord;
-use crate::cycle::progress::Progress;
+use crate::cycle::machine::{CycleRecord, PhaseName};
+use crate::cycle::progress::{Activity, Progress};
 use crate::cycle::runner::CycleError;
+use crate::model::{Clock, SystemClock};
+use crate::service::{App, AppError};
 use chrono::{DateTime, Utc};
 use control::{
     BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
 };
 use metrics::Metrics;
 use readiness::Readiness;
-use schedule::{DiskSchedule, Finish, Planner, Reason, ScheduleError, Wake};
+use schedule::{DiskSchedule, Finish, Planner, Reason, Wake};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -63,8 +63,6 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid schedule:\n{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Schedule(Vec<ScheduleError>),
     #[error(transparent)]
     App(#[from] AppError),
     #[error("cannot listen on the control socket {path}: {source}")]
@@ -83,51 +81,8 @@ pub enum DaemonError {
     },
 }
 
-/// The daemon's wall clock, injected so that tests can move time (windows, schedules).
-pub trait WallClock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-    /// Longest real sleep between looks at the clock. The system clock is re-read at least
-    /// every minute (it may jump: NTP, suspend); a fake clock must be polled often.
-    fn max_nap(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemWallClock;
-
-impl WallClock for SystemWallClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that only moves when told to (tests).
-#[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    pub fn new(t: DateTime<Utc>) -> ManualClock {
-        ManualClock(Mutex::new(t))
-    }
-    pub fn set(&self, t: DateTime<Utc>) {
-        if let Ok(mut now) = self.0.lock() {
-            *now = t;
-        }
-    }
-}
-
-impl WallClock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0.lock().map(|t| *t).unwrap_or_else(|_| Utc::now())
-    }
-    fn max_nap(&self) -> Duration {
-        Duration::from_millis(20)
-    }
-}
-
 pub struct Options {
-    pub clock: Arc<dyn WallClock>,
+    pub clock: Arc<dyn Clock>,
     /// Send READY/RELOADING/STOPPING/WATCHDOG to systemd (a no-op outside systemd).
     pub notify_systemd: bool,
     /// Storage to use instead of the Azure clients the config describes (tests).
@@ -137,7 +92,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            clock: Arc::new(SystemWallClock),
+            clock: Arc::new(SystemClock),
             notify_systemd: true,
             blobs: None,
         }
@@ -228,7 +183,6 @@ impl Daemon {
     /// (and the metrics port) and starts the supervisor.
     pub async fn start(config: Config, opts: Options) -> Result<Daemon, DaemonError> {
         let lock = take_daemon_lock(&config.state_dir)?;
-        schedule::validate(&config.disks).map_err(DaemonError::Schedule)?;
         let app = Arc::new(open_app(config.clone(), opts.blobs.as_ref())?);
         let control_listener = bind_control(&config.control_socket)?;
         let metrics_listener = match config.metrics_listen {
@@ -317,40 +271,14 @@ impl Daemon {
 
 /// One daemon per state directory: a second one would race the first on every disk.
 fn take_daemon_lock(state_dir: &Path) -> Result<File, DaemonError> {
-    let path = state_dir.join(DAEMON_LOCK);
-    let lock_err = |source| DaemonError::Lock {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(state_dir).map_err(lock_err)?;
-    let mut file = File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(lock_err)?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0).map_err(lock_err)?;
-            writeln!(file, "{}", std::process::id()).map_err(lock_err)?;
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let holder = std::fs::read_to_string(&path)
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .map(|pid| format!(" by pid {pid}"))
-                .unwrap_or_default();
-            Err(DaemonError::AlreadyRunning {
-                state_dir: state_dir.to_path_buf(),
-                path,
-                holder,
-            })
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
-    }
+    crate::lock::try_lock(&state_dir.join(DAEMON_LOCK)).map_err(|e| match e {
+        crate::lock::LockError::Held { path, holder } => DaemonError::AlreadyRunning {
+            state_dir: state_dir.to_path_buf(),
+            path,
+            holder,
+        },
+        crate::lock::LockError::Io { path, source } => DaemonError::Lock { path, source },
+    })
 }
 
 /// Binds the control socket. Called with the daemon lock held, so a socket file left there
@@ -390,7 +318,7 @@ struct Running {
 struct Supervisor {
     config: Config,
     app: Arc<App>,
-    clock: Arc<dyn WallClock>,
+    clock: Arc<dyn Clock>,
     sem: Arc<Semaphore>,
     slots: BTreeMap<String, Slot>,
     metrics: Arc<Metrics>,
@@ -526,14 +454,7 @@ impl Supervisor {
     }
 
     fn add_disk(&mut self, disk: DiskConfig, now: DateTime<Utc>) {
-        // Validated before: a schedule error here cannot happen, but is not a reason to panic.
-        let sched = match DiskSchedule::from_config(&disk) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "disk not scheduled");
-                return;
-            }
-        };
+        let sched = DiskSchedule::from_config(&disk);
         let open = match self.app.store.open_cycle(&disk.name) {
             Ok(c) => c.is_some(),
             Err(e) => {
@@ -549,7 +470,7 @@ impl Supervisor {
                 self.metrics.set_last_success(&disk.name, t);
             }
         }
-        self.metrics.set_phase(&disk.name, "idle");
+        self.metrics.set_phase(&disk.name, Activity::Idle);
         self.metrics
             .set_schedule_interval(&disk.name, sched.longest_gap(now));
         let planner = Planner::new(&sched, now, open, rand::random::<f64>());
@@ -584,7 +505,7 @@ impl Supervisor {
             progress: Arc::clone(&progress),
         });
         tracing::info!(disk = %name, reason = reason.as_str(), "starting cycle");
-        self.metrics.set_phase(name, "starting");
+        self.metrics.set_phase(name, Activity::Starting);
         let (app, disk, sem, tx) = (
             Arc::clone(&self.app),
             slot.disk.clone(),
@@ -649,7 +570,7 @@ impl Supervisor {
                 self.metrics
                     .cycle_ended(&f.disk, "ok", f.seconds, Some(&rec.stats));
                 self.metrics
-                    .set_last_success(&f.disk, rec.finished_at.unwrap_or(now.timestamp()));
+                    .set_last_success(&f.disk, rec.finished_at().unwrap_or(now.timestamp()));
             }
             Some(Err(_)) if f.cancelled => {
                 self.metrics
@@ -661,7 +582,7 @@ impl Supervisor {
         if let Some(result) = &f.result {
             self.ready.cycle_ended(&f.disk, result);
         }
-        self.metrics.set_phase(&f.disk, "idle");
+        self.metrics.set_phase(&f.disk, Activity::Idle);
         self.metrics.set_apply(&f.disk, 0, 0);
         slot.planner.finished(&slot.sched, now, how);
         if how == Finish::Failed {
@@ -729,7 +650,9 @@ impl Supervisor {
             let v = r.progress.view();
             self.metrics.set_phase(name, v.phase);
             self.metrics.set_apply(name, v.bytes_done, v.bytes_total);
-            if matches!(v.phase, "apply" | "copy") && v.bytes_total > 0 {
+            if matches!(v.phase, Activity::Phase(PhaseName::Apply | PhaseName::Copy))
+                && v.bytes_total > 0
+            {
                 tracing::info!(
                     disk = %name,
                     progress = %control::format_progress(&progress_info(&r.progress)),
@@ -825,7 +748,6 @@ impl Supervisor {
 
     fn try_reload(&mut self) -> Result<(), String> {
         let new = Config::load(&self.config.path).map_err(|e| e.to_string())?;
-        schedule::validate(&new.disks).map_err(|e| DaemonError::Schedule(e).to_string())?;
         if new.state_dir != self.config.state_dir {
             return Err(format!(
                 "state_dir changed ({} -> {}); that needs a restart",
@@ -942,7 +864,7 @@ impl Supervisor {
 fn progress_info(p: &Progress) -> ProgressInfo {
     let v = p.view();
     ProgressInfo {
-        phase: v.phase.to_string(),
+        phase: v.phase.as_str().to_string(),
         work: v.work.to_string(),
         bytes_done: v.bytes_done,
         bytes_total: v.bytes_total,

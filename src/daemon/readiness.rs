@@ -10,8 +10,7 @@
 //! Evidence comes from a probe (one Get Blob Properties per account, at start, after a
 //! reload and again while not ready) and from every cycle's result.
 
-use crate::app::blob_ref;
-use crate::blobs::{BlobError, PageBlobs};
+use crate::blobs::{BlobError, ErrorKind, PageBlobs};
 use crate::config::DiskConfig;
 use crate::cycle::machine::CycleRecord;
 use crate::cycle::runner::CycleError;
@@ -98,8 +97,8 @@ impl Readiness {
 /// Whether an error still proves that the service was reached with working credentials.
 fn answered(e: &BlobError) -> bool {
     !matches!(
-        e,
-        BlobError::Auth { .. } | BlobError::Transport { .. } | BlobError::Config(_)
+        e.kind,
+        ErrorKind::Auth | ErrorKind::Transient | ErrorKind::Unusable
     )
 }
 
@@ -111,9 +110,8 @@ pub async fn probe(blobs: &dyn PageBlobs, disks: &[DiskConfig]) -> Result<(), St
         if !seen.insert(path.account.clone()) {
             continue;
         }
-        let blob = blob_ref(path);
         let result = match blobs.check_account(&path.account) {
-            Ok(()) => blobs.properties(&blob, None).await.map(|_| ()),
+            Ok(()) => blobs.properties(path, None).await.map(|_| ()),
             Err(e) => Err(e),
         };
         match result {
@@ -144,11 +142,12 @@ mod tests {
         assert!(r.is_ready());
         let auth = Err(CycleError::Blob {
             disk: "d1".into(),
-            source: BlobError::Auth {
-                account: "premium".into(),
-                status: 403,
-                code: "AuthenticationFailed".into(),
-            },
+            source: BlobError::service(
+                crate::blobs::Resource::Account("premium".into()),
+                403,
+                Some("AuthenticationFailed".into()),
+                "get properties".into(),
+            ),
         });
         r.cycle_ended("d1", &auth);
         let why = r.check().unwrap_err();
@@ -159,10 +158,14 @@ mod tests {
         // A missing source blob is the disk's problem, not the connection's.
         let missing = Err(CycleError::Blob {
             disk: "d2".into(),
-            source: BlobError::NotFound {
-                what: "premium/vhds/d2.vhd".into(),
-                code: "BlobNotFound".into(),
-            },
+            source: BlobError::service(
+                crate::blobs::Resource::blob(&crate::model::BlobRef::new(
+                    "premium", "vhds", "d2.vhd",
+                )),
+                404,
+                Some("BlobNotFound".into()),
+                "get properties".into(),
+            ),
         });
         r.probed(Ok(()));
         r.cycle_ended("d2", &missing);

@@ -34,18 +34,6 @@ const MAX_DST_SCAN: usize = 100_000;
 /// weekdays-only daily schedule.
 const GAP_TICKS: usize = 16;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ScheduleError {
-    #[error("disk {disk}: invalid cron expression \"{expr}\": {reason}")]
-    Cron {
-        disk: String,
-        expr: String,
-        reason: String,
-    },
-    #[error("disk {disk}: unknown time zone \"{tz}\"; use an IANA name such as \"UTC\" or \"Europe/Paris\"")]
-    TimeZone { disk: String, tz: String },
-}
-
 /// A disk's timing rules, parsed once.
 #[derive(Debug, Clone)]
 pub struct DiskSchedule {
@@ -55,48 +43,15 @@ pub struct DiskSchedule {
     jitter: Duration,
 }
 
-/// Parses every disk's schedule, reporting every problem (the config module checks cron
-/// syntax but links no time zone database, so an unknown zone is caught here).
-pub fn validate(disks: &[DiskConfig]) -> Result<(), Vec<ScheduleError>> {
-    let errors: Vec<_> = disks
-        .iter()
-        .filter_map(|d| DiskSchedule::from_config(d).err())
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
 impl DiskSchedule {
-    pub fn from_config(d: &DiskConfig) -> Result<DiskSchedule, ScheduleError> {
-        let tz: Tz = d.tz.parse().map_err(|_| ScheduleError::TimeZone {
-            disk: d.name.clone(),
-            tz: d.tz.clone(),
-        })?;
-        let cron = d
-            .schedule
-            .as_deref()
-            .map(|expr| {
-                croner::parser::CronParser::builder()
-                    .seconds(croner::parser::Seconds::Optional)
-                    .year(croner::parser::Year::Disallowed)
-                    .build()
-                    .parse(expr)
-                    .map_err(|e| ScheduleError::Cron {
-                        disk: d.name.clone(),
-                        expr: expr.to_string(),
-                        reason: e.to_string(),
-                    })
-            })
-            .transpose()?;
-        Ok(DiskSchedule {
-            cron,
-            tz,
+    /// A disk's timing rules, from its config (parsed and checked when the config loaded).
+    pub fn from_config(d: &DiskConfig) -> DiskSchedule {
+        DiskSchedule {
+            cron: d.schedule.as_ref().map(|s| s.cron().clone()),
+            tz: d.tz,
             window: d.window,
             jitter: d.jitter.unwrap_or_default(),
-        })
+        }
     }
 
     pub fn window(&self) -> Option<Window> {
@@ -382,7 +337,7 @@ mod tests {
     }
 
     fn sched(schedule: Option<&str>, tz: &str, window: Option<&str>) -> DiskSchedule {
-        DiskSchedule::from_config(&disk(schedule, tz, window)).unwrap()
+        DiskSchedule::from_config(&disk(schedule, tz, window))
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
@@ -405,7 +360,7 @@ mod tests {
         assert_eq!(sched(None, "UTC", None).longest_gap(now), None);
         let mut d = disk(Some("0 * * * *"), "UTC", None);
         d.jitter = Some(Duration::from_secs(600));
-        let s = DiskSchedule::from_config(&d).unwrap();
+        let s = DiskSchedule::from_config(&d);
         assert_eq!(s.longest_gap(now), Some(h(1) + Duration::from_secs(600)));
     }
 
@@ -559,7 +514,7 @@ mod tests {
     fn jitter_delays_the_start_but_not_the_next_tick() {
         let mut d = disk(Some("0 * * * *"), "UTC", None);
         d.jitter = Some(Duration::from_secs(600));
-        let s = DiskSchedule::from_config(&d).unwrap();
+        let s = DiskSchedule::from_config(&d);
         let mut p = Planner::new(&s, utc(2026, 1, 1, 0, 30, 0), false, 0.5);
         assert_eq!(p.due(), Some(utc(2026, 1, 1, 1, 5, 0)));
         assert_eq!(
@@ -662,18 +617,6 @@ mod tests {
         assert_eq!(
             run(&mut p, &s, utc(2026, 1, 1, 22, 0, 0), false),
             Wake::Start(Reason::Resume)
-        );
-    }
-
-    #[test]
-    fn unknown_time_zone_is_reported() {
-        let d = disk(Some("0 * * * *"), "Mars/Olympus", None);
-        assert_eq!(
-            validate(&[d]),
-            Err(vec![ScheduleError::TimeZone {
-                disk: "d".into(),
-                tz: "Mars/Olympus".into()
-            }])
         );
     }
 }

@@ -3,11 +3,11 @@
 #![allow(dead_code)]
 
 use super::azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
-use snapback::app::App;
 use snapback::azure::AzureBlobs;
 use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
 use snapback::pages::{ByteRange, MAX_PUT_BYTES};
+use snapback::service::App;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;

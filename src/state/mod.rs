@@ -5,14 +5,17 @@
 //! restore points. Every phase change is one transaction with `synchronous=FULL`, so what
 //! is read back after a crash, kill -9 or power cut is the last committed step.
 
-use crate::cycle::machine::{CycleRecord, Phase};
+mod v1;
+
+use crate::cycle::machine::CycleRecord;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Bump when the schema changes, and add a step to [`migrate`].
-const SCHEMA_VERSION: i32 = 1;
+/// 1: first release. 2: cycle records whose phases carry their data (see `cycle::machine`).
+const SCHEMA_VERSION: i32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -26,9 +29,10 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("state database {path}: corrupt cycle record {id}: {message}")]
+    #[error("state database {path}: corrupt record of cycle {id} of disk {disk}: {message}")]
     Corrupt {
         path: PathBuf,
+        disk: String,
         id: i64,
         message: String,
     },
@@ -117,7 +121,10 @@ impl StateStore {
                 found,
             });
         }
-        store.with(|c| migrate(c, found))?;
+        {
+            let conn = store.conn.lock().unwrap_or_else(|p| p.into_inner());
+            migrate(&store.path, &conn, found)?;
+        }
         Ok(store)
     }
 
@@ -204,22 +211,13 @@ impl StateStore {
             c.query_row(sql, [disk], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
         })?;
-        row.map(|(id, json)| self.decode(id, &json)).transpose()
-    }
-
-    fn decode(&self, id: i64, json: &str) -> StateResult<CycleRecord> {
-        let mut rec: CycleRecord = serde_json::from_str(json).map_err(|e| StateError::Corrupt {
-            path: self.path.clone(),
-            id,
-            message: e.to_string(),
-        })?;
-        rec.id = id;
-        Ok(rec)
+        row.map(|(id, json)| decode(&self.path, disk, id, &json))
+            .transpose()
     }
 
     /// Inserts a new cycle record and returns it with its id.
     pub fn insert_cycle(&self, mut rec: CycleRecord) -> StateResult<CycleRecord> {
-        let json = serde_json::to_string(&rec).unwrap_or_default();
+        let json = encode(&rec);
         rec.id = self.with(|c| {
             c.execute(
                 "INSERT INTO cycles (disk, done, record) VALUES (?1, 0, ?2)",
@@ -234,28 +232,14 @@ impl StateStore {
     /// a recorded backup snapshot becomes a restore point; a finished cycle moves the disk's
     /// chain forward (new diff base and backup ETag) and records the success.
     pub fn save_cycle(&self, rec: &CycleRecord, now: i64) -> StateResult<()> {
-        let json = serde_json::to_string(rec).unwrap_or_default();
-        let done = rec.phase == Phase::Done;
+        let json = encode(rec);
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
             tx.execute(
                 "UPDATE cycles SET record = ?2, done = ?3 WHERE id = ?1",
-                params![rec.id, json, done],
+                params![rec.id, json, rec.is_done()],
             )?;
-            if let (Some(b), Some(s)) = (&rec.backup_snapshot, &rec.source_snapshot) {
-                tx.execute(
-                    "INSERT OR IGNORE INTO restore_points \
-                     (disk, snapshot, source_snapshot, cycle_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![rec.disk, b, s, rec.id, now],
-                )?;
-            }
-            if done {
-                tx.execute(
-                    "UPDATE disks SET base_snapshot = ?2, backup_etag = ?3, last_success_at = ?4, \
-                     last_error = NULL, last_error_at = NULL WHERE name = ?1",
-                    params![rec.disk, rec.source_snapshot, rec.backup_etag, now],
-                )?;
-            }
+            record_outcome(&tx, rec, now)?;
             tx.commit()
         })
     }
@@ -263,7 +247,7 @@ impl StateStore {
     /// Checkpoint inside Apply: only the record changes. `synchronous=FULL` still applies,
     /// so a checkpoint that returned is on disk.
     pub fn checkpoint(&self, rec: &CycleRecord) -> StateResult<()> {
-        let json = serde_json::to_string(rec).unwrap_or_default();
+        let json = encode(rec);
         self.with(|c| {
             c.execute(
                 "UPDATE cycles SET record = ?2 WHERE id = ?1",
@@ -286,8 +270,8 @@ impl StateStore {
 
     /// Starts a disk's chain from an existing pair (restore `--rebase`): the disk row points
     /// at `source`/`backup` with `rec`'s source snapshot as the diff base and its backup ETag,
-    /// and `rec` (a finished cycle whose restore point is `rec.backup_snapshot`) is recorded,
-    /// all in one transaction. The next cycle of the disk is then incremental.
+    /// and `rec` (a finished cycle, [`CycleRecord::rebased`]) is recorded with its restore
+    /// point, all in one transaction. The next cycle of the disk is then incremental.
     pub fn start_chain(
         &self,
         rec: &CycleRecord,
@@ -304,22 +288,11 @@ impl StateStore {
                 params![rec.disk, source, backup],
             )?;
             tx.execute(
-                "INSERT INTO cycles (disk, done, record) VALUES (?1, 1, ?2)",
-                params![rec.disk, serde_json::to_string(&rec).unwrap_or_default()],
+                "INSERT INTO cycles (disk, done, record) VALUES (?1, ?2, ?3)",
+                params![rec.disk, rec.is_done(), encode(&rec)],
             )?;
             rec.id = tx.last_insert_rowid();
-            if let (Some(b), Some(s)) = (&rec.backup_snapshot, &rec.source_snapshot) {
-                tx.execute(
-                    "INSERT OR IGNORE INTO restore_points \
-                     (disk, snapshot, source_snapshot, cycle_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![rec.disk, b, s, rec.id, now],
-                )?;
-            }
-            tx.execute(
-                "UPDATE disks SET base_snapshot = ?2, backup_etag = ?3, last_success_at = ?4, \
-                 last_error = NULL, last_error_at = NULL WHERE name = ?1",
-                params![rec.disk, rec.source_snapshot, rec.backup_etag, now],
-            )?;
+            record_outcome(&tx, &rec, now)?;
             tx.commit()
         })?;
         Ok(rec)
@@ -346,8 +319,58 @@ impl StateStore {
     }
 }
 
-/// Brings a database at `from` up to [`SCHEMA_VERSION`], one step per version.
-fn migrate(c: &Connection, from: i32) -> rusqlite::Result<()> {
+/// A record as stored. Serialising plain data to JSON cannot fail.
+fn encode(rec: &CycleRecord) -> String {
+    serde_json::to_string(rec).unwrap_or_default()
+}
+
+/// A stored record; one that does not decode (e.g. a prune without its source snapshot) is
+/// an error naming the disk and cycle, never a record with a default in the gap.
+fn decode(path: &Path, disk: &str, id: i64, json: &str) -> StateResult<CycleRecord> {
+    let mut rec: CycleRecord = serde_json::from_str(json).map_err(|e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        disk: disk.to_string(),
+        id,
+        message: e.to_string(),
+    })?;
+    rec.id = id;
+    Ok(rec)
+}
+
+/// What a saved record implies, inside its transaction: a recorded backup snapshot becomes a
+/// restore point; a finished cycle moves the disk's chain forward (new diff base and backup
+/// ETag) and records the success.
+fn record_outcome(tx: &Connection, rec: &CycleRecord, now: i64) -> rusqlite::Result<()> {
+    use crate::cycle::machine::Phase;
+    if let Some((b, s)) = rec.phase.restore_point() {
+        tx.execute(
+            "INSERT OR IGNORE INTO restore_points \
+             (disk, snapshot, source_snapshot, cycle_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![rec.disk, b.as_str(), s.as_str(), rec.id, now],
+        )?;
+    }
+    if let Phase::Done {
+        source,
+        backup_etag,
+        ..
+    } = &rec.phase
+    {
+        tx.execute(
+            "UPDATE disks SET base_snapshot = ?2, backup_etag = ?3, last_success_at = ?4, \
+             last_error = NULL, last_error_at = NULL WHERE name = ?1",
+            params![rec.disk, source.as_str(), backup_etag, now],
+        )?;
+    }
+    Ok(())
+}
+
+/// Brings a database at `from` up to [`SCHEMA_VERSION`], one step per version, each in its
+/// own transaction.
+fn migrate(path: &Path, c: &Connection, from: i32) -> StateResult<()> {
+    let db = |source| StateError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
     if from < 1 {
         c.execute_batch(
             "BEGIN;
@@ -365,7 +388,46 @@ fn migrate(c: &Connection, from: i32) -> rusqlite::Result<()> {
                  PRIMARY KEY (disk, snapshot));
              PRAGMA user_version = 1;
              COMMIT;",
-        )?;
+        )
+        .map_err(db)?;
+    }
+    if from < 2 {
+        migrate_records_v2(path, c)?;
     }
     Ok(())
+}
+
+/// Version 2: every cycle record is rewritten from the flat version-1 form into phases that
+/// carry their data. A record that lacks what its phase needs stops the migration (nothing
+/// is changed) with an error naming its disk and cycle.
+fn migrate_records_v2(path: &Path, c: &Connection) -> StateResult<()> {
+    let db = |source| StateError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tx = c.unchecked_transaction().map_err(db)?;
+    let rows: Vec<(i64, String, String)> = tx
+        .prepare("SELECT id, disk, record FROM cycles ORDER BY id")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(db)?;
+    for (id, disk, json) in rows {
+        let corrupt = |message: String| StateError::Corrupt {
+            path: path.to_path_buf(),
+            disk: disk.clone(),
+            id,
+            message,
+        };
+        let old: v1::V1Record = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
+        let rec = old.upgrade().map_err(corrupt)?;
+        tx.execute(
+            "UPDATE cycles SET record = ?2 WHERE id = ?1",
+            params![id, encode(&rec)],
+        )
+        .map_err(db)?;
+    }
+    tx.pragma_update(None, "user_version", 2).map_err(db)?;
+    tx.commit().map_err(db)
 }

@@ -4,12 +4,12 @@
 use crate::azure::AzureBlobs;
 use crate::blobs::{BlobError, BlobRef, PageBlobs};
 use crate::config::VerifyMode;
-use crate::config::{BlobPath, Config, DiskConfig};
+use crate::config::{Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
-use crate::cycle::runner::{
-    kind_label, Clock, CycleError, DiskSpec, Limits, Runner, SystemClock, TAG_SOURCE_SNAPSHOT,
-};
+use crate::cycle::runner::{CycleError, DiskSpec, Limits, Runner};
+use crate::lock::LockError;
+use crate::model::{Clock, SnapshotId, SystemClock};
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
 use crate::state::{StateError, StateStore};
@@ -32,7 +32,7 @@ pub enum AppError {
     State(#[from] StateError),
     #[error("disk {disk} is being backed up by another snapback process (lock {path} is held)")]
     Busy { disk: String, path: PathBuf },
-    #[error("cannot create lock file {path}: {source}")]
+    #[error("cannot use lock file {path}: {source}")]
     Lock {
         path: PathBuf,
         source: std::io::Error,
@@ -63,15 +63,11 @@ impl AppError {
     }
 }
 
-pub fn blob_ref(p: &BlobPath) -> BlobRef {
-    BlobRef::new(&p.account, &p.container, &p.blob)
-}
-
 pub fn disk_spec(d: &DiskConfig) -> DiskSpec {
     DiskSpec {
         name: d.name.clone(),
-        source: blob_ref(&d.source),
-        backup: blob_ref(&d.backup),
+        source: d.source.clone(),
+        backup: d.backup.clone(),
         concurrency: d.concurrency,
         copy_mode: d.copy_mode,
     }
@@ -207,27 +203,22 @@ impl App {
     /// Takes the disk's lock file: two processes never work on one disk. The lock is
     /// released when the returned file is dropped (or the process dies).
     pub fn lock_disk(&self, disk: &str) -> Result<File, AppError> {
-        let dir = self.config.state_dir.join("locks");
-        let path = dir.join(format!("{disk}.lock"));
-        let lock_err = |source| AppError::Lock {
-            path: path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(lock_err)?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(lock_err)?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Busy {
+        self.try_lock_disk(disk).map_err(|e| match e {
+            LockError::Held { path, .. } => AppError::Busy {
                 disk: disk.to_string(),
                 path,
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
-        }
+            },
+            LockError::Io { path, source } => AppError::Lock { path, source },
+        })
+    }
+
+    fn try_lock_disk(&self, disk: &str) -> Result<File, LockError> {
+        let path = self
+            .config
+            .state_dir
+            .join("locks")
+            .join(format!("{disk}.lock"));
+        crate::lock::try_lock(&path)
     }
 
     /// Runs (or resumes) one cycle of one disk, logging one line with its result.
@@ -254,22 +245,23 @@ impl App {
                 let s = rec.stats;
                 tracing::info!(
                     disk = %disk.name,
-                    kind = kind_label(rec.kind),
+                    kind = rec.kind.label(),
                     seconds = format!("{seconds:.2}"),
                     bytes_written = s.bytes_written,
                     bytes_cleared = s.bytes_cleared,
                     ranges = s.ranges,
                     requests = s.requests,
-                    restore_point = rec.backup_snapshot.as_deref().unwrap_or(""),
+                    restore_point = %rec.phase.restore_point().map(|(b, _)| b.as_str()).unwrap_or(""),
                     result = "ok",
                     "cycle finished"
                 );
             }
             Err(e) => {
-                if let Err(se) =
-                    self.store
-                        .record_error(&disk.name, &e.to_string(), self.clock.now())
-                {
+                if let Err(se) = self.store.record_error(
+                    &disk.name,
+                    &e.to_string(),
+                    self.clock.now().timestamp(),
+                ) {
                     tracing::error!(disk = %disk.name, error = %se, "cannot record the error");
                 }
                 tracing::error!(disk = %disk.name, seconds = format!("{seconds:.2}"), result = "error", error = %e, "cycle failed");
@@ -305,13 +297,16 @@ impl App {
         Option<Result<PruneReport, AppError>>,
     ) {
         let record = |msg: String| {
-            if let Err(se) = self.store.record_error(&disk.name, &msg, self.clock.now()) {
+            if let Err(se) = self
+                .store
+                .record_error(&disk.name, &msg, self.clock.now().timestamp())
+            {
                 tracing::error!(disk = %disk.name, error = %se, "cannot record the error");
             }
         };
-        let verify = match (disk.verify, &rec.backup_snapshot) {
-            (VerifyMode::AfterCycle, Some(point)) => {
-                let r = self.verify(disk, Some(point)).await;
+        let verify = match (disk.verify, rec.phase.restore_point()) {
+            (VerifyMode::AfterCycle, Some((point, _))) => {
+                let r = self.verify(disk, Some(point.as_str())).await;
                 match &r {
                     Ok(VerifyReport {
                         mismatch: None,
@@ -357,19 +352,18 @@ impl App {
         stop: CancellationToken,
         progress: Option<Arc<Progress>>,
     ) -> Result<CycleRecord, CycleError> {
-        let _lock = self.lock_disk(&disk.name).map_err(|e| CycleError::Blob {
-            disk: disk.name.clone(),
-            source: BlobError::Config(e.to_string()),
+        let _lock = self.try_lock_disk(&disk.name).map_err(|e| match e {
+            LockError::Held { path, .. } => CycleError::Busy {
+                disk: disk.name.clone(),
+                path,
+            },
+            LockError::Io { path, source } => CycleError::Lock {
+                disk: disk.name.clone(),
+                path,
+                source,
+            },
         })?;
         let spec = disk_spec(disk);
-        for account in [&spec.source.account, &spec.backup.account] {
-            self.blobs
-                .check_account(account)
-                .map_err(|source| CycleError::Blob {
-                    disk: disk.name.clone(),
-                    source,
-                })?;
-        }
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;
         runner.progress = progress;
@@ -402,22 +396,12 @@ impl App {
             .iter()
             .map(|s| crate::retention::Point::from_snapshot(&s.snapshot))
             .collect();
-        let tz = crate::retention::disk_tz(disk)?;
-        let plan = crate::retention::plan(
-            &points,
-            &disk.retention,
-            crate::retention::timestamp(self.clock.now()),
-            &tz,
-        );
+        let plan = crate::retention::plan(&points, &disk.retention, self.clock.now(), &disk.tz);
         Ok(snapshots
             .into_iter()
             .zip(plan)
             .map(|(s, d)| RestorePoint {
-                source_snapshot: s
-                    .metadata
-                    .get(TAG_SOURCE_SNAPSHOT)
-                    .cloned()
-                    .unwrap_or_default(),
+                source_snapshot: s.source.to_string(),
                 snapshot: s.snapshot,
                 size: s.size,
                 kept_by: d
@@ -458,7 +442,7 @@ impl App {
             self.blobs.as_ref(),
             &self.store,
             disk,
-            self.clock.now(),
+            self.clock.now().timestamp(),
             dry_run,
         )
         .await?)
@@ -489,7 +473,7 @@ impl App {
             .config
             .disks
             .iter()
-            .find(|d| blob_ref(&d.backup) == req.target)
+            .find(|d| d.backup.clone() == req.target)
         {
             return Err(RestoreError::TargetIsBackup {
                 target: req.target.to_string(),
@@ -509,7 +493,7 @@ impl App {
         let _lock = self.lock_disk(&disk.name)?;
         let mut r = Restorer::new(self.blobs.as_ref(), &self.store, disk);
         r.stop = stop;
-        r.now = self.clock.now();
+        r.now = self.clock.now().timestamp();
         let progress = Arc::new(Progress::default());
         r.progress = Some(progress.clone());
         let bar = crate::terminal::watch(&disk.name, progress);
@@ -543,7 +527,7 @@ impl App {
                 source: d.source.to_string(),
                 backup: d.backup.to_string(),
                 phase: open
-                    .map(|c| c.phase.as_str().to_string())
+                    .map(|c| c.phase.name().as_str().to_string())
                     .unwrap_or_else(|| "idle".into()),
                 last_success: state.last_success_at.map(format_time),
                 last_error: state.last_error,
@@ -562,24 +546,18 @@ fn last_cycle(c: &CycleRecord) -> LastCycle {
         requests,
     } = c.stats;
     LastCycle {
-        kind: kind_label(c.kind).to_string(),
-        backup_snapshot: c.backup_snapshot.clone(),
-        source_snapshot: c.source_snapshot.clone(),
+        kind: c.kind.label().to_string(),
+        backup_snapshot: c.phase.restore_point().map(|(b, _)| b.to_string()),
+        source_snapshot: c.phase.source().map(SnapshotId::to_string),
         bytes_written,
         bytes_cleared,
         ranges,
         requests,
-        seconds: c.finished_at.unwrap_or(c.started_at) - c.started_at,
+        seconds: c.finished_at().unwrap_or(c.started_at) - c.started_at,
     }
 }
 
 /// Unix seconds as RFC 3339 UTC.
 pub fn format_time(t: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| t.to_string())
+    crate::model::from_unix(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

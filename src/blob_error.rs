@@ -1,0 +1,312 @@
+//! Typed storage errors: what went wrong ([`ErrorKind`]), to which resource ([`Resource`]),
+//! with the service's HTTP status and `x-ms-error-code` when it answered.
+//!
+//! Decisions (re-seed, take a new snapshot, fall back to client copy, treat as done) match
+//! on the kind and the resource, never on message text: a 404 during Put Page From URL names
+//! either the backup blob or the source snapshot, and only the second means "S(n) vanished".
+
+use crate::model::{BlobRef, SnapshotId};
+use std::fmt;
+
+/// What went wrong, as callers decide on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The resource does not exist (404, or `PreviousSnapshotNotFound` for a diff base).
+    NotFound,
+    /// It exists already (409 `…AlreadyExists`).
+    AlreadyExists,
+    /// A condition of the request did not hold (412, `ConditionNotMet`).
+    PreconditionFailed,
+    /// The resource is in a state that conflicts with the request (other 409s; the code says
+    /// which, e.g. `SnapshotsPresent`, `NoPendingCopyOperation`).
+    Conflict,
+    /// Authentication or authorisation failed (401, 403).
+    Auth,
+    /// The service asked us to slow down (429, 503 `ServerBusy`), after the SDK's retries.
+    Throttled,
+    /// The network or the service failed in a way that may pass (5xx, connection errors),
+    /// after the SDK's retries.
+    Transient,
+    /// The service refuses this kind of request: not implemented (501, 405), not supported
+    /// (`FeatureNotSupported`), or a copy source it cannot read (`CannotVerifyCopySource`).
+    Refused,
+    /// The service found the request itself wrong (400, 416 and other 4xx): our bug, or a
+    /// limit of the service; never a reason to change course silently.
+    BadRequest,
+    /// The service answered, but not as the protocol says (missing header, malformed body,
+    /// short read).
+    BadResponse,
+    /// The storage service cannot be given read access to a copy source (a managed-identity
+    /// account cannot mint a SAS); the caller copies through itself instead.
+    NoReadAccess,
+    /// No request could be made: the account is not configured, or its secret could not be
+    /// loaded, or a URL could not be built from the names given.
+    Unusable,
+}
+
+/// The resource an error concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// An account, by its config key.
+    Account(String),
+    Container {
+        account: String,
+        container: String,
+    },
+    /// A base blob.
+    Blob(BlobRef),
+    /// One snapshot of a blob.
+    Snapshot(BlobRef, SnapshotId),
+}
+
+impl Resource {
+    pub fn blob(b: &BlobRef) -> Self {
+        Resource::Blob(b.clone())
+    }
+    /// A snapshot, or the base blob when `snapshot` is None.
+    pub fn of(b: &BlobRef, snapshot: Option<&str>) -> Self {
+        match snapshot {
+            Some(s) => Resource::Snapshot(b.clone(), SnapshotId::new(s)),
+            None => Resource::Blob(b.clone()),
+        }
+    }
+    pub fn container(b: &BlobRef) -> Self {
+        Resource::Container {
+            account: b.account.clone(),
+            container: b.container.clone(),
+        }
+    }
+    /// The account (config key) the resource lives in.
+    pub fn account(&self) -> &str {
+        match self {
+            Resource::Account(a) => a,
+            Resource::Container { account, .. } => account,
+            Resource::Blob(b) | Resource::Snapshot(b, _) => &b.account,
+        }
+    }
+    /// Whether this is snapshot `id` of `blob`.
+    pub fn is_snapshot(&self, blob: &BlobRef, id: &str) -> bool {
+        matches!(self, Resource::Snapshot(b, s) if b == blob && s.as_str() == id)
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Account(a) => write!(f, "account '{a}'"),
+            Resource::Container { account, container } => {
+                write!(f, "container {account}/{container}")
+            }
+            Resource::Blob(b) => write!(f, "{b}"),
+            Resource::Snapshot(b, s) => write!(f, "{b} snapshot {s}"),
+        }
+    }
+}
+
+/// A storage error: kind, resource, and what the service said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobError {
+    pub kind: ErrorKind,
+    /// Boxed: errors travel in every `Result` of the storage layer; this keeps them small.
+    pub resource: Box<Resource>,
+    /// The HTTP status, when the service answered.
+    pub status: Option<u16>,
+    /// `x-ms-error-code`, when the service sent one.
+    pub code: Option<String>,
+    /// For people only: the operation and the service's message or the local cause.
+    pub detail: String,
+}
+
+impl std::error::Error for BlobError {}
+
+impl fmt::Display for BlobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.resource;
+        match self.kind {
+            ErrorKind::NotFound => write!(f, "{r} not found")?,
+            ErrorKind::AlreadyExists => write!(f, "{r} already exists")?,
+            ErrorKind::Auth => write!(
+                f,
+                "authentication failed for account '{}' on {r}: check its key, SAS token or \
+                 identity",
+                r.account()
+            )?,
+            ErrorKind::PreconditionFailed => write!(f, "{r}: precondition failed")?,
+            ErrorKind::Conflict => write!(f, "{r}: conflict")?,
+            ErrorKind::Throttled => write!(f, "{r}: throttled by the service")?,
+            ErrorKind::Transient => write!(f, "{r}: service unavailable")?,
+            ErrorKind::Refused => write!(f, "{r}: refused by the service")?,
+            ErrorKind::BadRequest => write!(f, "{r}: request rejected")?,
+            ErrorKind::BadResponse => write!(f, "{r}: unexpected response")?,
+            ErrorKind::NoReadAccess => write!(f, "{r}: the service cannot be given read access")?,
+            ErrorKind::Unusable => write!(f, "{r}: cannot make requests")?,
+        }
+        match (self.status, &self.code) {
+            (Some(s), Some(c)) => write!(f, " ({s} {c})")?,
+            (Some(s), None) => write!(f, " ({s})")?,
+            (None, Some(c)) => write!(f, " ({c})")?,
+            (None, None) => {}
+        }
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+impl BlobError {
+    /// An error the service answered with: the kind follows from status and code.
+    pub fn service(resource: Resource, status: u16, code: Option<String>, detail: String) -> Self {
+        BlobError {
+            kind: classify(status, code.as_deref()),
+            resource: Box::new(resource),
+            status: Some(status),
+            code,
+            detail,
+        }
+    }
+
+    /// An error without an HTTP answer (local cause or transport).
+    pub fn local(kind: ErrorKind, resource: Resource, detail: impl Into<String>) -> Self {
+        BlobError {
+            kind,
+            resource: Box::new(resource),
+            status: None,
+            code: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// A response that does not follow the protocol.
+    pub fn bad_response(resource: Resource, status: u16, code: &str, detail: String) -> Self {
+        BlobError {
+            kind: ErrorKind::BadResponse,
+            resource: Box::new(resource),
+            status: Some(status),
+            code: Some(code.to_string()),
+            detail,
+        }
+    }
+
+    /// Whether the error is about `resource`.
+    pub fn concerns(&self, resource: &Resource) -> bool {
+        *self.resource == *resource
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+
+    /// The service (or the account setup) refuses server-side copy: Put Page From URL is not
+    /// implemented or not supported, the source is not readable by the destination service
+    /// (401/403 on the copy, `CannotVerifyCopySource`), or no read access can be granted.
+    /// `copy_mode = "auto"` then falls back to client copy. Throttling, outages, a missing
+    /// backup blob or our own bugs are not refusals: they fail the apply (and are retried).
+    pub fn refuses_server_copy(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Refused | ErrorKind::Auth | ErrorKind::NoReadAccess
+        )
+    }
+}
+
+/// The kind of an error the service answered with, from its status and `x-ms-error-code`
+/// (<https://learn.microsoft.com/rest/api/storageservices/blob-service-error-codes>).
+pub fn classify(status: u16, code: Option<&str>) -> ErrorKind {
+    let code = code.unwrap_or_default();
+    match (status, code) {
+        // Get Page Ranges with a `prevsnapshot` that no longer exists answers 409 with this
+        // code: the diff base is not found.
+        (_, "PreviousSnapshotNotFound") => ErrorKind::NotFound,
+        // The destination service could not read the copy source: for Put Page From URL and
+        // Copy Blob this is how a refused (or missing) source shows; the status tells which.
+        (404, "CannotVerifyCopySource") => ErrorKind::NotFound,
+        (_, "CannotVerifyCopySource" | "FeatureNotSupported" | "NotImplemented") => {
+            ErrorKind::Refused
+        }
+        (_, "ServerBusy") | (429, _) => ErrorKind::Throttled,
+        (401 | 403, _) => ErrorKind::Auth,
+        (404, _) => ErrorKind::NotFound,
+        (409, c) if c.ends_with("AlreadyExists") => ErrorKind::AlreadyExists,
+        (412, _) | (_, "ConditionNotMet") => ErrorKind::PreconditionFailed,
+        (409, _) => ErrorKind::Conflict,
+        (405 | 501, _) => ErrorKind::Refused,
+        (408 | 500..=599, _) => ErrorKind::Transient,
+        (400..=499, _) => ErrorKind::BadRequest,
+        _ => ErrorKind::BadResponse,
+    }
+}
+
+pub type BlobResult<T> = Result<T, BlobError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_code_give_the_kind() {
+        use ErrorKind::*;
+        let cases = [
+            (404, Some("BlobNotFound"), NotFound),
+            (404, Some("ContainerNotFound"), NotFound),
+            (404, None, NotFound),
+            (409, Some("PreviousSnapshotNotFound"), NotFound),
+            (404, Some("CannotVerifyCopySource"), NotFound),
+            (403, Some("CannotVerifyCopySource"), Refused),
+            (409, Some("FeatureNotSupported"), Refused),
+            (501, Some("NotImplemented"), Refused),
+            (501, None, Refused),
+            (400, Some("InvalidHeaderValue"), BadRequest),
+            (416, Some("InvalidPageRange"), BadRequest),
+            (405, None, Refused),
+            (401, Some("NoAuthenticationInformation"), Auth),
+            (403, Some("AuthenticationFailed"), Auth),
+            (403, Some("AuthorizationPermissionMismatch"), Auth),
+            (409, Some("BlobAlreadyExists"), AlreadyExists),
+            (409, Some("ContainerAlreadyExists"), AlreadyExists),
+            (409, Some("SnapshotsPresent"), Conflict),
+            (409, Some("NoPendingCopyOperation"), Conflict),
+            (412, Some("ConditionNotMet"), PreconditionFailed),
+            (412, Some("LeaseIdMissing"), PreconditionFailed),
+            (429, None, Throttled),
+            (503, Some("ServerBusy"), Throttled),
+            (503, None, Transient),
+            (500, Some("InternalError"), Transient),
+            (408, None, Transient),
+            (200, None, BadResponse),
+        ];
+        for (status, code, kind) in cases {
+            assert_eq!(classify(status, code), kind, "{status} {code:?}");
+        }
+    }
+
+    #[test]
+    fn only_refusals_fall_back_to_client_copy() {
+        let r = Resource::blob(&BlobRef::new("a", "c", "b"));
+        let e = |s, c: &str| BlobError::service(r.clone(), s, Some(c.into()), String::new());
+        assert!(e(501, "NotImplemented").refuses_server_copy());
+        assert!(e(403, "CannotVerifyCopySource").refuses_server_copy());
+        assert!(e(403, "AuthenticationFailed").refuses_server_copy());
+        assert!(BlobError::local(ErrorKind::NoReadAccess, r.clone(), "").refuses_server_copy());
+        assert!(!e(404, "BlobNotFound").refuses_server_copy());
+        assert!(!e(400, "InvalidHeaderValue").refuses_server_copy());
+        assert!(!e(503, "ServerBusy").refuses_server_copy());
+        assert!(!e(500, "InternalError").refuses_server_copy());
+        assert!(!BlobError::local(ErrorKind::Unusable, r, "").refuses_server_copy());
+    }
+
+    #[test]
+    fn messages_name_the_resource_status_and_code() {
+        let b = BlobRef::new("backup", "backups", "d");
+        let e = BlobError::service(
+            Resource::of(&b, Some("S1")),
+            404,
+            Some("BlobNotFound".into()),
+            "put 0-512".into(),
+        );
+        assert_eq!(
+            e.to_string(),
+            "backup/backups/d snapshot S1 not found (404 BlobNotFound): put 0-512"
+        );
+    }
+}

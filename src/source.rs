@@ -1,0 +1,197 @@
+//! What a backup cycle needs from the disk it backs up, whatever kind of disk it is.
+//!
+//! The cycle runner sees a source only through [`Source`]: take a tagged snapshot, find the
+//! ones it took, diff two of them page by page, read a range, delete one, and let the backup
+//! account's service read one for a server-side copy. Snapshot ids are opaque
+//! ([`SnapshotId`]): a blob snapshot's timestamp for [`PageBlobSource`]; for a managed disk
+//! (next), the resource id of an incremental snapshot, read through a SAS URL granted with
+//! `beginGetAccess` and revoked with `endGetAccess`.
+
+use crate::blobs::{BlobResult, PageBlobs, PageList, PageListQuery, Resource};
+use crate::model::{tags, BlobRef, SnapshotId};
+use crate::pages::ByteRange;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A snapshot a source holds, with its size in bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSnapshot {
+    pub id: SnapshotId,
+    pub size: u64,
+}
+
+/// How the backup account's service reads a source snapshot for a server-side copy (Put Page
+/// From URL, Copy Blob). A managed-disk source adds a variant carrying the SAS URL its
+/// `beginGetAccess` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CopySource {
+    /// A snapshot of a blob in a configured account; the storage layer authorises each read
+    /// itself (a short-lived read SAS, or a bearer token).
+    Blob { blob: BlobRef, snapshot: SnapshotId },
+}
+
+/// One page of a diff: the changed and cleared ranges of `snapshot` since `base` (every
+/// written range of `snapshot` without a base), within `range`, from `marker` on.
+#[derive(Clone, Copy, Debug)]
+pub struct DiffQuery<'q> {
+    pub snapshot: &'q SnapshotId,
+    pub base: Option<&'q SnapshotId>,
+    pub range: ByteRange,
+    pub marker: Option<&'q str>,
+    pub max_results: u32,
+}
+
+/// The operations a cycle needs from its source. Implementations retry transient failures
+/// themselves; an error returned is final for this attempt and names the resource it is
+/// about, which [`Source::snapshot_resource`] lets the caller compare with.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Whether requests can be made at all (credentials loaded); checked before a cycle.
+    fn check(&self) -> BlobResult<()>;
+
+    /// The resource errors about `snapshot` name (to tell "this snapshot is gone" from a
+    /// 404 about anything else).
+    fn snapshot_resource(&self, snapshot: &SnapshotId) -> Resource;
+
+    /// The snapshot cycle `cycle` of `disk` took, if it exists (a crash may have come
+    /// between taking it and recording it).
+    async fn find_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<Option<SourceSnapshot>>;
+
+    /// Takes a snapshot tagged with `disk` and `cycle`.
+    async fn take_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<SourceSnapshot>;
+
+    /// Every snapshot tagged for `disk`, oldest first.
+    async fn own_snapshots(&self, disk: &str) -> BlobResult<Vec<SnapshotId>>;
+
+    /// A snapshot's size, or None if it does not exist (any more).
+    async fn snapshot_size(&self, snapshot: &SnapshotId) -> BlobResult<Option<u64>>;
+
+    /// One page of the diff (see [`DiffQuery`]).
+    async fn diff(&self, query: DiffQuery<'_>) -> BlobResult<PageList>;
+
+    /// Reads `range` of a snapshot.
+    async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes>;
+
+    /// Deletes a snapshot; one already gone is not an error.
+    async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()>;
+
+    /// Lets the backup service read `snapshot` (for server-side copy) until
+    /// [`Source::revoke_read`]. A source that cannot grant it says so with
+    /// `ErrorKind::NoReadAccess`.
+    async fn grant_read(&self, snapshot: &SnapshotId) -> BlobResult<CopySource>;
+
+    /// Ends a [`Source::grant_read`].
+    async fn revoke_read(&self, snapshot: &SnapshotId) -> BlobResult<()>;
+}
+
+/// A page blob (the disk of an unmanaged VM, or any page blob) as a source: its snapshots are
+/// blob snapshots tagged with snapback's metadata.
+pub struct PageBlobSource<'a> {
+    blobs: &'a dyn PageBlobs,
+    blob: &'a BlobRef,
+}
+
+impl<'a> PageBlobSource<'a> {
+    pub fn new(blobs: &'a dyn PageBlobs, blob: &'a BlobRef) -> Self {
+        PageBlobSource { blobs, blob }
+    }
+}
+
+#[async_trait]
+impl Source for PageBlobSource<'_> {
+    fn check(&self) -> BlobResult<()> {
+        self.blobs.check_account(&self.blob.account)
+    }
+
+    fn snapshot_resource(&self, snapshot: &SnapshotId) -> Resource {
+        Resource::of(self.blob, Some(snapshot.as_str()))
+    }
+
+    async fn find_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<Option<SourceSnapshot>> {
+        Ok(self
+            .blobs
+            .list_snapshots(self.blob)
+            .await?
+            .into_iter()
+            .find(|s| {
+                tags::disk(&s.metadata) == Some(disk) && tags::cycle(&s.metadata) == Some(cycle)
+            })
+            .map(|s| SourceSnapshot {
+                id: SnapshotId::new(s.snapshot),
+                size: s.size,
+            }))
+    }
+
+    async fn take_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<SourceSnapshot> {
+        let id = self
+            .blobs
+            .create_snapshot(self.blob, &tags::source_snapshot(disk, cycle))
+            .await?;
+        let id = SnapshotId::new(id);
+        // The size of the snapshot itself: the base blob may be resized right after.
+        match self.blobs.properties(self.blob, Some(id.as_str())).await? {
+            Some(p) => Ok(SourceSnapshot { id, size: p.size }),
+            None => Err(crate::blobs::BlobError::local(
+                crate::blobs::ErrorKind::NotFound,
+                self.snapshot_resource(&id),
+                "the snapshot just taken is not there",
+            )),
+        }
+    }
+
+    async fn own_snapshots(&self, disk: &str) -> BlobResult<Vec<SnapshotId>> {
+        Ok(self
+            .blobs
+            .list_snapshots(self.blob)
+            .await?
+            .into_iter()
+            .filter(|s| tags::disk(&s.metadata) == Some(disk))
+            .map(|s| SnapshotId::new(s.snapshot))
+            .collect())
+    }
+
+    async fn snapshot_size(&self, snapshot: &SnapshotId) -> BlobResult<Option<u64>> {
+        Ok(self
+            .blobs
+            .properties(self.blob, Some(snapshot.as_str()))
+            .await?
+            .map(|p| p.size))
+    }
+
+    async fn diff(&self, q: DiffQuery<'_>) -> BlobResult<PageList> {
+        let query = PageListQuery {
+            snapshot: Some(q.snapshot.as_str()),
+            prev_snapshot: q.base.map(SnapshotId::as_str),
+            range: Some(q.range),
+            marker: q.marker,
+            max_results: Some(q.max_results),
+        };
+        self.blobs.page_ranges(self.blob, &query).await
+    }
+
+    async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
+        self.blobs
+            .read(self.blob, Some(snapshot.as_str()), range)
+            .await
+    }
+
+    async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
+        self.blobs
+            .delete_snapshot(self.blob, snapshot.as_str())
+            .await
+    }
+
+    async fn grant_read(&self, snapshot: &SnapshotId) -> BlobResult<CopySource> {
+        // Nothing to grant ahead: the storage layer authorises each copy request itself.
+        Ok(CopySource::Blob {
+            blob: self.blob.clone(),
+            snapshot: snapshot.clone(),
+        })
+    }
+
+    async fn revoke_read(&self, _snapshot: &SnapshotId) -> BlobResult<()> {
+        // The per-request SAS expires by itself (15 minutes for Put Page From URL, 48 hours
+        // for Copy Blob), and a bearer token is not per snapshot.
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! Decisions follow the typed error, not its text: a 404 about the *backup* blob during
+//! server-side copy (Put Page From URL) fails the apply naming the backup blob; it is not
+//! taken for "the source snapshot vanished" (which would take a new S(n) and start over).
+//! Run on the in-memory store and on Azurite (whose error text for that request names the
+//! source snapshot, which is what used to mislead the runner).
+
+mod common;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use snapback::blobs::{
+    BlobProps, BlobRef, BlobResult, ErrorKind, Metadata, PageBlobs, PageList, PageListQuery,
+    Resource, SnapshotInfo,
+};
+use snapback::config::CopyMode;
+use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
+use snapback::cycle::runner::{CycleError, DiskSpec, Runner};
+use snapback::fake::MemBlobs;
+use snapback::model::SystemClock;
+use snapback::pages::ByteRange;
+use snapback::state::StateStore;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The in-memory store, except that the first Put Page From URL deletes the backup blob (with
+/// its snapshots) just before it is sent: someone removed the backup mid-apply.
+struct DeleteBackupMidApply {
+    inner: Arc<dyn PageBlobs>,
+    armed: AtomicBool,
+}
+
+#[async_trait]
+impl PageBlobs for DeleteBackupMidApply {
+    async fn properties(&self, b: &BlobRef, s: Option<&str>) -> BlobResult<Option<BlobProps>> {
+        self.inner.properties(b, s).await
+    }
+    async fn create_snapshot(&self, b: &BlobRef, m: &Metadata) -> BlobResult<String> {
+        self.inner.create_snapshot(b, m).await
+    }
+    async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
+        self.inner.list_snapshots(b).await
+    }
+    async fn delete_snapshot(&self, b: &BlobRef, s: &str) -> BlobResult<()> {
+        self.inner.delete_snapshot(b, s).await
+    }
+    async fn page_ranges(&self, b: &BlobRef, q: &PageListQuery<'_>) -> BlobResult<PageList> {
+        self.inner.page_ranges(b, q).await
+    }
+    async fn read(&self, b: &BlobRef, s: Option<&str>, r: ByteRange) -> BlobResult<Bytes> {
+        self.inner.read(b, s, r).await
+    }
+    async fn put_pages(&self, b: &BlobRef, o: u64, d: Bytes) -> BlobResult<String> {
+        self.inner.put_pages(b, o, d).await
+    }
+    async fn put_pages_from_url(
+        &self,
+        dest: &BlobRef,
+        range: ByteRange,
+        source: &BlobRef,
+        snapshot: Option<&str>,
+        offset: u64,
+    ) -> BlobResult<String> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            // As `az storage blob delete --delete-snapshots include` would.
+            for s in self.inner.list_snapshots(dest).await? {
+                self.inner.delete_snapshot(dest, &s.snapshot).await?;
+            }
+            self.inner.delete_blob(dest).await?;
+        }
+        self.inner
+            .put_pages_from_url(dest, range, source, snapshot, offset)
+            .await
+    }
+    async fn clear_pages(&self, b: &BlobRef, r: ByteRange) -> BlobResult<String> {
+        self.inner.clear_pages(b, r).await
+    }
+    async fn ensure_container(&self, b: &BlobRef) -> BlobResult<()> {
+        self.inner.ensure_container(b).await
+    }
+    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+        self.inner.create_page_blob(b, size).await
+    }
+    async fn resize(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+        self.inner.resize(b, size).await
+    }
+    async fn abort_copy(&self, b: &BlobRef, id: &str) -> BlobResult<()> {
+        self.inner.abort_copy(b, id).await
+    }
+    async fn start_copy(
+        &self,
+        dest: &BlobRef,
+        source: &BlobRef,
+        snapshot: Option<&str>,
+        m: &Metadata,
+    ) -> BlobResult<String> {
+        self.inner.start_copy(dest, source, snapshot, m).await
+    }
+    async fn set_metadata(&self, b: &BlobRef, m: &Metadata) -> BlobResult<()> {
+        self.inner.set_metadata(b, m).await
+    }
+    async fn delete_blob(&self, b: &BlobRef) -> BlobResult<()> {
+        self.inner.delete_blob(b).await
+    }
+}
+
+/// A seeded disk with a change, its runner stepped into Apply; then the backup is deleted
+/// during the first Put Page From URL. The apply fails naming the backup blob, and the cycle
+/// stays on the same S(n).
+async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMode) {
+    let blobs = DeleteBackupMidApply {
+        inner,
+        armed: AtomicBool::new(false),
+    };
+    let store = StateStore::open_in_memory().unwrap();
+    let d = DiskSpec {
+        name: "d".into(),
+        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        backup: BlobRef::new("backup", "backups", "d"),
+        concurrency: 1,
+        copy_mode: mode,
+    };
+    blobs.ensure_container(&d.source).await.unwrap();
+    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
+    let write = |at: u64, byte: u8, len: usize| {
+        blobs.put_pages(&d.source, at, Bytes::from(vec![byte; len]))
+    };
+    write(0, 1, 4096).await.unwrap();
+    let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
+    r.copy_poll = (
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(20),
+    );
+    r.run_cycle().await.unwrap();
+    write(8 * 512, 2, 1024).await.unwrap();
+
+    let mut rec = r.open_or_resume().unwrap();
+    while rec.phase.name() != PhaseName::Apply {
+        r.step(&mut rec).await.unwrap();
+    }
+    let s_n = rec.phase.source().unwrap().clone();
+    let source_snapshots = blobs.list_snapshots(&d.source).await.unwrap();
+    blobs.armed.store(true, Ordering::SeqCst);
+
+    let err = r.step(&mut rec).await.unwrap_err();
+    let CycleError::Blob { disk, source: e } = &err else {
+        panic!("{mode:?}: expected a storage error, got {err}");
+    };
+    assert_eq!(disk, "d");
+    assert_eq!(e.kind, ErrorKind::NotFound, "{mode:?}: {e}");
+    assert!(
+        e.concerns(&Resource::Blob(d.backup.clone())),
+        "{mode:?}: the error names the backup blob: {e}"
+    );
+    assert!(err.to_string().contains("backup/backups/d"), "{err}");
+    // Still applying the same S(n): not sent back to take a new source snapshot.
+    let saved = store.open_cycle("d").unwrap().unwrap();
+    assert!(
+        matches!(&saved.phase, Phase::Apply { source, .. } if *source == s_n),
+        "{mode:?}: {:?}",
+        saved.phase
+    );
+    assert_eq!(saved.kind, CycleKind::Incremental);
+    assert_eq!(
+        blobs.list_snapshots(&d.source).await.unwrap(),
+        source_snapshots,
+        "{mode:?}: no new source snapshot"
+    );
+}
+
+#[tokio::test]
+async fn a_404_on_the_backup_during_server_copy_is_not_a_vanished_source() {
+    for mode in [CopyMode::Server, CopyMode::Auto] {
+        backup_deleted_mid_server_copy(Arc::new(MemBlobs::new()), mode).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_azurite_a_404_on_the_backup_during_server_copy_is_not_a_vanished_source() {
+    let fx = common::fixture::Fixture::new(&[]);
+    backup_deleted_mid_server_copy(fx.blobs(), CopyMode::Server).await;
+}
+
+/// The genuine case still works: the source snapshot deleted during apply makes the cycle
+/// take a new one (and the restore point equals it).
+#[tokio::test]
+async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
+    let blobs = MemBlobs::new();
+    let store = StateStore::open_in_memory().unwrap();
+    let d = DiskSpec {
+        name: "d".into(),
+        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        backup: BlobRef::new("backup", "backups", "d"),
+        concurrency: 1,
+        copy_mode: CopyMode::Server,
+    };
+    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
+    blobs.write(&d.source, 0, &[1u8; 4096]);
+    let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
+    r.copy_poll = (
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(1),
+    );
+    r.run_cycle().await.unwrap();
+    blobs.write(&d.source, 8 * 512, &[2u8; 1024]);
+    let mut rec = r.open_or_resume().unwrap();
+    while rec.phase.name() != PhaseName::Apply {
+        r.step(&mut rec).await.unwrap();
+    }
+    let s_n = rec.phase.source().unwrap().clone();
+    blobs
+        .delete_snapshot(&d.source, s_n.as_str())
+        .await
+        .unwrap();
+    r.step(&mut rec).await.unwrap();
+    assert_eq!(rec.phase.name(), PhaseName::Snapshot);
+    while r.step(&mut rec).await.unwrap() {}
+    let (b, s) = rec.phase.restore_point().unwrap();
+    assert_ne!(*s, s_n);
+    assert_eq!(
+        blobs.content(&d.backup, Some(b.as_str())),
+        blobs.content(&d.source, Some(s.as_str()))
+    );
+}
