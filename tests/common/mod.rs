@@ -1,3 +1,4 @@
 pub mod azurite;
 pub mod daemon;
+pub mod faultproxy;
 pub mod fixture;
