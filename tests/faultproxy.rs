@@ -612,3 +612,15 @@ fn copy_failed_rewrite_reports_a_failed_copy() {
         "a HEAD keeps the blob's Content-Length"
     );
 }
+
+#[test]
+fn delay_holds_the_request_then_answers_normally() {
+    let up = Upstream::start();
+    let proxy = FaultProxy::start(up.port);
+    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(300))).op(Op::DeleteBlob));
+    let started = std::time::Instant::now();
+    let got = send(proxy.port(), "DELETE", BLOB, &[], &[]).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!((got.status, got.body.len()), (201, BODY_LEN));
+    assert_eq!(up.received().len(), 1);
+}

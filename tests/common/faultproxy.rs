@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::http::response::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -123,6 +123,8 @@ pub enum Fault {
     /// Holds the request this long without forwarding it, then drops the connection: a
     /// service that stopped answering (set it past the client's timeout).
     Stall(Duration),
+    /// Holds the request this long, then forwards it and answers normally: a slow service.
+    Delay(Duration),
     /// Forwards and waits for the service's whole answer, then drops the connection without
     /// answering: the service applied the request and the client cannot know.
     AnswerLost,
@@ -154,6 +156,7 @@ impl Fault {
             Fault::ResetRequestBody => FaultKind::ResetRequestBody,
             Fault::ResetResponseBody => FaultKind::ResetResponseBody,
             Fault::Stall(_) => FaultKind::Stall,
+            Fault::Delay(_) => FaultKind::Delay,
             Fault::AnswerLost => FaultKind::AnswerLost,
             Fault::Rewrite(_) => FaultKind::Rewrite,
         }
@@ -165,6 +168,7 @@ impl fmt::Debug for Fault {
         match self {
             Fault::Status { status, code } => write!(f, "{status} {code}"),
             Fault::Stall(d) => write!(f, "stall {d:?}"),
+            Fault::Delay(d) => write!(f, "delay {d:?}"),
             other => write!(f, "{:?}", other.kind()),
         }
     }
@@ -176,6 +180,7 @@ pub enum FaultKind {
     ResetRequestBody,
     ResetResponseBody,
     Stall,
+    Delay,
     AnswerLost,
     Rewrite,
 }
@@ -612,6 +617,11 @@ async fn handle(
             tokio::time::sleep(d).await;
             Err(Box::new(Dropped("stalled, then dropped")))
         }
+        Some(Fault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            let (parts, body) = forward(&shared, req).await?;
+            Ok(answer(parts, body))
+        }
         Some(Fault::AnswerLost) => {
             forward(&shared, req).await?;
             Err(Box::new(Dropped(
@@ -683,12 +693,11 @@ fn pick(shared: &Shared, c: &Classified) -> Option<Fault> {
 
 /// Sends the request to the service on a fresh connection and reads its whole answer.
 async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<(Parts, Bytes), BoxError> {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
-    parts.headers.insert(
-        HOST,
-        HeaderValue::from_str(&shared.upstream.to_string()).expect("host header"),
-    );
+    // The Host header is left as the client sent it (the proxy's address): Azurite accepts a
+    // cross-account Copy Blob only from a source URL on the host the request was sent to, and
+    // the source URL snapback sends names the proxy.
     let is_head = parts.method == Method::HEAD;
     let stream = tokio::net::TcpStream::connect(shared.upstream).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

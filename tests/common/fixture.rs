@@ -18,6 +18,10 @@ pub struct Fixture {
     pub azurite: Azurite,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// The accounts of `config_path` as first written, always straight to Azurite: what the
+    /// test's own client ([`Fixture::blobs`]) uses, even when snapback's config is routed
+    /// through a fault proxy ([`Fixture::route_through`]).
+    direct_config_path: PathBuf,
 }
 
 /// `premium/vhds/<disk>.vhd` → `backup/backups/<disk>` for each disk name.
@@ -56,12 +60,24 @@ impl Fixture {
             azurite.endpoint("backup"),
             disks_section
         );
-        std::fs::write(&config_path, text).expect("write config");
+        std::fs::write(&config_path, &text).expect("write config");
+        let direct_config_path = dir.path().join("direct.toml");
+        std::fs::write(&direct_config_path, text).expect("write config");
         Fixture {
             azurite,
             dir,
             config_path,
+            direct_config_path,
         }
+    }
+
+    /// Points snapback's config at `proxy_port` (a fault proxy in front of this Azurite)
+    /// instead of Azurite itself; the test's own client stays direct.
+    pub fn route_through(&self, proxy_port: u16) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let direct = format!("http://127.0.0.1:{}/", self.azurite.port());
+        let proxied = format!("http://127.0.0.1:{proxy_port}/");
+        std::fs::write(&self.config_path, text.replace(&direct, &proxied)).expect("write config");
     }
 
     pub fn config(&self) -> Config {
@@ -69,7 +85,8 @@ impl Fixture {
     }
 
     pub fn blobs(&self) -> Arc<AzureBlobs> {
-        Arc::new(AzureBlobs::new(self.config().accounts.values()))
+        let direct = Config::load(&self.direct_config_path).expect("test config is valid");
+        Arc::new(AzureBlobs::new(direct.accounts.values()))
     }
 
     pub fn app(&self) -> App {
