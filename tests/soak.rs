@@ -13,7 +13,9 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use common::faultproxy::{Fault, FaultKind, FaultProxy, Op, Rule};
-use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
+use common::fixture::{
+    content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
+};
 use snapback::blobs::PageBlobs;
 use snapback::pages::{ByteRange, PAGE_SIZE};
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +23,39 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const CRC: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+
+/// A `backup` run still going after this long counts as failed (and is killed): a cycle that
+/// loops forever must not hang the soak.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+/// The last error a failed run logged, without colours; or that it timed out.
+fn why(stderr: &[u8], timed_out: bool) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An ANSI colour sequence: ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let last = (plain.lines().rev().find(|l| l.contains("ERROR")))
+        .or_else(|| plain.lines().rev().find(|l| l.contains("error")))
+        .unwrap_or("");
+    let last = last.split_once("error=").map_or(last, |(_, e)| e);
+    let last: String = last.chars().take(400).collect();
+    if timed_out {
+        format!("timed out after {RUN_LIMIT:?}; {last}")
+    } else {
+        last
+    }
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -42,8 +77,11 @@ struct State {
 struct Tally {
     rounds: u64,
     cycles_expected: u64,
+    /// Distinct source snapshots among the restore points: cycles that made one.
+    cycles_completed: u64,
     runs: u64,
     runs_failed: u64,
+    runs_timed_out: u64,
     kills: u64,
     points_checked: u64,
     wrong: u64,
@@ -130,26 +168,21 @@ async fn soak() {
         loop {
             attempts += 1;
             tally.runs += 1;
-            let out = fx.snapback(&["backup"]);
+            let (out, timed_out) = match run_bounded(fx.command(&["backup"]), RUN_LIMIT) {
+                Ok(out) => (out, false),
+                Err(out) => (out, true),
+            };
             if out.status.success() {
                 break;
             }
             tally.runs_failed += 1;
-            let err = String::from_utf8_lossy(&out.stderr);
-            let line = err
-                .lines()
-                .rev()
-                .find(|l| l.contains("ERROR") || l.contains("error"))
-                .unwrap_or("")
-                .to_string();
-            tally.failure_lines.push(format!(
-                "round {round}: {}",
-                line.chars().take(300).collect::<String>()
-            ));
+            tally.runs_timed_out += u64::from(timed_out);
+            let why = why(&out.stderr, timed_out);
             assert!(
                 attempts < 5,
-                "round {round}: backup failed 5 times in a row: {err}"
+                "round {round}: backup failed 5 times in a row: {why}"
             );
+            tally.failure_lines.push(format!("round {round}: {why}"));
         }
         let to = Utc::now();
         for (i, m) in model.iter().enumerate() {
@@ -224,6 +257,7 @@ async fn soak() {
             }
         }
         tally.duplicates += by_source.values().map(|n| n - 1).sum::<u64>();
+        tally.cycles_completed += by_source.len() as u64;
         let on_source = tagged_snapshots(blobs.as_ref(), &fx.source(name))
             .await
             .len() as u64;
@@ -237,8 +271,14 @@ async fn soak() {
         .collect();
     eprintln!("\n=== soak report ({:?}) ===", started.elapsed());
     eprintln!(
-        "rounds {}, cycles expected {}, backup runs {} ({} failed), SIGKILLs {}",
-        tally.rounds, tally.cycles_expected, tally.runs, tally.runs_failed, tally.kills
+        "rounds {}, cycles: {} needed (a disk per round), {} made a restore point; backup runs {} ({} failed, {} timed out), SIGKILLs {}",
+        tally.rounds,
+        tally.cycles_expected,
+        tally.cycles_completed,
+        tally.runs,
+        tally.runs_failed,
+        tally.runs_timed_out,
+        tally.kills
     );
     eprintln!(
         "requests through the proxy {}, faults injected {faults:?}",
@@ -262,9 +302,9 @@ async fn soak() {
         "(wrong, unmatched, duplicate restore points, orphaned source snapshots)"
     );
     assert!(
-        tally.points_checked >= tally.cycles_expected,
-        "a restore point per cycle: {} of {}",
-        tally.points_checked,
+        tally.cycles_completed >= tally.cycles_expected,
+        "a restore point per disk and round: {} of {}",
+        tally.cycles_completed,
         tally.cycles_expected
     );
 }

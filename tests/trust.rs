@@ -11,7 +11,9 @@ use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
 use common::faultproxy::{
     copy_reported_failed, page_list_out_of_order, Fault, FaultProxy, Op, Rule,
 };
-use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
+use common::fixture::{
+    content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
+};
 use snapback::blobs::PageBlobs;
 use snapback::pages::{ByteRange, PAGE_SIZE};
 use std::process::{Output, Stdio};
@@ -34,45 +36,13 @@ fn run(fx: &Fixture, args: &[&str]) -> Output {
     bounded(fx.command(args), args)
 }
 
-fn bounded(mut cmd: std::process::Command, what: &[&str]) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn snapback");
-    // Drain the pipes while waiting, so a chatty child never blocks on a full pipe.
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out_pipe, &mut b);
-        b
-    });
-    let err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err_pipe, &mut b);
-        b
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > COMMAND_LIMIT {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!(
-                "snapback {what:?} still running after {COMMAND_LIMIT:?}: {}",
-                String::from_utf8_lossy(&err.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+fn bounded(cmd: std::process::Command, what: &[&str]) -> Output {
+    run_bounded(cmd, COMMAND_LIMIT).unwrap_or_else(|out| {
+        panic!(
+            "snapback {what:?} still running after {COMMAND_LIMIT:?}: {}",
+            text(&out)
+        )
+    })
 }
 
 fn succeeded(o: &Output, ctx: &str) {

@@ -9,8 +9,9 @@ use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
 use snapback::pages::{ByteRange, MAX_PUT_BYTES};
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const MIB: u64 = 1024 * 1024;
 
@@ -190,5 +191,46 @@ impl Rng {
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Runs `cmd` to completion, collecting its output. Past `limit` it is killed and what it
+/// printed is the `Err`: a command that loops forever fails its test instead of hanging it.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output, Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn snapback");
+    // Drained while waiting, so a chatty child never blocks on a full pipe.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = pipe.read_to_end(&mut b);
+            b
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout piped")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr piped")));
+    let started = Instant::now();
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break (status, false);
+        }
+        if started.elapsed() > limit {
+            child.kill().expect("kill");
+            break (child.wait().expect("reap"), true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    };
+    if timed_out {
+        Err(output)
+    } else {
+        Ok(output)
     }
 }
