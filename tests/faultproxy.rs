@@ -11,6 +11,7 @@ use common::faultproxy::{
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,15 @@ const INTERLEAVED: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>\
 struct Upstream {
     port: u16,
     got: Arc<Mutex<Vec<(String, usize)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag and ends.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
 }
 
 impl Upstream {
@@ -35,16 +45,19 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&got);
-        // Ends with the test process; it only ever accepts loopback connections.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, stopped) = (Arc::clone(&got), Arc::clone(&stop));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
                 let Ok(stream) = stream else { continue };
                 let log = Arc::clone(&log);
                 std::thread::spawn(move || answer_one(stream, &log));
             }
         });
-        Upstream { port, got }
+        Upstream { port, got, stop }
     }
 
     fn received(&self) -> Vec<String> {
