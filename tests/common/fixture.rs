@@ -9,8 +9,9 @@ use snapback::config::Config;
 use snapback::pages::{ByteRange, MAX_PUT_BYTES};
 use snapback::service::App;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub const MIB: u64 = 1024 * 1024;
 
@@ -18,6 +19,10 @@ pub struct Fixture {
     pub azurite: Azurite,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// The accounts of `config_path` as first written, always straight to Azurite: what the
+    /// test's own client ([`Fixture::blobs`]) uses, even when snapback's config is routed
+    /// through a fault proxy ([`Fixture::route_through`]).
+    direct_config_path: PathBuf,
 }
 
 /// `premium/vhds/<disk>.vhd` → `backup/backups/<disk>` for each disk name.
@@ -56,12 +61,24 @@ impl Fixture {
             azurite.endpoint("backup"),
             disks_section
         );
-        std::fs::write(&config_path, text).expect("write config");
+        std::fs::write(&config_path, &text).expect("write config");
+        let direct_config_path = dir.path().join("direct.toml");
+        std::fs::write(&direct_config_path, text).expect("write config");
         Fixture {
             azurite,
             dir,
             config_path,
+            direct_config_path,
         }
+    }
+
+    /// Points snapback's config at `proxy_port` (a fault proxy in front of this Azurite)
+    /// instead of Azurite itself; the test's own client stays direct.
+    pub fn route_through(&self, proxy_port: u16) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let direct = format!("http://127.0.0.1:{}/", self.azurite.port());
+        let proxied = format!("http://127.0.0.1:{proxy_port}/");
+        std::fs::write(&self.config_path, text.replace(&direct, &proxied)).expect("write config");
     }
 
     pub fn config(&self) -> Config {
@@ -69,7 +86,8 @@ impl Fixture {
     }
 
     pub fn blobs(&self) -> Arc<AzureBlobs> {
-        Arc::new(AzureBlobs::new(self.config().accounts.values()))
+        let direct = Config::load(&self.direct_config_path).expect("test config is valid");
+        Arc::new(AzureBlobs::new(direct.accounts.values()))
     }
 
     pub fn app(&self) -> App {
@@ -173,5 +191,46 @@ impl Rng {
     }
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Runs `cmd` to completion, collecting its output. Past `limit` it is killed and what it
+/// printed is the `Err`: a command that loops forever fails its test instead of hanging it.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<Output, Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn snapback");
+    // Drained while waiting, so a chatty child never blocks on a full pipe.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = pipe.read_to_end(&mut b);
+            b
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout piped")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr piped")));
+    let started = Instant::now();
+    let (status, timed_out) = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break (status, false);
+        }
+        if started.elapsed() > limit {
+            child.kill().expect("kill");
+            break (child.wait().expect("reap"), true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = Output {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    };
+    if timed_out {
+        Err(output)
+    } else {
+        Ok(output)
     }
 }

@@ -1,5 +1,6 @@
 pub mod arm;
 pub mod azurite;
 pub mod daemon;
+pub mod faultproxy;
 pub mod fixture;
 pub mod pty;

@@ -1,0 +1,785 @@
+//! Issue 9's trust scenarios, driven only through the `snapback` binary and its config against
+//! Azurite, with faults injected on the wire by the fault proxy (tests/common/faultproxy.rs):
+//! lost answers, an out-of-order diff listing, a backup re-pointed at someone else's blob, a
+//! SAS token near an unreachable endpoint, concurrent owners of one disk, and a seed copy the
+//! service keeps failing. Each asserts what an operator must be able to rely on; the ones
+//! today's build fails are `#[ignore]`d with what fails (see docs/reliability.md).
+
+mod common;
+
+use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
+use common::faultproxy::{
+    copy_reported_failed, page_list_out_of_order, Fault, FaultProxy, Op, Rule,
+};
+use common::fixture::{
+    content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
+};
+use snapback::blobs::PageBlobs;
+use snapback::pages::{ByteRange, PAGE_SIZE};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    )
+}
+
+/// Longest any one command may take: a scenario that loops forever fails instead of hanging
+/// the suite.
+const COMMAND_LIMIT: Duration = Duration::from_secs(150);
+
+/// Runs `snapback ARGS` with the fixture's config; kills it and fails past [`COMMAND_LIMIT`].
+fn run(fx: &Fixture, args: &[&str]) -> Output {
+    bounded(fx.command(args), args)
+}
+
+fn bounded(cmd: std::process::Command, what: &[&str]) -> Output {
+    run_bounded(cmd, COMMAND_LIMIT).unwrap_or_else(|out| {
+        panic!(
+            "snapback {what:?} still running after {COMMAND_LIMIT:?}: {}",
+            text(&out)
+        )
+    })
+}
+
+fn succeeded(o: &Output, ctx: &str) {
+    assert!(o.status.success(), "{ctx}: {}", text(o));
+}
+
+/// `snapback list DISK --json`: the restore points as Azure's tags describe them.
+fn restore_points(fx: &Fixture, disk: &str) -> Vec<serde_json::Value> {
+    let out = run(fx, &["list", disk, "--json"]);
+    succeeded(&out, "list");
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("list --json")
+}
+
+/// A `size` disk with 1 MiB of random data, seeded by one `backup`.
+async fn seeded_disk(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
+    let blobs = fx.blobs();
+    create_disk(blobs.as_ref(), &fx.source(disk), size).await;
+    write(
+        blobs.as_ref(),
+        &fx.source(disk),
+        0,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
+    succeeded(&run(fx, &["backup", disk]), "seed");
+}
+
+/// `n` random 64 KiB writes to the source.
+async fn scribble(fx: &Fixture, disk: &str, size: u64, n: u64, rng: &mut Rng) {
+    let blobs = fx.blobs();
+    for _ in 0..n {
+        let at = rng.below((size - 64 * 1024) / PAGE_SIZE) * PAGE_SIZE;
+        write(blobs.as_ref(), &fx.source(disk), at, &rng.bytes(64 * 1024)).await;
+    }
+}
+
+/// Runs `backup DISK` until the proxy saw `op` at least `n` times, then SIGKILLs it.
+fn kill_after(fx: &Fixture, proxy: &FaultProxy, disk: &str, op: Op, n: usize) {
+    let mut child = fx
+        .command(&["backup", disk])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backup");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.count(op) < n {
+        assert!(Instant::now() < deadline, "no {op:?} within 60 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup ended before its {n}th {op:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the process finish and commit what it can before the cut (its checkpoint).
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+}
+
+// ---------------------------------------------------------- (1) lost answers --
+
+/// A fixture whose snapback config goes through a fresh fault proxy.
+fn proxied(disks: &[&str]) -> (Fixture, FaultProxy) {
+    let fx = Fixture::new(disks);
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    (fx, proxy)
+}
+
+/// The first `op` to `account` of every cycle loses its answer after the service applied
+/// it; after `cycles` cycles there must be one restore point per cycle and one snapback
+/// snapshot on the source.
+async fn answer_lost_each_cycle(op: Op, account: &str, cycles: usize) {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x1057);
+    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+    write(
+        fx.blobs().as_ref(),
+        &fx.source("d1"),
+        0,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
+    let mut lost = 0;
+    for cycle in 1..=cycles {
+        let rule = proxy.add(
+            Rule::new(Fault::AnswerLost)
+                .op(op)
+                .account(account)
+                .nth(1, 1),
+        );
+        let out = run(&fx, &["backup", "d1"]);
+        lost += proxy.stats(rule).injected;
+        eprintln!(
+            "cycle {cycle}: exit {:?}, {} restore points, {} snapback snapshots on the source",
+            out.status.code(),
+            tagged_snapshots(fx.blobs().as_ref(), &fx.backup("d1"))
+                .await
+                .len(),
+            tagged_snapshots(fx.blobs().as_ref(), &fx.source("d1"))
+                .await
+                .len()
+        );
+        succeeded(&out, &format!("cycle {cycle}"));
+        scribble(&fx, "d1", 4 * MIB, 3, &mut rng).await;
+    }
+    assert!(
+        lost >= cycles as u64,
+        "an answer was lost in every cycle ({lost})"
+    );
+    let points = restore_points(&fx, "d1");
+    let tagged = tagged_snapshots(fx.blobs().as_ref(), &fx.backup("d1")).await;
+    let on_source = tagged_snapshots(fx.blobs().as_ref(), &fx.source("d1")).await;
+    assert_eq!(
+        (points.len(), tagged.len(), on_source.len()),
+        (cycles, cycles, 1),
+        "(restore points listed, snapback snapshots on the backup, on the source) after \
+         {cycles} cycles with a lost {op:?} answer each"
+    );
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "newest restore point verifies",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: a lost Snapshot Blob answer on the backup is retried blindly: 8 restore points after 4 cycles"]
+async fn backup_snapshot_answer_lost_makes_one_restore_point_per_cycle() {
+    answer_lost_each_cycle(Op::SnapshotBlob, "backup", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_snapshot_answer_lost_leaves_one_snapshot_on_the_source() {
+    answer_lost_each_cycle(Op::SnapshotBlob, "premium", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: a lost Copy Blob answer is retried blindly: 2 Copy Blob starts (Azure answers the second 409 PendingCopyOperation)"]
+async fn copy_start_answer_lost_starts_one_copy() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0xc0b1);
+    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+    write(
+        fx.blobs().as_ref(),
+        &fx.source("d1"),
+        0,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
+    let rule = proxy.add(Rule::new(Fault::AnswerLost).op(Op::CopyBlob).nth(1, 1));
+    let out = run(&fx, &["backup", "d1"]);
+    eprintln!(
+        "seed with a lost Copy Blob answer: exit {:?}, {} Copy Blob requests",
+        out.status.code(),
+        proxy.count(Op::CopyBlob)
+    );
+    succeeded(&out, "seed");
+    assert_eq!(proxy.stats(rule).injected, 1);
+    assert_eq!(restore_points(&fx, "d1").len(), 1);
+    succeeded(&run(&fx, &["verify", "d1"]), "the seed verifies");
+    assert_eq!(
+        proxy.count(Op::CopyBlob),
+        1,
+        "the copy the service started is found, not started again"
+    );
+}
+
+// ------------------------------------------------- (2) out-of-order listing --
+
+/// The diff lists every PageRange before every ClearRange (not Azure's offset order) and
+/// the cycle is killed while the clears are in flight. The resumed cycle must either refuse
+/// the listing with an error naming offsets, or make a restore point that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: listing not validated, checkpoint passes unfinished clears: verify MISMATCH after resume"]
+async fn out_of_order_listing_and_kill_mid_apply_never_make_a_wrong_restore_point() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0x0dd);
+    create_disk(blobs.as_ref(), &fx.source("d1"), 8 * MIB).await;
+    write(
+        blobs.as_ref(),
+        &fx.source("d1"),
+        0,
+        &rng.bytes(4 * MIB as usize),
+    )
+    .await;
+    succeeded(&run(&fx, &["backup", "d1"]), "seed");
+    // Clears low, writes high: in offset order the clears come first.
+    for at in [0, 256 * 1024, MIB] {
+        blobs
+            .clear_pages(&fx.source("d1"), ByteRange::new(at, at + 64 * 1024))
+            .await
+            .unwrap();
+    }
+    for at in [5 * MIB, 6 * MIB, 7 * MIB] {
+        write(blobs.as_ref(), &fx.source("d1"), at, &rng.bytes(64 * 1024)).await;
+    }
+    proxy.add(Rule::new(page_list_out_of_order()).op(Op::GetPageRanges));
+    // Slow writes finish after the runner's checkpoint interval (so a checkpoint is saved
+    // over them); the clears, listed after them, never finish.
+    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(1500))).op(Op::PutPage));
+    let stall = proxy.add(Rule::new(Fault::Stall(Duration::from_secs(600))).op(Op::ClearPage));
+    kill_after(&fx, &proxy, "d1", Op::ClearPage, 1);
+    proxy.clear_rules();
+    proxy.add(Rule::new(page_list_out_of_order()).op(Op::GetPageRanges));
+    assert!(proxy.stats(stall).injected >= 1);
+    let resumed = run(&fx, &["backup", "d1"]);
+    let verify = run(&fx, &["verify", "d1"]);
+    eprintln!(
+        "resume: exit {:?}; verify: exit {:?}: {}",
+        resumed.status.code(),
+        verify.status.code(),
+        text(&verify)
+    );
+    if resumed.status.success() {
+        assert_eq!(restore_points(&fx, "d1").len(), 2);
+        succeeded(
+            &verify,
+            "the restore point made from the listing equals its source",
+        );
+    } else {
+        let e = text(&resumed);
+        assert!(
+            e.contains("5242880") || e.contains("65536") || e.contains("order"),
+            "the refusal names the offsets: {e}"
+        );
+        assert_eq!(
+            restore_points(&fx, "d1").len(),
+            1,
+            "no restore point from it"
+        );
+    }
+}
+
+// --------------------------------------------- (3) backup re-pointed mid-cycle --
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: the resumed apply writes the old diff onto the re-pointed foreign blob and labels it a restore point"]
+async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
+    let fx = Fixture::new(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0xf0e);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 8, &mut rng).await;
+    // Cut the cycle after its diff step: phase apply, nothing applied yet.
+    let mut child = fx
+        .command(&["backup", "d1"])
+        .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
+        && !line.contains("failpoint: paused")
+    {
+        line.clear();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Someone else's existing page blob, then the config re-pointed at it.
+    let foreign = snapback::blobs::BlobRef::new("backup", "backups", "foreign");
+    create_disk(blobs.as_ref(), &foreign, 4 * MIB).await;
+    write(blobs.as_ref(), &foreign, 0, &rng.bytes(4 * MIB as usize)).await;
+    let before = content(blobs.as_ref(), &foreign, None).await;
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(
+        &fx.config_path,
+        cfg.replace("backup/backups/d1", "backup/backups/foreign"),
+    )
+    .unwrap();
+    let out = run(&fx, &["backup", "d1"]);
+    let after = content(blobs.as_ref(), &foreign, None).await;
+    let foreign_points = tagged_snapshots(blobs.as_ref(), &foreign).await.len();
+    eprintln!(
+        "re-pointed resume: exit {:?}, foreign blob changed: {}, restore points on it: {foreign_points}",
+        out.status.code(),
+        before != after
+    );
+    assert!(before == after, "the foreign blob's bytes are unchanged");
+    assert!(!out.status.success(), "the resume is refused");
+    assert!(
+        text(&out).contains("backups/foreign"),
+        "the refusal names the blob: {}",
+        text(&out)
+    );
+    assert_eq!(foreign_points, 0, "no restore point on the foreign blob");
+}
+
+// ----------------------------------------------------------- (4) SAS leak --
+
+const SAS_SIG: &str = "c2VjcmV0LXNpZ25hdHVyZS1vZi10aGUtdGVzdA%3D%3D";
+
+/// A SAS-token account whose endpoint answers nothing (a closed port on 127.0.0.1): the
+/// token's signature appears nowhere — not in the command's output, not in `status` (text or
+/// JSON), not in any file of the state directory (the SQLite bytes included).
+#[test]
+#[ignore = "issue 9: the SAS signature appears in the error output, in status and in the state database"]
+fn sas_signature_never_leaves_with_an_unreachable_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = dir.path().join("snapback.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[accounts.premium]\nendpoint = \"http://127.0.0.1:{port}/premium\"\n\
+             sas_token_env = \"SB_TEST_SAS\"\n[accounts.backup]\nendpoint = \"http://127.0.0.1:{port}/backup\"\n\
+             sas_token_env = \"SB_TEST_SAS\"\n[[disk]]\nname = \"d1\"\nsource = \"premium/vhds/d1.vhd\"\n\
+             backup = \"backup/backups/d1\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let sas = format!("sv=2025-11-05&ss=b&srt=sco&sp=rwdlac&se=2099-01-01T00:00:00Z&sig={SAS_SIG}");
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("SB_TEST_SAS", &sas)
+            .env("SNAPBACK_LOG", "debug");
+        bounded(cmd, args)
+    };
+    let started = Instant::now();
+    let backup = run(&["backup", "d1"]);
+    eprintln!(
+        "backup: exit {:?} after {:?}",
+        backup.status.code(),
+        started.elapsed()
+    );
+    assert_eq!(backup.status.code(), Some(1), "{}", text(&backup));
+    let decoded = "c2VjcmV0LXNpZ25hdHVyZS1vZi10aGUtdGVzdA==";
+    let leaks = |what: &str, bytes: &[u8]| {
+        let s = String::from_utf8_lossy(bytes);
+        let found = s.contains(SAS_SIG) || s.contains(decoded) || s.contains("sig=");
+        if found {
+            eprintln!("the signature leaks in {what}");
+        }
+        found
+    };
+    let mut leaked = Vec::new();
+    if leaks("backup's output", text(&backup).as_bytes()) {
+        leaked.push("backup output".to_string());
+    }
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let out = run(args);
+        if leaks(&args.join(" "), text(&out).as_bytes()) {
+            leaked.push(args.join(" "));
+        }
+    }
+    let mut dirs = vec![state];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if leaks(
+                &path.display().to_string(),
+                &std::fs::read(&path).unwrap_or_default(),
+            ) {
+                leaked.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(leaked.is_empty(), "the SAS signature leaked in: {leaked:?}");
+}
+
+// ------------------------------------------------- (5) concurrent owners --
+
+/// Three `snapback backup` processes on one config, each with its own state directory (three
+/// hosts), two rounds each: never two restore points recording the same source snapshot,
+/// never two cycles at once (the proxy sees the source and backup snapshots alternate), one
+/// snapback snapshot left on the source, the newest restore point verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: no owner lease: the three processes run overlapping cycles (snapshot order SSSBSSBB...)"]
+async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x3);
+    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+    write(
+        fx.blobs().as_ref(),
+        &fx.source("d1"),
+        0,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    let configs: Vec<_> = (0..3)
+        .map(|i| {
+            let path = fx.dir.path().join(format!("host{i}.toml"));
+            let state = fx.dir.path().join(format!("state-host{i}"));
+            let text = cfg.replacen(
+                &format!("state_dir = \"{}\"", fx.dir.path().join("state").display()),
+                &format!("state_dir = \"{}\"", state.display()),
+                1,
+            );
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+    let mut exits = Vec::new();
+    for round in 0..2 {
+        let children: Vec<_> = configs
+            .iter()
+            .map(|c| {
+                let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
+                cmd.arg("--config")
+                    .arg(c)
+                    .args(["backup", "d1"])
+                    .env("SB_TEST_PREMIUM_KEY", PREMIUM_KEY)
+                    .env("SB_TEST_BACKUP_KEY", BACKUP_KEY);
+                std::thread::spawn(move || bounded(cmd, &["backup", "d1"]))
+            })
+            .collect();
+        for c in children {
+            let out = c.join().unwrap();
+            exits.push((round, out.status.code()));
+        }
+        scribble(&fx, "d1", 4 * MIB, 2, &mut rng).await;
+    }
+    let points = restore_points(&fx, "d1");
+    let mut sources: Vec<String> = points
+        .iter()
+        .map(|p| {
+            p["source_snapshot"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let total = sources.len();
+    sources.sort();
+    sources.dedup();
+    let snaps: Vec<&str> = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.op == Op::SnapshotBlob)
+        .map(|s| if s.account == "premium" { "S" } else { "B" })
+        .collect();
+    let order = snaps.concat();
+    let on_source = tagged_snapshots(fx.blobs().as_ref(), &fx.source("d1"))
+        .await
+        .len();
+    eprintln!(
+        "exits {exits:?}; {total} restore points, {} distinct source snapshots; snapshot order {order}; {on_source} on the source",
+        sources.len()
+    );
+    assert_eq!(
+        sources.len(),
+        total,
+        "no two restore points record the same source snapshot"
+    );
+    assert!(
+        !order.contains("SS") && !order.contains("BB"),
+        "cycles never overlap: source/backup snapshots alternate ({order})"
+    );
+    assert_eq!(on_source, 1, "one snapback snapshot on the source");
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "newest restore point verifies",
+    );
+}
+
+// ----------------------------------------------- (6) a copy that keeps failing --
+
+/// The service reports every seed copy as failed. The command must end on its own, within
+/// a bounded number of Copy Blob attempts, with an error naming the copy, and `status` must
+/// show that error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: a failing seed copy is restarted forever: no error, no backoff, the command never ends"]
+async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x6);
+    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+    write(
+        fx.blobs().as_ref(),
+        &fx.source("d1"),
+        0,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
+    proxy.add(
+        Rule::new(copy_reported_failed())
+            .op(Op::GetBlobProperties)
+            .op(Op::GetBlob)
+            .account("backup"),
+    );
+    let mut child = fx
+        .command(&["backup", "d1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let limit = Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = child.try_wait().unwrap();
+    if ended.is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let copies = proxy.count(Op::CopyBlob);
+    let status = run(&fx, &["status"]);
+    eprintln!(
+        "after {:?}: ended {:?}, {copies} Copy Blob starts; status: {}",
+        started.elapsed(),
+        ended.map(|s| s.code()),
+        text(&status)
+    );
+    assert!(
+        ended.is_some(),
+        "the command ended by itself within {limit:?} ({copies} copies started)"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(copies <= 5, "bounded attempts: {copies} Copy Blob starts");
+    let e = text(&out);
+    assert!(
+        e.contains("copy") && e.contains("backups/d1"),
+        "the error names the copy and blob: {e}"
+    );
+    assert!(
+        text(&status).contains("copy"),
+        "status shows the error: {}",
+        text(&status)
+    );
+}
+
+// ------------------------------------- (7) a cycle bound to its source, config hygiene --
+
+/// `source` re-pointed at another blob between cycles: the old source's snapback snapshot is
+/// swept, not left behind (it is billed and pins the old chain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: changing `source` leaves the old source's snapback snapshot behind"]
+async fn changing_source_sweeps_the_old_source_snapshot() {
+    let fx = Fixture::new(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0x5e);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    let new_source = snapback::blobs::BlobRef::new("premium", "vhds", "d1-new.vhd");
+    create_disk(blobs.as_ref(), &new_source, 4 * MIB).await;
+    write(blobs.as_ref(), &new_source, 0, &rng.bytes(MIB as usize)).await;
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(
+        &fx.config_path,
+        cfg.replace("premium/vhds/d1.vhd", "premium/vhds/d1-new.vhd"),
+    )
+    .unwrap();
+    succeeded(&run(&fx, &["backup", "d1"]), "cycle on the new source");
+    let old = tagged_snapshots(blobs.as_ref(), &fx.source("d1"))
+        .await
+        .len();
+    let new = tagged_snapshots(blobs.as_ref(), &new_source).await.len();
+    eprintln!("snapback snapshots: {old} on the old source, {new} on the new one");
+    assert_eq!((old, new), (0, 1), "(on the old source, on the new source)");
+    succeeded(&run(&fx, &["verify", "d1"]), "the new chain verifies");
+}
+
+/// An `http://` endpoint on a non-loopback host sends the Shared Key signature and the data in
+/// clear: `check-config` refuses it, naming the account (nothing is contacted).
+#[test]
+#[ignore = "issue 9: check-config accepts http:// for any host"]
+fn plain_http_endpoint_on_a_remote_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("snapback.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"/tmp/snapback-trust-unused\"\n[accounts.remote]\n\
+         endpoint = \"http://remoteaccount.blob.core.windows.net\"\nshared_key_env = \"K\"\n",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
+    cmd.arg("--config").arg(&config).arg("check-config");
+    let out = bounded(cmd, &["check-config"]);
+    eprintln!("check-config: exit {:?}: {}", out.status.code(), text(&out));
+    assert_eq!(out.status.code(), Some(2), "refused: {}", text(&out));
+    assert!(
+        text(&out).contains("remote"),
+        "names the account: {}",
+        text(&out)
+    );
+}
+
+/// A key file readable by group or others is refused with a message naming the file, before
+/// anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: a world-readable shared_key_file is used without complaint"]
+async fn key_file_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (fx, proxy) = proxied(&["d1"]);
+    create_disk(fx.blobs().as_ref(), &fx.source("d1"), MIB).await;
+    let key_file = fx.dir.path().join("premium.key");
+    std::fs::write(&key_file, PREMIUM_KEY).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(
+        &fx.config_path,
+        cfg.replace(
+            "shared_key_env = \"SB_TEST_PREMIUM_KEY\"",
+            &format!("shared_key_file = \"{}\"", key_file.display()),
+        ),
+    )
+    .unwrap();
+    let out = run(&fx, &["backup", "d1"]);
+    eprintln!(
+        "backup with a 0644 key file: exit {:?}, {} requests sent",
+        out.status.code(),
+        proxy.seen().len()
+    );
+    assert!(!out.status.success(), "refused");
+    assert!(
+        text(&out).contains("premium.key"),
+        "names the file: {}",
+        text(&out)
+    );
+    assert!(
+        proxy.seen().iter().all(|s| s.account != "premium"),
+        "nothing sent with the key"
+    );
+}
+
+// ------------------------------------------------ (8) the state directory --
+
+/// The state directory lost between cycles: the chain is rebuilt from the tags in Azure, so
+/// the next cycle is incremental (no second full copy) and its restore point verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: a lost state directory makes the next cycle a full re-seed (a second Copy Blob)"]
+async fn lost_state_directory_costs_no_reseed() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x1d);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    std::fs::remove_dir_all(fx.dir.path().join("state")).unwrap();
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    succeeded(&run(&fx, &["backup", "d1"]), "cycle without state");
+    let copies = proxy.count(Op::CopyBlob);
+    let points = restore_points(&fx, "d1").len();
+    let on_source = tagged_snapshots(fx.blobs().as_ref(), &fx.source("d1"))
+        .await
+        .len();
+    eprintln!("after losing the state dir: {copies} Copy Blob in all, {points} restore points, {on_source} on the source");
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "newest restore point verifies",
+    );
+    assert_eq!((points, on_source), (2, 1));
+    assert_eq!(copies, 1, "only the first cycle copied the whole disk");
+}
+
+/// The state directory rolled back to an older copy (restored with the management VM): the
+/// next cycles still make only restore points equal to their source snapshots, never two on
+/// one source snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_state_directory_never_makes_a_wrong_restore_point() {
+    let fx = Fixture::new(&["d1"]);
+    let mut rng = Rng(0x7b);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    let state = fx.dir.path().join("state");
+    let saved = fx.dir.path().join("state-saved");
+    copy_dir(&state, &saved);
+    for _ in 0..2 {
+        scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+        succeeded(&run(&fx, &["backup", "d1"]), "cycle");
+    }
+    std::fs::remove_dir_all(&state).unwrap();
+    copy_dir(&saved, &state);
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    let out = run(&fx, &["backup", "d1"]);
+    eprintln!(
+        "cycle on the rolled-back state: exit {:?}",
+        out.status.code()
+    );
+    succeeded(&out, "cycle on the rolled-back state");
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "newest restore point verifies",
+    );
+    let points = restore_points(&fx, "d1");
+    let mut sources: Vec<&str> = points
+        .iter()
+        .map(|p| p["source_snapshot"].as_str().unwrap_or_default())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(
+        sources.len(),
+        points.len(),
+        "one restore point per source snapshot"
+    );
+    assert_eq!(points.len(), 4);
+    let on_source = tagged_snapshots(fx.blobs().as_ref(), &fx.source("d1"))
+        .await
+        .len();
+    assert_eq!(on_source, 1);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+// ------------------------------------------------------- (9) transient faults --
+
+/// A read whose answer is cut mid-body (connection reset after half the bytes) is a transient
+/// fault like a 503: retried inside the cycle, which then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 9: a Get Blob answer cut mid-body is not retried: the cycle fails (`end of file before message length reached`)"]
+async fn read_cut_mid_answer_is_retried_within_the_cycle() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x9);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    let cut = proxy.add(
+        Rule::new(Fault::ResetResponseBody)
+            .op(Op::GetBlob)
+            .account("premium")
+            .nth(1, 1),
+    );
+    let out = run(&fx, &["backup", "d1"]);
+    eprintln!(
+        "backup with one read cut mid-body: exit {:?}, {} cut",
+        out.status.code(),
+        proxy.stats(cut).injected
+    );
+    assert_eq!(proxy.stats(cut).injected, 1);
+    succeeded(&out, "the cycle completes");
+    succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
+}
