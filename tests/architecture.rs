@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 /// Layers, top first. A module may use its own layer's modules and any layer below.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("cli", &["main"]),
+    ("cli", &["main", "logging"]),
     ("daemon", &["daemon"]),
-    ("service", &["service"]),
+    // `check` and the hooks are operations of their own beside the service's; the terminal's
+    // progress bars watch the engine's progress.
+    ("service", &["service", "check", "hooks", "terminal"]),
     (
         "engine",
         &[
@@ -26,10 +28,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "storage and state",
-        &["azure", "fake", "state", "lock", "config", "cycle::machine"],
+        &["azure", "arm", "fake", "state", "lock", "config", "cycle::machine"],
     ),
     ("storage trait", &["blobs", "blob_error"]),
-    ("model", &["model", "pages"]),
+    ("model", &["model", "pages", "tls"]),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
