@@ -28,7 +28,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "storage and state",
-        &["azure", "arm", "fake", "state", "lock", "config", "cycle::machine"],
+        &[
+            "azure",
+            "arm",
+            "fake",
+            "state",
+            "lock",
+            "config",
+            "cycle::machine",
+        ],
     ),
     ("storage trait", &["blobs", "blob_error"]),
     ("model", &["model", "pages", "tls"]),
