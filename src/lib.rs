@@ -5,6 +5,7 @@
 //! - [`pages`]: page geometry and diff coalescing (pure).
 //! - [`blobs`]: the narrow page-blob trait a cycle needs.
 //! - [`azure`]: the only code that speaks HTTP; implements [`blobs::PageBlobs`].
+//! - [`throttle`]: the per-account request budget and adaptive concurrency (AIMD).
 //! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
 //! - [`state`]: the SQLite state database.
@@ -25,4 +26,5 @@ pub mod pages;
 pub mod restore;
 pub mod retention;
 pub mod state;
+pub mod throttle;
 pub mod verify;

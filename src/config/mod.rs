@@ -67,6 +67,7 @@ const ACCOUNT_FIELDS: &[&str] = &[
     "sas_token_file",
     "managed_identity",
     "client_id",
+    "throttle",
 ];
 
 const DISK_FIELDS: &[&str] = &[
@@ -154,6 +155,8 @@ pub struct AccountConfig {
     pub path_style: bool,
     /// How to authenticate.
     pub auth: AuthConfig,
+    /// Request budget (`[accounts.KEY.throttle]`).
+    pub throttle: ThrottleConfig,
 }
 
 /// How to authenticate to an account. Exactly one per account; the secret
@@ -514,6 +517,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // Problem collection
 // ---------------------------------------------------------------------------
 
+mod throttle;
+pub use throttle::ThrottleConfig;
 mod validate;
 use validate::{build_config, valid_container_name, Ctx};
 
