@@ -12,7 +12,8 @@ use azure_core::http::{Context, Method, Request, StatusCode};
 use std::sync::Arc;
 
 const ERROR_CODE: HeaderName = HeaderName::from_static("x-ms-error-code");
-const RANGE: HeaderName = HeaderName::from_static("x-ms-range");
+const RANGE: HeaderName = HeaderName::from_static("range");
+const MS_RANGE: HeaderName = HeaderName::from_static("x-ms-range");
 
 /// One per storage account: every client of the account shares its [`Budget`].
 #[derive(Debug)]
@@ -66,10 +67,16 @@ fn classify(status: StatusCode, error_code: Option<&str>) -> Outcome {
     }
 }
 
-/// Bytes the request moves: its body (Put Page) or the range it reads (Get Blob).
+/// Bytes the request moves: its body (Put Page) or the range it reads (Get Blob). A GET
+/// with `comp=` (Get Page Ranges, List Blobs) returns a listing, not its range's bytes.
 fn payload_bytes(request: &Request) -> u64 {
-    if request.method() == Method::Get {
-        if let Some(range) = request.headers().get_optional_str(&RANGE) {
+    let url = request.url();
+    if request.method() == Method::Get && !url.query_pairs().any(|(k, _)| k == "comp") {
+        let headers = request.headers();
+        let range = headers
+            .get_optional_str(&MS_RANGE)
+            .or_else(|| headers.get_optional_str(&RANGE));
+        if let Some(range) = range {
             return range_len(range).unwrap_or(0);
         }
     }
@@ -86,6 +93,8 @@ fn range_len(range: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use azure_core::http::Url;
+    use bytes::Bytes;
 
     #[test]
     fn throttle_answers_are_recognised_by_status_and_code() {
@@ -112,6 +121,20 @@ mod tests {
         for (status, code, want) in cases {
             assert_eq!(classify(status, code), want, "{status:?} {code:?}");
         }
+    }
+
+    #[test]
+    fn payload_is_the_body_or_the_blob_range_read() {
+        let url = |q: &str| Url::parse(&format!("http://h/a/c/b{q}")).unwrap();
+        let mut read = Request::new(url(""), Method::Get);
+        read.insert_header("range", "bytes=0-1048575");
+        assert_eq!(payload_bytes(&read), 1 << 20);
+        let mut list = Request::new(url("?comp=pagelist"), Method::Get);
+        list.insert_header("x-ms-range", "bytes=0-68719476735");
+        assert_eq!(payload_bytes(&list), 0);
+        let mut put = Request::new(url("?comp=page"), Method::Put);
+        put.set_body(Bytes::from(vec![1u8; 8192]));
+        assert_eq!(payload_bytes(&put), 8192);
     }
 
     #[test]
