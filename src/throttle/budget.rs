@@ -72,7 +72,8 @@ impl Permit {
 
     fn end(&mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
-            self.budget.lock().finish(ticket, outcome);
+            let now = self.budget.start.elapsed();
+            self.budget.lock().finish(ticket, outcome, now);
             self.budget.finished.notify_waiters();
         }
     }

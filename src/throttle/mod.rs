@@ -14,8 +14,10 @@
 //!   ServerBusy, 500 OperationTimedOut) halves it and scales the budget's rates down by
 //!   [`RATE_DECREASE`]; a streak of `window` successes adds one to the window and
 //!   [`RATE_INCREASE`] to the rate scale. Only the first throttle of a *generation* (the
-//!   requests sent since the last decrease) decreases: the answers to requests that were
-//!   already in flight say nothing new.
+//!   requests sent since the last decrease) decreases, and at most once per
+//!   [`DECREASE_HOLD`]: answers to requests already in flight say nothing new, and the
+//!   service judges rates over about a second, so throttles just after a decrease still
+//!   reflect the rate before it.
 
 pub mod budget;
 pub mod policy;
@@ -25,7 +27,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// How much of its rate a bucket holds when full.
-pub const BURST: Duration = Duration::from_millis(100);
+pub const BURST: Duration = Duration::from_millis(20);
+/// The shortest time between two decreases.
+pub const DECREASE_HOLD: Duration = Duration::from_secs(1);
 /// The window's bounds: at least one request in flight; at most this many per account.
 pub const MIN_WINDOW: u32 = 1;
 pub const MAX_WINDOW: u32 = 256;
@@ -72,8 +76,9 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// A full bucket. `min_capacity`: a request of that cost must fit when the bucket is
-    /// full (one request; one 4 MiB page write), whatever the rate.
+    /// A full bucket. `min_capacity`: at least this fits when full (one request), whatever
+    /// the rate. Bytes need no minimum: a request costing more than the capacity waits for
+    /// a full bucket and leaves it in debt, which keeps bursts to one request.
     fn new(rate: f64, min_capacity: f64, now: Duration) -> Bucket {
         let capacity = (rate * BURST.as_secs_f64()).max(min_capacity);
         Bucket {
@@ -117,7 +122,7 @@ impl Pair {
     fn new(requests_per_s: f64, bytes_per_s: f64, now: Duration) -> Pair {
         Pair {
             requests: Bucket::new(requests_per_s, 1.0, now),
-            bytes: Bucket::new(bytes_per_s, 4.0 * MIB, now),
+            bytes: Bucket::new(bytes_per_s, 0.0, now),
         }
     }
     fn refill(&mut self, now: Duration, scale: f64) {
@@ -176,6 +181,9 @@ pub struct Controller {
     generation: u64,
     scale: f64,
     throttles: u64,
+    admitted: u64,
+    /// When the last decrease happened (`None`: never).
+    decreased_at: Option<Duration>,
 }
 
 impl Controller {
@@ -194,6 +202,8 @@ impl Controller {
             generation: 0,
             scale: 1.0,
             throttles: 0,
+            admitted: 0,
+            decreased_at: None,
         }
     }
 
@@ -217,13 +227,14 @@ impl Controller {
         blob.take(cost);
         self.account.take(cost);
         self.in_flight += 1;
+        self.admitted += 1;
         Ok(Ticket {
             generation: self.generation,
         })
     }
 
-    /// Records how an admitted request ended.
-    pub fn finish(&mut self, ticket: Ticket, outcome: Outcome) {
+    /// Records how an admitted request ended, at `now`.
+    pub fn finish(&mut self, ticket: Ticket, outcome: Outcome, now: Duration) {
         self.in_flight = self.in_flight.saturating_sub(1);
         match outcome {
             Outcome::Done => {
@@ -236,7 +247,11 @@ impl Controller {
             }
             Outcome::Throttled => {
                 self.throttles += 1;
-                if ticket.generation == self.generation {
+                let held = self
+                    .decreased_at
+                    .is_some_and(|at| now.saturating_sub(at) < DECREASE_HOLD);
+                if ticket.generation == self.generation && !held {
+                    self.decreased_at = Some(now);
                     self.generation += 1;
                     self.streak = 0;
                     self.window = (self.window / 2).max(MIN_WINDOW);
@@ -255,6 +270,11 @@ impl Controller {
     /// The fraction of the configured rates in force now.
     pub fn rate_scale(&self) -> f64 {
         self.scale
+    }
+
+    /// Requests admitted so far.
+    pub fn admitted(&self) -> u64 {
+        self.admitted
     }
 
     /// Throttled answers seen so far.

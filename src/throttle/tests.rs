@@ -24,6 +24,8 @@ enum Step {
     Request(Outcome),
     /// Start `n` requests (one generation), then finish them all throttled.
     ThrottledBurst(u32),
+    /// Let this much time pass.
+    Wait(Duration),
 }
 
 #[test]
@@ -31,13 +33,20 @@ fn aimd_window_table() {
     use Outcome::*;
     use Step::*;
     // (steps, window after, rate scale after)
+    let hold = Wait(DECREASE_HOLD);
     let cases: Vec<(Vec<Step>, u32, f64)> = vec![
         (vec![], INITIAL_WINDOW, 1.0),
         (vec![Request(Throttled)], INITIAL_WINDOW / 2, RATE_DECREASE),
         (
-            vec![Request(Throttled), Request(Throttled)],
+            vec![Request(Throttled), hold, Request(Throttled)],
             INITIAL_WINDOW / 4,
             RATE_DECREASE * RATE_DECREASE,
+        ),
+        // A second throttle within the hold (a new generation) does not decrease again.
+        (
+            vec![Request(Throttled), Request(Throttled)],
+            INITIAL_WINDOW / 2,
+            RATE_DECREASE,
         ),
         // A streak of `window` successes: +1 (and the scale back up, capped at 1).
         (vec![Request(Done); 16], INITIAL_WINDOW + 1, 1.0),
@@ -50,7 +59,7 @@ fn aimd_window_table() {
         (vec![ThrottledBurst(10)], INITIAL_WINDOW / 2, RATE_DECREASE),
         // Halving stops at one request in flight.
         (
-            vec![Request(Throttled); 10],
+            [Request(Throttled), hold].repeat(10),
             MIN_WINDOW,
             RATE_DECREASE.powi(10),
         ),
@@ -69,14 +78,15 @@ fn aimd_window_table() {
             match *step {
                 Request(outcome) => {
                     let t = c.acquire(now, "c/b", 0).expect("admitted");
-                    c.finish(t, outcome);
+                    c.finish(t, outcome, now);
                 }
+                Wait(d) => now += d,
                 ThrottledBurst(n) => {
                     let tickets: Vec<_> = (0..n)
                         .map(|_| c.acquire(now, "c/b", 0).expect("admitted"))
                         .collect();
                     for t in tickets {
-                        c.finish(t, Throttled);
+                        c.finish(t, Throttled, now);
                     }
                 }
             }
@@ -98,19 +108,20 @@ fn a_full_window_waits_for_a_slot() {
         .collect();
     assert_eq!(c.acquire(Duration::ZERO, "c/b", 0).unwrap_err(), Wait::Slot);
     let mut tickets = tickets.into_iter();
-    c.finish(tickets.next().unwrap(), Outcome::Done);
+    c.finish(tickets.next().unwrap(), Outcome::Done, Duration::ZERO);
     let t = c
         .acquire(Duration::ZERO, "c/b", 0)
         .expect("a slot was freed");
-    c.finish(t, Outcome::Done);
+    c.finish(t, Outcome::Done, Duration::ZERO);
 }
 
 #[test]
 fn the_rate_scale_never_reaches_zero() {
     let mut c = unlimited();
-    for _ in 0..200 {
-        let t = c.acquire(Duration::ZERO, "c/b", 0).unwrap();
-        c.finish(t, Outcome::Throttled);
+    for i in 0..200 {
+        let now = DECREASE_HOLD * i;
+        let t = c.acquire(now, "c/b", 0).unwrap();
+        c.finish(t, Outcome::Throttled, now);
     }
     assert_eq!(c.rate_scale(), MIN_RATE_SCALE);
     assert_eq!(c.throttles(), 200);
@@ -135,7 +146,7 @@ fn simulate(
         let (done, rest): (Vec<_>, Vec<_>) = in_flight.drain(..).partition(|(at, _)| *at <= now);
         in_flight = rest;
         for (_, t) in done {
-            c.finish(t, Outcome::Done);
+            c.finish(t, Outcome::Done, now);
         }
         let blob = blobs[next % blobs.len()];
         match c.acquire(now, blob, bytes) {
@@ -222,14 +233,17 @@ fn budget_is_respected_over_simulated_time() {
 
 #[test]
 fn a_big_request_waits_for_a_full_bucket_then_leaves_it_in_debt() {
-    // 1 MiB/s per blob; bucket capacity is the 4 MiB minimum. Two 4 MiB writes: the first
-    // goes at once, the second after 4 s of refill.
+    // 1 MiB/s per blob: the bucket holds 0.1 MiB. A 4 MiB write goes when it is full and
+    // leaves 3.9 MiB of debt: the next one waits 3.9 s of debt + 0.1 s of refill.
     let mut c = Controller::new(limits(1e9, 1e9, 1.0), Duration::ZERO);
     let t = c.acquire(Duration::ZERO, "c/b", 4 << 20).unwrap();
-    c.finish(t, Outcome::Done);
+    c.finish(t, Outcome::Done, Duration::ZERO);
     match c.acquire(Duration::ZERO, "c/b", 4 << 20) {
         Err(Wait::For(d)) => assert!((d.as_secs_f64() - 4.0).abs() < 1e-6, "{d:?}"),
         other => panic!("expected a wait, got {other:?}"),
     }
+    assert!(c
+        .acquire(Duration::from_millis(3999), "c/b", 4 << 20)
+        .is_err());
     assert!(c.acquire(Duration::from_secs(4), "c/b", 4 << 20).is_ok());
 }
