@@ -399,12 +399,12 @@ async fn thousand_disks(disks: usize, rounds: u64, parallel: usize) {
     }
     let (seed_wall, seed_cpu, _) = m.stop();
     println!("seed of {disks} disks: {seed_wall:.1} s (CPU {seed_cpu:.1} s)");
-    let admitted = || -> u64 {
+    let admitted = || -> HashMap<String, u64> {
         synth
             .budgets
-            .values()
-            .map(|b| b.snapshot().admitted())
-            .sum()
+            .iter()
+            .map(|(k, b)| (k.clone(), b.snapshot().admitted()))
+            .collect()
     };
     let before = admitted();
     let m = Meter::start();
@@ -414,8 +414,17 @@ async fn thousand_disks(disks: usize, rounds: u64, parallel: usize) {
         }
     }
     let (wall, cpu, peak) = m.stop();
-    let requests = admitted() - before;
     let cycles = disks as u64 * rounds;
+    let mut requests = 0;
+    for (account, n) in admitted() {
+        let n = n - before[&account];
+        requests += n;
+        println!(
+            "account {account}: {n} requests, {:.0}/s = {:.0} % of its budget",
+            n as f64 / wall,
+            n as f64 / wall * 100.0 / f64::from(budget.max_requests_per_second)
+        );
+    }
     println!(
         "{cycles} incremental cycles in {wall:.1} s: {:.0} cycles/min, CPU {cpu:.1} s ({:.0} % of one core), peak RSS {peak:.1} MiB",
         cycles as f64 * 60.0 / wall,
