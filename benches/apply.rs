@@ -18,15 +18,17 @@
 
 #[path = "../tests/common/azurite.rs"]
 mod azurite;
+#[path = "common/meter.rs"]
+mod meter;
+#[path = "common/synthetic.rs"]
+mod synthetic;
 
-use async_trait::async_trait;
 use azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use meter::{rss_mib, Meter};
 use snapback::azure::AzureBlobs;
-use snapback::blobs::{
-    BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, PageList, PageListQuery, SnapshotInfo,
-};
+use snapback::blobs::{BlobRef, Metadata, PageBlobs};
 use snapback::config::Config;
 use snapback::cycle::machine::PhaseName;
 use snapback::cycle::runner::{Limits, Runner};
@@ -38,77 +40,16 @@ use snapback::pages::{
 };
 use snapback::service::{disk_spec, App};
 use snapback::state::StateStore;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use synthetic::{synthetic_config, Synthetic, KIB, MIB};
 use tokio_util::sync::CancellationToken;
-
-const KIB: u64 = 1024;
-const MIB: u64 = 1024 * 1024;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-// ------------------------------------------------------------ process meters --
-
-/// Peak resident set since the last [`reset_peak_rss`] (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
-    proc_status_kib("VmHWM:") as f64 / 1024.0
-}
-
-fn rss_mib() -> f64 {
-    proc_status_kib("VmRSS:") as f64 / 1024.0
-}
-
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Resets VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// User + system CPU seconds of this process (all threads), from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_comm = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after "pid (comm)". Ticks of 1/100 s.
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-struct Meter {
-    started: Instant,
-    cpu: f64,
-}
-
-impl Meter {
-    fn start() -> Meter {
-        reset_peak_rss();
-        Meter {
-            started: Instant::now(),
-            cpu: cpu_seconds(),
-        }
-    }
-    /// (wall seconds, CPU seconds, peak RSS MiB)
-    fn stop(&self) -> (f64, f64, f64) {
-        (
-            self.started.elapsed().as_secs_f64(),
-            cpu_seconds() - self.cpu,
-            peak_rss_mib(),
-        )
-    }
 }
 
 // ------------------------------------------------------------------- main --
@@ -432,153 +373,6 @@ async fn raw_client(
     m.stop()
 }
 
-// ---------------------------------------------- 2./3. synthetic big diffs ----
-
-/// MemBlobs for everything but the data path: the diff of any blob against any snapshot is
-/// `ranges` items generated on demand, reads return fresh non-zero buffers and writes are
-/// dropped. Nothing is kept per range. Layout: blocks of 100 small items (4–16 KiB every
-/// 96 KiB, every tenth one cleared) followed by one 6 MiB changed run (a 4 MiB read and put,
-/// then 2 MiB), so reads of the full 4 MiB are in flight too.
-struct Synthetic {
-    mem: MemBlobs,
-    ranges: u64,
-}
-
-const SPACING: u64 = 96 * KIB;
-const SMALL_PER_BLOCK: u64 = 100;
-const BIG_RUN: u64 = 6 * MIB;
-const BLOCK: u64 = SMALL_PER_BLOCK * SPACING + 8 * MIB;
-
-impl Synthetic {
-    fn item(&self, i: u64) -> PageItem {
-        let (block, j) = (i / (SMALL_PER_BLOCK + 1), i % (SMALL_PER_BLOCK + 1));
-        let start = block * BLOCK + j * SPACING;
-        if j == SMALL_PER_BLOCK {
-            return PageItem::Changed(ByteRange::new(start, start + BIG_RUN));
-        }
-        let r = ByteRange::new(start, start + 4 * KIB * (1 + i % 4));
-        if i % 10 == 9 {
-            PageItem::Cleared(r)
-        } else {
-            PageItem::Changed(r)
-        }
-    }
-    fn size(&self) -> u64 {
-        self.ranges.div_ceil(SMALL_PER_BLOCK + 1) * BLOCK
-    }
-    /// First item that may intersect bytes at or after `offset`.
-    fn first_at(&self, offset: u64) -> u64 {
-        let j = ((offset % BLOCK) / SPACING).min(SMALL_PER_BLOCK);
-        (offset / BLOCK) * (SMALL_PER_BLOCK + 1) + j
-    }
-}
-
-#[async_trait]
-impl PageBlobs for Synthetic {
-    async fn properties(&self, b: &BlobRef, s: Option<&str>) -> BlobResult<Option<BlobProps>> {
-        self.mem.properties(b, s).await
-    }
-    async fn create_snapshot(&self, b: &BlobRef, m: &Metadata) -> BlobResult<String> {
-        self.mem.create_snapshot(b, m).await
-    }
-    async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
-        self.mem.list_snapshots(b).await
-    }
-    async fn delete_snapshot(&self, b: &BlobRef, s: &str) -> BlobResult<()> {
-        self.mem.delete_snapshot(b, s).await
-    }
-    async fn page_ranges(&self, b: &BlobRef, q: &PageListQuery<'_>) -> BlobResult<PageList> {
-        if q.prev_snapshot.is_none() {
-            return self.mem.page_ranges(b, q).await;
-        }
-        let w = q.range.unwrap_or(ByteRange::new(0, self.size()));
-        let first = q
-            .marker
-            .and_then(|m| m.parse().ok())
-            .unwrap_or_else(|| self.first_at(w.start));
-        let end = (self.first_at(w.end) + 1).min(self.ranges);
-        let take = q.max_results.unwrap_or(10_000) as u64;
-        let last = (first + take).min(end);
-        Ok(PageList {
-            items: (first..last).map(|i| self.item(i)).collect(),
-            next_marker: (last < end).then(|| last.to_string()),
-        })
-    }
-    async fn read(&self, _b: &BlobRef, _s: Option<&str>, r: ByteRange) -> BlobResult<Bytes> {
-        let data = Bytes::from(vec![0x5a; r.len() as usize]);
-        network_time(data.len()).await;
-        Ok(data)
-    }
-    async fn put_pages(&self, _b: &BlobRef, _o: u64, data: Bytes) -> BlobResult<String> {
-        network_time(data.len()).await;
-        Ok("\"synthetic\"".into())
-    }
-    async fn put_pages_from_url(
-        &self,
-        _d: &BlobRef,
-        _r: ByteRange,
-        _s: &BlobRef,
-        _snap: Option<&str>,
-        _at: u64,
-    ) -> BlobResult<String> {
-        Ok("\"synthetic\"".into())
-    }
-    async fn clear_pages(&self, _b: &BlobRef, _r: ByteRange) -> BlobResult<String> {
-        Ok("\"synthetic\"".into())
-    }
-    async fn ensure_container(&self, b: &BlobRef) -> BlobResult<()> {
-        self.mem.ensure_container(b).await
-    }
-    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
-        self.mem.create_page_blob(b, size).await
-    }
-    async fn resize(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
-        self.mem.resize(b, size).await
-    }
-    async fn start_copy(
-        &self,
-        d: &BlobRef,
-        s: &BlobRef,
-        snap: Option<&str>,
-        m: &Metadata,
-    ) -> BlobResult<String> {
-        self.mem.start_copy(d, s, snap, m).await
-    }
-    async fn set_metadata(&self, b: &BlobRef, m: &Metadata) -> BlobResult<()> {
-        self.mem.set_metadata(b, m).await
-    }
-    async fn delete_blob(&self, b: &BlobRef) -> BlobResult<()> {
-        self.mem.delete_blob(b).await
-    }
-    async fn abort_copy(&self, d: &BlobRef, id: &str) -> BlobResult<()> {
-        self.mem.abort_copy(d, id).await
-    }
-}
-
-/// Big transfers take a while, as over a network, so the pipeline really holds
-/// `max_inflight_requests` big buffers at once (small ones stay instantaneous to keep the
-/// run short).
-async fn network_time(len: usize) {
-    if len as u64 >= MIB {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn synthetic_config(dir: &Path, disks: usize, parallel: usize) -> Config {
-    let mut text = format!(
-        "state_dir = \"{}\"\nmax_concurrent_cycles = {parallel}\n\n[accounts.premium]\nendpoint = \"https://premium.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n[accounts.backup]\nendpoint = \"https://backup.blob.core.windows.net\"\nshared_key_env = \"UNUSED\"\n\n",
-        dir.join("state").display()
-    );
-    for i in 0..disks {
-        text.push_str(&format!(
-            "[[disk]]\nname = \"disk{i}\"\nsource = \"premium/vhds/disk{i}.vhd\"\nbackup = \"backup/backups/disk{i}\"\nschedule = \"0 */12 * * *\"\n\n"
-        ));
-    }
-    let path = dir.join("snapback.toml");
-    std::fs::write(&path, text).unwrap();
-    Config::load(&path).unwrap()
-}
-
 async fn synthetic_disks(disks: usize, ranges: u64, parallel: usize) {
     println!(
         "\n== {}. synthetic: {disks} disk(s) x {ranges} diff ranges, {parallel} cycle(s) at once, default max_inflight_requests and max_buffer_mib",
@@ -589,7 +383,11 @@ async fn synthetic_disks(disks: usize, ranges: u64, parallel: usize) {
     let mut mem = MemBlobs::new();
     mem.copy_polls = 0;
     mem.page_size = 10_000;
-    let synth = Arc::new(Synthetic { mem, ranges });
+    let synth = Arc::new(Synthetic {
+        mem,
+        ranges,
+        budgets: Default::default(),
+    });
     for d in &config.disks {
         let spec = disk_spec(d);
         synth.ensure_container(&spec.source).await.unwrap();

@@ -9,6 +9,7 @@
 //! - [`blobs`]: the narrow page-blob trait a cycle needs.
 //! - [`arm`]: the only code that speaks to Azure Resource Manager (managed disks).
 //! - [`azure`]: the only code that speaks HTTP to storage; implements [`blobs::PageBlobs`].
+//! - [`throttle`]: the per-account request budget and adaptive concurrency (AIMD).
 //! - [`fake`]: an in-memory [`blobs::PageBlobs`] for simulation tests.
 //! - [`cycle`]: the cycle state machine (pure) and its runner.
 //! - [`state`]: the SQLite state database, its schema versions and migrations.
@@ -47,5 +48,6 @@ pub mod service;
 pub mod source;
 pub mod state;
 pub mod terminal;
+pub mod throttle;
 pub mod tls;
 pub mod verify;

@@ -31,6 +31,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "azure",
             "arm",
+            "throttle",
             "fake",
             "state",
             "lock",

@@ -129,6 +129,11 @@ impl AzureBlobs {
                 retry: retry_options(),
                 ..Default::default()
             };
+            // Before signing: a request waits for the budget, then is signed fresh.
+            if cfg.throttle.enabled {
+                let policy = crate::throttle::policy::ThrottlePolicy::new(&cfg.throttle);
+                options.per_try_policies.push(policy);
+            }
             match &auth {
                 Auth::SharedKey(key) => options
                     .per_try_policies

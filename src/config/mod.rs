@@ -69,6 +69,7 @@ const ACCOUNT_FIELDS: &[&str] = &[
     "sas_token_file",
     "managed_identity",
     "client_id",
+    "throttle",
 ];
 
 const DISK_FIELDS: &[&str] = &[
@@ -159,6 +160,8 @@ pub struct AccountConfig {
     pub path_style: bool,
     /// How to authenticate.
     pub auth: AuthConfig,
+    /// Request budget (`[accounts.KEY.throttle]`).
+    pub throttle: ThrottleConfig,
 }
 
 /// How to authenticate to an account. Exactly one per account; the secret
@@ -509,6 +512,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub mod azure;
 mod hooks;
+mod throttle;
+pub use throttle::ThrottleConfig;
 mod validate;
 pub use hooks::{Hooks, DEFAULT_HOOK_TIMEOUT};
 use validate::{build_config, Ctx};

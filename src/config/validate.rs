@@ -438,6 +438,7 @@ pub(super) fn build_account(
     prefix: &str,
 ) -> Option<AccountConfig> {
     check_unknown(cx, t, ACCOUNT_FIELDS, prefix);
+    let throttle = throttle::build_throttle(cx, t, prefix);
 
     // Authentication: exactly one method.
     let mut methods: Vec<(&str, Range<usize>, AuthConfig)> = Vec::new();
@@ -566,6 +567,7 @@ pub(super) fn build_account(
         account_name,
         path_style,
         auth: auth?,
+        throttle,
     })
 }
 

@@ -1,0 +1,155 @@
+//! `[accounts.NAME.throttle]`: the request budget of one storage account (see
+//! `docs/scaling.md` and [`crate::throttle`]). Kept in its own file so the account section's
+//! parsing stays untouched but for one call.
+
+use super::validate::{check_unknown, get_bool, get_int_in, type_err, Ctx};
+use toml::de::{DeTable, DeValue};
+
+const THROTTLE_FIELDS: &[&str] = &[
+    "enabled",
+    "max_requests_per_second",
+    "max_mib_per_second",
+    "blob_max_requests_per_second",
+    "blob_max_mib_per_second",
+];
+
+/// What one replica may ask of one storage account. Defaults are Azure's scale targets for a
+/// standard (general-purpose v2) account and a standard page blob:
+/// - 20,000 requests/s per account,
+///   <https://learn.microsoft.com/azure/storage/common/scalability-targets-standard-account>;
+/// - 25 Gbps ingress (≈ 2,980 MiB/s), the smallest regional ingress target of that page;
+/// - 500 requests/s and 60 MiB/s per page blob,
+///   <https://learn.microsoft.com/azure/storage/blobs/scalability-targets>.
+///
+/// Premium page-blob accounts allow more per blob (by disk tier); raise the blob fields there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// `false`: no budget and no adaptive concurrency; only the SDK's retries.
+    pub enabled: bool,
+    pub max_requests_per_second: u32,
+    pub max_mib_per_second: u32,
+    /// Per blob (base blob and its snapshots count as one).
+    pub blob_max_requests_per_second: u32,
+    pub blob_max_mib_per_second: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            enabled: true,
+            max_requests_per_second: 20_000,
+            max_mib_per_second: 2_980,
+            blob_max_requests_per_second: 500,
+            blob_max_mib_per_second: 60,
+        }
+    }
+}
+
+/// Reads the optional `throttle` sub-table of an account section; problems go to `cx`.
+pub(super) fn build_throttle(
+    cx: &mut Ctx<'_>,
+    account: &DeTable<'_>,
+    prefix: &str,
+) -> ThrottleConfig {
+    let mut out = ThrottleConfig::default();
+    let Some(v) = account.get("throttle") else {
+        return out;
+    };
+    let DeValue::Table(t) = v.get_ref() else {
+        type_err(
+            cx,
+            prefix,
+            "throttle",
+            v,
+            "a table ([accounts.NAME.throttle])",
+        );
+        return out;
+    };
+    let prefix = format!("{prefix}throttle: ");
+    check_unknown(cx, t, THROTTLE_FIELDS, &prefix);
+    if let Some((b, _)) = get_bool(cx, t, "enabled", &prefix) {
+        out.enabled = b;
+    }
+    let mut int = |key: &str, field: &mut u32| {
+        if let Some(n) = get_int_in(cx, t, key, &prefix, 1, i128::from(u32::MAX)) {
+            // In range by the check above.
+            *field = n as u32;
+        }
+    };
+    int("max_requests_per_second", &mut out.max_requests_per_second);
+    int("max_mib_per_second", &mut out.max_mib_per_second);
+    int(
+        "blob_max_requests_per_second",
+        &mut out.blob_max_requests_per_second,
+    );
+    int("blob_max_mib_per_second", &mut out.blob_max_mib_per_second);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ConfigError};
+    use std::path::Path;
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[accounts.a]\nendpoint = \"https://acct.blob.core.windows.net\"\nshared_key_env = \"K\"\n{extra}"
+        );
+        Config::parse(&text, Path::new("snapback.toml"))
+    }
+
+    #[test]
+    fn defaults_are_azure_scale_targets() {
+        let c = parse("").unwrap();
+        assert_eq!(c.accounts["a"].throttle, ThrottleConfig::default());
+        assert_eq!(ThrottleConfig::default().max_requests_per_second, 20_000);
+        assert_eq!(ThrottleConfig::default().blob_max_requests_per_second, 500);
+        assert_eq!(ThrottleConfig::default().blob_max_mib_per_second, 60);
+    }
+
+    #[test]
+    fn a_throttle_table_overrides_each_field() {
+        let c = parse(
+            "[accounts.a.throttle]\nenabled = false\nmax_requests_per_second = 300\nmax_mib_per_second = 100\nblob_max_requests_per_second = 50\nblob_max_mib_per_second = 6\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.accounts["a"].throttle,
+            ThrottleConfig {
+                enabled: false,
+                max_requests_per_second: 300,
+                max_mib_per_second: 100,
+                blob_max_requests_per_second: 50,
+                blob_max_mib_per_second: 6,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_throttle_fields_are_named_with_their_line() {
+        let cases = [
+            (
+                "[accounts.a.throttle]\nmax_request_per_second = 5\n",
+                "snapback.toml:5:1: account \"a\": throttle: unknown field \"max_request_per_second\" (did you mean \"max_requests_per_second\"?)",
+            ),
+            (
+                "[accounts.a.throttle]\nblob_max_mib_per_second = 0\n",
+                "snapback.toml:5:27: account \"a\": throttle: field \"blob_max_mib_per_second\" must be at least 1, got 0",
+            ),
+            (
+                "throttle = 5\n",
+                "account \"a\": field \"throttle\"",
+            ),
+        ];
+        for (extra, want) in cases {
+            match parse(extra) {
+                Err(ConfigError::Invalid { problems, .. }) => assert!(
+                    problems.iter().any(|p| p.contains(want)),
+                    "{extra}: {problems:?}"
+                ),
+                other => panic!("{extra}: expected an error, got {other:?}"),
+            }
+        }
+    }
+}
