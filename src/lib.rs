@@ -41,6 +41,7 @@ pub mod lock;
 pub mod logging;
 pub mod model;
 pub mod pages;
+pub mod secrets;
 pub mod restore;
 pub mod retention;
 pub mod service;

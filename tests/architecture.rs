@@ -28,7 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "storage and state",
         &["azure", "fake", "state", "lock", "config", "cycle::machine"],
     ),
-    ("storage trait", &["blobs", "blob_error"]),
+    ("storage trait", &["blobs", "blob_error", "secrets"]),
     ("model", &["model", "pages"]),
 ];
 

@@ -40,7 +40,7 @@ use azure_storage_blob::{
 };
 use bytes::Bytes;
 use futures::TryStreamExt;
-use shared_key::{AccountKey, SasPolicy, SharedKeyPolicy};
+use shared_key::{AccountKey, SasPolicy, SasToken, SharedKeyPolicy};
 use std::collections::HashMap;
 use std::num::NonZero;
 use std::sync::Arc;
@@ -49,22 +49,23 @@ use std::sync::Arc;
 /// request of a run speaks the same version. ≥ 2020-10-02 is needed for diff pagination.
 const SERVICE_VERSION: &str = "2026-04-06";
 
-/// How long a SAS minted for a Copy Blob source stays valid. A cross-account copy of a large
-/// disk can take hours on a busy account; the SAS must outlive it.
-const COPY_SAS_LIFETIME: time::Duration = time::Duration::hours(48);
+/// How long a SAS that snapback mints stays valid: the service reads the source while it
+/// handles one Put Page From URL, or starts a Copy Blob, so a leaked URL exposes one
+/// snapshot, read-only, for minutes.
+const MINTED_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
 
-/// Lifetime of the SAS minted for one Put Page From URL: the service reads the source while
-/// it handles that one request, so a short SAS limits what a leaked URL could expose.
-const PUT_FROM_URL_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
+/// How far back a minted SAS's start (`st=`) is set: the storage service's clock may be
+/// behind ours.
+const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
 
 /// The scope of a bearer token for Azure Storage (also for `x-ms-copy-source-authorization`).
 const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 
-/// How an account's requests are authorised.
+/// How an account's requests are authorised. Every variant's `Debug` hides its secret.
 #[derive(Clone, Debug)]
 enum Auth {
     SharedKey(AccountKey),
-    Sas(String),
+    Sas(SasToken),
     Token(Arc<dyn TokenCredential>),
 }
 
@@ -133,7 +134,7 @@ impl AzureBlobs {
                 Auth::SharedKey(key) => options
                     .per_try_policies
                     .push(SharedKeyPolicy::new(&cfg.account_name, key.clone())),
-                Auth::Sas(token) => options.per_try_policies.push(SasPolicy::new(token)),
+                Auth::Sas(token) => options.per_try_policies.push(SasPolicy::new(token.clone())),
                 Auth::Token(_) => {}
             }
             out.insert(
@@ -208,37 +209,34 @@ impl AzureBlobs {
         .map_err(|e| BlobError::local(Kind::Unusable, Resource::container(blob), e.to_string()))
     }
 
-    /// A URL the *other* account's service can read `blob` (or a snapshot) from, for Copy Blob.
-    fn readable_source_url(
-        &self,
-        blob: &BlobRef,
-        snapshot: Option<&str>,
-        lifetime: time::Duration,
-    ) -> BlobResult<Url> {
+    /// A URL the *other* account's service can read `blob` (or a snapshot) from, for a
+    /// server-side copy: a SAS snapback mints with the account key, read-only, for this one
+    /// snapshot (or blob), valid from [`CLOCK_SKEW_ALLOWANCE`] ago for
+    /// [`MINTED_SAS_LIFETIME`], https-only when the account's endpoint is https.
+    ///
+    /// An account configured with a SAS token gets `NoReadAccess`: forwarding that token would
+    /// hand a long-lived credential, with whatever permissions it has, to another service and
+    /// to every log line that quotes the copy source. The caller copies through snapback
+    /// instead (a seed by client copy; `copy_mode = "auto"` falls back to client copy).
+    fn readable_source_url(&self, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult<Url> {
         let account = self.account(blob)?;
         let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
         if let Some(s) = snapshot {
             url.query_pairs_mut().append_pair("snapshot", s);
         }
-        let sas = match &account.auth {
-            Auth::SharedKey(key) => {
-                let expiry = (time::OffsetDateTime::now_utc() + lifetime)
-                    .replace_nanosecond(0)
-                    .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(|e| {
-                        BlobError::local(Kind::Unusable, Resource::blob(blob), e.to_string())
-                    })?;
-                shared_key::blob_read_sas(
-                    &account.name,
-                    key,
-                    &blob.container,
-                    &blob.blob,
-                    snapshot,
-                    &expiry,
-                )
+        let key = match &account.auth {
+            Auth::SharedKey(key) => key,
+            Auth::Sas(_) => {
+                return Err(BlobError::local(
+                    Kind::NoReadAccess,
+                    Resource::of(blob, snapshot),
+                    format!(
+                        "account '{}' authenticates with a SAS token, which snapback never \
+                         forwards to another service as a copy source",
+                        account.key
+                    ),
+                ))
             }
-            Auth::Sas(token) => token.trim_start_matches('?').to_string(),
             Auth::Token(_) => {
                 return Err(BlobError::local(
                     Kind::NoReadAccess,
@@ -251,6 +249,23 @@ impl AzureBlobs {
                 ))
             }
         };
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = |t: time::OffsetDateTime| {
+            t.replace_nanosecond(0)
+                .unwrap_or(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| BlobError::local(Kind::Unusable, Resource::blob(blob), e.to_string()))
+        };
+        let sas = shared_key::blob_read_sas(
+            &account.name,
+            key,
+            &blob.container,
+            &blob.blob,
+            snapshot,
+            Some(&stamp(now - CLOCK_SKEW_ALLOWANCE)?),
+            &stamp(now + MINTED_SAS_LIFETIME)?,
+            account.root.scheme() == "https",
+        );
         let query = match url.query() {
             Some(q) => format!("{q}&{sas}"),
             None => sas,
@@ -271,12 +286,12 @@ fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
             )
         })
     };
-    let read_file = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|e| {
+    let read_file = |path: &std::path::Path, field: &str| {
+        crate::secrets::read_file(path).map_err(|e| {
             BlobError::local(
                 Kind::Unusable,
                 Resource::Account(cfg.key.clone()),
-                format!("cannot read {}: {e}", path.display()),
+                format!("{field} {} {e}", path.display()),
             )
         })
     };
@@ -293,9 +308,15 @@ fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
     };
     match &cfg.auth {
         AuthConfig::SharedKeyEnv(var) => key(read_env(var)?, var.clone()),
-        AuthConfig::SharedKeyFile(path) => key(read_file(path)?, path.display().to_string()),
-        AuthConfig::SasTokenEnv(var) => Ok(Auth::Sas(read_env(var)?.trim().to_string())),
-        AuthConfig::SasTokenFile(path) => Ok(Auth::Sas(read_file(path)?.trim().to_string())),
+        AuthConfig::SharedKeyFile(path) => key(
+            read_file(path, "shared_key_file")?,
+            path.display().to_string(),
+        ),
+        AuthConfig::SasTokenEnv(var) => Ok(Auth::Sas(SasToken::new(&read_env(var)?))),
+        AuthConfig::SasTokenFile(path) => Ok(Auth::Sas(SasToken::new(&read_file(
+            path,
+            "sas_token_file",
+        )?))),
         AuthConfig::ManagedIdentity { client_id } => {
             let err = |e: azure_core::Error| {
                 BlobError::local(
@@ -735,7 +756,7 @@ impl PageBlobs for AzureBlobs {
                 (url, Some(format!("Bearer {}", token.token.secret())))
             }
             _ => (
-                self.readable_source_url(source, source_snapshot, PUT_FROM_URL_SAS_LIFETIME)?,
+                self.readable_source_url(source, source_snapshot)?,
                 None,
             ),
         };
@@ -810,7 +831,7 @@ impl PageBlobs for AzureBlobs {
         metadata: &Metadata,
     ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
-        let url = self.readable_source_url(source, source_snapshot, COPY_SAS_LIFETIME)?;
+        let url = self.readable_source_url(source, source_snapshot)?;
         // No x-ms-meta-* at all means "copy the source's metadata".
         let options = BlobClientStartCopyFromUrlOptions {
             metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),

@@ -69,6 +69,7 @@ const ACCOUNT_FIELDS: &[&str] = &[
     "sas_token_file",
     "managed_identity",
     "client_id",
+    "allow_insecure_http",
 ];
 
 const DISK_FIELDS: &[&str] = &[
