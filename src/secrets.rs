@@ -74,7 +74,7 @@ pub fn redact(text: &str) -> String {
         ]
         .into_iter()
         .filter_map(|(pat, hay)| hay[pos..].find(pat).map(|i| (pos + i, pat)))
-            .min();
+        .min();
         let Some((at, pat)) = next else { break };
         // A parameter named exactly `sig` (not `xsig=`), or the scheme word of an
         // Authorization value: preceded by a non-word character or by an encoded `&` / `?`.
@@ -116,7 +116,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "c2VjcmV0").unwrap();
-        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o620, false)] {
+        for (mode, ok) in [
+            (0o600, true),
+            (0o400, true),
+            (0o640, false),
+            (0o604, false),
+            (0o620, false),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             match read_file(&path) {
                 Ok(text) => assert!(ok && text == "c2VjcmV0", "{mode:o}"),
@@ -149,8 +155,13 @@ mod tests {
 
     #[test]
     fn redacts_authorization_values() {
-        let r = redact("authorization: SharedKey premium:c2lnbmF0dXJl\nAuthorization=Bearer eyJ0eXAi.x.y");
-        assert!(!r.contains("c2lnbmF0dXJl") && !r.contains("eyJ0eXAi"), "{r}");
+        let r = redact(
+            "authorization: SharedKey premium:c2lnbmF0dXJl\nAuthorization=Bearer eyJ0eXAi.x.y",
+        );
+        assert!(
+            !r.contains("c2lnbmF0dXJl") && !r.contains("eyJ0eXAi"),
+            "{r}"
+        );
         assert!(r.contains("SharedKey REDACTED"), "{r}");
         assert!(r.contains("Bearer REDACTED"), "{r}");
         // Words that only look alike are left alone.

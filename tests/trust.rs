@@ -383,7 +383,8 @@ fn sas_signature_never_leaves_with_an_unreachable_endpoint() {
         // `sig=` may stay to say a SAS was there, its value never.
         let found = s.contains(SAS_SIG)
             || s.contains(decoded)
-            || s.match_indices("sig=").any(|(i, _)| !s[i + 4..].starts_with("REDACTED"));
+            || s.match_indices("sig=")
+                .any(|(i, _)| !s[i + 4..].starts_with("REDACTED"));
         if found {
             eprintln!("the signature leaks in {what}");
         }

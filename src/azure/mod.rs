@@ -755,10 +755,7 @@ impl PageBlobs for AzureBlobs {
                     .map_err(|e| map_err(Resource::of(source, source_snapshot), what(), e))?;
                 (url, Some(format!("Bearer {}", token.token.secret())))
             }
-            _ => (
-                self.readable_source_url(source, source_snapshot)?,
-                None,
-            ),
+            _ => (self.readable_source_url(source, source_snapshot)?, None),
         };
         let options = PageBlobClientUploadPagesFromUrlOptions {
             copy_source_authorization: authorization,

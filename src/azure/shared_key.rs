@@ -411,7 +411,16 @@ mod tests {
             "2026-01-02T00:00:00Z",
             false,
         );
-        let b = blob_read_sas("acct", &key, "c", "b", None, None, "2026-01-02T00:00:00Z", false);
+        let b = blob_read_sas(
+            "acct",
+            &key,
+            "c",
+            "b",
+            None,
+            None,
+            "2026-01-02T00:00:00Z",
+            false,
+        );
         assert!(a.contains("sr=bs") && b.contains("sr=b&"));
         assert_ne!(a.split("sig=").nth(1), b.split("sig=").nth(1));
     }
@@ -430,7 +439,9 @@ mod tests {
             true,
         );
         let pairs: std::collections::HashMap<String, String> =
-            url::form_urlencoded::parse(sas.as_bytes()).into_owned().collect();
+            url::form_urlencoded::parse(sas.as_bytes())
+                .into_owned()
+                .collect();
         assert_eq!(pairs["sp"], "r");
         assert_eq!(pairs["sr"], "bs");
         assert_eq!(pairs["st"], "2026-01-01T11:55:00Z");

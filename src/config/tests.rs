@@ -263,10 +263,16 @@ fn plain_http_only_to_loopback_unless_allowed() {
             "{}",
             p[0]
         );
-        assert!(parse(&cfg(remote, "allow_insecure_http = true")).is_ok(), "{remote}");
+        assert!(
+            parse(&cfg(remote, "allow_insecure_http = true")).is_ok(),
+            "{remote}"
+        );
     }
     assert_one(
-        &cfg("https://remoteaccount.blob.core.windows.net", "allow_insecure_http = \"yes\""),
+        &cfg(
+            "https://remoteaccount.blob.core.windows.net",
+            "allow_insecure_http = \"yes\"",
+        ),
         "allow_insecure_http",
     );
 }
