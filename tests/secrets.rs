@@ -339,3 +339,97 @@ async fn sas_token_file_readable_by_others_is_refused() {
     let out = run(&fx, "", &["backup", "d1"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A SAS-token *backup* account: its token stays within its own account. A restore inside it
+/// (promote, then copy to a blob of the same account) works and its bytes equal the source
+/// snapshot; a restore to another account is refused with a message naming the account,
+/// and no request carries the token to the other account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sas_token_backup_account_keeps_its_token_to_itself() {
+    let fx = Fixture::with_extra(
+        "[[disk]]\nname = \"d1\"\nsource = \"premium/vhds/d1.vhd\"\nbackup = \"backup/backups/d1\"\n",
+    );
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(
+        &fx.config_path,
+        cfg.replacen(
+            "shared_key_env = \"SB_TEST_BACKUP_KEY\"",
+            "sas_token_env = \"SB_TEST_BACKUP_SAS\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let sas = account_sas("backup", BACKUP_KEY, "rwdlac");
+    let snapback = |args: &[&str]| {
+        let mut cmd = fx.command(args);
+        cmd.env("SB_TEST_BACKUP_SAS", &sas)
+            .env_remove("SB_TEST_BACKUP_KEY");
+        run_bounded(cmd, LIMIT).expect("bounded")
+    };
+    let blobs = fx.blobs();
+    create_disk(blobs.as_ref(), &fx.source("d1"), MIB).await;
+    write(
+        blobs.as_ref(),
+        &fx.source("d1"),
+        0,
+        &Rng(9).bytes(256 * 1024),
+    )
+    .await;
+    let out = snapback(&["backup", "d1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list = snapback(&["list", "d1", "--json"]);
+    let points: Vec<serde_json::Value> = serde_json::from_slice(&list.stdout).expect("list");
+    let point = points.last().expect("a restore point")["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let inside = snapback(&[
+        "restore",
+        "d1",
+        "--snapshot",
+        &point,
+        "--to",
+        "backup/restored/d1",
+    ]);
+    assert!(inside.status.success(), "{}", text(&inside));
+    assert_eq!(
+        content(
+            blobs.as_ref(),
+            &snapback::blobs::BlobRef::new("backup", "restored", "d1"),
+            None
+        )
+        .await,
+        content(blobs.as_ref(), &fx.source("d1"), None).await,
+        "the restore inside the SAS account has the source's bytes"
+    );
+
+    let outside = snapback(&[
+        "restore",
+        "d1",
+        "--snapshot",
+        &point,
+        "--to",
+        "premium/restored/d1",
+    ]);
+    assert_eq!(outside.status.code(), Some(1), "{}", text(&outside));
+    assert!(
+        text(&outside).contains("account 'backup' authenticates with a SAS token"),
+        "{}",
+        text(&outside)
+    );
+    let sig = sas_params(&format!("?{sas}"))["sig"].clone();
+    let encoded: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
+    for s in proxy.seen() {
+        if s.account == "premium" {
+            let source = s.copy_source.unwrap_or_default();
+            assert!(
+                !source.contains(&sig) && !source.contains(&encoded),
+                "the backup account's token was sent to premium: {:?}",
+                s.op
+            );
+        }
+    }
+}

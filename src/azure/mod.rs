@@ -214,11 +214,18 @@ impl AzureBlobs {
     /// snapshot (or blob), valid from [`CLOCK_SKEW_ALLOWANCE`] ago for
     /// [`MINTED_SAS_LIFETIME`], https-only when the account's endpoint is https.
     ///
-    /// An account configured with a SAS token gets `NoReadAccess`: forwarding that token would
-    /// hand a long-lived credential, with whatever permissions it has, to another service and
-    /// to every log line that quotes the copy source. The caller copies through snapback
-    /// instead (a seed by client copy; `copy_mode = "auto"` falls back to client copy).
-    fn readable_source_url(&self, blob: &BlobRef, snapshot: Option<&str>) -> BlobResult<Url> {
+    /// An account configured with a SAS token gets `NoReadAccess` when `reader` (the blob the
+    /// copy writes) is in another account: forwarding that token would hand a long-lived
+    /// credential, with whatever permissions it has, to another account's service and to
+    /// every log line that quotes the copy source. The caller copies through snapback instead
+    /// (a seed by client copy; `copy_mode = "auto"` falls back to client copy). Within its own
+    /// account (a restore's promote step) the token goes nowhere it does not already go.
+    fn readable_source_url(
+        &self,
+        blob: &BlobRef,
+        snapshot: Option<&str>,
+        reader: &BlobRef,
+    ) -> BlobResult<Url> {
         let account = self.account(blob)?;
         let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
         if let Some(s) = snapshot {
@@ -226,13 +233,21 @@ impl AzureBlobs {
         }
         let key = match &account.auth {
             Auth::SharedKey(key) => key,
+            Auth::Sas(token) if reader.account == blob.account => {
+                let query = match url.query() {
+                    Some(q) => format!("{q}&{}", token.expose()),
+                    None => token.expose().to_string(),
+                };
+                url.set_query(Some(&query));
+                return Ok(url);
+            }
             Auth::Sas(_) => {
                 return Err(BlobError::local(
                     Kind::NoReadAccess,
                     Resource::of(blob, snapshot),
                     format!(
                         "account '{}' authenticates with a SAS token, which snapback never \
-                         forwards to another service as a copy source",
+                         forwards to another account as a copy source",
                         account.key
                     ),
                 ))
@@ -755,7 +770,10 @@ impl PageBlobs for AzureBlobs {
                     .map_err(|e| map_err(Resource::of(source, source_snapshot), what(), e))?;
                 (url, Some(format!("Bearer {}", token.token.secret())))
             }
-            _ => (self.readable_source_url(source, source_snapshot)?, None),
+            _ => (
+                self.readable_source_url(source, source_snapshot, dest)?,
+                None,
+            ),
         };
         let options = PageBlobClientUploadPagesFromUrlOptions {
             copy_source_authorization: authorization,
@@ -828,7 +846,7 @@ impl PageBlobs for AzureBlobs {
         metadata: &Metadata,
     ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
-        let url = self.readable_source_url(source, source_snapshot)?;
+        let url = self.readable_source_url(source, source_snapshot, dest)?;
         // No x-ms-meta-* at all means "copy the source's metadata".
         let options = BlobClientStartCopyFromUrlOptions {
             metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),

@@ -193,7 +193,7 @@ pub fn blob_read_sas(
 }
 
 /// A SAS token from the config (`sas_token_env` / `sas_token_file`): sent only to its own
-/// account, never forwarded. Its `Debug` never prints it.
+/// account, never forwarded to another. Its `Debug` never prints it.
 #[derive(Clone)]
 pub struct SasToken(Secret);
 
@@ -201,6 +201,13 @@ impl SasToken {
     /// The token as given, without surrounding blanks or a leading `?`.
     pub fn new(text: &str) -> Self {
         SasToken(Secret::new(text.trim().trim_start_matches('?').to_string()))
+    }
+}
+
+impl SasToken {
+    /// The token's query string, to send to its own account (never to log).
+    pub fn expose(&self) -> &str {
+        self.0.secret()
     }
 }
 
@@ -265,7 +272,7 @@ pub struct SasPolicy {
 impl SasPolicy {
     pub fn new(token: SasToken) -> Arc<Self> {
         Arc::new(SasPolicy {
-            pairs: url::form_urlencoded::parse(token.0.secret().as_bytes())
+            pairs: url::form_urlencoded::parse(token.expose().as_bytes())
                 .into_owned()
                 .collect(),
         })
