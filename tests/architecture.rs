@@ -22,13 +22,17 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retention",
             "copy",
             "source",
+            "check",
+            "hooks",
+            "logging",
+            "terminal",
         ],
     ),
     (
         "storage and state",
-        &["azure", "fake", "state", "lock", "config", "cycle::machine"],
+        &["azure", "arm", "fake", "state", "lock", "config", "cycle::machine"],
     ),
-    ("storage trait", &["blobs", "blob_error", "secrets"]),
+    ("storage trait", &["blobs", "blob_error", "secrets", "tls"]),
     ("model", &["model", "pages"]),
 ];
 
