@@ -30,7 +30,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "storage and state",
-        &["azure", "arm", "fake", "state", "lock", "config", "cycle::machine"],
+        &[
+            "azure",
+            "arm",
+            "fake",
+            "state",
+            "lock",
+            "config",
+            "cycle::machine",
+        ],
     ),
     ("storage trait", &["blobs", "blob_error", "secrets", "tls"]),
     ("model", &["model", "pages"]),
