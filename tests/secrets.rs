@@ -3,8 +3,8 @@
 //! a SAS-token source account and a shared-key backup account, a failing and succeeding
 //! cycles at `SNAPBACK_LOG=trace`, then every place a secret could surface is searched for
 //! it — the commands' output, `status` (text and JSON), `list`, `verify`, the daemon's log
-//! and `/metrics`, the hooks' environment, and every byte of the state directory (the SQLite
-//! files). The closed-port case is `trust::sas_signature_never_leaves_with_an_unreachable_endpoint`.
+//! and `/metrics`, the hooks' environment and webhook bodies, and every byte of the state
+//! directory (the SQLite files). The closed-port case is `trust::sas_signature_never_leaves_with_an_unreachable_endpoint`.
 
 mod common;
 
@@ -109,6 +109,42 @@ fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// An HTTP server on 127.0.0.1 that answers every POST 200 and keeps the bodies; it lives
+/// as long as the test process. Returns its URL.
+fn webhook_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+            }
+            let _ = reader
+                .into_inner()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, bodies)
+}
+
 /// The values of the SAS parameters in a copy source URL.
 fn sas_params(url: &str) -> std::collections::HashMap<String, String> {
     let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
@@ -119,7 +155,8 @@ fn sas_params(url: &str) -> std::collections::HashMap<String, String> {
 
 /// A SAS-token source and a shared-key backup: a cycle that fails (every read of the source
 /// cut mid-answer), two that succeed (a seed, an incremental), `status`, `list`, `verify`, a
-/// daemon serving `/metrics`, hooks dumping their environment — and no secret anywhere.
+/// daemon serving `/metrics`, hooks dumping their environment, a webhook — and no secret
+/// anywhere.
 /// The seed from the SAS-token source is copied through snapback: the configured token is
 /// never handed to the backup service (no Copy Blob, no Put Page From URL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,11 +164,12 @@ async fn no_secret_leaves_after_failing_and_succeeding_runs() {
     let (fx, proxy, sas) = sas_source_fixture("");
     let hook_env = fx.dir.path().join("hook-env");
     let dump = format!("env >> {}", hook_env.display());
+    let (webhook, posted) = webhook_sink();
     let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
     std::fs::write(
         &fx.config_path,
         format!(
-            "{cfg}\n[hooks]\non_success = [\"sh\", \"-c\", \"{dump}\"]\non_failure = [\"sh\", \"-c\", \"{dump}\"]\n"
+            "{cfg}\n[hooks]\non_success = [\"sh\", \"-c\", \"{dump}\"]\non_failure = [\"sh\", \"-c\", \"{dump}\"]\nwebhook = \"{webhook}\"\n"
         ),
     )
     .unwrap();
@@ -219,6 +257,15 @@ async fn no_secret_leaves_after_failing_and_succeeding_runs() {
     let hooks = std::fs::read_to_string(&hook_env).expect("the hooks ran");
     assert!(hooks.contains("SNAPBACK_EVENT="), "{hooks}");
     outputs.push(("hook environments".into(), hooks));
+    let posted = posted.lock().unwrap().clone();
+    assert_eq!(posted.len(), 3, "one webhook call per cycle: {posted:?}");
+    assert!(
+        posted
+            .iter()
+            .any(|b| b.contains("\"error\"") && b.contains("d1")),
+        "{posted:?}"
+    );
+    outputs.push(("webhook bodies".into(), posted.join("\n")));
     let mut files = Vec::new();
     files_under(&fx.dir.path().join("state"), &mut files);
     assert!(
