@@ -480,3 +480,29 @@ async fn a_sas_token_backup_account_keeps_its_token_to_itself() {
         }
     }
 }
+
+/// `snapback check` on a SAS-token source: the copy row passes, saying that cycles copy
+/// through snapback (the token is never a copy source), and no Copy Blob is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_on_a_sas_token_source_says_cycles_copy_through_snapback() {
+    let (fx, proxy, sas) = sas_source_fixture("");
+    create_disk(fx.blobs().as_ref(), &fx.source("d1"), MIB).await;
+    let mut cmd = command(&fx, &sas, &["check", "--json"]);
+    cmd.env("SNAPBACK_LOG", "info");
+    let out = run_bounded(cmd, LIMIT).expect("bounded");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let copy = rows
+        .iter()
+        .find(|r| r["operation"] == "copy")
+        .unwrap_or_else(|| panic!("no copy row: {rows:?}"));
+    assert_eq!(copy["outcome"], "pass", "{copy}");
+    assert!(
+        copy["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("cycles copy through snapback")),
+        "{copy}"
+    );
+    assert_eq!(proxy.count(Op::CopyBlob), 0);
+}
