@@ -301,7 +301,8 @@ async fn no_secret_leaves_after_failing_and_succeeding_runs() {
 }
 
 /// The SAS snapback mints for a shared-key source (here the seed's Copy Blob) is read-only,
-/// for the one source snapshot, and short-lived (≤ 15 min + 5 min clock-skew allowance).
+/// for the one source snapshot, and short-lived (≤ 15 min + 5 min clock-skew allowance); its
+/// signature is not in the trace-level log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minted_copy_source_sas_is_read_only_for_one_snapshot_and_short_lived() {
     let fx = Fixture::with_extra(
@@ -319,7 +320,9 @@ async fn a_minted_copy_source_sas_is_read_only_for_one_snapshot_and_short_lived(
     )
     .await;
     let started = SystemTime::now();
-    let out = run_bounded(fx.command(&["backup", "d1"]), LIMIT).expect("bounded");
+    let mut cmd = fx.command(&["backup", "d1"]);
+    cmd.env("SNAPBACK_LOG", "trace");
+    let out = run_bounded(cmd, LIMIT).expect("bounded");
     assert!(out.status.success(), "{}", text(&out));
     let copy = proxy
         .seen()
@@ -344,6 +347,11 @@ async fn a_minted_copy_source_sas_is_read_only_for_one_snapshot_and_short_lived(
     assert!(se - st <= time::Duration::minutes(20), "{url}");
     assert!(se <= now + time::Duration::minutes(16), "{url}");
     assert!(st <= now, "{url}");
+    // The minted signature is a secret too: not in the trace-level log.
+    let sig = p["sig"].clone();
+    let encoded: String = url::form_urlencoded::byte_serialize(sig.as_bytes()).collect();
+    let found = leaks(&text(&out), &[sig, encoded]);
+    assert!(found.is_empty(), "{found:?}");
 }
 
 /// A SAS token file that group or others may read is refused, naming the file and the fix;
