@@ -935,6 +935,37 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_a_credential() {
+        use crate::config::{AccountConfig, AuthConfig};
+        let sas = "sv=2025-11-05&sp=rl&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D";
+        let key = "c2VjcmV0LWFjY291bnQta2V5";
+        std::env::set_var("SNAPBACK_UNIT_TEST_DEBUG_SAS", sas);
+        std::env::set_var("SNAPBACK_UNIT_TEST_DEBUG_KEY", key);
+        let account = |name: &str, auth| AccountConfig {
+            key: name.to_string(),
+            endpoint: Url::parse(&format!("http://127.0.0.1:1/{name}")).unwrap(),
+            account_name: name.to_string(),
+            path_style: true,
+            auth,
+        };
+        let blobs = AzureBlobs::new(&[
+            account(
+                "withsas",
+                AuthConfig::SasTokenEnv("SNAPBACK_UNIT_TEST_DEBUG_SAS".into()),
+            ),
+            account(
+                "withkey",
+                AuthConfig::SharedKeyEnv("SNAPBACK_UNIT_TEST_DEBUG_KEY".into()),
+            ),
+        ]);
+        let shown = format!("{blobs:?} {blobs:#?}");
+        assert!(shown.contains("withsas") && shown.contains("withkey"), "{shown}");
+        for secret in ["c2VjcmV0LXNpZ25hdHVyZQ", key] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
     fn error_message_is_extracted() {
         let body = b"<?xml version=\"1.0\"?><Error><Code>X</Code><Message>Server failed.\nRequestId:1</Message></Error>";
         assert_eq!(xml_message(body).as_deref(), Some("Server failed."));
