@@ -959,7 +959,10 @@ mod tests {
             ),
         ]);
         let shown = format!("{blobs:?} {blobs:#?}");
-        assert!(shown.contains("withsas") && shown.contains("withkey"), "{shown}");
+        assert!(
+            shown.contains("withsas") && shown.contains("withkey"),
+            "{shown}"
+        );
         for secret in ["c2VjcmV0LXNpZ25hdHVyZQ", key] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
