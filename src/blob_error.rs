@@ -6,6 +6,7 @@
 //! either the backup blob or the source snapshot, and only the second means "S(n) vanished".
 
 use crate::model::{BlobRef, SnapshotId};
+use crate::secrets::redact;
 use std::fmt;
 
 /// What went wrong, as callers decide on it.
@@ -113,7 +114,9 @@ pub struct BlobError {
     pub status: Option<u16>,
     /// `x-ms-error-code`, when the service sent one.
     pub code: Option<String>,
-    /// For people only: the operation and the service's message or the local cause.
+    /// For people only: the operation and the service's message or the local cause, with
+    /// every secret redacted (the constructors run it through [`crate::secrets::redact`]: an
+    /// SDK or transport error quotes the request URL, which carries a SAS).
     pub detail: String,
 }
 
@@ -162,7 +165,7 @@ impl BlobError {
             resource: Box::new(resource),
             status: Some(status),
             code,
-            detail,
+            detail: redact(&detail),
         }
     }
 
@@ -173,7 +176,7 @@ impl BlobError {
             resource: Box::new(resource),
             status: None,
             code: None,
-            detail: detail.into(),
+            detail: redact(&detail.into()),
         }
     }
 
@@ -184,7 +187,7 @@ impl BlobError {
             resource: Box::new(resource),
             status: Some(status),
             code: Some(code.to_string()),
-            detail,
+            detail: redact(&detail),
         }
     }
 
@@ -293,6 +296,22 @@ mod tests {
         assert!(!e(503, "ServerBusy").refuses_server_copy());
         assert!(!e(500, "InternalError").refuses_server_copy());
         assert!(!BlobError::local(ErrorKind::Unusable, r, "").refuses_server_copy());
+    }
+
+    #[test]
+    fn errors_never_carry_a_signature() {
+        let r = Resource::blob(&BlobRef::new("premium", "vhds", "d1.vhd"));
+        let cause = "error sending request for url \
+                     (http://127.0.0.1:1/premium/vhds/d1.vhd?comp=snapshot&sv=2025&sig=SECRET)";
+        for e in [
+            BlobError::local(ErrorKind::Transient, r.clone(), cause),
+            BlobError::service(r.clone(), 403, None, cause.to_string()),
+            BlobError::bad_response(r, 200, "X", cause.to_string()),
+        ] {
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(shown.contains("sig=REDACTED"), "{shown}");
+        }
     }
 
     #[test]

@@ -475,7 +475,19 @@ async fn copy(
     }
     .await;
     if let Err(e) = started {
-        cx.record::<()>(Operation::Copy, scratch, Err(e));
+        // A source the backup service cannot be given read access to (a SAS-token account,
+        // whose token is never forwarded; a managed identity) is seeded, and with
+        // copy_mode = "auto"/"client" applied, through snapback: not a failure of the setup.
+        if e.kind == ErrorKind::NoReadAccess && cx.disk.copy_mode != CopyMode::Server {
+            cx.note(
+                Operation::Copy,
+                scratch,
+                Outcome::Pass,
+                format!("no server-side copy, cycles copy through snapback: {e}"),
+            );
+        } else {
+            cx.record::<()>(Operation::Copy, scratch, Err(e));
+        }
         return;
     }
     if cx.disk.copy_mode == CopyMode::Client {

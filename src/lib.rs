@@ -44,6 +44,7 @@ pub mod model;
 pub mod pages;
 pub mod restore;
 pub mod retention;
+pub mod secrets;
 pub mod service;
 pub mod source;
 pub mod state;

@@ -24,6 +24,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retention",
             "copy",
             "source",
+            "check",
+            "hooks",
+            "logging",
+            "terminal",
         ],
     ),
     (
@@ -39,8 +43,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "cycle::machine",
         ],
     ),
-    ("storage trait", &["blobs", "blob_error"]),
-    ("model", &["model", "pages", "tls"]),
+    ("storage trait", &["blobs", "blob_error", "secrets", "tls"]),
+    ("model", &["model", "pages"]),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {

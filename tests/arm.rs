@@ -334,7 +334,9 @@ async fn snapshots_sas_and_managed_diff_over_http() {
                 "vhds",
                 "plain.vhd",
                 Some(snap),
-                "2099-01-01T00:00:00Z"
+                None,
+                "2099-01-01T00:00:00Z",
+                false,
             )
         )
     };

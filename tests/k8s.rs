@@ -235,7 +235,7 @@ fn deployment_agrees_with_the_config_and_the_daemon() {
 }
 
 #[test]
-fn every_config_passes_check_config_and_keys_are_mounted() {
+fn every_config_passes_check_config_and_keys_come_from_the_secret() {
     for dir in ["base", "overlays/shared-key"] {
         let out = Command::new(env!("CARGO_BIN_EXE_snapback"))
             .arg("--config")
@@ -245,26 +245,25 @@ fn every_config_passes_check_config_and_keys_are_mounted() {
             .unwrap();
         assert!(out.status.success(), "{dir}: {out:?}");
     }
-    // The overlay's key files are the Secret's keys, where the patch mounts them.
+    // The overlay's key variables come from the Secret's keys (not a Secret volume: with
+    // fsGroup its files are group-readable, which snapback refuses).
     let overlay = k8s("overlays/shared-key");
     let secret = yaml(&overlay.join("secret.yaml")).remove(0);
     let patch = yaml(&overlay.join("deployment-keys.yaml")).remove(0);
-    let mount = container(&patch)["volumeMounts"][0]["mountPath"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        patch["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
-        secret["metadata"]["name"]
-    );
+    let env = container(&patch)["env"].as_array().expect("env").clone();
     let config =
         snapback::config::Config::load(&overlay.join("snapback.toml")).expect("overlay config");
     for account in config.accounts.values() {
-        let snapback::config::AuthConfig::SharedKeyFile(path) = &account.auth else {
-            panic!("{}: not a key file", account.key);
+        let snapback::config::AuthConfig::SharedKeyEnv(var) = &account.auth else {
+            panic!("{}: not a key variable", account.key);
         };
-        let key = path.file_name().and_then(|f| f.to_str()).unwrap();
-        assert_eq!(path.parent(), Some(Path::new(&mount)), "{}", path.display());
+        let from = env
+            .iter()
+            .find(|e| e["name"].as_str() == Some(var.as_str()))
+            .unwrap_or_else(|| panic!("the patch sets no {var}"));
+        let secret_ref = &from["valueFrom"]["secretKeyRef"];
+        assert_eq!(secret_ref["name"], secret["metadata"]["name"], "{var}");
+        let key = secret_ref["key"].as_str().expect("secretKeyRef.key");
         assert!(
             secret["stringData"][key].is_string(),
             "the Secret has no key {key}"

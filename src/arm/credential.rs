@@ -77,11 +77,8 @@ fn read_secret(source: &SecretSource) -> Result<String, ArmError> {
             reason: format!("azure.client_secret_env: environment variable {var} is not set"),
         })?,
         SecretSource::File(path) => {
-            std::fs::read_to_string(path).map_err(|e| ArmError::Credential {
-                reason: format!(
-                    "azure.client_secret_file: cannot read {}: {e}",
-                    path.display()
-                ),
+            crate::secrets::read_file(path).map_err(|e| ArmError::Credential {
+                reason: format!("azure.client_secret_file: {} {e}", path.display()),
             })?
         }
     };

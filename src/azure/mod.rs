@@ -40,7 +40,7 @@ use azure_storage_blob::{
 };
 use bytes::Bytes;
 use futures::TryStreamExt;
-use shared_key::{AccountKey, SasPolicy, SharedKeyPolicy};
+use shared_key::{AccountKey, SasPolicy, SasToken, SharedKeyPolicy};
 use std::collections::HashMap;
 use std::num::NonZero;
 use std::sync::Arc;
@@ -49,22 +49,23 @@ use std::sync::Arc;
 /// request of a run speaks the same version. ≥ 2020-10-02 is needed for diff pagination.
 const SERVICE_VERSION: &str = "2026-04-06";
 
-/// How long a SAS minted for a Copy Blob source stays valid. A cross-account copy of a large
-/// disk can take hours on a busy account; the SAS must outlive it.
-const COPY_SAS_LIFETIME: time::Duration = time::Duration::hours(48);
+/// How long a SAS that snapback mints stays valid: the service reads the source while it
+/// handles one Put Page From URL, or starts a Copy Blob, so a leaked URL exposes one
+/// snapshot, read-only, for minutes.
+const MINTED_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
 
-/// Lifetime of the SAS minted for one Put Page From URL: the service reads the source while
-/// it handles that one request, so a short SAS limits what a leaked URL could expose.
-const PUT_FROM_URL_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
+/// How far back a minted SAS's start (`st=`) is set: the storage service's clock may be
+/// behind ours.
+const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::minutes(5);
 
 /// The scope of a bearer token for Azure Storage (also for `x-ms-copy-source-authorization`).
 const STORAGE_SCOPE: &str = "https://storage.azure.com/.default";
 
-/// How an account's requests are authorised.
+/// How an account's requests are authorised. Every variant's `Debug` hides its secret.
 #[derive(Clone, Debug)]
 enum Auth {
     SharedKey(AccountKey),
-    Sas(String),
+    Sas(SasToken),
     Token(Arc<dyn TokenCredential>),
 }
 
@@ -138,7 +139,7 @@ impl AzureBlobs {
                 Auth::SharedKey(key) => options
                     .per_try_policies
                     .push(SharedKeyPolicy::new(&cfg.account_name, key.clone())),
-                Auth::Sas(token) => options.per_try_policies.push(SasPolicy::new(token)),
+                Auth::Sas(token) => options.per_try_policies.push(SasPolicy::new(token.clone())),
                 Auth::Token(_) => {}
             }
             out.insert(
@@ -213,37 +214,49 @@ impl AzureBlobs {
         .map_err(|e| BlobError::local(Kind::Unusable, Resource::container(blob), e.to_string()))
     }
 
-    /// A URL the *other* account's service can read `blob` (or a snapshot) from, for Copy Blob.
+    /// A URL the *other* account's service can read `blob` (or a snapshot) from, for a
+    /// server-side copy: a SAS snapback mints with the account key, read-only, for this one
+    /// snapshot (or blob), valid from [`CLOCK_SKEW_ALLOWANCE`] ago for
+    /// [`MINTED_SAS_LIFETIME`], https-only when the account's endpoint is https.
+    ///
+    /// An account configured with a SAS token gets `NoReadAccess` when `reader` (the blob the
+    /// copy writes) is in another account: forwarding that token would hand a long-lived
+    /// credential, with whatever permissions it has, to another account's service and to
+    /// every log line that quotes the copy source. The caller copies through snapback instead
+    /// (a seed by client copy; `copy_mode = "auto"` falls back to client copy). Within its own
+    /// account (a restore's promote step) the token goes nowhere it does not already go.
     fn readable_source_url(
         &self,
         blob: &BlobRef,
         snapshot: Option<&str>,
-        lifetime: time::Duration,
+        reader: &BlobRef,
     ) -> BlobResult<Url> {
         let account = self.account(blob)?;
         let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
         if let Some(s) = snapshot {
             url.query_pairs_mut().append_pair("snapshot", s);
         }
-        let sas = match &account.auth {
-            Auth::SharedKey(key) => {
-                let expiry = (time::OffsetDateTime::now_utc() + lifetime)
-                    .replace_nanosecond(0)
-                    .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(|e| {
-                        BlobError::local(Kind::Unusable, Resource::blob(blob), e.to_string())
-                    })?;
-                shared_key::blob_read_sas(
-                    &account.name,
-                    key,
-                    &blob.container,
-                    &blob.blob,
-                    snapshot,
-                    &expiry,
-                )
+        let key = match &account.auth {
+            Auth::SharedKey(key) => key,
+            Auth::Sas(token) if reader.account == blob.account => {
+                let query = match url.query() {
+                    Some(q) => format!("{q}&{}", token.expose()),
+                    None => token.expose().to_string(),
+                };
+                url.set_query(Some(&query));
+                return Ok(url);
             }
-            Auth::Sas(token) => token.trim_start_matches('?').to_string(),
+            Auth::Sas(_) => {
+                return Err(BlobError::local(
+                    Kind::NoReadAccess,
+                    Resource::of(blob, snapshot),
+                    format!(
+                        "account '{}' authenticates with a SAS token, which snapback never \
+                         forwards to another account as a copy source",
+                        account.key
+                    ),
+                ))
+            }
             Auth::Token(_) => {
                 return Err(BlobError::local(
                     Kind::NoReadAccess,
@@ -256,6 +269,23 @@ impl AzureBlobs {
                 ))
             }
         };
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = |t: time::OffsetDateTime| {
+            t.replace_nanosecond(0)
+                .unwrap_or(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| BlobError::local(Kind::Unusable, Resource::blob(blob), e.to_string()))
+        };
+        let sas = shared_key::blob_read_sas(
+            &account.name,
+            key,
+            &blob.container,
+            &blob.blob,
+            snapshot,
+            Some(&stamp(now - CLOCK_SKEW_ALLOWANCE)?),
+            &stamp(now + MINTED_SAS_LIFETIME)?,
+            account.root.scheme() == "https",
+        );
         let query = match url.query() {
             Some(q) => format!("{q}&{sas}"),
             None => sas,
@@ -276,12 +306,12 @@ fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
             )
         })
     };
-    let read_file = |path: &std::path::Path| {
-        std::fs::read_to_string(path).map_err(|e| {
+    let read_file = |path: &std::path::Path, field: &str| {
+        crate::secrets::read_file(path).map_err(|e| {
             BlobError::local(
                 Kind::Unusable,
                 Resource::Account(cfg.key.clone()),
-                format!("cannot read {}: {e}", path.display()),
+                format!("{field} {} {e}", path.display()),
             )
         })
     };
@@ -298,9 +328,15 @@ fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
     };
     match &cfg.auth {
         AuthConfig::SharedKeyEnv(var) => key(read_env(var)?, var.clone()),
-        AuthConfig::SharedKeyFile(path) => key(read_file(path)?, path.display().to_string()),
-        AuthConfig::SasTokenEnv(var) => Ok(Auth::Sas(read_env(var)?.trim().to_string())),
-        AuthConfig::SasTokenFile(path) => Ok(Auth::Sas(read_file(path)?.trim().to_string())),
+        AuthConfig::SharedKeyFile(path) => key(
+            read_file(path, "shared_key_file")?,
+            path.display().to_string(),
+        ),
+        AuthConfig::SasTokenEnv(var) => Ok(Auth::Sas(SasToken::new(&read_env(var)?))),
+        AuthConfig::SasTokenFile(path) => Ok(Auth::Sas(SasToken::new(&read_file(
+            path,
+            "sas_token_file",
+        )?))),
         AuthConfig::ManagedIdentity { client_id } => {
             let err = |e: azure_core::Error| {
                 BlobError::local(
@@ -740,7 +776,7 @@ impl PageBlobs for AzureBlobs {
                 (url, Some(format!("Bearer {}", token.token.secret())))
             }
             _ => (
-                self.readable_source_url(source, source_snapshot, PUT_FROM_URL_SAS_LIFETIME)?,
+                self.readable_source_url(source, source_snapshot, dest)?,
                 None,
             ),
         };
@@ -815,7 +851,7 @@ impl PageBlobs for AzureBlobs {
         metadata: &Metadata,
     ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
-        let url = self.readable_source_url(source, source_snapshot, COPY_SAS_LIFETIME)?;
+        let url = self.readable_source_url(source, source_snapshot, dest)?;
         // No x-ms-meta-* at all means "copy the source's metadata".
         let options = BlobClientStartCopyFromUrlOptions {
             metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),
@@ -901,6 +937,41 @@ mod tests {
             copy_error_resource(Some("CannotVerifyCopySource"), &dest, &src, snap),
             Resource::of(&src, snap)
         );
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_credential() {
+        use crate::config::{AccountConfig, AuthConfig};
+        let sas = "sv=2025-11-05&sp=rl&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D";
+        let key = "c2VjcmV0LWFjY291bnQta2V5";
+        std::env::set_var("SNAPBACK_UNIT_TEST_DEBUG_SAS", sas);
+        std::env::set_var("SNAPBACK_UNIT_TEST_DEBUG_KEY", key);
+        let account = |name: &str, auth| AccountConfig {
+            key: name.to_string(),
+            endpoint: Url::parse(&format!("http://127.0.0.1:1/{name}")).unwrap(),
+            account_name: name.to_string(),
+            path_style: true,
+            auth,
+            throttle: Default::default(),
+        };
+        let blobs = AzureBlobs::new(&[
+            account(
+                "withsas",
+                AuthConfig::SasTokenEnv("SNAPBACK_UNIT_TEST_DEBUG_SAS".into()),
+            ),
+            account(
+                "withkey",
+                AuthConfig::SharedKeyEnv("SNAPBACK_UNIT_TEST_DEBUG_KEY".into()),
+            ),
+        ]);
+        let shown = format!("{blobs:?} {blobs:#?}");
+        assert!(
+            shown.contains("withsas") && shown.contains("withkey"),
+            "{shown}"
+        );
+        for secret in ["c2VjcmV0LXNpZ25hdHVyZQ", key] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

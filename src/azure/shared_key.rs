@@ -134,30 +134,37 @@ pub fn authorization(account: &str, key: &AccountKey, parts: &SignedParts<'_>) -
     )
 }
 
-/// A read-only service SAS for one blob or one of its snapshots (`sr=b` / `sr=bs`), valid
-/// until `expiry` (ISO 8601, e.g. `2026-11-25T12:00:00Z`). Used as the source of a
-/// cross-account Copy Blob, which the destination account cannot authorise otherwise.
+/// A read-only service SAS for one blob snapshot (`sr=bs`) or, without `snapshot`, one blob
+/// (`sr=b`): `sp=r`, valid from `start` (if given) until `expiry` (ISO 8601, e.g.
+/// `2026-11-25T12:00:00Z`), `spr=https` when `https_only`. Used as the source of a
+/// cross-account copy, which the destination account cannot authorise otherwise.
 /// Returns the query string without a leading `?`.
+/// Spec: <https://learn.microsoft.com/rest/api/storageservices/create-service-sas>
+// One parameter per field the spec signs, in its order: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn blob_read_sas(
     account: &str,
     key: &AccountKey,
     container: &str,
     blob: &str,
     snapshot: Option<&str>,
+    start: Option<&str>,
     expiry: &str,
+    https_only: bool,
 ) -> String {
     const VERSION: &str = "2020-12-06";
     let resource = if snapshot.is_some() { "bs" } else { "b" };
+    let protocol = if https_only { "https" } else { "" };
     // Version 2020-12-06 layout: sp, st, se, resource, si, sip, spr, sv, sr, snapshot time,
     // encryption scope, rscc, rscd, rsce, rscl, rsct.
     let to_sign = [
         "r",
-        "",
+        start.unwrap_or(""),
         expiry,
         &format!("/blob/{account}/{container}/{blob}"),
         "",
         "",
-        "",
+        protocol,
         VERSION,
         resource,
         snapshot.unwrap_or(""),
@@ -170,13 +177,44 @@ pub fn blob_read_sas(
     ]
     .join("\n");
     let sig = key.sign(&to_sign);
-    url::form_urlencoded::Serializer::new(String::new())
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query
         .append_pair("sv", VERSION)
         .append_pair("sr", resource)
-        .append_pair("sp", "r")
-        .append_pair("se", expiry)
-        .append_pair("sig", &sig)
-        .finish()
+        .append_pair("sp", "r");
+    if let Some(st) = start {
+        query.append_pair("st", st);
+    }
+    query.append_pair("se", expiry);
+    if https_only {
+        query.append_pair("spr", "https");
+    }
+    query.append_pair("sig", &sig).finish()
+}
+
+/// A SAS token from the config (`sas_token_env` / `sas_token_file`): sent only to its own
+/// account, never forwarded to another. Its `Debug` never prints it.
+#[derive(Clone)]
+pub struct SasToken(Secret);
+
+impl SasToken {
+    /// The token as given, without surrounding blanks or a leading `?`.
+    pub fn new(text: &str) -> Self {
+        SasToken(Secret::new(text.trim().trim_start_matches('?').to_string()))
+    }
+}
+
+impl SasToken {
+    /// The token's query string, to send to its own account (never to log).
+    pub fn expose(&self) -> &str {
+        self.0.secret()
+    }
+}
+
+impl std::fmt::Debug for SasToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SasToken(<redacted>)")
+    }
 }
 
 /// Pipeline policy that signs each try. It must run after the retry policy (it is added to
@@ -227,19 +265,23 @@ impl Policy for SharedKeyPolicy {
 }
 
 /// Pipeline policy that appends a SAS token's query parameters to every request.
-#[derive(Debug)]
 pub struct SasPolicy {
     pairs: Vec<(String, String)>,
 }
 
 impl SasPolicy {
-    pub fn new(token: &str) -> Arc<Self> {
-        let token = token.trim().trim_start_matches('?');
+    pub fn new(token: SasToken) -> Arc<Self> {
         Arc::new(SasPolicy {
-            pairs: url::form_urlencoded::parse(token.as_bytes())
+            pairs: url::form_urlencoded::parse(token.expose().as_bytes())
                 .into_owned()
                 .collect(),
         })
+    }
+}
+
+impl std::fmt::Debug for SasPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SasPolicy(<redacted>)")
     }
 }
 
@@ -372,11 +414,65 @@ mod tests {
             "c",
             "b",
             Some("2026-01-01T00:00:00.0000000Z"),
+            None,
             "2026-01-02T00:00:00Z",
+            false,
         );
-        let b = blob_read_sas("acct", &key, "c", "b", None, "2026-01-02T00:00:00Z");
+        let b = blob_read_sas(
+            "acct",
+            &key,
+            "c",
+            "b",
+            None,
+            None,
+            "2026-01-02T00:00:00Z",
+            false,
+        );
         assert!(a.contains("sr=bs") && b.contains("sr=b&"));
         assert_ne!(a.split("sig=").nth(1), b.split("sig=").nth(1));
+    }
+
+    #[test]
+    fn sas_is_read_only_and_bounded_in_time_and_protocol() {
+        let key = AccountKey::from_base64("aw==").unwrap();
+        let sas = blob_read_sas(
+            "acct",
+            &key,
+            "c",
+            "b",
+            Some("2026-01-01T00:00:00.0000000Z"),
+            Some("2026-01-01T11:55:00Z"),
+            "2026-01-01T12:15:00Z",
+            true,
+        );
+        let pairs: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(sas.as_bytes())
+                .into_owned()
+                .collect();
+        assert_eq!(pairs["sp"], "r");
+        assert_eq!(pairs["sr"], "bs");
+        assert_eq!(pairs["st"], "2026-01-01T11:55:00Z");
+        assert_eq!(pairs["se"], "2026-01-01T12:15:00Z");
+        assert_eq!(pairs["spr"], "https");
+        let plain = blob_read_sas(
+            "acct",
+            &key,
+            "c",
+            "b",
+            Some("2026-01-01T00:00:00.0000000Z"),
+            Some("2026-01-01T11:55:00Z"),
+            "2026-01-01T12:15:00Z",
+            false,
+        );
+        assert!(!plain.contains("spr="));
+        assert_ne!(sas.split("sig=").nth(1), plain.split("sig=").nth(1));
+    }
+
+    #[test]
+    fn configured_sas_tokens_never_show_in_debug() {
+        let token = SasToken::new("?sv=2025&sig=c2VjcmV0LXNpZw%3D%3D");
+        let shown = format!("{token:?} {:?}", SasPolicy::new(token.clone()));
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
     }
 
     fn hex(s: &str) -> Vec<u8> {

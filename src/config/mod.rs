@@ -70,6 +70,7 @@ const ACCOUNT_FIELDS: &[&str] = &[
     "managed_identity",
     "client_id",
     "throttle",
+    "allow_insecure_http",
 ];
 
 const DISK_FIELDS: &[&str] = &[

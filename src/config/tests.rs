@@ -218,7 +218,8 @@ fn host_and_path_style_account_names() {
 
     // A DNS name with a path (e.g. an Azurite container in compose) is
     // path-style too.
-    let a = account("http://azurite:10000/backup", "");
+    // (Plain http to it only when allowed: it is not loopback.)
+    let a = account("http://azurite:10000/backup", "allow_insecure_http = true");
     assert_eq!((a.account_name.as_str(), a.path_style), ("backup", true));
 
     // account_name overrides the derived one, for both styles.
@@ -231,6 +232,49 @@ fn host_and_path_style_account_names() {
     let a = account("https://cname.example.com", "account_name = \"realacct\"");
     assert_eq!(a.account_name, "realacct");
     assert!(!a.path_style);
+}
+
+#[test]
+fn plain_http_only_to_loopback_unless_allowed() {
+    let cfg = |endpoint: &str, extra: &str| {
+        format!("[accounts.remote]\nendpoint = \"{endpoint}\"\nshared_key_env = \"K\"\n{extra}\n")
+    };
+    for local in [
+        "http://127.0.0.1:10000/acct1",
+        "http://127.1.2.3:10000/acct1",
+        "http://[::1]:10000/acct1",
+        "http://localhost:10000/acct1",
+        "https://remoteaccount.blob.core.windows.net",
+    ] {
+        assert!(parse(&cfg(local, "")).is_ok(), "{local}");
+    }
+    for remote in [
+        "http://remoteaccount.blob.core.windows.net",
+        "http://10.0.0.4:10000/acct1",
+        "http://[fd00::1]:10000/acct1",
+        "http://azurite:10000/acct1",
+    ] {
+        let p = problems(&cfg(remote, ""));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("account \"remote\": field \"endpoint\"")
+                && p[0].contains("plain http")
+                && p[0].contains("allow_insecure_http = true in [accounts.remote]"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            parse(&cfg(remote, "allow_insecure_http = true")).is_ok(),
+            "{remote}"
+        );
+    }
+    assert_one(
+        &cfg(
+            "https://remoteaccount.blob.core.windows.net",
+            "allow_insecure_http = \"yes\"",
+        ),
+        "allow_insecure_http",
+    );
 }
 
 #[test]

@@ -526,8 +526,21 @@ pub(super) fn build_account(
     };
 
     let name_override = get_nonempty_str(cx, t, "account_name", prefix);
+    let allow_http = get_bool(cx, t, "allow_insecure_http", prefix).is_some_and(|(b, _)| b);
     let endpoint = match get_nonempty_str(cx, t, "endpoint", prefix) {
         Some((raw, span)) => match resolve_endpoint(raw) {
+            Ok(e) if e.0.scheme() == "http" && !allow_http && !is_loopback(&e.0) => {
+                cx.err(
+                    span,
+                    format!(
+                        "{prefix}field \"endpoint\": \"{raw}\" is plain http to a host that is \
+                         not loopback: the credentials and the disk data would cross the network \
+                         in clear text; use https, or set allow_insecure_http = true in \
+                         [accounts.{key}] if the network is trusted"
+                    ),
+                );
+                None
+            }
             Ok(e) => Some((e, span)),
             Err(msg) => {
                 cx.err(span, format!("{prefix}field \"endpoint\": {msg}"));
@@ -590,6 +603,17 @@ pub(super) fn check_env_name(
         );
     }
     ok
+}
+
+/// Whether `url`'s host is this machine: 127.0.0.0/8, ::1 or `localhost` (an emulator, a
+/// local proxy); plain http to it never crosses a network.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 /// Turns an endpoint URL into (service root, derived account name,

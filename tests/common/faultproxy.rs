@@ -302,6 +302,8 @@ pub struct Seen {
     pub blob: String,
     /// The fault injected into it, if any.
     pub fault: Option<FaultKind>,
+    /// `x-ms-copy-source` (Copy Blob, Put Page From URL): what snapback let the service read.
+    pub copy_source: Option<String>,
 }
 
 struct RuleState {
@@ -593,6 +595,11 @@ async fn handle(
         account: c.account.clone(),
         blob: c.blob.clone(),
         fault: fault.as_ref().map(Fault::kind),
+        copy_source: req
+            .headers()
+            .get("x-ms-copy-source")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
     let throttled =
         fault.is_none()
