@@ -169,7 +169,6 @@ async fn answer_lost_each_cycle(op: Op, account: &str, cycles: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a lost Snapshot Blob answer on the backup is retried blindly: 8 restore points after 4 cycles"]
 async fn backup_snapshot_answer_lost_makes_one_restore_point_per_cycle() {
     answer_lost_each_cycle(Op::SnapshotBlob, "backup", 4).await;
 }
@@ -180,7 +179,6 @@ async fn source_snapshot_answer_lost_leaves_one_snapshot_on_the_source() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a lost Copy Blob answer is retried blindly: 2 Copy Blob starts (Azure answers the second 409 PendingCopyOperation)"]
 async fn copy_start_answer_lost_starts_one_copy() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0xc0b1);

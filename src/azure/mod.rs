@@ -6,7 +6,11 @@
 //! ([`page_list`]). Why this layout: see `docs/azure.md`.
 //!
 //! Retries: every request goes through the SDK's retry policy (exponential backoff with
-//! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`].
+//! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`],
+//! except the two that are not idempotent: Snapshot Blob and Copy Blob (start). A blind
+//! re-send of those after a lost answer makes a second snapshot or a second copy, so they are
+//! sent once ([`AzureBlobs::blob_client_once`]) and the cycle retries them only after looking
+//! for what the lost attempt may have made (`cycle::runner`).
 
 pub mod page_list;
 mod preflight;
@@ -181,13 +185,29 @@ impl AzureBlobs {
     }
 
     fn blob_client(&self, blob: &BlobRef) -> BlobResult<BlobClient> {
+        self.blob_client_with(blob, |_| {})
+    }
+
+    /// A client whose requests are sent once, without the SDK's retries: for the requests
+    /// that are not idempotent (Snapshot Blob, Copy Blob).
+    fn blob_client_once(&self, blob: &BlobRef) -> BlobResult<BlobClient> {
+        self.blob_client_with(blob, |o| o.retry = RetryOptions::none())
+    }
+
+    fn blob_client_with(
+        &self,
+        blob: &BlobRef,
+        adjust: impl FnOnce(&mut ClientOptions),
+    ) -> BlobResult<BlobClient> {
         let account = self.account(blob)?;
         let url = Self::blob_url(account, &blob.container, Some(&blob.blob));
+        let mut client_options = account.options.clone();
+        adjust(&mut client_options);
         BlobClient::new(
             url,
             Self::credential(account),
             Some(BlobClientOptions {
-                client_options: account.options.clone(),
+                client_options,
                 ..Default::default()
             }),
         )
@@ -498,7 +518,7 @@ impl PageBlobs for AzureBlobs {
     }
 
     async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String> {
-        let client = self.blob_client(blob)?;
+        let client = self.blob_client_once(blob)?;
         let options = BlobClientCreateSnapshotOptions {
             metadata: Some(metadata.clone().into_iter().collect()),
             ..Default::default()
@@ -817,7 +837,7 @@ impl PageBlobs for AzureBlobs {
             ..Default::default()
         };
         let resp = self
-            .blob_client(dest)?
+            .blob_client_once(dest)?
             .start_copy_from_url(url.to_string(), Some(options))
             .await
             .map_err(|e| map_copy_err(dest, source, source_snapshot, what(), e))?;

@@ -4,6 +4,7 @@
 //! reconciling with what storage holds first (tagged snapshots) so that repeating an action
 //! after a crash never duplicates its effect.
 
+use super::find_or_make::find_or_make;
 use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, PhaseName};
 use super::metered::Metered;
 use super::progress::Progress;
@@ -318,10 +319,11 @@ impl<'a> Runner<'a> {
         let source = self.source();
         // Invariant 9: this is the first request of a cycle; a missing source or a bad key
         // fails here, before anything is written anywhere.
-        let s = match source.find_snapshot(&rec.disk, &rec.tag).await? {
-            Some(s) => s,
-            None => source.take_snapshot(&rec.disk, &rec.tag).await?,
-        };
+        let s = find_or_make(
+            || source.find_snapshot(&rec.disk, &rec.tag),
+            || source.take_snapshot(&rec.disk, &rec.tag),
+        )
+        .await?;
         Ok(Outcome::SourceSnapshot {
             snapshot: s.id,
             size: s.size,
@@ -663,14 +665,15 @@ impl<'a> Runner<'a> {
         let source = self.source();
         self.blobs.ensure_container(backup).await?;
         // A copy left pending by a crash before its id was recorded would make ours fail.
-        let pending = self
+        let before = self
             .blobs
             .properties(backup, None)
             .await?
             .and_then(|p| p.copy);
-        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) = pending {
-            self.blobs.abort_copy(backup, &id).await?;
+        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) = &before {
+            self.blobs.abort_copy(backup, id).await?;
         }
+        let before = before.map(|(id, _)| id);
         let unavailable = |e: BlobError| {
             tracing::info!(disk = %rec.disk, error = %e, "seeding by copying every page through snapback");
             Ok(Outcome::CopyUnavailable {
@@ -686,10 +689,23 @@ impl<'a> Runner<'a> {
         // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
         // of the backup) would inherit them and pass for one of our restore points.
         let meta = tags::backup_base(&rec.disk);
-        let started = self
-            .blobs
-            .start_copy(backup, &blob, Some(s.as_str()), &meta)
-            .await;
+        // A copy id on the backup other than the one it had before is the copy a lost answer
+        // started: found, not started a second time (Azure refuses a second one onto a blob
+        // with a pending copy, `409 PendingCopyOperation`).
+        let started = find_or_make(
+            || async {
+                let now = self.blobs.properties(backup, None).await?;
+                Ok(now
+                    .and_then(|p| p.copy)
+                    .map(|(id, _)| id)
+                    .filter(|id| Some(id) != before.as_ref()))
+            },
+            || {
+                self.blobs
+                    .start_copy(backup, &blob, Some(s.as_str()), &meta)
+            },
+        )
+        .await;
         if started.is_err() {
             // No copy reads S(n): end the access granted for it.
             if let Err(e) = source.revoke_read(snapshot).await {
@@ -763,19 +779,20 @@ impl<'a> Runner<'a> {
         source: &SnapshotId,
     ) -> Result<Outcome, BlobError> {
         let backup = &self.disk.backup;
-        let found = self
-            .blobs
-            .list_snapshots(backup)
-            .await?
-            .into_iter()
-            .find(|s| tags::cycle(&s.metadata) == Some(rec.tag.as_str()));
-        let snapshot = match found {
-            Some(s) => s.snapshot,
-            None => {
-                let meta = tags::restore_point(&rec.disk, &rec.tag, source);
-                self.blobs.create_snapshot(backup, &meta).await?
-            }
-        };
+        let meta = tags::restore_point(&rec.disk, &rec.tag, source);
+        let snapshot = find_or_make(
+            || async {
+                Ok(self
+                    .blobs
+                    .list_snapshots(backup)
+                    .await?
+                    .into_iter()
+                    .find(|s| tags::cycle(&s.metadata) == Some(rec.tag.as_str()))
+                    .map(|s| s.snapshot))
+            },
+            || self.blobs.create_snapshot(backup, &meta),
+        )
+        .await?;
         let Some(props) = self.blobs.properties(backup, None).await? else {
             return Err(BlobError::local(
                 ErrorKind::NotFound,
