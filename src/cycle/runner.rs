@@ -13,8 +13,8 @@ use crate::config::CopyMode;
 use crate::copy::{self, CopyWait};
 use crate::model::{tags, Clock, SnapshotId};
 use crate::pages::{
-    round_up_to_page, segments, Batch, ByteRange, Coalescer, ReadPlanner, DIFF_SEGMENT_BYTES,
-    MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
+    round_up_to_page, segments, Batch, ByteRange, Coalescer, ListingCheck, ReadPlanner,
+    DIFF_SEGMENT_BYTES, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
 };
 use crate::source::{CopySource, DiffQuery, PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
@@ -848,6 +848,7 @@ fn diff_batches<'b>(
         made: Vec<Batch>,
         ready: std::collections::VecDeque<Batch>,
         finished: bool,
+        check: ListingCheck,
     }
     let segments: Vec<ByteRange> = segments(window, tuning.segment).collect();
     let init = State {
@@ -861,6 +862,7 @@ fn diff_batches<'b>(
         made: Vec::new(),
         ready: Default::default(),
         finished: false,
+        check: ListingCheck::new(window.start, window.end),
     };
     stream::try_unfold(init, move |mut st| async move {
         loop {
@@ -884,6 +886,15 @@ fn diff_batches<'b>(
                     max_results: tuning.page_results,
                 };
                 let page = source.diff(query).await?;
+                // The whole result page is checked before any of its items is planned, so
+                // nothing from a listing that breaks the rules is applied.
+                st.check.page(&page.items, segment).map_err(|v| {
+                    BlobError::local(
+                        ErrorKind::BadResponse,
+                        source.snapshot_resource(snapshot),
+                        format!("diff listing of {segment:?} refused: {v}"),
+                    )
+                })?;
                 st.next = match page.next_marker {
                     Some(m) => Some((index, Some(m))),
                     None if index + 1 < st.segments.len() => Some((index + 1, None)),
