@@ -515,7 +515,6 @@ async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
 /// a bounded number of Copy Blob attempts, with an error naming the copy, and `status` must
 /// show that error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a failing seed copy is restarted forever: no error, no backoff, the command never ends"]
 async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x6);
@@ -573,6 +572,49 @@ async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
         "status shows the error: {}",
         text(&status)
     );
+}
+
+/// The backup service cannot read the source snapshot (403 / 404 `CannotVerifyCopySource`,
+/// e.g. a firewall on the source account; the snapshot is there): the seed goes through
+/// snapback's own copy path instead of failing or taking a new snapshot each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_copy_source_unreadable_by_the_service_seeds_through_snapback() {
+    for status in [403, 404] {
+        let (fx, proxy) = proxied(&["d1"]);
+        let mut rng = Rng(0x7);
+        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+        write(
+            fx.blobs().as_ref(),
+            &fx.source("d1"),
+            0,
+            &rng.bytes(MIB as usize),
+        )
+        .await;
+        proxy.add(
+            Rule::new(Fault::Status {
+                status,
+                code: "CannotVerifyCopySource",
+            })
+            .op(Op::CopyBlob),
+        );
+        succeeded(
+            &run(&fx, &["backup", "d1"]),
+            &format!("seed, copy {status}"),
+        );
+        assert_eq!(
+            proxy.count(Op::CopyBlob),
+            1,
+            "one Copy Blob tried ({status})"
+        );
+        assert_eq!(restore_points(&fx, "d1").len(), 1);
+        let on_source = tagged_snapshots(fx.blobs().as_ref(), &fx.source("d1")).await;
+        assert_eq!(
+            on_source.len(),
+            1,
+            "no new source snapshot per try ({status})"
+        );
+        succeeded(&run(&fx, &["verify", "d1"]), "the seed verifies");
+    }
 }
 
 // ------------------------------------- (7) a cycle bound to its source, config hygiene --

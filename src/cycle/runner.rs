@@ -19,7 +19,7 @@ use crate::pages::{
 use crate::source::{CopySource, DiffQuery, PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
 use futures::{stream, StreamExt};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -133,6 +133,18 @@ pub enum CycleError {
         disk: String,
         path: std::path::PathBuf,
     },
+    /// The seed copy failed every time it was started in this run; the next run (after the
+    /// daemon's backoff) starts it again.
+    #[error(
+        "disk {disk}: the copy of the source snapshot to {backup} failed {starts} times in a \
+         row (last: {reason}); giving up until the next run"
+    )]
+    CopyKeepsFailing {
+        disk: String,
+        backup: BlobRef,
+        starts: u32,
+        reason: String,
+    },
     /// The disk's lock file cannot be used.
     #[error("disk {disk}: lock file {path}: {source}")]
     Lock {
@@ -158,7 +170,14 @@ pub struct Runner<'a> {
     /// `max_buffer_mib`); `None`: only the disk's own `concurrency` applies.
     pub limits: Option<Arc<Limits>>,
     pub tuning: ApplyTuning,
+    /// Seed copies that ended failed in this run: at [`MAX_COPY_STARTS`] the run gives up.
+    copy_failures: AtomicU32,
 }
+
+/// Seed copies started per run before it gives up on a copy the service keeps failing (a
+/// source it cannot read, an account limit): the error goes to `status` and the daemon's
+/// backoff decides when to try again, instead of restarting the copy forever.
+pub const MAX_COPY_STARTS: u32 = 3;
 
 impl<'a> Runner<'a> {
     pub fn new(
@@ -177,6 +196,7 @@ impl<'a> Runner<'a> {
             progress: None,
             limits: None,
             tuning: ApplyTuning::default(),
+            copy_failures: AtomicU32::new(0),
         }
     }
 
@@ -714,12 +734,39 @@ impl<'a> Runner<'a> {
         }
         match started {
             Ok(copy_id) => Ok(Outcome::CopyStarted { copy_id }),
+            // 404 CannotVerifyCopySource also comes from a service that cannot reach a source
+            // that is there (a firewall, a private endpoint): only a snapshot that is really
+            // gone is taken again, else every retry would take a new one, forever.
             Err(e) if e.is_not_found() && e.concerns(&source.snapshot_resource(snapshot)) => {
-                Ok(Outcome::SourceSnapshotGone)
+                match source.snapshot_size(snapshot).await? {
+                    None => Ok(Outcome::SourceSnapshotGone),
+                    Some(_) => self.seed_without_server_copy(e, unavailable),
+                }
             }
-            Err(e) if e.kind == ErrorKind::NoReadAccess => unavailable(e),
+            Err(e) if e.refuses_server_copy() => self.seed_without_server_copy(e, unavailable),
             Err(e) => Err(e),
         }
+    }
+
+    /// The backup service cannot read `S(n)`: seed through snapback's own copy path, unless
+    /// the disk asks for server copy only (`copy_mode = "server"`), where the error names
+    /// the cause.
+    fn seed_without_server_copy(
+        &self,
+        e: BlobError,
+        unavailable: impl FnOnce(BlobError) -> Result<Outcome, BlobError>,
+    ) -> Result<Outcome, BlobError> {
+        if self.disk.copy_mode == CopyMode::Server {
+            return Err(BlobError {
+                detail: format!(
+                    "{}; the backup service cannot read the source snapshot and copy_mode = \
+                     \"server\" forbids copying it through snapback",
+                    e.detail
+                ),
+                ..e
+            });
+        }
+        unavailable(e)
     }
 
     async fn await_copy(
@@ -769,6 +816,15 @@ impl<'a> Runner<'a> {
             copy::CopyEnd::Gone => format!("copy {copy_id} to {backup} is no longer there"),
             copy::CopyEnd::Failed(r) | copy::CopyEnd::Aborted(r) => r,
         };
+        let starts = self.copy_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if starts >= MAX_COPY_STARTS {
+            return Err(CycleError::CopyKeepsFailing {
+                disk: rec.disk.clone(),
+                backup: backup.clone(),
+                starts,
+                reason,
+            });
+        }
         tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
         Ok(Outcome::CopyFailed { reason })
     }
