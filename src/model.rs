@@ -174,6 +174,11 @@ pub mod tags {
         Metadata::from([(BACKUP_OF.to_string(), disk.to_string())])
     }
 
+    /// The disk a backup base blob was created for by snapback.
+    pub fn backup_of(m: &Metadata) -> Option<&str> {
+        m.get(BACKUP_OF).map(String::as_str)
+    }
+
     /// The disk a snapshot was tagged for.
     pub fn disk(m: &Metadata) -> Option<&str> {
         m.get(DISK).map(String::as_str)

@@ -84,7 +84,7 @@ async fn crash_after_every_action_resumes_the_same_cycle() {
     loop {
         let (blobs, store, d) = world().await;
         let r = runner(&blobs, &store, &d);
-        let mut rec = r.open_or_resume().unwrap();
+        let mut rec = r.open_or_resume().await.unwrap();
         let mut finished = false;
         for _ in 0..k {
             if !r.step(&mut rec).await.unwrap() {
@@ -116,7 +116,7 @@ async fn crash_between_effect_and_persistence_never_duplicates() {
     loop {
         let (blobs, store, d) = world().await;
         let r = runner(&blobs, &store, &d);
-        let mut rec = r.open_or_resume().unwrap();
+        let mut rec = r.open_or_resume().await.unwrap();
         for _ in 0..k {
             r.step(&mut rec).await.unwrap();
         }

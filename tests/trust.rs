@@ -279,7 +279,6 @@ async fn out_of_order_listing_and_kill_mid_apply_never_make_a_wrong_restore_poin
 // --------------------------------------------- (3) backup re-pointed mid-cycle --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: the resumed apply writes the old diff onto the re-pointed foreign blob and labels it a restore point"]
 async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
     let fx = Fixture::new(&["d1"]);
     let blobs = fx.blobs();
@@ -330,6 +329,24 @@ async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
         text(&out)
     );
     assert_eq!(foreign_points, 0, "no restore point on the foreign blob");
+    assert!(
+        text(&out).contains("adopt_existing_backup"),
+        "the refusal names the key that allows it: {}",
+        text(&out)
+    );
+    // The operator says so: the blob is adopted, a new chain seeds onto it.
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(
+        &fx.config_path,
+        cfg.replace(
+            "\"backup/backups/foreign\"",
+            "\"backup/backups/foreign\"\nadopt_existing_backup = true",
+        ),
+    )
+    .unwrap();
+    succeeded(&run(&fx, &["backup", "d1"]), "adopted");
+    assert_eq!(tagged_snapshots(blobs.as_ref(), &foreign).await.len(), 1);
+    succeeded(&run(&fx, &["verify", "d1"]), "the adopted backup verifies");
 }
 
 // ----------------------------------------------------------- (4) SAS leak --
@@ -622,7 +639,6 @@ async fn seed_copy_source_unreadable_by_the_service_seeds_through_snapback() {
 /// `source` re-pointed at another blob between cycles: the old source's snapback snapshot is
 /// swept, not left behind (it is billed and pins the old chain).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: changing `source` leaves the old source's snapback snapshot behind"]
 async fn changing_source_sweeps_the_old_source_snapshot() {
     let fx = Fixture::new(&["d1"]);
     let blobs = fx.blobs();

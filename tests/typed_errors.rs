@@ -133,7 +133,7 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
     r.run_cycle().await.unwrap();
     write(8 * 512, 2, 1024).await.unwrap();
 
-    let mut rec = r.open_or_resume().unwrap();
+    let mut rec = r.open_or_resume().await.unwrap();
     while rec.phase.name() != PhaseName::Apply {
         r.step(&mut rec).await.unwrap();
     }
@@ -202,7 +202,7 @@ async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
     );
     r.run_cycle().await.unwrap();
     blobs.write(&d.source, 8 * 512, &[2u8; 1024]);
-    let mut rec = r.open_or_resume().unwrap();
+    let mut rec = r.open_or_resume().await.unwrap();
     while rec.phase.name() != PhaseName::Apply {
         r.step(&mut rec).await.unwrap();
     }

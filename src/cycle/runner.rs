@@ -145,6 +145,13 @@ pub enum CycleError {
         starts: u32,
         reason: String,
     },
+    /// The backup blob exists and snapback did not create it.
+    #[error(
+        "disk {disk}: backup blob {backup} exists and was not created by snapback for this \
+         disk (no snapback_backup_of tag); refusing to overwrite it. Set \
+         adopt_existing_backup = true on the disk to use it anyway"
+    )]
+    ForeignBackup { disk: String, backup: BlobRef },
     /// The disk's lock file cannot be used.
     #[error("disk {disk}: lock file {path}: {source}")]
     Lock {
@@ -172,6 +179,9 @@ pub struct Runner<'a> {
     pub tuning: ApplyTuning,
     /// Seed copies that ended failed in this run: at [`MAX_COPY_STARTS`] the run gives up.
     copy_failures: AtomicU32,
+    /// The operator allows writing to an existing backup blob snapback did not create
+    /// (`adopt_existing_backup = true`).
+    pub adopt_backup: bool,
 }
 
 /// Seed copies started per run before it gives up on a copy the service keeps failing (a
@@ -197,6 +207,7 @@ impl<'a> Runner<'a> {
             limits: None,
             tuning: ApplyTuning::default(),
             copy_failures: AtomicU32::new(0),
+            adopt_backup: false,
         }
     }
 
@@ -216,9 +227,12 @@ impl<'a> Runner<'a> {
         self.clock.now().timestamp()
     }
 
-    /// The disk's unfinished cycle, or a new one (invariant 1: never two at once).
-    pub fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
+    /// The disk's unfinished cycle, or a new one (invariant 1: never two at once). A cycle is
+    /// bound to the source and backup it started with: when the config names others, it is
+    /// abandoned first (see [`Runner::rebind`]).
+    pub async fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
         let d = self.disk;
+        self.rebind().await?;
         let state =
             self.store
                 .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
@@ -233,6 +247,74 @@ impl<'a> Runner<'a> {
         Ok(self.store.insert_cycle(rec)?)
     }
 
+    /// The disk was re-pointed (config `source` or `backup` differs from what the state
+    /// recorded): the open cycle, if any, is abandoned without a restore point, and the old
+    /// source's snapback snapshots (`S(n)`, `S(n-1)`) are deleted, since they belong to a chain
+    /// that ends here; `register_disk` then forgets the diff base, so the next cycle seeds.
+    /// Runs before the state is updated, so a failed sweep is tried again by the next run.
+    async fn rebind(&self) -> Result<(), CycleError> {
+        let d = self.disk;
+        let Some(prev) = self.store.disk(&d.name)? else {
+            return Ok(());
+        };
+        let (source, backup) = (d.source.to_string(), d.backup.to_string());
+        if prev.source == source && prev.backup == backup {
+            return Ok(());
+        }
+        tracing::warn!(disk = %d.name, old_source = %prev.source, old_backup = %prev.backup, %source, %backup, "disk re-pointed: its open cycle is abandoned and a new chain starts");
+        match prev.source.parse::<BlobRef>() {
+            Ok(old) => {
+                let old_source = PageBlobSource::new(&self.blobs, &old);
+                let sweep = async {
+                    for s in old_source.own_snapshots(&d.name).await? {
+                        old_source.delete_snapshot(&s).await?;
+                    }
+                    Ok::<_, BlobError>(())
+                };
+                match sweep.await {
+                    Ok(()) => {}
+                    // The old source is gone, or its account is no longer configured: there
+                    // is nothing snapback can delete.
+                    Err(e) if e.is_not_found() || e.kind == ErrorKind::Unusable => {
+                        tracing::warn!(disk = %d.name, error = %e, "cannot sweep the old source's snapshots")
+                    }
+                    Err(e) => return Err(self.blob_err(e)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(disk = %d.name, old_source = %prev.source, error = %e, "old source not recognised; its snapshots are not swept")
+            }
+        }
+        if let Some(open) = self.store.open_cycle(&d.name)? {
+            self.store.abandon_cycle(open.id)?;
+        }
+        Ok(())
+    }
+
+    /// Before the first write of a seed: the backup blob must be absent (snapback creates
+    /// it) or carry snapback's tag for this disk, unless the operator adopts it. snapback
+    /// never overwrites a blob it did not create by mistake (a typo in `backup`).
+    async fn check_backup_is_ours(&self) -> Result<(), CycleError> {
+        let backup = &self.disk.backup;
+        let props = self
+            .blobs
+            .properties(backup, None)
+            .await
+            .map_err(|e| self.blob_err(e))?;
+        let Some(props) = props else { return Ok(()) };
+        if tags::backup_of(&props.metadata) == Some(self.disk.name.as_str()) {
+            return Ok(());
+        }
+        if self.adopt_backup {
+            tracing::warn!(disk = %self.disk.name, %backup, "adopting an existing backup blob snapback did not create (adopt_existing_backup = true)");
+            return Ok(());
+        }
+        Err(CycleError::ForeignBackup {
+            disk: self.disk.name.clone(),
+            backup: backup.clone(),
+        })
+    }
+
     /// Runs (or resumes) one cycle to the end. A source or backup account that cannot be
     /// used (a missing secret) fails it before any request.
     pub async fn run_cycle(&self) -> Result<CycleRecord, CycleError> {
@@ -240,7 +322,7 @@ impl<'a> Runner<'a> {
             .check()
             .and_then(|()| self.blobs.check_account(&self.disk.backup.account))
             .map_err(|e| self.blob_err(e))?;
-        let mut rec = self.open_or_resume()?;
+        let mut rec = self.open_or_resume().await?;
         while self.step(&mut rec).await? {}
         Ok(rec)
     }
@@ -325,7 +407,10 @@ impl<'a> Runner<'a> {
                 size,
                 from,
             } => return self.apply(rec, &source, base.as_ref(), size, from).await,
-            Action::StartCopy { source } => self.start_copy(rec, &source).await,
+            Action::StartCopy { source } => {
+                self.check_backup_is_ours().await?;
+                self.start_copy(rec, &source).await
+            }
             Action::AwaitCopy { source, copy_id } => {
                 return self.await_copy(rec, &source, &copy_id).await
             }
@@ -398,11 +483,17 @@ impl<'a> Runner<'a> {
         // No diff base: a seed by client copy. Every page of S(n) is listed and copied onto a
         // backup base made blank first (only before the first checkpoint: later, resume).
         if base.is_none() && from == 0 {
+            self.check_backup_is_ours().await?;
             self.blobs
                 .create_page_blob(backup, round_up_to_page(size))
                 .await
                 .map_err(|e| self.blob_err(e))?;
             rec.backup_touched = true;
+            // The tag that tells a later seed (a repair) this blob is ours.
+            self.blobs
+                .set_metadata(backup, &tags::backup_base(&rec.disk))
+                .await
+                .map_err(|e| self.blob_err(e))?;
         }
         // A source that grew (or shrank) is matched first, so every put lands inside the blob.
         let props = self
