@@ -481,6 +481,14 @@ impl PageBlobs for Synthetic {
     async fn create_snapshot(&self, b: &BlobRef, m: &Metadata) -> BlobResult<String> {
         self.mem.create_snapshot(b, m).await
     }
+    async fn create_snapshot_if_match(
+        &self,
+        b: &BlobRef,
+        m: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        self.mem.create_snapshot_if_match(b, m, etag).await
+    }
     async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
         self.mem.list_snapshots(b).await
     }

@@ -102,6 +102,26 @@ fn kill_after(fx: &Fixture, proxy: &FaultProxy, disk: &str, op: Op, n: usize) {
     child.wait().expect("reap");
 }
 
+/// Runs `backup DISK` until it has committed `steps` steps of its cycle, then SIGKILLs it.
+fn kill_after_steps(fx: &Fixture, disk: &str, steps: usize) {
+    let mut child = fx
+        .command(&["backup", disk])
+        .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", steps.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
+        && !line.contains("failpoint: paused")
+    {
+        line.clear();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 // ---------------------------------------------------------- (1) lost answers --
 
 /// A fixture whose snapback config goes through a fresh fault proxy.
@@ -286,22 +306,7 @@ async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
     seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
     scribble(&fx, "d1", 4 * MIB, 8, &mut rng).await;
     // Cut the cycle after its diff step: phase apply, nothing applied yet.
-    let mut child = fx
-        .command(&["backup", "d1"])
-        .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
-        && !line.contains("failpoint: paused")
-    {
-        line.clear();
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_steps(&fx, "d1", 2);
     // Someone else's existing page blob, then the config re-pointed at it.
     let foreign = snapback::blobs::BlobRef::new("backup", "backups", "foreign");
     create_disk(blobs.as_ref(), &foreign, 4 * MIB).await;
@@ -347,6 +352,34 @@ async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
     succeeded(&run(&fx, &["backup", "d1"]), "adopted");
     assert_eq!(tagged_snapshots(blobs.as_ref(), &foreign).await.len(), 1);
     succeeded(&run(&fx, &["verify", "d1"]), "the adopted backup verifies");
+}
+
+/// Someone writes to the backup base after the cycle's apply ended and before its restore
+/// point is taken (the cycle is cut in between): the restore point is taken `If-Match` on the
+/// ETag the apply left, so the foreign write is never laundered into a restore point; the
+/// cycle re-seeds instead and its restore point equals its source snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_write_before_the_backup_snapshot_is_never_a_restore_point() {
+    let fx = Fixture::new(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0xe7a9);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    // Snapshot, diff, apply (one step for a small diff): next is the backup snapshot.
+    kill_after_steps(&fx, "d1", 3);
+    write(blobs.as_ref(), &fx.backup("d1"), 0, &rng.bytes(64 * 1024)).await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "resumed cycle");
+    assert!(
+        text(&out).contains("written by someone else"),
+        "the repair says why: {}",
+        text(&out)
+    );
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "the restore point equals its source snapshot",
+    );
 }
 
 // ----------------------------------------------------------- (4) SAS leak --
@@ -731,7 +764,6 @@ async fn key_file_readable_by_others_is_refused() {
 /// The state directory lost between cycles: the chain is rebuilt from the tags in Azure, so
 /// the next cycle is incremental (no second full copy) and its restore point verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a lost state directory makes the next cycle a full re-seed (a second Copy Blob)"]
 async fn lost_state_directory_costs_no_reseed() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x1d);

@@ -37,6 +37,14 @@ impl PageBlobs for DeleteBackupMidApply {
     async fn create_snapshot(&self, b: &BlobRef, m: &Metadata) -> BlobResult<String> {
         self.inner.create_snapshot(b, m).await
     }
+    async fn create_snapshot_if_match(
+        &self,
+        b: &BlobRef,
+        m: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        self.inner.create_snapshot_if_match(b, m, etag).await
+    }
     async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
         self.inner.list_snapshots(b).await
     }

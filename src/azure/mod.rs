@@ -228,6 +228,36 @@ impl AzureBlobs {
         .map_err(|e| BlobError::local(Kind::Unusable, Resource::container(blob), e.to_string()))
     }
 
+    /// Snapshot Blob, sent once (not idempotent), optionally with `If-Match`.
+    async fn snapshot_with(
+        &self,
+        blob: &BlobRef,
+        metadata: &Metadata,
+        if_match: Option<&str>,
+    ) -> BlobResult<String> {
+        let client = self.blob_client_once(blob)?;
+        let options = BlobClientCreateSnapshotOptions {
+            metadata: Some(metadata.clone().into_iter().collect()),
+            if_match: if_match.map(azure_core::http::Etag::from),
+            ..Default::default()
+        };
+        let what = "snapshot blob";
+        let resp = client
+            .create_snapshot(Some(options))
+            .await
+            .map_err(|e| map_err(Resource::blob(blob), what, e))?;
+        resp.snapshot()
+            .map_err(|e| map_err(Resource::blob(blob), what, e))?
+            .ok_or_else(|| {
+                BlobError::bad_response(
+                    Resource::blob(blob),
+                    201,
+                    "MissingSnapshotHeader",
+                    "the response carried no x-ms-snapshot".into(),
+                )
+            })
+    }
+
     /// A URL the *other* account's service can read `blob` (or a snapshot) from, for Copy Blob.
     fn readable_source_url(
         &self,
@@ -518,26 +548,16 @@ impl PageBlobs for AzureBlobs {
     }
 
     async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String> {
-        let client = self.blob_client_once(blob)?;
-        let options = BlobClientCreateSnapshotOptions {
-            metadata: Some(metadata.clone().into_iter().collect()),
-            ..Default::default()
-        };
-        let what = "snapshot blob";
-        let resp = client
-            .create_snapshot(Some(options))
-            .await
-            .map_err(|e| map_err(Resource::blob(blob), what, e))?;
-        resp.snapshot()
-            .map_err(|e| map_err(Resource::blob(blob), what, e))?
-            .ok_or_else(|| {
-                BlobError::bad_response(
-                    Resource::blob(blob),
-                    201,
-                    "MissingSnapshotHeader",
-                    "the response carried no x-ms-snapshot".into(),
-                )
-            })
+        self.snapshot_with(blob, metadata, None).await
+    }
+
+    async fn create_snapshot_if_match(
+        &self,
+        blob: &BlobRef,
+        metadata: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        self.snapshot_with(blob, metadata, Some(etag)).await
     }
 
     async fn list_snapshots(&self, blob: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {

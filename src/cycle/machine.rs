@@ -210,6 +210,11 @@ pub struct CycleRecord {
     /// Set once this cycle may have written to the backup base (its ETag no longer proves
     /// anything about tampering).
     pub backup_touched: bool,
+    /// The backup's ETag when this cycle's last write (apply or copy) ended: the restore point
+    /// is taken `If-Match` on it, so a foreign write after that is never laundered into a
+    /// restore point. None in records written before it existed (the step reads it then).
+    #[serde(default)]
+    pub written_etag: Option<String>,
     /// Why an incremental cycle turned into a seed.
     pub repair_reason: Option<String>,
     pub started_at: i64,
@@ -231,6 +236,7 @@ impl CycleRecord {
             },
             phase: Phase::Snapshot { base },
             backup_touched: false,
+            written_etag: None,
             repair_reason: None,
             started_at: now,
             stats: CycleStats::default(),
@@ -504,6 +510,15 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
                 },
                 None,
             )
+        }
+        (P::BackupSnapshot { .. }, O::Repair { reason }) => {
+            // The backup changed after this cycle's last write: what it holds is not S(n).
+            // A new seed (from a new S(n); prune sweeps this one) rewrites it whole.
+            rec.kind = CycleKind::Seed;
+            rec.repair_reason = Some(reason);
+            rec.backup_touched = true;
+            rec.written_etag = None;
+            (P::Snapshot { base: None }, None)
         }
         (P::BackupSnapshot { source }, O::BackupSnapshot { snapshot, etag }) => (
             P::Prune {

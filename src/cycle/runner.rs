@@ -239,10 +239,11 @@ impl<'a> Runner<'a> {
         if let Some(rec) = self.store.open_cycle(&d.name)? {
             return Ok(rec);
         }
-        let base = state.base_snapshot.map(|s| DiffBase {
+        let local = state.base_snapshot.map(|s| DiffBase {
             snapshot: SnapshotId::new(s),
             backup_etag: state.backup_etag,
         });
+        let base = self.chain_from_azure(local).await?;
         let rec = CycleRecord::new(&d.name, random_tag(), base, self.now());
         Ok(self.store.insert_cycle(rec)?)
     }
@@ -289,6 +290,47 @@ impl<'a> Runner<'a> {
             self.store.abandon_cycle(open.id)?;
         }
         Ok(())
+    }
+
+    /// The diff base of a new cycle, from Azure's tags rather than the state alone: the
+    /// newest restore point records `S(n-1)` and the backup ETag it was taken on. The state
+    /// directory may be lost (no base: without this, a full re-seed) or rolled back (an older
+    /// base: a diff onto the wrong base), so when the two disagree Azure wins. The ETag is
+    /// checked against the backup before the first write as usual (invariant 7).
+    async fn chain_from_azure(
+        &self,
+        local: Option<DiffBase>,
+    ) -> Result<Option<DiffBase>, CycleError> {
+        let d = self.disk;
+        let snapshots = match self.blobs.list_snapshots(&d.backup).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(self.blob_err(e)),
+        };
+        let newest = snapshots
+            .into_iter()
+            .filter(|s| tags::is_restore_point(&s.metadata, &d.name))
+            .next_back();
+        let Some(newest) = newest else {
+            // No restore point in Azure: nothing to diff onto, whatever the state says.
+            return Ok(None);
+        };
+        let Some(source) = tags::source_of(&newest.metadata) else {
+            return Ok(None);
+        };
+        if local.as_ref().is_some_and(|l| l.snapshot == source) {
+            return Ok(local);
+        }
+        let Some(etag) = tags::base_etag(&newest.metadata) else {
+            // A restore point that does not record its base: the base is unknown; seed.
+            tracing::warn!(disk = %d.name, restore_point = %newest.snapshot, "the state does not match the newest restore point, which records no base ETag; seeding");
+            return Ok(None);
+        };
+        tracing::warn!(disk = %d.name, state = ?local.as_ref().map(|l| l.snapshot.as_str()), azure = %source, "the state's diff base is not the newest restore point's source snapshot; using Azure's");
+        Ok(Some(DiffBase {
+            snapshot: source,
+            backup_etag: Some(etag.to_string()),
+        }))
     }
 
     /// Before the first write of a seed: the backup blob must be absent (snapback creates
@@ -349,10 +391,12 @@ impl<'a> Runner<'a> {
             self.execute(action, rec).await?
         } else {
             let mut work = rec.clone();
-            tokio::select! {
+            let outcome = tokio::select! {
                 r = self.execute(action, &mut work) => r?,
                 _ = self.stop.cancelled() => return Err(interrupted()),
-            }
+            };
+            rec.written_etag = work.written_etag;
+            outcome
         };
         self.commit(rec, outcome)?;
         failpoint_after_step().await;
@@ -665,6 +709,7 @@ impl<'a> Runner<'a> {
                 last_save = Instant::now();
             }
         }
+        rec.written_etag = Some(self.backup_etag().await?);
         Ok(Outcome::Applied {
             upto: size,
             done: true,
@@ -862,7 +907,7 @@ impl<'a> Runner<'a> {
 
     async fn await_copy(
         &self,
-        rec: &CycleRecord,
+        rec: &mut CycleRecord,
         snapshot: &SnapshotId,
         copy_id: &str,
     ) -> Result<Outcome, CycleError> {
@@ -902,6 +947,7 @@ impl<'a> Runner<'a> {
                 if let Some(p) = &self.progress {
                     p.complete();
                 }
+                rec.written_etag = Some(self.backup_etag().await?);
                 return Ok(Outcome::CopyDone);
             }
             copy::CopyEnd::Gone => format!("copy {copy_id} to {backup} is no longer there"),
@@ -920,26 +966,62 @@ impl<'a> Runner<'a> {
         Ok(Outcome::CopyFailed { reason })
     }
 
+    /// The backup base's ETag now.
+    async fn backup_etag(&self) -> Result<String, CycleError> {
+        let backup = &self.disk.backup;
+        match self.blobs.properties(backup, None).await {
+            Ok(Some(p)) => Ok(p.etag),
+            Ok(None) => Err(self.blob_err(BlobError::local(
+                ErrorKind::NotFound,
+                Resource::blob(backup),
+                "the backup blob vanished right after it was written",
+            ))),
+            Err(e) => Err(self.blob_err(e)),
+        }
+    }
+
     async fn take_backup_snapshot(
         &self,
         rec: &CycleRecord,
         source: &SnapshotId,
     ) -> Result<Outcome, BlobError> {
         let backup = &self.disk.backup;
-        let meta = tags::restore_point(&rec.disk, &rec.tag, source);
-        let snapshot = find_or_make(
+        let found =
+            |s: &crate::blobs::SnapshotInfo| tags::cycle(&s.metadata) == Some(rec.tag.as_str());
+        // The base this cycle's writes left (a record from before this field: the base now).
+        let written = match &rec.written_etag {
+            Some(e) => e.clone(),
+            None => match self.blobs.properties(backup, None).await? {
+                Some(p) => p.etag,
+                None => String::new(),
+            },
+        };
+        let meta = tags::restore_point_on(&rec.disk, &rec.tag, source, &written);
+        let made = find_or_make(
             || async {
                 Ok(self
                     .blobs
                     .list_snapshots(backup)
                     .await?
                     .into_iter()
-                    .find(|s| tags::cycle(&s.metadata) == Some(rec.tag.as_str()))
+                    .find(found)
                     .map(|s| s.snapshot))
             },
-            || self.blobs.create_snapshot(backup, &meta),
+            || self.blobs.create_snapshot_if_match(backup, &meta, &written),
         )
-        .await?;
+        .await;
+        let snapshot = match made {
+            Ok(s) => s,
+            Err(e) if e.kind == ErrorKind::PreconditionFailed => {
+                return Ok(Outcome::Repair {
+                    reason: format!(
+                        "backup blob {backup} was written by someone else after this cycle's \
+                         last write (ETag no longer {written}); no restore point is taken of it"
+                    ),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         let Some(props) = self.blobs.properties(backup, None).await? else {
             return Err(BlobError::local(
                 ErrorKind::NotFound,
