@@ -253,6 +253,10 @@ async fn seed_without_copy_blob_copies_every_page_and_resumes_after_any_failure(
         // An old backup base with other content: the seed must not keep any of it.
         blobs.create_page_blob(&d.backup, 64 * 512).await.unwrap();
         blobs.write(&d.backup, 40 * 512, &[9u8; 512]);
+        blobs
+            .set_metadata(&d.backup, &snapback::model::tags::backup_base("d"))
+            .await
+            .unwrap();
         blobs.fail_after(Some(n));
         let first = runner(&blobs, &store, &d).run_cycle().await;
         blobs.fail_after(None);

@@ -452,7 +452,9 @@ impl<'a> Runner<'a> {
                 from,
             } => return self.apply(rec, &source, base.as_ref(), size, from).await,
             Action::StartCopy { source } => {
-                self.check_backup_is_ours().await?;
+                if !rec.backup_touched {
+                    self.check_backup_is_ours().await?;
+                }
                 self.start_copy(rec, &source).await
             }
             Action::AwaitCopy { source, copy_id } => {
@@ -527,7 +529,13 @@ impl<'a> Runner<'a> {
         // No diff base: a seed by client copy. Every page of S(n) is listed and copied onto a
         // backup base made blank first (only before the first checkpoint: later, resume).
         if base.is_none() && from == 0 {
-            self.check_backup_is_ours().await?;
+            // Checked once per cycle, and recorded before the blob is made: a failure between
+            // making it and tagging it must not make the next attempt refuse our own blob.
+            if !rec.backup_touched {
+                self.check_backup_is_ours().await?;
+                rec.backup_touched = true;
+                self.store.save_cycle(rec, self.now())?;
+            }
             self.blobs
                 .create_page_blob(backup, round_up_to_page(size))
                 .await
