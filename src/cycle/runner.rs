@@ -309,8 +309,7 @@ impl<'a> Runner<'a> {
         };
         let newest = snapshots
             .into_iter()
-            .filter(|s| tags::is_restore_point(&s.metadata, &d.name))
-            .next_back();
+            .rfind(|s| tags::is_restore_point(&s.metadata, &d.name));
         let Some(newest) = newest else {
             // No restore point in Azure: nothing to diff onto, whatever the state says.
             return Ok(None);
