@@ -667,6 +667,46 @@ async fn seed_copy_source_unreadable_by_the_service_seeds_through_snapback() {
     }
 }
 
+/// A premium source account refuses the snapshot: 409 `SnaphotOperationRateExceeded` (one
+/// per blob per 10 minutes) or `SnapshotCountExceeded` (100 per blob). The cycle fails with an
+/// error naming the blob and the limit, writes nothing to the backup, and the next run (the
+/// daemon's, at least 10 minutes later for the rate) succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn premium_snapshot_limits_fail_with_a_named_error_and_pass() {
+    for (code, says) in [
+        ("SnaphotOperationRateExceeded", "every 10 minutes"),
+        ("SnapshotCountExceeded", "100 snapshots per blob"),
+    ] {
+        let (fx, proxy) = proxied(&["d1"]);
+        let mut rng = Rng(0x9);
+        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+        write(
+            fx.blobs().as_ref(),
+            &fx.source("d1"),
+            0,
+            &rng.bytes(MIB as usize),
+        )
+        .await;
+        let rule = proxy.add(
+            Rule::new(Fault::Status { status: 409, code })
+                .op(Op::SnapshotBlob)
+                .account("premium"),
+        );
+        let out = run(&fx, &["backup", "d1"]);
+        let e = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{code}: {e}");
+        assert!(
+            e.contains(says) && e.contains("premium/vhds/d1.vhd") && e.contains(code),
+            "{code}: the error names the blob and the limit: {e}"
+        );
+        assert_eq!(proxy.stats(rule).injected, 1, "{code}: not retried at once");
+        assert_eq!(proxy.count(Op::CopyBlob), 0, "{code}: nothing written");
+        proxy.clear_rules();
+        succeeded(&run(&fx, &["backup", "d1"]), &format!("{code}: next run"));
+        assert_eq!(restore_points(&fx, "d1").len(), 1);
+    }
+}
+
 // ------------------------------------- (7) a cycle bound to its source, config hygiene --
 
 /// `source` re-pointed at another blob between cycles: the old source's snapback snapshot is

@@ -145,6 +145,14 @@ pub enum CycleError {
         starts: u32,
         reason: String,
     },
+    /// A premium page-blob account refused a snapshot of the source: one per blob per 10
+    /// minutes, or 100 per blob.
+    #[error("disk {disk}: {source_blob}: {limit}")]
+    SnapshotLimit {
+        disk: String,
+        source_blob: BlobRef,
+        limit: SnapshotLimit,
+    },
     /// The backup blob exists and snapback did not create it.
     #[error(
         "disk {disk}: backup blob {backup} exists and was not created by snapback for this \
@@ -159,6 +167,62 @@ pub enum CycleError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Snapshot limits of premium page-blob accounts
+/// (<https://learn.microsoft.com/rest/api/storageservices/using-blob-service-operations-with-azure-premium-storage>).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotLimit {
+    /// 409 `SnaphotOperationRateExceeded` (Azure's spelling): one snapshot per blob per 10
+    /// minutes.
+    Rate,
+    /// 409 `SnapshotCountExceeded`: 100 snapshots per blob.
+    Count,
+}
+
+/// How long a premium account refuses a second snapshot of a blob.
+pub const PREMIUM_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(600);
+
+impl SnapshotLimit {
+    /// The limit a refused Snapshot Blob hit, from its error code.
+    pub fn of(e: &BlobError) -> Option<SnapshotLimit> {
+        match (e.kind, e.code.as_deref()) {
+            (ErrorKind::Conflict, Some("SnaphotOperationRateExceeded")) => {
+                Some(SnapshotLimit::Rate)
+            }
+            (ErrorKind::Conflict, Some("SnapshotCountExceeded")) => Some(SnapshotLimit::Count),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotLimit::Rate => f.write_str(
+                "the premium account allows one snapshot per blob every 10 minutes \
+                 (409 SnaphotOperationRateExceeded); the next attempt waits at least 10 minutes \
+                 (a schedule more frequent than that cannot be kept on a premium account)",
+            ),
+            SnapshotLimit::Count => f.write_str(
+                "the premium account allows 100 snapshots per blob (409 SnapshotCountExceeded); \
+                 snapback keeps one of its own on the source, so delete snapshots others made",
+            ),
+        }
+    }
+}
+
+impl CycleError {
+    /// When the next attempt may succeed at the earliest, if the error says so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CycleError::SnapshotLimit {
+                limit: SnapshotLimit::Rate,
+                ..
+            } => Some(PREMIUM_SNAPSHOT_INTERVAL),
+            _ => None,
+        }
+    }
 }
 
 pub struct Runner<'a> {
@@ -439,7 +503,19 @@ impl<'a> Runner<'a> {
         rec: &mut CycleRecord,
     ) -> Result<Outcome, CycleError> {
         let r = match action {
-            Action::TakeSourceSnapshot => self.take_source_snapshot(rec).await,
+            Action::TakeSourceSnapshot => {
+                return match self.take_source_snapshot(rec).await {
+                    Err(e) => Err(match SnapshotLimit::of(&e) {
+                        Some(limit) => CycleError::SnapshotLimit {
+                            disk: rec.disk.clone(),
+                            source_blob: self.disk.source.clone(),
+                            limit,
+                        },
+                        None => self.blob_err(e),
+                    }),
+                    Ok(o) => Ok(o),
+                }
+            }
             Action::CheckDiffBase {
                 base,
                 expected_backup_etag,
