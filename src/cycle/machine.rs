@@ -440,16 +440,16 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
                 None,
             )
         }
-        (P::Apply { base, .. }, O::SourceSnapshotGone) => {
-            // A new S(n) is diffed against the same S(n-1): every page written after S(n-1)
-            // shows up again, so what was half applied is applied again in full. The backup
-            // was written, so its ETag proves nothing any more.
+        (P::Apply { .. }, O::SourceSnapshotGone) => {
+            // The backup holds part of a diff whose S(n) is gone. A new S(n) diffed against
+            // S(n-1) would not fix it: a page applied from the old S(n) and cleared on the
+            // source since was never in S(n-1), so no diff from S(n-1) names it and it would
+            // stay stale. Only a full copy of a new S(n) makes the backup equal to it.
             rec.backup_touched = true;
-            let base = base.map(|snapshot| DiffBase {
-                snapshot,
-                backup_etag: None,
-            });
-            (P::Snapshot { base }, None)
+            rec.kind = CycleKind::Seed;
+            rec.repair_reason =
+                Some("the source snapshot vanished during apply; re-seeding from a new one".into());
+            (P::Snapshot { base: None }, None)
         }
         (P::Copy { .. }, O::SourceSnapshotGone) => {
             rec.backup_touched = true;
@@ -721,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn vanished_source_snapshot_restarts_from_snapshot_and_skips_etag_check() {
+    fn vanished_source_snapshot_mid_apply_reseeds_from_a_new_snapshot() {
         let mut r = incremental();
         take_s1(&mut r);
         advance(&mut r, Outcome::DiffBaseOk, 0).unwrap();
@@ -729,13 +729,12 @@ mod tests {
         advance(&mut r, Outcome::SourceSnapshotGone, 0).unwrap();
         assert_eq!(next_action(&r), Some(Action::TakeSourceSnapshot));
         assert!(r.backup_touched);
+        assert_eq!(r.kind, CycleKind::Seed);
         take_s1(&mut r);
+        // Never a diff onto the partly applied backup: a full copy of the new S(n).
         assert_eq!(
             next_action(&r),
-            Some(Action::CheckDiffBase {
-                base: id("S0"),
-                expected_backup_etag: None
-            })
+            Some(Action::StartCopy { source: id("S1") })
         );
     }
 
