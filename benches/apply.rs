@@ -273,7 +273,7 @@ async fn azurite_scenario() {
         config.max_inflight_requests,
         config.max_buffer_mib * MIB,
     )));
-    let mut rec = runner.open_or_resume().unwrap();
+    let mut rec = runner.open_or_resume().await.unwrap();
     let mut apply = (0.0, 0.0, 0.0);
     loop {
         let in_apply = rec.phase.name() == PhaseName::Apply;

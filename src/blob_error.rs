@@ -200,6 +200,13 @@ impl BlobError {
         self.kind == ErrorKind::NotFound
     }
 
+    /// Whether trying again later may succeed: throttling, an outage, or a request whose
+    /// answer never came (it may have been applied: a non-idempotent request is retried only
+    /// after looking for its effect).
+    pub fn may_pass(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+
     /// The service (or the account setup) refuses server-side copy: Put Page From URL is not
     /// implemented or not supported, the source is not readable by the destination service
     /// (401/403 on the copy, `CannotVerifyCopySource`), or no read access can be granted.

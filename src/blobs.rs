@@ -81,6 +81,15 @@ pub trait PageBlobs: Send + Sync {
     /// Snapshot Blob with metadata; returns the new snapshot's timestamp.
     async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String>;
 
+    /// Snapshot Blob with `If-Match: etag`: taken only if the blob is still at `etag`, else
+    /// a `PreconditionFailed` error (412 ConditionNotMet).
+    async fn create_snapshot_if_match(
+        &self,
+        blob: &BlobRef,
+        metadata: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String>;
+
     /// All snapshots of `blob` with their metadata, oldest first.
     async fn list_snapshots(&self, blob: &BlobRef) -> BlobResult<Vec<SnapshotInfo>>;
 

@@ -297,6 +297,27 @@ impl PageBlobs for MemBlobs {
         Ok(ts)
     }
 
+    async fn create_snapshot_if_match(
+        &self,
+        blob: &BlobRef,
+        metadata: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        let current = {
+            let mut g = self.gate()?;
+            format!("\"{}\"", blob_mut(&mut g, blob)?.etag)
+        };
+        if current != etag {
+            return Err(BlobError::service(
+                Resource::blob(blob),
+                412,
+                Some("ConditionNotMet".into()),
+                String::new(),
+            ));
+        }
+        self.create_snapshot(blob, metadata).await
+    }
+
     async fn list_snapshots(&self, blob: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
         let g = self.gate()?;
         Ok(g.blobs

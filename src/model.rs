@@ -150,6 +150,7 @@ pub mod tags {
     const CYCLE: &str = "snapback_cycle";
     const SOURCE_SNAPSHOT: &str = "snapback_source_snapshot";
     const BACKUP_OF: &str = "snapback_backup_of";
+    const BASE_ETAG: &str = "snapback_base_etag";
     const RESTORE: &str = "snapback_restore";
     const RESTORED_FROM: &str = "snapback_restored_from";
 
@@ -172,6 +173,25 @@ pub mod tags {
     /// Copy Blob does not copy the source snapshot's tags onto it).
     pub fn backup_base(disk: &str) -> Metadata {
         Metadata::from([(BACKUP_OF.to_string(), disk.to_string())])
+    }
+
+    /// Tags of a restore point that also record the backup base's ETag it was taken on, so
+    /// the chain can be rebuilt from Azure (a lost state directory) without trusting an
+    /// unknown base.
+    pub fn restore_point_on(disk: &str, cycle: &str, source: &SnapshotId, etag: &str) -> Metadata {
+        let mut m = restore_point(disk, cycle, source);
+        m.insert(BASE_ETAG.to_string(), etag.to_string());
+        m
+    }
+
+    /// The backup base ETag a restore point was taken on, if it records one.
+    pub fn base_etag(m: &Metadata) -> Option<&str> {
+        m.get(BASE_ETAG).map(String::as_str)
+    }
+
+    /// The disk a backup base blob was created for by snapback.
+    pub fn backup_of(m: &Metadata) -> Option<&str> {
+        m.get(BACKUP_OF).map(String::as_str)
     }
 
     /// The disk a snapshot was tagged for.

@@ -299,6 +299,102 @@ pub fn round_up_to_page(n: u64) -> u64 {
     n.div_ceil(PAGE_SIZE) * PAGE_SIZE
 }
 
+/// Why a diff listing cannot be used. A listing is applied only after it passed the checks
+/// Get Page Ranges documents (ranges in ascending offset order, not overlapping, on page
+/// boundaries, inside the blob), because the apply plans requests and moves its checkpoint by
+/// offset: a listing out of order would let the checkpoint pass ranges not yet written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListingViolation {
+    /// A range starts before the end of the range listed before it (across result pages).
+    OutOfOrder {
+        previous_end: u64,
+        range: ByteRange,
+    },
+    NotPageAligned {
+        range: ByteRange,
+    },
+    /// A range ends past the size of the listed snapshot.
+    OutsideBlob {
+        range: ByteRange,
+        size: u64,
+    },
+}
+
+impl fmt::Display for ListingViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListingViolation::OutOfOrder {
+                previous_end,
+                range,
+            } => write!(
+                f,
+                "range {}..{} starts before the end of the range listed before it ({previous_end}): \
+                 the listing is not in ascending, non-overlapping offset order",
+                range.start, range.end
+            ),
+            ListingViolation::NotPageAligned { range } => write!(
+                f,
+                "range {}..{} is not on {PAGE_SIZE}-byte page boundaries",
+                range.start, range.end
+            ),
+            ListingViolation::OutsideBlob { range, size } => write!(
+                f,
+                "range {}..{} ends past the blob's size {size}",
+                range.start, range.end
+            ),
+        }
+    }
+}
+
+/// Checks the result pages of one listing, in the order they arrive, keeping the end of the
+/// last range across pages (`NextMarker`) and `x-ms-range` segments.
+#[derive(Clone, Debug)]
+pub struct ListingCheck {
+    last_end: u64,
+    size: u64,
+}
+
+impl ListingCheck {
+    /// A listing of a blob of `size` bytes from offset `from` on (the apply's window).
+    pub fn new(from: u64, size: u64) -> Self {
+        ListingCheck {
+            last_end: from,
+            size,
+        }
+    }
+
+    /// Checks every item of one result page, listed for `segment`, before any is used; the
+    /// position moves on only when the whole page passes. Items are compared as clipped to
+    /// the segment: Azure returns a range that crosses a segment's edge in both segments.
+    pub fn page(&mut self, items: &[PageItem], segment: ByteRange) -> Result<(), ListingViolation> {
+        let mut last_end = self.last_end;
+        for item in items {
+            let range = item.range();
+            if !range.is_page_aligned() {
+                return Err(ListingViolation::NotPageAligned { range });
+            }
+            if range.end > round_up_to_page(self.size) {
+                return Err(ListingViolation::OutsideBlob {
+                    range,
+                    size: self.size,
+                });
+            }
+            let Some(clipped) = range.intersect(&segment) else {
+                continue;
+            };
+            if clipped.start < last_end {
+                return Err(ListingViolation::OutOfOrder {
+                    previous_end: last_end,
+                    range,
+                });
+            }
+            last_end = clipped.end;
+        }
+        self.last_end = last_end;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,5 +649,62 @@ mod tests {
                 prop_assert!(reads <= puts);
             }
         }
+    }
+    #[test]
+    fn listing_check_accepts_azures_order_across_pages_and_segments() {
+        let c = |a, b| PageItem::Changed(ByteRange::new(a, b));
+        let x = |a, b| PageItem::Cleared(ByteRange::new(a, b));
+        let mut check = ListingCheck::new(0, 8192);
+        let seg = ByteRange::new(0, 4096);
+        check.page(&[x(0, 512), c(1024, 2048)], seg).unwrap();
+        // Next page of the same segment, then a range crossing into the next segment,
+        // listed again there.
+        check.page(&[c(2048, 2560), c(3584, 5120)], seg).unwrap();
+        check
+            .page(&[c(3584, 5120), x(6144, 8192)], ByteRange::new(4096, 8192))
+            .unwrap();
+    }
+
+    #[test]
+    fn listing_check_names_what_is_wrong_and_keeps_its_position() {
+        let c = |a, b| PageItem::Changed(ByteRange::new(a, b));
+        let x = |a, b| PageItem::Cleared(ByteRange::new(a, b));
+        let seg = ByteRange::new(0, 1 << 20);
+        let mut check = ListingCheck::new(0, 1 << 20);
+        check.page(&[c(4096, 8192)], seg).unwrap();
+        // All pages first, then the clears: a clear below the last page.
+        let e = check.page(&[c(65536, 66048), x(0, 512)], seg).unwrap_err();
+        assert_eq!(
+            e,
+            ListingViolation::OutOfOrder {
+                previous_end: 66048,
+                range: ByteRange::new(0, 512)
+            }
+        );
+        assert!(e.to_string().contains("range 0..512"), "{e}");
+        // Across pages: a page starting below the end of the last accepted one.
+        let e = check.page(&[c(0, 512)], seg).unwrap_err();
+        assert!(matches!(
+            e,
+            ListingViolation::OutOfOrder {
+                previous_end: 8192,
+                ..
+            }
+        ));
+        assert_eq!(
+            check.page(&[c(8192, 8200)], seg),
+            Err(ListingViolation::NotPageAligned {
+                range: ByteRange::new(8192, 8200)
+            })
+        );
+        assert_eq!(
+            check.page(&[c(8192, (1 << 20) + 512)], seg),
+            Err(ListingViolation::OutsideBlob {
+                range: ByteRange::new(8192, (1 << 20) + 512),
+                size: 1 << 20
+            })
+        );
+        // Overlapping ranges.
+        assert!(check.page(&[c(8192, 9216), x(8704, 10240)], seg).is_err());
     }
 }

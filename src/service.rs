@@ -368,6 +368,7 @@ impl App {
         runner.stop = stop;
         runner.progress = progress;
         runner.limits = Some(self.limits.clone());
+        runner.adopt_backup = disk.adopt_existing_backup;
         runner.run_cycle().await
     }
 

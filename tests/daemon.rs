@@ -592,6 +592,15 @@ impl PageBlobs for Tracked {
     ) -> snapback::blobs::BlobResult<String> {
         self.track(b, self.inner.create_snapshot(b, m)).await
     }
+    async fn create_snapshot_if_match(
+        &self,
+        b: &BlobRef,
+        m: &snapback::blobs::Metadata,
+        etag: &str,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.create_snapshot_if_match(b, m, etag))
+            .await
+    }
     async fn list_snapshots(
         &self,
         b: &BlobRef,

@@ -67,7 +67,7 @@ async fn fixture_world() -> MemBlobs {
     runner(&blobs, &scratch, &d).run_cycle().await.unwrap();
     blobs.write(&d.source, 40 * 512, &[4u8; 512]);
     let r = runner(&blobs, &scratch, &d);
-    let mut rec = r.open_or_resume().unwrap();
+    let mut rec = r.open_or_resume().await.unwrap();
     while rec.phase.name() != PhaseName::Apply {
         r.step(&mut rec).await.unwrap();
     }
@@ -75,7 +75,7 @@ async fn fixture_world() -> MemBlobs {
     blobs.create_page_blob(&s.source, 16 * 512).await.unwrap();
     blobs.write(&s.source, 0, &[7u8; 512]);
     let r = runner(&blobs, &scratch, &s);
-    let mut rec = r.open_or_resume().unwrap();
+    let mut rec = r.open_or_resume().await.unwrap();
     while !matches!(
         rec.phase,
         Phase::Copy {

@@ -84,7 +84,7 @@ async fn crash_after_every_action_resumes_the_same_cycle() {
     loop {
         let (blobs, store, d) = world().await;
         let r = runner(&blobs, &store, &d);
-        let mut rec = r.open_or_resume().unwrap();
+        let mut rec = r.open_or_resume().await.unwrap();
         let mut finished = false;
         for _ in 0..k {
             if !r.step(&mut rec).await.unwrap() {
@@ -116,7 +116,7 @@ async fn crash_between_effect_and_persistence_never_duplicates() {
     loop {
         let (blobs, store, d) = world().await;
         let r = runner(&blobs, &store, &d);
-        let mut rec = r.open_or_resume().unwrap();
+        let mut rec = r.open_or_resume().await.unwrap();
         for _ in 0..k {
             r.step(&mut rec).await.unwrap();
         }
@@ -253,6 +253,10 @@ async fn seed_without_copy_blob_copies_every_page_and_resumes_after_any_failure(
         // An old backup base with other content: the seed must not keep any of it.
         blobs.create_page_blob(&d.backup, 64 * 512).await.unwrap();
         blobs.write(&d.backup, 40 * 512, &[9u8; 512]);
+        blobs
+            .set_metadata(&d.backup, &snapback::model::tags::backup_base("d"))
+            .await
+            .unwrap();
         blobs.fail_after(Some(n));
         let first = runner(&blobs, &store, &d).run_cycle().await;
         blobs.fail_after(None);

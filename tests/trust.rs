@@ -102,6 +102,26 @@ fn kill_after(fx: &Fixture, proxy: &FaultProxy, disk: &str, op: Op, n: usize) {
     child.wait().expect("reap");
 }
 
+/// Runs `backup DISK` until it has committed `steps` steps of its cycle, then SIGKILLs it.
+fn kill_after_steps(fx: &Fixture, disk: &str, steps: usize) {
+    let mut child = fx
+        .command(&["backup", disk])
+        .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", steps.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
+        && !line.contains("failpoint: paused")
+    {
+        line.clear();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 // ---------------------------------------------------------- (1) lost answers --
 
 /// A fixture whose snapback config goes through a fresh fault proxy.
@@ -169,7 +189,6 @@ async fn answer_lost_each_cycle(op: Op, account: &str, cycles: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a lost Snapshot Blob answer on the backup is retried blindly: 8 restore points after 4 cycles"]
 async fn backup_snapshot_answer_lost_makes_one_restore_point_per_cycle() {
     answer_lost_each_cycle(Op::SnapshotBlob, "backup", 4).await;
 }
@@ -180,7 +199,6 @@ async fn source_snapshot_answer_lost_leaves_one_snapshot_on_the_source() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a lost Copy Blob answer is retried blindly: 2 Copy Blob starts (Azure answers the second 409 PendingCopyOperation)"]
 async fn copy_start_answer_lost_starts_one_copy() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0xc0b1);
@@ -212,11 +230,12 @@ async fn copy_start_answer_lost_starts_one_copy() {
 
 // ------------------------------------------------- (2) out-of-order listing --
 
-/// The diff lists every PageRange before every ClearRange (not Azure's offset order) and
-/// the cycle is killed while the clears are in flight. The resumed cycle must either refuse
-/// the listing with an error naming offsets, or make a restore point that verifies.
+/// The diff lists every PageRange before every ClearRange (not Azure's offset order): the
+/// cycle refuses the listing with an error naming offsets, before any of it is applied. Then,
+/// with Azure's order, the low clears stall while the high writes finish (slowly, so a
+/// checkpoint is saved over them) and the cycle is killed: the checkpoint must not pass the
+/// unfinished clears, and the resumed cycle makes a restore point that verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: listing not validated, checkpoint passes unfinished clears: verify MISMATCH after resume"]
 async fn out_of_order_listing_and_kill_mid_apply_never_make_a_wrong_restore_point() {
     let (fx, proxy) = proxied(&["d1"]);
     let blobs = fx.blobs();
@@ -240,47 +259,46 @@ async fn out_of_order_listing_and_kill_mid_apply_never_make_a_wrong_restore_poin
     for at in [5 * MIB, 6 * MIB, 7 * MIB] {
         write(blobs.as_ref(), &fx.source("d1"), at, &rng.bytes(64 * 1024)).await;
     }
+    let writes = |p: &FaultProxy| p.count(Op::PutPage) + p.count(Op::ClearPage);
+    let before = writes(&proxy);
     proxy.add(Rule::new(page_list_out_of_order()).op(Op::GetPageRanges));
-    // Slow writes finish after the runner's checkpoint interval (so a checkpoint is saved
-    // over them); the clears, listed after them, never finish.
+    let refused = run(&fx, &["backup", "d1"]);
+    let e = text(&refused);
+    eprintln!(
+        "out-of-order listing: exit {:?}: {e}",
+        refused.status.code()
+    );
+    assert_eq!(refused.status.code(), Some(1), "refused: {e}");
+    assert!(
+        e.contains("range 0..65536") && e.contains("order"),
+        "the refusal names the offsets: {e}"
+    );
+    assert_eq!(writes(&proxy), before, "nothing from the listing applied");
+    assert_eq!(
+        restore_points(&fx, "d1").len(),
+        1,
+        "no restore point from it"
+    );
+
+    proxy.clear_rules();
     proxy.add(Rule::new(Fault::Delay(Duration::from_millis(1500))).op(Op::PutPage));
     let stall = proxy.add(Rule::new(Fault::Stall(Duration::from_secs(600))).op(Op::ClearPage));
-    kill_after(&fx, &proxy, "d1", Op::ClearPage, 1);
-    proxy.clear_rules();
-    proxy.add(Rule::new(page_list_out_of_order()).op(Op::GetPageRanges));
+    let clears = proxy.count(Op::ClearPage);
+    kill_after(&fx, &proxy, "d1", Op::ClearPage, clears + 1);
     assert!(proxy.stats(stall).injected >= 1);
+    proxy.clear_rules();
     let resumed = run(&fx, &["backup", "d1"]);
-    let verify = run(&fx, &["verify", "d1"]);
-    eprintln!(
-        "resume: exit {:?}; verify: exit {:?}: {}",
-        resumed.status.code(),
-        verify.status.code(),
-        text(&verify)
+    succeeded(&resumed, "resumed cycle");
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "the restore point made after the cut equals its source",
     );
-    if resumed.status.success() {
-        assert_eq!(restore_points(&fx, "d1").len(), 2);
-        succeeded(
-            &verify,
-            "the restore point made from the listing equals its source",
-        );
-    } else {
-        let e = text(&resumed);
-        assert!(
-            e.contains("5242880") || e.contains("65536") || e.contains("order"),
-            "the refusal names the offsets: {e}"
-        );
-        assert_eq!(
-            restore_points(&fx, "d1").len(),
-            1,
-            "no restore point from it"
-        );
-    }
 }
 
 // --------------------------------------------- (3) backup re-pointed mid-cycle --
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: the resumed apply writes the old diff onto the re-pointed foreign blob and labels it a restore point"]
 async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
     let fx = Fixture::new(&["d1"]);
     let blobs = fx.blobs();
@@ -288,22 +306,7 @@ async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
     seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
     scribble(&fx, "d1", 4 * MIB, 8, &mut rng).await;
     // Cut the cycle after its diff step: phase apply, nothing applied yet.
-    let mut child = fx
-        .command(&["backup", "d1"])
-        .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
-        && !line.contains("failpoint: paused")
-    {
-        line.clear();
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_steps(&fx, "d1", 2);
     // Someone else's existing page blob, then the config re-pointed at it.
     let foreign = snapback::blobs::BlobRef::new("backup", "backups", "foreign");
     create_disk(blobs.as_ref(), &foreign, 4 * MIB).await;
@@ -331,6 +334,52 @@ async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
         text(&out)
     );
     assert_eq!(foreign_points, 0, "no restore point on the foreign blob");
+    assert!(
+        text(&out).contains("adopt_existing_backup"),
+        "the refusal names the key that allows it: {}",
+        text(&out)
+    );
+    // The operator says so: the blob is adopted, a new chain seeds onto it.
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    std::fs::write(
+        &fx.config_path,
+        cfg.replace(
+            "\"backup/backups/foreign\"",
+            "\"backup/backups/foreign\"\nadopt_existing_backup = true",
+        ),
+    )
+    .unwrap();
+    succeeded(&run(&fx, &["backup", "d1"]), "adopted");
+    assert_eq!(tagged_snapshots(blobs.as_ref(), &foreign).await.len(), 1);
+    succeeded(&run(&fx, &["verify", "d1"]), "the adopted backup verifies");
+}
+
+/// Someone writes to the backup base after the cycle's apply ended and before its restore
+/// point is taken (the cycle is cut in between): the restore point is taken `If-Match` on the
+/// ETag the apply left, so the foreign write is never laundered into a restore point; the
+/// cycle re-seeds instead and its restore point equals its source snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_write_before_the_backup_snapshot_is_never_a_restore_point() {
+    let fx = Fixture::new(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0xe7a9);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    // Snapshot, diff, apply (one step for a small diff): next is the backup snapshot.
+    kill_after_steps(&fx, "d1", 3);
+    write(blobs.as_ref(), &fx.backup("d1"), 0, &rng.bytes(64 * 1024)).await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "resumed cycle");
+    assert!(
+        text(&out).contains("written by someone else"),
+        "the repair says why: {}",
+        text(&out)
+    );
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "the restore point equals its source snapshot",
+    );
 }
 
 // ----------------------------------------------------------- (4) SAS leak --
@@ -519,7 +568,6 @@ async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
 /// a bounded number of Copy Blob attempts, with an error naming the copy, and `status` must
 /// show that error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a failing seed copy is restarted forever: no error, no backoff, the command never ends"]
 async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x6);
@@ -579,12 +627,94 @@ async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
     );
 }
 
+/// The backup service cannot read the source snapshot (403 / 404 `CannotVerifyCopySource`,
+/// e.g. a firewall on the source account; the snapshot is there): the seed goes through
+/// snapback's own copy path instead of failing or taking a new snapshot each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_copy_source_unreadable_by_the_service_seeds_through_snapback() {
+    for status in [403, 404] {
+        let (fx, proxy) = proxied(&["d1"]);
+        let mut rng = Rng(0x7);
+        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+        write(
+            fx.blobs().as_ref(),
+            &fx.source("d1"),
+            0,
+            &rng.bytes(MIB as usize),
+        )
+        .await;
+        proxy.add(
+            Rule::new(Fault::Status {
+                status,
+                code: "CannotVerifyCopySource",
+            })
+            .op(Op::CopyBlob),
+        );
+        succeeded(
+            &run(&fx, &["backup", "d1"]),
+            &format!("seed, copy {status}"),
+        );
+        assert_eq!(
+            proxy.count(Op::CopyBlob),
+            1,
+            "one Copy Blob tried ({status})"
+        );
+        assert_eq!(restore_points(&fx, "d1").len(), 1);
+        let on_source = tagged_snapshots(fx.blobs().as_ref(), &fx.source("d1")).await;
+        assert_eq!(
+            on_source.len(),
+            1,
+            "no new source snapshot per try ({status})"
+        );
+        succeeded(&run(&fx, &["verify", "d1"]), "the seed verifies");
+    }
+}
+
+/// A premium source account refuses the snapshot: 409 `SnaphotOperationRateExceeded` (one
+/// per blob per 10 minutes) or `SnapshotCountExceeded` (100 per blob). The cycle fails with an
+/// error naming the blob and the limit, writes nothing to the backup, and the next run (the
+/// daemon's, at least 10 minutes later for the rate) succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn premium_snapshot_limits_fail_with_a_named_error_and_pass() {
+    for (code, says) in [
+        ("SnaphotOperationRateExceeded", "every 10 minutes"),
+        ("SnapshotCountExceeded", "100 snapshots per blob"),
+    ] {
+        let (fx, proxy) = proxied(&["d1"]);
+        let mut rng = Rng(0x9);
+        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+        write(
+            fx.blobs().as_ref(),
+            &fx.source("d1"),
+            0,
+            &rng.bytes(MIB as usize),
+        )
+        .await;
+        let rule = proxy.add(
+            Rule::new(Fault::Status { status: 409, code })
+                .op(Op::SnapshotBlob)
+                .account("premium"),
+        );
+        let out = run(&fx, &["backup", "d1"]);
+        let e = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{code}: {e}");
+        assert!(
+            e.contains(says) && e.contains("premium/vhds/d1.vhd") && e.contains(code),
+            "{code}: the error names the blob and the limit: {e}"
+        );
+        assert_eq!(proxy.stats(rule).injected, 1, "{code}: not retried at once");
+        assert_eq!(proxy.count(Op::CopyBlob), 0, "{code}: nothing written");
+        proxy.clear_rules();
+        succeeded(&run(&fx, &["backup", "d1"]), &format!("{code}: next run"));
+        assert_eq!(restore_points(&fx, "d1").len(), 1);
+    }
+}
+
 // ------------------------------------- (7) a cycle bound to its source, config hygiene --
 
 /// `source` re-pointed at another blob between cycles: the old source's snapback snapshot is
 /// swept, not left behind (it is billed and pins the old chain).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: changing `source` leaves the old source's snapback snapshot behind"]
 async fn changing_source_sweeps_the_old_source_snapshot() {
     let fx = Fixture::new(&["d1"]);
     let blobs = fx.blobs();
@@ -675,7 +805,6 @@ async fn key_file_readable_by_others_is_refused() {
 /// The state directory lost between cycles: the chain is rebuilt from the tags in Azure, so
 /// the next cycle is incremental (no second full copy) and its restore point verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a lost state directory makes the next cycle a full re-seed (a second Copy Blob)"]
 async fn lost_state_directory_costs_no_reseed() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x1d);

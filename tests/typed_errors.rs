@@ -37,6 +37,14 @@ impl PageBlobs for DeleteBackupMidApply {
     async fn create_snapshot(&self, b: &BlobRef, m: &Metadata) -> BlobResult<String> {
         self.inner.create_snapshot(b, m).await
     }
+    async fn create_snapshot_if_match(
+        &self,
+        b: &BlobRef,
+        m: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        self.inner.create_snapshot_if_match(b, m, etag).await
+    }
     async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
         self.inner.list_snapshots(b).await
     }
@@ -133,7 +141,7 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
     r.run_cycle().await.unwrap();
     write(8 * 512, 2, 1024).await.unwrap();
 
-    let mut rec = r.open_or_resume().unwrap();
+    let mut rec = r.open_or_resume().await.unwrap();
     while rec.phase.name() != PhaseName::Apply {
         r.step(&mut rec).await.unwrap();
     }
@@ -202,7 +210,7 @@ async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
     );
     r.run_cycle().await.unwrap();
     blobs.write(&d.source, 8 * 512, &[2u8; 1024]);
-    let mut rec = r.open_or_resume().unwrap();
+    let mut rec = r.open_or_resume().await.unwrap();
     while rec.phase.name() != PhaseName::Apply {
         r.step(&mut rec).await.unwrap();
     }

@@ -79,6 +79,15 @@ impl PageBlobs for Synthetic {
         self.pass(b, 0).await;
         self.mem.create_snapshot(b, m).await
     }
+    async fn create_snapshot_if_match(
+        &self,
+        b: &BlobRef,
+        m: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        self.pass(b, 0).await;
+        self.mem.create_snapshot_if_match(b, m, etag).await
+    }
     async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
         self.pass(b, 0).await;
         self.mem.list_snapshots(b).await

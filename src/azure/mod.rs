@@ -6,7 +6,11 @@
 //! ([`page_list`]). Why this layout: see `docs/azure.md`.
 //!
 //! Retries: every request goes through the SDK's retry policy (exponential backoff with
-//! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`].
+//! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`],
+//! except the two that are not idempotent: Snapshot Blob and Copy Blob (start). A blind
+//! re-send of those after a lost answer makes a second snapshot or a second copy, so they are
+//! sent once ([`AzureBlobs::blob_client_once`]) and the cycle retries them only after looking
+//! for what the lost attempt may have made (`cycle::runner`).
 
 pub mod page_list;
 mod preflight;
@@ -187,13 +191,29 @@ impl AzureBlobs {
     }
 
     fn blob_client(&self, blob: &BlobRef) -> BlobResult<BlobClient> {
+        self.blob_client_with(blob, |_| {})
+    }
+
+    /// A client whose requests are sent once, without the SDK's retries: for the requests
+    /// that are not idempotent (Snapshot Blob, Copy Blob).
+    fn blob_client_once(&self, blob: &BlobRef) -> BlobResult<BlobClient> {
+        self.blob_client_with(blob, |o| o.retry = RetryOptions::none())
+    }
+
+    fn blob_client_with(
+        &self,
+        blob: &BlobRef,
+        adjust: impl FnOnce(&mut ClientOptions),
+    ) -> BlobResult<BlobClient> {
         let account = self.account(blob)?;
         let url = Self::blob_url(account, &blob.container, Some(&blob.blob));
+        let mut client_options = account.options.clone();
+        adjust(&mut client_options);
         BlobClient::new(
             url,
             Self::credential(account),
             Some(BlobClientOptions {
-                client_options: account.options.clone(),
+                client_options,
                 ..Default::default()
             }),
         )
@@ -212,6 +232,36 @@ impl AzureBlobs {
             }),
         )
         .map_err(|e| BlobError::local(Kind::Unusable, Resource::container(blob), e.to_string()))
+    }
+
+    /// Snapshot Blob, sent once (not idempotent), optionally with `If-Match`.
+    async fn snapshot_with(
+        &self,
+        blob: &BlobRef,
+        metadata: &Metadata,
+        if_match: Option<&str>,
+    ) -> BlobResult<String> {
+        let client = self.blob_client_once(blob)?;
+        let options = BlobClientCreateSnapshotOptions {
+            metadata: Some(metadata.clone().into_iter().collect()),
+            if_match: if_match.map(azure_core::http::Etag::from),
+            ..Default::default()
+        };
+        let what = "snapshot blob";
+        let resp = client
+            .create_snapshot(Some(options))
+            .await
+            .map_err(|e| map_err(Resource::blob(blob), what, e))?;
+        resp.snapshot()
+            .map_err(|e| map_err(Resource::blob(blob), what, e))?
+            .ok_or_else(|| {
+                BlobError::bad_response(
+                    Resource::blob(blob),
+                    201,
+                    "MissingSnapshotHeader",
+                    "the response carried no x-ms-snapshot".into(),
+                )
+            })
     }
 
     /// A URL the *other* account's service can read `blob` (or a snapshot) from, for a
@@ -539,26 +589,16 @@ impl PageBlobs for AzureBlobs {
     }
 
     async fn create_snapshot(&self, blob: &BlobRef, metadata: &Metadata) -> BlobResult<String> {
-        let client = self.blob_client(blob)?;
-        let options = BlobClientCreateSnapshotOptions {
-            metadata: Some(metadata.clone().into_iter().collect()),
-            ..Default::default()
-        };
-        let what = "snapshot blob";
-        let resp = client
-            .create_snapshot(Some(options))
-            .await
-            .map_err(|e| map_err(Resource::blob(blob), what, e))?;
-        resp.snapshot()
-            .map_err(|e| map_err(Resource::blob(blob), what, e))?
-            .ok_or_else(|| {
-                BlobError::bad_response(
-                    Resource::blob(blob),
-                    201,
-                    "MissingSnapshotHeader",
-                    "the response carried no x-ms-snapshot".into(),
-                )
-            })
+        self.snapshot_with(blob, metadata, None).await
+    }
+
+    async fn create_snapshot_if_match(
+        &self,
+        blob: &BlobRef,
+        metadata: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        self.snapshot_with(blob, metadata, Some(etag)).await
     }
 
     async fn list_snapshots(&self, blob: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
@@ -858,7 +898,7 @@ impl PageBlobs for AzureBlobs {
             ..Default::default()
         };
         let resp = self
-            .blob_client(dest)?
+            .blob_client_once(dest)?
             .start_copy_from_url(url.to_string(), Some(options))
             .await
             .map_err(|e| map_copy_err(dest, source, source_snapshot, what(), e))?;

@@ -83,6 +83,7 @@ const DISK_FIELDS: &[&str] = &[
     "window",
     "concurrency",
     "copy_mode",
+    "adopt_existing_backup",
     "verify",
     "retention",
     "hooks",
@@ -269,6 +270,9 @@ pub struct DiskConfig {
     pub concurrency: usize,
     /// How changed pages are copied.
     pub copy_mode: CopyMode,
+    /// Whether snapback may write to an existing `backup` blob it did not create (no
+    /// `snapback_backup_of` tag naming this disk). Default false: such a blob is refused.
+    pub adopt_existing_backup: bool,
     /// Whether to verify the backup after each cycle.
     pub verify: VerifyMode,
     /// Which backup snapshots to keep.

@@ -899,6 +899,8 @@ pub(super) fn build_disk(
         ],
     )
     .unwrap_or_default();
+    let adopt_existing_backup =
+        get_bool(cx, t, "adopt_existing_backup", &prefix).is_some_and(|(b, _)| b);
     let verify = get_choice(
         cx,
         t,
@@ -929,6 +931,7 @@ pub(super) fn build_disk(
             window,
             concurrency,
             copy_mode,
+            adopt_existing_backup,
             verify,
             retention,
             hooks,

@@ -210,6 +210,11 @@ pub struct CycleRecord {
     /// Set once this cycle may have written to the backup base (its ETag no longer proves
     /// anything about tampering).
     pub backup_touched: bool,
+    /// The backup's ETag when this cycle's last write (apply or copy) ended: the restore point
+    /// is taken `If-Match` on it, so a foreign write after that is never laundered into a
+    /// restore point. None in records written before it existed (the step reads it then).
+    #[serde(default)]
+    pub written_etag: Option<String>,
     /// Why an incremental cycle turned into a seed.
     pub repair_reason: Option<String>,
     pub started_at: i64,
@@ -231,6 +236,7 @@ impl CycleRecord {
             },
             phase: Phase::Snapshot { base },
             backup_touched: false,
+            written_etag: None,
             repair_reason: None,
             started_at: now,
             stats: CycleStats::default(),
@@ -434,16 +440,16 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
                 None,
             )
         }
-        (P::Apply { base, .. }, O::SourceSnapshotGone) => {
-            // A new S(n) is diffed against the same S(n-1): every page written after S(n-1)
-            // shows up again, so what was half applied is applied again in full. The backup
-            // was written, so its ETag proves nothing any more.
+        (P::Apply { .. }, O::SourceSnapshotGone) => {
+            // The backup holds part of a diff whose S(n) is gone. A new S(n) diffed against
+            // S(n-1) would not fix it: a page applied from the old S(n) and cleared on the
+            // source since was never in S(n-1), so no diff from S(n-1) names it and it would
+            // stay stale. Only a full copy of a new S(n) makes the backup equal to it.
             rec.backup_touched = true;
-            let base = base.map(|snapshot| DiffBase {
-                snapshot,
-                backup_etag: None,
-            });
-            (P::Snapshot { base }, None)
+            rec.kind = CycleKind::Seed;
+            rec.repair_reason =
+                Some("the source snapshot vanished during apply; re-seeding from a new one".into());
+            (P::Snapshot { base: None }, None)
         }
         (P::Copy { .. }, O::SourceSnapshotGone) => {
             rec.backup_touched = true;
@@ -504,6 +510,15 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
                 },
                 None,
             )
+        }
+        (P::BackupSnapshot { .. }, O::Repair { reason }) => {
+            // The backup changed after this cycle's last write: what it holds is not S(n).
+            // A new seed (from a new S(n); prune sweeps this one) rewrites it whole.
+            rec.kind = CycleKind::Seed;
+            rec.repair_reason = Some(reason);
+            rec.backup_touched = true;
+            rec.written_etag = None;
+            (P::Snapshot { base: None }, None)
         }
         (P::BackupSnapshot { source }, O::BackupSnapshot { snapshot, etag }) => (
             P::Prune {
@@ -706,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn vanished_source_snapshot_restarts_from_snapshot_and_skips_etag_check() {
+    fn vanished_source_snapshot_mid_apply_reseeds_from_a_new_snapshot() {
         let mut r = incremental();
         take_s1(&mut r);
         advance(&mut r, Outcome::DiffBaseOk, 0).unwrap();
@@ -714,13 +729,12 @@ mod tests {
         advance(&mut r, Outcome::SourceSnapshotGone, 0).unwrap();
         assert_eq!(next_action(&r), Some(Action::TakeSourceSnapshot));
         assert!(r.backup_touched);
+        assert_eq!(r.kind, CycleKind::Seed);
         take_s1(&mut r);
+        // Never a diff onto the partly applied backup: a full copy of the new S(n).
         assert_eq!(
             next_action(&r),
-            Some(Action::CheckDiffBase {
-                base: id("S0"),
-                expected_backup_etag: None
-            })
+            Some(Action::StartCopy { source: id("S1") })
         );
     }
 

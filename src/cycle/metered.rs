@@ -95,6 +95,15 @@ impl PageBlobs for Metered<'_> {
         self.count();
         self.inner.create_snapshot(b, m).await
     }
+    async fn create_snapshot_if_match(
+        &self,
+        b: &BlobRef,
+        m: &Metadata,
+        etag: &str,
+    ) -> BlobResult<String> {
+        self.count();
+        self.inner.create_snapshot_if_match(b, m, etag).await
+    }
     async fn list_snapshots(&self, b: &BlobRef) -> BlobResult<Vec<SnapshotInfo>> {
         self.count();
         self.inner.list_snapshots(b).await

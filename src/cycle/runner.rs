@@ -4,6 +4,7 @@
 //! reconciling with what storage holds first (tagged snapshots) so that repeating an action
 //! after a crash never duplicates its effect.
 
+use super::find_or_make::find_or_make;
 use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, PhaseName};
 use super::metered::Metered;
 use super::progress::Progress;
@@ -12,13 +13,13 @@ use crate::config::CopyMode;
 use crate::copy::{self, CopyWait};
 use crate::model::{tags, Clock, SnapshotId};
 use crate::pages::{
-    round_up_to_page, segments, Batch, ByteRange, Coalescer, ReadPlanner, DIFF_SEGMENT_BYTES,
-    MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
+    round_up_to_page, segments, Batch, ByteRange, Coalescer, ListingCheck, ReadPlanner,
+    DIFF_SEGMENT_BYTES, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
 };
 use crate::source::{CopySource, DiffQuery, PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
 use futures::{stream, StreamExt};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -132,6 +133,33 @@ pub enum CycleError {
         disk: String,
         path: std::path::PathBuf,
     },
+    /// The seed copy failed every time it was started in this run; the next run (after the
+    /// daemon's backoff) starts it again.
+    #[error(
+        "disk {disk}: the copy of the source snapshot to {backup} failed {starts} times in a \
+         row (last: {reason}); giving up until the next run"
+    )]
+    CopyKeepsFailing {
+        disk: String,
+        backup: BlobRef,
+        starts: u32,
+        reason: String,
+    },
+    /// A premium page-blob account refused a snapshot of the source: one per blob per 10
+    /// minutes, or 100 per blob.
+    #[error("disk {disk}: {source_blob}: {limit}")]
+    SnapshotLimit {
+        disk: String,
+        source_blob: BlobRef,
+        limit: SnapshotLimit,
+    },
+    /// The backup blob exists and snapback did not create it.
+    #[error(
+        "disk {disk}: backup blob {backup} exists and was not created by snapback for this \
+         disk (no snapback_backup_of tag); refusing to overwrite it. Set \
+         adopt_existing_backup = true on the disk to use it anyway"
+    )]
+    ForeignBackup { disk: String, backup: BlobRef },
     /// The disk's lock file cannot be used.
     #[error("disk {disk}: lock file {path}: {source}")]
     Lock {
@@ -139,6 +167,62 @@ pub enum CycleError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Snapshot limits of premium page-blob accounts
+/// (<https://learn.microsoft.com/rest/api/storageservices/using-blob-service-operations-with-azure-premium-storage>).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotLimit {
+    /// 409 `SnaphotOperationRateExceeded` (Azure's spelling): one snapshot per blob per 10
+    /// minutes.
+    Rate,
+    /// 409 `SnapshotCountExceeded`: 100 snapshots per blob.
+    Count,
+}
+
+/// How long a premium account refuses a second snapshot of a blob.
+pub const PREMIUM_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(600);
+
+impl SnapshotLimit {
+    /// The limit a refused Snapshot Blob hit, from its error code.
+    pub fn of(e: &BlobError) -> Option<SnapshotLimit> {
+        match (e.kind, e.code.as_deref()) {
+            (ErrorKind::Conflict, Some("SnaphotOperationRateExceeded")) => {
+                Some(SnapshotLimit::Rate)
+            }
+            (ErrorKind::Conflict, Some("SnapshotCountExceeded")) => Some(SnapshotLimit::Count),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotLimit::Rate => f.write_str(
+                "the premium account allows one snapshot per blob every 10 minutes \
+                 (409 SnaphotOperationRateExceeded); the next attempt waits at least 10 minutes \
+                 (a schedule more frequent than that cannot be kept on a premium account)",
+            ),
+            SnapshotLimit::Count => f.write_str(
+                "the premium account allows 100 snapshots per blob (409 SnapshotCountExceeded); \
+                 snapback keeps one of its own on the source, so delete snapshots others made",
+            ),
+        }
+    }
+}
+
+impl CycleError {
+    /// When the next attempt may succeed at the earliest, if the error says so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CycleError::SnapshotLimit {
+                limit: SnapshotLimit::Rate,
+                ..
+            } => Some(PREMIUM_SNAPSHOT_INTERVAL),
+            _ => None,
+        }
+    }
 }
 
 pub struct Runner<'a> {
@@ -157,7 +241,17 @@ pub struct Runner<'a> {
     /// `max_buffer_mib`); `None`: only the disk's own `concurrency` applies.
     pub limits: Option<Arc<Limits>>,
     pub tuning: ApplyTuning,
+    /// Seed copies that ended failed in this run: at [`MAX_COPY_STARTS`] the run gives up.
+    copy_failures: AtomicU32,
+    /// The operator allows writing to an existing backup blob snapback did not create
+    /// (`adopt_existing_backup = true`).
+    pub adopt_backup: bool,
 }
+
+/// Seed copies started per run before it gives up on a copy the service keeps failing (a
+/// source it cannot read, an account limit): the error goes to `status` and the daemon's
+/// backoff decides when to try again, instead of restarting the copy forever.
+pub const MAX_COPY_STARTS: u32 = 3;
 
 impl<'a> Runner<'a> {
     pub fn new(
@@ -176,6 +270,8 @@ impl<'a> Runner<'a> {
             progress: None,
             limits: None,
             tuning: ApplyTuning::default(),
+            copy_failures: AtomicU32::new(0),
+            adopt_backup: false,
         }
     }
 
@@ -195,21 +291,133 @@ impl<'a> Runner<'a> {
         self.clock.now().timestamp()
     }
 
-    /// The disk's unfinished cycle, or a new one (invariant 1: never two at once).
-    pub fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
+    /// The disk's unfinished cycle, or a new one (invariant 1: never two at once). A cycle is
+    /// bound to the source and backup it started with: when the config names others, it is
+    /// abandoned first (see [`Runner::rebind`]).
+    pub async fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
         let d = self.disk;
+        self.rebind().await?;
         let state =
             self.store
                 .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
         if let Some(rec) = self.store.open_cycle(&d.name)? {
             return Ok(rec);
         }
-        let base = state.base_snapshot.map(|s| DiffBase {
+        let local = state.base_snapshot.map(|s| DiffBase {
             snapshot: SnapshotId::new(s),
             backup_etag: state.backup_etag,
         });
+        let base = self.chain_from_azure(local).await?;
         let rec = CycleRecord::new(&d.name, random_tag(), base, self.now());
         Ok(self.store.insert_cycle(rec)?)
+    }
+
+    /// The disk was re-pointed (config `source` or `backup` differs from what the state
+    /// recorded): the open cycle, if any, is abandoned without a restore point, and the old
+    /// source's snapback snapshots (`S(n)`, `S(n-1)`) are deleted, since they belong to a chain
+    /// that ends here; `register_disk` then forgets the diff base, so the next cycle seeds.
+    /// Runs before the state is updated, so a failed sweep is tried again by the next run.
+    async fn rebind(&self) -> Result<(), CycleError> {
+        let d = self.disk;
+        let Some(prev) = self.store.disk(&d.name)? else {
+            return Ok(());
+        };
+        let (source, backup) = (d.source.to_string(), d.backup.to_string());
+        if prev.source == source && prev.backup == backup {
+            return Ok(());
+        }
+        tracing::warn!(disk = %d.name, old_source = %prev.source, old_backup = %prev.backup, %source, %backup, "disk re-pointed: its open cycle is abandoned and a new chain starts");
+        match prev.source.parse::<BlobRef>() {
+            Ok(old) => {
+                let old_source = PageBlobSource::new(&self.blobs, &old);
+                let sweep = async {
+                    for s in old_source.own_snapshots(&d.name).await? {
+                        old_source.delete_snapshot(&s).await?;
+                    }
+                    Ok::<_, BlobError>(())
+                };
+                match sweep.await {
+                    Ok(()) => {}
+                    // The old source is gone, or its account is no longer configured: there
+                    // is nothing snapback can delete.
+                    Err(e) if e.is_not_found() || e.kind == ErrorKind::Unusable => {
+                        tracing::warn!(disk = %d.name, error = %e, "cannot sweep the old source's snapshots")
+                    }
+                    Err(e) => return Err(self.blob_err(e)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(disk = %d.name, old_source = %prev.source, error = %e, "old source not recognised; its snapshots are not swept")
+            }
+        }
+        if let Some(open) = self.store.open_cycle(&d.name)? {
+            self.store.abandon_cycle(open.id)?;
+        }
+        Ok(())
+    }
+
+    /// The diff base of a new cycle, from Azure's tags rather than the state alone: the
+    /// newest restore point records `S(n-1)` and the backup ETag it was taken on. The state
+    /// directory may be lost (no base: without this, a full re-seed) or rolled back (an older
+    /// base: a diff onto the wrong base), so when the two disagree Azure wins. The ETag is
+    /// checked against the backup before the first write as usual (invariant 7).
+    async fn chain_from_azure(
+        &self,
+        local: Option<DiffBase>,
+    ) -> Result<Option<DiffBase>, CycleError> {
+        let d = self.disk;
+        let snapshots = match self.blobs.list_snapshots(&d.backup).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(self.blob_err(e)),
+        };
+        let newest = snapshots
+            .into_iter()
+            .rfind(|s| tags::is_restore_point(&s.metadata, &d.name));
+        let Some(newest) = newest else {
+            // No restore point in Azure: nothing to diff onto, whatever the state says.
+            return Ok(None);
+        };
+        let Some(source) = tags::source_of(&newest.metadata) else {
+            return Ok(None);
+        };
+        if local.as_ref().is_some_and(|l| l.snapshot == source) {
+            return Ok(local);
+        }
+        let Some(etag) = tags::base_etag(&newest.metadata) else {
+            // A restore point that does not record its base: the base is unknown; seed.
+            tracing::warn!(disk = %d.name, restore_point = %newest.snapshot, "the state does not match the newest restore point, which records no base ETag; seeding");
+            return Ok(None);
+        };
+        tracing::warn!(disk = %d.name, state = ?local.as_ref().map(|l| l.snapshot.as_str()), azure = %source, "the state's diff base is not the newest restore point's source snapshot; using Azure's");
+        Ok(Some(DiffBase {
+            snapshot: source,
+            backup_etag: Some(etag.to_string()),
+        }))
+    }
+
+    /// Before the first write of a seed: the backup blob must be absent (snapback creates
+    /// it) or carry snapback's tag for this disk, unless the operator adopts it. snapback
+    /// never overwrites a blob it did not create by mistake (a typo in `backup`).
+    async fn check_backup_is_ours(&self) -> Result<(), CycleError> {
+        let backup = &self.disk.backup;
+        let props = self
+            .blobs
+            .properties(backup, None)
+            .await
+            .map_err(|e| self.blob_err(e))?;
+        let Some(props) = props else { return Ok(()) };
+        if tags::backup_of(&props.metadata) == Some(self.disk.name.as_str()) {
+            return Ok(());
+        }
+        if self.adopt_backup {
+            tracing::warn!(disk = %self.disk.name, %backup, "adopting an existing backup blob snapback did not create (adopt_existing_backup = true)");
+            return Ok(());
+        }
+        Err(CycleError::ForeignBackup {
+            disk: self.disk.name.clone(),
+            backup: backup.clone(),
+        })
     }
 
     /// Runs (or resumes) one cycle to the end. A source or backup account that cannot be
@@ -219,7 +427,7 @@ impl<'a> Runner<'a> {
             .check()
             .and_then(|()| self.blobs.check_account(&self.disk.backup.account))
             .map_err(|e| self.blob_err(e))?;
-        let mut rec = self.open_or_resume()?;
+        let mut rec = self.open_or_resume().await?;
         while self.step(&mut rec).await? {}
         Ok(rec)
     }
@@ -246,10 +454,12 @@ impl<'a> Runner<'a> {
             self.execute(action, rec).await?
         } else {
             let mut work = rec.clone();
-            tokio::select! {
+            let outcome = tokio::select! {
                 r = self.execute(action, &mut work) => r?,
                 _ = self.stop.cancelled() => return Err(interrupted()),
-            }
+            };
+            rec.written_etag = work.written_etag;
+            outcome
         };
         self.commit(rec, outcome)?;
         failpoint_after_step().await;
@@ -293,7 +503,19 @@ impl<'a> Runner<'a> {
         rec: &mut CycleRecord,
     ) -> Result<Outcome, CycleError> {
         let r = match action {
-            Action::TakeSourceSnapshot => self.take_source_snapshot(rec).await,
+            Action::TakeSourceSnapshot => {
+                return match self.take_source_snapshot(rec).await {
+                    Err(e) => Err(match SnapshotLimit::of(&e) {
+                        Some(limit) => CycleError::SnapshotLimit {
+                            disk: rec.disk.clone(),
+                            source_blob: self.disk.source.clone(),
+                            limit,
+                        },
+                        None => self.blob_err(e),
+                    }),
+                    Ok(o) => Ok(o),
+                }
+            }
             Action::CheckDiffBase {
                 base,
                 expected_backup_etag,
@@ -304,7 +526,12 @@ impl<'a> Runner<'a> {
                 size,
                 from,
             } => return self.apply(rec, &source, base.as_ref(), size, from).await,
-            Action::StartCopy { source } => self.start_copy(rec, &source).await,
+            Action::StartCopy { source } => {
+                if !rec.backup_touched {
+                    self.check_backup_is_ours().await?;
+                }
+                self.start_copy(rec, &source).await
+            }
             Action::AwaitCopy { source, copy_id } => {
                 return self.await_copy(rec, &source, &copy_id).await
             }
@@ -318,10 +545,11 @@ impl<'a> Runner<'a> {
         let source = self.source();
         // Invariant 9: this is the first request of a cycle; a missing source or a bad key
         // fails here, before anything is written anywhere.
-        let s = match source.find_snapshot(&rec.disk, &rec.tag).await? {
-            Some(s) => s,
-            None => source.take_snapshot(&rec.disk, &rec.tag).await?,
-        };
+        let s = find_or_make(
+            || source.find_snapshot(&rec.disk, &rec.tag),
+            || source.take_snapshot(&rec.disk, &rec.tag),
+        )
+        .await?;
         Ok(Outcome::SourceSnapshot {
             snapshot: s.id,
             size: s.size,
@@ -376,11 +604,23 @@ impl<'a> Runner<'a> {
         // No diff base: a seed by client copy. Every page of S(n) is listed and copied onto a
         // backup base made blank first (only before the first checkpoint: later, resume).
         if base.is_none() && from == 0 {
+            // Checked once per cycle, and recorded before the blob is made: a failure between
+            // making it and tagging it must not make the next attempt refuse our own blob.
+            if !rec.backup_touched {
+                self.check_backup_is_ours().await?;
+                rec.backup_touched = true;
+                self.store.save_cycle(rec, self.now())?;
+            }
             self.blobs
                 .create_page_blob(backup, round_up_to_page(size))
                 .await
                 .map_err(|e| self.blob_err(e))?;
             rec.backup_touched = true;
+            // The tag that tells a later seed (a repair) this blob is ours.
+            self.blobs
+                .set_metadata(backup, &tags::backup_base(&rec.disk))
+                .await
+                .map_err(|e| self.blob_err(e))?;
         }
         // A source that grew (or shrank) is matched first, so every put lands inside the blob.
         let props = self
@@ -552,6 +792,7 @@ impl<'a> Runner<'a> {
                 last_save = Instant::now();
             }
         }
+        rec.written_etag = Some(self.backup_etag().await?);
         Ok(Outcome::Applied {
             upto: size,
             done: true,
@@ -663,14 +904,15 @@ impl<'a> Runner<'a> {
         let source = self.source();
         self.blobs.ensure_container(backup).await?;
         // A copy left pending by a crash before its id was recorded would make ours fail.
-        let pending = self
+        let before = self
             .blobs
             .properties(backup, None)
             .await?
             .and_then(|p| p.copy);
-        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) = pending {
-            self.blobs.abort_copy(backup, &id).await?;
+        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) = &before {
+            self.blobs.abort_copy(backup, id).await?;
         }
+        let before = before.map(|(id, _)| id);
         let unavailable = |e: BlobError| {
             tracing::info!(disk = %rec.disk, error = %e, "seeding by copying every page through snapback");
             Ok(Outcome::CopyUnavailable {
@@ -686,10 +928,23 @@ impl<'a> Runner<'a> {
         // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
         // of the backup) would inherit them and pass for one of our restore points.
         let meta = tags::backup_base(&rec.disk);
-        let started = self
-            .blobs
-            .start_copy(backup, &blob, Some(s.as_str()), &meta)
-            .await;
+        // A copy id on the backup other than the one it had before is the copy a lost answer
+        // started: found, not started a second time (Azure refuses a second one onto a blob
+        // with a pending copy, `409 PendingCopyOperation`).
+        let started = find_or_make(
+            || async {
+                let now = self.blobs.properties(backup, None).await?;
+                Ok(now
+                    .and_then(|p| p.copy)
+                    .map(|(id, _)| id)
+                    .filter(|id| Some(id) != before.as_ref()))
+            },
+            || {
+                self.blobs
+                    .start_copy(backup, &blob, Some(s.as_str()), &meta)
+            },
+        )
+        .await;
         if started.is_err() {
             // No copy reads S(n): end the access granted for it.
             if let Err(e) = source.revoke_read(snapshot).await {
@@ -698,17 +953,44 @@ impl<'a> Runner<'a> {
         }
         match started {
             Ok(copy_id) => Ok(Outcome::CopyStarted { copy_id }),
+            // 404 CannotVerifyCopySource also comes from a service that cannot reach a source
+            // that is there (a firewall, a private endpoint): only a snapshot that is really
+            // gone is taken again, else every retry would take a new one, forever.
             Err(e) if e.is_not_found() && e.concerns(&source.snapshot_resource(snapshot)) => {
-                Ok(Outcome::SourceSnapshotGone)
+                match source.snapshot_size(snapshot).await? {
+                    None => Ok(Outcome::SourceSnapshotGone),
+                    Some(_) => self.seed_without_server_copy(e, unavailable),
+                }
             }
-            Err(e) if e.kind == ErrorKind::NoReadAccess => unavailable(e),
+            Err(e) if e.refuses_server_copy() => self.seed_without_server_copy(e, unavailable),
             Err(e) => Err(e),
         }
     }
 
+    /// The backup service cannot read `S(n)`: seed through snapback's own copy path, unless
+    /// the disk asks for server copy only (`copy_mode = "server"`), where the error names
+    /// the cause.
+    fn seed_without_server_copy(
+        &self,
+        e: BlobError,
+        unavailable: impl FnOnce(BlobError) -> Result<Outcome, BlobError>,
+    ) -> Result<Outcome, BlobError> {
+        if self.disk.copy_mode == CopyMode::Server {
+            return Err(BlobError {
+                detail: format!(
+                    "{}; the backup service cannot read the source snapshot and copy_mode = \
+                     \"server\" forbids copying it through snapback",
+                    e.detail
+                ),
+                ..e
+            });
+        }
+        unavailable(e)
+    }
+
     async fn await_copy(
         &self,
-        rec: &CycleRecord,
+        rec: &mut CycleRecord,
         snapshot: &SnapshotId,
         copy_id: &str,
     ) -> Result<Outcome, CycleError> {
@@ -748,13 +1030,37 @@ impl<'a> Runner<'a> {
                 if let Some(p) = &self.progress {
                     p.complete();
                 }
+                rec.written_etag = Some(self.backup_etag().await?);
                 return Ok(Outcome::CopyDone);
             }
             copy::CopyEnd::Gone => format!("copy {copy_id} to {backup} is no longer there"),
             copy::CopyEnd::Failed(r) | copy::CopyEnd::Aborted(r) => r,
         };
+        let starts = self.copy_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if starts >= MAX_COPY_STARTS {
+            return Err(CycleError::CopyKeepsFailing {
+                disk: rec.disk.clone(),
+                backup: backup.clone(),
+                starts,
+                reason,
+            });
+        }
         tracing::warn!(disk = %rec.disk, %reason, "copy to the backup failed; starting it again");
         Ok(Outcome::CopyFailed { reason })
+    }
+
+    /// The backup base's ETag now.
+    async fn backup_etag(&self) -> Result<String, CycleError> {
+        let backup = &self.disk.backup;
+        match self.blobs.properties(backup, None).await {
+            Ok(Some(p)) => Ok(p.etag),
+            Ok(None) => Err(self.blob_err(BlobError::local(
+                ErrorKind::NotFound,
+                Resource::blob(backup),
+                "the backup blob vanished right after it was written",
+            ))),
+            Err(e) => Err(self.blob_err(e)),
+        }
     }
 
     async fn take_backup_snapshot(
@@ -763,18 +1069,41 @@ impl<'a> Runner<'a> {
         source: &SnapshotId,
     ) -> Result<Outcome, BlobError> {
         let backup = &self.disk.backup;
-        let found = self
-            .blobs
-            .list_snapshots(backup)
-            .await?
-            .into_iter()
-            .find(|s| tags::cycle(&s.metadata) == Some(rec.tag.as_str()));
-        let snapshot = match found {
-            Some(s) => s.snapshot,
-            None => {
-                let meta = tags::restore_point(&rec.disk, &rec.tag, source);
-                self.blobs.create_snapshot(backup, &meta).await?
+        let found =
+            |s: &crate::blobs::SnapshotInfo| tags::cycle(&s.metadata) == Some(rec.tag.as_str());
+        // The base this cycle's writes left (a record from before this field: the base now).
+        let written = match &rec.written_etag {
+            Some(e) => e.clone(),
+            None => match self.blobs.properties(backup, None).await? {
+                Some(p) => p.etag,
+                None => String::new(),
+            },
+        };
+        let meta = tags::restore_point_on(&rec.disk, &rec.tag, source, &written);
+        let made = find_or_make(
+            || async {
+                Ok(self
+                    .blobs
+                    .list_snapshots(backup)
+                    .await?
+                    .into_iter()
+                    .find(found)
+                    .map(|s| s.snapshot))
+            },
+            || self.blobs.create_snapshot_if_match(backup, &meta, &written),
+        )
+        .await;
+        let snapshot = match made {
+            Ok(s) => s,
+            Err(e) if e.kind == ErrorKind::PreconditionFailed => {
+                return Ok(Outcome::Repair {
+                    reason: format!(
+                        "backup blob {backup} was written by someone else after this cycle's \
+                         last write (ETag no longer {written}); no restore point is taken of it"
+                    ),
+                })
             }
+            Err(e) => return Err(e),
         };
         let Some(props) = self.blobs.properties(backup, None).await? else {
             return Err(BlobError::local(
@@ -831,6 +1160,7 @@ fn diff_batches<'b>(
         made: Vec<Batch>,
         ready: std::collections::VecDeque<Batch>,
         finished: bool,
+        check: ListingCheck,
     }
     let segments: Vec<ByteRange> = segments(window, tuning.segment).collect();
     let init = State {
@@ -844,6 +1174,7 @@ fn diff_batches<'b>(
         made: Vec::new(),
         ready: Default::default(),
         finished: false,
+        check: ListingCheck::new(window.start, window.end),
     };
     stream::try_unfold(init, move |mut st| async move {
         loop {
@@ -867,6 +1198,15 @@ fn diff_batches<'b>(
                     max_results: tuning.page_results,
                 };
                 let page = source.diff(query).await?;
+                // The whole result page is checked before any of its items is planned, so
+                // nothing from a listing that breaks the rules is applied.
+                st.check.page(&page.items, segment).map_err(|v| {
+                    BlobError::local(
+                        ErrorKind::BadResponse,
+                        source.snapshot_resource(snapshot),
+                        format!("diff listing of {segment:?} refused: {v}"),
+                    )
+                })?;
                 st.next = match page.next_marker {
                     Some(m) => Some((index, Some(m))),
                     None if index + 1 < st.segments.len() => Some((index + 1, None)),

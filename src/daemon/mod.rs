@@ -585,6 +585,14 @@ impl Supervisor {
         self.metrics.set_phase(&f.disk, Activity::Idle);
         self.metrics.set_apply(&f.disk, 0, 0);
         slot.planner.finished(&slot.sched, now, how);
+        if let Some(Err(e)) = &f.result {
+            if let Some(wait) = e
+                .retry_after()
+                .and_then(|d| chrono::TimeDelta::from_std(d).ok())
+            {
+                slot.planner.retry_not_before(now + wait);
+            }
+        }
         if how == Finish::Failed {
             let next = slot
                 .planner

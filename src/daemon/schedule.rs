@@ -294,6 +294,14 @@ impl Planner {
         Wake::Start(reason)
     }
 
+    /// The failed cycle's error said when trying again can succeed (a premium account's
+    /// snapshot rate): the retry comes no earlier than `at`.
+    pub fn retry_not_before(&mut self, at: DateTime<Utc>) {
+        if self.retry_at.is_some_and(|r| r < at) {
+            self.retry_at = Some(at);
+        }
+    }
+
     /// Plans what follows a cycle that ended at `now`.
     pub fn finished(&mut self, s: &DiskSchedule, now: DateTime<Utc>, how: Finish) {
         match how {
@@ -554,6 +562,20 @@ mod tests {
         let mut p = Planner::new(&s, utc(2026, 1, 1, 11, 59, 50), false, 0.0);
         p.finished(&s, utc(2026, 1, 1, 11, 59, 50), Finish::Failed);
         assert_eq!(p.due(), Some(utc(2026, 1, 1, 12, 0, 0)));
+    }
+
+    #[test]
+    fn a_retry_waits_for_the_time_the_error_names() {
+        let s = sched(Some("0 0 * * *"), "UTC", None);
+        let now = utc(2026, 11, 30, 10, 0, 0);
+        let mut p = Planner::new(&s, now, false, 0.0);
+        p.finished(&s, now, Finish::Failed);
+        assert_eq!(p.due(), Some(now + TimeDelta::seconds(30)));
+        p.retry_not_before(now + TimeDelta::minutes(10));
+        assert_eq!(p.due(), Some(now + TimeDelta::minutes(10)));
+        // Never earlier than the backoff already planned.
+        p.retry_not_before(now + TimeDelta::minutes(1));
+        assert_eq!(p.due(), Some(now + TimeDelta::minutes(10)));
     }
 
     #[test]

@@ -120,6 +120,7 @@ impl V1Record {
             },
             phase,
             backup_touched: self.backup_touched,
+            written_etag: None,
             repair_reason: self.repair_reason,
             started_at: self.started_at,
             stats: self.stats,
