@@ -229,3 +229,54 @@ async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
         blobs.content(&d.source, Some(s.as_str()))
     );
 }
+
+/// A Snapshot Blob still in flight when a run was killed may land after the resumed run looked
+/// for it and took its own: two backup snapshots carry the cycle's tag. Prune leaves only the
+/// recorded restore point (one restore point per cycle).
+#[tokio::test]
+async fn a_late_second_snapshot_of_the_cycle_is_swept_at_prune() {
+    let blobs = MemBlobs::new();
+    let store = StateStore::open_in_memory().unwrap();
+    let d = DiskSpec {
+        name: "d".into(),
+        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        backup: BlobRef::new("backup", "backups", "d"),
+        concurrency: 1,
+        copy_mode: CopyMode::Client,
+    };
+    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
+    blobs.write(&d.source, 0, &[1u8; 4096]);
+    let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
+    r.copy_poll = (
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(1),
+    );
+    let mut rec = r.open_or_resume().await.unwrap();
+    while rec.phase.name() != PhaseName::Prune {
+        r.step(&mut rec).await.unwrap();
+    }
+    let (recorded, _) = rec.phase.restore_point().unwrap();
+    let recorded = recorded.to_string();
+    let tag = rec.tag.clone();
+    let ours = |s: &SnapshotInfo| s.metadata.get("snapback_cycle") == Some(&tag);
+    let meta = blobs
+        .list_snapshots(&d.backup)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.snapshot == recorded)
+        .unwrap()
+        .metadata;
+    let late = blobs.create_snapshot(&d.backup, &meta).await.unwrap();
+    assert_ne!(late, recorded);
+    while r.step(&mut rec).await.unwrap() {}
+    let left: Vec<String> = blobs
+        .list_snapshots(&d.backup)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(ours)
+        .map(|s| s.snapshot)
+        .collect();
+    assert_eq!(left, vec![recorded]);
+}

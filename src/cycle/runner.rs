@@ -1129,6 +1129,21 @@ impl<'a> Runner<'a> {
                 source.delete_snapshot(&s).await?;
             }
         }
+        // A Snapshot Blob still in flight when a previous run of this cycle was killed can
+        // land after the resumed run looked for it and made its own: two snapshots carry this
+        // cycle's tag. Both were taken of the same, unwritten base; only the recorded `B(n)`
+        // stays a restore point (invariant 2: exactly one per cycle).
+        if let Some((recorded, _)) = rec.phase.restore_point() {
+            let backup = &self.disk.backup;
+            for s in self.blobs.list_snapshots(backup).await? {
+                let ours = tags::cycle(&s.metadata) == Some(rec.tag.as_str())
+                    && tags::disk(&s.metadata) == Some(rec.disk.as_str());
+                if ours && s.snapshot != recorded.as_str() {
+                    tracing::warn!(disk = %rec.disk, snapshot = %s.snapshot, "deleting a second snapshot of this cycle (a request of a killed run landed late)");
+                    self.blobs.delete_snapshot(backup, &s.snapshot).await?;
+                }
+            }
+        }
         Ok(Outcome::Pruned)
     }
 }
