@@ -39,6 +39,7 @@ pub mod fake;
 pub mod hooks;
 pub mod lock;
 pub mod logging;
+pub mod managed;
 pub mod model;
 pub mod pages;
 pub mod restore;

@@ -678,7 +678,7 @@ mod tests {
         let cfg = crate::config::Config::parse(CONFIG, std::path::Path::new("t.toml")).unwrap();
         let disk = cfg.disks[0].clone();
         let blobs = MemBlobs::new();
-        let (src, bk) = (disk.source.clone(), disk.backup.clone());
+        let (src, bk) = (disk.blob_source().unwrap().clone(), disk.backup.clone());
         let mut points = Vec::new();
         for i in 0..3u8 {
             blobs.write(&src, u64::from(i) * 4096, &[i + 1; 4096]);
@@ -903,7 +903,7 @@ mod tests {
         // Run a cycle of the new disk: it must be incremental and move one page.
         let spec = crate::cycle::runner::DiskSpec {
             name: "d1-new".into(),
-            source: target.clone(),
+            source: crate::config::DiskSource::Blob(target.clone()),
             backup: rep.promoted.clone(),
             concurrency: 2,
             copy_mode: crate::config::CopyMode::Client,

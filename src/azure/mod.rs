@@ -10,6 +10,7 @@
 
 pub mod page_list;
 mod preflight;
+pub mod sas_blob;
 pub mod shared_key;
 
 use crate::blobs::{

@@ -80,11 +80,11 @@ fn full_example_values() {
     let d = c.disk("mypremiumdisk").unwrap();
     assert_eq!(
         d.source,
-        BlobRef {
+        DiskSource::Blob(BlobRef {
             account: "premium".into(),
             container: "vhds".into(),
             blob: "mypremiumdisk.vhd".into()
-        }
+        })
     );
     assert_eq!(d.backup.to_string(), "backup/backups/mybackupstdpageblob");
     assert_eq!(d.schedule.as_ref().map(|s| s.expr()), Some("0 */12 * * *"));
@@ -119,7 +119,7 @@ fn full_example_values() {
         d2.backup.blob,
         "backups/data/disk1".split_once('/').unwrap().1
     );
-    assert_eq!(d2.source.blob, "data/disk1.vhd");
+    assert_eq!(d2.blob_source().unwrap().blob, "data/disk1.vhd");
     assert_eq!(d2.schedule, None);
     assert_eq!(d2.tz, chrono_tz::Tz::UTC);
     assert_eq!(d2.jitter, None);

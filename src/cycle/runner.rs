@@ -8,7 +8,7 @@ use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, P
 use super::metered::Metered;
 use super::progress::Progress;
 use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs, Resource};
-use crate::config::CopyMode;
+use crate::config::{CopyMode, DiskSource};
 use crate::copy::{self, CopyWait};
 use crate::model::{tags, Clock, SnapshotId};
 use crate::pages::{
@@ -32,7 +32,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct DiskSpec {
     pub name: String,
-    pub source: BlobRef,
+    /// A page blob (read through the runner's storage), or a managed disk (read through the
+    /// source the runner is given: [`Runner::other_source`]).
+    pub source: DiskSource,
     pub backup: BlobRef,
     /// Parallel page requests during apply.
     pub concurrency: usize,
@@ -157,6 +159,24 @@ pub struct Runner<'a> {
     /// `max_buffer_mib`); `None`: only the disk's own `concurrency` applies.
     pub limits: Option<Arc<Limits>>,
     pub tuning: ApplyTuning,
+    /// The disk's source when it is not the page blob `disk.source` (a managed disk).
+    pub other_source: Option<&'a dyn Source>,
+}
+
+/// The source a runner reads: the page blob of its [`DiskSpec`], or the one it was given.
+enum SourceRef<'a> {
+    Blob(PageBlobSource<'a>),
+    Other(&'a dyn Source),
+}
+
+impl<'a> std::ops::Deref for SourceRef<'a> {
+    type Target = dyn Source + 'a;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            SourceRef::Blob(b) => b,
+            SourceRef::Other(s) => *s,
+        }
+    }
 }
 
 impl<'a> Runner<'a> {
@@ -176,6 +196,7 @@ impl<'a> Runner<'a> {
             progress: None,
             limits: None,
             tuning: ApplyTuning::default(),
+            other_source: None,
         }
     }
 
@@ -186,9 +207,17 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// The disk's source, seen through the meter.
-    fn source(&self) -> PageBlobSource<'_> {
-        PageBlobSource::new(&self.blobs, &self.disk.source)
+    /// The disk's source: a page blob seen through the meter, or the source given.
+    fn source(&self) -> SourceRef<'_> {
+        match (self.other_source, &self.disk.source) {
+            (Some(s), _) => SourceRef::Other(s),
+            (None, DiskSource::Blob(b)) => SourceRef::Blob(PageBlobSource::new(&self.blobs, b)),
+            // Our bug, not bad input: whoever builds a runner for a managed disk gives it its
+            // source (`service::App::managed_source`).
+            (None, DiskSource::Managed { disk, .. }) => {
+                panic!("the runner of managed disk {disk} was given no source")
+            }
+        }
     }
 
     fn now(&self) -> i64 {
@@ -198,9 +227,11 @@ impl<'a> Runner<'a> {
     /// The disk's unfinished cycle, or a new one (invariant 1: never two at once).
     pub fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
         let d = self.disk;
-        let state =
-            self.store
-                .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
+        let state = self.store.register_disk(
+            &d.name,
+            &self.disk.source.to_string(),
+            &d.backup.to_string(),
+        )?;
         if let Some(rec) = self.store.open_cycle(&d.name)? {
             return Ok(rec);
         }
@@ -220,6 +251,12 @@ impl<'a> Runner<'a> {
             .and_then(|()| self.blobs.check_account(&self.disk.backup.account))
             .map_err(|e| self.blob_err(e))?;
         let mut rec = self.open_or_resume()?;
+        // Read access a killed run left granted is ended first (a managed disk allows only
+        // a few at once); this cycle grants what it needs again.
+        self.source()
+            .release(&rec.disk)
+            .await
+            .map_err(|e| self.blob_err(e))?;
         while self.step(&mut rec).await? {}
         Ok(rec)
     }
@@ -422,7 +459,7 @@ impl<'a> Runner<'a> {
         let result = self
             .apply_window(
                 rec,
-                &source,
+                &*source,
                 snapshot,
                 base,
                 size,
@@ -609,7 +646,18 @@ impl<'a> Runner<'a> {
         grant: &CopySource,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
-        let CopySource::Blob { blob, snapshot } = grant;
+        let (blob, snapshot) = match grant {
+            CopySource::Blob { blob, snapshot } => (blob, snapshot),
+            // Put Page From URL from a managed disk's SAS is not implemented: refused, so
+            // `copy_mode = "auto"` copies through snapback (docs/managed-disks.md).
+            CopySource::Url { resource, .. } => {
+                return Err(BlobError::local(
+                    ErrorKind::Refused,
+                    Resource::Managed(resource.clone()),
+                    "server-side copy from a managed disk's snapshot is not implemented",
+                ))
+            }
+        };
         for p in puts {
             self.blobs
                 .put_pages_from_url(
@@ -677,8 +725,17 @@ impl<'a> Runner<'a> {
                 reason: e.to_string(),
             })
         };
-        let CopySource::Blob { blob, snapshot: s } = match source.grant_read(snapshot).await {
-            Ok(g) => g,
+        let (blob, s) = match source.grant_read(snapshot).await {
+            Ok(CopySource::Blob { blob, snapshot }) => (blob, snapshot),
+            // A managed disk is seeded by copying its pages through snapback (its SAS is
+            // not handed to a Copy Blob that could outlive the cycle).
+            Ok(CopySource::Url { resource, .. }) => {
+                return unavailable(BlobError::local(
+                    ErrorKind::NoReadAccess,
+                    Resource::Managed(resource),
+                    "a managed disk is seeded by client copy",
+                ))
+            }
             Err(e) if e.kind == ErrorKind::NoReadAccess => return unavailable(e),
             Err(e) => return Err(e),
         };
@@ -800,6 +857,8 @@ impl<'a> Runner<'a> {
                 source.delete_snapshot(&s).await?;
             }
         }
+        // S(n) is not read again until the next cycle: no access stays granted.
+        source.release(&rec.disk).await?;
         Ok(Outcome::Pruned)
     }
 }
