@@ -257,8 +257,14 @@ async fn azurite_scenario() {
         _ => snapback::config::CopyMode::Client,
     };
     let size = disk_mib * MIB;
-    blobs.ensure_container(spec.source.blob().unwrap()).await.unwrap();
-    blobs.create_page_blob(spec.source.blob().unwrap(), size).await.unwrap();
+    blobs
+        .ensure_container(spec.source.blob().unwrap())
+        .await
+        .unwrap();
+    blobs
+        .create_page_blob(spec.source.blob().unwrap(), size)
+        .await
+        .unwrap();
     let store = StateStore::open(&config.state_dir).unwrap();
     let mut seed_runner = Runner::new(blobs.as_ref(), &store, &SystemClock, &spec);
     seed_runner.copy_poll = (Duration::from_millis(10), Duration::from_millis(50));
@@ -592,7 +598,10 @@ async fn synthetic_disks(disks: usize, ranges: u64, parallel: usize) {
     let synth = Arc::new(Synthetic { mem, ranges });
     for d in &config.disks {
         let spec = disk_spec(d);
-        synth.ensure_container(spec.source.blob().unwrap()).await.unwrap();
+        synth
+            .ensure_container(spec.source.blob().unwrap())
+            .await
+            .unwrap();
         synth
             .create_page_blob(spec.source.blob().unwrap(), synth.size())
             .await
