@@ -196,7 +196,7 @@ fn gone(id: &ResourceId) -> BlobError {
 }
 
 /// An ARM failure as a storage error about `id`: the kind follows ARM's.
-fn arm_err(id: &ResourceId, e: ArmError) -> BlobError {
+pub(crate) fn arm_err(id: &ResourceId, e: ArmError) -> BlobError {
     let kind = match e.kind() {
         ArmErrorKind::NotFound => ErrorKind::NotFound,
         ArmErrorKind::Conflict => ErrorKind::Conflict,

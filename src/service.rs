@@ -192,6 +192,40 @@ impl App {
         })
     }
 
+    /// `restore --to-managed-disk`: restore point into a new managed disk (holds the disk's
+    /// lock, as a restore to a blob does).
+    pub async fn restore_to_managed_disk(
+        &self,
+        disk: &DiskConfig,
+        req: &crate::managed_restore::ManagedRestoreRequest,
+    ) -> Result<crate::managed_restore::ManagedRestoreReport, AppError> {
+        let _lock = self.lock_disk(&disk.name)?;
+        let arm = match &self.arm {
+            Some(Ok(arm)) => arm,
+            Some(Err(e)) => {
+                return Err(AppError::Restore(RestoreError::Blob {
+                    what: "the [azure] credential".into(),
+                    source: e.clone(),
+                }))
+            }
+            None => {
+                return Err(AppError::Restore(RestoreError::ManagedTarget {
+                    target: req.target.to_string(),
+                    reason: "the config has no [azure] table".into(),
+                }))
+            }
+        };
+        Ok(crate::managed_restore::restore(
+            self.blobs.as_ref(),
+            &self.store,
+            disk,
+            arm,
+            &self.sas,
+            req,
+        )
+        .await?)
+    }
+
     /// The source of a managed disk (None for a page-blob disk, which the runner reads
     /// through `blobs`).
     pub fn managed_source(

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "copy",
             "source",
             "managed",
+            "managed_restore",
         ],
     ),
     (
@@ -38,7 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("storage trait", &["blobs", "blob_error"]),
-    ("model", &["model", "pages"]),
+    ("model", &["model", "pages", "vhd"]),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {

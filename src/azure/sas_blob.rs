@@ -120,6 +120,41 @@ impl SasBlobs {
     }
 }
 
+impl SasBlobs {
+    /// Put Page of `data` (page aligned, at most 4 MiB) at `offset` of `blob` (a managed
+    /// disk awaiting its upload, through its write SAS), with a transactional CRC-64.
+    pub async fn put_pages(
+        &self,
+        resource: &str,
+        blob: &SasUrl,
+        offset: u64,
+        data: Bytes,
+    ) -> BlobResult<()> {
+        let range = ByteRange::new(offset, offset + data.len() as u64);
+        let what = format!("put {range}");
+        let mut url = blob.expose().clone();
+        url.query_pairs_mut().append_pair("comp", "page");
+        let mut request = Request::new(url, Method::Put);
+        request.insert_header("x-ms-version", SERVICE_VERSION);
+        request.insert_header("x-ms-page-write", "update");
+        request.insert_header("x-ms-range", range.http_header());
+        request.insert_header("content-length", data.len().to_string());
+        request.insert_header(
+            "x-ms-content-crc64",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                super::crc64_le(&data),
+            ),
+        );
+        request.set_body(data);
+        self.pipeline
+            .send(&Context::new(), &mut request, None)
+            .await
+            .map_err(|e| map_err(resource, &what, e))?;
+        Ok(())
+    }
+}
+
 /// As `super::map_err`, naming the resource id and redacting whatever the transport said
 /// (it may quote the URL).
 fn map_err(resource: &str, what: &str, e: azure_core::Error) -> BlobError {
