@@ -273,12 +273,22 @@ async fn managed_disk_restore_points_equal_the_disk_over_cycles() {
             }
         }
         let want = w.disk_content().await;
+        let arm_before = w.emu.control_get("/__emulator/stats").await["arm"].clone();
         let started = Instant::now();
-        w.backup_ok(&format!("cycle {cycle}"));
+        let out = w.snapback(&["backup", "disk1"]);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: backup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let arm_after = w.emu.control_get("/__emulator/stats").await["arm"].clone();
+        // The figures of docs/managed-disks.md ("A measured cycle"), with --nocapture.
         eprintln!(
-            "cycle {cycle}: {} bytes disk, {:.2}s",
+            "cycle {cycle}: disk {} bytes, {seconds:.2}s wall (process included), ARM requests {}, {}",
             w.size,
-            started.elapsed().as_secs_f64()
+            arm_after.as_u64().unwrap_or(0) - arm_before.as_u64().unwrap_or(0),
+            String::from_utf8_lossy(&out.stdout).trim()
         );
         let s_n = w.assert_clean(&format!("cycle {cycle}")).await;
         let points = w.points();
