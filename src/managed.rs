@@ -25,6 +25,7 @@ use crate::source::{CopySource, DiffQuery, Source, SourceSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,9 @@ pub struct ManagedDiskSource {
     granted: Mutex<HashMap<String, SasUrl>>,
     /// Wait between readiness polls of a snapshot still copying.
     ready_poll: Duration,
+    /// Storage requests through SAS URLs and diff ranges listed, for the cycle's stats.
+    requests: AtomicU64,
+    ranges: AtomicU64,
 }
 
 impl ManagedDiskSource {
@@ -64,6 +68,8 @@ impl ManagedDiskSource {
             snapshot_group,
             granted: Mutex::new(HashMap::new()),
             ready_poll: Duration::from_secs(10),
+            requests: AtomicU64::new(0),
+            ranges: AtomicU64::new(0),
         }
     }
 
@@ -291,14 +297,20 @@ impl Source for ManagedDiskSource {
             marker: q.marker,
             max_results: Some(q.max_results),
         };
-        self.sas
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let page = self
+            .sas
             .page_ranges(&id.to_string(), &sas, previous.as_ref(), &query)
-            .await
+            .await?;
+        self.ranges
+            .fetch_add(page.items.len() as u64, Ordering::Relaxed);
+        Ok(page)
     }
 
     async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
         let id = self.parse_id(snapshot)?;
         let sas = self.sas_or_gone(&id).await?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.sas.read(&id.to_string(), &sas, range).await
     }
 
@@ -325,6 +337,13 @@ impl Source for ManagedDiskSource {
         // The same SAS serves this process's reads of the snapshot; it is ended with the
         // rest by `release` when the cycle is done.
         Ok(())
+    }
+
+    fn take_counts(&self) -> (u64, u64) {
+        (
+            self.requests.swap(0, Ordering::Relaxed),
+            self.ranges.swap(0, Ordering::Relaxed),
+        )
     }
 
     async fn release(&self, disk: &str) -> BlobResult<()> {

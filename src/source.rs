@@ -92,6 +92,12 @@ pub trait Source: Send + Sync {
     async fn release(&self, _disk: &str) -> BlobResult<()> {
         Ok(())
     }
+
+    /// Storage requests made and diff ranges listed since the last call, for sources whose
+    /// requests do not go through the runner's metered storage (a managed disk's SAS reads).
+    fn take_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// A page blob (the disk of an unmanaged VM, or any page blob) as a source: its snapshots are

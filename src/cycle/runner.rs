@@ -299,8 +299,9 @@ impl<'a> Runner<'a> {
         }
         machine::advance(rec, outcome, self.now())?;
         let (requests, ranges) = self.blobs.take_counts();
-        rec.stats.requests += requests;
-        rec.stats.ranges += ranges;
+        let (source_requests, source_ranges) = self.source().take_counts();
+        rec.stats.requests += requests + source_requests;
+        rec.stats.ranges += ranges + source_ranges;
         self.store.save_cycle(rec, self.now())?;
         Ok(())
     }
