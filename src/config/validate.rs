@@ -874,7 +874,14 @@ pub(super) fn build_disk(
             None
         }
         (false, true) => managed_disk(cx, t, &prefix).map(|m| (m, header.clone())),
-        _ => blob(cx, "source").map(|(b, span)| (DiskSource::Blob(b), span)),
+        (false, false) => {
+            cx.err(
+                header.clone(),
+                format!("{prefix}missing required field \"source\" (a page blob \"account/container/blob\") or \"managed_disk\" (a managed disk's resource id)"),
+            );
+            None
+        }
+        (true, false) => blob(cx, "source").map(|(b, span)| (DiskSource::Blob(b), span)),
     };
     if t.contains_key("snapshot_resource_group") && !t.contains_key("managed_disk") {
         let span = t
