@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 /// Layers, top first. A module may use its own layer's modules and any layer below.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("cli", &["main"]),
+    ("cli", &["main", "logging"]),
     ("daemon", &["daemon"]),
-    ("service", &["service"]),
+    ("service", &["service", "check", "hooks", "terminal"]),
     (
         "engine",
         &[
@@ -39,7 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("storage trait", &["blobs", "blob_error"]),
-    ("model", &["model", "pages", "vhd"]),
+    ("model", &["model", "pages", "vhd", "tls"]),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
