@@ -76,7 +76,7 @@ fn full_example_values() {
         }
     );
 
-    assert_eq!(c.disks.len(), 2);
+    assert_eq!(c.disks.len(), 3);
     let d = c.disk("mypremiumdisk").unwrap();
     assert_eq!(
         d.source,
