@@ -539,3 +539,30 @@ async fn managed_disk_cycle_resumes_after_sigkill_after_every_step() {
         "{ctx}: the newest records S(n)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_disk_server_copy_reads_the_snapshot_sas() {
+    let w = World::new(4 * MIB, "copy_mode = \"server\"").await;
+    let mut rng = Rng(0x6d64_0003);
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    for cycle in 0..3 {
+        if cycle > 0 {
+            for _ in 0..4 {
+                let (at, data) = rand_write(&mut rng, w.size, 32);
+                w.write(at, &data).await;
+            }
+            w.clear(2 * MIB, 64 * 1024).await;
+        }
+        let want = w.disk_content().await;
+        w.backup_ok(&format!("server copy, cycle {cycle}"));
+        let s_n = w.assert_clean(&format!("server copy, cycle {cycle}")).await;
+        let points = w.points();
+        assert_eq!(points.len(), cycle + 1);
+        let (b, s) = points.last().unwrap();
+        assert!(s.eq_ignore_ascii_case(&s_n));
+        assert!(
+            w.point_content(b).await == want,
+            "server copy, cycle {cycle}: restore point equals the disk"
+        );
+    }
+}

@@ -649,14 +649,14 @@ impl<'a> Runner<'a> {
     ) -> Result<(), BlobError> {
         let (blob, snapshot) = match grant {
             CopySource::Blob { blob, snapshot } => (blob, snapshot),
-            // Put Page From URL from a managed disk's SAS is not implemented: refused, so
-            // `copy_mode = "auto"` copies through snapback (docs/managed-disks.md).
-            CopySource::Url { resource, .. } => {
-                return Err(BlobError::local(
-                    ErrorKind::Refused,
-                    Resource::Managed(resource.clone()),
-                    "server-side copy from a managed disk's snapshot is not implemented",
-                ))
+            CopySource::Url { url, resource } => {
+                for p in puts {
+                    self.blobs
+                        .put_pages_from_sas(&self.disk.backup, *p, url.expose(), resource, p.start)
+                        .await?;
+                    stats.bytes_written += p.len();
+                }
+                return Ok(());
             }
         };
         for p in puts {
