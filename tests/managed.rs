@@ -283,6 +283,12 @@ async fn managed_disk_restore_points_equal_the_disk_over_cycles() {
             String::from_utf8_lossy(&out.stderr)
         );
         let arm_after = w.emu.control_get("/__emulator/stats").await["arm"].clone();
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !String::from_utf8_lossy(text).contains("sig="),
+                "cycle {cycle}: a SAS signature in the output"
+            );
+        }
         // The figures of docs/managed-disks.md ("A measured cycle"), with --nocapture.
         eprintln!(
             "cycle {cycle}: disk {} bytes, {seconds:.2}s wall (process included), ARM requests {}, {}",
@@ -321,6 +327,21 @@ async fn managed_disk_restore_points_equal_the_disk_over_cycles() {
         String::from_utf8_lossy(&out.stderr)
     );
     w.assert_clean("after verify").await;
+    // SAS URLs are credentials: none in `status --json` nor in any file of the state dir.
+    let status = w.snapback(&["status", "--json"]);
+    assert!(status.status.success());
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("sig="));
+    for entry in std::fs::read_dir(w.fx.dir.path().join("state")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(4).any(|x| x == b"sig="),
+                "{} holds a SAS signature",
+                path.display()
+            );
+        }
+    }
     let stats = w.emu.control_get("/__emulator/stats").await;
     eprintln!("emulator stats after 9 cycles and a verify: {stats}");
 
