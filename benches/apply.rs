@@ -198,8 +198,14 @@ async fn azurite_scenario() {
         _ => snapback::config::CopyMode::Client,
     };
     let size = disk_mib * MIB;
-    blobs.ensure_container(&spec.source).await.unwrap();
-    blobs.create_page_blob(&spec.source, size).await.unwrap();
+    blobs
+        .ensure_container(spec.source.blob().unwrap())
+        .await
+        .unwrap();
+    blobs
+        .create_page_blob(spec.source.blob().unwrap(), size)
+        .await
+        .unwrap();
     let store = StateStore::open(&config.state_dir).unwrap();
     let mut seed_runner = Runner::new(blobs.as_ref(), &store, &SystemClock, &spec);
     seed_runner.copy_poll = (Duration::from_millis(10), Duration::from_millis(50));
@@ -212,7 +218,7 @@ async fn azurite_scenario() {
     futures::stream::iter(writes.iter().enumerate())
         .map(|(i, r)| {
             let blobs = blobs.clone();
-            let src = spec.source.clone();
+            let src = spec.source.blob().unwrap().clone();
             async move {
                 for (j, c) in pattern(i as u64, r.len() as usize)
                     .chunks(MAX_PUT_BYTES as usize)
@@ -251,7 +257,7 @@ async fn azurite_scenario() {
         MAX_READ_GAP,
     );
     let raw_snapshot = blobs
-        .create_snapshot(&spec.source, &Metadata::new())
+        .create_snapshot(spec.source.blob().unwrap(), &Metadata::new())
         .await
         .unwrap();
     let scratch = BlobRef::new("backup", "backups", "raw-scratch");
@@ -259,7 +265,7 @@ async fn azurite_scenario() {
 
     let raw1 = raw_client(
         &blobs,
-        &spec.source,
+        spec.source.blob().unwrap(),
         &raw_snapshot,
         &scratch,
         &batches,
@@ -289,7 +295,7 @@ async fn azurite_scenario() {
     let d = runner.blobs.detail();
     let raw2 = raw_client(
         &blobs,
-        &spec.source,
+        spec.source.blob().unwrap(),
         &raw_snapshot,
         &scratch,
         &batches,
@@ -390,9 +396,12 @@ async fn synthetic_disks(disks: usize, ranges: u64, parallel: usize) {
     });
     for d in &config.disks {
         let spec = disk_spec(d);
-        synth.ensure_container(&spec.source).await.unwrap();
         synth
-            .create_page_blob(&spec.source, synth.size())
+            .ensure_container(spec.source.blob().unwrap())
+            .await
+            .unwrap();
+        synth
+            .create_page_blob(spec.source.blob().unwrap(), synth.size())
             .await
             .unwrap();
     }

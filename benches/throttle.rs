@@ -382,12 +382,10 @@ async fn thousand_disks(disks: usize, rounds: u64, parallel: usize) {
     });
     for d in &config.disks {
         let spec = disk_spec(d);
+        let source = spec.source.blob().expect("a page-blob source");
+        synth.ensure_container(source).await.expect("container");
         synth
-            .ensure_container(&spec.source)
-            .await
-            .expect("container");
-        synth
-            .create_page_blob(&spec.source, synth.size())
+            .create_page_blob(source, synth.size())
             .await
             .expect("source");
     }

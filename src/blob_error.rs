@@ -58,6 +58,9 @@ pub enum Resource {
     Blob(BlobRef),
     /// One snapshot of a blob.
     Snapshot(BlobRef, SnapshotId),
+    /// A managed disk or one of its snapshot resources, by its ARM resource id (its data is
+    /// reached through a SAS URL, which errors never show).
+    Managed(String),
 }
 
 impl Resource {
@@ -83,6 +86,7 @@ impl Resource {
             Resource::Account(a) => a,
             Resource::Container { account, .. } => account,
             Resource::Blob(b) | Resource::Snapshot(b, _) => &b.account,
+            Resource::Managed(id) => id,
         }
     }
     /// Whether this is snapshot `id` of `blob`.
@@ -100,6 +104,7 @@ impl fmt::Display for Resource {
             }
             Resource::Blob(b) => write!(f, "{b}"),
             Resource::Snapshot(b, s) => write!(f, "{b} snapshot {s}"),
+            Resource::Managed(id) => f.write_str(id),
         }
     }
 }

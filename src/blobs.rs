@@ -124,6 +124,25 @@ pub trait PageBlobs: Send + Sync {
         source_offset: u64,
     ) -> BlobResult<String>;
 
+    /// Put Page From URL from a source that carries its own authorisation (a managed disk's
+    /// snapshot exported with a SAS): `range.len()` bytes of `source` at `source_offset` into
+    /// `dest` at `range`. `source_resource` names the source in errors (the URL is a
+    /// credential and never appears in one). Storage that cannot do it refuses (`Refused`).
+    async fn put_pages_from_sas(
+        &self,
+        _dest: &BlobRef,
+        range: ByteRange,
+        _source: &url::Url,
+        source_resource: &str,
+        _source_offset: u64,
+    ) -> BlobResult<String> {
+        Err(BlobError::local(
+            ErrorKind::Refused,
+            Resource::Managed(source_resource.to_string()),
+            format!("Put Page From URL {range} from a SAS URL is not supported here"),
+        ))
+    }
+
     /// Clear Page over `range`. Returns the blob's new ETag.
     async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String>;
 

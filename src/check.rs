@@ -277,7 +277,18 @@ struct Scratch {
 }
 
 async fn check_disk(blobs: &AzureBlobs, config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
-    let source = disk.source.clone();
+    let Some(source) = disk.blob_source().cloned() else {
+        // A managed disk's side is ARM requests (docs/managed-disks.md, "Permissions"),
+        // which this storage preflight does not make.
+        return vec![CheckRow {
+            disk: disk.name.clone(),
+            operation: Operation::SourceRead,
+            target: disk.source.to_string(),
+            outcome: Outcome::Skipped,
+            cause: "a managed disk: its ARM permissions are not checked by `snapback check`".into(),
+            missing: String::new(),
+        }];
+    };
     let backup = disk.backup.clone();
     let id = format!("{:08x}", rand::random::<u32>());
     let scratch = BlobRef::new(

@@ -85,10 +85,24 @@ enum Command {
         #[arg(long)]
         at: Option<String>,
         /// Target blob ACCOUNT/CONTAINER/BLOB (ACCOUNT is an [accounts.NAME] key).
+        #[arg(
+            long,
+            required_unless_present = "to_managed_disk",
+            conflicts_with = "to_managed_disk"
+        )]
+        to: Option<String>,
+        /// Target managed disk /subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/disks/NAME,
+        /// created for the restore (a managed-disk backup; needs [azure]).
         #[arg(long)]
-        to: String,
+        to_managed_disk: Option<String>,
+        /// SKU of the new managed disk (e.g. Premium_LRS; default: Azure's).
+        #[arg(long, requires = "to_managed_disk")]
+        sku: Option<String>,
+        /// Availability zone of the new managed disk.
+        #[arg(long, requires = "to_managed_disk")]
+        zone: Option<String>,
         /// Restart the backup chain on the restored disk (the promoted blob becomes its backup).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "to_managed_disk")]
         rebase: bool,
         /// Disk name of the rebased chain (default: DISK-restored).
         #[arg(long, requires = "rebase")]
@@ -370,6 +384,9 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
         snapshot,
         at,
         to,
+        to_managed_disk,
+        sku,
+        zone,
         rebase,
         name,
         write_config,
@@ -402,6 +419,16 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::from(EXIT_USAGE));
         }
+    };
+    if let Some(id) = to_managed_disk {
+        return restore_to_managed_disk(app, &disk, point, &id, sku, zone, force).await;
+    }
+    let Some(to) = to else {
+        eprintln!(
+            "snapback: restore of disk {}: give --to or --to-managed-disk",
+            disk.name
+        );
+        return Ok(ExitCode::from(EXIT_USAGE));
     };
     let target = match to.parse::<BlobRef>() {
         Ok(p) => p,
@@ -470,6 +497,48 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
             snapback::restore::attach_commands(&url, &account_name, &name)
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restore --to-managed-disk`: a new managed disk from a restore point; then the `az`
+/// commands that swap it in.
+async fn restore_to_managed_disk(
+    app: &App,
+    disk: &snapback::config::DiskConfig,
+    point: PointSelector,
+    id: &str,
+    sku: Option<String>,
+    zone: Option<String>,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    use snapback::arm::{ResourceId, ResourceKind};
+    let target = match id.parse::<ResourceId>() {
+        Ok(t) if t.kind == ResourceKind::Disk => t,
+        Ok(_) => {
+            eprintln!("snapback: --to-managed-disk: '{id}' is not a disk (…/providers/Microsoft.Compute/disks/NAME)");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Err(e) => {
+            eprintln!("snapback: --to-managed-disk: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let req = snapback::managed_restore::ManagedRestoreRequest {
+        point,
+        target: target.clone(),
+        sku,
+        zone,
+        force,
+    };
+    let rep = match app.restore_to_managed_disk(disk, &req).await {
+        Ok(r) => r,
+        Err(e) => return Ok(fail(&e, &format!("restore of disk {}", disk.name))),
+    };
+    println!(
+        "{}: restored restore point {} (source snapshot {}, {} bytes) to managed disk {} in {} ({} bytes written, {:.2}s)",
+        rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.target, rep.location, rep.bytes_written, rep.seconds
+    );
+    println!("\n{}", snapback::managed_restore::swap_commands(&target));
     Ok(ExitCode::SUCCESS)
 }
 

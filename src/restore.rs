@@ -84,6 +84,9 @@ pub enum RestoreError {
     },
     #[error("restore interrupted; the partial copy {dest} was aborted and removed")]
     Interrupted { dest: String },
+    /// `--to-managed-disk` cannot be done as asked (the reason says why).
+    #[error("restore to managed disk {target}: {reason}")]
+    ManagedTarget { target: String, reason: String },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -98,11 +101,12 @@ impl RestoreError {
                 | RestoreError::TargetExists { .. }
                 | RestoreError::TargetIsBackup { .. }
                 | RestoreError::BadName { .. }
+                | RestoreError::ManagedTarget { .. }
         )
     }
 }
 
-fn blob_err(what: impl Into<String>) -> impl FnOnce(BlobError) -> RestoreError {
+pub(crate) fn blob_err(what: impl Into<String>) -> impl FnOnce(BlobError) -> RestoreError {
     let what = what.into();
     move |source| RestoreError::Blob { what, source }
 }
@@ -151,10 +155,10 @@ pub struct Restorer<'a> {
 
 /// A restore point of the disk, with the source snapshot it recorded.
 #[derive(Clone, Debug)]
-struct Chosen {
-    snapshot: String,
-    source_snapshot: String,
-    size: u64,
+pub(crate) struct Chosen {
+    pub(crate) snapshot: String,
+    pub(crate) source_snapshot: String,
+    pub(crate) size: u64,
 }
 
 /// Checks a disk name by the config's rule ([`crate::model::valid_simple_name`]).
@@ -191,7 +195,7 @@ impl<'a> Restorer<'a> {
         self.disk.backup.clone()
     }
 
-    async fn choose(&self, sel: &PointSelector) -> Result<Chosen, RestoreError> {
+    pub(crate) async fn choose(&self, sel: &PointSelector) -> Result<Chosen, RestoreError> {
         let points: Vec<Chosen> = crate::retention::restore_points(self.blobs, self.disk)
             .await
             .map_err(blob_err(format!(
@@ -678,7 +682,7 @@ mod tests {
         let cfg = crate::config::Config::parse(CONFIG, std::path::Path::new("t.toml")).unwrap();
         let disk = cfg.disks[0].clone();
         let blobs = MemBlobs::new();
-        let (src, bk) = (disk.source.clone(), disk.backup.clone());
+        let (src, bk) = (disk.blob_source().unwrap().clone(), disk.backup.clone());
         let mut points = Vec::new();
         for i in 0..3u8 {
             blobs.write(&src, u64::from(i) * 4096, &[i + 1; 4096]);
@@ -903,7 +907,7 @@ mod tests {
         // Run a cycle of the new disk: it must be incremental and move one page.
         let spec = crate::cycle::runner::DiskSpec {
             name: "d1-new".into(),
-            source: target.clone(),
+            source: crate::config::DiskSource::Blob(target.clone()),
             backup: rep.promoted.clone(),
             concurrency: 2,
             copy_mode: crate::config::CopyMode::Client,

@@ -1,17 +1,21 @@
 //! The operations behind the CLI commands, on a loaded config: run cycles, list restore
 //! points, report status. The binary only parses arguments and prints.
 
+use crate::arm::{ArmClient, ArmOptions};
+use crate::azure::sas_blob::SasBlobs;
 use crate::azure::AzureBlobs;
 use crate::blobs::{BlobError, BlobRef, PageBlobs};
 use crate::config::VerifyMode;
-use crate::config::{Config, DiskConfig};
+use crate::config::{Config, DiskConfig, DiskSource};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
 use crate::cycle::runner::{CycleError, DiskSpec, Limits, Runner};
 use crate::lock::LockError;
+use crate::managed::ManagedDiskSource;
 use crate::model::{Clock, SnapshotId, SystemClock};
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
+use crate::source::{PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
 use crate::verify::{VerifyError, VerifyReport};
 use futures::StreamExt;
@@ -148,6 +152,11 @@ pub struct App {
     /// Page requests and page data in flight across all disks (`max_inflight_requests`,
     /// `max_buffer_mib`).
     pub limits: Arc<Limits>,
+    /// The ARM client of the `[azure]` table (managed disks), or why it could not be made
+    /// (reported by the managed disks only); None without an `[azure]` table.
+    pub arm: Option<Result<ArmClient, BlobError>>,
+    /// Reads through the SAS URLs of managed disks' snapshots.
+    pub sas: SasBlobs,
 }
 
 impl App {
@@ -163,13 +172,91 @@ impl App {
             config.max_inflight_requests,
             config.max_buffer_mib * 1024 * 1024,
         ));
+        let arm = config.azure.as_ref().map(|a| {
+            ArmClient::from_config(a, ArmOptions::default()).map_err(|e| {
+                BlobError::local(
+                    crate::blobs::ErrorKind::Unusable,
+                    crate::blobs::Resource::Account("[azure]".into()),
+                    e.to_string(),
+                )
+            })
+        });
         Ok(App {
             limits,
             config,
             blobs,
             store,
             clock: Arc::new(SystemClock),
+            arm,
+            sas: SasBlobs::default(),
         })
+    }
+
+    /// `restore --to-managed-disk`: restore point into a new managed disk (holds the disk's
+    /// lock, as a restore to a blob does).
+    pub async fn restore_to_managed_disk(
+        &self,
+        disk: &DiskConfig,
+        req: &crate::managed_restore::ManagedRestoreRequest,
+    ) -> Result<crate::managed_restore::ManagedRestoreReport, AppError> {
+        let _lock = self.lock_disk(&disk.name)?;
+        let arm = match &self.arm {
+            Some(Ok(arm)) => arm,
+            Some(Err(e)) => {
+                return Err(AppError::Restore(RestoreError::Blob {
+                    what: "the [azure] credential".into(),
+                    source: e.clone(),
+                }))
+            }
+            None => {
+                return Err(AppError::Restore(RestoreError::ManagedTarget {
+                    target: req.target.to_string(),
+                    reason: "the config has no [azure] table".into(),
+                }))
+            }
+        };
+        Ok(crate::managed_restore::restore(
+            self.blobs.as_ref(),
+            &self.store,
+            disk,
+            arm,
+            &self.sas,
+            req,
+        )
+        .await?)
+    }
+
+    /// The source of a managed disk (None for a page-blob disk, which the runner reads
+    /// through `blobs`).
+    pub fn managed_source(
+        &self,
+        disk: &DiskConfig,
+    ) -> Result<Option<ManagedDiskSource>, BlobError> {
+        let DiskSource::Managed {
+            disk: id,
+            snapshot_group,
+        } = &disk.source
+        else {
+            return Ok(None);
+        };
+        let arm = match &self.arm {
+            Some(Ok(arm)) => arm.clone(),
+            Some(Err(e)) => return Err(e.clone()),
+            // check-config refuses a managed disk without [azure]; a hand-built config may not.
+            None => {
+                return Err(BlobError::local(
+                    crate::blobs::ErrorKind::Unusable,
+                    crate::blobs::Resource::Managed(id.to_string()),
+                    "a managed disk needs an [azure] table",
+                ))
+            }
+        };
+        Ok(Some(ManagedDiskSource::new(
+            arm,
+            self.sas.clone(),
+            id.clone(),
+            snapshot_group.clone(),
+        )))
     }
 
     /// The named disks (all when `names` is empty); an unknown name is an error naming it.
@@ -364,7 +451,14 @@ impl App {
             },
         })?;
         let spec = disk_spec(disk);
+        let managed = self
+            .managed_source(disk)
+            .map_err(|source| CycleError::Blob {
+                disk: disk.name.clone(),
+                source,
+            })?;
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
+        runner.other_source = managed.as_ref().map(|m| m as &dyn Source);
         runner.stop = stop;
         runner.progress = progress;
         runner.limits = Some(self.limits.clone());
@@ -423,8 +517,38 @@ impl App {
     ) -> Result<VerifyReport, AppError> {
         let progress = Arc::new(Progress::default());
         let bar = crate::terminal::watch(&disk.name, progress.clone());
-        let report =
-            crate::verify::verify(self.blobs.as_ref(), disk, snapshot, Some(&progress)).await;
+        let managed = self.managed_source(disk).map_err(|source| {
+            AppError::Verify(VerifyError::Blob {
+                disk: disk.name.clone(),
+                source,
+            })
+        })?;
+        let report = match (&managed, &disk.source) {
+            (Some(m), _) => {
+                let r =
+                    crate::verify::verify(self.blobs.as_ref(), m, disk, snapshot, Some(&progress))
+                        .await;
+                // The read SAS of S(n) is not needed after the comparison.
+                if let Err(e) = m.release(&disk.name).await {
+                    tracing::warn!(disk = %disk.name, error = %e, "could not end read access to the source snapshot");
+                }
+                r
+            }
+            (None, DiskSource::Blob(b)) => {
+                let source = PageBlobSource::new(self.blobs.as_ref(), b);
+                crate::verify::verify(
+                    self.blobs.as_ref(),
+                    &source,
+                    disk,
+                    snapshot,
+                    Some(&progress),
+                )
+                .await
+            }
+            (None, DiskSource::Managed { .. }) => {
+                unreachable!("managed_source answers Some for a managed disk")
+            }
+        };
         if let Some(bar) = bar {
             bar.finish().await;
         }

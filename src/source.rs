@@ -4,9 +4,10 @@
 //! ones it took, diff two of them page by page, read a range, delete one, and let the backup
 //! account's service read one for a server-side copy. Snapshot ids are opaque
 //! ([`SnapshotId`]): a blob snapshot's timestamp for [`PageBlobSource`]; for a managed disk
-//! (next), the resource id of an incremental snapshot, read through a SAS URL granted with
-//! `beginGetAccess` and revoked with `endGetAccess`.
+//! (`crate::managed`), the resource id of an incremental snapshot, read through a SAS URL
+//! granted with `beginGetAccess` and revoked with `endGetAccess`.
 
+use crate::arm::sas::SasUrl;
 use crate::blobs::{BlobResult, PageBlobs, PageList, PageListQuery, Resource};
 use crate::model::{tags, BlobRef, SnapshotId};
 use crate::pages::ByteRange;
@@ -21,13 +22,15 @@ pub struct SourceSnapshot {
 }
 
 /// How the backup account's service reads a source snapshot for a server-side copy (Put Page
-/// From URL, Copy Blob). A managed-disk source adds a variant carrying the SAS URL its
-/// `beginGetAccess` returned.
+/// From URL, Copy Blob).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CopySource {
     /// A snapshot of a blob in a configured account; the storage layer authorises each read
     /// itself (a short-lived read SAS, or a bearer token).
     Blob { blob: BlobRef, snapshot: SnapshotId },
+    /// A managed disk's snapshot exported by `beginGetAccess`: the SAS URL, and the snapshot's
+    /// resource id for messages.
+    Url { url: SasUrl, resource: String },
 }
 
 /// One page of a diff: the changed and cleared ranges of `snapshot` since `base` (every
@@ -82,6 +85,19 @@ pub trait Source: Send + Sync {
 
     /// Ends a [`Source::grant_read`].
     async fn revoke_read(&self, snapshot: &SnapshotId) -> BlobResult<()>;
+
+    /// Ends every read access held on `disk`'s tagged snapshots, also access a killed
+    /// process granted (a managed disk allows 5 at once). Called before a cycle and when it
+    /// is done; later reads grant access again.
+    async fn release(&self, _disk: &str) -> BlobResult<()> {
+        Ok(())
+    }
+
+    /// Storage requests made and diff ranges listed since the last call, for sources whose
+    /// requests do not go through the runner's metered storage (a managed disk's SAS reads).
+    fn take_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// A page blob (the disk of an unmanaged VM, or any page blob) as a source: its snapshots are

@@ -14,7 +14,9 @@
 use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
 use crate::cycle::progress::Progress;
+use crate::model::SnapshotId;
 use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
+use crate::source::{DiffQuery, Source};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
@@ -111,6 +113,35 @@ pub async fn allocated_ranges(
     }
 }
 
+/// Every allocated range of a source snapshot of `size` bytes, in offset order (its diff
+/// against nothing).
+async fn source_ranges(
+    source: &dyn Source,
+    snapshot: &SnapshotId,
+    size: u64,
+) -> Result<Vec<ByteRange>, BlobError> {
+    let mut out = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let q = DiffQuery {
+            snapshot,
+            base: None,
+            range: ByteRange::new(0, size),
+            marker: marker.as_deref(),
+            max_results: crate::cycle::runner::DIFF_PAGE_RESULTS,
+        };
+        let page = source.diff(q).await?;
+        out.extend(page.items.into_iter().filter_map(|i| match i {
+            PageItem::Changed(r) => Some(r),
+            PageItem::Cleared(_) => None,
+        }));
+        marker = page.next_marker;
+        if marker.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
 /// The union of two range lists, merged and clipped to `size`, split into chunks of at most
 /// `chunk` bytes.
 pub fn union_chunks(a: &[ByteRange], b: &[ByteRange], size: u64, chunk: u64) -> Vec<ByteRange> {
@@ -139,12 +170,13 @@ pub fn union_chunks(a: &[ByteRange], b: &[ByteRange], size: u64, chunk: u64) -> 
     out
 }
 
-/// Compares `backup`@`restore_point` with `source`@`source_snapshot`, both already resolved.
+/// Compares `backup`@`restore_point` with the source's `source_snapshot`, both already
+/// resolved; `source_name` names the source in messages.
 pub async fn compare(
     blobs: &dyn PageBlobs,
     disk: &str,
     (backup, restore_point): (&BlobRef, &str),
-    (source, source_snapshot): (&BlobRef, &str),
+    (source, source_name, source_snapshot): (&dyn Source, &str, &str),
     concurrency: usize,
     progress: Option<&Progress>,
 ) -> Result<VerifyReport, VerifyError> {
@@ -152,16 +184,13 @@ pub async fn compare(
         disk: disk.to_string(),
         source,
     };
-    let Some(sprops) = blobs
-        .properties(source, Some(source_snapshot))
-        .await
-        .map_err(err)?
-    else {
+    let snap = SnapshotId::new(source_snapshot);
+    let Some(source_size) = source.snapshot_size(&snap).await.map_err(err)? else {
         return Err(VerifyError::SourceSnapshotGone {
             disk: disk.to_string(),
             snapshot: restore_point.to_string(),
             source_snapshot: source_snapshot.to_string(),
-            source_blob: source.to_string(),
+            source_blob: source_name.to_string(),
         });
     };
     let bprops = blobs
@@ -176,20 +205,20 @@ pub async fn compare(
         disk: disk.to_string(),
         restore_point: restore_point.to_string(),
         source_snapshot: source_snapshot.to_string(),
-        size: sprops.size,
+        size: source_size,
         backup_ranges: 0,
         source_ranges: 0,
         chunks: 0,
         bytes_compared: 0,
         mismatch: None,
     };
-    if bprops.size != sprops.size {
+    if bprops.size != source_size {
         report.mismatch = Some(Mismatch {
-            offset: bprops.size.min(sprops.size),
+            offset: bprops.size.min(source_size),
             kind: "size",
             detail: format!(
-                "restore point is {} bytes, source snapshot {} bytes",
-                bprops.size, sprops.size
+                "restore point is {} bytes, source snapshot {source_size} bytes",
+                bprops.size
             ),
         });
         return Ok(report);
@@ -197,31 +226,34 @@ pub async fn compare(
     let b_ranges = allocated_ranges(blobs, backup, Some(restore_point))
         .await
         .map_err(err)?;
-    let s_ranges = allocated_ranges(blobs, source, Some(source_snapshot))
+    let s_ranges = source_ranges(source, &snap, source_size)
         .await
         .map_err(err)?;
     report.backup_ranges = b_ranges.len();
     report.source_ranges = s_ranges.len();
-    let chunks = union_chunks(&b_ranges, &s_ranges, sprops.size, MAX_PUT_BYTES);
+    let chunks = union_chunks(&b_ranges, &s_ranges, source_size, MAX_PUT_BYTES);
     if let Some(p) = progress {
         p.start("verify", 0, chunks.iter().map(|c| c.len()).sum());
     }
     let results = futures::stream::iter(chunks.into_iter().map(Ok::<_, BlobError>))
-        .map_ok(|r| async move {
-            let (b, s) = futures::try_join!(
-                blobs.read(backup, Some(restore_point), r),
-                blobs.read(source, Some(source_snapshot), r)
-            )?;
-            let (cb, cs) = (crc64(&b), crc64(&s));
-            let first = (cb != cs || b != s).then(|| {
-                let at = b
-                    .iter()
-                    .zip(s.iter())
-                    .position(|(x, y)| x != y)
-                    .unwrap_or(b.len().min(s.len()));
-                (r.start + at as u64, cb, cs)
-            });
-            Ok((r, first))
+        .map_ok(|r| {
+            let snap = &snap;
+            async move {
+                let (b, s) = futures::try_join!(
+                    blobs.read(backup, Some(restore_point), r),
+                    source.read(snap, r)
+                )?;
+                let (cb, cs) = (crc64(&b), crc64(&s));
+                let first = (cb != cs || b != s).then(|| {
+                    let at = b
+                        .iter()
+                        .zip(s.iter())
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(b.len().min(s.len()));
+                    (r.start + at as u64, cb, cs)
+                });
+                Ok((r, first))
+            }
         })
         .try_buffered(concurrency.max(1));
     let mut results = std::pin::pin!(results);
@@ -249,12 +281,12 @@ pub async fn compare(
 /// Verifies one restore point of `disk` (the newest when `snapshot` is None).
 pub async fn verify(
     blobs: &dyn PageBlobs,
+    source: &dyn Source,
     disk: &DiskConfig,
     snapshot: Option<&str>,
     progress: Option<&Progress>,
 ) -> Result<VerifyReport, VerifyError> {
     let backup = disk.backup.clone();
-    let source = disk.source.clone();
     let ours = crate::retention::restore_points(blobs, disk)
         .await
         .map_err(|source| VerifyError::Blob {
@@ -276,7 +308,7 @@ pub async fn verify(
         blobs,
         &disk.name,
         (&backup, &point.snapshot),
-        (&source, point.source.as_str()),
+        (source, &disk.source.to_string(), point.source.as_str()),
         disk.concurrency,
         progress,
     )
@@ -288,6 +320,7 @@ mod tests {
     use super::*;
     use crate::blobs::Metadata;
     use crate::fake::MemBlobs;
+    use crate::source::PageBlobSource;
 
     fn r(a: u64, b: u64) -> ByteRange {
         ByteRange::new(a, b)
@@ -319,9 +352,16 @@ mod tests {
         blobs.resize(&bk, 69632).await.unwrap();
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2, None)
-            .await
-            .unwrap();
+        let rep = compare(
+            &blobs,
+            "d",
+            (&bk, &b),
+            (&PageBlobSource::new(&blobs, &src), "src", &s),
+            2,
+            None,
+        )
+        .await
+        .unwrap();
         assert!(rep.ok(), "{rep:?}");
         assert_eq!(rep.bytes_compared, 8192 + 4096);
         assert_eq!((rep.backup_ranges, rep.source_ranges), (1, 2));
@@ -337,17 +377,31 @@ mod tests {
         blobs.write(&bk, 0, &data);
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(&blobs, "d", (&bk, &b), (&src, &s), 2, None)
-            .await
-            .unwrap();
+        let rep = compare(
+            &blobs,
+            "d",
+            (&bk, &b),
+            (&PageBlobSource::new(&blobs, &src), "src", &s),
+            2,
+            None,
+        )
+        .await
+        .unwrap();
         let m = rep.mismatch.unwrap();
         assert_eq!((m.offset, m.kind), (10_000, "content"));
         // A size difference is reported at the smaller size.
         blobs.resize(&bk, 32768).await.unwrap();
         let b2 = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(&blobs, "d", (&bk, &b2), (&src, &s), 2, None)
-            .await
-            .unwrap();
+        let rep = compare(
+            &blobs,
+            "d",
+            (&bk, &b2),
+            (&PageBlobSource::new(&blobs, &src), "src", &s),
+            2,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(rep.mismatch.unwrap().offset, 16384);
     }
 
@@ -360,9 +414,16 @@ mod tests {
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
         blobs.delete_snapshot(&src, &s).await.unwrap();
-        let e = compare(&blobs, "d", (&bk, &b), (&src, &s), 2, None)
-            .await
-            .unwrap_err();
+        let e = compare(
+            &blobs,
+            "d",
+            (&bk, &b),
+            (&PageBlobSource::new(&blobs, &src), "src", &s),
+            2,
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, VerifyError::SourceSnapshotGone { .. }), "{e}");
         assert!(e.to_string().contains(&s));
     }

@@ -24,10 +24,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retention",
             "copy",
             "source",
-            "check",
-            "hooks",
-            "logging",
-            "terminal",
+            "managed",
+            "managed_restore",
         ],
     ),
     (
@@ -43,8 +41,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "cycle::machine",
         ],
     ),
-    ("storage trait", &["blobs", "blob_error", "secrets", "tls"]),
-    ("model", &["model", "pages"]),
+    ("storage trait", &["blobs", "blob_error", "secrets"]),
+    ("model", &["model", "pages", "vhd", "tls"]),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -174,7 +174,8 @@ async fn a_wrong_backup_key_fails_the_backup_rows_and_cleans_the_source() {
     assert_eq!(create["outcome"], "fail");
     let cause = create["cause"].as_str().unwrap();
     assert!(
-        cause.contains("authentication failed for account 'backup' on ") && cause.contains("(403 "),
+        cause.contains("authentication failed for account 'backup' on container backup/backups")
+            && cause.contains("(403 AuthorizationFailure)"),
         "{create}"
     );
     assert!(

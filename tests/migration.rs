@@ -4,6 +4,7 @@
 
 use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
+use snapback::config::DiskSource;
 use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
 use snapback::cycle::runner::{DiskSpec, Runner};
 use snapback::fake::MemBlobs;
@@ -23,7 +24,7 @@ impl Clock for FixedClock {
 fn disk(n: &str) -> DiskSpec {
     DiskSpec {
         name: n.into(),
-        source: BlobRef::new("premium", "vhds", &format!("{n}.vhd")),
+        source: DiskSource::Blob(BlobRef::new("premium", "vhds", &format!("{n}.vhd"))),
         backup: BlobRef::new("backup", "backups", n),
         concurrency: 3,
         copy_mode: Default::default(),
@@ -60,20 +61,26 @@ async fn fixture_world() -> MemBlobs {
     let blobs = MemBlobs::new();
     let scratch = StateStore::open_in_memory().unwrap();
     let d = disk("d");
-    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
-    blobs.write(&d.source, 0, &[1u8; 4096]);
+    blobs
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+        .await
+        .unwrap();
+    blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
     runner(&blobs, &scratch, &d).run_cycle().await.unwrap();
-    blobs.write(&d.source, 512, &[3u8; 1024]);
+    blobs.write(d.source.blob().unwrap(), 512, &[3u8; 1024]);
     runner(&blobs, &scratch, &d).run_cycle().await.unwrap();
-    blobs.write(&d.source, 40 * 512, &[4u8; 512]);
+    blobs.write(d.source.blob().unwrap(), 40 * 512, &[4u8; 512]);
     let r = runner(&blobs, &scratch, &d);
     let mut rec = r.open_or_resume().await.unwrap();
     while rec.phase.name() != PhaseName::Apply {
         r.step(&mut rec).await.unwrap();
     }
     let s = disk("s");
-    blobs.create_page_blob(&s.source, 16 * 512).await.unwrap();
-    blobs.write(&s.source, 0, &[7u8; 512]);
+    blobs
+        .create_page_blob(s.source.blob().unwrap(), 16 * 512)
+        .await
+        .unwrap();
+    blobs.write(s.source.blob().unwrap(), 0, &[7u8; 512]);
     let r = runner(&blobs, &scratch, &s);
     let mut rec = r.open_or_resume().await.unwrap();
     while !matches!(
@@ -148,11 +155,11 @@ async fn work_resumes_from_a_migrated_database() {
         let (b, s) = rec.phase.restore_point().unwrap();
         assert_eq!(
             blobs.content(&d.backup, Some(b.as_str())),
-            blobs.content(&d.source, Some(s.as_str())),
+            blobs.content(d.source.blob().unwrap(), Some(s.as_str())),
             "disk {name}: the resumed cycle's restore point equals its source snapshot"
         );
         assert_eq!(
-            blobs.snapshot_ids(&d.source),
+            blobs.snapshot_ids(d.source.blob().unwrap()),
             vec![s.as_str().to_string()],
             "disk {name}: one source snapshot left"
         );
@@ -163,7 +170,7 @@ async fn work_resumes_from_a_migrated_database() {
     assert_eq!(store.restore_points("d").unwrap().len(), 3);
     // The next cycle is incremental from there.
     let d = disk("d");
-    blobs.write(&d.source, 0, &[9u8; 512]);
+    blobs.write(d.source.blob().unwrap(), 0, &[9u8; 512]);
     let rec = runner(&blobs, &store, &d).run_cycle().await.unwrap();
     assert_eq!(rec.kind, CycleKind::Incremental);
     assert_eq!(rec.stats.bytes_written, 512);

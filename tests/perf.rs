@@ -38,7 +38,12 @@ async fn check_last_point(fx: &Fixture, blobs: &dyn PageBlobs, spec: &DiskSpec, 
     let rp = store.restore_points(&spec.name).unwrap().pop().unwrap();
     assert!(
         content(blobs, &spec.backup, Some(&rp.snapshot)).await
-            == content(blobs, &spec.source, Some(&rp.source_snapshot)).await,
+            == content(
+                blobs,
+                spec.source.blob().unwrap(),
+                Some(&rp.source_snapshot)
+            )
+            .await,
         "{ctx}: restore point differs from its source snapshot"
     );
 }
@@ -73,8 +78,14 @@ async fn request_counts_and_server_copy() {
     let blobs = blobs.as_ref();
     let mut spec = disk_spec(&fx.config().disks[0]);
     let mut rng = Rng(0x9e7f_0005);
-    create_disk(blobs, &spec.source, 32 * MIB).await;
-    write(blobs, &spec.source, 24 * MIB, &rng.bytes(MIB as usize)).await;
+    create_disk(blobs, spec.source.blob().unwrap(), 32 * MIB).await;
+    write(
+        blobs,
+        spec.source.blob().unwrap(),
+        24 * MIB,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
     cycle(&fx, blobs, &spec).await; // seed
 
     // Client copy.

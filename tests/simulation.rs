@@ -3,6 +3,7 @@
 //! Fast and exhaustive; the same properties are tested against Azurite in tests/crash.rs.
 
 use snapback::blobs::{BlobRef, PageBlobs};
+use snapback::config::DiskSource;
 use snapback::cycle::machine::{next_action, CycleKind};
 use snapback::cycle::runner::{DiskSpec, Runner};
 use snapback::fake::MemBlobs;
@@ -20,7 +21,7 @@ impl Clock for FixedClock {
 fn disk() -> DiskSpec {
     DiskSpec {
         name: "d".into(),
-        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
         backup: BlobRef::new("backup", "backups", "d"),
         concurrency: 3,
         copy_mode: Default::default(),
@@ -42,19 +43,25 @@ async fn world() -> (MemBlobs, StateStore, DiskSpec) {
     let blobs = MemBlobs::new();
     let store = StateStore::open_in_memory().unwrap();
     let d = disk();
-    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
-    blobs.write(&d.source, 0, &[1u8; 4096]);
-    blobs.write(&d.source, 16 * 512, &[2u8; 2048]);
-    runner(&blobs, &store, &d).run_cycle().await.unwrap();
-    // Changes for the incremental cycle under test: writes, a rewrite, a clear, a grow.
-    blobs.write(&d.source, 512, &[3u8; 1024]);
-    blobs.write(&d.source, 40 * 512, &[4u8; 512]);
     blobs
-        .clear_pages(&d.source, ByteRange::new(16 * 512, 18 * 512))
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
         .await
         .unwrap();
-    blobs.resize(&d.source, 80 * 512).await.unwrap();
-    blobs.write(&d.source, 70 * 512, &[5u8; 512]);
+    blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
+    blobs.write(d.source.blob().unwrap(), 16 * 512, &[2u8; 2048]);
+    runner(&blobs, &store, &d).run_cycle().await.unwrap();
+    // Changes for the incremental cycle under test: writes, a rewrite, a clear, a grow.
+    blobs.write(d.source.blob().unwrap(), 512, &[3u8; 1024]);
+    blobs.write(d.source.blob().unwrap(), 40 * 512, &[4u8; 512]);
+    blobs
+        .clear_pages(d.source.blob().unwrap(), ByteRange::new(16 * 512, 18 * 512))
+        .await
+        .unwrap();
+    blobs
+        .resize(d.source.blob().unwrap(), 80 * 512)
+        .await
+        .unwrap();
+    blobs.write(d.source.blob().unwrap(), 70 * 512, &[5u8; 512]);
     (blobs, store, d)
 }
 
@@ -68,11 +75,11 @@ fn check(blobs: &MemBlobs, store: &StateStore, d: &DiskSpec, points: usize, ctx:
     let last = rps.last().unwrap();
     assert_eq!(
         blobs.content(&d.backup, Some(&last.snapshot)),
-        blobs.content(&d.source, Some(&last.source_snapshot)),
+        blobs.content(d.source.blob().unwrap(), Some(&last.source_snapshot)),
         "{ctx}: restore point differs from its source snapshot"
     );
     assert_eq!(
-        blobs.snapshot_ids(&d.source),
+        blobs.snapshot_ids(d.source.blob().unwrap()),
         vec![last.source_snapshot.clone()],
         "{ctx}: source snapshots"
     );
@@ -162,7 +169,7 @@ async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
         match tamper {
             "backup-written" => blobs.write(&d.backup, 0, &[9u8; 512]),
             _ => blobs
-                .delete_snapshot(&d.source, &first_point.source_snapshot)
+                .delete_snapshot(d.source.blob().unwrap(), &first_point.source_snapshot)
                 .await
                 .unwrap(),
         }
@@ -224,7 +231,11 @@ async fn out_of_order_completion_then_failure_then_resume() {
         let (mut blobs, store, mut d) = world().await;
         // More, smaller batches: 40 scattered changed runs.
         for i in 0..40u64 {
-            blobs.write(&d.source, (i * 2 + 1) * 512, &[i as u8 + 1; 512]);
+            blobs.write(
+                d.source.blob().unwrap(),
+                (i * 2 + 1) * 512,
+                &[i as u8 + 1; 512],
+            );
         }
         blobs.jitter_ms = 5;
         d.concurrency = 8;
@@ -247,9 +258,12 @@ async fn seed_without_copy_blob_copies_every_page_and_resumes_after_any_failure(
         blobs.refuse_copy = true;
         let store = StateStore::open_in_memory().unwrap();
         let d = disk();
-        blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
-        blobs.write(&d.source, 0, &[1u8; 4096]);
-        blobs.write(&d.source, 20 * 512, &[2u8; 1024]);
+        blobs
+            .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+            .await
+            .unwrap();
+        blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
+        blobs.write(d.source.blob().unwrap(), 20 * 512, &[2u8; 1024]);
         // An old backup base with other content: the seed must not keep any of it.
         blobs.create_page_blob(&d.backup, 64 * 512).await.unwrap();
         blobs.write(&d.backup, 40 * 512, &[9u8; 512]);

@@ -13,6 +13,7 @@ use snapback::blobs::{
     Resource, SnapshotInfo,
 };
 use snapback::config::CopyMode;
+use snapback::config::DiskSource;
 use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
 use snapback::cycle::runner::{CycleError, DiskSpec, Runner};
 use snapback::fake::MemBlobs;
@@ -122,15 +123,21 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
     let store = StateStore::open_in_memory().unwrap();
     let d = DiskSpec {
         name: "d".into(),
-        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
         backup: BlobRef::new("backup", "backups", "d"),
         concurrency: 1,
         copy_mode: mode,
     };
-    blobs.ensure_container(&d.source).await.unwrap();
-    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
+    blobs
+        .ensure_container(d.source.blob().unwrap())
+        .await
+        .unwrap();
+    blobs
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+        .await
+        .unwrap();
     let write = |at: u64, byte: u8, len: usize| {
-        blobs.put_pages(&d.source, at, Bytes::from(vec![byte; len]))
+        blobs.put_pages(d.source.blob().unwrap(), at, Bytes::from(vec![byte; len]))
     };
     write(0, 1, 4096).await.unwrap();
     let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
@@ -146,7 +153,10 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
         r.step(&mut rec).await.unwrap();
     }
     let s_n = rec.phase.source().unwrap().clone();
-    let source_snapshots = blobs.list_snapshots(&d.source).await.unwrap();
+    let source_snapshots = blobs
+        .list_snapshots(d.source.blob().unwrap())
+        .await
+        .unwrap();
     blobs.armed.store(true, Ordering::SeqCst);
 
     let err = r.step(&mut rec).await.unwrap_err();
@@ -169,7 +179,10 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
     );
     assert_eq!(saved.kind, CycleKind::Incremental);
     assert_eq!(
-        blobs.list_snapshots(&d.source).await.unwrap(),
+        blobs
+            .list_snapshots(d.source.blob().unwrap())
+            .await
+            .unwrap(),
         source_snapshots,
         "{mode:?}: no new source snapshot"
     );
@@ -196,27 +209,30 @@ async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
     let store = StateStore::open_in_memory().unwrap();
     let d = DiskSpec {
         name: "d".into(),
-        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
         backup: BlobRef::new("backup", "backups", "d"),
         concurrency: 1,
         copy_mode: CopyMode::Server,
     };
-    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
-    blobs.write(&d.source, 0, &[1u8; 4096]);
+    blobs
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+        .await
+        .unwrap();
+    blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
     let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
     r.copy_poll = (
         std::time::Duration::from_millis(1),
         std::time::Duration::from_millis(1),
     );
     r.run_cycle().await.unwrap();
-    blobs.write(&d.source, 8 * 512, &[2u8; 1024]);
+    blobs.write(d.source.blob().unwrap(), 8 * 512, &[2u8; 1024]);
     let mut rec = r.open_or_resume().await.unwrap();
     while rec.phase.name() != PhaseName::Apply {
         r.step(&mut rec).await.unwrap();
     }
     let s_n = rec.phase.source().unwrap().clone();
     blobs
-        .delete_snapshot(&d.source, s_n.as_str())
+        .delete_snapshot(d.source.blob().unwrap(), s_n.as_str())
         .await
         .unwrap();
     r.step(&mut rec).await.unwrap();
@@ -226,7 +242,7 @@ async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
     assert_ne!(*s, s_n);
     assert_eq!(
         blobs.content(&d.backup, Some(b.as_str())),
-        blobs.content(&d.source, Some(s.as_str()))
+        blobs.content(d.source.blob().unwrap(), Some(s.as_str()))
     );
 }
 
@@ -239,13 +255,14 @@ async fn a_late_second_snapshot_of_the_cycle_is_swept_at_prune() {
     let store = StateStore::open_in_memory().unwrap();
     let d = DiskSpec {
         name: "d".into(),
-        source: BlobRef::new("premium", "vhds", "d.vhd"),
+        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
         backup: BlobRef::new("backup", "backups", "d"),
         concurrency: 1,
         copy_mode: CopyMode::Client,
     };
-    blobs.create_page_blob(&d.source, 64 * 512).await.unwrap();
-    blobs.write(&d.source, 0, &[1u8; 4096]);
+    let source = d.source.blob().unwrap();
+    blobs.create_page_blob(source, 64 * 512).await.unwrap();
+    blobs.write(source, 0, &[1u8; 4096]);
     let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
     r.copy_poll = (
         std::time::Duration::from_millis(1),

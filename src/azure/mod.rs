@@ -14,6 +14,7 @@
 
 pub mod page_list;
 mod preflight;
+pub mod sas_blob;
 pub mod shared_key;
 
 use crate::blobs::{
@@ -836,6 +837,41 @@ impl PageBlobs for AzureBlobs {
             )
             .await
             .map_err(|e| map_copy_err(dest, source, source_snapshot, what(), e))?;
+        Ok(etag_string(
+            resp.etag()
+                .map_err(|e| map_err(Resource::blob(dest), what(), e))?,
+        ))
+    }
+
+    async fn put_pages_from_sas(
+        &self,
+        dest: &BlobRef,
+        range: ByteRange,
+        source: &Url,
+        source_resource: &str,
+        source_offset: u64,
+    ) -> BlobResult<String> {
+        let what = || format!("put {dest} {range} from {source_resource} at {source_offset}");
+        let resp = self
+            .blob_client(dest)?
+            .page_blob_client()
+            .upload_pages_from_url(
+                source.to_string(),
+                HttpRange::new(source_offset, range.len()),
+                0,
+                HttpRange::new(range.start, range.len()),
+                None,
+            )
+            .await
+            .map_err(|e| {
+                let mut err = map_err(Resource::blob(dest), what(), e);
+                // The service could not read the source: about the snapshot, not the backup.
+                if err.code.as_deref() == Some("CannotVerifyCopySource") {
+                    err.resource = Box::new(Resource::Managed(source_resource.to_string()));
+                }
+                err.detail = crate::arm::sas::redact(&err.detail);
+                err
+            })?;
         Ok(etag_string(
             resp.etag()
                 .map_err(|e| map_err(Resource::blob(dest), what(), e))?,

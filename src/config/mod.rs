@@ -56,6 +56,7 @@ const TOP_FIELDS: &[&str] = &[
     "metrics_listen",
     "control_socket",
     "accounts",
+    "azure",
     "disk",
     "hooks",
 ];
@@ -76,6 +77,8 @@ const ACCOUNT_FIELDS: &[&str] = &[
 const DISK_FIELDS: &[&str] = &[
     "name",
     "source",
+    "managed_disk",
+    "snapshot_resource_group",
     "backup",
     "schedule",
     "tz",
@@ -123,6 +126,9 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Storage accounts by their `[accounts.KEY]` name.
     pub accounts: BTreeMap<String, AccountConfig>,
+    /// The `[azure]` table (ARM endpoint and credential); required when a disk is a
+    /// managed disk.
+    pub azure: Option<azure::AzureConfig>,
     /// Disks to back up, in file order.
     pub disks: Vec<DiskConfig>,
     /// The `[hooks]` table: hooks of every disk that does not override them.
@@ -246,14 +252,54 @@ impl fmt::Display for Schedule {
     }
 }
 
-/// One `[[disk]]` entry: a source page blob and where its backup goes.
+/// What a disk's backups are taken of: exactly one of `source` and `managed_disk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A page blob (`source = "account/container/blob"`).
+    Blob(BlobRef),
+    /// A managed disk (`managed_disk = "/subscriptions/…/disks/NAME"`); its incremental
+    /// snapshots are made in `snapshot_group` (`snapshot_resource_group`, default the disk's).
+    Managed {
+        disk: crate::arm::id::ResourceId,
+        snapshot_group: crate::arm::id::ResourceGroup,
+    },
+}
+
+impl DiskConfig {
+    /// The source page blob, for a page-blob disk.
+    pub fn blob_source(&self) -> Option<&BlobRef> {
+        self.source.blob()
+    }
+}
+
+impl DiskSource {
+    /// The page blob, for a page-blob source.
+    pub fn blob(&self) -> Option<&BlobRef> {
+        match self {
+            DiskSource::Blob(b) => Some(b),
+            DiskSource::Managed { .. } => None,
+        }
+    }
+}
+
+/// A page blob as `account/container/blob`, a managed disk as its resource id.
+impl fmt::Display for DiskSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskSource::Blob(b) => b.fmt(f),
+            DiskSource::Managed { disk, .. } => disk.fmt(f),
+        }
+    }
+}
+
+/// One `[[disk]]` entry: a source (page blob or managed disk) and where its backup goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     /// Unique name; used in state, metrics labels and the control CLI, hence
     /// the restricted character set.
     pub name: String,
-    /// The page blob being backed up.
-    pub source: BlobRef,
+    /// What is backed up.
+    pub source: DiskSource,
     /// The page blob the backup is written to (snapshots are taken of it).
     pub backup: BlobRef,
     /// Cron schedule (5 fields, or 6 with leading seconds); `None` means

@@ -76,15 +76,15 @@ fn full_example_values() {
         }
     );
 
-    assert_eq!(c.disks.len(), 2);
+    assert_eq!(c.disks.len(), 3);
     let d = c.disk("mypremiumdisk").unwrap();
     assert_eq!(
         d.source,
-        BlobRef {
+        DiskSource::Blob(BlobRef {
             account: "premium".into(),
             container: "vhds".into(),
             blob: "mypremiumdisk.vhd".into()
-        }
+        })
     );
     assert_eq!(d.backup.to_string(), "backup/backups/mybackupstdpageblob");
     assert_eq!(d.schedule.as_ref().map(|s| s.expr()), Some("0 */12 * * *"));
@@ -119,7 +119,7 @@ fn full_example_values() {
         d2.backup.blob,
         "backups/data/disk1".split_once('/').unwrap().1
     );
-    assert_eq!(d2.source.blob, "data/disk1.vhd");
+    assert_eq!(d2.blob_source().unwrap().blob, "data/disk1.vhd");
     assert_eq!(d2.schedule, None);
     assert_eq!(d2.tz, chrono_tz::Tz::UTC);
     assert_eq!(d2.jitter, None);
@@ -909,4 +909,86 @@ fn line_col_is_char_based() {
     let p = problems("# é\nstate_dir = \"\"\n \"é\" = 1\n");
     assert!(p[0].starts_with("snapback.toml:2:13:"), "{p:?}");
     assert!(p[1].starts_with("snapback.toml:3:2:"), "{p:?}");
+}
+
+const MD: &str =
+    "/subscriptions/00000000-0000-4000-8000-000000000001/resourceGroups/rg-vms/providers/Microsoft.Compute/disks/db01-data";
+const AZURE: &str = "\n[azure]\nmanaged_identity = true\n";
+
+#[test]
+fn managed_disk_with_azure_table() {
+    let text = format!(
+        "{}{AZURE}",
+        with_disk(&format!(
+            "name = \"db01\"\nmanaged_disk = \"{MD}\"\nsnapshot_resource_group = \"rg-snap\"\nbackup = \"backup/backups/db01\"\n"
+        ))
+    );
+    let c = parse(&text).unwrap();
+    let d = c.disk("db01").unwrap();
+    match &d.source {
+        DiskSource::Managed {
+            disk,
+            snapshot_group,
+        } => {
+            assert_eq!(disk.to_string(), MD);
+            assert_eq!(snapshot_group.name, "rg-snap");
+            assert_eq!(snapshot_group.subscription, disk.group.subscription);
+        }
+        other => panic!("not a managed disk: {other:?}"),
+    }
+    assert_eq!(d.source.to_string(), MD);
+    assert!(c.azure.is_some());
+}
+
+#[test]
+fn managed_disk_contract_errors_name_the_disk_and_fields() {
+    let both = format!(
+        "{}{AZURE}",
+        with_disk(&format!(
+            "name = \"db01\"\nsource = \"premium/vhds/a.vhd\"\nmanaged_disk = \"{MD}\"\nbackup = \"backup/backups/db01\"\n"
+        ))
+    );
+    assert_one(
+        &both,
+        "disk \"db01\": give either \"source\" (a page blob) or \"managed_disk\"",
+    );
+    let no_azure = with_disk(&format!(
+        "name = \"db01\"\nmanaged_disk = \"{MD}\"\nbackup = \"backup/backups/db01\"\n"
+    ));
+    assert_one(
+        &no_azure,
+        "disk \"db01\": managed_disk needs an [azure] table",
+    );
+    let bad_id = format!(
+        "{}{AZURE}",
+        with_disk("name = \"db01\"\nmanaged_disk = \"/subscriptions/nope/disks/x\"\nbackup = \"backup/backups/db01\"\n")
+    );
+    assert_one(
+        &bad_id,
+        "disk \"db01\": field \"managed_disk\": invalid resource id",
+    );
+    let snapshot_id = MD.replace("/disks/", "/snapshots/");
+    let not_disk = format!(
+        "{}{AZURE}",
+        with_disk(&format!(
+            "name = \"db01\"\nmanaged_disk = \"{snapshot_id}\"\nbackup = \"backup/backups/db01\"\n"
+        ))
+    );
+    assert_one(&not_disk, "is not a disk");
+    let stray = with_disk(
+        "name = \"db01\"\nsource = \"premium/vhds/a.vhd\"\nsnapshot_resource_group = \"rg\"\nbackup = \"backup/backups/db01\"\n",
+    );
+    assert_one(
+        &stray,
+        "snapshot_resource_group applies to a managed_disk only",
+    );
+    let neither = with_disk("name = \"db01\"\nbackup = \"backup/backups/db01\"\n");
+    assert_one(&neither, "missing required field \"source\"");
+    let bad_azure = format!(
+        "{}\n[azure]\nmanaged_identity = true\nazure_cli = true\n",
+        with_disk(&format!(
+            "name = \"db01\"\nmanaged_disk = \"{MD}\"\nbackup = \"backup/backups/db01\"\n"
+        ))
+    );
+    assert_one(&bad_azure, "azure: more than one credential");
 }

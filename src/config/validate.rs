@@ -45,6 +45,15 @@ impl<'a> Ctx<'a> {
         self.line_col(offset).0
     }
 
+    /// Byte offset where 1-based `line` starts (to point a message at a `[[disk]]` found
+    /// valid on its own but not with the rest of the file).
+    fn offset_of_line(&self, line: usize) -> usize {
+        self.line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub(super) fn into_error(mut self) -> ConfigError {
         self.problems.sort_by_key(|(off, _)| *off);
         let problems = self
@@ -368,8 +377,22 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
     };
 
     let (accounts, account_keys) = build_accounts(cx, doc);
+    let azure = build_azure(cx, doc);
     let disks = build_disks(cx, doc, &account_keys);
     let hooks = super::hooks::build_hooks(cx, doc, "");
+    // A managed disk is reached through ARM, which needs the [azure] table's credential.
+    if azure.is_none() && !doc.contains_key("azure") {
+        for d in disks.iter().filter(|d| d.blob_source().is_none()) {
+            let at = cx.offset_of_line(d.line);
+            cx.err(
+                at..at,
+                format!(
+                    "disk \"{}\": managed_disk needs an [azure] table (arm_endpoint and a credential; see docs/managed-disks.md)",
+                    d.name
+                ),
+            );
+        }
+    }
 
     Config {
         path: path.to_path_buf(),
@@ -382,8 +405,38 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
         metrics_listen,
         control_socket,
         accounts,
+        azure,
         disks,
         hooks,
+    }
+}
+
+/// The `[azure]` table, validated by [`super::azure::AzureConfig::from_table`]; its problems
+/// are reported at the table, each naming its `azure.FIELD`.
+fn build_azure(cx: &mut Ctx<'_>, doc: &DeTable<'_>) -> Option<super::azure::AzureConfig> {
+    let v = doc.get("azure")?;
+    let span = v.span();
+    if !matches!(v.get_ref(), DeValue::Table(_)) {
+        type_err(cx, "", "azure", v, "a table");
+        return None;
+    }
+    // The walk above has already accepted the whole text as TOML, so this parse succeeds;
+    // `from_table` works on an owned table.
+    let table = toml::from_str::<toml::Table>(cx.text)
+        .ok()
+        .and_then(|mut t| t.remove("azure"))
+        .and_then(|v| match v {
+            toml::Value::Table(t) => Some(t),
+            _ => None,
+        })?;
+    match super::azure::AzureConfig::from_table(&table) {
+        Ok(a) => Some(a),
+        Err(problems) => {
+            for p in problems {
+                cx.err(span.clone(), p.to_string());
+            }
+            None
+        }
     }
 }
 
@@ -735,7 +788,7 @@ pub(super) fn check_blob_overlaps(cx: &mut Ctx<'_>, disks: &[(DiskConfig, Range<
             }
         }
         for (j, (other, _)) in disks.iter().enumerate() {
-            if j != i && other.source == d.backup {
+            if j != i && other.blob_source() == Some(&d.backup) {
                 cx.err(
                     span.clone(),
                     format!(
@@ -837,9 +890,36 @@ pub(super) fn build_disk(
             }
         }
     };
-    let source = blob(cx, "source");
+    let source = match (t.contains_key("source"), t.contains_key("managed_disk")) {
+        (true, true) => {
+            let span = t.get("managed_disk").map_or(header.clone(), |v| v.span());
+            cx.err(
+                span,
+                format!("{prefix}give either \"source\" (a page blob) or \"managed_disk\" (a managed disk's resource id), not both"),
+            );
+            None
+        }
+        (false, true) => managed_disk(cx, t, &prefix).map(|m| (m, header.clone())),
+        (false, false) => {
+            cx.err(
+                header.clone(),
+                format!("{prefix}missing required field \"source\" (a page blob \"account/container/blob\") or \"managed_disk\" (a managed disk's resource id)"),
+            );
+            None
+        }
+        (true, false) => blob(cx, "source").map(|(b, span)| (DiskSource::Blob(b), span)),
+    };
+    if t.contains_key("snapshot_resource_group") && !t.contains_key("managed_disk") {
+        let span = t
+            .get("snapshot_resource_group")
+            .map_or(header.clone(), |v| v.span());
+        cx.err(
+            span,
+            format!("{prefix}snapshot_resource_group applies to a managed_disk only"),
+        );
+    }
     let backup = blob(cx, "backup");
-    if let (Some((s, _)), Some((b, span))) = (&source, &backup) {
+    if let (Some((DiskSource::Blob(s), _)), Some((b, span))) = (&source, &backup) {
         if s == b {
             cx.err(
                 span.clone(),
@@ -939,6 +1019,49 @@ pub(super) fn build_disk(
         },
         backup_span,
     ))
+}
+
+/// `managed_disk` (a disk's resource id) and `snapshot_resource_group` (a group name in the
+/// disk's subscription, default the disk's group).
+fn managed_disk(cx: &mut Ctx<'_>, t: &DeTable<'_>, prefix: &str) -> Option<DiskSource> {
+    use crate::arm::id::{ResourceGroup, ResourceId, ResourceKind};
+    let (s, span) = get_str(cx, t, "managed_disk", prefix)?;
+    let disk = match s.parse::<ResourceId>() {
+        Ok(id) if id.kind == ResourceKind::Disk => id,
+        Ok(_) => {
+            cx.err(
+                span,
+                format!("{prefix}field \"managed_disk\": '{s}' is not a disk (expected …/providers/Microsoft.Compute/disks/NAME)"),
+            );
+            return None;
+        }
+        Err(e) => {
+            cx.err(span, format!("{prefix}field \"managed_disk\": {e}"));
+            return None;
+        }
+    };
+    let snapshot_group = match get_str(cx, t, "snapshot_resource_group", prefix) {
+        Some((g, span)) => {
+            let group = ResourceGroup {
+                subscription: disk.group.subscription.clone(),
+                name: g.to_string(),
+            };
+            // Validated as the group part of a snapshot id in it.
+            if let Err(e) = ResourceId::snapshot_in(&group, "x") {
+                cx.err(
+                    span,
+                    format!("{prefix}field \"snapshot_resource_group\": {}", e.reason),
+                );
+                return None;
+            }
+            group
+        }
+        None => disk.group.clone(),
+    };
+    Some(DiskSource::Managed {
+        disk,
+        snapshot_group,
+    })
 }
 
 pub(super) fn build_retention(cx: &mut Ctx<'_>, t: &DeTable<'_>, prefix: &str) -> Retention {

@@ -144,6 +144,19 @@ impl PageBlobs for Metered<'_> {
         self.detail.bytes_from_url.fetch_add(r.len(), Relaxed);
         self.inner.put_pages_from_url(d, r, s, snap, at).await
     }
+    async fn put_pages_from_sas(
+        &self,
+        d: &BlobRef,
+        r: ByteRange,
+        url: &url::Url,
+        resource: &str,
+        at: u64,
+    ) -> BlobResult<String> {
+        self.count();
+        self.detail.puts_from_url.fetch_add(1, Relaxed);
+        self.detail.bytes_from_url.fetch_add(r.len(), Relaxed);
+        self.inner.put_pages_from_sas(d, r, url, resource, at).await
+    }
     async fn clear_pages(&self, b: &BlobRef, r: ByteRange) -> BlobResult<String> {
         self.count();
         self.detail.clears.fetch_add(1, Relaxed);

@@ -9,7 +9,7 @@ use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, P
 use super::metered::Metered;
 use super::progress::Progress;
 use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs, Resource};
-use crate::config::CopyMode;
+use crate::config::{CopyMode, DiskSource};
 use crate::copy::{self, CopyWait};
 use crate::model::{tags, Clock, SnapshotId};
 use crate::pages::{
@@ -33,7 +33,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct DiskSpec {
     pub name: String,
-    pub source: BlobRef,
+    /// A page blob (read through the runner's storage), or a managed disk (read through the
+    /// source the runner is given: [`Runner::other_source`]).
+    pub source: DiskSource,
     pub backup: BlobRef,
     /// Parallel page requests during apply.
     pub concurrency: usize,
@@ -147,10 +149,10 @@ pub enum CycleError {
     },
     /// A premium page-blob account refused a snapshot of the source: one per blob per 10
     /// minutes, or 100 per blob.
-    #[error("disk {disk}: {source_blob}: {limit}")]
+    #[error("disk {disk}: {of}: {limit}")]
     SnapshotLimit {
         disk: String,
-        source_blob: BlobRef,
+        of: Box<crate::config::DiskSource>,
         limit: SnapshotLimit,
     },
     /// The backup blob exists and snapback did not create it.
@@ -246,6 +248,24 @@ pub struct Runner<'a> {
     /// The operator allows writing to an existing backup blob snapback did not create
     /// (`adopt_existing_backup = true`).
     pub adopt_backup: bool,
+    /// The disk's source when it is not the page blob `disk.source` (a managed disk).
+    pub other_source: Option<&'a dyn Source>,
+}
+
+/// The source a runner reads: the page blob of its [`DiskSpec`], or the one it was given.
+enum SourceRef<'a> {
+    Blob(PageBlobSource<'a>),
+    Other(&'a dyn Source),
+}
+
+impl<'a> std::ops::Deref for SourceRef<'a> {
+    type Target = dyn Source + 'a;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            SourceRef::Blob(b) => b,
+            SourceRef::Other(s) => *s,
+        }
+    }
 }
 
 /// Seed copies started per run before it gives up on a copy the service keeps failing (a
@@ -272,6 +292,7 @@ impl<'a> Runner<'a> {
             tuning: ApplyTuning::default(),
             copy_failures: AtomicU32::new(0),
             adopt_backup: false,
+            other_source: None,
         }
     }
 
@@ -282,9 +303,17 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// The disk's source, seen through the meter.
-    fn source(&self) -> PageBlobSource<'_> {
-        PageBlobSource::new(&self.blobs, &self.disk.source)
+    /// The disk's source: a page blob seen through the meter, or the source given.
+    fn source(&self) -> SourceRef<'_> {
+        match (self.other_source, &self.disk.source) {
+            (Some(s), _) => SourceRef::Other(s),
+            (None, DiskSource::Blob(b)) => SourceRef::Blob(PageBlobSource::new(&self.blobs, b)),
+            // Our bug, not bad input: whoever builds a runner for a managed disk gives it its
+            // source (`service::App::managed_source`).
+            (None, DiskSource::Managed { disk, .. }) => {
+                panic!("the runner of managed disk {disk} was given no source")
+            }
+        }
     }
 
     fn now(&self) -> i64 {
@@ -428,6 +457,12 @@ impl<'a> Runner<'a> {
             .and_then(|()| self.blobs.check_account(&self.disk.backup.account))
             .map_err(|e| self.blob_err(e))?;
         let mut rec = self.open_or_resume().await?;
+        // Read access a killed run left granted is ended first (a managed disk allows only
+        // a few at once); this cycle grants what it needs again.
+        self.source()
+            .release(&rec.disk)
+            .await
+            .map_err(|e| self.blob_err(e))?;
         while self.step(&mut rec).await? {}
         Ok(rec)
     }
@@ -472,8 +507,9 @@ impl<'a> Runner<'a> {
         }
         machine::advance(rec, outcome, self.now())?;
         let (requests, ranges) = self.blobs.take_counts();
-        rec.stats.requests += requests;
-        rec.stats.ranges += ranges;
+        let (source_requests, source_ranges) = self.source().take_counts();
+        rec.stats.requests += requests + source_requests;
+        rec.stats.ranges += ranges + source_ranges;
         self.store.save_cycle(rec, self.now())?;
         Ok(())
     }
@@ -508,7 +544,7 @@ impl<'a> Runner<'a> {
                     Err(e) => Err(match SnapshotLimit::of(&e) {
                         Some(limit) => CycleError::SnapshotLimit {
                             disk: rec.disk.clone(),
-                            source_blob: self.disk.source.clone(),
+                            of: Box::new(self.disk.source.clone()),
                             limit,
                         },
                         None => self.blob_err(e),
@@ -662,7 +698,7 @@ impl<'a> Runner<'a> {
         let result = self
             .apply_window(
                 rec,
-                &source,
+                &*source,
                 snapshot,
                 base,
                 size,
@@ -850,7 +886,18 @@ impl<'a> Runner<'a> {
         grant: &CopySource,
         stats: &mut CycleStats,
     ) -> Result<(), BlobError> {
-        let CopySource::Blob { blob, snapshot } = grant;
+        let (blob, snapshot) = match grant {
+            CopySource::Blob { blob, snapshot } => (blob, snapshot),
+            CopySource::Url { url, resource } => {
+                for p in puts {
+                    self.blobs
+                        .put_pages_from_sas(&self.disk.backup, *p, url.expose(), resource, p.start)
+                        .await?;
+                    stats.bytes_written += p.len();
+                }
+                return Ok(());
+            }
+        };
         for p in puts {
             self.blobs
                 .put_pages_from_url(
@@ -919,8 +966,17 @@ impl<'a> Runner<'a> {
                 reason: e.to_string(),
             })
         };
-        let CopySource::Blob { blob, snapshot: s } = match source.grant_read(snapshot).await {
-            Ok(g) => g,
+        let (blob, s) = match source.grant_read(snapshot).await {
+            Ok(CopySource::Blob { blob, snapshot }) => (blob, snapshot),
+            // A managed disk is seeded by copying its pages through snapback (its SAS is
+            // not handed to a Copy Blob that could outlive the cycle).
+            Ok(CopySource::Url { resource, .. }) => {
+                return unavailable(BlobError::local(
+                    ErrorKind::NoReadAccess,
+                    Resource::Managed(resource),
+                    "a managed disk is seeded by client copy",
+                ))
+            }
             Err(e) if e.kind == ErrorKind::NoReadAccess => return unavailable(e),
             Err(e) => return Err(e),
         };
@@ -1144,6 +1200,8 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        // S(n) is not read again until the next cycle: no access stays granted.
+        source.release(&rec.disk).await?;
         Ok(Outcome::Pruned)
     }
 }

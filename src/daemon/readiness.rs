@@ -106,7 +106,9 @@ fn answered(e: &BlobError) -> bool {
 /// that does not exist is an answer. `Err` names the account and blob of the first failure.
 pub async fn probe(blobs: &dyn PageBlobs, disks: &[DiskConfig]) -> Result<(), String> {
     let mut seen = std::collections::BTreeSet::new();
-    for path in disks.iter().flat_map(|d| [&d.source, &d.backup]) {
+    let blobs_of = |d: &'_ DiskConfig| [d.blob_source().cloned(), Some(d.backup.clone())];
+    for path in disks.iter().flat_map(blobs_of).flatten() {
+        let path = &path;
         if !seen.insert(path.account.clone()) {
             continue;
         }

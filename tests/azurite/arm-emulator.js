@@ -40,7 +40,8 @@
  *   operation end Failed with that code (?host=localhost: announce its polling URL on
  *   another origin); GET
  *   /__emulator/disk-sas?id=<disk id> mints a read-write SAS on the live disk
- *   blob (the "VM" writing its disk); GET /__emulator/stats counts requests.
+ *   blob (the "VM" writing its disk); POST /__emulator/resize?id=<disk id>&bytes=N grows
+ *   a disk to N bytes; GET /__emulator/stats counts requests.
  *
  * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
  * EMU_TLS_CERT, EMU_TLS_KEY (PEM files), EMU_TENANT, EMU_CLIENT_ID,
@@ -550,7 +551,7 @@ function takeFault(req) {
   return fault;
 }
 
-function handleControl(req, res, url) {
+async function handleControl(req, res, url) {
   const q = url.searchParams;
   if (url.pathname === "/__emulator/faults" && req.method === "POST") {
     const status = Number(q.get("status"));
@@ -580,6 +581,29 @@ function handleControl(req, res, url) {
     const disk = disks.get(String(q.get("id")).toLowerCase());
     if (!disk) return send(res, 404, { error: `no disk ${q.get("id")}` });
     return send(res, 200, { url: blobSas(disk.blob, undefined, "rw", 3600) });
+  }
+  if (url.pathname === "/__emulator/resize" && req.method === "POST") {
+    // The operator grows the disk (Azure: PATCH diskSizeGB on a deallocated VM's disk);
+    // the exported blob stays disk size + the VHD footer.
+    const disk = disks.get(String(q.get("id")).toLowerCase());
+    const bytes = Number(q.get("bytes"));
+    if (!disk) return send(res, 404, { error: `no disk ${q.get("id")}` });
+    if (!Number.isSafeInteger(bytes) || bytes <= disk.sizeBytes || bytes % VHD_FOOTER !== 0) {
+      return send(res, 400, { error: `bytes must grow the disk (now ${disk.sizeBytes}) in 512-byte steps` });
+    }
+    // Through a service SAS: Azurite answers 500 to a resize signed with an account SAS.
+    const status = await new Promise((resolve, reject) => {
+      const target = new URL(`${blobSas(disk.blob, undefined, "rw", 60)}&comp=properties`);
+      const r = http.request(target, { method: "PUT", headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, "x-ms-blob-content-length": String(bytes + VHD_FOOTER) } }, (out) => {
+        out.resume();
+        out.on("end", () => resolve(out.statusCode));
+      });
+      r.on("error", reject);
+      r.end();
+    });
+    if (status >= 300) return send(res, 500, { error: `Azurite resize: ${status}` });
+    disk.sizeBytes = bytes;
+    return send(res, 200, diskView(disk));
   }
   return send(res, 404, { error: `unknown control route ${req.method} ${url.pathname}` });
 }

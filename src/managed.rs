@@ -1,0 +1,371 @@
+//! A managed disk as a backup [`Source`]: its snapshots are ARM incremental snapshot
+//! resources, read and diffed through the SAS URLs `beginGetAccess` returns
+//! (docs/managed-disks.md, "The cycle").
+//!
+//! - `S(n)` is the snapshot resource `{disk}-sb-{cycle}` in the snapshot resource group,
+//!   tagged like a blob snapshot (`snapback_disk`, `snapback_cycle`). The name is derived
+//!   from the cycle, so "find before make" is one GET, and the PUT is idempotent too.
+//! - A [`SnapshotId`] is the snapshot's resource id.
+//! - Reads need a read SAS; it is granted the first time a snapshot is read in this process
+//!   and kept in memory (never persisted: it is a credential). [`Source::release`] ends
+//!   every access to the disk's tagged snapshots — at the end of each cycle and before one
+//!   starts, so access a killed process left is ended too. At most two snapshots of a disk
+//!   (`S(n)` and `S(n-1)`) have access at once, well under Azure's 5 per disk.
+//! - Sizes are the disk's `diskSizeBytes`. The exported blob is a fixed VHD, that size plus a
+//!   512-byte footer; snapback reads and backs up only the disk's bytes, so a restore point
+//!   is the raw disk image (the footer is written again by a restore to a managed disk).
+
+use crate::arm::sas::SasUrl;
+use crate::arm::{Access, ArmClient, ArmError, ArmErrorKind, ResourceGroup, ResourceId, Snapshot};
+use crate::azure::sas_blob::SasBlobs;
+use crate::blobs::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
+use crate::model::{tags, SnapshotId};
+use crate::pages::ByteRange;
+use crate::source::{CopySource, DiffQuery, Source, SourceSnapshot};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a read SAS is asked for. A cycle reads `S(n)` for as long as its apply runs;
+/// access is ended explicitly when the cycle is done, so a long grant does not stay open.
+const READ_SAS_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+
+/// How long a snapshot may take to become readable (`completionPercent` 100: Premium SSD v2
+/// and Ultra disks copy in the background, for hours on large disks).
+const READY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// ARM's longest snapshot name.
+const MAX_NAME: usize = 80;
+
+pub struct ManagedDiskSource {
+    arm: ArmClient,
+    sas: SasBlobs,
+    disk: ResourceId,
+    snapshot_group: ResourceGroup,
+    /// Read SAS granted by this process, by lower-cased snapshot id.
+    granted: Mutex<HashMap<String, SasUrl>>,
+    /// Wait between readiness polls of a snapshot still copying.
+    ready_poll: Duration,
+    /// Storage requests through SAS URLs and diff ranges listed, for the cycle's stats.
+    requests: AtomicU64,
+    ranges: AtomicU64,
+}
+
+impl ManagedDiskSource {
+    pub fn new(
+        arm: ArmClient,
+        sas: SasBlobs,
+        disk: ResourceId,
+        snapshot_group: ResourceGroup,
+    ) -> Self {
+        ManagedDiskSource {
+            arm,
+            sas,
+            disk,
+            snapshot_group,
+            granted: Mutex::new(HashMap::new()),
+            ready_poll: Duration::from_secs(10),
+            requests: AtomicU64::new(0),
+            ranges: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the wait between readiness polls (tests).
+    pub fn with_ready_poll(mut self, wait: Duration) -> Self {
+        self.ready_poll = wait;
+        self
+    }
+
+    /// The resource id of the snapshot cycle `cycle` takes.
+    fn snapshot_id(&self, cycle: &str) -> BlobResult<ResourceId> {
+        let suffix = format!("-sb-{cycle}");
+        let keep = MAX_NAME.saturating_sub(suffix.len());
+        let stem: String = self.disk.name.chars().take(keep).collect();
+        ResourceId::snapshot_in(&self.snapshot_group, &format!("{stem}{suffix}")).map_err(|e| {
+            BlobError::local(
+                ErrorKind::Unusable,
+                Resource::Managed(self.disk.to_string()),
+                e.to_string(),
+            )
+        })
+    }
+
+    fn parse_id(&self, snapshot: &SnapshotId) -> BlobResult<ResourceId> {
+        snapshot.as_str().parse::<ResourceId>().map_err(|e| {
+            BlobError::local(
+                ErrorKind::Unusable,
+                Resource::Managed(snapshot.as_str().to_string()),
+                e.to_string(),
+            )
+        })
+    }
+
+    /// The snapshot, or None if it does not exist.
+    async fn get(&self, id: &ResourceId) -> BlobResult<Option<Snapshot>> {
+        match self.arm.get_snapshot(id).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(None),
+            Err(e) => Err(arm_err(id, e)),
+        }
+    }
+
+    /// Waits until `snap` is readable; returns it with its size.
+    async fn ready(&self, id: &ResourceId, mut snap: Snapshot) -> BlobResult<SourceSnapshot> {
+        let started = Instant::now();
+        while !snap.is_ready() {
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(BlobError::local(
+                    ErrorKind::Transient,
+                    Resource::Managed(id.to_string()),
+                    format!(
+                        "snapshot not ready after {} h (completionPercent {:?})",
+                        READY_TIMEOUT.as_secs() / 3600,
+                        snap.properties.completion_percent
+                    ),
+                ));
+            }
+            tokio::time::sleep(self.ready_poll).await;
+            snap = self.get(id).await?.ok_or_else(|| gone(id))?;
+        }
+        let size = snap.properties.disk_size_bytes.ok_or_else(|| {
+            BlobError::bad_response(
+                Resource::Managed(id.to_string()),
+                200,
+                "MissingDiskSize",
+                "the snapshot has no diskSizeBytes".into(),
+            )
+        })?;
+        Ok(SourceSnapshot {
+            id: SnapshotId::new(id.to_string()),
+            size,
+        })
+    }
+
+    /// A read SAS for `id`, granted once per process.
+    async fn sas(&self, id: &ResourceId) -> BlobResult<SasUrl> {
+        let key = id.to_string().to_ascii_lowercase();
+        if let Some(s) = self.lock().get(&key) {
+            return Ok(s.clone());
+        }
+        let sas = self
+            .arm
+            .begin_get_access(id, Access::Read, READ_SAS_LIFETIME)
+            .await
+            .map_err(|e| arm_err(id, e))?;
+        self.lock().insert(key, sas.clone());
+        Ok(sas)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
+        // A panic while holding the map leaves it consistent (single inserts/removes).
+        self.granted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Ends access to `id` (also when this process did not grant it).
+    async fn end_access(&self, id: &ResourceId) -> BlobResult<()> {
+        self.lock().remove(&id.to_string().to_ascii_lowercase());
+        match self.arm.end_get_access(id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(()),
+            Err(e) => Err(arm_err(id, e)),
+        }
+    }
+
+    /// The disk's snapshots tagged for `disk`, oldest first.
+    async fn tagged(&self, disk: &str) -> BlobResult<Vec<Snapshot>> {
+        let mut all = self
+            .arm
+            .list_snapshots(&self.snapshot_group, &self.disk, None)
+            .await
+            .map_err(|e| arm_err(&self.disk, e))?;
+        all.retain(|s| tags::disk(&s.tags) == Some(disk));
+        // ISO 8601 times of one format sort as strings; the name breaks ties.
+        all.sort_by(|a, b| {
+            (&a.properties.time_created, &a.name).cmp(&(&b.properties.time_created, &b.name))
+        });
+        Ok(all)
+    }
+}
+
+/// "This snapshot is gone", in the terms [`Source::snapshot_resource`] compares.
+fn gone(id: &ResourceId) -> BlobError {
+    BlobError::local(
+        ErrorKind::NotFound,
+        Resource::Managed(id.to_string()),
+        "snapshot resource not found",
+    )
+}
+
+/// An ARM failure as a storage error about `id`: the kind follows ARM's.
+pub(crate) fn arm_err(id: &ResourceId, e: ArmError) -> BlobError {
+    let kind = match e.kind() {
+        ArmErrorKind::NotFound => ErrorKind::NotFound,
+        ArmErrorKind::Conflict => ErrorKind::Conflict,
+        ArmErrorKind::Unauthorized => ErrorKind::Auth,
+        ArmErrorKind::Throttled => ErrorKind::Throttled,
+        ArmErrorKind::Server
+        | ArmErrorKind::Timeout
+        | ArmErrorKind::Transport
+        | ArmErrorKind::OperationFailed => ErrorKind::Transient,
+        ArmErrorKind::BadRequest => ErrorKind::BadRequest,
+        ArmErrorKind::InvalidResponse => ErrorKind::BadResponse,
+        ArmErrorKind::Credential => ErrorKind::Unusable,
+    };
+    BlobError {
+        kind,
+        resource: Box::new(Resource::Managed(id.to_string())),
+        status: e.status(),
+        code: e.code().map(str::to_string),
+        detail: e.to_string(),
+    }
+}
+
+#[async_trait]
+impl Source for ManagedDiskSource {
+    fn check(&self) -> BlobResult<()> {
+        Ok(())
+    }
+
+    fn snapshot_resource(&self, snapshot: &SnapshotId) -> Resource {
+        // Canonical casing, as the errors above write it.
+        match snapshot.as_str().parse::<ResourceId>() {
+            Ok(id) => Resource::Managed(id.to_string()),
+            Err(_) => Resource::Managed(snapshot.as_str().to_string()),
+        }
+    }
+
+    async fn find_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<Option<SourceSnapshot>> {
+        let id = self.snapshot_id(cycle)?;
+        match self.get(&id).await? {
+            Some(s) if tags::disk(&s.tags) == Some(disk) => Ok(Some(self.ready(&id, s).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn take_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<SourceSnapshot> {
+        let id = self.snapshot_id(cycle)?;
+        // Invariant 9: the disk is read first; a missing disk or a refused token fails here.
+        let source = self
+            .arm
+            .get_disk(&self.disk)
+            .await
+            .map_err(|e| arm_err(&self.disk, e))?;
+        let snap = self
+            .arm
+            .create_incremental_snapshot(&id, &source, &tags::source_snapshot(disk, cycle))
+            .await
+            .map_err(|e| arm_err(&id, e))?;
+        self.ready(&id, snap).await
+    }
+
+    async fn own_snapshots(&self, disk: &str) -> BlobResult<Vec<SnapshotId>> {
+        Ok(self
+            .tagged(disk)
+            .await?
+            .into_iter()
+            .map(|s| SnapshotId::new(s.id))
+            .collect())
+    }
+
+    async fn snapshot_size(&self, snapshot: &SnapshotId) -> BlobResult<Option<u64>> {
+        let id = self.parse_id(snapshot)?;
+        Ok(self
+            .get(&id)
+            .await?
+            .and_then(|s| s.properties.disk_size_bytes))
+    }
+
+    async fn diff(&self, q: DiffQuery<'_>) -> BlobResult<PageList> {
+        let id = self.parse_id(q.snapshot)?;
+        let sas = self.sas_or_gone(&id).await?;
+        let previous = match q.base {
+            Some(b) => {
+                let base = self.parse_id(b)?;
+                Some(self.sas_or_gone(&base).await?)
+            }
+            None => None,
+        };
+        let query = PageListQuery {
+            snapshot: None,
+            prev_snapshot: None,
+            range: Some(q.range),
+            marker: q.marker,
+            max_results: Some(q.max_results),
+        };
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let page = self
+            .sas
+            .page_ranges(&id.to_string(), &sas, previous.as_ref(), &query)
+            .await?;
+        self.ranges
+            .fetch_add(page.items.len() as u64, Ordering::Relaxed);
+        Ok(page)
+    }
+
+    async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
+        let id = self.parse_id(snapshot)?;
+        let sas = self.sas_or_gone(&id).await?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.sas.read(&id.to_string(), &sas, range).await
+    }
+
+    async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
+        let id = self.parse_id(snapshot)?;
+        // A snapshot with an active SAS cannot be deleted.
+        self.end_access(&id).await?;
+        match self.arm.delete_snapshot(&id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(()),
+            Err(e) => Err(arm_err(&id, e)),
+        }
+    }
+
+    async fn grant_read(&self, snapshot: &SnapshotId) -> BlobResult<CopySource> {
+        let id = self.parse_id(snapshot)?;
+        Ok(CopySource::Url {
+            url: self.sas_or_gone(&id).await?,
+            resource: id.to_string(),
+        })
+    }
+
+    async fn revoke_read(&self, _snapshot: &SnapshotId) -> BlobResult<()> {
+        // The same SAS serves this process's reads of the snapshot; it is ended with the
+        // rest by `release` when the cycle is done.
+        Ok(())
+    }
+
+    fn take_counts(&self) -> (u64, u64) {
+        (
+            self.requests.swap(0, Ordering::Relaxed),
+            self.ranges.swap(0, Ordering::Relaxed),
+        )
+    }
+
+    async fn release(&self, disk: &str) -> BlobResult<()> {
+        for s in self.tagged(disk).await? {
+            let id = self.parse_id(&SnapshotId::new(s.id.clone()))?;
+            let known = self
+                .lock()
+                .contains_key(&id.to_string().to_ascii_lowercase());
+            if known || s.properties.disk_state.as_deref() == Some("ActiveSAS") {
+                self.end_access(&id).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ManagedDiskSource {
+    /// A read SAS for `id`; a snapshot that no longer exists is `NotFound` about it (the
+    /// runner then takes a new `S(n)`, or repairs when it was `S(n-1)`).
+    async fn sas_or_gone(&self, id: &ResourceId) -> BlobResult<SasUrl> {
+        self.sas(id)
+            .await
+            .map_err(|e| if e.is_not_found() { gone(id) } else { e })
+    }
+}

@@ -1,0 +1,204 @@
+//! `restore --to-managed-disk`: a restore point written into a new managed disk
+//! (docs/managed-disks.md, "Restore").
+//!
+//! The disk is created empty for upload (`createOption: Upload`, `uploadSizeBytes` = size +
+//! the 512-byte VHD footer), written through its write SAS — the restore point's allocated
+//! ranges, read from the backup account and put in 4 MiB pages (zero chunks skipped: an
+//! upload disk reads as zeros), then the fixed-VHD footer —, and its upload ended with
+//! `endGetAccess`. An existing disk is refused unless `force`, which deletes it first.
+//! An interrupted restore leaves a disk awaiting upload; running again with `--force`
+//! replaces it.
+
+use crate::arm::{Access, ArmClient, ArmErrorKind, ResourceId, Tags, UploadDiskSpec};
+use crate::azure::sas_blob::SasBlobs;
+use crate::blobs::PageBlobs;
+use crate::config::{DiskConfig, DiskSource};
+use crate::managed::arm_err;
+use crate::model::SnapshotId;
+use crate::pages::MAX_PUT_BYTES;
+use crate::restore::{blob_err, PointSelector, RestoreError, Restorer};
+use crate::state::StateStore;
+use crate::verify::{allocated_ranges, union_chunks};
+use crate::vhd;
+use futures::TryStreamExt;
+use std::time::{Duration, Instant};
+
+/// How long the write SAS of the upload is asked for (ended as soon as the upload is done).
+const WRITE_SAS_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+pub struct ManagedRestoreRequest {
+    pub point: PointSelector,
+    pub target: ResourceId,
+    /// e.g. `Premium_LRS`; Azure's default if None.
+    pub sku: Option<String>,
+    pub zone: Option<String>,
+    /// Replace an existing disk of that name.
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ManagedRestoreReport {
+    pub disk: String,
+    pub restore_point: String,
+    pub source_snapshot: String,
+    /// The disk's size (the upload is 512 bytes more).
+    pub size: u64,
+    pub target: String,
+    pub location: String,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// Writes restore point `req.point` of `disk` into the new managed disk `req.target`.
+pub async fn restore(
+    blobs: &dyn PageBlobs,
+    store: &StateStore,
+    disk: &DiskConfig,
+    arm: &ArmClient,
+    sas: &SasBlobs,
+    req: &ManagedRestoreRequest,
+) -> Result<ManagedRestoreReport, RestoreError> {
+    let started = Instant::now();
+    let target = req.target.to_string();
+    let chosen = Restorer::new(blobs, store, disk).choose(&req.point).await?;
+    // The new disk goes where the backed-up disk is.
+    let DiskSource::Managed { disk: source, .. } = &disk.source else {
+        return Err(RestoreError::ManagedTarget {
+            target,
+            reason: format!(
+                "disk {} is a page blob; restore it with --to, then import the blob (`az disk create --source`)",
+                disk.name
+            ),
+        });
+    };
+    let arm_fail = |what: String, id: &ResourceId| {
+        let id = id.clone();
+        move |e| RestoreError::Blob {
+            what,
+            source: arm_err(&id, e),
+        }
+    };
+    let location = arm
+        .get_disk(source)
+        .await
+        .map_err(arm_fail(format!("read disk {source}"), source))?
+        .location;
+    match arm.get_disk(&req.target).await {
+        Ok(existing) if !req.force => {
+            return Err(RestoreError::TargetExists {
+                target,
+                detail: format!(
+                    " ({} bytes, state {})",
+                    existing.properties.disk_size_bytes.unwrap_or(0),
+                    existing
+                        .properties
+                        .disk_state
+                        .as_deref()
+                        .unwrap_or("unknown")
+                ),
+            })
+        }
+        Ok(_) => {
+            tracing::warn!(target = %target, "--force: deleting the existing disk");
+            arm.end_get_access(&req.target)
+                .await
+                .map_err(arm_fail(format!("end access to {target}"), &req.target))?;
+            arm.delete_disk(&req.target)
+                .await
+                .map_err(arm_fail(format!("delete {target}"), &req.target))?;
+        }
+        Err(e) if e.kind() == ArmErrorKind::NotFound => {}
+        Err(e) => return Err(arm_fail(format!("read disk {target}"), &req.target)(e)),
+    }
+    let point = SnapshotId::new(chosen.snapshot.clone());
+    let tags: Tags = crate::model::tags::restored(
+        crate::model::tags::RestoreState::Complete,
+        &disk.name,
+        &point,
+        None,
+    );
+    let spec = UploadDiskSpec {
+        location: location.clone(),
+        upload_size_bytes: chosen.size + vhd::FOOTER_SIZE,
+        sku: req.sku.clone(),
+        zone: req.zone.clone(),
+        tags,
+    };
+    arm.create_upload_disk(&req.target, &spec)
+        .await
+        .map_err(arm_fail(format!("create {target}"), &req.target))?;
+    let write = arm
+        .begin_get_access(&req.target, Access::Write, WRITE_SAS_LIFETIME)
+        .await
+        .map_err(arm_fail(format!("write access to {target}"), &req.target))?;
+
+    let backup = &disk.backup;
+    let ranges = allocated_ranges(blobs, backup, Some(&chosen.snapshot))
+        .await
+        .map_err(blob_err(format!("page ranges of restore point {point}")))?;
+    let chunks = union_chunks(&ranges, &[], chosen.size, MAX_PUT_BYTES);
+    let written: u64 = futures::stream::iter(chunks.into_iter().map(Ok::<_, RestoreError>))
+        .map_ok(|r| {
+            let (write, target) = (&write, &target);
+            let snapshot = chosen.snapshot.as_str();
+            async move {
+                let data = blobs
+                    .read(backup, Some(snapshot), r)
+                    .await
+                    .map_err(blob_err(format!("read restore point {snapshot} {r}")))?;
+                // The upload disk reads as zeros where nothing is written.
+                if data.iter().all(|b| *b == 0) {
+                    return Ok(0);
+                }
+                sas.put_pages(target, write, r.start, data)
+                    .await
+                    .map_err(blob_err(format!("write {target} {r}")))?;
+                Ok(r.len())
+            }
+        })
+        .try_buffered(disk.concurrency.max(1))
+        .try_fold(0u64, |a, n| async move { Ok(a + n) })
+        .await?;
+    let footer = vhd::fixed_footer(
+        chosen.size,
+        chrono::Utc::now().timestamp(),
+        rand::random::<[u8; 16]>(),
+    );
+    sas.put_pages(
+        &target,
+        &write,
+        chosen.size,
+        bytes::Bytes::copy_from_slice(&footer),
+    )
+    .await
+    .map_err(blob_err(format!("write the VHD footer of {target}")))?;
+    // Ends the upload: the disk becomes an ordinary unattached disk.
+    arm.end_get_access(&req.target)
+        .await
+        .map_err(arm_fail(format!("end the upload of {target}"), &req.target))?;
+    Ok(ManagedRestoreReport {
+        disk: disk.name.clone(),
+        restore_point: chosen.snapshot,
+        source_snapshot: chosen.source_snapshot,
+        size: chosen.size,
+        target,
+        location,
+        bytes_written: written,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The Azure CLI commands that swap the restored disk into a VM (printed, never run).
+pub fn swap_commands(target: &ResourceId) -> String {
+    let rg = &target.group.name;
+    format!(
+        "# Swap the restored disk into the VM (snapback does not run these). Fill in <VM>\n\
+         # and, for a data disk, <OLD_DISK>.\n\
+         az vm deallocate --resource-group {rg} --name <VM>\n\
+         az vm update --resource-group {rg} --name <VM> --os-disk {target}        # OS disk\n\
+         # or, for a data disk:\n\
+         #   az vm disk detach --resource-group {rg} --vm-name <VM> --name <OLD_DISK>\n\
+         #   az vm disk attach --resource-group {rg} --vm-name <VM> --name {target}\n\
+         az vm start --resource-group {rg} --name <VM>\n"
+    )
+}

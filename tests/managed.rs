@@ -1,0 +1,589 @@
+//! Managed disks end to end, driven through the CLI like tests/cycles.rs and tests/crash.rs:
+//! the ARM emulator (tests/common/arm.rs) holds the disk and its snapshot resources, Azurite
+//! the backup account. Every restore point equals the disk as it was at its cycle, byte for
+//! byte; after every cycle exactly one snapshot resource of the disk is left and no SAS is
+//! active (asked of the emulator).
+
+mod common;
+
+use common::arm::{ArmEmulator, CLIENT_SECRET, SUBSCRIPTION};
+use common::azurite::Azurite;
+use common::fixture::{content, Fixture, Rng, MIB};
+use snapback::arm::{Access, ResourceGroup, ResourceId, ResourceKind, Tags, UploadDiskSpec};
+use snapback::blobs::BlobRef;
+use snapback::pages::PAGE_SIZE;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET_ENV: &str = "SB_TEST_ARM_SECRET";
+
+/// A backup account in Azurite, a managed disk `vm01-data` in the emulator, and a config
+/// backing it up as disk `disk1`.
+struct World {
+    fx: Fixture,
+    emu: ArmEmulator,
+    disk: ResourceId,
+    /// The disk's size now.
+    size: u64,
+}
+
+fn disk_id() -> ResourceId {
+    let group = ResourceGroup {
+        subscription: SUBSCRIPTION.into(),
+        name: "rg-vms".into(),
+    };
+    ResourceId::new(group, ResourceKind::Disk, "vm01-data").unwrap()
+}
+
+impl World {
+    async fn new(size: u64, extra_disk_lines: &str) -> World {
+        let azurite = Azurite::start();
+        let emu = ArmEmulator::start(&azurite, &[]);
+        let disk = disk_id();
+        let section = format!(
+            "[azure]\narm_endpoint = \"{e}\"\nauthority_host = \"{e}\"\ntenant_id = \"{t}\"\nclient_id = \"{c}\"\nclient_secret_env = \"{SECRET_ENV}\"\n\n[[disk]]\nname = \"disk1\"\nmanaged_disk = \"{disk}\"\nsnapshot_resource_group = \"rg-snapshots\"\nbackup = \"backup/backups/disk1\"\nconcurrency = 4\n{extra_disk_lines}\n",
+            e = emu.endpoint(),
+            t = common::arm::TENANT,
+            c = common::arm::CLIENT_ID,
+        );
+        let fx = Fixture::start(azurite, &section);
+        // The disk, made as a restore makes one: Upload, write SAS, end access.
+        let arm = emu.client();
+        let spec = UploadDiskSpec {
+            location: "westeurope".into(),
+            upload_size_bytes: size + 512,
+            sku: Some("Premium_LRS".into()),
+            zone: None,
+            tags: Tags::new(),
+        };
+        arm.create_upload_disk(&disk, &spec).await.unwrap();
+        arm.begin_get_access(&disk, Access::Write, Duration::from_secs(600))
+            .await
+            .unwrap();
+        arm.end_get_access(&disk).await.unwrap();
+        World {
+            fx,
+            emu,
+            disk,
+            size,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.fx.command(args);
+        // The emulator's test certificate, trusted by the binary's default HTTP client
+        // (rustls-platform-verifier reads SSL_CERT_FILE on Linux).
+        cmd.env(
+            "SSL_CERT_FILE",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/arm/emulator-cert.pem"),
+        )
+        .env(SECRET_ENV, CLIENT_SECRET);
+        cmd
+    }
+
+    fn snapback(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().expect("run snapback")
+    }
+
+    fn backup_ok(&self, ctx: &str) {
+        let out = self.snapback(&["backup", "disk1"]);
+        assert!(
+            out.status.success(),
+            "{ctx}: backup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The "VM": a read-write SAS on the live disk.
+    async fn vm_sas(&self) -> String {
+        let v = self
+            .emu
+            .control_get(&format!("/__emulator/disk-sas?id={}", self.disk))
+            .await;
+        v["url"].as_str().expect("disk SAS").to_string()
+    }
+
+    async fn page_write(&self, offset: u64, data: Option<&[u8]>, len: u64) {
+        let sas = self.vm_sas().await;
+        let (kind, body) = match data {
+            Some(d) => ("update", d.to_vec()),
+            None => ("clear", Vec::new()),
+        };
+        let resp = ArmEmulator::http()
+            .put(format!("{sas}&comp=page"))
+            .header("x-ms-version", "2021-08-06")
+            .header("x-ms-page-write", kind)
+            .header("x-ms-range", format!("bytes={offset}-{}", offset + len - 1))
+            .header("content-length", body.len().to_string())
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "{kind} {offset}+{len}");
+    }
+
+    async fn write(&self, offset: u64, data: &[u8]) {
+        for (i, chunk) in data.chunks(4 * MIB as usize).enumerate() {
+            let at = offset + i as u64 * 4 * MIB;
+            self.page_write(at, Some(chunk), chunk.len() as u64).await;
+        }
+    }
+
+    async fn clear(&self, offset: u64, len: u64) {
+        self.page_write(offset, None, len).await;
+    }
+
+    async fn resize(&mut self, bytes: u64) {
+        let resp = ArmEmulator::http()
+            .post(format!(
+                "{}/__emulator/resize?id={}&bytes={bytes}",
+                self.emu.endpoint(),
+                self.disk
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "resize: {}\n{}\n{}",
+            resp.status(),
+            self.emu.stderr(),
+            self.fx.azurite.stderr()
+        );
+        self.size = bytes;
+    }
+
+    /// The disk's bytes now (the exported blob without its 512-byte footer).
+    async fn disk_content(&self) -> Vec<u8> {
+        let sas = self.vm_sas().await;
+        let resp = ArmEmulator::http()
+            .get(&sas)
+            .header("x-ms-version", "2021-08-06")
+            .header("x-ms-range", format!("bytes=0-{}", self.size - 1))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// The first `len` bytes of another disk of the emulator.
+    async fn other_disk_content(&self, id: &str, len: u64) -> Vec<u8> {
+        let v = self
+            .emu
+            .control_get(&format!("/__emulator/disk-sas?id={id}"))
+            .await;
+        let resp = ArmEmulator::http()
+            .get(v["url"].as_str().unwrap())
+            .header("x-ms-version", "2021-08-06")
+            .header("x-ms-range", format!("bytes=0-{}", len - 1))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        resp.bytes().await.unwrap().to_vec()
+    }
+
+    /// Restore points as `list --json` shows them: (restore point, source snapshot).
+    fn points(&self) -> Vec<(String, String)> {
+        let out = self.snapback(&["list", "disk1", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list --json");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["snapshot"].as_str().unwrap().to_string(),
+                    p["source_snapshot"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    async fn point_content(&self, snapshot: &str) -> Vec<u8> {
+        content(
+            self.fx.blobs().as_ref(),
+            &BlobRef::new("backup", "backups", "disk1"),
+            Some(snapshot),
+        )
+        .await
+    }
+
+    /// Nothing left behind: one snapshot resource of the disk, no active SAS anywhere.
+    async fn assert_clean(&self, ctx: &str) -> String {
+        let state = self.emu.control_get("/__emulator/state").await;
+        let snaps: Vec<&serde_json::Value> =
+            state["snapshots"].as_array().unwrap().iter().collect();
+        assert_eq!(
+            snaps.len(),
+            1,
+            "{ctx}: one snapshot resource left: {snaps:?}"
+        );
+        assert_eq!(
+            state["activeAccess"].as_array().unwrap().len(),
+            0,
+            "{ctx}: no SAS left granted: {}",
+            state["activeAccess"]
+        );
+        let id = snaps[0]["id"].as_str().unwrap().to_string();
+        assert!(
+            id.contains(
+                "/resourceGroups/rg-snapshots/providers/Microsoft.Compute/snapshots/vm01-data-sb-"
+            ),
+            "{ctx}: {id}"
+        );
+        id
+    }
+}
+
+fn rand_write(rng: &mut Rng, size: u64, max_pages: u64) -> (u64, Vec<u8>) {
+    let pages = 1 + rng.below(max_pages);
+    let at = rng.below(size / PAGE_SIZE - pages) * PAGE_SIZE;
+    (at, rng.bytes((pages * PAGE_SIZE) as usize))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_disk_restore_points_equal_the_disk_over_cycles() {
+    let mut w = World::new(4 * MIB, "").await;
+    let mut rng = Rng(0x6d64_0001);
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    let mut expected = Vec::new();
+    for cycle in 0..9 {
+        if cycle > 0 {
+            for _ in 0..5 {
+                let (at, data) = rand_write(&mut rng, w.size, 48);
+                w.write(at, &data).await;
+            }
+            for _ in 0..2 {
+                let pages = 1 + rng.below(16);
+                let at = rng.below(w.size / PAGE_SIZE - pages) * PAGE_SIZE;
+                w.clear(at, pages * PAGE_SIZE).await;
+            }
+            if cycle == 5 {
+                let grown = w.size + 2 * MIB;
+                w.resize(grown).await;
+                w.write(grown - MIB, &rng.bytes(MIB as usize)).await;
+            }
+        }
+        let want = w.disk_content().await;
+        let arm_before = w.emu.control_get("/__emulator/stats").await["arm"].clone();
+        let started = Instant::now();
+        let out = w.snapback(&["backup", "disk1"]);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: backup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let arm_after = w.emu.control_get("/__emulator/stats").await["arm"].clone();
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !String::from_utf8_lossy(text).contains("sig="),
+                "cycle {cycle}: a SAS signature in the output"
+            );
+        }
+        // The figures of docs/managed-disks.md ("A measured cycle"), with --nocapture.
+        eprintln!(
+            "cycle {cycle}: disk {} bytes, {seconds:.2}s wall (process included), ARM requests {}, {}",
+            w.size,
+            arm_after.as_u64().unwrap_or(0) - arm_before.as_u64().unwrap_or(0),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        let s_n = w.assert_clean(&format!("cycle {cycle}")).await;
+        let points = w.points();
+        assert_eq!(
+            points.len(),
+            cycle + 1,
+            "cycle {cycle}: one restore point per cycle"
+        );
+        let (b, s) = points.last().unwrap();
+        assert!(
+            s.eq_ignore_ascii_case(&s_n),
+            "cycle {cycle}: B(n) records S(n)"
+        );
+        expected.push((b.clone(), want));
+    }
+    // Every restore point still equals the disk as it was at its cycle.
+    for (i, (b, want)) in expected.iter().enumerate() {
+        let got = w.point_content(b).await;
+        assert_eq!(got.len(), want.len(), "restore point {i}: size");
+        assert!(
+            &got == want,
+            "restore point {i} ({b}) differs from the disk at its cycle"
+        );
+    }
+    // verify reads S(n) through a read SAS, and ends it.
+    let out = w.snapback(&["verify", "disk1"]);
+    assert!(
+        out.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.assert_clean("after verify").await;
+    // SAS URLs are credentials: none in `status --json` nor in any file of the state dir.
+    let status = w.snapback(&["status", "--json"]);
+    assert!(status.status.success());
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("sig="));
+    for entry in std::fs::read_dir(w.fx.dir.path().join("state")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(4).any(|x| x == b"sig="),
+                "{} holds a SAS signature",
+                path.display()
+            );
+        }
+    }
+    let stats = w.emu.control_get("/__emulator/stats").await;
+    eprintln!("emulator stats after 9 cycles and a verify: {stats}");
+
+    // Restore the middle restore point (before the resize) to a new managed disk.
+    let (b4, want4) = &expected[4];
+    let target = format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-restore/providers/Microsoft.Compute/disks/vm01-data-restored"
+    );
+    let args = [
+        "restore",
+        "disk1",
+        "--snapshot",
+        b4.as_str(),
+        "--to-managed-disk",
+        target.as_str(),
+        "--sku",
+        "Premium_LRS",
+        "--zone",
+        "2",
+    ];
+    let out = w.snapback(&args);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("--os-disk {target}")),
+        "{printed}"
+    );
+    let restored = w
+        .other_disk_content(&target, want4.len() as u64 + 512)
+        .await;
+    assert!(
+        &restored[..want4.len()] == want4.as_slice(),
+        "the restored disk equals its restore point"
+    );
+    assert_eq!(
+        &restored[want4.len()..want4.len() + 8],
+        b"conectix",
+        "a fixed-VHD footer follows"
+    );
+    let state = w.emu.control_get("/__emulator/state").await;
+    let disk = state["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| {
+            d["id"]
+                .as_str()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&target))
+        })
+        .expect("the restored disk exists");
+    assert_eq!(
+        disk["properties"]["diskState"], "Unattached",
+        "upload ended"
+    );
+    assert_eq!(disk["sku"]["name"], "Premium_LRS");
+    assert_eq!(disk["zones"][0], "2");
+    w.assert_clean("after restore").await;
+    // An existing disk is refused without --force (usage error, nothing written).
+    let again = w.snapback(&args);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let mut forced = args.to_vec();
+    forced[3] = expected[8].0.as_str();
+    forced.push("--force");
+    let out = w.snapback(&forced);
+    assert!(
+        out.status.success(),
+        "restore --force: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want8 = &expected[8].1;
+    let restored = w.other_disk_content(&target, want8.len() as u64).await;
+    assert!(
+        &restored == want8,
+        "the replaced disk equals the newest restore point"
+    );
+
+    // A managed-disk backup restores to a page blob too.
+    let out = w.snapback(&[
+        "restore",
+        "disk1",
+        "--snapshot",
+        &expected[8].0,
+        "--to",
+        "backup/restored/vm01.vhd",
+    ]);
+    assert!(
+        out.status.success(),
+        "restore --to: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blob = content(
+        w.fx.blobs().as_ref(),
+        &BlobRef::new("backup", "restored", "vm01.vhd"),
+        None,
+    )
+    .await;
+    assert!(
+        &blob == want8,
+        "the restored blob equals the newest restore point"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_disk_cycle_resumes_after_sigkill_after_every_step() {
+    let mut w = World::new(4 * MIB, "").await;
+    let mut rng = Rng(0x6d64_0002);
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    w.backup_ok("seed");
+    // Steps of an incremental cycle: snapshot, diff, apply, backup-snapshot, prune.
+    for step in 1..=5usize {
+        for _ in 0..6 {
+            let (at, data) = rand_write(&mut rng, w.size, 32);
+            w.write(at, &data).await;
+        }
+        let want = w.disk_content().await;
+        let mut child = w
+            .command(&["backup", "disk1"])
+            .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", step.to_string())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut paused = false;
+        let mut seen = Vec::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if line.contains("failpoint: paused") {
+                paused = true;
+                break;
+            }
+            seen.push(line);
+        }
+        assert!(
+            paused,
+            "step {step}: the process reached the failpoint: {seen:?}"
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if step < 5 {
+            w.backup_ok(&format!("resume after SIGKILL after step {step}"));
+        }
+        let ctx = format!("SIGKILL after step {step}");
+        let s_n = w.assert_clean(&ctx).await;
+        let points = w.points();
+        assert_eq!(points.len(), step + 1, "{ctx}: one new restore point");
+        let (b, s) = points.last().unwrap();
+        assert!(s.eq_ignore_ascii_case(&s_n), "{ctx}: B(n) records S(n)");
+        assert!(
+            w.point_content(b).await == want,
+            "{ctx}: restore point equals the disk"
+        );
+    }
+    // Random instants: a bigger change, killed until a run finishes.
+    w.resize(16 * MIB).await;
+    for _ in 0..200 {
+        let (at, data) = rand_write(&mut rng, w.size, 16);
+        w.write(at, &data).await;
+    }
+    let want = w.disk_content().await;
+    let before = w.points().len();
+    let started = Instant::now();
+    let mut kills = 0;
+    let finished = loop {
+        let mut child = w
+            .command(&["backup", "disk1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A managed-disk run spends its first few hundred ms on ARM (token, snapshot, SAS);
+        // the window grows with each kill so that some run gets through.
+        std::thread::sleep(Duration::from_millis(100 + rng.below(500 + 40 * kills)));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the cycle never finished ({kills} kills)"
+        );
+    };
+    assert!(
+        finished.success(),
+        "the run that was not killed finished the cycle"
+    );
+    eprintln!("{kills} SIGKILLs at random instants");
+    let ctx = format!("{kills} random SIGKILLs");
+    let s_n = w.assert_clean(&ctx).await;
+    let points = w.points();
+    // A kill can land after a cycle is done but before the process exits; the next run then
+    // starts another cycle, which makes its own restore point. Every new one equals the disk
+    // (which did not change), and the newest records the one snapshot left.
+    assert!(points.len() > before, "{ctx}: a new restore point");
+    for (b, _) in &points[before..] {
+        assert!(
+            w.point_content(b).await == want,
+            "{ctx}: restore point {b} equals the disk"
+        );
+    }
+    let (_, s) = points.last().unwrap();
+    assert!(
+        s.eq_ignore_ascii_case(&s_n),
+        "{ctx}: the newest records S(n)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_disk_server_copy_reads_the_snapshot_sas() {
+    let w = World::new(4 * MIB, "copy_mode = \"server\"").await;
+    let mut rng = Rng(0x6d64_0003);
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    for cycle in 0..3 {
+        if cycle > 0 {
+            for _ in 0..4 {
+                let (at, data) = rand_write(&mut rng, w.size, 32);
+                w.write(at, &data).await;
+            }
+            w.clear(2 * MIB, 64 * 1024).await;
+        }
+        let want = w.disk_content().await;
+        w.backup_ok(&format!("server copy, cycle {cycle}"));
+        let s_n = w.assert_clean(&format!("server copy, cycle {cycle}")).await;
+        let points = w.points();
+        assert_eq!(points.len(), cycle + 1);
+        let (b, s) = points.last().unwrap();
+        assert!(s.eq_ignore_ascii_case(&s_n));
+        assert!(
+            w.point_content(b).await == want,
+            "server copy, cycle {cycle}: restore point equals the disk"
+        );
+    }
+}
