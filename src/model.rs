@@ -152,6 +152,7 @@ pub mod tags {
     const BACKUP_OF: &str = "snapback_backup_of";
     const RESTORE: &str = "snapback_restore";
     const RESTORED_FROM: &str = "snapback_restored_from";
+    const HOLDER: &str = "snapback_holder";
 
     /// Tags of a source snapshot `S(n)` taken by cycle `cycle` of `disk`.
     pub fn source_snapshot(disk: &str, cycle: &str) -> Metadata {
@@ -172,6 +173,17 @@ pub mod tags {
     /// Copy Blob does not copy the source snapshot's tags onto it).
     pub fn backup_base(disk: &str) -> Metadata {
         Metadata::from([(BACKUP_OF.to_string(), disk.to_string())])
+    }
+
+    /// Metadata of a disk's lock blob while a process holds its lease: who (host, pid,
+    /// replica id), so that whoever finds it held can name the holder.
+    pub fn lock_holder(holder: &str) -> Metadata {
+        Metadata::from([(HOLDER.to_string(), holder.to_string())])
+    }
+
+    /// The holder a lock blob names.
+    pub fn holder(m: &Metadata) -> Option<&str> {
+        m.get(HOLDER).map(String::as_str)
     }
 
     /// The disk a snapshot was tagged for.

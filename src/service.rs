@@ -8,8 +8,10 @@ use crate::config::{Config, DiskConfig};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
 use crate::cycle::runner::{CycleError, DiskSpec, Limits, Runner};
+use crate::lease::LeaseBlobs;
 use crate::lock::LockError;
 use crate::model::{Clock, SnapshotId, SystemClock};
+use crate::ownership::{DiskLease, OwnershipError};
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
 use crate::state::{StateError, StateStore};
@@ -85,6 +87,23 @@ pub struct CycleReport {
     pub prune: Option<Result<PruneReport, AppError>>,
 }
 
+/// A cycle stopped because its lease was lost says so (not "interrupted").
+fn fenced(
+    result: Result<CycleRecord, CycleError>,
+    lease: Option<&DiskLease>,
+) -> Result<CycleRecord, CycleError> {
+    match (result, lease) {
+        (Err(CycleError::Interrupted { disk, phase }), Some(l)) if l.lost() => {
+            Err(CycleError::LeaseLost {
+                disk,
+                blob: l.blob().clone(),
+                phase,
+            })
+        }
+        (r, _) => r,
+    }
+}
+
 /// One restore point, as `list` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestorePoint {
@@ -148,13 +167,20 @@ pub struct App {
     /// Page requests and page data in flight across all disks (`max_inflight_requests`,
     /// `max_buffer_mib`).
     pub limits: Arc<Limits>,
+    /// Disk leases in Azure (one owner per disk across hosts); `None` for in-memory storage
+    /// (a simulation has one process and no one to exclude).
+    pub leases: Option<Arc<dyn LeaseBlobs>>,
+    /// Who this process is, as written into the lock blobs it leases.
+    pub holder: String,
 }
 
 impl App {
     /// Opens storage clients (reading secrets) and the state database.
     pub fn open(config: Config) -> Result<App, AppError> {
         let blobs = Arc::new(AzureBlobs::new(config.accounts.values()));
-        Self::with_blobs(config, blobs)
+        let mut app = Self::with_blobs(config, blobs.clone())?;
+        app.leases = Some(blobs);
+        Ok(app)
     }
 
     pub fn with_blobs(config: Config, blobs: Arc<dyn PageBlobs>) -> Result<App, AppError> {
@@ -169,6 +195,8 @@ impl App {
             blobs,
             store,
             clock: Arc::new(SystemClock),
+            leases: None,
+            holder: crate::ownership::holder_identity(None),
         })
     }
 
@@ -234,13 +262,28 @@ impl App {
         progress: Option<Arc<Progress>>,
     ) -> CycleReport {
         let started = Instant::now();
-        let result = self.run_disk_inner(disk, stop, progress).await;
+        // The lease is held over the cycle and the retention after it: both write.
+        let fence = stop.child_token();
+        let (result, lease) = match self.own(disk, fence.clone()).await {
+            Ok(lease) => {
+                let result = self.run_disk_inner(disk, fence, progress).await;
+                (fenced(result, lease.as_ref()), lease)
+            }
+            Err(e) => (Err(e.into()), None),
+        };
         let seconds = started.elapsed().as_secs_f64();
         let (verify, prune) = match &result {
             Ok(rec) => self.after_cycle(disk, rec).await,
             Err(_) => (None, None),
         };
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         match &result {
+            Err(e) if e.is_owned_elsewhere() => {
+                // Not a failure: the disk is in another process's hands.
+                tracing::info!(disk = %disk.name, result = "skipped", "{e}");
+            }
             Ok(rec) => {
                 let s = rec.stats;
                 tracing::info!(
@@ -268,10 +311,15 @@ impl App {
             }
         }
         // After the result is persisted and logged: a hook can only add warnings. A cycle
-        // stopped at a checkpoint (shutdown, window end) has no result yet: no hook.
+        // stopped at a checkpoint (shutdown, window end) has no result yet, and a disk another
+        // process owns had no cycle here: no hook.
         let hooks = self.config.hooks_for(disk);
-        let interrupted = matches!(result, Err(CycleError::Interrupted { .. }));
-        if hooks != crate::config::Hooks::default() && !interrupted {
+        let no_result = match &result {
+            Err(CycleError::Interrupted { .. }) => true,
+            Err(e) => e.is_owned_elsewhere(),
+            Ok(_) => false,
+        };
+        if hooks != crate::config::Hooks::default() && !no_result {
             let event = crate::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
             crate::hooks::run(&hooks, &event, &self.config.secret_env_vars()).await;
         }
@@ -344,6 +392,27 @@ impl App {
             Some(r)
         };
         (verify, prune)
+    }
+
+    /// Takes the disk's lease (when storage has leases); `fence` is cancelled if it is lost.
+    async fn own(
+        &self,
+        disk: &DiskConfig,
+        fence: CancellationToken,
+    ) -> Result<Option<DiskLease>, OwnershipError> {
+        let Some(leases) = &self.leases else {
+            return Ok(None);
+        };
+        let lease = DiskLease::acquire(
+            leases.clone(),
+            self.blobs.as_ref(),
+            &disk.name,
+            &disk.backup,
+            &self.holder,
+            fence,
+        )
+        .await?;
+        Ok(Some(lease))
     }
 
     async fn run_disk_inner(

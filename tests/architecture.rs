@@ -22,13 +22,14 @@ const LAYERS: &[(&str, &[&str])] = &[
             "retention",
             "copy",
             "source",
+            "ownership",
         ],
     ),
     (
         "storage and state",
         &["azure", "fake", "state", "lock", "config", "cycle::machine"],
     ),
-    ("storage trait", &["blobs", "blob_error"]),
+    ("storage trait", &["blobs", "blob_error", "lease"]),
     ("model", &["model", "pages"]),
 ];
 

@@ -8,6 +8,7 @@
 //! Retries: every request goes through the SDK's retry policy (exponential backoff with
 //! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`].
 
+mod lease;
 pub mod page_list;
 mod preflight;
 pub mod shared_key;

@@ -132,6 +132,17 @@ pub enum CycleError {
         disk: String,
         path: std::path::PathBuf,
     },
+    /// Another process (on this host or another) holds the disk's lease, or the lease could
+    /// not be taken or was lost mid-cycle.
+    #[error(transparent)]
+    Ownership(Box<crate::ownership::OwnershipError>),
+    /// The disk's lease was lost mid-cycle: the cycle stopped before its restore point.
+    #[error("disk {disk}: lease on {blob} lost in phase {phase}; the cycle stopped (the next owner resumes it)")]
+    LeaseLost {
+        disk: String,
+        blob: crate::model::BlobRef,
+        phase: PhaseName,
+    },
     /// The disk's lock file cannot be used.
     #[error("disk {disk}: lock file {path}: {source}")]
     Lock {
@@ -139,6 +150,19 @@ pub enum CycleError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<crate::ownership::OwnershipError> for CycleError {
+    fn from(e: crate::ownership::OwnershipError) -> Self {
+        CycleError::Ownership(Box::new(e))
+    }
+}
+
+impl CycleError {
+    /// The disk is in another process's hands (its lease is held): a skip, not a failure.
+    pub fn is_owned_elsewhere(&self) -> bool {
+        matches!(self, CycleError::Ownership(e) if matches!(**e, crate::ownership::OwnershipError::Held { .. }))
+    }
 }
 
 pub struct Runner<'a> {
