@@ -1,0 +1,318 @@
+//! Issue 11 item 5: three `snapback run` daemons on one config (each its own state
+//! directory: three hosts) against Azurite, four disks on a 2-second schedule while the test
+//! keeps writing to the sources; one daemon is killed with SIGKILL mid-cycle. Every disk keeps
+//! getting restore points, each equal to a state its source really passed through; no two
+//! cycles of one disk ever overlap; the takeover time of the dead daemon's disk is measured.
+
+mod common;
+
+use common::daemon::DaemonProc;
+use common::fixture::{create_disk, Fixture, Rng};
+use snapback::blobs::{BlobRef, PageBlobs, SnapshotInfo};
+use snapback::model::tags;
+use snapback::pages::ByteRange;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DISKS: [&str; 4] = ["d1", "d2", "d3", "d4"];
+/// Each write is one Put Page of a whole slot, so every state of the source is "the last
+/// write to each slot", and a restore point names the state it equals by the write index
+/// each slot carries.
+const SLOT: u64 = 64 * 1024;
+const SLOTS: u64 = 16;
+const SIZE: u64 = SLOT * SLOTS;
+
+/// The bytes write `j` (1-based) of disk `d` puts into its slot: `j` and `d` in front, then
+/// bytes derived from both.
+fn chunk(d: usize, j: u64) -> Vec<u8> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((d as u64) << 48) ^ j);
+    let mut b = rng.bytes(SLOT as usize);
+    b[..8].copy_from_slice(&j.to_le_bytes());
+    b[8..16].copy_from_slice(&(d as u64).to_le_bytes());
+    b
+}
+
+/// Checks that `image` equals a state disk `d` passed through, given the slot of every write
+/// (`slots[j - 1]`); returns that state's write count.
+fn state_of(d: usize, image: &[u8], slots: &[u64]) -> Result<u64, String> {
+    let mut seen = Vec::new();
+    for s in 0..SLOTS {
+        let part = &image[(s * SLOT) as usize..((s + 1) * SLOT) as usize];
+        let j = u64::from_le_bytes(part[..8].try_into().unwrap());
+        if j == 0 {
+            if part.iter().any(|&b| b != 0) {
+                return Err(format!("slot {s} is neither blank nor a write"));
+            }
+        } else if part != chunk(d, j).as_slice() {
+            return Err(format!("slot {s} does not hold write {j}'s bytes"));
+        }
+        seen.push(j);
+    }
+    let k = seen.iter().copied().max().unwrap_or(0);
+    // State k: each slot holds the last write to it among writes 1..=k.
+    for (s, &j) in seen.iter().enumerate() {
+        let last = (1..=k).rev().find(|&w| slots[(w - 1) as usize] == s as u64);
+        if last.unwrap_or(0) != j {
+            return Err(format!(
+                "slot {s} holds write {j}, state {k} has {}",
+                last.unwrap_or(0)
+            ));
+        }
+    }
+    Ok(k)
+}
+
+fn pid_of(holder: &str) -> Option<u32> {
+    holder
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+}
+
+async fn holder(blobs: &dyn PageBlobs, disk: &BlobRef) -> Option<u32> {
+    let lock = snapback::ownership::lock_blob(disk);
+    let props = blobs.properties(&lock, None).await.ok().flatten()?;
+    tags::holder(&props.metadata).and_then(pid_of)
+}
+
+async fn points(blobs: &dyn PageBlobs, backup: &BlobRef, disk: &str) -> Vec<SnapshotInfo> {
+    let mut p: Vec<_> = blobs
+        .list_snapshots(backup)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| tags::is_restore_point(&s.metadata, disk))
+        .collect();
+    p.sort_by(|a, b| a.snapshot.cmp(&b.snapshot));
+    p
+}
+
+fn count(log: &str, what: &str, disk: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(what) && l.contains(&format!("disk={disk}")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
+    let sections: String = DISKS
+        .iter()
+        .map(|n| {
+            format!(
+                "[[disk]]\nname = \"{n}\"\nsource = \"premium/vhds/{n}.vhd\"\nbackup = \"backup/backups/{n}\"\nconcurrency = 1\nschedule = \"*/2 * * * * *\"\n\n"
+            )
+        })
+        .collect();
+    let fx = Fixture::with_extra(&sections);
+    let blobs = fx.blobs();
+    for d in DISKS {
+        create_disk(blobs.as_ref(), &fx.source(d), SIZE).await;
+    }
+    // The slot of every write, per disk, appended before the write is sent (so a restore
+    // point can only show writes that are recorded).
+    let written: Arc<Mutex<Vec<Vec<u64>>>> = Arc::new(Mutex::new(vec![Vec::new(); DISKS.len()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (blobs, written, stop) = (blobs.clone(), written.clone(), stop.clone());
+        let sources: Vec<_> = DISKS.iter().map(|d| fx.source(d)).collect();
+        tokio::spawn(async move {
+            let mut rng = Rng(0xC1A5);
+            while !stop.load(Ordering::Relaxed) {
+                for (d, src) in sources.iter().enumerate() {
+                    let slot = rng.below(SLOTS);
+                    let j = {
+                        let mut w = written.lock().unwrap();
+                        w[d].push(slot);
+                        w[d].len() as u64
+                    };
+                    blobs
+                        .put_pages(src, slot * SLOT, chunk(d, j).into())
+                        .await
+                        .expect("write to the source");
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    let state_line = format!("state_dir = \"{}\"", fx.dir.path().join("state").display());
+    let mut daemons: Vec<DaemonProc> = (0..3)
+        .map(|i| {
+            let path = fx.dir.path().join(format!("host{i}.toml"));
+            let state = fx.dir.path().join(format!("state-host{i}"));
+            let text = cfg.replacen(
+                &state_line,
+                &format!("state_dir = \"{}\"", state.display()),
+                1,
+            );
+            std::fs::write(&path, text).unwrap();
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
+            cmd.arg("--config")
+                .arg(&path)
+                .arg("run")
+                .env("SB_TEST_PREMIUM_KEY", common::azurite::PREMIUM_KEY)
+                .env("SB_TEST_BACKUP_KEY", common::azurite::BACKUP_KEY)
+                .env("SNAPBACK_LOG", "info");
+            DaemonProc::spawn_command(cmd)
+        })
+        .collect();
+
+    // Warm-up: every disk has two restore points.
+    let warm = Instant::now();
+    loop {
+        let mut ready = true;
+        for d in DISKS {
+            ready &= points(blobs.as_ref(), &fx.backup(d), d).await.len() >= 2;
+        }
+        if ready {
+            break;
+        }
+        assert!(
+            warm.elapsed() < Duration::from_secs(90),
+            "no two restore points per disk within 90 s; daemon 0:\n{}",
+            daemons[0].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Kill daemon 0 while one of its cycles is under way: a "starting cycle" that is not yet
+    // followed by its end, and the disk's lock blob naming it.
+    let victim = daemons[0].pid();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        assert!(Instant::now() < deadline, "daemon 0 never ran a cycle");
+        let log = daemons[0].stderr();
+        let mut running = None;
+        for d in DISKS {
+            let ends = count(&log, "cycle finished", d)
+                + count(&log, "cycle failed", d)
+                + count(&log, "skipped", d);
+            if count(&log, "starting cycle", d) > ends
+                && holder(blobs.as_ref(), &fx.backup(d)).await == Some(victim)
+            {
+                running = Some(d);
+            }
+        }
+        if let Some(d) = running {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    daemons[0].signal("KILL");
+    let killed_at = Instant::now();
+    let before_kill = points(blobs.as_ref(), &fx.backup(held), held).await.len();
+    eprintln!("SIGKILLed daemon 0 (pid {victim}) mid-cycle of {held}");
+
+    // Takeover: another daemon holds the disk and makes a restore point.
+    let takeover = loop {
+        let now = points(blobs.as_ref(), &fx.backup(held), held).await.len();
+        let by = holder(blobs.as_ref(), &fx.backup(held)).await;
+        if now > before_kill && by.is_some() && by != Some(victim) {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(90),
+            "{held} not taken over within 90 s; daemon 1:\n{}",
+            daemons[1].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "takeover of {held}: first restore point by another daemon {:.1} s after the SIGKILL",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover <= Duration::from_secs(60 + 2 + 10),
+        "taken over within the lease (60 s) plus a tick (and slack): {takeover:?}"
+    );
+    // Every disk keeps going afterwards.
+    let counts: Vec<usize> = {
+        let mut v = Vec::new();
+        for d in DISKS {
+            v.push(points(blobs.as_ref(), &fx.backup(d), d).await.len());
+        }
+        v
+    };
+    let after = Instant::now();
+    loop {
+        let mut ok = true;
+        for (i, d) in DISKS.iter().enumerate() {
+            ok &= points(blobs.as_ref(), &fx.backup(d), d).await.len() >= counts[i] + 2;
+        }
+        if ok {
+            break;
+        }
+        assert!(
+            after.elapsed() < Duration::from_secs(60),
+            "some disk made no two more restore points within 60 s after the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let logs: Vec<String> = daemons.iter().map(|d| d.stderr()).collect();
+    for d in daemons.iter_mut().skip(1) {
+        d.signal("TERM");
+        d.wait_exit(Duration::from_secs(30));
+    }
+
+    // Every restore point equals a state its source passed through; none records a source
+    // snapshot another records; each cycle's source snapshot comes after the previous
+    // cycle's restore point (cycles of one disk never overlap).
+    let written = written.lock().unwrap().clone();
+    let mut total = 0;
+    for (i, d) in DISKS.iter().enumerate() {
+        let backup = fx.backup(d);
+        let mut pts = points(blobs.as_ref(), &backup, d).await;
+        let mut sources = Vec::new();
+        for p in &pts {
+            let image = blobs
+                .read(&backup, Some(&p.snapshot), ByteRange::new(0, SIZE))
+                .await
+                .expect("read restore point");
+            if let Err(e) = state_of(i, &image, &written[i]) {
+                panic!(
+                    "{d}: restore point {} is no state of its source: {e}",
+                    p.snapshot
+                );
+            }
+            sources.push(tags::source_of(&p.metadata).unwrap().as_str().to_string());
+        }
+        let mut distinct = sources.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            sources.len(),
+            "{d}: a source snapshot recorded twice"
+        );
+        pts.sort_by_key(|p| tags::source_of(&p.metadata).unwrap().as_str().to_string());
+        for w in pts.windows(2) {
+            let next_source = tags::source_of(&w[1].metadata).unwrap();
+            assert!(
+                w[0].snapshot.as_str() < next_source.as_str(),
+                "{d}: a cycle (source snapshot {next_source}) started before the previous restore point {}",
+                w[0].snapshot
+            );
+        }
+        total += pts.len();
+        let per_daemon: Vec<usize> = logs.iter().map(|l| count(l, "cycle finished", d)).collect();
+        let failed: usize = logs.iter().map(|l| count(l, "cycle failed", d)).sum();
+        let skipped: usize = logs.iter().map(|l| count(l, "skipped", d)).sum();
+        eprintln!(
+            "{d}: {} restore points, all verified; cycles finished per daemon {per_daemon:?}, {skipped} starts skipped (owned elsewhere), {failed} failed",
+            pts.len()
+        );
+        if let Some(l) = logs
+            .iter()
+            .flat_map(|l| l.lines())
+            .find(|l| l.contains("cycle failed") && l.contains(&format!("disk={d}")))
+        {
+            eprintln!("  e.g. {l}");
+        }
+    }
+    let writes: usize = written.iter().map(Vec::len).sum();
+    eprintln!("{total} restore points checked against {writes} recorded source writes");
+}
