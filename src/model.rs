@@ -176,9 +176,15 @@ pub mod tags {
     }
 
     /// Metadata of a disk's lock blob while a process holds its lease: who (host, pid,
-    /// replica id), so that whoever finds it held can name the holder.
-    pub fn lock_holder(holder: &str) -> Metadata {
-        Metadata::from([(HOLDER.to_string(), holder.to_string())])
+    /// replica id), so that whoever finds it held can name the holder, and the cycle it runs
+    /// (read back with [`cycle`]), so that the next owner knows whether an unfinished cycle
+    /// of its own is still the disk's current one.
+    pub fn lock_holder(holder: &str, cycle: Option<&str>) -> Metadata {
+        let mut m = Metadata::from([(HOLDER.to_string(), holder.to_string())]);
+        if let Some(c) = cycle {
+            m.insert(CYCLE.to_string(), c.to_string());
+        }
+        m
     }
 
     /// The holder a lock blob names.

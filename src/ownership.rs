@@ -79,6 +79,9 @@ pub struct DiskLease {
     id: String,
     lost: CancellationToken,
     renewer: tokio::task::JoinHandle<()>,
+    holder: String,
+    /// The cycle the previous owner last ran (from the lock blob), if it said.
+    last_cycle: Option<String>,
 }
 
 impl DiskLease {
@@ -122,6 +125,13 @@ impl DiskLease {
             }
             Err(e) => return Err(err(e)),
         }
+        let last_cycle = match blobs.properties(&blob, None).await {
+            Ok(p) => p.and_then(|p| tags::cycle(&p.metadata).map(str::to_string)),
+            Err(e) => {
+                let _ = leases.release_lease(&blob, &id).await;
+                return Err(err(e));
+            }
+        };
         let lease = |leases: Arc<dyn LeaseBlobs>, lost: CancellationToken| DiskLease {
             renewer: tokio::spawn(renew(
                 leases.clone(),
@@ -135,16 +145,37 @@ impl DiskLease {
             blob: blob.clone(),
             id: id.clone(),
             lost,
+            holder: holder.to_string(),
+            last_cycle,
         };
         let held = lease(leases.clone(), CancellationToken::new());
-        if let Err(e) = leases
-            .set_leased_metadata(&blob, &id, &tags::lock_holder(holder))
-            .await
-        {
+        let named = tags::lock_holder(holder, held.last_cycle.as_deref());
+        if let Err(e) = leases.set_leased_metadata(&blob, &id, &named).await {
             held.release().await;
             return Err(err(e));
         }
         Ok(held)
+    }
+
+    /// The cycle the disk's previous owner (maybe this process) last ran under the lease.
+    pub fn last_cycle(&self) -> Option<&str> {
+        self.last_cycle.as_deref()
+    }
+
+    /// Records in the lock blob that this owner now runs cycle `tag`.
+    pub async fn record_cycle(&self, disk: &str, tag: &str) -> Result<(), OwnershipError> {
+        self.leases
+            .set_leased_metadata(
+                &self.blob,
+                &self.id,
+                &tags::lock_holder(&self.holder, Some(tag)),
+            )
+            .await
+            .map_err(|source| OwnershipError::Blob {
+                disk: disk.to_string(),
+                blob: self.blob.clone(),
+                source,
+            })
     }
 
     /// Whether the lease was lost while held (the cycle was fenced).

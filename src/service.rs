@@ -266,7 +266,9 @@ impl App {
         let fence = stop.child_token();
         let (result, lease) = match self.own(disk, fence.clone()).await {
             Ok(lease) => {
-                let result = self.run_disk_inner(disk, fence, progress).await;
+                let result = self
+                    .run_disk_inner(disk, fence, progress, lease.as_ref())
+                    .await;
                 (fenced(result, lease.as_ref()), lease)
             }
             Err(e) => (Err(e.into()), None),
@@ -420,6 +422,7 @@ impl App {
         disk: &DiskConfig,
         stop: CancellationToken,
         progress: Option<Arc<Progress>>,
+        lease: Option<&DiskLease>,
     ) -> Result<CycleRecord, CycleError> {
         let _lock = self.try_lock_disk(&disk.name).map_err(|e| match e {
             LockError::Held { path, .. } => CycleError::Busy {
@@ -437,7 +440,32 @@ impl App {
         runner.stop = stop;
         runner.progress = progress;
         runner.limits = Some(self.limits.clone());
+        if let Some(lease) = lease {
+            self.adopt_current_cycle(disk, lease, &runner).await?;
+        }
         runner.run_cycle().await
+    }
+
+    /// Under the disk's lease: gives up this process's unfinished cycle if another owner ran
+    /// a cycle since (its snapshots, phase and checkpoint describe a backup that has moved
+    /// on: resuming it could label someone else's base as its restore point), then records
+    /// in the lock blob the cycle this process runs now.
+    async fn adopt_current_cycle(
+        &self,
+        disk: &DiskConfig,
+        lease: &DiskLease,
+        runner: &Runner<'_>,
+    ) -> Result<(), CycleError> {
+        let name = &disk.name;
+        if let (Some(open), Some(last)) = (self.store.open_cycle(name)?, lease.last_cycle()) {
+            if open.tag != last {
+                tracing::warn!(disk = %name, cycle = %open.tag, current = %last, "another owner ran cycles since this unfinished cycle stopped; abandoning it (its source snapshot is swept by the next prune)");
+                self.store.abandon_cycle(open.id)?;
+            }
+        }
+        let rec = runner.open_or_resume()?;
+        lease.record_cycle(name, &rec.tag).await?;
+        Ok(())
     }
 
     /// Runs one cycle for each disk, at most `max_concurrent_cycles` at a time.

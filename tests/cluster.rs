@@ -316,3 +316,118 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     let writes: usize = written.iter().map(Vec::len).sum();
     eprintln!("{total} restore points checked against {writes} recorded source writes");
 }
+
+/// A host stopped mid-apply must not resume that cycle after another host moved the disk on:
+/// host 0 is stopped (SIGTERM) mid-apply, host 1 backs the disk up, then host 0 runs again.
+/// Its unfinished cycle would write an old diff onto host 1's base and label it a restore
+/// point; instead it is abandoned (the lock blob names the disk's current cycle) and the new
+/// restore point verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
+    use common::faultproxy::{Fault, FaultProxy, Op, Rule};
+    let fx = Fixture::new(&["d1"]);
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    let blobs = fx.blobs();
+    let src = fx.source("d1");
+    let mut rng = Rng(0xAB);
+    let size = 8 * 1024 * 1024;
+    create_disk(blobs.as_ref(), &src, size).await;
+    let scribble = |rng: &mut Rng| {
+        (0..48)
+            .map(|_| (rng.below(size / SLOT) * SLOT, rng.bytes(SLOT as usize)))
+            .collect::<Vec<_>>()
+    };
+    for (at, data) in scribble(&mut rng) {
+        blobs.put_pages(&src, at, data.into()).await.unwrap();
+    }
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    let state_line = format!("state_dir = \"{}\"", fx.dir.path().join("state").display());
+    let host = |i: usize| {
+        let path = fx.dir.path().join(format!("host{i}.toml"));
+        let state = fx.dir.path().join(format!("state-host{i}"));
+        std::fs::write(
+            &path,
+            cfg.replacen(
+                &state_line,
+                &format!("state_dir = \"{}\"", state.display()),
+                1,
+            ),
+        )
+        .unwrap();
+        move |args: &[&str]| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
+            cmd.arg("--config")
+                .arg(&path)
+                .args(args)
+                .env("SB_TEST_PREMIUM_KEY", common::azurite::PREMIUM_KEY)
+                .env("SB_TEST_BACKUP_KEY", common::azurite::BACKUP_KEY)
+                .env("SNAPBACK_LOG", "info");
+            cmd
+        }
+    };
+    let (host0, host1) = (host(0), host(1));
+    let ok = |mut cmd: std::process::Command, what: &str| {
+        let out = cmd.output().expect("run snapback");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(out.status.success(), "{what}: {text}");
+        text
+    };
+    ok(host0(&["backup", "d1"]), "host 0 seeds");
+    for (at, data) in scribble(&mut rng) {
+        blobs.put_pages(&src, at, data.into()).await.unwrap();
+    }
+    // Host 0's incremental apply, slowed down and stopped after a few Put Pages.
+    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(300))).op(Op::PutPage));
+    let puts = proxy.count(Op::PutPage);
+    let mut child = host0(&["backup", "d1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.count(Op::PutPage) < puts + 6 {
+        assert!(Instant::now() < deadline, "host 0's apply never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "host 0 was stopped mid-apply");
+    proxy.clear_rules();
+
+    ok(host1(&["backup", "d1"]), "host 1 backs the disk up");
+    for (at, data) in scribble(&mut rng) {
+        blobs.put_pages(&src, at, data.into()).await.unwrap();
+    }
+    let log = ok(host0(&["backup", "d1"]), "host 0 runs again");
+    assert!(
+        log.contains("abandoning it"),
+        "host 0 gives up its stale cycle: {log}"
+    );
+    let verify = ok(
+        host0(&["verify", "d1"]),
+        "the newest restore point verifies",
+    );
+    eprintln!("{verify}");
+    let pts = points(blobs.as_ref(), &fx.backup("d1"), "d1").await;
+    let mut sources: Vec<_> = pts
+        .iter()
+        .map(|p| tags::source_of(&p.metadata).unwrap().as_str().to_string())
+        .collect();
+    let n = sources.len();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(
+        (n, sources.len()),
+        (3, 3),
+        "three cycles, three restore points"
+    );
+}

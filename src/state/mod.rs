@@ -257,6 +257,18 @@ impl StateStore {
         Ok(())
     }
 
+    /// Gives up an unfinished cycle (kept as history, `done = 2`): another owner of the disk
+    /// ran cycles since it stopped, so resuming it would act on a backup it no longer knows.
+    pub fn abandon_cycle(&self, id: i64) -> StateResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE cycles SET done = 2 WHERE id = ?1 AND done = 0",
+                params![id],
+            )
+        })?;
+        Ok(())
+    }
+
     /// Forgets a restore point (after retention deleted its snapshot).
     pub fn delete_restore_point(&self, disk: &str, snapshot: &str) -> StateResult<()> {
         self.with(|c| {
