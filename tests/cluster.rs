@@ -317,24 +317,22 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     eprintln!("{total} restore points checked against {writes} recorded source writes");
 }
 
-/// A host stopped mid-apply must not resume that cycle after another host moved the disk on:
-/// host 0 is stopped (SIGTERM) mid-apply, host 1 backs the disk up, then host 0 runs again.
-/// Its unfinished cycle would write an old diff onto host 1's base and label it a restore
-/// point; instead it is abandoned (the lock blob names the disk's current cycle) and the new
-/// restore point verifies.
+/// A host stopped mid-cycle must not resume that cycle after another host moved the disk on:
+/// host 0 stops (SIGKILL) right after its apply, before its backup snapshot; host 1 takes the
+/// disk over once the lease expired and backs it up (seeding its own chain and pruning host
+/// 0's source snapshot); then host 0 runs again. Resuming its cycle would snapshot host 1's
+/// base and label it with host 0's source snapshot; instead the cycle is abandoned (the lock
+/// blob names the disk's current cycle) and the new restore point verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
-    use common::faultproxy::{Fault, FaultProxy, Op, Rule};
     let fx = Fixture::new(&["d1"]);
-    let proxy = FaultProxy::start(fx.azurite.port());
-    fx.route_through(proxy.port());
     let blobs = fx.blobs();
     let src = fx.source("d1");
     let mut rng = Rng(0xAB);
-    let size = 8 * 1024 * 1024;
+    let size = 4 * 1024 * 1024;
     create_disk(blobs.as_ref(), &src, size).await;
     let scribble = |rng: &mut Rng| {
-        (0..48)
+        (0..16)
             .map(|_| (rng.below(size / SLOT) * SLOT, rng.bytes(SLOT as usize)))
             .collect::<Vec<_>>()
     };
@@ -367,43 +365,74 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
         }
     };
     let (host0, host1) = (host(0), host(1));
-    let ok = |mut cmd: std::process::Command, what: &str| {
+    let run = |mut cmd: std::process::Command| {
         let out = cmd.output().expect("run snapback");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&out.stdout)
         );
-        assert!(out.status.success(), "{what}: {text}");
+        (out.status.success(), text)
+    };
+    let ok = |cmd: std::process::Command, what: &str| {
+        let (success, text) = run(cmd);
+        assert!(success, "{what}: {text}");
         text
     };
     ok(host0(&["backup", "d1"]), "host 0 seeds");
     for (at, data) in scribble(&mut rng) {
         blobs.put_pages(&src, at, data.into()).await.unwrap();
     }
-    // Host 0's incremental apply, slowed down and stopped after a few Put Pages.
-    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(300))).op(Op::PutPage));
-    let puts = proxy.count(Op::PutPage);
+    // Snapshot, Diff, Apply: then the process stops before its backup snapshot.
     let mut child = host0(&["backup", "d1"])
+        .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", "3")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while proxy.count(Op::PutPage) < puts + 6 {
-        assert!(Instant::now() < deadline, "host 0's apply never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
+    let mut err = child.stderr.take().unwrap();
+    let paused = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut log = String::new();
+        let mut buf = [0u8; 1024];
+        while !log.contains("failpoint: paused") {
+            match err.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => log.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        log
+    });
+    let log = tokio::time::timeout(Duration::from_secs(60), paused)
+        .await
+        .expect("host 0 reaches the failpoint")
         .unwrap();
-    assert!(st.success());
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "host 0 was stopped mid-apply");
-    proxy.clear_rules();
+    assert!(log.contains("failpoint: paused after step 3"), "{log}");
+    child.kill().unwrap();
+    child.wait().unwrap();
 
-    ok(host1(&["backup", "d1"]), "host 1 backs the disk up");
+    // Host 1 is told who holds the disk until the dead host's lease expires.
+    let started = Instant::now();
+    let text = loop {
+        let (success, text) = run(host1(&["backup", "d1"]));
+        if success {
+            break text;
+        }
+        assert!(
+            text.contains("is owned by host="),
+            "host 1 names the holder: {text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(75),
+            "lease never expired"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    eprintln!(
+        "host 1 took the disk over {:.1} s after host 0 died",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(text.contains("cycle finished"), "{text}");
     for (at, data) in scribble(&mut rng) {
         blobs.put_pages(&src, at, data.into()).await.unwrap();
     }
@@ -412,11 +441,10 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
         log.contains("abandoning it"),
         "host 0 gives up its stale cycle: {log}"
     );
-    let verify = ok(
+    ok(
         host0(&["verify", "d1"]),
         "the newest restore point verifies",
     );
-    eprintln!("{verify}");
     let pts = points(blobs.as_ref(), &fx.backup("d1"), "d1").await;
     let mut sources: Vec<_> = pts
         .iter()
@@ -428,6 +456,6 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
     assert_eq!(
         (n, sources.len()),
         (3, 3),
-        "three cycles, three restore points"
+        "three finished cycles, three restore points, three source snapshots"
     );
 }
