@@ -395,7 +395,7 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
         use std::io::Read;
         let mut log = String::new();
         let mut buf = [0u8; 1024];
-        while !log.contains("failpoint: paused") {
+        while !log.contains("failpoint: paused after step 3") {
             match err.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => log.push_str(&String::from_utf8_lossy(&buf[..n])),
