@@ -82,6 +82,8 @@ pub struct DiskLease {
     holder: String,
     /// The cycle the previous owner last ran (from the lock blob), if it said.
     last_cycle: Option<String>,
+    /// The disk's chain id: kept in the lock blob, minted by the first owner.
+    chain: String,
 }
 
 impl DiskLease {
@@ -125,13 +127,20 @@ impl DiskLease {
             }
             Err(e) => return Err(err(e)),
         }
-        let last_cycle = match blobs.properties(&blob, None).await {
-            Ok(p) => p.and_then(|p| tags::cycle(&p.metadata).map(str::to_string)),
+        let (last_cycle, chain) = match blobs.properties(&blob, None).await {
+            Ok(p) => {
+                let m = p.map(|p| p.metadata).unwrap_or_default();
+                (
+                    tags::cycle(&m).map(str::to_string),
+                    tags::chain(&m).map(str::to_string),
+                )
+            }
             Err(e) => {
                 let _ = leases.release_lease(&blob, &id).await;
                 return Err(err(e));
             }
         };
+        let chain = chain.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         let lease = |leases: Arc<dyn LeaseBlobs>, lost: CancellationToken| DiskLease {
             renewer: tokio::spawn(renew(
                 leases.clone(),
@@ -147,9 +156,10 @@ impl DiskLease {
             lost,
             holder: holder.to_string(),
             last_cycle,
+            chain,
         };
         let held = lease(leases.clone(), CancellationToken::new());
-        let named = tags::lock_holder(holder, held.last_cycle.as_deref());
+        let named = tags::lock_holder(holder, held.last_cycle.as_deref(), &held.chain);
         if let Err(e) = leases.set_leased_metadata(&blob, &id, &named).await {
             held.release().await;
             return Err(err(e));
@@ -162,13 +172,18 @@ impl DiskLease {
         self.last_cycle.as_deref()
     }
 
+    /// The disk's chain id, tagged on everything its cycles make (see `model::tags::of_chain`).
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
     /// Records in the lock blob that this owner now runs cycle `tag`.
     pub async fn record_cycle(&self, disk: &str, tag: &str) -> Result<(), OwnershipError> {
         self.leases
             .set_leased_metadata(
                 &self.blob,
                 &self.id,
-                &tags::lock_holder(&self.holder, Some(tag)),
+                &tags::lock_holder(&self.holder, Some(tag), &self.chain),
             )
             .await
             .map_err(|source| OwnershipError::Blob {

@@ -441,6 +441,7 @@ impl App {
         runner.progress = progress;
         runner.limits = Some(self.limits.clone());
         if let Some(lease) = lease {
+            runner.chain = Some(lease.chain().to_string());
             self.adopt_current_cycle(disk, lease, &runner).await?;
         }
         runner.run_cycle().await

@@ -459,3 +459,74 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
         "three finished cycles, three restore points, three source snapshots"
     );
 }
+
+/// Two installations (each its own config, state and backup blob) back up the same source
+/// under the same disk name. Each prunes only its own chain's source snapshots, so neither
+/// deletes the other's diff base: both keep making incremental cycles, and the source keeps
+/// exactly one snapback snapshot per installation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_with_one_disk_name_keep_each_others_snapshots() {
+    let fx = Fixture::new(&["d1"]);
+    let blobs = fx.blobs();
+    let src = fx.source("d1");
+    let mut rng = Rng(0x2F);
+    create_disk(blobs.as_ref(), &src, SIZE).await;
+    let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
+    let state_line = format!("state_dir = \"{}\"", fx.dir.path().join("state").display());
+    let other = fx.dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        cfg.replacen(
+            &state_line,
+            &format!(
+                "state_dir = \"{}\"",
+                fx.dir.path().join("state-other").display()
+            ),
+            1,
+        )
+        .replace("backup/backups/d1", "backup/other/d1"),
+    )
+    .unwrap();
+    let backup = |config: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"))
+            .arg("--config")
+            .arg(config)
+            .args(["backup", "d1"])
+            .env("SB_TEST_PREMIUM_KEY", common::azurite::PREMIUM_KEY)
+            .env("SB_TEST_BACKUP_KEY", common::azurite::BACKUP_KEY)
+            .env("SNAPBACK_LOG", "info")
+            .output()
+            .expect("run snapback");
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{}: {text}", config.display());
+        text
+    };
+    for round in 0..3 {
+        for config in [&fx.config_path, &other] {
+            blobs
+                .put_pages(
+                    &src,
+                    rng.below(SLOTS) * SLOT,
+                    rng.bytes(SLOT as usize).into(),
+                )
+                .await
+                .unwrap();
+            let log = backup(config);
+            if round > 0 {
+                assert!(
+                    log.contains("kind=\"incremental\"") && !log.contains("re-seeding"),
+                    "round {round}, {}: an incremental cycle on an intact chain: {log}",
+                    config.display()
+                );
+            }
+        }
+        let on_source = blobs
+            .list_snapshots(&src)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| tags::disk(&s.metadata) == Some("d1"))
+            .count();
+        assert_eq!(on_source, 2, "round {round}: one snapshot per installation");
+    }
+}

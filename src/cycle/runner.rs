@@ -181,6 +181,9 @@ pub struct Runner<'a> {
     /// `max_buffer_mib`); `None`: only the disk's own `concurrency` applies.
     pub limits: Option<Arc<Limits>>,
     pub tuning: ApplyTuning,
+    /// The disk's chain id (from its lock blob, see `ownership`): tagged on every snapshot
+    /// and backup base this runner makes; prune sweeps only this chain's source snapshots.
+    pub chain: Option<String>,
 }
 
 impl<'a> Runner<'a> {
@@ -200,6 +203,7 @@ impl<'a> Runner<'a> {
             progress: None,
             limits: None,
             tuning: ApplyTuning::default(),
+            chain: None,
         }
     }
 
@@ -212,7 +216,7 @@ impl<'a> Runner<'a> {
 
     /// The disk's source, seen through the meter.
     fn source(&self) -> PageBlobSource<'_> {
-        PageBlobSource::new(&self.blobs, &self.disk.source)
+        PageBlobSource::new(&self.blobs, &self.disk.source).in_chain(self.chain.as_deref())
     }
 
     fn now(&self) -> i64 {
@@ -709,7 +713,7 @@ impl<'a> Runner<'a> {
         // Explicit metadata: without it Copy Blob copies the source snapshot's snapback tags
         // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
         // of the backup) would inherit them and pass for one of our restore points.
-        let meta = tags::backup_base(&rec.disk);
+        let meta = tags::in_chain(tags::backup_base(&rec.disk), self.chain.as_deref());
         let started = self
             .blobs
             .start_copy(backup, &blob, Some(s.as_str()), &meta)
@@ -796,7 +800,10 @@ impl<'a> Runner<'a> {
         let snapshot = match found {
             Some(s) => s.snapshot,
             None => {
-                let meta = tags::restore_point(&rec.disk, &rec.tag, source);
+                let meta = tags::in_chain(
+                    tags::restore_point(&rec.disk, &rec.tag, source),
+                    self.chain.as_deref(),
+                );
                 self.blobs.create_snapshot(backup, &meta).await?
             }
         };
