@@ -204,14 +204,20 @@ impl DiskLease {
     }
 
     /// Stops renewing and releases the lease, so the next owner need not wait for expiry.
-    /// A failed release is only logged: the lease then expires by itself.
+    /// A lease given up as lost is released too: if only the renewal's answer was lost, the
+    /// lease is still ours and the next owner should not wait; if someone else holds it, the
+    /// service refuses a release with our id. A failed release is only logged: the lease then
+    /// expires by itself.
     pub async fn release(self) {
         self.renewer.abort();
-        if self.lost() {
-            return;
-        }
-        if let Err(e) = self.leases.release_lease(&self.blob, &self.id).await {
-            tracing::warn!(blob = %self.blob, error = %e, "cannot release the disk lease; it expires within {LEASE_SECONDS} s");
+        match self.leases.release_lease(&self.blob, &self.id).await {
+            Ok(()) => {}
+            Err(e) if self.lost() => {
+                tracing::debug!(blob = %self.blob, error = %e, "the lost disk lease is not ours to release")
+            }
+            Err(e) => {
+                tracing::warn!(blob = %self.blob, error = %e, "cannot release the disk lease; it expires within {LEASE_SECONDS} s")
+            }
         }
     }
 }

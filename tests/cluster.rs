@@ -530,3 +530,86 @@ async fn two_installations_with_one_disk_name_keep_each_others_snapshots() {
         assert_eq!(on_source, 2, "round {round}: one snapshot per installation");
     }
 }
+
+/// The owner's lease renewal is refused (as when the lease expired and another process took
+/// it): the cycle stops at its next checkpoint with an error naming the lost lease, before its
+/// backup snapshot, so no restore point is made; the next run finishes the cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_cycle_before_its_restore_point() {
+    use common::faultproxy::{Fault, FaultProxy, Op, Rule};
+    let fx = Fixture::new(&["d1"]);
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    let blobs = fx.blobs();
+    let src = fx.source("d1");
+    let mut rng = Rng(0x1EA5E);
+    let size = 8 * 1024 * 1024;
+    create_disk(blobs.as_ref(), &src, size).await;
+    let backup = || {
+        let out = fx
+            .command(&["backup", "d1"])
+            .output()
+            .expect("run snapback");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, log) = backup();
+    assert!(ok, "seed: {log}");
+    for i in 0..(size / SLOT) {
+        if i % 2 == 0 {
+            blobs
+                .put_pages(&src, i * SLOT, rng.bytes(SLOT as usize).into())
+                .await
+                .unwrap();
+        }
+    }
+    // Apply slowed past the first renewal (20 s), which is refused (the rule's first Lease
+    // request is the acquire; the third, the release, passes, so the next run need not wait
+    // for the lease to expire).
+    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(1500))).op(Op::PutPage));
+    proxy.add(
+        Rule::new(Fault::Status {
+            status: 409,
+            code: "LeaseIdMismatchWithLeaseOperation",
+        })
+        .op(Op::Lease)
+        .nth(2, 2),
+    );
+    let snapshots = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.op == Op::SnapshotBlob && s.account == "backup")
+        .count();
+    let started = Instant::now();
+    let (ok, log) = backup();
+    eprintln!("fenced run: {:.1} s", started.elapsed().as_secs_f64());
+    assert!(!ok, "the fenced cycle fails: {log}");
+    assert!(
+        log.contains("lease on backup/backups/d1.snapback-state lost in phase apply"),
+        "the error names the lost lease and the phase: {log}"
+    );
+    assert_eq!(
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| s.op == Op::SnapshotBlob && s.account == "backup")
+            .count(),
+        snapshots,
+        "no backup snapshot after the lease was lost"
+    );
+    proxy.clear_rules();
+    let (ok, log) = backup();
+    assert!(ok, "the next run finishes the cycle: {log}");
+    assert_eq!(
+        points(blobs.as_ref(), &fx.backup("d1"), "d1").await.len(),
+        2
+    );
+    let out = fx.command(&["verify", "d1"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
