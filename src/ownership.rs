@@ -16,6 +16,7 @@
 use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs};
 use crate::lease::LeaseBlobs;
 use crate::model::tags;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -87,15 +88,15 @@ pub struct DiskLease {
 }
 
 impl DiskLease {
-    /// Takes the lease of `disk` (whose backup blob is `backup`) for `holder`, or says who
-    /// holds it. `fence` is cancelled if the lease is lost later: hand it to the cycle as its
-    /// stop token.
+    /// Takes the lease of `disk` (whose backup blob is `backup`) for `holder` with lease id
+    /// `id` (see [`lease_id`]), or says who holds it. `fence` is cancelled if the lease is lost
+    /// later: hand it to the cycle as its stop token.
     pub async fn acquire(
         leases: Arc<dyn LeaseBlobs>,
         blobs: &dyn PageBlobs,
         disk: &str,
         backup: &BlobRef,
-        holder: &str,
+        (holder, id): (&str, String),
         fence: CancellationToken,
     ) -> Result<DiskLease, OwnershipError> {
         let blob = lock_blob(backup);
@@ -106,7 +107,6 @@ impl DiskLease {
         };
         blobs.ensure_container(&blob).await.map_err(err)?;
         leases.create_lock_blob(&blob).await.map_err(err)?;
-        let id = lease_id();
         match leases.acquire_lease(&blob, &id, LEASE_SECONDS).await {
             Ok(()) => {}
             Err(e) if e.kind == ErrorKind::Conflict => {
@@ -247,9 +247,37 @@ async fn renew(
     }
 }
 
-/// A lease id: Azure wants a GUID.
-fn lease_id() -> String {
-    let n: u128 = rand::random();
+/// File in the state directory holding this installation's random owner key.
+pub const OWNER_KEY_FILE: &str = "owner-id";
+
+/// This installation's owner key: read from `<state_dir>/owner-id`, made on first use.
+pub fn owner_key(state_dir: &Path) -> std::io::Result<u128> {
+    let path = state_dir.join(OWNER_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u128::from_str_radix(text.trim(), 16).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not a 32-digit hex owner key: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(state_dir)?;
+            let key: u128 = rand::random();
+            std::fs::write(&path, format!("{key:032x}\n"))?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The lease id this installation uses for `disk`: a GUID (as Azure wants) derived from the
+/// owner key, so the same state directory gets the same id after a crash and re-acquires its
+/// own lease at once (Azure accepts an acquire with the id of the active lease), while every
+/// other installation waits for it to expire.
+pub fn lease_id(owner: u128, disk: &str) -> String {
+    let hi = crate::pages::crc64(format!("{disk}\0hi").as_bytes()) as u128;
+    let lo = crate::pages::crc64(format!("{disk}\0lo").as_bytes()) as u128;
+    let n = owner ^ ((hi << 64) | lo);
     let h = format!("{n:032x}");
     format!(
         "{}-{}-{}-{}-{}",
@@ -275,11 +303,23 @@ mod tests {
     }
 
     #[test]
-    fn lease_ids_are_guids() {
-        let id = lease_id();
+    fn lease_ids_are_guids_stable_per_owner_and_disk() {
+        let id = lease_id(7, "d1");
         let parts: Vec<_> = id.split('-').map(str::len).collect();
         assert_eq!(parts, [8, 4, 4, 4, 12]);
-        assert_ne!(id, lease_id());
+        assert_eq!(id, lease_id(7, "d1"));
+        assert_ne!(id, lease_id(8, "d1"));
+        assert_ne!(id, lease_id(7, "d2"));
+    }
+
+    #[test]
+    fn the_owner_key_is_made_once_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = owner_key(dir.path()).unwrap();
+        assert_eq!(owner_key(dir.path()).unwrap(), a);
+        std::fs::write(dir.path().join(OWNER_KEY_FILE), "zz").unwrap();
+        let e = owner_key(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("owner-id"), "{e}");
     }
 
     #[test]

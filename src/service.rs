@@ -11,7 +11,7 @@ use crate::cycle::runner::{CycleError, DiskSpec, Limits, Runner};
 use crate::lease::LeaseBlobs;
 use crate::lock::LockError;
 use crate::model::{Clock, SnapshotId, SystemClock};
-use crate::ownership::{DiskLease, OwnershipError};
+use crate::ownership::DiskLease;
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
 use crate::state::{StateError, StateStore};
@@ -172,6 +172,8 @@ pub struct App {
     pub leases: Option<Arc<dyn LeaseBlobs>>,
     /// Who this process is, as written into the lock blobs it leases.
     pub holder: String,
+    /// This installation's owner key (`<state_dir>/owner-id`): its lease ids derive from it.
+    pub owner_key: u128,
 }
 
 impl App {
@@ -179,6 +181,12 @@ impl App {
     pub fn open(config: Config) -> Result<App, AppError> {
         let blobs = Arc::new(AzureBlobs::new(config.accounts.values()));
         let mut app = Self::with_blobs(config, blobs.clone())?;
+        app.owner_key = crate::ownership::owner_key(&app.config.state_dir).map_err(|source| {
+            AppError::Lock {
+                path: app.config.state_dir.join(crate::ownership::OWNER_KEY_FILE),
+                source,
+            }
+        })?;
         app.leases = Some(blobs);
         Ok(app)
     }
@@ -197,6 +205,7 @@ impl App {
             clock: Arc::new(SystemClock),
             leases: None,
             holder: crate::ownership::holder_identity(None),
+            owner_key: 0,
         })
     }
 
@@ -262,16 +271,17 @@ impl App {
         progress: Option<Arc<Progress>>,
     ) -> CycleReport {
         let started = Instant::now();
-        // The lease is held over the cycle and the retention after it: both write.
+        // The lock file and the lease are held over the cycle and the retention after it: both
+        // write. The lock file comes first: this installation's processes share one lease id.
         let fence = stop.child_token();
-        let (result, lease) = match self.own(disk, fence.clone()).await {
-            Ok(lease) => {
+        let (result, lease, _lock) = match self.own(disk, fence.clone()).await {
+            Ok((lock, lease)) => {
                 let result = self
                     .run_disk_inner(disk, fence, progress, lease.as_ref())
                     .await;
-                (fenced(result, lease.as_ref()), lease)
+                (fenced(result, lease.as_ref()), lease, Some(lock))
             }
-            Err(e) => (Err(e.into()), None),
+            Err(e) => (Err(e), None, None),
         };
         let seconds = started.elapsed().as_secs_f64();
         let (verify, prune) = match &result {
@@ -396,35 +406,15 @@ impl App {
         (verify, prune)
     }
 
-    /// Takes the disk's lease (when storage has leases); `fence` is cancelled if it is lost.
+    /// Takes the disk's lock file, then its lease (when storage has leases); `fence` is
+    /// cancelled if the lease is lost. The source is checked before the lease: a missing
+    /// source creates nothing in the backup account (invariant 9), not even the lock blob.
     async fn own(
         &self,
         disk: &DiskConfig,
         fence: CancellationToken,
-    ) -> Result<Option<DiskLease>, OwnershipError> {
-        let Some(leases) = &self.leases else {
-            return Ok(None);
-        };
-        let lease = DiskLease::acquire(
-            leases.clone(),
-            self.blobs.as_ref(),
-            &disk.name,
-            &disk.backup,
-            &self.holder,
-            fence,
-        )
-        .await?;
-        Ok(Some(lease))
-    }
-
-    async fn run_disk_inner(
-        &self,
-        disk: &DiskConfig,
-        stop: CancellationToken,
-        progress: Option<Arc<Progress>>,
-        lease: Option<&DiskLease>,
-    ) -> Result<CycleRecord, CycleError> {
-        let _lock = self.try_lock_disk(&disk.name).map_err(|e| match e {
+    ) -> Result<(File, Option<DiskLease>), CycleError> {
+        let lock = self.try_lock_disk(&disk.name).map_err(|e| match e {
             LockError::Held { path, .. } => CycleError::Busy {
                 disk: disk.name.clone(),
                 path,
@@ -435,6 +425,56 @@ impl App {
                 source,
             },
         })?;
+        let Some(leases) = &self.leases else {
+            return Ok((lock, None));
+        };
+        let blob_err = |source| CycleError::Blob {
+            disk: disk.name.clone(),
+            source,
+        };
+        self.blobs
+            .check_account(&disk.source.account)
+            .and_then(|()| self.blobs.check_account(&disk.backup.account))
+            .map_err(blob_err)?;
+        // A listing first: it answers a refused key with 403 and its error code, where a HEAD
+        // of a missing blob may answer 404 whatever the key.
+        self.blobs
+            .list_snapshots(&disk.source)
+            .await
+            .map_err(blob_err)?;
+        if self
+            .blobs
+            .properties(&disk.source, None)
+            .await
+            .map_err(blob_err)?
+            .is_none()
+        {
+            return Err(blob_err(BlobError::local(
+                crate::blobs::ErrorKind::NotFound,
+                crate::blobs::Resource::blob(&disk.source),
+                "the source blob does not exist",
+            )));
+        }
+        let id = crate::ownership::lease_id(self.owner_key, &disk.name);
+        let lease = DiskLease::acquire(
+            leases.clone(),
+            self.blobs.as_ref(),
+            &disk.name,
+            &disk.backup,
+            (&self.holder, id),
+            fence,
+        )
+        .await?;
+        Ok((lock, Some(lease)))
+    }
+
+    async fn run_disk_inner(
+        &self,
+        disk: &DiskConfig,
+        stop: CancellationToken,
+        progress: Option<Arc<Progress>>,
+        lease: Option<&DiskLease>,
+    ) -> Result<CycleRecord, CycleError> {
         let spec = disk_spec(disk);
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.stop = stop;

@@ -177,33 +177,31 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Kill daemon 0 while one of its cycles is under way: a "starting cycle" that is not yet
+    // Kill a daemon while one of its cycles is under way: a "starting cycle" that is not yet
     // followed by its end, and the disk's lock blob naming it.
-    let victim = daemons[0].pid();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let held = loop {
-        assert!(Instant::now() < deadline, "daemon 0 never ran a cycle");
-        let log = daemons[0].stderr();
-        let mut running = None;
-        for d in DISKS {
-            let ends = count(&log, "cycle finished", d)
-                + count(&log, "cycle failed", d)
-                + count(&log, "skipped", d);
-            if count(&log, "starting cycle", d) > ends
-                && holder(blobs.as_ref(), &fx.backup(d)).await == Some(victim)
-            {
-                running = Some(d);
+    let (k, held) = 'found: loop {
+        assert!(Instant::now() < deadline, "no daemon caught mid-cycle");
+        for (k, daemon) in daemons.iter().enumerate() {
+            let log = daemon.stderr();
+            for d in DISKS {
+                let ends = count(&log, "cycle finished", d)
+                    + count(&log, "cycle failed", d)
+                    + count(&log, "skipped", d);
+                if count(&log, "starting cycle", d) > ends
+                    && holder(blobs.as_ref(), &fx.backup(d)).await == Some(daemon.pid())
+                {
+                    break 'found (k, d);
+                }
             }
-        }
-        if let Some(d) = running {
-            break d;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    daemons[0].signal("KILL");
+    let victim = daemons[k].pid();
+    daemons[k].signal("KILL");
     let killed_at = Instant::now();
     let before_kill = points(blobs.as_ref(), &fx.backup(held), held).await.len();
-    eprintln!("SIGKILLed daemon 0 (pid {victim}) mid-cycle of {held}");
+    eprintln!("SIGKILLed daemon {k} (pid {victim}) mid-cycle of {held}");
 
     // Takeover: another daemon holds the disk and makes a restore point.
     let takeover = loop {
@@ -214,8 +212,9 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
         }
         assert!(
             killed_at.elapsed() < Duration::from_secs(90),
-            "{held} not taken over within 90 s; daemon 1:\n{}",
-            daemons[1].stderr()
+            "{held} not taken over within 90 s; daemon {}:\n{}",
+            (k + 1) % 3,
+            daemons[(k + 1) % 3].stderr()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -253,9 +252,11 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let logs: Vec<String> = daemons.iter().map(|d| d.stderr()).collect();
-    for d in daemons.iter_mut().skip(1) {
-        d.signal("TERM");
-        d.wait_exit(Duration::from_secs(30));
+    for (i, d) in daemons.iter_mut().enumerate() {
+        if i != k {
+            d.signal("TERM");
+            d.wait_exit(Duration::from_secs(30));
+        }
     }
 
     // Every restore point equals a state its source passed through; none records a source
