@@ -9,6 +9,7 @@ mod common;
 use common::daemon::DaemonProc;
 use common::fixture::{create_disk, Fixture, Rng};
 use snapback::blobs::{BlobRef, PageBlobs, SnapshotInfo};
+use snapback::lease::LeaseBlobs;
 use snapback::model::tags;
 use snapback::pages::ByteRange;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,7 +179,8 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     }
 
     // Kill a daemon while one of its cycles is under way: a "starting cycle" that is not yet
-    // followed by its end, and the disk's lock blob naming it.
+    // followed by its end, the disk's lock blob naming it, and its lease held (the test's own
+    // acquire is refused; one that succeeds is released at once).
     let deadline = Instant::now() + Duration::from_secs(60);
     let (k, held) = 'found: loop {
         assert!(Instant::now() < deadline, "no daemon caught mid-cycle");
@@ -191,7 +193,15 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
                 if count(&log, "starting cycle", d) > ends
                     && holder(blobs.as_ref(), &fx.backup(d)).await == Some(daemon.pid())
                 {
-                    break 'found (k, d);
+                    let lock = snapback::ownership::lock_blob(&fx.backup(d));
+                    let probe = "00000000-0000-0000-0000-00000000beef";
+                    match blobs.acquire_lease(&lock, probe, 15).await {
+                        Err(e) if e.kind == snapback::blobs::ErrorKind::Conflict => {
+                            break 'found (k, d)
+                        }
+                        Ok(()) => blobs.release_lease(&lock, probe).await.unwrap(),
+                        Err(e) => panic!("probing the lease of {d}: {e}"),
+                    }
                 }
             }
         }
