@@ -345,8 +345,9 @@ impl App {
     }
 
     /// After a successful cycle: verify its restore point (`verify = "after-cycle"`), then
-    /// apply retention (when rules are configured). Failures are logged and recorded as the
-    /// disk's last error; the cycle itself stays a success.
+    /// apply retention (when rules are configured), with the disk's lock file and lease still
+    /// held. Failures are logged and recorded as the disk's last error; the cycle itself stays
+    /// a success.
     #[allow(clippy::type_complexity)]
     async fn after_cycle(
         &self,
@@ -396,7 +397,7 @@ impl App {
         let prune = if crate::retention::keeps_everything(&disk.retention) {
             None
         } else {
-            let r = self.prune(disk, false).await;
+            let r = self.prune_locked(disk, false).await;
             if let Err(e) = &r {
                 tracing::error!(disk = %disk.name, error = %e, "retention failed");
                 record(format!("retention: {e}"));
@@ -428,6 +429,13 @@ impl App {
         let Some(leases) = &self.leases else {
             return Ok((lock, None));
         };
+        // Registered first (as the runner does), so that a failed check below is recorded as
+        // the disk's last error.
+        self.store.register_disk(
+            &disk.name,
+            &disk.source.to_string(),
+            &disk.backup.to_string(),
+        )?;
         let blob_err = |source| CycleError::Blob {
             disk: disk.name.clone(),
             source,
@@ -576,6 +584,15 @@ impl App {
         } else {
             Some(self.lock_disk(&disk.name)?)
         };
+        self.prune_locked(disk, dry_run).await
+    }
+
+    /// [`App::prune`] with the disk's lock already held (after a cycle).
+    async fn prune_locked(
+        &self,
+        disk: &DiskConfig,
+        dry_run: bool,
+    ) -> Result<PruneReport, AppError> {
         Ok(crate::retention::prune(
             self.blobs.as_ref(),
             &self.store,
