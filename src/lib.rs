@@ -16,6 +16,8 @@
 //! - [`source`]: what a cycle needs from the disk it backs up ([`source::Source`]).
 //! - [`copy`]: waiting for an asynchronous Copy Blob.
 //! - [`lock`]: lock files (one daemon per state directory, one process per disk).
+//! - [`lease`]: the blob lease operations behind disk ownership.
+//! - [`ownership`]: one owner per disk across hosts (a renewed lease on a lock blob).
 //! - [`restore`]: promote a restore point, copy it to a target, optionally restart the chain.
 //! - [`retention`]: which restore points to keep (a pure plan) and pruning.
 //! - [`verify`]: compares a restore point with its source snapshot.
@@ -38,11 +40,13 @@ pub mod cycle;
 pub mod daemon;
 pub mod fake;
 pub mod hooks;
+pub mod lease;
 pub mod lock;
 pub mod logging;
 pub mod managed;
 pub mod managed_restore;
 pub mod model;
+pub mod ownership;
 pub mod pages;
 pub mod restore;
 pub mod retention;

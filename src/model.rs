@@ -153,6 +153,8 @@ pub mod tags {
     const BASE_ETAG: &str = "snapback_base_etag";
     const RESTORE: &str = "snapback_restore";
     const RESTORED_FROM: &str = "snapback_restored_from";
+    const HOLDER: &str = "snapback_holder";
+    const CHAIN: &str = "snapback_chain";
 
     /// Tags of a source snapshot `S(n)` taken by cycle `cycle` of `disk`.
     pub fn source_snapshot(disk: &str, cycle: &str) -> Metadata {
@@ -192,6 +194,47 @@ pub mod tags {
     /// The disk a backup base blob was created for by snapback.
     pub fn backup_of(m: &Metadata) -> Option<&str> {
         m.get(BACKUP_OF).map(String::as_str)
+    }
+
+    /// Metadata of a disk's lock blob while a process holds its lease: who (host, pid,
+    /// replica id), so that whoever finds it held can name the holder; the cycle it runs
+    /// (read back with [`cycle`]), so that the next owner knows whether an unfinished cycle
+    /// of its own is still the disk's current one; and the disk's chain id ([`chain`]).
+    pub fn lock_holder(holder: &str, cycle: Option<&str>, chain: &str) -> Metadata {
+        let mut m = Metadata::from([
+            (HOLDER.to_string(), holder.to_string()),
+            (CHAIN.to_string(), chain.to_string()),
+        ]);
+        if let Some(c) = cycle {
+            m.insert(CYCLE.to_string(), c.to_string());
+        }
+        m
+    }
+
+    /// `m` with the chain id (when there is one): which backup chain a snapshot, restore
+    /// point or backup base belongs to.
+    pub fn in_chain(mut m: Metadata, chain: Option<&str>) -> Metadata {
+        if let Some(c) = chain {
+            m.insert(CHAIN.to_string(), c.to_string());
+        }
+        m
+    }
+
+    /// The chain a snapshot or lock blob names.
+    pub fn chain(m: &Metadata) -> Option<&str> {
+        m.get(CHAIN).map(String::as_str)
+    }
+
+    /// Whether a snapshot tagged for `disk` belongs to chain `ours` and may be swept by it:
+    /// same chain id, or no chain id at all (taken before chain ids existed). Another
+    /// installation's chain (same disk name, another chain id) is never ours.
+    pub fn of_chain(m: &Metadata, disk: &str, ours: Option<&str>) -> bool {
+        self::disk(m) == Some(disk) && (chain(m).is_none() || chain(m) == ours)
+    }
+
+    /// The holder a lock blob names.
+    pub fn holder(m: &Metadata) -> Option<&str> {
+        m.get(HOLDER).map(String::as_str)
     }
 
     /// The disk a snapshot was tagged for.

@@ -10,9 +10,11 @@ use crate::config::{Config, DiskConfig, DiskSource};
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
 use crate::cycle::runner::{CycleError, DiskSpec, Limits, Runner};
+use crate::lease::LeaseBlobs;
 use crate::lock::LockError;
 use crate::managed::ManagedDiskSource;
 use crate::model::{Clock, SnapshotId, SystemClock};
+use crate::ownership::DiskLease;
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
 use crate::retention::{PruneReport, RetentionError};
 use crate::source::{PageBlobSource, Source};
@@ -89,6 +91,23 @@ pub struct CycleReport {
     pub prune: Option<Result<PruneReport, AppError>>,
 }
 
+/// A cycle stopped because its lease was lost says so (not "interrupted").
+fn fenced(
+    result: Result<CycleRecord, CycleError>,
+    lease: Option<&DiskLease>,
+) -> Result<CycleRecord, CycleError> {
+    match (result, lease) {
+        (Err(CycleError::Interrupted { disk, phase }), Some(l)) if l.lost() => {
+            Err(CycleError::LeaseLost {
+                disk,
+                blob: l.blob().clone(),
+                phase,
+            })
+        }
+        (r, _) => r,
+    }
+}
+
 /// One restore point, as `list` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestorePoint {
@@ -157,13 +176,28 @@ pub struct App {
     pub arm: Option<Result<ArmClient, BlobError>>,
     /// Reads through the SAS URLs of managed disks' snapshots.
     pub sas: SasBlobs,
+    /// Disk leases in Azure (one owner per disk across hosts); `None` for in-memory storage
+    /// (a simulation has one process and no one to exclude).
+    pub leases: Option<Arc<dyn LeaseBlobs>>,
+    /// Who this process is, as written into the lock blobs it leases.
+    pub holder: String,
+    /// This installation's owner key (`<state_dir>/owner-id`): its lease ids derive from it.
+    pub owner_key: u128,
 }
 
 impl App {
     /// Opens storage clients (reading secrets) and the state database.
     pub fn open(config: Config) -> Result<App, AppError> {
         let blobs = Arc::new(AzureBlobs::new(config.accounts.values()));
-        Self::with_blobs(config, blobs)
+        let mut app = Self::with_blobs(config, blobs.clone())?;
+        app.owner_key = crate::ownership::owner_key(&app.config.state_dir).map_err(|source| {
+            AppError::Lock {
+                path: app.config.state_dir.join(crate::ownership::OWNER_KEY_FILE),
+                source,
+            }
+        })?;
+        app.leases = Some(blobs);
+        Ok(app)
     }
 
     pub fn with_blobs(config: Config, blobs: Arc<dyn PageBlobs>) -> Result<App, AppError> {
@@ -189,6 +223,9 @@ impl App {
             clock: Arc::new(SystemClock),
             arm,
             sas: SasBlobs::default(),
+            leases: None,
+            holder: crate::ownership::holder_identity(None),
+            owner_key: 0,
         })
     }
 
@@ -321,13 +358,31 @@ impl App {
         progress: Option<Arc<Progress>>,
     ) -> CycleReport {
         let started = Instant::now();
-        let result = self.run_disk_inner(disk, stop, progress).await;
+        // The lock file and the lease are held over the cycle and the retention after it: both
+        // write. The lock file comes first: this installation's processes share one lease id.
+        let fence = stop.child_token();
+        let (result, lease, _lock) = match self.own(disk, fence.clone()).await {
+            Ok((lock, lease)) => {
+                let result = self
+                    .run_disk_inner(disk, fence, progress, lease.as_ref())
+                    .await;
+                (fenced(result, lease.as_ref()), lease, Some(lock))
+            }
+            Err(e) => (Err(e), None, None),
+        };
         let seconds = started.elapsed().as_secs_f64();
         let (verify, prune) = match &result {
             Ok(rec) => self.after_cycle(disk, rec).await,
             Err(_) => (None, None),
         };
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         match &result {
+            Err(e) if e.is_owned_elsewhere() => {
+                // Not a failure: the disk is in another process's hands.
+                tracing::info!(disk = %disk.name, result = "skipped", "{e}");
+            }
             Ok(rec) => {
                 let s = rec.stats;
                 tracing::info!(
@@ -355,10 +410,15 @@ impl App {
             }
         }
         // After the result is persisted and logged: a hook can only add warnings. A cycle
-        // stopped at a checkpoint (shutdown, window end) has no result yet: no hook.
+        // stopped at a checkpoint (shutdown, window end) has no result yet, and a disk another
+        // process owns had no cycle here: no hook.
         let hooks = self.config.hooks_for(disk);
-        let interrupted = matches!(result, Err(CycleError::Interrupted { .. }));
-        if hooks != crate::config::Hooks::default() && !interrupted {
+        let no_result = match &result {
+            Err(CycleError::Interrupted { .. }) => true,
+            Err(e) => e.is_owned_elsewhere(),
+            Ok(_) => false,
+        };
+        if hooks != crate::config::Hooks::default() && !no_result {
             let event = crate::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
             crate::hooks::run(&hooks, &event, &self.config.secret_env_vars()).await;
         }
@@ -372,8 +432,9 @@ impl App {
     }
 
     /// After a successful cycle: verify its restore point (`verify = "after-cycle"`), then
-    /// apply retention (when rules are configured). Failures are logged and recorded as the
-    /// disk's last error; the cycle itself stays a success.
+    /// apply retention (when rules are configured), with the disk's lock file and lease still
+    /// held. Failures are logged and recorded as the disk's last error; the cycle itself stays
+    /// a success.
     #[allow(clippy::type_complexity)]
     async fn after_cycle(
         &self,
@@ -423,7 +484,7 @@ impl App {
         let prune = if crate::retention::keeps_everything(&disk.retention) {
             None
         } else {
-            let r = self.prune(disk, false).await;
+            let r = self.prune_locked(disk, false).await;
             if let Err(e) = &r {
                 tracing::error!(disk = %disk.name, error = %e, "retention failed");
                 record(format!("retention: {e}"));
@@ -433,13 +494,15 @@ impl App {
         (verify, prune)
     }
 
-    async fn run_disk_inner(
+    /// Takes the disk's lock file, then its lease (when storage has leases); `fence` is
+    /// cancelled if the lease is lost. The source is checked before the lease: a missing
+    /// source creates nothing in the backup account (invariant 9), not even the lock blob.
+    async fn own(
         &self,
         disk: &DiskConfig,
-        stop: CancellationToken,
-        progress: Option<Arc<Progress>>,
-    ) -> Result<CycleRecord, CycleError> {
-        let _lock = self.try_lock_disk(&disk.name).map_err(|e| match e {
+        fence: CancellationToken,
+    ) -> Result<(File, Option<DiskLease>), CycleError> {
+        let lock = self.try_lock_disk(&disk.name).map_err(|e| match e {
             LockError::Held { path, .. } => CycleError::Busy {
                 disk: disk.name.clone(),
                 path,
@@ -450,6 +513,66 @@ impl App {
                 source,
             },
         })?;
+        let Some(leases) = &self.leases else {
+            return Ok((lock, None));
+        };
+        // Registered first (as the runner does), so that a failed check below is recorded as
+        // the disk's last error.
+        self.store.register_disk(
+            &disk.name,
+            &disk.source.to_string(),
+            &disk.backup.to_string(),
+        )?;
+        let blob_err = |source| CycleError::Blob {
+            disk: disk.name.clone(),
+            source,
+        };
+        self.blobs
+            .check_account(&disk.backup.account)
+            .map_err(blob_err)?;
+        // A page-blob source is checked before anything is created in the backup account (a
+        // managed disk's source is checked by its first ARM request, which creates nothing).
+        if let Some(source) = disk.source.blob() {
+            self.blobs
+                .check_account(&source.account)
+                .map_err(blob_err)?;
+            // A listing first: it answers a refused key with 403 and its error code, where a
+            // HEAD of a missing blob may answer 404 whatever the key.
+            self.blobs.list_snapshots(source).await.map_err(blob_err)?;
+            if self
+                .blobs
+                .properties(source, None)
+                .await
+                .map_err(blob_err)?
+                .is_none()
+            {
+                return Err(blob_err(BlobError::local(
+                    crate::blobs::ErrorKind::NotFound,
+                    crate::blobs::Resource::blob(source),
+                    "the source blob does not exist",
+                )));
+            }
+        }
+        let id = crate::ownership::lease_id(self.owner_key, &disk.name);
+        let lease = DiskLease::acquire(
+            leases.clone(),
+            self.blobs.as_ref(),
+            &disk.name,
+            &disk.backup,
+            (&self.holder, id),
+            fence,
+        )
+        .await?;
+        Ok((lock, Some(lease)))
+    }
+
+    async fn run_disk_inner(
+        &self,
+        disk: &DiskConfig,
+        stop: CancellationToken,
+        progress: Option<Arc<Progress>>,
+        lease: Option<&DiskLease>,
+    ) -> Result<CycleRecord, CycleError> {
         let spec = disk_spec(disk);
         let managed = self
             .managed_source(disk)
@@ -463,7 +586,33 @@ impl App {
         runner.progress = progress;
         runner.limits = Some(self.limits.clone());
         runner.adopt_backup = disk.adopt_existing_backup;
+        if let Some(lease) = lease {
+            runner.chain = Some(lease.chain().to_string());
+            self.adopt_current_cycle(disk, lease, &runner).await?;
+        }
         runner.run_cycle().await
+    }
+
+    /// Under the disk's lease: gives up this process's unfinished cycle if another owner ran
+    /// a cycle since (its snapshots, phase and checkpoint describe a backup that has moved
+    /// on: resuming it could label someone else's base as its restore point), then records
+    /// in the lock blob the cycle this process runs now.
+    async fn adopt_current_cycle(
+        &self,
+        disk: &DiskConfig,
+        lease: &DiskLease,
+        runner: &Runner<'_>,
+    ) -> Result<(), CycleError> {
+        let name = &disk.name;
+        if let (Some(open), Some(last)) = (self.store.open_cycle(name)?, lease.last_cycle()) {
+            if open.tag != last {
+                tracing::warn!(disk = %name, cycle = %open.tag, current = %last, "another owner ran cycles since this unfinished cycle stopped; abandoning it (its source snapshot is swept by the next prune)");
+                self.store.abandon_cycle(open.id)?;
+            }
+        }
+        let rec = runner.open_or_resume().await?;
+        lease.record_cycle(name, &rec.tag).await?;
+        Ok(())
     }
 
     /// Runs one cycle for each disk, at most `max_concurrent_cycles` at a time.
@@ -563,6 +712,15 @@ impl App {
         } else {
             Some(self.lock_disk(&disk.name)?)
         };
+        self.prune_locked(disk, dry_run).await
+    }
+
+    /// [`App::prune`] with the disk's lock already held (after a cycle).
+    async fn prune_locked(
+        &self,
+        disk: &DiskConfig,
+        dry_run: bool,
+    ) -> Result<PruneReport, AppError> {
         Ok(crate::retention::prune(
             self.blobs.as_ref(),
             &self.store,

@@ -63,7 +63,8 @@ pub trait Source: Send + Sync {
     /// Takes a snapshot tagged with `disk` and `cycle`.
     async fn take_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<SourceSnapshot>;
 
-    /// Every snapshot tagged for `disk`, oldest first.
+    /// Every snapshot tagged for `disk` in this source's chain (see
+    /// `model::tags::of_chain`), oldest first.
     async fn own_snapshots(&self, disk: &str) -> BlobResult<Vec<SnapshotId>>;
 
     /// A snapshot's size, or None if it does not exist (any more).
@@ -105,11 +106,24 @@ pub trait Source: Send + Sync {
 pub struct PageBlobSource<'a> {
     blobs: &'a dyn PageBlobs,
     blob: &'a BlobRef,
+    /// The backup chain whose snapshots this source takes and sweeps (`snapback_chain`).
+    chain: Option<&'a str>,
 }
 
 impl<'a> PageBlobSource<'a> {
     pub fn new(blobs: &'a dyn PageBlobs, blob: &'a BlobRef) -> Self {
-        PageBlobSource { blobs, blob }
+        PageBlobSource {
+            blobs,
+            blob,
+            chain: None,
+        }
+    }
+
+    /// Snapshots taken are tagged with `chain`, and [`Source::own_snapshots`] are only this
+    /// chain's (and untagged ones from before chain ids).
+    pub fn in_chain(mut self, chain: Option<&'a str>) -> Self {
+        self.chain = chain;
+        self
     }
 }
 
@@ -141,7 +155,10 @@ impl Source for PageBlobSource<'_> {
     async fn take_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<SourceSnapshot> {
         let id = self
             .blobs
-            .create_snapshot(self.blob, &tags::source_snapshot(disk, cycle))
+            .create_snapshot(
+                self.blob,
+                &tags::in_chain(tags::source_snapshot(disk, cycle), self.chain),
+            )
             .await?;
         let id = SnapshotId::new(id);
         // The size of the snapshot itself: the base blob may be resized right after.
@@ -161,7 +178,7 @@ impl Source for PageBlobSource<'_> {
             .list_snapshots(self.blob)
             .await?
             .into_iter()
-            .filter(|s| tags::disk(&s.metadata) == Some(disk))
+            .filter(|s| tags::of_chain(&s.metadata, disk, self.chain))
             .map(|s| SnapshotId::new(s.snapshot))
             .collect())
     }

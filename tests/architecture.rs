@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "source",
             "managed",
             "managed_restore",
+            "ownership",
         ],
     ),
     (
@@ -41,7 +42,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "cycle::machine",
         ],
     ),
-    ("storage trait", &["blobs", "blob_error", "secrets"]),
+    (
+        "storage trait",
+        &["blobs", "blob_error", "secrets", "lease"],
+    ),
     ("model", &["model", "pages", "vhd", "tls"]),
 ];
 

@@ -473,7 +473,6 @@ fn sas_signature_never_leaves_with_an_unreachable_endpoint() {
 /// never two cycles at once (the proxy sees the source and backup snapshots alternate), one
 /// snapback snapshot left on the source, the newest restore point verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: no owner lease: the three processes run overlapping cycles (snapshot order SSSBSSBB...)"]
 async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x3);

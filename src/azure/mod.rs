@@ -12,6 +12,7 @@
 //! sent once ([`AzureBlobs::blob_client_once`]) and the cycle retries them only after looking
 //! for what the lost attempt may have made (`cycle::runner`).
 
+mod lease;
 pub mod page_list;
 mod preflight;
 pub mod sas_blob;

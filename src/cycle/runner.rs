@@ -162,6 +162,17 @@ pub enum CycleError {
          adopt_existing_backup = true on the disk to use it anyway"
     )]
     ForeignBackup { disk: String, backup: BlobRef },
+    /// Another process (on this host or another) holds the disk's lease, or the lease could
+    /// not be taken or was lost mid-cycle.
+    #[error(transparent)]
+    Ownership(Box<crate::ownership::OwnershipError>),
+    /// The disk's lease was lost mid-cycle: the cycle stopped before its restore point.
+    #[error("disk {disk}: lease on {blob} lost in phase {phase}; the cycle stopped (the next owner resumes it)")]
+    LeaseLost {
+        disk: String,
+        blob: crate::model::BlobRef,
+        phase: PhaseName,
+    },
     /// The disk's lock file cannot be used.
     #[error("disk {disk}: lock file {path}: {source}")]
     Lock {
@@ -214,6 +225,12 @@ impl std::fmt::Display for SnapshotLimit {
     }
 }
 
+impl From<crate::ownership::OwnershipError> for CycleError {
+    fn from(e: crate::ownership::OwnershipError) -> Self {
+        CycleError::Ownership(Box::new(e))
+    }
+}
+
 impl CycleError {
     /// When the next attempt may succeed at the earliest, if the error says so.
     pub fn retry_after(&self) -> Option<Duration> {
@@ -224,6 +241,11 @@ impl CycleError {
             } => Some(PREMIUM_SNAPSHOT_INTERVAL),
             _ => None,
         }
+    }
+
+    /// The disk is in another process's hands (its lease is held): a skip, not a failure.
+    pub fn is_owned_elsewhere(&self) -> bool {
+        matches!(self, CycleError::Ownership(e) if matches!(**e, crate::ownership::OwnershipError::Held { .. }))
     }
 }
 
@@ -250,6 +272,9 @@ pub struct Runner<'a> {
     pub adopt_backup: bool,
     /// The disk's source when it is not the page blob `disk.source` (a managed disk).
     pub other_source: Option<&'a dyn Source>,
+    /// The disk's chain id (from its lock blob, see `ownership`): tagged on every snapshot
+    /// and backup base this runner makes; prune sweeps only this chain's source snapshots.
+    pub chain: Option<String>,
 }
 
 /// The source a runner reads: the page blob of its [`DiskSpec`], or the one it was given.
@@ -293,6 +318,7 @@ impl<'a> Runner<'a> {
             copy_failures: AtomicU32::new(0),
             adopt_backup: false,
             other_source: None,
+            chain: None,
         }
     }
 
@@ -307,7 +333,9 @@ impl<'a> Runner<'a> {
     fn source(&self) -> SourceRef<'_> {
         match (self.other_source, &self.disk.source) {
             (Some(s), _) => SourceRef::Other(s),
-            (None, DiskSource::Blob(b)) => SourceRef::Blob(PageBlobSource::new(&self.blobs, b)),
+            (None, DiskSource::Blob(b)) => {
+                SourceRef::Blob(PageBlobSource::new(&self.blobs, b).in_chain(self.chain.as_deref()))
+            }
             // Our bug, not bad input: whoever builds a runner for a managed disk gives it its
             // source (`service::App::managed_source`).
             (None, DiskSource::Managed { disk, .. }) => {
@@ -983,7 +1011,7 @@ impl<'a> Runner<'a> {
         // Explicit metadata: without it Copy Blob copies the source snapshot's snapback tags
         // onto the backup base, and Snapshot Blob without metadata (someone else's snapshot
         // of the backup) would inherit them and pass for one of our restore points.
-        let meta = tags::backup_base(&rec.disk);
+        let meta = tags::in_chain(tags::backup_base(&rec.disk), self.chain.as_deref());
         // A copy id on the backup other than the one it had before is the copy a lost answer
         // started: found, not started a second time (Azure refuses a second one onto a blob
         // with a pending copy, `409 PendingCopyOperation`).
@@ -1135,7 +1163,10 @@ impl<'a> Runner<'a> {
                 None => String::new(),
             },
         };
-        let meta = tags::restore_point_on(&rec.disk, &rec.tag, source, &written);
+        let meta = tags::in_chain(
+            tags::restore_point_on(&rec.disk, &rec.tag, source, &written),
+            self.chain.as_deref(),
+        );
         let made = find_or_make(
             || async {
                 Ok(self

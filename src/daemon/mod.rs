@@ -558,8 +558,12 @@ impl Supervisor {
         let Some(running) = slot.running.take() else {
             return;
         };
+        // Another replica owns the disk (holds its lease): not a failure, no backoff; try
+        // again at the next tick, which is how a dead owner's disks are taken over.
+        let owned_elsewhere = matches!(&f.result, Some(Err(e)) if e.is_owned_elsewhere());
         let how = match &f.result {
             Some(Ok(_)) => Finish::Ok,
+            _ if owned_elsewhere => Finish::Ok,
             _ if f.cancelled && running.by_window => Finish::WindowClosed,
             _ if f.cancelled => Finish::Stopped,
             Some(Err(_)) => Finish::Failed,
@@ -572,6 +576,9 @@ impl Supervisor {
                 self.metrics
                     .set_last_success(&f.disk, rec.finished_at().unwrap_or(now.timestamp()));
             }
+            Some(Err(_)) if owned_elsewhere => self
+                .metrics
+                .cycle_ended(&f.disk, "skipped", f.seconds, None),
             Some(Err(_)) if f.cancelled => {
                 self.metrics
                     .cycle_ended(&f.disk, "interrupted", f.seconds, None)
@@ -579,7 +586,7 @@ impl Supervisor {
             Some(Err(_)) => self.metrics.cycle_ended(&f.disk, "error", f.seconds, None),
             None => {}
         }
-        if let Some(result) = &f.result {
+        if let Some(result) = f.result.as_ref().filter(|_| !owned_elsewhere) {
             self.ready.cycle_ended(&f.disk, result);
         }
         self.metrics.set_phase(&f.disk, Activity::Idle);

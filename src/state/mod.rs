@@ -190,14 +190,6 @@ impl StateStore {
         Ok(())
     }
 
-    /// Closes an unfinished cycle without a restore point (its disk was re-pointed at another
-    /// source or backup): `done = 2`, so it is neither open nor a finished cycle, and its
-    /// record stays for the history.
-    pub fn abandon_cycle(&self, id: i64) -> StateResult<()> {
-        self.with(|c| c.execute("UPDATE cycles SET done = 2 WHERE id = ?1", params![id]))?;
-        Ok(())
-    }
-
     /// The disk's unfinished cycle, if any (invariant: at most one).
     pub fn open_cycle(&self, disk: &str) -> StateResult<Option<CycleRecord>> {
         self.one_cycle(
@@ -260,6 +252,20 @@ impl StateStore {
             c.execute(
                 "UPDATE cycles SET record = ?2 WHERE id = ?1",
                 params![rec.id, json],
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Gives up an unfinished cycle without a restore point, keeping it as history (`done = 2`:
+    /// neither open nor finished): its disk was re-pointed at another source or backup, or
+    /// another owner ran cycles since it stopped, so resuming it would act on a backup it no
+    /// longer knows.
+    pub fn abandon_cycle(&self, id: i64) -> StateResult<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE cycles SET done = 2 WHERE id = ?1 AND done = 0",
+                params![id],
             )
         })?;
         Ok(())

@@ -1,0 +1,77 @@
+//! [`LeaseBlobs`] over the storage SDK: Put Blob (If-None-Match: *), Lease Blob and Set Blob
+//! Metadata with the lease id.
+
+use super::{map_err, AzureBlobs};
+use crate::blob_error::ErrorKind as Kind;
+use crate::blobs::{BlobRef, BlobResult, Metadata, Resource};
+use crate::lease::LeaseBlobs;
+use async_trait::async_trait;
+use azure_core::http::RequestContent;
+use azure_storage_blob::models::{BlobClientSetMetadataOptions, BlockBlobClientUploadOptions};
+use bytes::Bytes;
+use std::collections::HashMap;
+
+#[async_trait]
+impl LeaseBlobs for AzureBlobs {
+    async fn create_lock_blob(&self, blob: &BlobRef) -> BlobResult<()> {
+        let options = BlockBlobClientUploadOptions {
+            if_none_match: Some("*".into()),
+            ..Default::default()
+        };
+        let content = <RequestContent<Bytes, _> as From<Bytes>>::from(Bytes::new());
+        match self.blob_client(blob)?.upload(content, Some(options)).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err(Resource::blob(blob), "create lock blob", e) {
+                // It exists (409 BlobAlreadyExists), or exists and is leased (412).
+                e if matches!(e.kind, Kind::AlreadyExists | Kind::PreconditionFailed) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn acquire_lease(&self, blob: &BlobRef, lease_id: &str, seconds: u32) -> BlobResult<()> {
+        let options = azure_storage_blob::models::BlobClientAcquireLeaseOptions {
+            proposed_lease_id: Some(lease_id.to_string()),
+            ..Default::default()
+        };
+        self.blob_client(blob)?
+            .acquire_lease(seconds as i32, Some(options))
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(Resource::blob(blob), "acquire lease", e))
+    }
+
+    async fn renew_lease(&self, blob: &BlobRef, lease_id: &str) -> BlobResult<()> {
+        self.blob_client(blob)?
+            .renew_lease(lease_id.to_string(), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(Resource::blob(blob), "renew lease", e))
+    }
+
+    async fn release_lease(&self, blob: &BlobRef, lease_id: &str) -> BlobResult<()> {
+        self.blob_client(blob)?
+            .release_lease(lease_id.to_string(), None)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(Resource::blob(blob), "release lease", e))
+    }
+
+    async fn set_leased_metadata(
+        &self,
+        blob: &BlobRef,
+        lease_id: &str,
+        metadata: &Metadata,
+    ) -> BlobResult<()> {
+        let map: HashMap<String, String> = metadata.clone().into_iter().collect();
+        let options = BlobClientSetMetadataOptions {
+            lease_id: Some(lease_id.to_string()),
+            ..Default::default()
+        };
+        self.blob_client(blob)?
+            .set_metadata(&map, Some(options))
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(Resource::blob(blob), "set lock blob metadata", e))
+    }
+}

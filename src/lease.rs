@@ -1,0 +1,34 @@
+//! The blob operations behind disk ownership: a small block blob beside each backup blob,
+//! leased by the one process that runs the disk's cycles (see `ownership`). Kept apart from
+//! [`crate::blobs::PageBlobs`] because only the Azure implementation needs it: in-memory
+//! simulations have a single process and no one to exclude.
+
+use crate::blobs::{BlobRef, BlobResult, Metadata};
+use async_trait::async_trait;
+
+#[async_trait]
+pub trait LeaseBlobs: Send + Sync {
+    /// Creates an empty block blob unless one exists (If-None-Match: *); an existing blob is
+    /// left as it is (it may be leased by someone else).
+    async fn create_lock_blob(&self, blob: &BlobRef) -> BlobResult<()>;
+
+    /// Acquires a lease of `seconds` (15–60) with our own id. Taking a lease we already hold
+    /// with the same id succeeds (so a retried acquire is harmless). Held by someone else:
+    /// `Conflict` (409 `LeaseAlreadyPresent`).
+    async fn acquire_lease(&self, blob: &BlobRef, lease_id: &str, seconds: u32) -> BlobResult<()>;
+
+    /// Renews our lease; fails (409/412) when it expired and someone else took it.
+    async fn renew_lease(&self, blob: &BlobRef, lease_id: &str) -> BlobResult<()>;
+
+    /// Releases our lease so the next owner need not wait for it to expire.
+    async fn release_lease(&self, blob: &BlobRef, lease_id: &str) -> BlobResult<()>;
+
+    /// Set Blob Metadata under our lease (a write without the lease id is refused by the
+    /// service, so only the holder can say who holds it).
+    async fn set_leased_metadata(
+        &self,
+        blob: &BlobRef,
+        lease_id: &str,
+        metadata: &Metadata,
+    ) -> BlobResult<()>;
+}
