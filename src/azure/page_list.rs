@@ -90,6 +90,11 @@ pub fn parse(body: &[u8]) -> Result<PageList, String> {
                     if en < s {
                         return Err(format!("page list range ends before it starts: {s}-{en}"));
                     }
+                    // A hostile or broken answer may claim the last byte of the address space:
+                    // no page blob reaches it (8 TiB at most), and `End + 1` would overflow.
+                    if en == u64::MAX {
+                        return Err(format!("page list range {s}-{en} ends past any page blob"));
+                    }
                     let r = ByteRange::from_inclusive(s, en);
                     list.items.push(if kind == Some(true) {
                         PageItem::Changed(r)

@@ -53,15 +53,25 @@ impl Hooks {
 }
 
 impl super::Config {
-    /// The environment variables that hold account keys or SAS tokens (kept from hooks).
+    /// The environment variables that hold account keys, SAS tokens or the ARM client secret
+    /// (kept from hooks).
     pub fn secret_env_vars(&self) -> Vec<String> {
+        use super::azure::{ArmCredentialConfig, SecretSource};
         use super::AuthConfig::{SasTokenEnv, SharedKeyEnv};
+        let arm = self.azure.as_ref().and_then(|a| match &a.credential {
+            ArmCredentialConfig::ClientSecret {
+                secret: SecretSource::Env(v),
+                ..
+            } => Some(v.clone()),
+            _ => None,
+        });
         self.accounts
             .values()
             .filter_map(|a| match &a.auth {
                 SharedKeyEnv(v) | SasTokenEnv(v) => Some(v.clone()),
                 _ => None,
             })
+            .chain(arm)
             .collect()
     }
 }

@@ -992,3 +992,25 @@ fn managed_disk_contract_errors_name_the_disk_and_fields() {
     );
     assert_one(&bad_azure, "azure: more than one credential");
 }
+
+#[test]
+fn hooks_are_kept_from_every_secret_variable() {
+    let cfg = parse(
+        r#"
+[azure]
+tenant_id = "00000000-0000-0000-0000-000000000001"
+client_id = "00000000-0000-0000-0000-000000000002"
+client_secret_env = "ARM_SECRET"
+[accounts.a]
+endpoint = "http://127.0.0.1:10000/acct1"
+shared_key_env = "A_KEY"
+[accounts.b]
+endpoint = "http://127.0.0.1:10000/acct2"
+sas_token_env = "B_SAS"
+"#,
+    )
+    .unwrap();
+    let mut vars = cfg.secret_env_vars();
+    vars.sort();
+    assert_eq!(vars, ["ARM_SECRET", "A_KEY", "B_SAS"]);
+}
