@@ -34,10 +34,16 @@ async fn assert_one_new_consistent_point(fx: &Fixture, ctx: &str) {
     let blobs = fx.blobs();
     let (source, backup) = (fx.source("disk1"), fx.backup("disk1"));
     let points = tagged_snapshots(blobs.as_ref(), &backup).await;
+    let cycles: Vec<_> = snapback::blobs::PageBlobs::list_snapshots(blobs.as_ref(), &backup)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.snapshot, s.metadata.get("snapback_cycle").cloned()))
+        .collect();
     assert_eq!(
         points.len(),
         2,
-        "{ctx}: exactly one new restore point after the seed"
+        "{ctx}: exactly one new restore point after the seed (backup snapshots and their cycles: {cycles:?})"
     );
     let on_source = tagged_snapshots(blobs.as_ref(), &source).await;
     assert_eq!(
@@ -106,6 +112,10 @@ async fn sigkill_at_random_instants_inside_apply() {
     let mut rng = Rng(0x5151_5151);
     let (mut kills, mut kills_in_apply) = (0, 0);
     let started = Instant::now();
+    let status = || -> serde_json::Value {
+        serde_json::from_slice(&fx.snapback(&["status", "--json"]).stdout).unwrap()
+    };
+    let seed_point = status()[0]["last_cycle"]["backup_snapshot"].clone();
     loop {
         let mut child = fx
             .command(&["backup", "disk1"])
@@ -120,10 +130,14 @@ async fn sigkill_at_random_instants_inside_apply() {
         child.kill().unwrap();
         child.wait().unwrap();
         kills += 1;
-        let status = fx.snapback(&["status", "--json"]);
-        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-        if status[0]["phase"] == "apply" {
+        let now = status();
+        if now[0]["phase"] == "apply" {
             kills_in_apply += 1;
+        }
+        // The kill landed after the cycle finished (while the process released its lease or
+        // ran retention): running `backup` again would start the next cycle.
+        if now[0]["phase"] == "idle" && now[0]["last_cycle"]["backup_snapshot"] != seed_point {
+            break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
