@@ -516,9 +516,9 @@ impl App {
         let Some(leases) = &self.leases else {
             return Ok((lock, None));
         };
-        // Registered first (as the runner does), so that a failed check below is recorded as
-        // the disk's last error.
-        self.store.register_disk(
+        // Known to the state first, so that a failed check below is recorded as the disk's
+        // last error (a known disk's source and backup are left for the runner to compare).
+        self.store.ensure_disk(
             &disk.name,
             &disk.source.to_string(),
             &disk.backup.to_string(),

@@ -386,7 +386,10 @@ impl<'a> Runner<'a> {
         tracing::warn!(disk = %d.name, old_source = %prev.source, old_backup = %prev.backup, %source, %backup, "disk re-pointed: its open cycle is abandoned and a new chain starts");
         match prev.source.parse::<BlobRef>() {
             Ok(old) => {
-                let old_source = PageBlobSource::new(&self.blobs, &old);
+                // Only this chain's snapshots: another installation may back up the old
+                // source under the same disk name.
+                let old_source =
+                    PageBlobSource::new(&self.blobs, &old).in_chain(self.chain.as_deref());
                 let sweep = async {
                     for s in old_source.own_snapshots(&d.name).await? {
                         old_source.delete_snapshot(&s).await?;

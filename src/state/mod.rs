@@ -180,6 +180,20 @@ impl StateStore {
         Ok(self.disk(name)?.unwrap_or_default())
     }
 
+    /// Adds the disk if it is not known yet, leaving a known disk's recorded source and backup
+    /// alone: the runner compares them with the config to detect a re-pointed disk
+    /// (`Runner::rebind`), so only the runner may update them.
+    pub fn ensure_disk(&self, name: &str, source: &str, backup: &str) -> StateResult<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO disks (name, source, backup) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(name) DO NOTHING",
+                params![name, source, backup],
+            )
+        })?;
+        Ok(())
+    }
+
     pub fn record_error(&self, disk: &str, message: &str, at: i64) -> StateResult<()> {
         self.with(|c| {
             c.execute(
