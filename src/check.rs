@@ -13,9 +13,11 @@
 
 use crate::azure::AzureBlobs;
 use crate::blobs::{BlobError, BlobRef, ErrorKind, Metadata, PageBlobs, PageListQuery, Resource};
+use crate::config::Schedule;
 use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
 use crate::pages::{ByteRange, PAGE_SIZE};
 use bytes::Bytes;
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 /// Metadata tag on every scratch snapshot `check` creates.
@@ -37,6 +39,9 @@ pub enum Operation {
     SourceDiff,
     /// Get Blob (a range) of a source snapshot.
     SourceReadSnapshot,
+    /// Get Account Information of the source account: a premium account takes one snapshot
+    /// per blob every 10 minutes, which a more frequent schedule cannot keep (a warning).
+    SourceAccountSku,
     /// Delete Blob of snapback's own source snapshots.
     SourceDeleteSnapshot,
     /// Create Container (if missing) and Put Blob (page blob) in the backup container.
@@ -68,6 +73,7 @@ impl Operation {
             Operation::SourceList => "source: list snapshots",
             Operation::SourceDiff => "source: diff (prevsnapshot)",
             Operation::SourceReadSnapshot => "source: read snapshot",
+            Operation::SourceAccountSku => "source: account SKU (premium limits)",
             Operation::SourceDeleteSnapshot => "source: delete own snapshot",
             Operation::BackupCreate => "backup: create blob",
             Operation::BackupWrite => "backup: write (put/clear/resize)",
@@ -89,6 +95,7 @@ impl Operation {
                 | Operation::SourceList
                 | Operation::SourceDiff
                 | Operation::SourceReadSnapshot
+                | Operation::SourceAccountSku
                 | Operation::BackupList
                 | Operation::BackupRead
         )
@@ -100,6 +107,7 @@ impl Operation {
             Operation::SourceRead
             | Operation::SourceDiff
             | Operation::SourceReadSnapshot
+            | Operation::SourceAccountSku
             | Operation::BackupRead => "r",
             Operation::SourceList | Operation::BackupList => "l",
             Operation::SourceSnapshot | Operation::BackupSnapshot | Operation::BackupCreate => {
@@ -303,6 +311,7 @@ async fn check_disk(blobs: &AzureBlobs, config: &Config, disk: &DiskConfig) -> V
     };
     let mut made = Scratch::default();
     run_source(blobs, &mut cx, &source, &id, &mut made).await;
+    run_account_sku(blobs, &mut cx, &source).await;
     run_backup(blobs, &mut cx, &source, &scratch, &backup, &mut made).await;
     cleanup(blobs, &mut cx, &source, &scratch, made).await;
     cx.rows
@@ -390,6 +399,63 @@ async fn run_source(
     let range = ByteRange::new(0, props.size.min(PAGE_SIZE));
     let read = blobs.read(source, Some(&second), range).await.map(|_| ());
     cx.record(SourceReadSnapshot, source, read);
+}
+
+/// The source account's SKU against the disk's schedule: a warning (a note on a pass, so the
+/// check's exit status is unchanged) when a premium account cannot keep the schedule.
+async fn run_account_sku(blobs: &AzureBlobs, cx: &mut DiskCheck<'_>, source: &BlobRef) {
+    let note = match blobs.account_sku(source).await {
+        Ok(sku) => {
+            let sku = sku.unwrap_or_default();
+            let schedule = cx.disk.schedule.as_ref();
+            premium_schedule_warning(&cx.disk.name, &source.account, &sku, schedule, Utc::now())
+                .unwrap_or_else(|| format!("account '{}' is {sku}", source.account))
+        }
+        // Not a permission a cycle needs: say what was not checked, without failing.
+        Err(e) => format!("{e}; the premium 10-minute snapshot limit was not checked"),
+    };
+    cx.note(Operation::SourceAccountSku, source, Outcome::Pass, note);
+}
+
+/// Premium page-blob accounts take one snapshot per blob every 10 minutes
+/// (409 `SnaphotOperationRateExceeded`).
+const PREMIUM_SNAPSHOT_INTERVAL: TimeDelta = TimeDelta::minutes(10);
+/// Firings of a schedule scanned for its shortest gap (a day of minutes and more).
+const SCHEDULE_SCAN: usize = 2000;
+
+/// The warning for a disk whose schedule fires more often than every 10 minutes on a premium
+/// account (SKU `Premium_*`), naming the disk, the account and the limit; None otherwise.
+pub fn premium_schedule_warning(
+    disk: &str,
+    account: &str,
+    sku: &str,
+    schedule: Option<&Schedule>,
+    from: DateTime<Utc>,
+) -> Option<String> {
+    if !sku.starts_with("Premium") {
+        return None;
+    }
+    let schedule = schedule?;
+    let gap = shortest_gap(schedule, from)?;
+    (gap < PREMIUM_SNAPSHOT_INTERVAL).then(|| {
+        format!(
+            "warning: disk {disk}: schedule \"{}\" fires {} s apart at times, but account \
+             '{account}' is {sku}, which allows one snapshot per blob every 10 minutes: \
+             cycles closer than that fail with SnaphotOperationRateExceeded and wait 10 minutes",
+            schedule.expr(),
+            gap.num_seconds(),
+        )
+    })
+}
+
+/// The shortest time between two consecutive firings of `schedule` after `from`.
+fn shortest_gap(schedule: &Schedule, from: DateTime<Utc>) -> Option<TimeDelta> {
+    let times: Vec<DateTime<Utc>> = schedule
+        .cron()
+        .iter_after(from)
+        .take(SCHEDULE_SCAN)
+        .collect();
+    times.windows(2).map(|w| w[1] - w[0]).min()
 }
 
 /// Backup side, on the scratch blob: create, write, lease, snapshot, list, read, delete a
@@ -659,6 +725,38 @@ mod tests {
             Some(code.into()),
             "put page".into(),
         )
+    }
+
+    #[test]
+    fn a_schedule_more_frequent_than_10_minutes_on_premium_is_a_warning() {
+        let from = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let warn = |sku: &str, cron: &str| {
+            let schedule = Schedule::parse(cron).unwrap();
+            premium_schedule_warning("d1", "prem", sku, Some(&schedule), from)
+        };
+        let w = warn("Premium_LRS", "*/5 * * * *").expect("every 5 minutes on premium");
+        assert!(
+            w.contains("disk d1")
+                && w.contains("'prem'")
+                && w.contains("Premium_LRS")
+                && w.contains("every 10 minutes")
+                && w.contains("300 s"),
+            "{w}"
+        );
+        // Only at times: every 5 minutes within one hour of the day still warns.
+        assert!(warn("Premium_ZRS", "0,5 3 * * *").is_some());
+        assert!(
+            warn("Premium_LRS", "*/10 * * * *").is_none(),
+            "10 minutes is kept"
+        );
+        assert!(warn("Premium_LRS", "0 */6 * * *").is_none());
+        assert!(
+            warn("Standard_RAGRS", "* * * * *").is_none(),
+            "standard: no limit"
+        );
+        assert!(premium_schedule_warning("d1", "prem", "Premium_LRS", None, from).is_none());
     }
 
     #[test]

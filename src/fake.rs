@@ -58,6 +58,8 @@ pub struct MemBlobs {
     pub refuse_server_copy: bool,
     /// Copy Blob answers as for a source it cannot read (a managed-identity account).
     pub refuse_copy: bool,
+    /// Copy Blob to this destination is refused at its start (other copies proceed).
+    pub refuse_copy_to: Option<BlobRef>,
     /// Reads, puts and clears wait a pseudo-random 0..jitter_ms first, so concurrent requests
     /// finish out of order (as over a network).
     pub jitter_ms: u64,
@@ -505,6 +507,13 @@ impl PageBlobs for MemBlobs {
                 ErrorKind::NoReadAccess,
                 Resource::of(source, snap),
                 "the fake refuses copies",
+            ));
+        }
+        if self.refuse_copy_to.as_ref() == Some(dest) {
+            return Err(BlobError::local(
+                ErrorKind::Auth,
+                Resource::of(dest, None),
+                "the fake refuses copies to this blob",
             ));
         }
         let id = self.tick();

@@ -347,16 +347,23 @@ impl<'a> Restorer<'a> {
                 &meta(RestoreState::InProgress),
             )
             .await?;
-            self.blobs
+            if let Err(e) = self
+                .blobs
                 .set_metadata(&req.target, &meta(RestoreState::Complete))
                 .await
-                .map_err(blob_err(format!("tag {}", req.target)))
+            {
+                // The copy ended, so the target holds the restored bytes but not the tag that
+                // says so: it is no longer the operator's old blob, and not a finished restore.
+                self.remove(&req.target, None).await;
+                return Err(blob_err(format!("tag {}", req.target))(e));
+            }
+            Ok(())
         }
         .await;
         if let Err(e) = copied {
-            // The target is already removed by `copy` on a copy failure; make sure, and drop
-            // the promoted blob too: a failed restore leaves nothing behind.
-            self.remove(&req.target, None).await;
+            // `copy` removes the target itself once its copy has started; a failure before that
+            // (container, pending copy, Copy Blob refused) must leave an existing target that
+            // --force would have replaced exactly as it was. The promoted blob is always ours.
             self.remove(&promoted, None).await;
             return Err(e);
         }
@@ -769,6 +776,57 @@ mod tests {
         r.force = true;
         restorer(&w).restore(&r).await.unwrap();
         assert_eq!(w.blobs.content(&target, None).unwrap(), w.points[0].1);
+    }
+
+    /// `--force` replaces an existing target only once the copy to it has started: every
+    /// failure before that leaves its bytes as they were.
+    #[tokio::test]
+    async fn force_keeps_the_existing_target_when_the_restore_fails_before_copying() {
+        let mut w = world().await;
+        let target = BlobRef::new("premium", "vhds", "kept.vhd");
+        w.blobs.write(&target, 0, &[7u8; 1024]);
+        let forced = |point| RestoreRequest {
+            force: true,
+            ..req(point, &target)
+        };
+        let before = w.blobs.blob_names();
+
+        // The restore point does not exist.
+        let e = restorer(&w)
+            .restore(&forced(PointSelector::Snapshot(
+                "2001-01-01T00:00:00.0000000Z".into(),
+            )))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::UnknownRestorePoint { .. }), "{e}");
+        assert_eq!(w.blobs.content(&target, None).unwrap(), vec![7u8; 1024]);
+
+        // The promote copy fails (the backup cannot be read).
+        w.blobs.fail_copies(1);
+        let e = restorer(&w)
+            .restore(&forced(PointSelector::Snapshot(w.points[1].0.clone())))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::CopyFailed { .. }), "{e}");
+        assert_eq!(w.blobs.content(&target, None).unwrap(), vec![7u8; 1024]);
+
+        // Copy Blob to the target is refused at its start.
+        w.blobs.refuse_copy_to = Some(target.clone());
+        let e = restorer(&w)
+            .restore(&forced(PointSelector::Snapshot(w.points[1].0.clone())))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("kept.vhd"), "{e}");
+        assert_eq!(w.blobs.content(&target, None).unwrap(), vec![7u8; 1024]);
+        assert_eq!(w.blobs.blob_names(), before, "promoted blob removed");
+
+        // Once the copy can start, --force replaces it.
+        w.blobs.refuse_copy_to = None;
+        restorer(&w)
+            .restore(&forced(PointSelector::Snapshot(w.points[1].0.clone())))
+            .await
+            .unwrap();
+        assert_eq!(w.blobs.content(&target, None).unwrap(), w.points[1].1);
     }
 
     #[tokio::test]

@@ -120,7 +120,7 @@ async fn every_operation_passes_and_nothing_is_left_behind() {
         assert!(line.starts_with("d1") && line.contains(" pass"), "{line}");
     }
     assert!(
-        table.contains("15 operation(s) checked, 0 not permitted"),
+        table.contains("16 operation(s) checked, 0 not permitted"),
         "{table}"
     );
     // The backup container did not exist: check made it for its scratch blob and removed it.
@@ -129,7 +129,15 @@ async fn every_operation_passes_and_nothing_is_left_behind() {
     let out = fx.snapback(&["check", "d1", "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let rows = parse_rows(&out);
-    assert_eq!(rows.len(), 15);
+    assert_eq!(rows.len(), 16);
+    // Azurite reports its SKU (not premium): a note, no warning.
+    let sku = row(&rows, "source-account-sku");
+    assert!(
+        sku["cause"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("account 'premium' is ") && !c.contains("warning")),
+        "{sku}"
+    );
     assert!(rows.iter().all(|r| r["outcome"] == "pass"), "{rows:?}");
     assert_eq!(inventory(&fx).await, before);
 

@@ -912,3 +912,61 @@ async fn read_cut_mid_answer_is_retried_within_the_cycle() {
     succeeded(&out, "the cycle completes");
     succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
 }
+
+/// An older premium account refuses reads of snapshots (400 `InvalidOperation` on Get Page
+/// Ranges or Get Blob of the source snapshot): the cycle fails with an error naming that
+/// restriction and the way out (`copy_mode = "server"`), and makes no restore point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn premium_snapshot_read_refused_names_the_restriction() {
+    for op in [Op::GetPageRanges, Op::GetBlob] {
+        let (fx, proxy) = proxied(&["d1"]);
+        let mut rng = Rng(0x4e);
+        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
+        write(
+            fx.blobs().as_ref(),
+            &fx.source("d1"),
+            0,
+            &rng.bytes(MIB as usize),
+        )
+        .await;
+        succeeded(&run(&fx, &["backup", "d1"]), "seed");
+        write(
+            fx.blobs().as_ref(),
+            &fx.source("d1"),
+            MIB,
+            &rng.bytes(MIB as usize),
+        )
+        .await;
+        let rule = proxy.add(
+            Rule::new(Fault::Status {
+                status: 400,
+                code: "InvalidOperation",
+            })
+            .op(op)
+            .account("premium"),
+        );
+        let out = run(&fx, &["backup", "d1"]);
+        let e = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{op:?}: {e}");
+        assert!(
+            e.contains("refuses reads of snapshots")
+                && e.contains("copy_mode = \"server\"")
+                && e.contains("premium/vhds/d1.vhd")
+                && e.contains("d1"),
+            "{op:?}: the error names the restriction and the blob: {e}"
+        );
+        assert!(
+            proxy.stats(rule).injected >= 1,
+            "{op:?}: the read was refused"
+        );
+        assert_eq!(
+            restore_points(&fx, "d1").len(),
+            1,
+            "{op:?}: no new restore point"
+        );
+        proxy.clear_rules();
+        succeeded(&run(&fx, &["backup", "d1"]), &format!("{op:?}: next run"));
+        assert_eq!(restore_points(&fx, "d1").len(), 2);
+        succeeded(&run(&fx, &["verify", "d1"]), &format!("{op:?}: verifies"));
+    }
+}

@@ -41,6 +41,23 @@ impl AzureBlobs {
             })
     }
 
+    /// The SKU of `blob`'s account (`x-ms-sku-name` of Get Account Information, e.g.
+    /// `Premium_LRS`), or None when the service does not say.
+    pub async fn account_sku(&self, blob: &BlobRef) -> BlobResult<Option<String>> {
+        use azure_storage_blob::models::BlobClientGetAccountInfoResultHeaders;
+        let what = || format!("get account information of account '{}'", blob.account);
+        let resource = || Resource::Account(blob.account.clone());
+        let resp = self
+            .blob_client(blob)?
+            .get_account_info(None)
+            .await
+            .map_err(|e| map_err(resource(), what(), e))?;
+        let sku = resp
+            .sku_name()
+            .map_err(|e| map_err(resource(), what(), e))?;
+        Ok(sku.map(|s| s.to_string()))
+    }
+
     /// Whether `blob`'s container exists.
     pub async fn container_exists(&self, blob: &BlobRef) -> BlobResult<bool> {
         let what = format!("container {}/{}", blob.account, blob.container);

@@ -155,6 +155,19 @@ pub enum CycleError {
         of: Box<crate::config::DiskSource>,
         limit: SnapshotLimit,
     },
+    /// The source account refused a read of the source snapshot (400 `InvalidOperation` on
+    /// Get Blob or Get Page Ranges): older premium page-blob accounts do not allow reading
+    /// snapshots; only the backup service can copy from them.
+    #[error(
+        "disk {disk}: {source}: the premium account refuses reads of snapshots (400 \
+         InvalidOperation); use copy_mode = \"server\" so the backup service copies from the \
+         snapshot, or a source account that allows snapshot reads"
+    )]
+    SnapshotReadRefused {
+        disk: String,
+        #[source]
+        source: BlobError,
+    },
     /// The backup blob exists and snapback did not create it.
     #[error(
         "disk {disk}: backup blob {backup} exists and was not created by snapback for this \
@@ -323,6 +336,17 @@ impl<'a> Runner<'a> {
     }
 
     fn blob_err(&self, source: BlobError) -> CycleError {
+        let of_source_snapshot = matches!(&*source.resource,
+            Resource::Snapshot(b, _) if Some(b) == self.disk.source.blob());
+        if of_source_snapshot
+            && source.kind == ErrorKind::BadRequest
+            && source.code.as_deref() == Some("InvalidOperation")
+        {
+            return CycleError::SnapshotReadRefused {
+                disk: self.disk.name.clone(),
+                source,
+            };
+        }
         CycleError::Blob {
             disk: self.disk.name.clone(),
             source,
