@@ -312,10 +312,8 @@ async fn rebase(
             });
         }
     }
-    let b0 = blobs
-        .create_snapshot(backup, &tags::restore_point(&disk.name, &tag, &s0))
-        .await
-        .map_err(blob_err(format!("first restore point of {backup}")))?;
+    // Read before B(0) is taken (a snapshot leaves the base's ETag alone) so that B(0)
+    // records it, as a cycle's restore point does: the chain then survives a lost state.
     let etag = blobs
         .properties(backup, None)
         .await
@@ -324,12 +322,19 @@ async fn rebase(
                 BlobError::local(
                     ErrorKind::NotFound,
                     Resource::blob(backup),
-                    "the backup blob vanished right after its snapshot was taken",
+                    "the backup blob vanished right after the restore point was copied over it",
                 )
             })
         })
         .map_err(blob_err(format!("properties of {backup}")))?
         .etag;
+    let b0 = blobs
+        .create_snapshot(
+            backup,
+            &tags::restore_point_on(&disk.name, &tag, &s0, &etag),
+        )
+        .await
+        .map_err(blob_err(format!("first restore point of {backup}")))?;
     let b0 = SnapshotId::new(b0);
     let rec = CycleRecord::rebased(
         &disk.name,

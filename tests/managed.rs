@@ -588,17 +588,14 @@ async fn managed_disk_server_copy_reads_the_snapshot_sas() {
     }
 }
 
-/// `restore --to-managed-disk --rebase`: the disk's chain moves to the new disk. Once the
-/// config names it, the next cycle is incremental against the rebase's `S(0)`, its restore
-/// point equals the new disk, and the old disk's snapshot resources are gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn managed_restore_rebase_moves_the_chain_to_the_new_disk() {
+/// Two cycles of `vm01-data`, then `restore --to-managed-disk --rebase` of the first restore
+/// point to `vm01-new`; returns the world, the new disk and the restore point's bytes.
+async fn rebased_world(rng: &mut Rng) -> (World, ResourceId, Vec<u8>) {
     let size = 8 * MIB;
-    let mut w = World::new(size, "").await;
-    let mut rng = Rng(10);
+    let w = World::new(size, "").await;
     w.write(0, &rng.bytes(size as usize)).await;
     w.backup_ok("seed");
-    let (at, data) = rand_write(&mut rng, size, 16);
+    let (at, data) = rand_write(rng, size, 16);
     w.write(at, &data).await;
     w.backup_ok("cycle 2");
     let points = w.points();
@@ -639,6 +636,25 @@ async fn managed_restore_rebase_moves_the_chain_to_the_new_disk() {
         w.point_content(&after[2].0).await == want,
         "B(0) = the restore point"
     );
+    (w, target, want)
+}
+
+/// `last_cycle` of disk1 in `status --json`.
+fn last_cycle(w: &World) -> serde_json::Value {
+    let status = w.snapback(&["status", "--json"]);
+    assert!(status.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    status[0]["last_cycle"].clone()
+}
+
+/// `restore --to-managed-disk --rebase`: the disk's chain moves to the new disk. Once the
+/// config names it, the next cycle is incremental against the rebase's `S(0)`, its restore
+/// point equals the new disk, and the old disk's snapshot resources are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_restore_rebase_moves_the_chain_to_the_new_disk() {
+    let mut rng = Rng(10);
+    let (mut w, target, want) = rebased_world(&mut rng).await;
+    let target_s = target.to_string();
 
     // The VM now writes to the new disk; the operator points the config at it.
     w.disk = target;
@@ -654,15 +670,12 @@ async fn managed_restore_rebase_moves_the_chain_to_the_new_disk() {
     std::fs::write(&w.fx.config_path, config.replace(&old, &target_s)).unwrap();
     w.backup_ok("after the rebase");
 
-    let status = w.snapback(&["status", "--json"]);
-    assert!(status.status.success());
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let last_cycle = &status[0]["last_cycle"];
-    assert_eq!(last_cycle["kind"], "incremental", "{status}");
+    let last_cycle = last_cycle(&w);
+    assert_eq!(last_cycle["kind"], "incremental", "{last_cycle}");
     assert_eq!(
         last_cycle["bytes_written"].as_u64(),
         Some(2 * PAGE_SIZE),
-        "only the VM's write is copied: {status}"
+        "only the VM's write is copied: {last_cycle}"
     );
     let last = w.points();
     assert_eq!(last.len(), 4, "{last:?}");
@@ -680,5 +693,22 @@ async fn managed_restore_rebase_moves_the_chain_to_the_new_disk() {
         0,
         "no SAS left granted: {}",
         state["activeAccess"]
+    );
+}
+
+/// A cycle still configured on the old disk after a rebase must not diff it against `S(0)`
+/// of the new disk: it re-seeds, and its restore point equals the old disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_cycle_on_the_old_disk_after_a_rebase_reseeds() {
+    let mut rng = Rng(11);
+    let (w, _target, _want) = rebased_world(&mut rng).await;
+    w.backup_ok("old config after the rebase");
+    let last_cycle = last_cycle(&w);
+    assert_eq!(last_cycle["kind"], "seed", "{last_cycle}");
+    let last = w.points();
+    assert_eq!(last.len(), 4, "{last:?}");
+    assert!(
+        w.point_content(&last[3].0).await == w.disk_content().await,
+        "the restore point equals the old disk"
     );
 }
