@@ -101,14 +101,15 @@ enum Command {
         /// Availability zone of the new managed disk.
         #[arg(long, requires = "to_managed_disk")]
         zone: Option<String>,
-        /// Restart the backup chain on the restored disk (the promoted blob becomes its backup).
-        #[arg(long, conflicts_with = "to_managed_disk")]
+        /// Restart the backup chain on the restored disk (--to: the promoted blob becomes the
+        /// backup of a new disk entry; --to-managed-disk: the disk's chain moves to the new disk).
+        #[arg(long)]
         rebase: bool,
         /// Disk name of the rebased chain (default: DISK-restored).
-        #[arg(long, requires = "rebase")]
+        #[arg(long, requires = "rebase", conflicts_with = "to_managed_disk")]
         name: Option<String>,
         /// Append the rebased chain's [[disk]] stanza to the config file (default: print it).
-        #[arg(long, requires = "rebase")]
+        #[arg(long, requires = "rebase", conflicts_with = "to_managed_disk")]
         write_config: bool,
         /// Overwrite the target if it exists.
         #[arg(long)]
@@ -421,7 +422,14 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(id) = to_managed_disk {
-        return restore_to_managed_disk(app, &disk, point, &id, sku, zone, force).await;
+        let target = ManagedTarget {
+            id,
+            sku,
+            zone,
+            rebase,
+            force,
+        };
+        return restore_to_managed_disk(app, &disk, point, target).await;
     }
     let Some(to) = to else {
         eprintln!(
@@ -500,18 +508,25 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `--to-managed-disk` options.
+struct ManagedTarget {
+    id: String,
+    sku: Option<String>,
+    zone: Option<String>,
+    rebase: bool,
+    force: bool,
+}
+
 /// `restore --to-managed-disk`: a new managed disk from a restore point; then the `az`
 /// commands that swap it in.
 async fn restore_to_managed_disk(
     app: &App,
     disk: &snapback::config::DiskConfig,
     point: PointSelector,
-    id: &str,
-    sku: Option<String>,
-    zone: Option<String>,
-    force: bool,
+    to: ManagedTarget,
 ) -> anyhow::Result<ExitCode> {
     use snapback::arm::{ResourceId, ResourceKind};
+    let id = &to.id;
     let target = match id.parse::<ResourceId>() {
         Ok(t) if t.kind == ResourceKind::Disk => t,
         Ok(_) => {
@@ -526,9 +541,10 @@ async fn restore_to_managed_disk(
     let req = snapback::managed_restore::ManagedRestoreRequest {
         point,
         target: target.clone(),
-        sku,
-        zone,
-        force,
+        sku: to.sku,
+        zone: to.zone,
+        force: to.force,
+        rebase: to.rebase,
     };
     let rep = match app.restore_to_managed_disk(disk, &req).await {
         Ok(r) => r,
@@ -538,6 +554,20 @@ async fn restore_to_managed_disk(
         "{}: restored restore point {} (source snapshot {}, {} bytes) to managed disk {} in {} ({} bytes written, {:.2}s)",
         rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.target, rep.location, rep.bytes_written, rep.seconds
     );
+    if let Some(rb) = &rep.rebased {
+        println!(
+            "  rebased: disk \"{}\" now backs up {target}; first snapshot {}, first restore point {}; its next cycle is incremental",
+            rep.disk, rb.source_snapshot, rb.restore_point
+        );
+        for s in &rb.retired {
+            println!("  deleted the old chain's snapshot {s}");
+        }
+        println!(
+            "  now point the config at the new disk, in the [[disk]] entry named \"{}\" of {}:\n    managed_disk = \"{target}\"",
+            rep.disk,
+            app.config.path.display()
+        );
+    }
     println!("\n{}", snapback::managed_restore::swap_commands(&target));
     Ok(ExitCode::SUCCESS)
 }

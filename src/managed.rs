@@ -272,11 +272,22 @@ impl Source for ManagedDiskSource {
             .collect())
     }
 
+    /// None too for a snapshot of another disk: after `restore --to-managed-disk --rebase`
+    /// the newest restore point records `S(0)` of the new disk, and a cycle still configured
+    /// on the old disk must seed rather than diff across disks.
     async fn snapshot_size(&self, snapshot: &SnapshotId) -> BlobResult<Option<u64>> {
         let id = self.parse_id(snapshot)?;
+        let disk = self.disk.to_string();
         Ok(self
             .get(&id)
             .await?
+            .filter(|s| {
+                s.properties
+                    .creation_data
+                    .source_resource_id
+                    .as_deref()
+                    .is_some_and(|src| src.eq_ignore_ascii_case(&disk))
+            })
             .and_then(|s| s.properties.disk_size_bytes))
     }
 

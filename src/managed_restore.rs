@@ -8,15 +8,22 @@
 //! `endGetAccess`. An existing disk is refused unless `force`, which deletes it first.
 //! An interrupted restore leaves a disk awaiting upload; running again with `--force`
 //! replaces it.
+//!
+//! With `rebase` the disk's chain restarts on the new disk (see [`rebase`]).
 
-use crate::arm::{Access, ArmClient, ArmErrorKind, ResourceId, Tags, UploadDiskSpec};
+use crate::arm::{
+    Access, ArmClient, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec,
+};
 use crate::azure::sas_blob::SasBlobs;
-use crate::blobs::PageBlobs;
+use crate::blobs::{BlobError, ErrorKind, PageBlobs, Resource};
 use crate::config::{DiskConfig, DiskSource};
-use crate::managed::arm_err;
-use crate::model::SnapshotId;
+use crate::copy::{CopyEnd, CopyWait};
+use crate::cycle::machine::CycleRecord;
+use crate::managed::{arm_err, ManagedDiskSource};
+use crate::model::{tags, SnapshotId};
 use crate::pages::MAX_PUT_BYTES;
 use crate::restore::{blob_err, PointSelector, RestoreError, Restorer};
+use crate::source::Source;
 use crate::state::StateStore;
 use crate::verify::{allocated_ranges, union_chunks};
 use crate::vhd;
@@ -34,6 +41,19 @@ pub struct ManagedRestoreRequest {
     pub zone: Option<String>,
     /// Replace an existing disk of that name.
     pub force: bool,
+    /// Restart the disk's chain on the new disk.
+    pub rebase: bool,
+}
+
+/// The chain `--rebase` restarted on the new disk; its next cycle is incremental.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ManagedRebase {
+    /// `S(0)`: the new disk's first snapshot resource.
+    pub source_snapshot: String,
+    /// `B(0)`: the backup blob's snapshot with the same bytes.
+    pub restore_point: String,
+    /// The old disk's snapshot resources deleted (the old chain's `S(n)`).
+    pub retired: Vec<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -47,6 +67,7 @@ pub struct ManagedRestoreReport {
     pub location: String,
     pub bytes_written: u64,
     pub seconds: f64,
+    pub rebased: Option<ManagedRebase>,
 }
 
 /// Writes restore point `req.point` of `disk` into the new managed disk `req.target`.
@@ -62,7 +83,11 @@ pub async fn restore(
     let target = req.target.to_string();
     let chosen = Restorer::new(blobs, store, disk).choose(&req.point).await?;
     // The new disk goes where the backed-up disk is.
-    let DiskSource::Managed { disk: source, .. } = &disk.source else {
+    let DiskSource::Managed {
+        disk: source,
+        snapshot_group,
+    } = &disk.source
+    else {
         return Err(RestoreError::ManagedTarget {
             target,
             reason: format!(
@@ -176,6 +201,24 @@ pub async fn restore(
     arm.end_get_access(&req.target)
         .await
         .map_err(arm_fail(format!("end the upload of {target}"), &req.target))?;
+    let rebased = if req.rebase {
+        let old = (source, snapshot_group);
+        Some(
+            rebase(
+                blobs,
+                store,
+                disk,
+                arm,
+                sas,
+                &req.target,
+                old,
+                &chosen.snapshot,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     Ok(ManagedRestoreReport {
         disk: disk.name.clone(),
         restore_point: chosen.snapshot,
@@ -185,6 +228,147 @@ pub async fn restore(
         location,
         bytes_written: written,
         seconds: started.elapsed().as_secs_f64(),
+        rebased,
+    })
+}
+
+/// Restarts `disk`'s chain on the restored disk `target`, which holds restore point `point`:
+///
+/// 1. `S(0)`: a snapshot resource of `target`, tagged as a cycle's.
+/// 2. `B(0)`: the restore point copied over the backup base blob (a copy from its own
+///    snapshot, inside the account), then snapshotted with `S(0)` recorded. Both hold the
+///    restore point's bytes, so the pair is a finished cycle.
+/// 3. The state records that cycle with `target` as the disk's bound source, so once the
+///    config names `target` (`managed_disk`) the runner sees no re-pointing and the next
+///    cycle diffs against `S(0)`. Older restore points stay (they are snapshots).
+/// 4. The old chain is retired: read access to the old disk's snapshots is ended and its
+///    tagged snapshot resources deleted (no cycle will diff against them again).
+#[allow(clippy::too_many_arguments)]
+async fn rebase(
+    blobs: &dyn PageBlobs,
+    store: &StateStore,
+    disk: &DiskConfig,
+    arm: &ArmClient,
+    sas: &SasBlobs,
+    target: &ResourceId,
+    (old, old_group): (&ResourceId, &ResourceGroup),
+    point: &str,
+) -> Result<ManagedRebase, RestoreError> {
+    let now = chrono::Utc::now().timestamp();
+    let tag = format!("rebase{:010x}", rand::random::<u64>() >> 24);
+    // The snapshot group follows the disk when it was left to its default.
+    let group = if old_group == &old.group {
+        target.group.clone()
+    } else {
+        old_group.clone()
+    };
+    let new_source = ManagedDiskSource::new(arm.clone(), sas.clone(), target.clone(), group);
+    let s0 = new_source
+        .take_snapshot(&disk.name, &tag)
+        .await
+        .map_err(blob_err(format!(
+            "first snapshot of the restored disk {target}"
+        )))?
+        .id;
+    new_source
+        .release(&disk.name)
+        .await
+        .map_err(blob_err(format!("end access to the snapshots of {target}")))?;
+
+    // The old chain's unfinished cycle must not resume against the rewritten base.
+    if let Some(open) = store.open_cycle(&disk.name)? {
+        store.abandon_cycle(open.id)?;
+    }
+    let backup = &disk.backup;
+    let copy_id = blobs
+        .start_copy(backup, backup, Some(point), &tags::backup_base(&disk.name))
+        .await
+        .map_err(blob_err(format!(
+            "copy restore point {point} over {backup}"
+        )))?;
+    let end = crate::copy::wait(
+        blobs,
+        backup,
+        &copy_id,
+        (Duration::from_millis(200), Duration::from_secs(10)),
+        &tokio_util::sync::CancellationToken::new(),
+        |copied, total| tracing::info!(%backup, copied, total, "rebase: promoting the restore point"),
+    )
+    .await
+    .map_err(blob_err(format!("status of the copy to {backup}")))?;
+    if let CopyWait::Ended(e) = end {
+        let status = match e {
+            CopyEnd::Success => None,
+            CopyEnd::Failed(why) => Some(format!("failed: {why}")),
+            CopyEnd::Aborted(why) => Some(format!("was aborted: {why}")),
+            CopyEnd::Gone => Some("is no longer reported on the destination".into()),
+        };
+        if let Some(status) = status {
+            return Err(RestoreError::CopyFailed {
+                source_blob: format!("{backup} snapshot {point}"),
+                dest: backup.to_string(),
+                copy_id,
+                status,
+            });
+        }
+    }
+    // Read before B(0) is taken (a snapshot leaves the base's ETag alone) so that B(0)
+    // records it, as a cycle's restore point does: the chain then survives a lost state.
+    let etag = blobs
+        .properties(backup, None)
+        .await
+        .and_then(|p| {
+            p.ok_or_else(|| {
+                BlobError::local(
+                    ErrorKind::NotFound,
+                    Resource::blob(backup),
+                    "the backup blob vanished right after the restore point was copied over it",
+                )
+            })
+        })
+        .map_err(blob_err(format!("properties of {backup}")))?
+        .etag;
+    let b0 = blobs
+        .create_snapshot(
+            backup,
+            &tags::restore_point_on(&disk.name, &tag, &s0, &etag),
+        )
+        .await
+        .map_err(blob_err(format!("first restore point of {backup}")))?;
+    let b0 = SnapshotId::new(b0);
+    let rec = CycleRecord::rebased(
+        &disk.name,
+        tag,
+        s0.clone(),
+        b0.clone(),
+        etag,
+        format!("rebased onto managed disk {target}"),
+        now,
+    );
+    store.start_chain(&rec, &target.to_string(), &backup.to_string(), now)?;
+
+    let old_source =
+        ManagedDiskSource::new(arm.clone(), sas.clone(), old.clone(), old_group.clone());
+    old_source
+        .release(&disk.name)
+        .await
+        .map_err(blob_err(format!("end access to the snapshots of {old}")))?;
+    let mut retired = Vec::new();
+    for s in old_source
+        .own_snapshots(&disk.name)
+        .await
+        .map_err(blob_err(format!("snapshots of {old}")))?
+    {
+        old_source
+            .delete_snapshot(&s)
+            .await
+            .map_err(blob_err(format!("delete the old chain's snapshot {s}")))?;
+        retired.push(s.as_str().to_string());
+    }
+    Ok(ManagedRebase {
+        source_snapshot: s0.as_str().to_string(),
+        restore_point: b0.as_str().to_string(),
+        retired,
     })
 }
 

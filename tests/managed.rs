@@ -587,3 +587,128 @@ async fn managed_disk_server_copy_reads_the_snapshot_sas() {
         );
     }
 }
+
+/// Two cycles of `vm01-data`, then `restore --to-managed-disk --rebase` of the first restore
+/// point to `vm01-new`; returns the world, the new disk and the restore point's bytes.
+async fn rebased_world(rng: &mut Rng) -> (World, ResourceId, Vec<u8>) {
+    let size = 8 * MIB;
+    let w = World::new(size, "").await;
+    w.write(0, &rng.bytes(size as usize)).await;
+    w.backup_ok("seed");
+    let (at, data) = rand_write(rng, size, 16);
+    w.write(at, &data).await;
+    w.backup_ok("cycle 2");
+    let points = w.points();
+    assert_eq!(points.len(), 2, "{points:?}");
+    let want = w.point_content(&points[0].0).await;
+
+    let target = ResourceId::new(w.disk.group.clone(), ResourceKind::Disk, "vm01-new").unwrap();
+    let target_s = target.to_string();
+    let out = w.snapback(&[
+        "restore",
+        "disk1",
+        "--snapshot",
+        &points[0].0,
+        "--to-managed-disk",
+        &target_s,
+        "--rebase",
+    ]);
+    assert!(
+        out.status.success(),
+        "restore --rebase: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("managed_disk = \"{target_s}\"")),
+        "the config change is printed: {printed}"
+    );
+    let state = w.emu.control_get("/__emulator/state").await;
+    let snaps = state["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 1, "only S(0) of the new disk: {snaps:?}");
+    let s0 = snaps[0]["id"].as_str().unwrap().to_string();
+    assert!(s0.contains("/snapshots/vm01-new-sb-rebase"), "{s0}");
+    assert_eq!(state["activeAccess"].as_array().unwrap().len(), 0);
+    let after = w.points();
+    assert_eq!(after.len(), 3, "B(0) added: {after:?}");
+    assert_eq!(after[2].1, s0, "B(0) records S(0)");
+    assert!(
+        w.point_content(&after[2].0).await == want,
+        "B(0) = the restore point"
+    );
+    (w, target, want)
+}
+
+/// `last_cycle` of disk1 in `status --json`.
+fn last_cycle(w: &World) -> serde_json::Value {
+    let status = w.snapback(&["status", "--json"]);
+    assert!(status.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    status[0]["last_cycle"].clone()
+}
+
+/// `restore --to-managed-disk --rebase`: the disk's chain moves to the new disk. Once the
+/// config names it, the next cycle is incremental against the rebase's `S(0)`, its restore
+/// point equals the new disk, and the old disk's snapshot resources are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_restore_rebase_moves_the_chain_to_the_new_disk() {
+    let mut rng = Rng(10);
+    let (mut w, target, want) = rebased_world(&mut rng).await;
+    let target_s = target.to_string();
+
+    // The VM now writes to the new disk; the operator points the config at it.
+    w.disk = target;
+    assert!(
+        w.disk_content().await == want,
+        "the new disk = the restore point"
+    );
+    w.write(PAGE_SIZE * 3, &rng.bytes(2 * PAGE_SIZE as usize))
+        .await;
+    let config = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let old = disk_id().to_string();
+    assert!(config.contains(&old));
+    std::fs::write(&w.fx.config_path, config.replace(&old, &target_s)).unwrap();
+    w.backup_ok("after the rebase");
+
+    let last_cycle = last_cycle(&w);
+    assert_eq!(last_cycle["kind"], "incremental", "{last_cycle}");
+    assert_eq!(
+        last_cycle["bytes_written"].as_u64(),
+        Some(2 * PAGE_SIZE),
+        "only the VM's write is copied: {last_cycle}"
+    );
+    let last = w.points();
+    assert_eq!(last.len(), 4, "{last:?}");
+    assert!(
+        w.point_content(&last[3].0).await == w.disk_content().await,
+        "the new restore point equals the new disk"
+    );
+    let state = w.emu.control_get("/__emulator/state").await;
+    let snaps = state["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 1, "one snapshot resource left: {snaps:?}");
+    assert_eq!(snaps[0]["id"].as_str(), Some(last[3].1.as_str()));
+    assert!(last[3].1.contains("/snapshots/vm01-new-sb-"));
+    assert_eq!(
+        state["activeAccess"].as_array().unwrap().len(),
+        0,
+        "no SAS left granted: {}",
+        state["activeAccess"]
+    );
+}
+
+/// A cycle still configured on the old disk after a rebase must not diff it against `S(0)`
+/// of the new disk: it re-seeds, and its restore point equals the old disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_cycle_on_the_old_disk_after_a_rebase_reseeds() {
+    let mut rng = Rng(11);
+    let (w, _target, _want) = rebased_world(&mut rng).await;
+    w.backup_ok("old config after the rebase");
+    let last_cycle = last_cycle(&w);
+    assert_eq!(last_cycle["kind"], "seed", "{last_cycle}");
+    let last = w.points();
+    assert_eq!(last.len(), 4, "{last:?}");
+    assert!(
+        w.point_content(&last[3].0).await == w.disk_content().await,
+        "the restore point equals the old disk"
+    );
+}

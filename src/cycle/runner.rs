@@ -672,7 +672,7 @@ impl<'a> Runner<'a> {
         if self.source().snapshot_size(base).await?.is_none() {
             return Ok(Outcome::Repair {
                 reason: format!(
-                    "diff base snapshot {base} of {} was deleted",
+                    "diff base snapshot {base} was deleted or is not a snapshot of {}",
                     self.disk.source
                 ),
             });
