@@ -226,26 +226,25 @@ impl ArmClient {
 
     /// Deletes a snapshot; a missing one is not an error (ARM answers 204).
     pub async fn delete_snapshot(&self, id: &ResourceId) -> Result<(), ArmError> {
-        const OP: &str = "delete snapshot";
-        expect_kind(OP, id, ResourceKind::Snapshot)?;
-        self.lro(
-            OP,
-            id,
-            Method::Delete,
-            self.url(id, ""),
-            None,
-            Outcome::Nothing,
-        )
-        .await?;
-        Ok(())
+        self.delete("delete snapshot", id, ResourceKind::Snapshot)
+            .await
     }
 
     /// Deletes a disk (a restore target replaced with `--force`).
     pub async fn delete_disk(&self, id: &ResourceId) -> Result<(), ArmError> {
-        const OP: &str = "delete disk";
-        expect_kind(OP, id, ResourceKind::Disk)?;
+        self.delete("delete disk", id, ResourceKind::Disk).await
+    }
+
+    /// DELETE of a resource of `kind`, followed to the end of its long-running operation.
+    async fn delete(
+        &self,
+        op: &'static str,
+        id: &ResourceId,
+        kind: ResourceKind,
+    ) -> Result<(), ArmError> {
+        expect_kind(op, id, kind)?;
         self.lro(
-            OP,
+            op,
             id,
             Method::Delete,
             self.url(id, ""),

@@ -5,11 +5,10 @@
 //! Errors name the snapshot's ARM resource id (`Resource::Managed`), never the URL: its
 //! query is a credential, and anything the transport says is passed through [`redact`].
 
-use super::{error_chain, page_list, retry_options, xml_message, SERVICE_VERSION};
-use crate::arm::sas::{redact, SasUrl};
-use crate::blobs::{BlobError, BlobResult, ErrorKind as Kind, PageList, PageListQuery, Resource};
+use super::{page_list, retry_options, SERVICE_VERSION};
+use crate::arm::sas::SasUrl;
+use crate::blobs::{BlobError, BlobResult, PageList, PageListQuery, Resource};
 use crate::pages::ByteRange;
-use azure_core::error::ErrorKind;
 use azure_core::http::{
     new_http_client, ClientOptions, Context, HttpClientOptions, Method, Pipeline, Request,
     Transport,
@@ -155,29 +154,8 @@ impl SasBlobs {
     }
 }
 
-/// As `super::map_err`, naming the resource id and redacting whatever the transport said
-/// (it may quote the URL).
+/// As `super::map_err` (whose error constructors redact whatever the transport quoted, the
+/// SAS URL included), naming the managed disk's resource id.
 fn map_err(resource: &str, what: &str, e: azure_core::Error) -> BlobError {
-    let resource = Resource::Managed(resource.to_string());
-    match e.kind() {
-        ErrorKind::HttpResponse {
-            status,
-            error_code,
-            raw_response,
-        } => {
-            let message = raw_response
-                .as_ref()
-                .and_then(|r| xml_message(r.body().as_ref()));
-            let detail = match message {
-                Some(m) => format!("{what}: {}", redact(&m)),
-                None => what.to_string(),
-            };
-            BlobError::service(resource, u16::from(*status), error_code.clone(), detail)
-        }
-        _ => BlobError::local(
-            Kind::Transient,
-            resource,
-            format!("{what}: {}", redact(&error_chain(&e))),
-        ),
-    }
+    super::map_err(Resource::Managed(resource.to_string()), what, e)
 }
