@@ -253,12 +253,18 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
         if ok {
             break;
         }
+        // Generous: with three daemons racing for every disk on a busy 2-core machine, a disk
+        // waits out the killed daemon's leases and then the races of the two others.
         assert!(
-            after.elapsed() < Duration::from_secs(60),
-            "some disk made no two more restore points within 60 s after the takeover"
+            after.elapsed() < Duration::from_secs(150),
+            "some disk made no two more restore points within 150 s after the takeover"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "every disk made two more restore points {:.1} s after the takeover",
+        after.elapsed().as_secs_f64()
+    );
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     let logs: Vec<String> = daemons.iter().map(|d| d.stderr()).collect();
