@@ -30,8 +30,9 @@ use meter::{rss_mib, Meter};
 use snapback::azure::AzureBlobs;
 use snapback::blobs::{BlobRef, Metadata, PageBlobs};
 use snapback::config::Config;
+use snapback::cycle::apply::Limits;
 use snapback::cycle::machine::PhaseName;
-use snapback::cycle::runner::{Limits, Runner};
+use snapback::cycle::runner::Runner;
 use snapback::fake::MemBlobs;
 use snapback::model::SystemClock;
 use snapback::pages::{

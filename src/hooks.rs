@@ -6,8 +6,8 @@
 //! a warning in the log: the cycle's result and exit code stay what they were.
 
 use crate::config::Hooks;
+use crate::cycle::error::CycleError;
 use crate::cycle::machine::CycleRecord;
-use crate::cycle::runner::CycleError;
 use serde::Serialize;
 use std::process::Stdio;
 use std::time::Duration;

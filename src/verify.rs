@@ -128,7 +128,7 @@ async fn source_ranges(
             base: None,
             range: ByteRange::new(0, size),
             marker: marker.as_deref(),
-            max_results: crate::cycle::runner::DIFF_PAGE_RESULTS,
+            max_results: crate::cycle::apply::DIFF_PAGE_RESULTS,
         };
         let page = source.diff(q).await?;
         out.extend(page.items.into_iter().filter_map(|i| match i {

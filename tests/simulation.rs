@@ -191,7 +191,7 @@ async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
 #[tokio::test]
 async fn copy_modes_segments_and_global_limit() {
     use snapback::config::CopyMode;
-    use snapback::cycle::runner::{ApplyTuning, Limits};
+    use snapback::cycle::apply::{ApplyTuning, Limits};
     for (mode, refuse) in [
         (CopyMode::Server, false),
         (CopyMode::Auto, false),

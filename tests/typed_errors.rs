@@ -14,8 +14,9 @@ use snapback::blobs::{
 };
 use snapback::config::CopyMode;
 use snapback::config::DiskSource;
+use snapback::cycle::error::CycleError;
 use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
-use snapback::cycle::runner::{CycleError, DiskSpec, Runner};
+use snapback::cycle::runner::{DiskSpec, Runner};
 use snapback::fake::MemBlobs;
 use snapback::model::SystemClock;
 use snapback::pages::ByteRange;

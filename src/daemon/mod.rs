@@ -23,9 +23,9 @@ pub mod signals;
 
 use crate::blobs::PageBlobs;
 use crate::config::{Config, DiskConfig};
+use crate::cycle::error::CycleError;
 use crate::cycle::machine::{CycleRecord, PhaseName};
 use crate::cycle::progress::{Activity, Progress};
-use crate::cycle::runner::CycleError;
 use crate::model::{Clock, SystemClock};
 use crate::service::{App, AppError};
 use chrono::{DateTime, Utc};

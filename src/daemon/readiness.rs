@@ -12,8 +12,8 @@
 
 use crate::blobs::{BlobError, ErrorKind, PageBlobs};
 use crate::config::DiskConfig;
+use crate::cycle::error::CycleError;
 use crate::cycle::machine::CycleRecord;
-use crate::cycle::runner::CycleError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 

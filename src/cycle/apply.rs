@@ -1,0 +1,518 @@
+//! The apply phase: the diff listed in segments and pages, coalesced into batches that run
+//! concurrently (client copy: read `S(n)` then Put Page; server copy: Put Page From URL), with
+//! a checkpoint over the contiguous prefix of finished batches.
+
+use super::error::CycleError;
+use super::machine::{CycleRecord, CycleStats, Outcome, PhaseName};
+use super::runner::Runner;
+use crate::blobs::{BlobError, ErrorKind, PageBlobs};
+use crate::config::CopyMode;
+use crate::model::{tags, SnapshotId};
+use crate::pages::{
+    round_up_to_page, segments, Batch, ByteRange, Coalescer, ListingCheck, ReadPlanner,
+    DIFF_SEGMENT_BYTES, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
+};
+use crate::source::{CopySource, DiffQuery, Source};
+use futures::{stream, StreamExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// How often the apply checkpoint is written at most. A crash re-applies at most this much
+/// work; each write is one small SQLite transaction.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Items asked per Get Page Ranges result page. Azure returns at most 10,000; 2,000 keeps a
+/// listing page (its parsed items, ~24 bytes each) near 50 KB per disk, so 100 disks applying
+/// at once hold ~5 MB of listings, at the cost of one small request per 2,000 ranges (0.1 %
+/// of the puts they lead to, at most).
+pub const DIFF_PAGE_RESULTS: u32 = 2_000;
+
+/// Process-wide limits of the apply phase, shared by the runners of all disks: page requests
+/// in flight (each batch holds one permit while its requests run), and bytes of page data held
+/// in memory (a client-copy batch holds its read's size, in 64 KiB units, from before the read
+/// until its last put). Requests bound the load on the accounts; the buffer budget bounds
+/// memory whatever the write sizes, so many small requests can be in flight at once while at
+/// most `budget / 4 MiB` full-size reads are.
+#[derive(Debug)]
+pub struct Limits {
+    requests: Semaphore,
+    buffer: Semaphore,
+    buffer_units: u32,
+}
+
+/// Granularity of the buffer budget.
+const BUFFER_UNIT: u64 = 64 * 1024;
+
+impl Limits {
+    pub fn new(max_requests: usize, buffer_bytes: u64) -> Self {
+        let units = (buffer_bytes / BUFFER_UNIT).clamp(1, u32::MAX as u64) as u32;
+        Limits {
+            requests: Semaphore::new(max_requests.max(1)),
+            buffer: Semaphore::new(units as usize),
+            buffer_units: units,
+        }
+    }
+
+    /// A request permit. `Limits` never closes its semaphores, so acquiring only waits.
+    async fn request(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.requests.acquire().await.ok()
+    }
+
+    /// Permits for `bytes` of buffer (a request larger than the whole budget takes all of it).
+    async fn buffer(&self, bytes: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let units = bytes
+            .div_ceil(BUFFER_UNIT)
+            .clamp(1, self.buffer_units as u64) as u32;
+        self.buffer.acquire_many(units).await.ok()
+    }
+}
+
+/// How the apply phase lists and groups the diff (tunable for tests and the benchmark).
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyTuning {
+    /// Size of one `x-ms-range` listing segment.
+    pub segment: u64,
+    /// `maxresults` per listing page.
+    pub page_results: u32,
+    /// Largest coalesced read.
+    pub max_read: u64,
+    /// Largest unchanged gap a read spans.
+    pub max_gap: u64,
+}
+
+impl Default for ApplyTuning {
+    fn default() -> Self {
+        ApplyTuning {
+            segment: DIFF_SEGMENT_BYTES,
+            page_results: DIFF_PAGE_RESULTS,
+            max_read: MAX_READ_BYTES,
+            max_gap: MAX_READ_GAP,
+        }
+    }
+}
+
+impl Runner<'_> {
+    /// Applies the diff `base..snapshot` (every page of `snapshot` without a base) from `from`
+    /// on, persisting progress as it goes.
+    pub(super) async fn apply(
+        &self,
+        rec: &mut CycleRecord,
+        snapshot: &SnapshotId,
+        base: Option<&SnapshotId>,
+        size: u64,
+        from: u64,
+    ) -> Result<Outcome, CycleError> {
+        let backup = &self.disk.backup;
+        let source = self.source();
+        // No diff base: a seed by client copy. Every page of S(n) is listed and copied onto a
+        // backup base made blank first (only before the first checkpoint: later, resume).
+        if base.is_none() && from == 0 {
+            // Checked once per cycle, and recorded before the blob is made: a failure between
+            // making it and tagging it must not make the next attempt refuse our own blob.
+            if !rec.backup_touched {
+                self.check_backup_is_ours().await?;
+                rec.backup_touched = true;
+                self.store.save_cycle(rec, self.now())?;
+            }
+            self.blobs
+                .create_page_blob(backup, round_up_to_page(size))
+                .await
+                .map_err(|e| self.blob_err(e))?;
+            rec.backup_touched = true;
+            // The tag that tells a later seed (a repair) this blob is ours.
+            self.blobs
+                .set_metadata(backup, &tags::backup_base(&rec.disk))
+                .await
+                .map_err(|e| self.blob_err(e))?;
+        }
+        // A source that grew (or shrank) is matched first, so every put lands inside the blob.
+        let props = self
+            .blobs
+            .properties(backup, None)
+            .await
+            .map_err(|e| self.blob_err(e))?;
+        let stats = CycleStats::default();
+        match props {
+            Some(p) if p.size == size => {}
+            Some(_) => {
+                self.blobs
+                    .resize(backup, round_up_to_page(size))
+                    .await
+                    .map_err(|e| self.blob_err(e))?;
+                rec.backup_touched = true;
+            }
+            None => {
+                return Ok(Outcome::Repair {
+                    reason: format!("backup blob {backup} disappeared"),
+                })
+            }
+        }
+
+        // Server copy reads S(n) through access granted for this apply (revoked at its end).
+        let server_wanted = self.disk.copy_mode != CopyMode::Client;
+        let grant = if server_wanted {
+            match source.grant_read(snapshot).await {
+                Ok(g) => Some(g),
+                Err(e) if self.disk.copy_mode == CopyMode::Auto && e.refuses_server_copy() => {
+                    tracing::warn!(disk = %self.disk.name, error = %e, "server-side copy unavailable; copying through snapback");
+                    None
+                }
+                Err(e) => return Err(self.blob_err(e)),
+            }
+        } else {
+            None
+        };
+        let result = self
+            .apply_window(
+                rec,
+                &*source,
+                snapshot,
+                base,
+                size,
+                from,
+                grant.as_ref(),
+                stats,
+            )
+            .await;
+        if grant.is_some() {
+            if let Err(e) = source.revoke_read(snapshot).await {
+                tracing::warn!(disk = %self.disk.name, error = %e, "could not revoke the backup service's read access");
+            }
+        }
+        result
+    }
+
+    /// The pipelined part of [`Runner::apply`]: list, plan and run batches over
+    /// `from..size`, checkpointing the contiguous prefix of finished ones.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_window(
+        &self,
+        rec: &mut CycleRecord,
+        source: &dyn Source,
+        snapshot: &SnapshotId,
+        base: Option<&SnapshotId>,
+        size: u64,
+        from: u64,
+        grant: Option<&CopySource>,
+        mut stats: CycleStats,
+    ) -> Result<Outcome, CycleError> {
+        let window = ByteRange::new(from, size);
+        let batches = diff_batches(source, snapshot, base, window, self.tuning);
+        let mut batches = std::pin::pin!(batches);
+        let concurrency = self.disk.concurrency.max(1);
+        // Batches run and finish in any order (a slow request does not hold back the ones
+        // behind it); the checkpoint only moves over the contiguous prefix of finished ones.
+        // At most `max_ahead` batches may be admitted past the oldest unfinished one, which
+        // bounds `finished` (and the work a crash can repeat).
+        let max_ahead = (concurrency * 64) as u64;
+        let server = AtomicBool::new(grant.is_some());
+        let server = &server;
+        let mut running = futures::stream::FuturesUnordered::new();
+        let (mut admitted, mut head) = (0u64, 0u64);
+        let mut finished = std::collections::BTreeMap::<u64, u64>::new();
+        let mut listed_all = false;
+
+        let mut last_save = Instant::now();
+        let mut upto = from;
+        if let Some(p) = &self.progress {
+            p.start("apply", upto, size);
+        }
+        enum Event<B, D> {
+            Stop,
+            Batch(Option<Result<B, BlobError>>),
+            Done(D),
+        }
+        loop {
+            if listed_all && running.is_empty() {
+                break;
+            }
+            let can_admit =
+                !listed_all && running.len() < concurrency && admitted - head < max_ahead;
+            let event = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => Event::Stop,
+                d = running.next(), if !running.is_empty() => Event::Done(d),
+                b = batches.next(), if can_admit => Event::Batch(b),
+            };
+            let failure = match event {
+                // Stopped: keep what is checkpointed; in-flight requests are idempotent.
+                Event::Stop => {
+                    self.checkpoint(rec, upto, stats)?;
+                    return Err(CycleError::Interrupted {
+                        disk: rec.disk.clone(),
+                        phase: PhaseName::Apply,
+                    });
+                }
+                Event::Batch(None) => {
+                    listed_all = true;
+                    None
+                }
+                Event::Batch(Some(Ok(batch))) => {
+                    let seq = admitted;
+                    admitted += 1;
+                    running.push(async move {
+                        let mut s = CycleStats::default();
+                        let end = batch.end();
+                        self.run_batch(source, batch, snapshot, grant, server, &mut s)
+                            .await?;
+                        Ok::<_, BlobError>((seq, end, s))
+                    });
+                    None
+                }
+                Event::Batch(Some(Err(e))) | Event::Done(Some(Err(e))) => Some(e),
+                Event::Done(Some(Ok((seq, end, s)))) => {
+                    stats.add(&s);
+                    finished.insert(seq, end);
+                    while let Some(end) = finished.remove(&head) {
+                        upto = end;
+                        head += 1;
+                    }
+                    if let Some(p) = &self.progress {
+                        p.set_done(upto);
+                    }
+                    None
+                }
+                Event::Done(None) => None,
+            };
+            if let Some(e) = failure {
+                self.checkpoint(rec, upto, stats)?;
+                // Only a NotFound about the snapshots themselves changes course; a 404 about
+                // the backup blob (e.g. during Put Page From URL) fails the apply.
+                if e.is_not_found() {
+                    if let Some(base) = base.filter(|b| e.concerns(&source.snapshot_resource(b))) {
+                        return Ok(Outcome::Repair {
+                            reason: format!("diff base snapshot {base} was deleted during apply"),
+                        });
+                    }
+                    if e.concerns(&source.snapshot_resource(snapshot)) {
+                        return Ok(Outcome::SourceSnapshotGone);
+                    }
+                }
+                return Err(self.blob_err(e));
+            }
+            if last_save.elapsed() >= CHECKPOINT_INTERVAL {
+                self.checkpoint(rec, upto, std::mem::take(&mut stats))?;
+                last_save = Instant::now();
+            }
+        }
+        rec.written_etag = Some(self.backup_etag().await?);
+        Ok(Outcome::Applied {
+            upto: size,
+            done: true,
+            stats,
+        })
+    }
+
+    /// One batch: a clear, or the puts of one coalesced read. Holds one process-wide request
+    /// permit (`max_inflight_requests`) while its requests run and, for a client copy, its
+    /// read's size of the buffer budget (`max_buffer_mib`), so memory stays bounded whatever
+    /// the number of disks.
+    async fn run_batch(
+        &self,
+        source: &dyn Source,
+        batch: Batch,
+        snapshot: &SnapshotId,
+        grant: Option<&CopySource>,
+        server: &AtomicBool,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        // Requests first, then buffer (in copy_client_side): every task takes them in this
+        // order and a buffer holder never waits for a request permit, so no deadlock.
+        let _permit = match &self.limits {
+            Some(l) => l.request().await,
+            None => None,
+        };
+        let backup = &self.disk.backup;
+        let (read, puts) = match batch {
+            Batch::Clear(r) => {
+                self.blobs.clear_pages(backup, r).await?;
+                stats.bytes_cleared += r.len();
+                return Ok(());
+            }
+            Batch::Copy { read, puts } => (read, puts),
+        };
+        if let Some(grant) = grant.filter(|_| server.load(Ordering::Relaxed)) {
+            match self.copy_server_side(&puts, grant, stats).await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.disk.copy_mode == CopyMode::Auto && e.refuses_server_copy() => {
+                    if server.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(disk = %self.disk.name, error = %e, "server-side copy refused; copying through snapback for the rest of this apply");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.copy_client_side(source, read, &puts, snapshot, stats)
+            .await
+    }
+
+    /// Put Page From URL for each put: the service reads `S(n)` itself.
+    async fn copy_server_side(
+        &self,
+        puts: &[ByteRange],
+        grant: &CopySource,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        let (blob, snapshot) = match grant {
+            CopySource::Blob { blob, snapshot } => (blob, snapshot),
+            CopySource::Url { url, resource } => {
+                for p in puts {
+                    self.blobs
+                        .put_pages_from_sas(&self.disk.backup, *p, url.expose(), resource, p.start)
+                        .await?;
+                    stats.bytes_written += p.len();
+                }
+                return Ok(());
+            }
+        };
+        for p in puts {
+            self.blobs
+                .put_pages_from_url(
+                    &self.disk.backup,
+                    *p,
+                    blob,
+                    Some(snapshot.as_str()),
+                    p.start,
+                )
+                .await?;
+            stats.bytes_written += p.len();
+        }
+        Ok(())
+    }
+
+    /// One ranged read of `S(n)` feeding the puts inside it. A put whose bytes are all zero
+    /// is a Clear Page instead: same content, no stored pages, no body sent.
+    async fn copy_client_side(
+        &self,
+        source: &dyn Source,
+        read: ByteRange,
+        puts: &[ByteRange],
+        snapshot: &SnapshotId,
+        stats: &mut CycleStats,
+    ) -> Result<(), BlobError> {
+        let backup = &self.disk.backup;
+        let _buffer = match &self.limits {
+            Some(l) => l.buffer(read.len()).await,
+            None => None,
+        };
+        let data = source.read(snapshot, read).await?;
+        for p in puts {
+            let piece = data.slice((p.start - read.start) as usize..(p.end - read.start) as usize);
+            if piece.iter().all(|b| *b == 0) {
+                self.blobs.clear_pages(backup, *p).await?;
+                stats.bytes_cleared += p.len();
+            } else {
+                self.blobs.put_pages(backup, p.start, piece).await?;
+                stats.bytes_written += p.len();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The diff `base..snapshot` (every page of `snapshot` when there is no base) within `window`, as a stream of [`Batch`]es in offset order.
+/// The window is listed in `x-ms-range` segments (Microsoft's advice for heavily fragmented
+/// blobs) and each segment page by page (`NextMarker`, `maxresults`); batches are made from
+/// the current page's items one at a time, as the apply pulls them. So a diff of millions of
+/// ranges is never held in memory: one result page (≤ `page_results` items) and a few batches
+/// are. Items are clipped to the window: a resumed apply starts exactly at its checkpoint.
+fn diff_batches<'b>(
+    source: &'b dyn Source,
+    snapshot: &'b SnapshotId,
+    base: Option<&'b SnapshotId>,
+    window: ByteRange,
+    tuning: ApplyTuning,
+) -> impl stream::Stream<Item = Result<Batch, BlobError>> + 'b {
+    struct State {
+        /// Consecutive `x-ms-range` segments of the window (128 for an 8 TiB disk).
+        segments: Vec<ByteRange>,
+        /// The next listing to fetch: segment index and marker; None once all are fetched.
+        next: Option<(usize, Option<String>)>,
+        /// Items of the current page, and the segment they are clipped to.
+        items: std::vec::IntoIter<crate::pages::PageItem>,
+        segment: ByteRange,
+        coalescer: Coalescer,
+        planner: ReadPlanner,
+        ops: Vec<crate::pages::PageOp>,
+        made: Vec<Batch>,
+        ready: std::collections::VecDeque<Batch>,
+        finished: bool,
+        check: ListingCheck,
+    }
+    let segments: Vec<ByteRange> = segments(window, tuning.segment).collect();
+    let init = State {
+        next: (!segments.is_empty()).then_some((0, None)),
+        segments,
+        items: Vec::new().into_iter(),
+        segment: window,
+        coalescer: Coalescer::new(MAX_PUT_BYTES),
+        planner: ReadPlanner::new(tuning.max_read, tuning.max_gap),
+        ops: Vec::new(),
+        made: Vec::new(),
+        ready: Default::default(),
+        finished: false,
+        check: ListingCheck::new(window.start, window.end),
+    };
+    stream::try_unfold(init, move |mut st| async move {
+        loop {
+            if let Some(b) = st.ready.pop_front() {
+                return Ok(Some((b, st)));
+            }
+            if st.finished {
+                return Ok(None);
+            }
+            if let Some(item) = st.items.next() {
+                if let Some(clipped) = clip(item, &st.segment) {
+                    st.coalescer.push(clipped, &mut st.ops);
+                }
+            } else if let Some((index, marker)) = st.next.take() {
+                let segment = st.segments[index];
+                let query = DiffQuery {
+                    snapshot,
+                    base,
+                    range: segment,
+                    marker: marker.as_deref(),
+                    max_results: tuning.page_results,
+                };
+                let page = source.diff(query).await?;
+                // The whole result page is checked before any of its items is planned, so
+                // nothing from a listing that breaks the rules is applied.
+                st.check.page(&page.items, segment).map_err(|v| {
+                    BlobError::local(
+                        ErrorKind::BadResponse,
+                        source.snapshot_resource(snapshot),
+                        format!("diff listing of {segment:?} refused: {v}"),
+                    )
+                })?;
+                st.next = match page.next_marker {
+                    Some(m) => Some((index, Some(m))),
+                    None if index + 1 < st.segments.len() => Some((index + 1, None)),
+                    None => None,
+                };
+                st.items = page.items.into_iter();
+                st.segment = segment;
+                continue;
+            } else {
+                st.coalescer.finish(&mut st.ops);
+                st.finished = true;
+            }
+            for op in st.ops.drain(..) {
+                st.planner.push(op, &mut st.made);
+            }
+            if st.finished {
+                st.planner.finish(&mut st.made);
+            }
+            st.ready.extend(st.made.drain(..));
+        }
+    })
+}
+
+fn clip(item: crate::pages::PageItem, window: &ByteRange) -> Option<crate::pages::PageItem> {
+    use crate::pages::PageItem;
+    let r = item.range().intersect(window)?;
+    Some(match item {
+        PageItem::Changed(_) => PageItem::Changed(r),
+        PageItem::Cleared(_) => PageItem::Cleared(r),
+    })
+}

@@ -1,0 +1,155 @@
+//! How a cycle fails: typed, with the disk and the storage error (its kind, resource and
+//! service code), so callers decide on variants, never on message text.
+
+use super::machine::{self, PhaseName};
+use crate::blobs::{BlobError, BlobRef, ErrorKind};
+use crate::state::StateError;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("disk {disk}: {source}")]
+    Blob {
+        disk: String,
+        #[source]
+        source: BlobError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Machine(#[from] machine::InvalidTransition),
+    /// Stopped on request (shutdown, end of the backup window) at a checkpoint.
+    #[error("disk {disk}: stopped at a checkpoint (phase {phase}); the next run resumes it")]
+    Interrupted { disk: String, phase: PhaseName },
+    /// Another snapback process holds the disk's lock.
+    #[error("disk {disk} is being backed up by another snapback process (lock {path} is held)")]
+    Busy {
+        disk: String,
+        path: std::path::PathBuf,
+    },
+    /// The seed copy failed every time it was started in this run; the next run (after the
+    /// daemon's backoff) starts it again.
+    #[error(
+        "disk {disk}: the copy of the source snapshot to {backup} failed {starts} times in a \
+         row (last: {reason}); giving up until the next run"
+    )]
+    CopyKeepsFailing {
+        disk: String,
+        backup: BlobRef,
+        starts: u32,
+        reason: String,
+    },
+    /// A premium page-blob account refused a snapshot of the source: one per blob per 10
+    /// minutes, or 100 per blob.
+    #[error("disk {disk}: {of}: {limit}")]
+    SnapshotLimit {
+        disk: String,
+        of: Box<crate::config::DiskSource>,
+        limit: SnapshotLimit,
+    },
+    /// The source account refused a read of the source snapshot (400 `InvalidOperation` on
+    /// Get Blob or Get Page Ranges): older premium page-blob accounts do not allow reading
+    /// snapshots; only the backup service can copy from them.
+    #[error(
+        "disk {disk}: {source}: the premium account refuses reads of snapshots (400 \
+         InvalidOperation); use copy_mode = \"server\" so the backup service copies from the \
+         snapshot, or a source account that allows snapshot reads"
+    )]
+    SnapshotReadRefused {
+        disk: String,
+        #[source]
+        source: BlobError,
+    },
+    /// The backup blob exists and snapback did not create it.
+    #[error(
+        "disk {disk}: backup blob {backup} exists and was not created by snapback for this \
+         disk (no snapback_backup_of tag); refusing to overwrite it. Set \
+         adopt_existing_backup = true on the disk to use it anyway"
+    )]
+    ForeignBackup { disk: String, backup: BlobRef },
+    /// Another process (on this host or another) holds the disk's lease, or the lease could
+    /// not be taken or was lost mid-cycle.
+    #[error(transparent)]
+    Ownership(Box<crate::ownership::OwnershipError>),
+    /// The disk's lease was lost mid-cycle: the cycle stopped before its restore point.
+    #[error("disk {disk}: lease on {blob} lost in phase {phase}; the cycle stopped (the next owner resumes it)")]
+    LeaseLost {
+        disk: String,
+        blob: crate::model::BlobRef,
+        phase: PhaseName,
+    },
+    /// The disk's lock file cannot be used.
+    #[error("disk {disk}: lock file {path}: {source}")]
+    Lock {
+        disk: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Snapshot limits of premium page-blob accounts
+/// (<https://learn.microsoft.com/rest/api/storageservices/using-blob-service-operations-with-azure-premium-storage>).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotLimit {
+    /// 409 `SnaphotOperationRateExceeded` (Azure's spelling): one snapshot per blob per 10
+    /// minutes.
+    Rate,
+    /// 409 `SnapshotCountExceeded`: 100 snapshots per blob.
+    Count,
+}
+
+/// How long a premium account refuses a second snapshot of a blob.
+pub const PREMIUM_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(600);
+
+impl SnapshotLimit {
+    /// The limit a refused Snapshot Blob hit, from its error code.
+    pub fn of(e: &BlobError) -> Option<SnapshotLimit> {
+        match (e.kind, e.code.as_deref()) {
+            (ErrorKind::Conflict, Some("SnaphotOperationRateExceeded")) => {
+                Some(SnapshotLimit::Rate)
+            }
+            (ErrorKind::Conflict, Some("SnapshotCountExceeded")) => Some(SnapshotLimit::Count),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotLimit::Rate => f.write_str(
+                "the premium account allows one snapshot per blob every 10 minutes \
+                 (409 SnaphotOperationRateExceeded); the next attempt waits at least 10 minutes \
+                 (a schedule more frequent than that cannot be kept on a premium account)",
+            ),
+            SnapshotLimit::Count => f.write_str(
+                "the premium account allows 100 snapshots per blob (409 SnapshotCountExceeded); \
+                 snapback keeps one of its own on the source, so delete snapshots others made",
+            ),
+        }
+    }
+}
+
+impl From<crate::ownership::OwnershipError> for CycleError {
+    fn from(e: crate::ownership::OwnershipError) -> Self {
+        CycleError::Ownership(Box::new(e))
+    }
+}
+
+impl CycleError {
+    /// When the next attempt may succeed at the earliest, if the error says so.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CycleError::SnapshotLimit {
+                limit: SnapshotLimit::Rate,
+                ..
+            } => Some(PREMIUM_SNAPSHOT_INTERVAL),
+            _ => None,
+        }
+    }
+
+    /// The disk is in another process's hands (its lease is held): a skip, not a failure.
+    pub fn is_owned_elsewhere(&self) -> bool {
+        matches!(self, CycleError::Ownership(e) if matches!(**e, crate::ownership::OwnershipError::Held { .. }))
+    }
+}
