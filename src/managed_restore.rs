@@ -9,7 +9,7 @@
 //! An interrupted restore leaves a disk awaiting upload; running again with `--force`
 //! replaces it.
 //!
-//! With `rebase` the disk's chain restarts on the new disk (see [`rebase`]).
+//! With `rebase` the disk's chain restarts on the new disk (see `rebase`).
 
 use crate::arm::{
     Access, ArmClient, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec,

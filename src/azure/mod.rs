@@ -9,7 +9,7 @@
 //! jitter; 408, 429, 500, 502, 503, 504 and connection errors), configured in [`retry_options`],
 //! except the two that are not idempotent: Snapshot Blob and Copy Blob (start). A blind
 //! re-send of those after a lost answer makes a second snapshot or a second copy, so they are
-//! sent once ([`AzureBlobs::blob_client_once`]) and the cycle retries them only after looking
+//! sent once (`AzureBlobs::blob_client_once`) and the cycle retries them only after looking
 //! for what the lost attempt may have made (`cycle::runner`).
 
 mod lease;

@@ -3,7 +3,7 @@
 //! pipeline has no signing policy; it retries like every storage request ([`retry_options`]).
 //!
 //! Errors name the snapshot's ARM resource id (`Resource::Managed`), never the URL: its
-//! query is a credential, and anything the transport says is passed through [`redact`].
+//! query is a credential, and anything the transport says is passed through [`crate::secrets::redact`].
 
 use super::{page_list, retry_options, SERVICE_VERSION};
 use crate::arm::sas::SasUrl;
