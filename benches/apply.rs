@@ -18,8 +18,12 @@
 
 #[path = "../tests/common/azurite.rs"]
 mod azurite;
+#[path = "../tests/common/http.rs"]
+mod http;
 #[path = "common/meter.rs"]
 mod meter;
+#[path = "../tests/common/process.rs"]
+mod process;
 #[path = "common/synthetic.rs"]
 mod synthetic;
 

@@ -19,8 +19,12 @@
 mod azurite;
 #[path = "../tests/common/faultproxy.rs"]
 mod faultproxy;
+#[path = "../tests/common/http.rs"]
+mod http;
 #[path = "common/meter.rs"]
 mod meter;
+#[path = "../tests/common/process.rs"]
+mod process;
 #[path = "common/synthetic.rs"]
 mod synthetic;
 

@@ -9,6 +9,10 @@
 mod arm;
 #[path = "../tests/common/azurite.rs"]
 mod azurite;
+#[path = "../tests/common/http.rs"]
+mod http;
+#[path = "../tests/common/process.rs"]
+mod process;
 
 use arm::{ArmEmulator, CLIENT_ID, CLIENT_SECRET, SUBSCRIPTION, TENANT};
 use azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};

@@ -6,6 +6,10 @@
 mod azurite;
 #[path = "common/faultproxy.rs"]
 mod faultproxy;
+#[path = "common/http.rs"]
+mod http;
+#[path = "common/process.rs"]
+mod process;
 
 use azurite::{Azurite, BACKUP_KEY};
 use bytes::Bytes;

@@ -8,15 +8,11 @@
 #![allow(dead_code)]
 
 use super::azurite::{Azurite, MD_ACCOUNT, MD_KEY};
+use super::process::{tests_path, NodeProcess};
 use azure_core::http::Transport;
 use snapback::arm::{ArmClient, ArmOptions, PollPolicy, RetryPolicy};
 use snapback::config::azure::AzureConfig;
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const TENANT: &str = "snapback-test-tenant";
@@ -34,84 +30,35 @@ const MARKER: &str = "arm-emulator listening on ";
 
 /// A running emulator.
 pub struct ArmEmulator {
-    child: Child,
+    node: NodeProcess,
     endpoint: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn harness_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(rel)
 }
 
 impl ArmEmulator {
     /// Starts an emulator on `azurite`'s md account; `env` adds settings such as
     /// `("EMU_POLLS", "2")` or `("EMU_RETRY_AFTER", "1")`.
     pub fn start(azurite: &Azurite, env: &[(&str, &str)]) -> ArmEmulator {
-        let mut cmd =
-            Command::new(std::env::var("SNAPBACK_NODE").unwrap_or_else(|_| "node".into()));
-        cmd.arg(harness_file("azurite/arm-emulator.js"))
-            .env(
-                "EMU_AZURITE",
-                format!("http://127.0.0.1:{}", azurite.port()),
-            )
-            .env("EMU_MD_ACCOUNT", MD_ACCOUNT)
-            .env("EMU_MD_KEY", MD_KEY)
-            .env("EMU_TLS_CERT", harness_file("arm/emulator-cert.pem"))
-            .env("EMU_TLS_KEY", harness_file("arm/emulator-key.pem"))
-            .env("EMU_TENANT", TENANT)
-            .env("EMU_CLIENT_ID", CLIENT_ID)
-            .env("EMU_CLIENT_SECRET", CLIENT_SECRET)
-            .env("EMU_FEDERATED_TOKEN", FEDERATED_TOKEN)
-            .env("EMU_IDENTITY_HEADER", IDENTITY_HEADER)
-            .env(
-                "SNAPBACK_HARNESS_PARENT_PID",
-                std::process::id().to_string(),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start node for the ARM emulator");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&stderr);
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if let Some(url) = line.strip_prefix(MARKER) {
-                    let _ = tx.send(url.trim().to_string());
-                }
-            }
-        });
-        let endpoint = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                thread::sleep(Duration::from_millis(100));
-                panic!("ARM emulator did not start:\n{}", stderr.lock().unwrap());
-            }
-        };
+        let (node, listening) =
+            NodeProcess::start("ARM emulator", MARKER, Duration::from_secs(20), |cmd| {
+                cmd.arg(tests_path("azurite/arm-emulator.js"))
+                    .env(
+                        "EMU_AZURITE",
+                        format!("http://127.0.0.1:{}", azurite.port()),
+                    )
+                    .env("EMU_MD_ACCOUNT", MD_ACCOUNT)
+                    .env("EMU_MD_KEY", MD_KEY)
+                    .env("EMU_TLS_CERT", tests_path("arm/emulator-cert.pem"))
+                    .env("EMU_TLS_KEY", tests_path("arm/emulator-key.pem"))
+                    .env("EMU_TENANT", TENANT)
+                    .env("EMU_CLIENT_ID", CLIENT_ID)
+                    .env("EMU_CLIENT_SECRET", CLIENT_SECRET)
+                    .env("EMU_FEDERATED_TOKEN", FEDERATED_TOKEN)
+                    .env("EMU_IDENTITY_HEADER", IDENTITY_HEADER)
+                    .envs(env.iter().copied());
+            });
         ArmEmulator {
-            child,
-            endpoint,
-            stderr,
+            node,
+            endpoint: listening.trim().to_string(),
         }
     }
 
@@ -121,14 +68,14 @@ impl ArmEmulator {
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.node.stderr()
     }
 
     /// An HTTP client that trusts only the emulator's certificate (plain http to Azurite
     /// works too).
     pub fn http() -> reqwest::Client {
         snapback::tls::install_provider();
-        let pem = std::fs::read(harness_file("arm/emulator-cert.pem")).expect("read test cert");
+        let pem = std::fs::read(tests_path("arm/emulator-cert.pem")).expect("read test cert");
         let cert = reqwest::Certificate::from_pem(&pem).expect("test cert is PEM");
         reqwest::Client::builder()
             .tls_certs_only([cert])
@@ -208,12 +155,5 @@ impl ArmEmulator {
             "{path_and_query}: {}",
             resp.status()
         );
-    }
-}
-
-impl Drop for ArmEmulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

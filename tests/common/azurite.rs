@@ -3,7 +3,9 @@
 //! Azure for page-range diffs, pagination, Put Page limits, async copy and
 //! fault injection) and stops it on drop.
 //!
-//! std + `tempfile` only. Usage from an integration test:
+//! std + `tempfile`, and its siblings `process.rs` and `http.rs` (a crate that takes this
+//! file by `#[path]` takes them too, as `super::process` and `super::http`). Usage from an
+//! integration test:
 //!
 //! ```ignore
 //! mod common;
@@ -15,13 +17,13 @@
 //! ```
 #![allow(dead_code)]
 
+use super::http;
+use super::process::{tests_path, NodeProcess};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,10 +51,11 @@ const LISTEN_MARKER: &str = "successfully listens on http://127.0.0.1:";
 
 /// A running Azurite blob service, killed (and its data dir removed) on drop.
 pub struct Azurite {
-    child: Child,
-    dir: Option<tempfile::TempDir>,
+    // Declared before `dir`: fields drop in order, so node is gone before its data dir is
+    // removed.
+    node: NodeProcess,
+    dir: tempfile::TempDir,
     port: u16,
-    stderr: Arc<Mutex<String>>,
 }
 
 impl Azurite {
@@ -72,63 +75,39 @@ impl Azurite {
             .tempdir()
             .expect("create Azurite temp dir");
         let harness = harness_dir();
-        let main_js = harness.join("node_modules/azurite/dist/src/blob/main.js");
-        let mut cmd = Command::new(node_binary());
-        cmd.arg("--require")
-            .arg(harness.join("snapback-azurite-ext.js"))
-            .arg(&main_js)
-            // Port 0: the kernel picks a free port and Azurite prints it, so
-            // parallel tests never race for a port.
-            .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--location"])
-            .arg(dir.path())
-            .args(["--disableTelemetry", "--skipApiVersionCheck"])
-            .env(
-                "AZURITE_ACCOUNTS",
-                format!(
-                    "{PREMIUM_ACCOUNT}:{PREMIUM_KEY};{BACKUP_ACCOUNT}:{BACKUP_KEY};{MD_ACCOUNT}:{MD_KEY}"
-                ),
-            )
-            .env(
-                "SNAPBACK_HARNESS_PARENT_PID",
-                std::process::id().to_string(),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
+        let (node, listening) = NodeProcess::start(
+            "Azurite",
+            LISTEN_MARKER,
+            START_TIMEOUT,
+            |cmd| {
+                cmd.arg("--require")
+                .arg(harness.join("snapback-azurite-ext.js"))
+                .arg(harness.join("node_modules/azurite/dist/src/blob/main.js"))
+                // Port 0: the kernel picks a free port and Azurite prints it, so
+                // parallel tests never race for a port.
+                .args(["--blobHost", "127.0.0.1", "--blobPort", "0", "--location"])
+                .arg(dir.path())
+                .args(["--disableTelemetry", "--skipApiVersionCheck"])
+                .env(
+                    "AZURITE_ACCOUNTS",
+                    format!(
+                        "{PREMIUM_ACCOUNT}:{PREMIUM_KEY};{BACKUP_ACCOUNT}:{BACKUP_KEY};{MD_ACCOUNT}:{MD_KEY}"
+                    ),
+                )
+                .envs(env.iter().copied());
+            },
+        );
+        let digits: String = listening
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let port = digits.parse().unwrap_or_else(|_| {
             panic!(
-                "cannot start node ({}): {e}; is Node.js installed?",
-                node_binary()
+                "Azurite printed no port after {LISTEN_MARKER:?}: {listening:?}.\nstderr:\n{}",
+                node.stderr()
             )
         });
-        let stderr = drain_stderr(&mut child);
-        let port_rx = watch_stdout_for_port(&mut child);
-        let port = match port_rx.recv_timeout(START_TIMEOUT) {
-            Ok(port) => port,
-            Err(why) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                thread::sleep(Duration::from_millis(100)); // let stderr drain
-                panic!(
-                    "Azurite did not start ({}; exit status {:?}).\nstderr:\n{}",
-                    match why {
-                        mpsc::RecvTimeoutError::Timeout => "not listening after 30 s",
-                        mpsc::RecvTimeoutError::Disconnected => "it exited",
-                    },
-                    status,
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        let az = Azurite {
-            child,
-            dir: Some(dir),
-            port,
-            stderr,
-        };
+        let az = Azurite { node, dir, port };
         az.wait_until_answers();
         az
     }
@@ -172,7 +151,7 @@ impl Azurite {
 
     /// Everything Azurite wrote to stderr so far (for assertion messages).
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.node.stderr()
     }
 
     fn wait_until_answers(&self) {
@@ -192,7 +171,7 @@ impl Azurite {
 
     /// Sends a bodiless request to the harness control route; panics unless 200.
     fn control(&self, method: &str, path_and_query: &str) -> String {
-        let (status, body) = raw_http(self.port, method, path_and_query)
+        let (status, body) = http::request(self.port, method, path_and_query)
             .unwrap_or_else(|e| panic!("harness control {method} {path_and_query}: {e}"));
         if status != 200 {
             panic!("harness control {method} {path_and_query}: HTTP {status}: {body}");
@@ -201,86 +180,8 @@ impl Azurite {
     }
 }
 
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        // `child` is node itself (spawned without a shell), so this kills Azurite.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
-        }
-    }
-}
-
 fn harness_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("azurite")
-}
-
-fn node_binary() -> String {
-    std::env::var("SNAPBACK_NODE").unwrap_or_else(|_| "node".to_string())
-}
-
-/// Collects the child's stderr in the background (also keeps the pipe drained).
-fn drain_stderr(child: &mut Child) -> Arc<Mutex<String>> {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().expect("stderr is piped");
-    let sink = Arc::clone(&buf);
-    thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
-        }
-    });
-    buf
-}
-
-/// Reads stdout lines until Azurite prints its listening address; sends the
-/// port, then keeps draining. The channel disconnects if node exits first.
-fn watch_stdout_for_port(child: &mut Child) -> mpsc::Receiver<u16> {
-    let (tx, rx) = mpsc::channel();
-    let pipe = child.stdout.take().expect("stdout is piped");
-    thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if let Some(rest) = line.split(LISTEN_MARKER).nth(1) {
-                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-                if let (Some(tx), Ok(port)) = (tx.take(), digits.parse::<u16>()) {
-                    let _ = tx.send(port);
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// Minimal HTTP/1.1 client for the control route: returns (status, body).
-fn raw_http(port: u16, method: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "{method} {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    tests_path("azurite")
 }
 
 fn percent_encode(s: &str) -> String {
