@@ -16,21 +16,14 @@
 //! `--only=azurite|million|hundred|hundred-all|idle` runs one part; `BENCH_COPY_MODE=server` runs part 1
 //! with Put Page From URL (the raw client still does GET + PUT).
 
-#[path = "../tests/common/azurite.rs"]
-mod azurite;
-#[path = "../tests/common/http.rs"]
-mod http;
-#[path = "common/meter.rs"]
-mod meter;
-#[path = "../tests/common/process.rs"]
-mod process;
-#[path = "common/synthetic.rs"]
-mod synthetic;
+mod common;
 
-use azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
 use bytes::Bytes;
+use common::azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
+use common::env_u64;
+use common::meter::Meter;
+use common::synthetic::{synthetic_config, Synthetic, KIB, MIB};
 use futures::{StreamExt, TryStreamExt};
-use meter::{rss_mib, Meter};
 use snapback::azure::AzureBlobs;
 use snapback::blobs::{BlobRef, Metadata, PageBlobs};
 use snapback::config::Config;
@@ -47,55 +40,25 @@ use snapback::service::{disk_spec, App};
 use snapback::state::StateStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use synthetic::{synthetic_config, Synthetic, KIB, MIB};
 use tokio_util::sync::CancellationToken;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 // ------------------------------------------------------------------- main --
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("apply bench: skipped (run it with `cargo bench --bench apply`)");
-        return;
-    }
-    let Some(part) = args.iter().find_map(|a| a.strip_prefix("--only=")) else {
-        // Each part in its own process, so one part's heap does not inflate the next one's
-        // peak RSS.
-        let exe = std::env::current_exe().unwrap();
-        for part in ["azurite", "million", "hundred", "hundred-all", "idle"] {
-            let status = std::process::Command::new(&exe)
-                .args(["--bench", &format!("--only={part}")])
-                .status()
-                .unwrap();
-            assert!(status.success(), "part {part} failed");
-        }
-        return;
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    println!(
-        "[{part}] baseline RSS of the bench process: {:.1} MiB",
-        rss_mib()
+    common::main(
+        "apply",
+        &["azurite", "million", "hundred", "hundred-all", "idle"],
+        |part, rt| match part {
+            "azurite" => rt.block_on(azurite_scenario()),
+            "million" => rt.block_on(synthetic_disks(1, 1_000_000, 1)),
+            // A 100-disk config as configured (4 cycles at once by default), and the worst
+            // case: all 100 cycles at once.
+            "hundred" => rt.block_on(synthetic_disks(100, 10_000, 4)),
+            "hundred-all" => rt.block_on(synthetic_disks(100, 10_000, 100)),
+            "idle" => rt.block_on(idle_disks(200)),
+            _ => unreachable!("common::main runs listed parts only"),
+        },
     );
-    match part {
-        "azurite" => rt.block_on(azurite_scenario()),
-        "million" => rt.block_on(synthetic_disks(1, 1_000_000, 1)),
-        // A 100-disk config as configured (4 cycles at once by default), and the worst case:
-        // all 100 cycles at once.
-        "hundred" => rt.block_on(synthetic_disks(100, 10_000, 4)),
-        "hundred-all" => rt.block_on(synthetic_disks(100, 10_000, 100)),
-        "idle" => rt.block_on(idle_disks(200)),
-        other => panic!("unknown part {other}: azurite, million, hundred, hundred-all or idle"),
-    }
 }
 
 // --------------------------------------------------------- 1. on Azurite ----

@@ -15,24 +15,17 @@
 //!    `BENCH_PARALLEL` cycles at once (default: the config default, 4): peak RSS, CPU,
 //!    cycles per minute, requests/s.
 
-#[path = "../tests/common/azurite.rs"]
-mod azurite;
+mod common;
 #[path = "../tests/common/faultproxy.rs"]
 mod faultproxy;
-#[path = "../tests/common/http.rs"]
-mod http;
-#[path = "common/meter.rs"]
-mod meter;
-#[path = "../tests/common/process.rs"]
-mod process;
-#[path = "common/synthetic.rs"]
-mod synthetic;
 
-use azurite::{Azurite, BACKUP_KEY};
 use bytes::Bytes;
+use common::azurite::{Azurite, BACKUP_KEY};
+use common::env_u64;
+use common::meter::Meter;
+use common::synthetic::{synthetic_config, Synthetic, KIB, MIB};
 use faultproxy::{FaultProxy, RateLimit};
 use futures::StreamExt;
-use meter::{rss_mib, Meter};
 use snapback::azure::AzureBlobs;
 use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::{Config, ThrottleConfig};
@@ -44,52 +37,22 @@ use snapback::throttle::Limits;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use synthetic::{synthetic_config, Synthetic, KIB, MIB};
 use tokio_util::sync::CancellationToken;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        println!("throttle bench: skipped (run it with `cargo bench --bench throttle`)");
-        return;
-    }
-    let Some(part) = args.iter().find_map(|a| a.strip_prefix("--only=")) else {
-        // Each part in its own process, so one part's heap does not inflate the next one's
-        // peak RSS.
-        let exe = std::env::current_exe().expect("bench executable");
-        for part in ["throttled", "thousand"] {
-            let status = std::process::Command::new(&exe)
-                .args(["--bench", &format!("--only={part}")])
-                .status()
-                .expect("bench part runs");
-            assert!(status.success(), "part {part} failed");
-        }
-        return;
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!(
-        "[{part}] baseline RSS of the bench process: {:.1} MiB",
-        rss_mib()
+    common::main(
+        "throttle",
+        &["throttled", "thousand"],
+        |part, rt| match part {
+            "throttled" => rt.block_on(throttled()),
+            "thousand" => rt.block_on(thousand_disks(
+                1000,
+                env_u64("BENCH_ROUNDS", 3),
+                env_u64("BENCH_PARALLEL", 4) as usize,
+            )),
+            _ => unreachable!("common::main runs listed parts only"),
+        },
     );
-    match part {
-        "throttled" => rt.block_on(throttled()),
-        "thousand" => rt.block_on(thousand_disks(
-            1000,
-            env_u64("BENCH_ROUNDS", 3),
-            env_u64("BENCH_PARALLEL", 4) as usize,
-        )),
-        other => panic!("unknown part {other}: throttled or thousand"),
-    }
 }
 
 // ------------------------------------------------ 1. through a rate limiter --
