@@ -86,20 +86,17 @@ impl Shape {
     /// The limits as a table cell.
     fn limits(&self) -> String {
         let l = &self.limit;
-        let mut out = Vec::new();
-        if let Some(r) = l.account_requests_per_s {
-            out.push(format!("account {r} req/s"));
-        }
-        if let Some(m) = l.account_mib_per_s {
-            out.push(format!("account {m} MiB/s"));
-        }
-        if let Some(r) = l.blob_requests_per_s {
-            out.push(format!("blob {r} req/s"));
-        }
-        if let Some(m) = l.blob_mib_per_s {
-            out.push(format!("blob {m} MiB/s"));
-        }
-        out.join(", ")
+        [
+            l.account_requests_per_s
+                .map(|r| format!("account {r} req/s")),
+            l.account_mib_per_s.map(|m| format!("account {m} MiB/s")),
+            l.blob_requests_per_s.map(|r| format!("blob {r} req/s")),
+            l.blob_mib_per_s.map(|m| format!("blob {m} MiB/s")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ")
     }
 
     /// The client's budget set to the proxy's limits (unlimited ones at Azure's defaults).
