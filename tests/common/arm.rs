@@ -134,19 +134,19 @@ impl ArmEmulator {
 
     /// GET a control route; the JSON answer.
     pub async fn control_get(&self, path: &str) -> serde_json::Value {
-        let resp = Self::http()
-            .get(format!("{}{path}", self.endpoint))
-            .send()
-            .await
-            .expect("control route answers");
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("JSON")
+        let body = self.control(reqwest::Method::GET, path).await;
+        serde_json::from_slice(&body).expect("JSON")
     }
 
     /// POST a control route (e.g. arm a fault).
     pub async fn control_post(&self, path_and_query: &str) {
+        self.control(reqwest::Method::POST, path_and_query).await;
+    }
+
+    /// A control request that must succeed; its body.
+    async fn control(&self, method: reqwest::Method, path_and_query: &str) -> bytes::Bytes {
         let resp = Self::http()
-            .post(format!("{}{path_and_query}", self.endpoint))
+            .request(method, format!("{}{path_and_query}", self.endpoint))
             .send()
             .await
             .expect("control route answers");
@@ -155,5 +155,6 @@ impl ArmEmulator {
             "{path_and_query}: {}",
             resp.status()
         );
+        resp.bytes().await.expect("body")
     }
 }
