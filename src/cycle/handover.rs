@@ -55,10 +55,10 @@ pub enum Handover {
     /// The local open cycle is stale (another owner finished or abandoned it, or Azure's
     /// record is of another source or backup): abandoned, never resumed.
     AbandonLocal,
-    /// Azure's open cycle becomes the local open cycle (the local one, if any, abandoned).
-    Import(CycleRecord),
-    /// The local row of the same cycle is replaced by Azure's, which is further ahead.
-    ReplaceLocal(CycleRecord),
+    /// Azure's cycle becomes the local current cycle, open or finished (the local open one,
+    /// if any, abandoned: of another tag, or the same cycle where another owner went
+    /// further).
+    Import,
 }
 
 /// The pure decision. `azure` is the record in the lock blob, already checked to be bound to
@@ -76,16 +76,16 @@ pub fn decide(
         // The same cycle: the record written last is the further ahead. This installation
         // saves locally before it writes to Azure, so if it wrote Azure's record its own is
         // at least as far (one step ahead after a crash between the two); if another owner
-        // wrote it, that owner ran the cycle after this one stopped.
+        // wrote it, that owner ran the cycle (maybe to its end) after this one stopped.
         Some(local) if local.tag == theirs.tag => {
             if azure.writer == me {
                 Handover::KeepLocal
             } else {
-                Handover::ReplaceLocal(theirs.clone())
+                Handover::Import
             }
         }
         // Azure's cycle is open and this state never finished it: resume it here.
-        _ if !theirs.is_done() && !finished_locally => Handover::Import(theirs.clone()),
+        _ if !theirs.is_done() && !finished_locally => Handover::Import,
         // Azure's cycle is finished (or this state finished it): a local open cycle of
         // another tag was opened before it (or never ran a step: its first Azure write comes
         // before its first step), so the disk has moved past it.
@@ -139,14 +139,17 @@ impl Runner<'_> {
                     self.store.abandon_cycle(open.id)?;
                 }
             }
-            Handover::Import(rec) => {
-                tracing::info!(disk = %d.name, cycle = %rec.tag, phase = %rec.phase.name(), applied_upto = ?rec.phase.applied_upto(), "resuming the cycle another owner left open (record from the lock blob)");
-                self.store.import_cycle(rec)?;
-            }
-            Handover::ReplaceLocal(mut rec) => {
-                tracing::info!(disk = %d.name, cycle = %rec.tag, phase = %rec.phase.name(), "another owner ran this cycle further; continuing from its record");
-                rec.id = local.map_or(0, |l| l.id);
-                self.store.save_cycle(&rec, self.now())?;
+            Handover::Import => {
+                let rec = azure.cycle;
+                if local.as_ref().is_some_and(|l| l.tag == rec.tag) {
+                    tracing::warn!(disk = %d.name, cycle = %rec.tag, phase = %rec.phase.name(), "another owner ran this cycle further since it stopped here; abandoning it and taking that owner's record from the lock blob");
+                } else if let Some(open) = &local {
+                    tracing::warn!(disk = %d.name, cycle = %open.tag, current = %rec.tag, "another owner left a cycle open since this unfinished cycle stopped; abandoning it");
+                }
+                if !rec.is_done() {
+                    tracing::info!(disk = %d.name, cycle = %rec.tag, phase = %rec.phase.name(), applied_upto = ?rec.phase.applied_upto(), "resuming the cycle another owner left open (record from the lock blob)");
+                }
+                self.store.import_cycle(rec, self.now())?;
             }
         }
         Ok(())
@@ -350,20 +353,23 @@ mod tests {
 
     #[test]
     fn a_fresh_replica_imports_the_open_cycle() {
-        let theirs = applying("t", 4096);
         assert_eq!(
-            decide(None, &azure("them", theirs.clone()), false, "me"),
-            Handover::Import(theirs)
+            decide(None, &azure("them", applying("t", 4096)), false, "me"),
+            Handover::Import
         );
     }
 
     #[test]
     fn a_different_local_open_cycle_gives_way_to_azures() {
-        let theirs = applying("t", 4096);
         let local = cycle("mine", Phase::Snapshot { base: None });
         assert_eq!(
-            decide(Some(&local), &azure("them", theirs.clone()), false, "me"),
-            Handover::Import(theirs)
+            decide(
+                Some(&local),
+                &azure("them", applying("t", 4096)),
+                false,
+                "me"
+            ),
+            Handover::Import
         );
     }
 
@@ -375,11 +381,10 @@ mod tests {
             decide(Some(&local), &azure("me", applying("t", 4096)), false, "me"),
             Handover::KeepLocal
         );
-        // Written by another owner after this one stopped: theirs.
-        let theirs = done("t");
+        // Written by another owner after this one stopped: theirs, even finished.
         assert_eq!(
-            decide(Some(&local), &azure("them", theirs.clone()), false, "me"),
-            Handover::ReplaceLocal(theirs)
+            decide(Some(&local), &azure("them", done("t")), false, "me"),
+            Handover::Import
         );
     }
 

@@ -157,13 +157,14 @@ impl<'a> Runner<'a> {
     pub async fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
         let d = self.disk;
         self.rebind().await?;
-        let state =
-            self.store
-                .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
+        self.store
+            .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
         self.take_over().await?;
         let rec = match self.store.open_cycle(&d.name)? {
             Some(rec) => rec,
             None => {
+                // Read after the takeover, which may have moved the chain on.
+                let state = self.store.disk(&d.name)?.unwrap_or_default();
                 let local = state.base_snapshot.map(|s| DiffBase {
                     snapshot: SnapshotId::new(s),
                     backup_etag: state.backup_etag,

@@ -285,10 +285,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// Makes `rec` (a cycle another owner left open, read from Azure) the disk's open cycle, in
-    /// one transaction: the local open cycle, if any, is abandoned (`done = 2`, kept as
-    /// history) and `rec` inserted. Returns it with its new row id.
-    pub fn import_cycle(&self, mut rec: CycleRecord) -> StateResult<CycleRecord> {
+    /// Makes `rec`, a cycle record read from Azure (see `cycle::handover`), the disk's current
+    /// cycle, in one transaction: the local open cycle, if any, is abandoned (`done = 2`, kept
+    /// as history) and `rec` inserted, open or finished; a finished one records its restore
+    /// point and moves the chain forward as [`StateStore::save_cycle`] does. Returns it with
+    /// its new row id.
+    pub fn import_cycle(&self, mut rec: CycleRecord, now: i64) -> StateResult<CycleRecord> {
         let json = encode(&rec);
         rec.id = self.with(|c| {
             let tx = c.unchecked_transaction()?;
@@ -297,10 +299,11 @@ impl StateStore {
                 params![rec.disk],
             )?;
             tx.execute(
-                "INSERT INTO cycles (disk, done, record) VALUES (?1, 0, ?2)",
-                params![rec.disk, json],
+                "INSERT INTO cycles (disk, done, record) VALUES (?1, ?2, ?3)",
+                params![rec.disk, rec.is_done(), json],
             )?;
             let id = tx.last_insert_rowid();
+            record_outcome(&tx, &CycleRecord { id, ..rec.clone() }, now)?;
             tx.commit()?;
             Ok(id)
         })?;
