@@ -33,6 +33,9 @@ pub trait LeaseBlobs: Send + Sync {
         metadata: &Metadata,
     ) -> BlobResult<String>;
 
+    /// The lock blob's ETag and body (empty when it has none); `None` if it does not exist.
+    async fn read_lock_blob(&self, blob: &BlobRef) -> BlobResult<Option<(String, Bytes)>>;
+
     /// Put Blob under our lease, `If-Match: if_match`: replaces the body and the metadata
     /// (Put Blob keeps none of the old metadata, so `metadata` is all of it). Returns the new
     /// ETag. Someone else's lease, no lease, or another ETag: `PreconditionFailed` (412).

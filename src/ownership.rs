@@ -257,6 +257,17 @@ impl DiskLease {
                 Ok(())
             }
             Err(source) if source.kind == ErrorKind::PreconditionFailed => {
+                // The storage client retries a write whose answer was lost, and the retry
+                // meets the ETag of the write that landed: then the blob holds exactly this
+                // body (which names this installation as its writer), and the write stands.
+                if let Ok(Some((etag, now))) = self.leases.read_lock_blob(&self.blob).await {
+                    if now == body {
+                        tracing::debug!(blob = %self.blob, "a retried record write found its first try applied");
+                        *lock(&self.etag) = etag;
+                        *lock(&self.record) = body;
+                        return Ok(());
+                    }
+                }
                 Err(OwnershipError::Overwritten {
                     disk: disk.to_string(),
                     blob: self.blob.clone(),

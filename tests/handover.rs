@@ -8,6 +8,7 @@
 mod common;
 
 use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
+use common::faultproxy::{Fault, FaultProxy, Op, Rule};
 use common::fixture::{
     break_lease, content, create_disk, sdk_blob_client, tagged_snapshots, write, Fixture, Rng, MIB,
 };
@@ -378,4 +379,30 @@ async fn a_record_write_after_someone_else_wrote_is_refused() {
     }
     let after = blobs.properties(&lock, None).await.unwrap().unwrap();
     assert_eq!(after.etag, props.etag, "nothing was written");
+}
+
+/// A record write applied by the service whose answer is lost: the client's retry meets the
+/// ETag of the write that landed (412), finds its own body there, and the cycle goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_write_whose_answer_was_lost_stands() {
+    let fx = Fixture::new(&["disk1"]);
+    let blobs = fx.blobs();
+    create_disk(blobs.as_ref(), &fx.source("disk1"), MIB).await;
+    backup(&fx.config_path, "seed");
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    // Put Blob on the lock blob: the first is its create-if-absent, the second the record
+    // of the opened cycle.
+    let rule = proxy.add(
+        Rule::new(Fault::AnswerLost)
+            .op(Op::PutBlob)
+            .blob("backups/disk1.snapback-state")
+            .nth(2, 2),
+    );
+    write(blobs.as_ref(), &fx.source("disk1"), 0, &[3u8; 64 * 1024]).await;
+    let log = backup(&fx.config_path, "with a lost answer");
+    assert_eq!(proxy.stats(rule).injected, 1, "the answer was lost");
+    assert!(!log.contains("written by someone else"), "{log}");
+    assert_chain_consistent(&fx, 2, "after the lost answer").await;
+    assert!(matches!(record(&fx).await.cycle.phase, Phase::Done { .. }));
 }
