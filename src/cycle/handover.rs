@@ -52,8 +52,8 @@ pub struct AzureRecord {
 pub enum Handover {
     /// Nothing to change: the local open cycle (if any) is resumed, or a new one opened.
     KeepLocal,
-    /// The local open cycle is stale (another owner finished or abandoned it, or Azure's
-    /// record is of another source or backup): abandoned, never resumed.
+    /// The local open cycle is stale (the disk moved past it under another owner, or it
+    /// never ran a step): abandoned, never resumed.
     AbandonLocal,
     /// Azure's cycle becomes the local current cycle, open or finished (the local open one,
     /// if any, abandoned: of another tag, or the same cycle where another owner went
@@ -62,9 +62,9 @@ pub enum Handover {
 }
 
 /// The pure decision. `azure` is the record in the lock blob, already checked to be bound to
-/// the disk's current source, backup and chain (`None`: no record, or one of another binding,
-/// see [`Runner::take_over`]); `finished_locally` says whether the local state finished
-/// Azure's cycle; `me` is this installation's [`DiskLease::writer`].
+/// the disk's current source, backup and chain (no record, or one of another binding, is
+/// handled before: see [`Runner::take_over`]); `finished_locally` says whether the local
+/// state finished Azure's cycle; `me` is this installation's [`DiskLease::writer`].
 pub fn decide(
     local_open: Option<&CycleRecord>,
     azure: &AzureRecord,
