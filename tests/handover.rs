@@ -406,3 +406,48 @@ async fn a_record_write_whose_answer_was_lost_stands() {
     assert_chain_consistent(&fx, 2, "after the lost answer").await;
     assert!(matches!(record(&fx).await.cycle.phase, Phase::Done { .. }));
 }
+
+/// A record bound to another source follows the rebind rules, seen from Azure: replica B,
+/// configured with a new source for the disk, sweeps the old source's snapshots of the chain
+/// and seeds a new chain; earlier restore points stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_another_source_starts_a_new_chain() {
+    let fx = Fixture::new(&["disk1"]);
+    let blobs = fx.blobs();
+    let (old, new) = (fx.source("disk1"), fx.source("other"));
+    create_disk(blobs.as_ref(), &old, MIB).await;
+    write(blobs.as_ref(), &old, 0, &[1u8; 64 * 1024]).await;
+    backup(&fx.config_path, "A");
+    assert_eq!(tagged_snapshots(blobs.as_ref(), &old).await.len(), 1);
+    create_disk(blobs.as_ref(), &new, MIB).await;
+    write(blobs.as_ref(), &new, 0, &[2u8; 128 * 1024]).await;
+    let b = replica_b(&fx);
+    let text = std::fs::read_to_string(&b).unwrap();
+    std::fs::write(
+        &b,
+        text.replace("premium/vhds/disk1.vhd", "premium/vhds/other.vhd"),
+    )
+    .unwrap();
+
+    let log = backup(&b, "B, re-pointed");
+    assert!(
+        log.contains("record in Azure is of another source or backup"),
+        "{log}"
+    );
+    assert!(
+        tagged_snapshots(blobs.as_ref(), &old).await.is_empty(),
+        "the old source's snapshot is swept"
+    );
+    let rps = restore_points(&fx).await;
+    assert_eq!(rps.len(), 2, "{rps:?}");
+    let on_new = tagged_snapshots(blobs.as_ref(), &new).await;
+    assert_eq!(on_new.len(), 1);
+    assert_eq!(
+        rps[1].2, on_new[0],
+        "the new restore point is of the new source"
+    );
+    let got = content(blobs.as_ref(), &fx.backup("disk1"), Some(&rps[1].0)).await;
+    let want = content(blobs.as_ref(), &new, Some(&on_new[0])).await;
+    assert!(got == want, "the new restore point equals the new source");
+    assert_eq!(record(&fx).await.source, "premium/vhds/other.vhd");
+}
