@@ -5,6 +5,7 @@
 
 use crate::blobs::{BlobRef, BlobResult, Metadata};
 use async_trait::async_trait;
+use bytes::Bytes;
 
 #[async_trait]
 pub trait LeaseBlobs: Send + Sync {
@@ -24,11 +25,26 @@ pub trait LeaseBlobs: Send + Sync {
     async fn release_lease(&self, blob: &BlobRef, lease_id: &str) -> BlobResult<()>;
 
     /// Set Blob Metadata under our lease (a write without the lease id is refused by the
-    /// service, so only the holder can say who holds it).
+    /// service, so only the holder can say who holds it). Returns the blob's new ETag.
     async fn set_leased_metadata(
         &self,
         blob: &BlobRef,
         lease_id: &str,
         metadata: &Metadata,
-    ) -> BlobResult<()>;
+    ) -> BlobResult<String>;
+
+    /// The lock blob's ETag and body (empty when it has none); `None` if it does not exist.
+    async fn read_lock_blob(&self, blob: &BlobRef) -> BlobResult<Option<(String, Bytes)>>;
+
+    /// Put Blob under our lease, `If-Match: if_match`: replaces the body and the metadata
+    /// (Put Blob keeps none of the old metadata, so `metadata` is all of it). Returns the new
+    /// ETag. Someone else's lease, no lease, or another ETag: `PreconditionFailed` (412).
+    async fn put_leased_body(
+        &self,
+        blob: &BlobRef,
+        lease_id: &str,
+        if_match: &str,
+        body: Bytes,
+        metadata: &Metadata,
+    ) -> BlobResult<String>;
 }

@@ -12,12 +12,18 @@
 //! someone else take it; it then cancels the cycle's stop token, and the runner stops at its
 //! next checkpoint, before the backup snapshot (so no restore point is made by a process that
 //! is no longer sure to own the disk).
+//!
+//! The lock blob's body holds the disk's open cycle (see `cycle::handover`), so that whoever
+//! takes the lease next resumes it: read here when the lease is taken, written only under the
+//! lease and `If-Match` the ETag this owner's last write left ([`DiskLease::write_record`]).
 
 use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs};
 use crate::lease::LeaseBlobs;
 use crate::model::tags;
+use crate::pages::ByteRange;
+use bytes::Bytes;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +52,27 @@ pub enum OwnershipError {
         disk: String,
         blob: BlobRef,
         source: BlobError,
+    },
+    /// A write of the disk's record was refused: another ETag (someone else wrote it), or the
+    /// lease is no longer ours. The cycle stops; whoever holds the lease carries on.
+    #[error(
+        "disk {disk}: the record in lock blob {blob} was written by someone else or the lease \
+         is no longer ours ({source}); the cycle stops"
+    )]
+    Overwritten {
+        disk: String,
+        blob: BlobRef,
+        source: BlobError,
+    },
+    /// The lock blob's body cannot be read as a record of the disk's open cycle.
+    #[error(
+        "disk {disk}: lock blob {blob}: {reason}; refusing to guess the open cycle (see \
+         docs/design.md, \"Where the state lives\")"
+    )]
+    BadRecord {
+        disk: String,
+        blob: BlobRef,
+        reason: String,
     },
 }
 
@@ -85,6 +112,11 @@ pub struct DiskLease {
     last_cycle: Option<String>,
     /// The disk's chain id: kept in the lock blob, minted by the first owner.
     chain: String,
+    /// The lock blob's body as read when the lease was taken, then as this owner last wrote
+    /// it (empty: no record).
+    record: Mutex<Bytes>,
+    /// The ETag of this owner's last write: the next write is `If-Match` on it.
+    etag: Mutex<String>,
 }
 
 impl DiskLease {
@@ -127,20 +159,27 @@ impl DiskLease {
             }
             Err(e) => return Err(err(e)),
         }
-        let (last_cycle, chain) = match blobs.properties(&blob, None).await {
-            Ok(p) => {
-                let m = p.map(|p| p.metadata).unwrap_or_default();
-                (
-                    tags::cycle(&m).map(str::to_string),
-                    tags::chain(&m).map(str::to_string),
-                )
-            }
+        // The metadata (holder, cycle, chain), then the body (the open cycle's record).
+        let read = async {
+            let props = blobs.properties(&blob, None).await?;
+            let size = props.as_ref().map_or(0, |p| p.size);
+            let body = match size {
+                0 => Bytes::new(),
+                n => blobs.read(&blob, None, ByteRange::new(0, n)).await?,
+            };
+            Ok::<_, BlobError>((props.map(|p| p.metadata).unwrap_or_default(), body))
+        };
+        let (meta, record) = match read.await {
+            Ok(r) => r,
             Err(e) => {
                 let _ = leases.release_lease(&blob, &id).await;
                 return Err(err(e));
             }
         };
-        let chain = chain.unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        let last_cycle = tags::cycle(&meta).map(str::to_string);
+        let chain = tags::chain(&meta)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         let lease = |leases: Arc<dyn LeaseBlobs>, lost: CancellationToken| DiskLease {
             renewer: tokio::spawn(renew(
                 leases.clone(),
@@ -157,12 +196,17 @@ impl DiskLease {
             holder: holder.to_string(),
             last_cycle,
             chain,
+            record: Mutex::new(record),
+            etag: Mutex::new(String::new()),
         };
         let held = lease(leases.clone(), CancellationToken::new());
         let named = tags::lock_holder(holder, held.last_cycle.as_deref(), &held.chain);
-        if let Err(e) = leases.set_leased_metadata(&blob, &id, &named).await {
-            held.release().await;
-            return Err(err(e));
+        match leases.set_leased_metadata(&blob, &id, &named).await {
+            Ok(etag) => *lock(&held.etag) = etag,
+            Err(e) => {
+                held.release().await;
+                return Err(err(e));
+            }
         }
         Ok(held)
     }
@@ -177,20 +221,65 @@ impl DiskLease {
         &self.chain
     }
 
-    /// Records in the lock blob that this owner now runs cycle `tag`.
-    pub async fn record_cycle(&self, disk: &str, tag: &str) -> Result<(), OwnershipError> {
-        self.leases
-            .set_leased_metadata(
-                &self.blob,
-                &self.id,
-                &tags::lock_holder(&self.holder, Some(tag), &self.chain),
-            )
+    /// The lock blob's body: the record of the disk's cycle as the previous owner (or this
+    /// one) last wrote it; empty when none was ever written.
+    pub fn record(&self) -> Bytes {
+        lock(&self.record).clone()
+    }
+
+    /// Who writes under this lease, as recorded in the body: a fingerprint of the lease id,
+    /// the same for every process of one installation (state directory) and different for
+    /// any other, without giving the lease id itself away to readers of the blob.
+    pub fn writer(&self) -> String {
+        format!("{:016x}", crate::pages::crc64(self.id.as_bytes()))
+    }
+
+    /// Writes `body` (the record of cycle `tag`) as the lock blob's body, under the lease and
+    /// `If-Match` the ETag this owner's last write left; the metadata (holder, cycle, chain)
+    /// is written again with it, since Put Blob replaces it. A refused write
+    /// ([`OwnershipError::Overwritten`]) means another owner wrote or holds the lease.
+    pub async fn write_record(
+        &self,
+        disk: &str,
+        tag: &str,
+        body: Bytes,
+    ) -> Result<(), OwnershipError> {
+        let meta = tags::lock_holder(&self.holder, Some(tag), &self.chain);
+        let expected = lock(&self.etag).clone();
+        match self
+            .leases
+            .put_leased_body(&self.blob, &self.id, &expected, body.clone(), &meta)
             .await
-            .map_err(|source| OwnershipError::Blob {
+        {
+            Ok(etag) => {
+                *lock(&self.etag) = etag;
+                *lock(&self.record) = body;
+                Ok(())
+            }
+            Err(source) if source.kind == ErrorKind::PreconditionFailed => {
+                // The storage client retries a write whose answer was lost, and the retry
+                // meets the ETag of the write that landed: then the blob holds exactly this
+                // body (which names this installation as its writer), and the write stands.
+                if let Ok(Some((etag, now))) = self.leases.read_lock_blob(&self.blob).await {
+                    if now == body {
+                        tracing::debug!(blob = %self.blob, "a retried record write found its first try applied");
+                        *lock(&self.etag) = etag;
+                        *lock(&self.record) = body;
+                        return Ok(());
+                    }
+                }
+                Err(OwnershipError::Overwritten {
+                    disk: disk.to_string(),
+                    blob: self.blob.clone(),
+                    source,
+                })
+            }
+            Err(source) => Err(OwnershipError::Blob {
                 disk: disk.to_string(),
                 blob: self.blob.clone(),
                 source,
-            })
+            }),
+        }
     }
 
     /// Whether the lease was lost while held (the cycle was fenced).
@@ -220,6 +309,11 @@ impl DiskLease {
             }
         }
     }
+}
+
+/// A mutex whose holder panicked still holds a usable value (a string, bytes).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Renews every [`RENEW_EVERY`]; on a failed or unanswered renewal, marks the lease lost and

@@ -590,31 +590,9 @@ impl App {
         runner.adopt_backup = disk.adopt_existing_backup;
         if let Some(lease) = lease {
             runner.chain = Some(lease.chain().to_string());
-            self.adopt_current_cycle(disk, lease, &runner).await?;
+            runner.lease = Some(lease);
         }
         runner.run_cycle().await
-    }
-
-    /// Under the disk's lease: gives up this process's unfinished cycle if another owner ran
-    /// a cycle since (its snapshots, phase and checkpoint describe a backup that has moved
-    /// on: resuming it could label someone else's base as its restore point), then records
-    /// in the lock blob the cycle this process runs now.
-    async fn adopt_current_cycle(
-        &self,
-        disk: &DiskConfig,
-        lease: &DiskLease,
-        runner: &Runner<'_>,
-    ) -> Result<(), CycleError> {
-        let name = &disk.name;
-        if let (Some(open), Some(last)) = (self.store.open_cycle(name)?, lease.last_cycle()) {
-            if open.tag != last {
-                tracing::warn!(disk = %name, cycle = %open.tag, current = %last, "another owner ran cycles since this unfinished cycle stopped; abandoning it (its source snapshot is swept by the next prune)");
-                self.store.abandon_cycle(open.id)?;
-            }
-        }
-        let rec = runner.open_or_resume().await?;
-        lease.record_cycle(name, &rec.tag).await?;
-        Ok(())
     }
 
     /// Runs one cycle for each disk, at most `max_concurrent_cycles` at a time.

@@ -1,10 +1,11 @@
-//! [`LeaseBlobs`] over the storage SDK: Put Blob (If-None-Match: *), Lease Blob and Set Blob
-//! Metadata with the lease id.
+//! [`LeaseBlobs`] over the storage SDK: Put Blob (If-None-Match: *), Lease Blob, and Set Blob
+//! Metadata and Put Blob (If-Match) with the lease id.
 
-use super::{map_err, AzureBlobs};
+use super::{etag_string, map_err, AzureBlobs};
 use crate::blob_error::ErrorKind as Kind;
-use crate::blobs::{BlobRef, BlobResult, Metadata, Resource};
+use crate::blobs::{BlobRef, BlobResult, Metadata, PageBlobs, Resource};
 use crate::lease::LeaseBlobs;
+use crate::pages::ByteRange;
 use async_trait::async_trait;
 use azure_core::http::RequestContent;
 use azure_storage_blob::models::{BlobClientSetMetadataOptions, BlockBlobClientUploadOptions};
@@ -62,16 +63,55 @@ impl LeaseBlobs for AzureBlobs {
         blob: &BlobRef,
         lease_id: &str,
         metadata: &Metadata,
-    ) -> BlobResult<()> {
+    ) -> BlobResult<String> {
         let map: HashMap<String, String> = metadata.clone().into_iter().collect();
         let options = BlobClientSetMetadataOptions {
             lease_id: Some(lease_id.to_string()),
             ..Default::default()
         };
-        self.blob_client(blob)?
+        let resp = self
+            .blob_client(blob)?
             .set_metadata(&map, Some(options))
             .await
-            .map(|_| ())
-            .map_err(|e| map_err(Resource::blob(blob), "set lock blob metadata", e))
+            .map_err(|e| map_err(Resource::blob(blob), "set lock blob metadata", e))?;
+        Ok(resp
+            .headers()
+            .get_optional_string(&azure_core::http::headers::ETAG)
+            .unwrap_or_default())
+    }
+
+    async fn read_lock_blob(&self, blob: &BlobRef) -> BlobResult<Option<(String, Bytes)>> {
+        // Two requests, not one Get Blob: a ranged download of an empty blob is refused (416).
+        let Some(props) = PageBlobs::properties(self, blob, None).await? else {
+            return Ok(None);
+        };
+        let body = match props.size {
+            0 => Bytes::new(),
+            n => PageBlobs::read(self, blob, None, ByteRange::new(0, n)).await?,
+        };
+        Ok(Some((props.etag, body)))
+    }
+
+    async fn put_leased_body(
+        &self,
+        blob: &BlobRef,
+        lease_id: &str,
+        if_match: &str,
+        body: Bytes,
+        metadata: &Metadata,
+    ) -> BlobResult<String> {
+        let options = BlockBlobClientUploadOptions {
+            lease_id: Some(lease_id.to_string()),
+            if_match: Some(if_match.to_string().into()),
+            metadata: Some(metadata.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        let content = <RequestContent<Bytes, _> as From<Bytes>>::from(body);
+        let resp = self
+            .blob_client(blob)?
+            .upload(content, Some(options))
+            .await
+            .map_err(|e| map_err(Resource::blob(blob), "write the disk's state", e))?;
+        Ok(etag_string(resp.etag))
     }
 }

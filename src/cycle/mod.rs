@@ -1,10 +1,12 @@
 //! One backup cycle of one disk: the pure state machine ([`machine`]), its executor
 //! ([`runner`], with the apply phase in [`apply`] and the seed copy in [`seed`]), how a cycle
-//! fails ([`error`]) and a request meter ([`metered`]).
+//! fails ([`error`]), a request meter ([`metered`]) and the open cycle's record kept in
+//! the disk's lock blob ([`handover`]).
 
 pub mod apply;
 pub mod error;
 pub mod find_or_make;
+pub mod handover;
 pub mod machine;
 pub mod metered;
 pub mod progress;

@@ -13,10 +13,11 @@ use super::progress::Progress;
 use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs, Resource};
 use crate::config::{CopyMode, DiskSource};
 use crate::model::{tags, Clock, SnapshotId};
+use crate::ownership::DiskLease;
 use crate::source::{PageBlobSource, Source};
 use crate::state::StateStore;
 use std::sync::atomic::AtomicU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +62,11 @@ pub struct Runner<'a> {
     /// The disk's chain id (from its lock blob, see `ownership`): tagged on every snapshot
     /// and backup base this runner makes; prune sweeps only this chain's source snapshots.
     pub chain: Option<String>,
+    /// The disk's lease, when storage has leases: the open cycle's record is kept in its lock
+    /// blob (see `handover`), read before a cycle is opened and written as it moves on.
+    pub lease: Option<&'a DiskLease>,
+    /// The newest apply checkpoint saved locally and not yet written to the lock blob.
+    unpublished: Mutex<Option<CycleRecord>>,
 }
 
 /// The source a runner reads: the page blob of its [`DiskSpec`], or the one it was given.
@@ -99,6 +105,8 @@ impl<'a> Runner<'a> {
             adopt_backup: false,
             other_source: None,
             chain: None,
+            lease: None,
+            unpublished: Mutex::new(None),
         }
     }
 
@@ -142,22 +150,33 @@ impl<'a> Runner<'a> {
     /// The disk's unfinished cycle, or a new one (invariant 1: never two at once). A cycle is
     /// bound to the source and backup it started with: when the config names others, it is
     /// abandoned first (see [`Runner::rebind`]).
+    ///
+    /// Under a lease, the record in the disk's lock blob is reconciled first (Azure's open
+    /// cycle is resumed here; a local one the disk moved past is abandoned: see
+    /// [`Runner::take_over`]), and the cycle opened or resumed is recorded there before its
+    /// first step.
     pub async fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
         let d = self.disk;
         self.rebind().await?;
-        let state =
-            self.store
-                .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
-        if let Some(rec) = self.store.open_cycle(&d.name)? {
-            return Ok(rec);
-        }
-        let local = state.base_snapshot.map(|s| DiffBase {
-            snapshot: SnapshotId::new(s),
-            backup_etag: state.backup_etag,
-        });
-        let base = self.chain_from_azure(local).await?;
-        let rec = CycleRecord::new(&d.name, random_tag(), base, self.now());
-        Ok(self.store.insert_cycle(rec)?)
+        self.store
+            .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
+        self.take_over().await?;
+        let rec = match self.store.open_cycle(&d.name)? {
+            Some(rec) => rec,
+            None => {
+                // Read after the takeover, which may have moved the chain on.
+                let state = self.store.disk(&d.name)?.unwrap_or_default();
+                let local = state.base_snapshot.map(|s| DiffBase {
+                    snapshot: SnapshotId::new(s),
+                    backup_etag: state.backup_etag,
+                });
+                let base = self.chain_from_azure(local).await?;
+                let rec = CycleRecord::new(&d.name, random_tag(), base, self.now());
+                self.store.insert_cycle(rec)?
+            }
+        };
+        self.publish(&rec).await?;
+        Ok(rec)
     }
 
     /// The disk was re-pointed (config `source` or `backup` differs from what the state
@@ -181,21 +200,7 @@ impl<'a> Runner<'a> {
                 // source under the same disk name.
                 let old_source =
                     PageBlobSource::new(&self.blobs, &old).in_chain(self.chain.as_deref());
-                let sweep = async {
-                    for s in old_source.own_snapshots(&d.name).await? {
-                        old_source.delete_snapshot(&s).await?;
-                    }
-                    Ok::<_, BlobError>(())
-                };
-                match sweep.await {
-                    Ok(()) => {}
-                    // The old source is gone, or its account is no longer configured: there
-                    // is nothing snapback can delete.
-                    Err(e) if e.is_not_found() || e.kind == ErrorKind::Unusable => {
-                        tracing::warn!(disk = %d.name, error = %e, "cannot sweep the old source's snapshots")
-                    }
-                    Err(e) => return Err(self.blob_err(e)),
-                }
+                self.sweep(&old_source).await?;
             }
             Err(e) => {
                 tracing::warn!(disk = %d.name, old_source = %prev.source, error = %e, "old source not recognised; its snapshots are not swept")
@@ -205,6 +210,27 @@ impl<'a> Runner<'a> {
             self.store.abandon_cycle(open.id)?;
         }
         Ok(())
+    }
+
+    /// Deletes the disk's snapback snapshots of a source it no longer backs up.
+    pub(super) async fn sweep(&self, old_source: &dyn Source) -> Result<(), CycleError> {
+        let d = self.disk;
+        let sweep = async {
+            for s in old_source.own_snapshots(&d.name).await? {
+                old_source.delete_snapshot(&s).await?;
+            }
+            Ok::<_, BlobError>(())
+        };
+        match sweep.await {
+            Ok(()) => Ok(()),
+            // The old source is gone, or its account is no longer configured: there is
+            // nothing snapback can delete.
+            Err(e) if e.is_not_found() || e.kind == ErrorKind::Unusable => {
+                tracing::warn!(disk = %d.name, error = %e, "cannot sweep the old source's snapshots");
+                Ok(())
+            }
+            Err(e) => Err(self.blob_err(e)),
+        }
     }
 
     /// The diff base of a new cycle, from Azure's tags rather than the state alone: the
@@ -306,9 +332,22 @@ impl<'a> Runner<'a> {
         }
         // Dropping an action midway is as safe as a crash (each is reconciled or idempotent),
         // so a stop request does not wait for a slow request or a long copy. Apply stops on
-        // its own, after saving its checkpoint.
+        // its own, after saving its checkpoint; beside it, its checkpoints go to the lock
+        // blob every few seconds (a refused write drops the apply).
         let outcome = if matches!(action, Action::ApplyDiff { .. }) {
-            self.execute(action, rec).await?
+            let applied = tokio::select! {
+                r = self.execute(action, rec) => r,
+                e = self.publish_checkpoints() => Err(e),
+            };
+            match applied {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    if !matches!(e, CycleError::Ownership(_)) {
+                        self.flush_checkpoint().await;
+                    }
+                    return Err(e);
+                }
+            }
         } else {
             let mut work = rec.clone();
             let outcome = tokio::select! {
@@ -319,6 +358,8 @@ impl<'a> Runner<'a> {
             outcome
         };
         self.commit(rec, outcome)?;
+        self.take_unpublished();
+        self.publish(rec).await?;
         failpoint_after_step().await;
         Ok(!rec.is_done())
     }
@@ -333,7 +374,16 @@ impl<'a> Runner<'a> {
         rec.stats.requests += requests + source_requests;
         rec.stats.ranges += ranges + source_ranges;
         self.store.save_cycle(rec, self.now())?;
+        *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec.clone());
         Ok(())
+    }
+
+    /// The newest record saved since the last write to the lock blob, if any.
+    pub(super) fn take_unpublished(&self) -> Option<CycleRecord> {
+        self.unpublished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Persists apply progress: everything below `upto` is in the backup.

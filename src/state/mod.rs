@@ -285,6 +285,44 @@ impl StateStore {
         Ok(())
     }
 
+    /// Makes `rec`, a cycle record read from Azure (see `cycle::handover`), the disk's current
+    /// cycle, in one transaction: the local open cycle, if any, is abandoned (`done = 2`, kept
+    /// as history) and `rec` inserted, open or finished; a finished one records its restore
+    /// point and moves the chain forward as [`StateStore::save_cycle`] does. Returns it with
+    /// its new row id.
+    pub fn import_cycle(&self, mut rec: CycleRecord, now: i64) -> StateResult<CycleRecord> {
+        let json = encode(&rec);
+        rec.id = self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "UPDATE cycles SET done = 2 WHERE disk = ?1 AND done = 0",
+                params![rec.disk],
+            )?;
+            tx.execute(
+                "INSERT INTO cycles (disk, done, record) VALUES (?1, ?2, ?3)",
+                params![rec.disk, rec.is_done(), json],
+            )?;
+            let id = tx.last_insert_rowid();
+            record_outcome(&tx, &CycleRecord { id, ..rec.clone() }, now)?;
+            tx.commit()?;
+            Ok(id)
+        })?;
+        Ok(rec)
+    }
+
+    /// Whether the disk has a finished cycle tagged `tag` (a cycle this state saw to its end
+    /// is never opened again, whatever an older record elsewhere says).
+    pub fn finished(&self, disk: &str, tag: &str) -> StateResult<bool> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM cycles WHERE disk = ?1 AND done = 1 \
+                 AND json_extract(record, '$.tag') = ?2)",
+                params![disk, tag],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// Forgets a restore point (after retention deleted its snapshot).
     pub fn delete_restore_point(&self, disk: &str, snapshot: &str) -> StateResult<()> {
         self.with(|c| {

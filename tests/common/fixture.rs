@@ -250,3 +250,44 @@ pub fn account_sas(account: &str, key: &str, sp: &str) -> String {
         .append_pair("sig", &sig)
         .finish()
 }
+
+/// The test's own SDK client for `blob`, signed with the account's Shared Key: for requests
+/// snapback's storage traits do not make (breaking a lease, writing a lock blob by hand).
+pub fn sdk_blob_client(fx: &Fixture, blob: &BlobRef) -> azure_storage_blob::BlobClient {
+    use azure_core::http::ClientOptions;
+    use snapback::azure::shared_key::{AccountKey, SharedKeyPolicy};
+    let mut client_options = ClientOptions::default();
+    client_options.per_try_policies.push(SharedKeyPolicy::new(
+        &blob.account,
+        AccountKey::from_base64(&fx.azurite.key(&blob.account)).expect("test key"),
+    ));
+    let service = azure_storage_blob::BlobServiceClient::new(
+        fx.azurite
+            .endpoint(&blob.account)
+            .parse()
+            .expect("endpoint URL"),
+        None,
+        Some(azure_storage_blob::BlobServiceClientOptions {
+            client_options,
+            ..Default::default()
+        }),
+    )
+    .expect("blob service client");
+    service
+        .blob_container_client(&blob.container)
+        .blob_client(&blob.blob)
+}
+
+/// Breaks the lease on `blob` at once (Lease Blob `x-ms-lease-action: break`,
+/// `x-ms-lease-break-period: 0`): what the expiry of a dead owner's lease does, without
+/// waiting for it.
+pub async fn break_lease(fx: &Fixture, blob: &BlobRef) {
+    let options = azure_storage_blob::models::BlobClientBreakLeaseOptions {
+        break_period: Some(0),
+        ..Default::default()
+    };
+    sdk_blob_client(fx, blob)
+        .break_lease(Some(options))
+        .await
+        .expect("break the lease");
+}
