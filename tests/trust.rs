@@ -382,6 +382,69 @@ async fn foreign_write_before_the_backup_snapshot_is_never_a_restore_point() {
     );
 }
 
+/// A cycle stopped mid-apply by SIGTERM (as a backup window's end stops it) lets its running
+/// writes finish and records the backup's ETag; someone then writes to the backup base while
+/// the cycle is parked. The resumed apply compares the ETag before its first write: it
+/// re-seeds (the reason names the blob and both ETags) instead of applying the rest of the
+/// diff onto a base that is no longer what the chain left, and its restore point equals its
+/// source snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_write_while_apply_is_stopped_makes_the_resume_reseed() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0x5709);
+    seeded_disk(&fx, "d1", 8 * MIB, &mut rng).await;
+    // Sixteen separate changes in the first 4 MiB (apart enough to be read separately):
+    // sixteen batches of one Put Page each, slowed down.
+    for i in 0..16 {
+        let at = i * 256 * 1024;
+        write(blobs.as_ref(), &fx.source("d1"), at, &rng.bytes(64 * 1024)).await;
+    }
+    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(700))).op(Op::PutPage));
+    let mut child = fx
+        .command(&["backup", "d1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backup");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.count(Op::PutPage) < 6 {
+        assert!(Instant::now() < deadline, "no Put Page within 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "backup ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let stopped = child.wait_with_output().expect("reap");
+    eprintln!("stopped mid-apply: {}", text(&stopped));
+    assert!(
+        text(&stopped).contains("stopped at a checkpoint (phase apply)"),
+        "the run stopped in apply: {}",
+        text(&stopped)
+    );
+    proxy.clear_rules();
+    // The foreign write: over the first change, which the stopped run applied (below its
+    // checkpoint), so a resumed diff would never rewrite it.
+    write(blobs.as_ref(), &fx.backup("d1"), 0, &rng.bytes(64 * 1024)).await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "resumed cycle");
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "the restore point equals its source snapshot",
+    );
+    let log = text(&out);
+    assert!(
+        log.contains("written by someone else while this cycle's apply was stopped")
+            && log.contains("backups/d1")
+            && log.contains("instead of"),
+        "the re-seed names the blob and both ETags: {log}"
+    );
+}
+
 // ----------------------------------------------------------- (4) SAS leak --
 
 const SAS_SIG: &str = "c2VjcmV0LXNpZ25hdHVyZS1vZi10aGUtdGVzdA%3D%3D";

@@ -383,7 +383,13 @@ impl<'a> Runner<'a> {
                 base,
                 size,
                 from,
-            } => return self.apply(rec, &source, base.as_ref(), size, from).await,
+                expected_backup_etag,
+            } => {
+                let expected = expected_backup_etag.as_deref();
+                return self
+                    .apply(rec, &source, base.as_ref(), size, from, expected)
+                    .await;
+            }
             Action::StartCopy { source } => {
                 if !rec.backup_touched {
                     self.check_backup_is_ours().await?;
