@@ -212,6 +212,14 @@ impl BlobError {
         matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
     }
 
+    /// No complete answer came (the connection dropped, was cut mid-body or timed out): the
+    /// storage client's retry policy re-sends a request that got no answer at all, but not
+    /// one whose body was cut after its headers arrived, so an idempotent read is tried again
+    /// by the caller ([`ErrorKind::Transient`] without an HTTP status).
+    pub fn is_unanswered(&self) -> bool {
+        self.kind == ErrorKind::Transient && self.status.is_none()
+    }
+
     /// The service (or the account setup) refuses server-side copy: Put Page From URL is not
     /// implemented or not supported, the source is not readable by the destination service
     /// (401/403 on the copy, `CannotVerifyCopySource`), or no read access can be granted.

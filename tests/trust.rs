@@ -953,7 +953,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// A read whose answer is cut mid-body (connection reset after half the bytes) is a transient
 /// fault like a 503: retried inside the cycle, which then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a Get Blob answer cut mid-body is not retried: the cycle fails (`end of file before message length reached`)"]
 async fn read_cut_mid_answer_is_retried_within_the_cycle() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x9);
