@@ -975,6 +975,37 @@ async fn read_cut_mid_answer_is_retried_within_the_cycle() {
     succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
 }
 
+/// A write the service never answers (the connection stays silent) ends by the client's
+/// read-idle timeout (`azure::http::READ_IDLE_TIMEOUT`, 30 s) and is sent again by the retry
+/// policy, like any transient failure: the cycle completes instead of hanging until the
+/// connection drops (the stall here lasts 10 minutes; the SDK's own default timeout was 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_times_out_and_is_retried() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x57a1);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    let stall = proxy.add(
+        Rule::new(Fault::Stall(Duration::from_secs(600)))
+            .op(Op::PutPage)
+            .nth(1, 1),
+    );
+    let t = Instant::now();
+    let out = run(&fx, &["backup", "d1"]);
+    let took = t.elapsed();
+    eprintln!(
+        "backup with one Put Page stalled: exit {:?} after {took:?}",
+        out.status.code()
+    );
+    assert_eq!(proxy.stats(stall).injected, 1);
+    succeeded(&out, "the cycle completes");
+    assert!(
+        took >= snapback::azure::http::READ_IDLE_TIMEOUT && took < Duration::from_secs(55),
+        "the stalled request ended by the 30 s read-idle timeout ({took:?})"
+    );
+    succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
+}
+
 /// An older premium account refuses reads of snapshots (400 `InvalidOperation` on Get Page
 /// Ranges or Get Blob of the source snapshot): the cycle fails with an error naming that
 /// restriction and the way out (`copy_mode = "server"`), and makes no restore point.

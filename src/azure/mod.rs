@@ -12,6 +12,7 @@
 //! sent once ([`AzureBlobs::blob_client_once`]) and the cycle retries them only after looking
 //! for what the lost attempt may have made (`cycle::runner`).
 
+pub mod http;
 mod lease;
 pub mod page_list;
 mod preflight;
@@ -29,8 +30,8 @@ use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::policies::Policy;
 use azure_core::http::{
-    new_http_client, ClientOptions, Context, ExponentialRetryOptions, HttpClientOptions, Method,
-    Pipeline, Request, RequestContent, RetryOptions, Transport, Url,
+    ClientOptions, Context, ExponentialRetryOptions, Method, Pipeline, Request, RequestContent,
+    RetryOptions, Url,
 };
 use azure_storage_blob::models::{
     BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
@@ -115,13 +116,9 @@ impl AzureBlobs {
     /// environment or files the config names; errors name the account and the variable or
     /// file, never the secret, and are reported when the account is used.
     pub fn new<'a>(accounts: impl IntoIterator<Item = &'a AccountConfig>) -> Self {
-        crate::tls::install_provider();
         // One HTTP client for all accounts: each SDK client would otherwise make its own
-        // connection pool. Decompression off, as the blob SDK requires for ranged reads.
-        let http = HttpClientOptions {
-            automatic_decompression: false,
-        };
-        let transport = Transport::new(new_http_client(Some(http)));
+        // connection pool.
+        let transport = http::transport();
         let mut out = HashMap::new();
         for cfg in accounts {
             let auth = match load_auth(cfg) {
