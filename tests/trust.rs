@@ -975,6 +975,45 @@ async fn read_cut_mid_answer_is_retried_within_the_cycle() {
     succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
 }
 
+/// The source is overwritten whole (Put Blob over it, as a re-imaged disk would be) after
+/// the last restore point: Azure refuses any diff against a snapshot taken before
+/// (409 `PreviousSnapshotOperationNotSupported`; Azurite through the project's extension).
+/// The cycle re-seeds, naming the source, instead of failing the same way every run; the
+/// next cycle is incremental again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_overwritten_by_put_blob_is_reseeded() {
+    let fx = Fixture::new(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0x0b10);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    create_disk(blobs.as_ref(), &fx.source("d1"), 4 * MIB).await;
+    write(
+        blobs.as_ref(),
+        &fx.source("d1"),
+        MIB,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "the cycle after the overwrite");
+    let log = text(&out);
+    assert!(
+        log.contains("premium/vhds/d1.vhd was overwritten") && log.contains("kind=\"seed\""),
+        "a re-seed naming the source: {log}"
+    );
+    succeeded(&run(&fx, &["verify", "d1"]), "the re-seed verifies");
+    scribble(&fx, "d1", 4 * MIB, 2, &mut rng).await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "the next cycle");
+    assert!(
+        text(&out).contains("kind=\"incremental\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(restore_points(&fx, "d1").len(), 3);
+    succeeded(&run(&fx, &["verify", "d1"]), "the next cycle verifies");
+}
+
 /// A write the service never answers (the connection stays silent) ends by the client's
 /// read-idle timeout (`azure::http::READ_IDLE_TIMEOUT`, 30 s) and is sent again by the retry
 /// policy, like any transient failure: the cycle completes instead of hanging until the

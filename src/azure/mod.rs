@@ -704,8 +704,10 @@ impl PageBlobs for AzureBlobs {
             .await
             .map_err(|e| {
                 let mut err = map_err(Resource::of(blob, query.snapshot), what(), e);
-                // The one code that is about the diff base rather than the listed snapshot.
-                if err.code.as_deref() == Some("PreviousSnapshotNotFound") {
+                // The codes that are about the diff base rather than the listed snapshot.
+                if err.code.as_deref() == Some("PreviousSnapshotNotFound")
+                    || err.kind == Kind::Overwritten
+                {
                     err.resource = Box::new(Resource::of(blob, query.prev_snapshot));
                 }
                 err

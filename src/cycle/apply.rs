@@ -301,6 +301,17 @@ impl Runner<'_> {
             if let Some(e) = failure {
                 self.park(rec, &mut running, &mut finished, head, upto, stats)
                     .await?;
+                // The source was recreated since S(n-1): no diff against it will ever list,
+                // so only a seed restarts the chain.
+                if let Some(base) = base.filter(|_| e.kind == ErrorKind::Overwritten) {
+                    return Ok(Outcome::Repair {
+                        reason: format!(
+                            "source {} was overwritten (Put Blob or Copy Blob) since the diff \
+                             base snapshot {base} was taken: {e}",
+                            self.disk.source
+                        ),
+                    });
+                }
                 // Only a NotFound about the snapshots themselves changes course; a 404 about
                 // the backup blob (e.g. during Put Page From URL) fails the apply.
                 if e.is_not_found() {
