@@ -52,6 +52,9 @@ pub struct ManagedDiskSource {
     /// Storage requests through SAS URLs and diff ranges listed, for the cycle's stats.
     requests: AtomicU64,
     ranges: AtomicU64,
+    /// The backup chain (`snapback_chain`) whose snapshots this source takes and sweeps;
+    /// None (verify, restore, check: no lease, no chain id) sees every snapshot of the disk.
+    chain: Option<String>,
 }
 
 impl ManagedDiskSource {
@@ -70,7 +73,16 @@ impl ManagedDiskSource {
             ready_poll: Duration::from_secs(10),
             requests: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
+            chain: None,
         }
+    }
+
+    /// Snapshots taken are tagged with `chain`; found, released and pruned ones are only
+    /// this chain's (and untagged ones from before chain ids), so two installations backing
+    /// up one disk under one name never delete each other's snapshots.
+    pub fn in_chain(mut self, chain: Option<&str>) -> Self {
+        self.chain = chain.map(str::to_string);
+        self
     }
 
     /// Sets the wait between readiness polls (tests).
@@ -176,14 +188,17 @@ impl ManagedDiskSource {
         }
     }
 
-    /// The disk's snapshots tagged for `disk`, oldest first.
+    /// The disk's snapshots tagged for `disk` (in this source's chain), oldest first.
     async fn tagged(&self, disk: &str) -> BlobResult<Vec<Snapshot>> {
         let mut all = self
             .arm
             .list_snapshots(&self.snapshot_group, &self.disk, None)
             .await
             .map_err(|e| arm_err(&self.disk, e))?;
-        all.retain(|s| tags::disk(&s.tags) == Some(disk));
+        all.retain(|s| match self.chain.as_deref() {
+            Some(chain) => tags::of_chain(&s.tags, disk, Some(chain)),
+            None => tags::disk(&s.tags) == Some(disk),
+        });
         // ISO 8601 times of one format sort as strings; the name breaks ties.
         all.sort_by(|a, b| {
             (&a.properties.time_created, &a.name).cmp(&(&b.properties.time_created, &b.name))
@@ -257,7 +272,11 @@ impl Source for ManagedDiskSource {
             .map_err(|e| arm_err(&self.disk, e))?;
         let snap = self
             .arm
-            .create_incremental_snapshot(&id, &source, &tags::source_snapshot(disk, cycle))
+            .create_incremental_snapshot(
+                &id,
+                &source,
+                &tags::in_chain(tags::source_snapshot(disk, cycle), self.chain.as_deref()),
+            )
             .await
             .map_err(|e| arm_err(&id, e))?;
         self.ready(&id, snap).await
