@@ -29,8 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long a read SAS is asked for. A cycle reads `S(n)` for as long as its apply runs;
-/// access is ended explicitly when the cycle is done, so a long grant does not stay open.
+/// The shortest read SAS asked for. A cycle reads `S(n)` for as long as its apply runs, and
+/// a seed's Copy Blob reads it for the whole copy (longer for a big snapshot:
+/// [`crate::blobs::copy_source_lifetime`]); access is ended explicitly when the cycle is
+/// done, so a long grant does not stay open.
 const READ_SAS_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
 /// How long a snapshot may take to become readable (`completionPercent` 100: Premium SSD v2
@@ -162,9 +164,15 @@ impl ManagedDiskSource {
         if let Some(s) = self.lock().get(&key) {
             return Ok(s.clone());
         }
+        let size = self
+            .get(id)
+            .await?
+            .and_then(|s| s.properties.disk_size_bytes)
+            .unwrap_or(0);
+        let lifetime = crate::blobs::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
         let sas = self
             .arm
-            .begin_get_access(id, Access::Read, READ_SAS_LIFETIME)
+            .begin_get_access(id, Access::Read, lifetime)
             .await
             .map_err(|e| arm_err(id, e))?;
         self.lock().insert(key, sas.clone());

@@ -56,9 +56,10 @@ use std::sync::Arc;
 /// request of a run speaks the same version. ≥ 2020-10-02 is needed for diff pagination.
 const SERVICE_VERSION: &str = "2026-04-06";
 
-/// How long a SAS that snapback mints stays valid: the service reads the source while it
-/// handles one Put Page From URL, or starts a Copy Blob, so a leaked URL exposes one
-/// snapshot, read-only, for minutes.
+/// How long a SAS that snapback mints for one Put Page From URL stays valid: the service
+/// reads the source while it handles that request, so a leaked URL exposes one snapshot,
+/// read-only, for minutes. A Copy Blob's source SAS lives as long as the copy may take
+/// ([`crate::blobs::copy_source_lifetime`]).
 const MINTED_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
 
 /// How far back a minted SAS's start (`st=`) is set: the storage service's clock may be
@@ -265,8 +266,8 @@ impl AzureBlobs {
 
     /// A URL the *other* account's service can read `blob` (or a snapshot) from, for a
     /// server-side copy: a SAS snapback mints with the account key, read-only, for this one
-    /// snapshot (or blob), valid from [`CLOCK_SKEW_ALLOWANCE`] ago for
-    /// [`MINTED_SAS_LIFETIME`], https-only when the account's endpoint is https.
+    /// snapshot (or blob), valid from [`CLOCK_SKEW_ALLOWANCE`] ago for `lifetime`,
+    /// https-only when the account's endpoint is https.
     ///
     /// An account configured with a SAS token gets `NoReadAccess` when `reader` (the blob the
     /// copy writes) is in another account: forwarding that token would hand a long-lived
@@ -279,6 +280,7 @@ impl AzureBlobs {
         blob: &BlobRef,
         snapshot: Option<&str>,
         reader: &BlobRef,
+        lifetime: time::Duration,
     ) -> BlobResult<Url> {
         let account = self.account(blob)?;
         let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
@@ -332,7 +334,7 @@ impl AzureBlobs {
             &blob.blob,
             snapshot,
             Some(&stamp(now - CLOCK_SKEW_ALLOWANCE)?),
-            &stamp(now + MINTED_SAS_LIFETIME)?,
+            &stamp(now + lifetime)?,
             account.root.scheme() == "https",
         );
         let query = match url.query() {
@@ -817,7 +819,7 @@ impl PageBlobs for AzureBlobs {
                 (url, Some(format!("Bearer {}", token.token.secret())))
             }
             _ => (
-                self.readable_source_url(source, source_snapshot, dest)?,
+                self.readable_source_url(source, source_snapshot, dest, MINTED_SAS_LIFETIME)?,
                 None,
             ),
         };
@@ -927,7 +929,16 @@ impl PageBlobs for AzureBlobs {
         metadata: &Metadata,
     ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
-        let url = self.readable_source_url(source, source_snapshot, dest)?;
+        // The service reads the source for the whole (asynchronous) copy: its SAS must
+        // outlive a slow copy of this size.
+        let size = self
+            .properties(source, source_snapshot)
+            .await?
+            .map_or(0, |p| p.size);
+        let lifetime = time::Duration::seconds(
+            i64::try_from(crate::blobs::copy_source_lifetime(size).as_secs()).unwrap_or(i64::MAX),
+        );
+        let url = self.readable_source_url(source, source_snapshot, dest, lifetime)?;
         // No x-ms-meta-* at all means "copy the source's metadata".
         let options = BlobClientStartCopyFromUrlOptions {
             metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),
