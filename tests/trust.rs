@@ -1014,6 +1014,44 @@ async fn a_source_overwritten_by_put_blob_is_reseeded() {
     succeeded(&run(&fx, &["verify", "d1"]), "the next cycle verifies");
 }
 
+/// With `copy_mode = "auto"`, a source account that refuses reads of its snapshots (400
+/// `InvalidOperation`, older premium accounts; here on Get Page Ranges of `S(n)`) does not
+/// fail the cycle: it seeds by Copy Blob, which the backup service reads itself, and the
+/// restore point verifies (with the default `copy_mode`, row 22: a named error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_copy_mode_seeds_by_copy_blob_when_snapshot_reads_are_refused() {
+    let fx = Fixture::with_extra(
+        &common::fixture::disks_toml(&["d1"])
+            .replace("concurrency = 4", "concurrency = 4\ncopy_mode = \"auto\""),
+    );
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    let mut rng = Rng(0xa070);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    let refused = proxy.add(
+        Rule::new(Fault::Status {
+            status: 400,
+            code: "InvalidOperation",
+        })
+        .op(Op::GetPageRanges)
+        .account("premium"),
+    );
+    let copies = proxy.count(Op::CopyBlob);
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "the cycle with snapshot reads refused");
+    assert!(proxy.stats(refused).injected >= 1);
+    assert!(
+        text(&out).contains("seeding by Copy Blob"),
+        "the fallback is logged: {}",
+        text(&out)
+    );
+    assert_eq!(proxy.count(Op::CopyBlob), copies + 1, "one Copy Blob seed");
+    proxy.clear_rules();
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(&run(&fx, &["verify", "d1"]), "the restore point verifies");
+}
+
 /// A write the service never answers (the connection stays silent) ends by the client's
 /// read-idle timeout (`azure::http::READ_IDLE_TIMEOUT`, 30 s) and is sent again by the retry
 /// policy, like any transient failure: the cycle completes instead of hanging until the

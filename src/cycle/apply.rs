@@ -312,6 +312,21 @@ impl Runner<'_> {
                         ),
                     });
                 }
+                // No diff or read of S(n) is allowed; a seed by Copy Blob needs neither (the
+                // service reads the snapshot itself). Only from an incremental apply: a seed
+                // that already fell back to client copy fails with the refusal instead.
+                if base.is_some()
+                    && self.disk.copy_mode == CopyMode::Auto
+                    && self.refuses_snapshot_reads(&e)
+                {
+                    return Ok(Outcome::Repair {
+                        reason: format!(
+                            "the source account refuses reads of snapshot {snapshot} ({e}); \
+                             copy_mode = \"auto\": seeding by Copy Blob, which the backup \
+                             service reads itself"
+                        ),
+                    });
+                }
                 // Only a NotFound about the snapshots themselves changes course; a 404 about
                 // the backup blob (e.g. during Put Page From URL) fails the apply.
                 if e.is_not_found() {
