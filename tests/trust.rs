@@ -56,8 +56,8 @@ fn restore_points(fx: &Fixture, disk: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("list --json")
 }
 
-/// A `size` disk with 1 MiB of random data, seeded by one `backup`.
-async fn seeded_disk(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
+/// A `size` source disk with 1 MiB of random data at its start, not backed up yet.
+async fn source_with_data(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
     let blobs = fx.blobs();
     create_disk(blobs.as_ref(), &fx.source(disk), size).await;
     write(
@@ -67,6 +67,11 @@ async fn seeded_disk(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
         &rng.bytes(MIB as usize),
     )
     .await;
+}
+
+/// A `size` disk with 1 MiB of random data, seeded by one `backup`.
+async fn seeded_disk(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
+    source_with_data(fx, disk, size, rng).await;
     succeeded(&run(fx, &["backup", disk]), "seed");
 }
 
@@ -126,7 +131,12 @@ fn kill_after_steps(fx: &Fixture, disk: &str, steps: usize) {
 
 /// A fixture whose snapback config goes through a fresh fault proxy.
 fn proxied(disks: &[&str]) -> (Fixture, FaultProxy) {
-    let fx = Fixture::new(disks);
+    proxied_with(&common::fixture::disks_toml(disks))
+}
+
+/// A fixture with the disk section `disks_section` (raw TOML) behind a fresh fault proxy.
+fn proxied_with(disks_section: &str) -> (Fixture, FaultProxy) {
+    let fx = Fixture::with_extra(disks_section);
     let proxy = FaultProxy::start(fx.azurite.port());
     fx.route_through(proxy.port());
     (fx, proxy)
@@ -138,14 +148,7 @@ fn proxied(disks: &[&str]) -> (Fixture, FaultProxy) {
 async fn answer_lost_each_cycle(op: Op, account: &str, cycles: usize) {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x1057);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     let mut lost = 0;
     for cycle in 1..=cycles {
         let rule = proxy.add(
@@ -202,14 +205,7 @@ async fn source_snapshot_answer_lost_leaves_one_snapshot_on_the_source() {
 async fn copy_start_answer_lost_starts_one_copy() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0xc0b1);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     let rule = proxy.add(Rule::new(Fault::AnswerLost).op(Op::CopyBlob).nth(1, 1));
     let out = run(&fx, &["backup", "d1"]);
     eprintln!(
@@ -539,14 +535,7 @@ fn sas_signature_never_leaves_with_an_unreachable_endpoint() {
 async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x3);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
     let configs: Vec<_> = (0..3)
         .map(|i| {
@@ -633,14 +622,7 @@ async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
 async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x6);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     proxy.add(
         Rule::new(copy_reported_failed())
             .op(Op::GetBlobProperties)
@@ -697,14 +679,7 @@ async fn seed_copy_source_unreadable_by_the_service_seeds_through_snapback() {
     for status in [403, 404] {
         let (fx, proxy) = proxied(&["d1"]);
         let mut rng = Rng(0x7);
-        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-        write(
-            fx.blobs().as_ref(),
-            &fx.source("d1"),
-            0,
-            &rng.bytes(MIB as usize),
-        )
-        .await;
+        source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
         proxy.add(
             Rule::new(Fault::Status {
                 status,
@@ -744,14 +719,7 @@ async fn premium_snapshot_limits_fail_with_a_named_error_and_pass() {
     ] {
         let (fx, proxy) = proxied(&["d1"]);
         let mut rng = Rng(0x9);
-        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-        write(
-            fx.blobs().as_ref(),
-            &fx.source("d1"),
-            0,
-            &rng.bytes(MIB as usize),
-        )
-        .await;
+        source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
         let rule = proxy.add(
             Rule::new(Fault::Status { status: 409, code })
                 .op(Op::SnapshotBlob)
@@ -1020,12 +988,10 @@ async fn a_source_overwritten_by_put_blob_is_reseeded() {
 /// restore point verifies (with the default `copy_mode`, row 22: a named error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_copy_mode_seeds_by_copy_blob_when_snapshot_reads_are_refused() {
-    let fx = Fixture::with_extra(
+    let (fx, proxy) = proxied_with(
         &common::fixture::disks_toml(&["d1"])
             .replace("concurrency = 4", "concurrency = 4\ncopy_mode = \"auto\""),
     );
-    let proxy = FaultProxy::start(fx.azurite.port());
-    fx.route_through(proxy.port());
     let mut rng = Rng(0xa070);
     seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
     scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
@@ -1091,15 +1057,7 @@ async fn premium_snapshot_read_refused_names_the_restriction() {
     for op in [Op::GetPageRanges, Op::GetBlob] {
         let (fx, proxy) = proxied(&["d1"]);
         let mut rng = Rng(0x4e);
-        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-        write(
-            fx.blobs().as_ref(),
-            &fx.source("d1"),
-            0,
-            &rng.bytes(MIB as usize),
-        )
-        .await;
-        succeeded(&run(&fx, &["backup", "d1"]), "seed");
+        seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
         write(
             fx.blobs().as_ref(),
             &fx.source("d1"),
