@@ -37,6 +37,11 @@ pub enum ErrorKind {
     /// The service answered, but not as the protocol says (missing header, malformed body,
     /// short read).
     BadResponse,
+    /// A diff against this snapshot is impossible: the blob was recreated (Put Blob or Copy
+    /// Blob over it) since the snapshot was taken (409 `PreviousSnapshotOperationNotSupported`,
+    /// `BlobOverwritten`, `BlobGenerationMismatch`). Every later diff against it fails the
+    /// same way: only a full copy starts the chain again.
+    Overwritten,
     /// The storage service cannot be given read access to a copy source (a managed-identity
     /// account cannot mint a SAS); the caller copies through itself instead.
     NoReadAccess,
@@ -147,6 +152,11 @@ impl fmt::Display for BlobError {
             ErrorKind::BadRequest => write!(f, "{r}: request rejected")?,
             ErrorKind::BadResponse => write!(f, "{r}: unexpected response")?,
             ErrorKind::NoReadAccess => write!(f, "{r}: the service cannot be given read access")?,
+            ErrorKind::Overwritten => write!(
+                f,
+                "{r}: the blob was recreated (Put Blob or Copy Blob) since this snapshot; no \
+                 diff against it is possible"
+            )?,
             ErrorKind::Unusable => write!(f, "{r}: cannot make requests")?,
         }
         match (self.status, &self.code) {
@@ -212,6 +222,14 @@ impl BlobError {
         matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
     }
 
+    /// No complete answer came (the connection dropped, was cut mid-body or timed out): the
+    /// storage client's retry policy re-sends a request that got no answer at all, but not
+    /// one whose body was cut after its headers arrived, so an idempotent read is tried again
+    /// by the caller ([`ErrorKind::Transient`] without an HTTP status).
+    pub fn is_unanswered(&self) -> bool {
+        self.kind == ErrorKind::Transient && self.status.is_none()
+    }
+
     /// The service (or the account setup) refuses server-side copy: Put Page From URL is not
     /// implemented or not supported, the source is not readable by the destination service
     /// (401/403 on the copy, `CannotVerifyCopySource`), or no read access can be granted.
@@ -239,6 +257,11 @@ pub fn classify(status: u16, code: Option<&str>) -> ErrorKind {
         (_, "CannotVerifyCopySource" | "FeatureNotSupported" | "NotImplemented") => {
             ErrorKind::Refused
         }
+        // https://learn.microsoft.com/rest/api/storageservices/blob-service-error-codes
+        (
+            _,
+            "PreviousSnapshotOperationNotSupported" | "BlobOverwritten" | "BlobGenerationMismatch",
+        ) => ErrorKind::Overwritten,
         (_, "ServerBusy") | (429, _) => ErrorKind::Throttled,
         (401 | 403, _) => ErrorKind::Auth,
         (404, _) => ErrorKind::NotFound,
@@ -266,6 +289,13 @@ mod tests {
             (404, Some("ContainerNotFound"), NotFound),
             (404, None, NotFound),
             (409, Some("PreviousSnapshotNotFound"), NotFound),
+            (
+                409,
+                Some("PreviousSnapshotOperationNotSupported"),
+                Overwritten,
+            ),
+            (409, Some("BlobOverwritten"), Overwritten),
+            (409, Some("BlobGenerationMismatch"), Overwritten),
             (404, Some("CannotVerifyCopySource"), NotFound),
             (403, Some("CannotVerifyCopySource"), Refused),
             (409, Some("FeatureNotSupported"), Refused),

@@ -178,3 +178,49 @@ pub trait PageBlobs: Send + Sync {
     /// service). Deleting a blob that is already gone succeeds.
     async fn delete_blob(&self, blob: &BlobRef) -> BlobResult<()>;
 }
+
+/// How long the storage service may need to read a copy source of `bytes` (a minted SAS, a
+/// managed snapshot's read access): Copy Blob across accounts is asynchronous and reads its
+/// source for the whole copy, which on Azure has no guaranteed rate. 15 minutes (what one
+/// request needs) plus the size at a conservative 8 MiB/s, at most 7 days (an 8 TiB blob
+/// then needs 14 MiB/s; a copy that outlives its SAS fails and is started again, at most 3
+/// times a run). The source is one snapshot, read-only, deleted by the chain's next prune,
+/// so a longer lifetime exposes nothing more than that snapshot.
+pub fn copy_source_lifetime(bytes: u64) -> std::time::Duration {
+    const FLOOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+    const RATE: u64 = 8 * 1024 * 1024;
+    const CAP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+    (FLOOR + std::time::Duration::from_secs(bytes / RATE)).min(CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_source_lifetime;
+    use std::time::Duration;
+
+    #[test]
+    fn a_copy_source_lives_as_long_as_a_slow_copy_needs_within_a_week() {
+        let min = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(copy_source_lifetime(0), min(15));
+        assert_eq!(copy_source_lifetime(4 << 20), min(15));
+        // 1 TiB at 8 MiB/s: 131,072 s (36.4 h).
+        assert_eq!(
+            copy_source_lifetime(1 << 40),
+            min(15) + Duration::from_secs(131_072)
+        );
+        assert_eq!(
+            copy_source_lifetime(8 << 40),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(
+            copy_source_lifetime(u64::MAX),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        let mut last = Duration::ZERO;
+        for tib in 0..=32u64 {
+            let d = copy_source_lifetime(tib << 40);
+            assert!(d >= last, "never shorter for a bigger source");
+            last = d;
+        }
+    }
+}

@@ -29,8 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long a read SAS is asked for. A cycle reads `S(n)` for as long as its apply runs;
-/// access is ended explicitly when the cycle is done, so a long grant does not stay open.
+/// The shortest read SAS asked for. A cycle reads `S(n)` for as long as its apply runs, and
+/// a seed's Copy Blob reads it for the whole copy (longer for a big snapshot:
+/// [`crate::blobs::copy_source_lifetime`]); access is ended explicitly when the cycle is
+/// done, so a long grant does not stay open.
 const READ_SAS_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
 /// How long a snapshot may take to become readable (`completionPercent` 100: Premium SSD v2
@@ -52,6 +54,9 @@ pub struct ManagedDiskSource {
     /// Storage requests through SAS URLs and diff ranges listed, for the cycle's stats.
     requests: AtomicU64,
     ranges: AtomicU64,
+    /// The backup chain (`snapback_chain`) whose snapshots this source takes and sweeps;
+    /// None (verify, restore, check: no lease, no chain id) sees every snapshot of the disk.
+    chain: Option<String>,
 }
 
 impl ManagedDiskSource {
@@ -70,7 +75,16 @@ impl ManagedDiskSource {
             ready_poll: Duration::from_secs(10),
             requests: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
+            chain: None,
         }
+    }
+
+    /// Snapshots taken are tagged with `chain`; found, released and pruned ones are only
+    /// this chain's (and untagged ones from before chain ids), so two installations backing
+    /// up one disk under one name never delete each other's snapshots.
+    pub fn in_chain(mut self, chain: Option<&str>) -> Self {
+        self.chain = chain.map(str::to_string);
+        self
     }
 
     /// Sets the wait between readiness polls (tests).
@@ -150,9 +164,15 @@ impl ManagedDiskSource {
         if let Some(s) = self.lock().get(&key) {
             return Ok(s.clone());
         }
+        let size = self
+            .get(id)
+            .await?
+            .and_then(|s| s.properties.disk_size_bytes)
+            .unwrap_or(0);
+        let lifetime = crate::blobs::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
         let sas = self
             .arm
-            .begin_get_access(id, Access::Read, READ_SAS_LIFETIME)
+            .begin_get_access(id, Access::Read, lifetime)
             .await
             .map_err(|e| arm_err(id, e))?;
         self.lock().insert(key, sas.clone());
@@ -176,14 +196,17 @@ impl ManagedDiskSource {
         }
     }
 
-    /// The disk's snapshots tagged for `disk`, oldest first.
+    /// The disk's snapshots tagged for `disk` (in this source's chain), oldest first.
     async fn tagged(&self, disk: &str) -> BlobResult<Vec<Snapshot>> {
         let mut all = self
             .arm
             .list_snapshots(&self.snapshot_group, &self.disk, None)
             .await
             .map_err(|e| arm_err(&self.disk, e))?;
-        all.retain(|s| tags::disk(&s.tags) == Some(disk));
+        all.retain(|s| match self.chain.as_deref() {
+            Some(chain) => tags::of_chain(&s.tags, disk, Some(chain)),
+            None => tags::disk(&s.tags) == Some(disk),
+        });
         // ISO 8601 times of one format sort as strings; the name breaks ties.
         all.sort_by(|a, b| {
             (&a.properties.time_created, &a.name).cmp(&(&b.properties.time_created, &b.name))
@@ -257,7 +280,11 @@ impl Source for ManagedDiskSource {
             .map_err(|e| arm_err(&self.disk, e))?;
         let snap = self
             .arm
-            .create_incremental_snapshot(&id, &source, &tags::source_snapshot(disk, cycle))
+            .create_incremental_snapshot(
+                &id,
+                &source,
+                &tags::in_chain(tags::source_snapshot(disk, cycle), self.chain.as_deref()),
+            )
             .await
             .map_err(|e| arm_err(&id, e))?;
         self.ready(&id, snap).await

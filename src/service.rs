@@ -581,7 +581,8 @@ impl App {
             .map_err(|source| CycleError::Blob {
                 disk: disk.name.clone(),
                 source,
-            })?;
+            })?
+            .map(|m| m.in_chain(lease.map(DiskLease::chain)));
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.other_source = managed.as_ref().map(|m| m as &dyn Source);
         runner.stop = stop;

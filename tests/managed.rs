@@ -712,3 +712,70 @@ async fn managed_cycle_on_the_old_disk_after_a_rebase_reseeds() {
         "the restore point equals the old disk"
     );
 }
+
+/// Two installations (own configs, state directories and backup blobs) back up one managed
+/// disk under the same disk name. Each tags its snapshot resources with its chain id
+/// (`snapback_chain`, from its lock blob) and prunes only its own, so both chains stay
+/// incremental: without the chain, the second installation's prune deletes the first one's
+/// `S(n-1)` and the first re-seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_installations_on_one_managed_disk_keep_each_others_snapshots() {
+    let w = World::new(4 * MIB, "").await;
+    let mut rng = Rng(0x6d64_c4a1);
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    let config_b = w.fx.dir.path().join("snapback-b.toml");
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let state_a = format!("{}", w.fx.dir.path().join("state").display());
+    let state_b = format!("{}", w.fx.dir.path().join("state-b").display());
+    std::fs::write(
+        &config_b,
+        text.replace(&state_a, &state_b)
+            .replace("backup/backups/disk1", "backup/backups/disk1-b"),
+    )
+    .unwrap();
+    let run = |config: Option<&Path>, ctx: &str| -> String {
+        let mut cmd = w.command(&[]);
+        if let Some(c) = config {
+            // The second installation: its own config in place of the fixture's.
+            cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
+            cmd.arg("--config")
+                .arg(c)
+                .envs(w.command(&[]).get_envs().filter_map(|(k, v)| Some((k, v?))));
+        }
+        let out = cmd
+            .args(["backup", "disk1"])
+            .output()
+            .expect("run snapback");
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{ctx}: {log}");
+        log
+    };
+    for round in 0..2 {
+        if round > 0 {
+            let (at, data) = rand_write(&mut rng, w.size, 32);
+            w.write(at, &data).await;
+        }
+        let a = run(None, &format!("installation A, round {round}"));
+        let b = run(Some(&config_b), &format!("installation B, round {round}"));
+        if round > 0 {
+            for (name, log) in [("A", &a), ("B", &b)] {
+                assert!(
+                    log.contains("kind=\"incremental\""),
+                    "round {round}: installation {name} stays incremental: {log}"
+                );
+            }
+        }
+    }
+    let state = w.emu.control_get("/__emulator/state").await;
+    let snaps = state["snapshots"].as_array().unwrap();
+    assert_eq!(
+        snaps.len(),
+        2,
+        "one snapshot resource per installation: {snaps:?}"
+    );
+    let (newest, _) = w.points().pop().expect("A's restore points");
+    assert!(
+        w.point_content(&newest).await == w.disk_content().await,
+        "A's newest restore point equals the disk"
+    );
+}

@@ -116,6 +116,7 @@ fn a_version_1_database_is_migrated_with_every_record_typed() {
             size: 32768,
             base: Some(id("2026-01-01T00:00:00.0000007Z")),
             applied_upto: 4096,
+            backup_etag: None,
         }
     );
     let seed = store.open_cycle("s").unwrap().unwrap();

@@ -56,8 +56,8 @@ fn restore_points(fx: &Fixture, disk: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("list --json")
 }
 
-/// A `size` disk with 1 MiB of random data, seeded by one `backup`.
-async fn seeded_disk(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
+/// A `size` source disk with 1 MiB of random data at its start, not backed up yet.
+async fn source_with_data(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
     let blobs = fx.blobs();
     create_disk(blobs.as_ref(), &fx.source(disk), size).await;
     write(
@@ -67,6 +67,11 @@ async fn seeded_disk(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
         &rng.bytes(MIB as usize),
     )
     .await;
+}
+
+/// A `size` disk with 1 MiB of random data, seeded by one `backup`.
+async fn seeded_disk(fx: &Fixture, disk: &str, size: u64, rng: &mut Rng) {
+    source_with_data(fx, disk, size, rng).await;
     succeeded(&run(fx, &["backup", disk]), "seed");
 }
 
@@ -126,7 +131,12 @@ fn kill_after_steps(fx: &Fixture, disk: &str, steps: usize) {
 
 /// A fixture whose snapback config goes through a fresh fault proxy.
 fn proxied(disks: &[&str]) -> (Fixture, FaultProxy) {
-    let fx = Fixture::new(disks);
+    proxied_with(&common::fixture::disks_toml(disks))
+}
+
+/// A fixture with the disk section `disks_section` (raw TOML) behind a fresh fault proxy.
+fn proxied_with(disks_section: &str) -> (Fixture, FaultProxy) {
+    let fx = Fixture::with_extra(disks_section);
     let proxy = FaultProxy::start(fx.azurite.port());
     fx.route_through(proxy.port());
     (fx, proxy)
@@ -138,14 +148,7 @@ fn proxied(disks: &[&str]) -> (Fixture, FaultProxy) {
 async fn answer_lost_each_cycle(op: Op, account: &str, cycles: usize) {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x1057);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     let mut lost = 0;
     for cycle in 1..=cycles {
         let rule = proxy.add(
@@ -202,14 +205,7 @@ async fn source_snapshot_answer_lost_leaves_one_snapshot_on_the_source() {
 async fn copy_start_answer_lost_starts_one_copy() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0xc0b1);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     let rule = proxy.add(Rule::new(Fault::AnswerLost).op(Op::CopyBlob).nth(1, 1));
     let out = run(&fx, &["backup", "d1"]);
     eprintln!(
@@ -382,6 +378,69 @@ async fn foreign_write_before_the_backup_snapshot_is_never_a_restore_point() {
     );
 }
 
+/// A cycle stopped mid-apply by SIGTERM (as a backup window's end stops it) lets its running
+/// writes finish and records the backup's ETag; someone then writes to the backup base while
+/// the cycle is parked. The resumed apply compares the ETag before its first write: it
+/// re-seeds (the reason names the blob and both ETags) instead of applying the rest of the
+/// diff onto a base that is no longer what the chain left, and its restore point equals its
+/// source snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_write_while_apply_is_stopped_makes_the_resume_reseed() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0x5709);
+    seeded_disk(&fx, "d1", 8 * MIB, &mut rng).await;
+    // Sixteen separate changes in the first 4 MiB (apart enough to be read separately):
+    // sixteen batches of one Put Page each, slowed down.
+    for i in 0..16 {
+        let at = i * 256 * 1024;
+        write(blobs.as_ref(), &fx.source("d1"), at, &rng.bytes(64 * 1024)).await;
+    }
+    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(700))).op(Op::PutPage));
+    let mut child = fx
+        .command(&["backup", "d1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backup");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxy.count(Op::PutPage) < 6 {
+        assert!(Instant::now() < deadline, "no Put Page within 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "backup ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    let stopped = child.wait_with_output().expect("reap");
+    eprintln!("stopped mid-apply: {}", text(&stopped));
+    assert!(
+        text(&stopped).contains("stopped at a checkpoint (phase apply)"),
+        "the run stopped in apply: {}",
+        text(&stopped)
+    );
+    proxy.clear_rules();
+    // The foreign write: over the first change, which the stopped run applied (below its
+    // checkpoint), so a resumed diff would never rewrite it.
+    write(blobs.as_ref(), &fx.backup("d1"), 0, &rng.bytes(64 * 1024)).await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "resumed cycle");
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(
+        &run(&fx, &["verify", "d1"]),
+        "the restore point equals its source snapshot",
+    );
+    let log = text(&out);
+    assert!(
+        log.contains("written by someone else while this cycle's apply was stopped")
+            && log.contains("backups/d1")
+            && log.contains("instead of"),
+        "the re-seed names the blob and both ETags: {log}"
+    );
+}
+
 // ----------------------------------------------------------- (4) SAS leak --
 
 const SAS_SIG: &str = "c2VjcmV0LXNpZ25hdHVyZS1vZi10aGUtdGVzdA%3D%3D";
@@ -476,14 +535,7 @@ fn sas_signature_never_leaves_with_an_unreachable_endpoint() {
 async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x3);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
     let configs: Vec<_> = (0..3)
         .map(|i| {
@@ -570,14 +622,7 @@ async fn three_hosts_on_one_disk_never_run_two_cycles_at_once() {
 async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x6);
-    create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-    write(
-        fx.blobs().as_ref(),
-        &fx.source("d1"),
-        0,
-        &rng.bytes(MIB as usize),
-    )
-    .await;
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
     proxy.add(
         Rule::new(copy_reported_failed())
             .op(Op::GetBlobProperties)
@@ -634,14 +679,7 @@ async fn seed_copy_source_unreadable_by_the_service_seeds_through_snapback() {
     for status in [403, 404] {
         let (fx, proxy) = proxied(&["d1"]);
         let mut rng = Rng(0x7);
-        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-        write(
-            fx.blobs().as_ref(),
-            &fx.source("d1"),
-            0,
-            &rng.bytes(MIB as usize),
-        )
-        .await;
+        source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
         proxy.add(
             Rule::new(Fault::Status {
                 status,
@@ -681,14 +719,7 @@ async fn premium_snapshot_limits_fail_with_a_named_error_and_pass() {
     ] {
         let (fx, proxy) = proxied(&["d1"]);
         let mut rng = Rng(0x9);
-        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-        write(
-            fx.blobs().as_ref(),
-            &fx.source("d1"),
-            0,
-            &rng.bytes(MIB as usize),
-        )
-        .await;
+        source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
         let rule = proxy.add(
             Rule::new(Fault::Status { status: 409, code })
                 .op(Op::SnapshotBlob)
@@ -890,7 +921,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// A read whose answer is cut mid-body (connection reset after half the bytes) is a transient
 /// fault like a 503: retried inside the cycle, which then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 9: a Get Blob answer cut mid-body is not retried: the cycle fails (`end of file before message length reached`)"]
 async fn read_cut_mid_answer_is_retried_within_the_cycle() {
     let (fx, proxy) = proxied(&["d1"]);
     let mut rng = Rng(0x9);
@@ -913,6 +943,112 @@ async fn read_cut_mid_answer_is_retried_within_the_cycle() {
     succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
 }
 
+/// The source is overwritten whole (Put Blob over it, as a re-imaged disk would be) after
+/// the last restore point: Azure refuses any diff against a snapshot taken before
+/// (409 `PreviousSnapshotOperationNotSupported`; Azurite through the project's extension).
+/// The cycle re-seeds, naming the source, instead of failing the same way every run; the
+/// next cycle is incremental again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_overwritten_by_put_blob_is_reseeded() {
+    let fx = Fixture::new(&["d1"]);
+    let blobs = fx.blobs();
+    let mut rng = Rng(0x0b10);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    create_disk(blobs.as_ref(), &fx.source("d1"), 4 * MIB).await;
+    write(
+        blobs.as_ref(),
+        &fx.source("d1"),
+        MIB,
+        &rng.bytes(MIB as usize),
+    )
+    .await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "the cycle after the overwrite");
+    let log = text(&out);
+    assert!(
+        log.contains("premium/vhds/d1.vhd was overwritten") && log.contains("kind=\"seed\""),
+        "a re-seed naming the source: {log}"
+    );
+    succeeded(&run(&fx, &["verify", "d1"]), "the re-seed verifies");
+    scribble(&fx, "d1", 4 * MIB, 2, &mut rng).await;
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "the next cycle");
+    assert!(
+        text(&out).contains("kind=\"incremental\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(restore_points(&fx, "d1").len(), 3);
+    succeeded(&run(&fx, &["verify", "d1"]), "the next cycle verifies");
+}
+
+/// With `copy_mode = "auto"`, a source account that refuses reads of its snapshots (400
+/// `InvalidOperation`, older premium accounts; here on Get Page Ranges of `S(n)`) does not
+/// fail the cycle: it seeds by Copy Blob, which the backup service reads itself, and the
+/// restore point verifies (with the default `copy_mode`, row 22: a named error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_copy_mode_seeds_by_copy_blob_when_snapshot_reads_are_refused() {
+    let (fx, proxy) = proxied_with(
+        &common::fixture::disks_toml(&["d1"])
+            .replace("concurrency = 4", "concurrency = 4\ncopy_mode = \"auto\""),
+    );
+    let mut rng = Rng(0xa070);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    let refused = proxy.add(
+        Rule::new(Fault::Status {
+            status: 400,
+            code: "InvalidOperation",
+        })
+        .op(Op::GetPageRanges)
+        .account("premium"),
+    );
+    let copies = proxy.count(Op::CopyBlob);
+    let out = run(&fx, &["backup", "d1"]);
+    succeeded(&out, "the cycle with snapshot reads refused");
+    assert!(proxy.stats(refused).injected >= 1);
+    assert!(
+        text(&out).contains("seeding by Copy Blob"),
+        "the fallback is logged: {}",
+        text(&out)
+    );
+    assert_eq!(proxy.count(Op::CopyBlob), copies + 1, "one Copy Blob seed");
+    proxy.clear_rules();
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(&run(&fx, &["verify", "d1"]), "the restore point verifies");
+}
+
+/// A write the service never answers (the connection stays silent) ends by the client's
+/// read-idle timeout (`azure::http::READ_IDLE_TIMEOUT`, 30 s) and is sent again by the retry
+/// policy, like any transient failure: the cycle completes instead of hanging until the
+/// connection drops (the stall here lasts 10 minutes; the SDK's own default timeout was 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_times_out_and_is_retried() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x57a1);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 4, &mut rng).await;
+    let stall = proxy.add(
+        Rule::new(Fault::Stall(Duration::from_secs(600)))
+            .op(Op::PutPage)
+            .nth(1, 1),
+    );
+    let t = Instant::now();
+    let out = run(&fx, &["backup", "d1"]);
+    let took = t.elapsed();
+    eprintln!(
+        "backup with one Put Page stalled: exit {:?} after {took:?}",
+        out.status.code()
+    );
+    assert_eq!(proxy.stats(stall).injected, 1);
+    succeeded(&out, "the cycle completes");
+    assert!(
+        took >= snapback::azure::http::READ_IDLE_TIMEOUT && took < Duration::from_secs(55),
+        "the stalled request ended by the 30 s read-idle timeout ({took:?})"
+    );
+    succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
+}
+
 /// An older premium account refuses reads of snapshots (400 `InvalidOperation` on Get Page
 /// Ranges or Get Blob of the source snapshot): the cycle fails with an error naming that
 /// restriction and the way out (`copy_mode = "server"`), and makes no restore point.
@@ -921,15 +1057,7 @@ async fn premium_snapshot_read_refused_names_the_restriction() {
     for op in [Op::GetPageRanges, Op::GetBlob] {
         let (fx, proxy) = proxied(&["d1"]);
         let mut rng = Rng(0x4e);
-        create_disk(fx.blobs().as_ref(), &fx.source("d1"), 4 * MIB).await;
-        write(
-            fx.blobs().as_ref(),
-            &fx.source("d1"),
-            0,
-            &rng.bytes(MIB as usize),
-        )
-        .await;
-        succeeded(&run(&fx, &["backup", "d1"]), "seed");
+        seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
         write(
             fx.blobs().as_ref(),
             &fx.source("d1"),

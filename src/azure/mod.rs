@@ -12,6 +12,7 @@
 //! sent once (`AzureBlobs::blob_client_once`) and the cycle retries them only after looking
 //! for what the lost attempt may have made (`cycle::runner`).
 
+pub mod http;
 mod lease;
 pub mod page_list;
 mod preflight;
@@ -29,8 +30,8 @@ use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::policies::Policy;
 use azure_core::http::{
-    new_http_client, ClientOptions, Context, ExponentialRetryOptions, HttpClientOptions, Method,
-    Pipeline, Request, RequestContent, RetryOptions, Transport, Url,
+    ClientOptions, Context, ExponentialRetryOptions, Method, Pipeline, Request, RequestContent,
+    RetryOptions, Url,
 };
 use azure_storage_blob::models::{
     BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
@@ -55,9 +56,10 @@ use std::sync::Arc;
 /// request of a run speaks the same version. ≥ 2020-10-02 is needed for diff pagination.
 const SERVICE_VERSION: &str = "2026-04-06";
 
-/// How long a SAS that snapback mints stays valid: the service reads the source while it
-/// handles one Put Page From URL, or starts a Copy Blob, so a leaked URL exposes one
-/// snapshot, read-only, for minutes.
+/// How long a SAS that snapback mints for one Put Page From URL stays valid: the service
+/// reads the source while it handles that request, so a leaked URL exposes one snapshot,
+/// read-only, for minutes. A Copy Blob's source SAS lives as long as the copy may take
+/// ([`crate::blobs::copy_source_lifetime`]).
 const MINTED_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
 
 /// How far back a minted SAS's start (`st=`) is set: the storage service's clock may be
@@ -115,13 +117,9 @@ impl AzureBlobs {
     /// environment or files the config names; errors name the account and the variable or
     /// file, never the secret, and are reported when the account is used.
     pub fn new<'a>(accounts: impl IntoIterator<Item = &'a AccountConfig>) -> Self {
-        crate::tls::install_provider();
         // One HTTP client for all accounts: each SDK client would otherwise make its own
-        // connection pool. Decompression off, as the blob SDK requires for ranged reads.
-        let http = HttpClientOptions {
-            automatic_decompression: false,
-        };
-        let transport = Transport::new(new_http_client(Some(http)));
+        // connection pool.
+        let transport = http::transport();
         let mut out = HashMap::new();
         for cfg in accounts {
             let auth = match load_auth(cfg) {
@@ -268,8 +266,8 @@ impl AzureBlobs {
 
     /// A URL the *other* account's service can read `blob` (or a snapshot) from, for a
     /// server-side copy: a SAS snapback mints with the account key, read-only, for this one
-    /// snapshot (or blob), valid from [`CLOCK_SKEW_ALLOWANCE`] ago for
-    /// [`MINTED_SAS_LIFETIME`], https-only when the account's endpoint is https.
+    /// snapshot (or blob), valid from [`CLOCK_SKEW_ALLOWANCE`] ago for `lifetime`,
+    /// https-only when the account's endpoint is https.
     ///
     /// An account configured with a SAS token gets `NoReadAccess` when `reader` (the blob the
     /// copy writes) is in another account: forwarding that token would hand a long-lived
@@ -282,6 +280,7 @@ impl AzureBlobs {
         blob: &BlobRef,
         snapshot: Option<&str>,
         reader: &BlobRef,
+        lifetime: time::Duration,
     ) -> BlobResult<Url> {
         let account = self.account(blob)?;
         let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
@@ -335,7 +334,7 @@ impl AzureBlobs {
             &blob.blob,
             snapshot,
             Some(&stamp(now - CLOCK_SKEW_ALLOWANCE)?),
-            &stamp(now + MINTED_SAS_LIFETIME)?,
+            &stamp(now + lifetime)?,
             account.root.scheme() == "https",
         );
         let query = match url.query() {
@@ -707,8 +706,10 @@ impl PageBlobs for AzureBlobs {
             .await
             .map_err(|e| {
                 let mut err = map_err(Resource::of(blob, query.snapshot), what(), e);
-                // The one code that is about the diff base rather than the listed snapshot.
-                if err.code.as_deref() == Some("PreviousSnapshotNotFound") {
+                // The codes that are about the diff base rather than the listed snapshot.
+                if err.code.as_deref() == Some("PreviousSnapshotNotFound")
+                    || err.kind == Kind::Overwritten
+                {
                     err.resource = Box::new(Resource::of(blob, query.prev_snapshot));
                 }
                 err
@@ -818,7 +819,7 @@ impl PageBlobs for AzureBlobs {
                 (url, Some(format!("Bearer {}", token.token.secret())))
             }
             _ => (
-                self.readable_source_url(source, source_snapshot, dest)?,
+                self.readable_source_url(source, source_snapshot, dest, MINTED_SAS_LIFETIME)?,
                 None,
             ),
         };
@@ -928,7 +929,16 @@ impl PageBlobs for AzureBlobs {
         metadata: &Metadata,
     ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
-        let url = self.readable_source_url(source, source_snapshot, dest)?;
+        // The service reads the source for the whole (asynchronous) copy: its SAS must
+        // outlive a slow copy of this size.
+        let size = self
+            .properties(source, source_snapshot)
+            .await?
+            .map_or(0, |p| p.size);
+        let lifetime = time::Duration::seconds(
+            i64::try_from(crate::blobs::copy_source_lifetime(size).as_secs()).unwrap_or(i64::MAX),
+        );
+        let url = self.readable_source_url(source, source_snapshot, dest, lifetime)?;
         // No x-ms-meta-* at all means "copy the source's metadata".
         let options = BlobClientStartCopyFromUrlOptions {
             metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),

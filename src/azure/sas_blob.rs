@@ -9,10 +9,7 @@ use super::{page_list, retry_options, SERVICE_VERSION};
 use crate::arm::sas::SasUrl;
 use crate::blobs::{BlobError, BlobResult, PageList, PageListQuery, Resource};
 use crate::pages::ByteRange;
-use azure_core::http::{
-    new_http_client, ClientOptions, Context, HttpClientOptions, Method, Pipeline, Request,
-    Transport,
-};
+use azure_core::http::{ClientOptions, Context, Method, Pipeline, Request, Transport};
 use bytes::Bytes;
 
 /// Header of Get Page Ranges that diffs a managed disk's snapshot against an older one of
@@ -36,11 +33,7 @@ impl SasBlobs {
     /// `transport`: the HTTP client (None: a new one, as the storage clients use).
     pub fn new(transport: Option<Transport>) -> Self {
         crate::tls::install_provider();
-        let transport = transport.unwrap_or_else(|| {
-            Transport::new(new_http_client(Some(HttpClientOptions {
-                automatic_decompression: false,
-            })))
-        });
+        let transport = transport.unwrap_or_else(super::http::transport);
         let options = ClientOptions {
             transport: Some(transport),
             retry: retry_options(),

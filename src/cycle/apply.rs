@@ -22,6 +22,10 @@ use tokio::sync::Semaphore;
 /// work; each write is one small SQLite transaction.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a stopping apply waits for its running batches. Requests end by their own
+/// timeouts well before; this only bounds a stop whatever the transport does.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Items asked per Get Page Ranges result page. Azure returns at most 10,000; 2,000 keeps a
 /// listing page (its parsed items, ~24 bytes each) near 50 KB per disk, so 100 disks applying
 /// at once hold ~5 MB of listings, at the cost of one small request per 2,000 ranges (0.1 %
@@ -102,6 +106,7 @@ impl Runner<'_> {
         base: Option<&SnapshotId>,
         size: u64,
         from: u64,
+        expected_etag: Option<&str>,
     ) -> Result<Outcome, CycleError> {
         let backup = &self.disk.backup;
         let source = self.source();
@@ -133,20 +138,38 @@ impl Runner<'_> {
             .await
             .map_err(|e| self.blob_err(e))?;
         let stats = CycleStats::default();
-        match props {
-            Some(p) if p.size == size => {}
-            Some(_) => {
-                self.blobs
-                    .resize(backup, round_up_to_page(size))
-                    .await
-                    .map_err(|e| self.blob_err(e))?;
-                rec.backup_touched = true;
+        let Some(props) = props else {
+            return Ok(Outcome::Repair {
+                reason: format!("backup blob {backup} disappeared"),
+            });
+        };
+        // Before the first write (a seed from offset 0 has just made the blob anew): the base
+        // must be what this cycle left when it last stopped, or what the diff phase checked.
+        if base.is_some() || from > 0 {
+            match expected_etag {
+                Some(expected) if props.etag != expected => {
+                    return Ok(Outcome::Repair {
+                        reason: format!(
+                            "backup blob {backup} was written by someone else while this \
+                             cycle's apply was stopped (ETag {} instead of {expected})",
+                            props.etag
+                        ),
+                    })
+                }
+                // Checked: forgotten before the first write, so a run killed from here on
+                // resumes as "unknown" rather than comparing against a base it changed.
+                Some(_) => self.checkpoint(rec, from, CycleStats::default())?,
+                None => {
+                    tracing::warn!(disk = %self.disk.name, %backup, from, "resuming an apply whose last run recorded no backup ETag (it was killed): a foreign write to the backup since then cannot be detected");
+                }
             }
-            None => {
-                return Ok(Outcome::Repair {
-                    reason: format!("backup blob {backup} disappeared"),
-                })
-            }
+        }
+        if props.size != size {
+            self.blobs
+                .resize(backup, round_up_to_page(size))
+                .await
+                .map_err(|e| self.blob_err(e))?;
+            rec.backup_touched = true;
         }
 
         // Server copy reads S(n) through access granted for this apply (revoked at its end).
@@ -236,9 +259,9 @@ impl Runner<'_> {
                 b = batches.next(), if can_admit => Event::Batch(b),
             };
             let failure = match event {
-                // Stopped: keep what is checkpointed; in-flight requests are idempotent.
                 Event::Stop => {
-                    self.checkpoint(rec, upto, stats)?;
+                    self.park(rec, &mut running, &mut finished, head, upto, stats)
+                        .await?;
                     return Err(CycleError::Interrupted {
                         disk: rec.disk.clone(),
                         phase: PhaseName::Apply,
@@ -276,7 +299,34 @@ impl Runner<'_> {
                 Event::Done(None) => None,
             };
             if let Some(e) = failure {
-                self.checkpoint(rec, upto, stats)?;
+                self.park(rec, &mut running, &mut finished, head, upto, stats)
+                    .await?;
+                // The source was recreated since S(n-1): no diff against it will ever list,
+                // so only a seed restarts the chain.
+                if let Some(base) = base.filter(|_| e.kind == ErrorKind::Overwritten) {
+                    return Ok(Outcome::Repair {
+                        reason: format!(
+                            "source {} was overwritten (Put Blob or Copy Blob) since the diff \
+                             base snapshot {base} was taken: {e}",
+                            self.disk.source
+                        ),
+                    });
+                }
+                // No diff or read of S(n) is allowed; a seed by Copy Blob needs neither (the
+                // service reads the snapshot itself). Only from an incremental apply: a seed
+                // that already fell back to client copy fails with the refusal instead.
+                if base.is_some()
+                    && self.disk.copy_mode == CopyMode::Auto
+                    && self.refuses_snapshot_reads(&e)
+                {
+                    return Ok(Outcome::Repair {
+                        reason: format!(
+                            "the source account refuses reads of snapshot {snapshot} ({e}); \
+                             copy_mode = \"auto\": seeding by Copy Blob, which the backup \
+                             service reads itself"
+                        ),
+                    });
+                }
                 // Only a NotFound about the snapshots themselves changes course; a 404 about
                 // the backup blob (e.g. during Put Page From URL) fails the apply.
                 if e.is_not_found() {
@@ -302,6 +352,58 @@ impl Runner<'_> {
             done: true,
             stats,
         })
+    }
+
+    /// Stops the apply at a checkpoint with the backup's ETag: the batches still running
+    /// finish first (each is idempotent and its requests time out; at most [`SETTLE_LIMIT`]),
+    /// so no write of this run can land after the ETag is read. The resumed apply compares it
+    /// with the backup before its first write. Batches that fail while settling stay above
+    /// the checkpoint; one that may still land (settling timed out) leaves the ETag unknown.
+    async fn park<F>(
+        &self,
+        rec: &mut CycleRecord,
+        running: &mut futures::stream::FuturesUnordered<F>,
+        finished: &mut std::collections::BTreeMap<u64, u64>,
+        mut head: u64,
+        mut upto: u64,
+        mut stats: CycleStats,
+    ) -> Result<(), CycleError>
+    where
+        F: std::future::Future<Output = Result<(u64, u64, CycleStats), BlobError>>,
+    {
+        let settle = async {
+            while let Some(done) = running.next().await {
+                if let Ok((seq, end, s)) = done {
+                    stats.add(&s);
+                    finished.insert(seq, end);
+                }
+            }
+        };
+        let settled = tokio::time::timeout(SETTLE_LIMIT, settle).await.is_ok();
+        while let Some(end) = finished.remove(&head) {
+            upto = end;
+            head += 1;
+        }
+        let backup_etag = if settled {
+            match self.blobs.properties(&self.disk.backup, None).await {
+                Ok(p) => p.map(|p| p.etag),
+                Err(e) => {
+                    tracing::warn!(disk = %self.disk.name, error = %e, "cannot read the backup's ETag at the stop; the resumed apply cannot check it");
+                    None
+                }
+            }
+        } else {
+            tracing::warn!(disk = %self.disk.name, "writes still running {SETTLE_LIMIT:?} after the stop; the resumed apply cannot check the backup's ETag");
+            None
+        };
+        self.commit(
+            rec,
+            Outcome::Stopped {
+                upto,
+                stats,
+                backup_etag,
+            },
+        )
     }
 
     /// One batch: a clear, or the puts of one coalesced read. Holds one process-wide request
@@ -396,7 +498,7 @@ impl Runner<'_> {
             Some(l) => l.buffer(read.len()).await,
             None => None,
         };
-        let data = source.read(snapshot, read).await?;
+        let data = read_retrying(source, snapshot, read).await?;
         for p in puts {
             let piece = data.slice((p.start - read.start) as usize..(p.end - read.start) as usize);
             if piece.iter().all(|b| *b == 0) {
@@ -408,6 +510,36 @@ impl Runner<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Attempts of one read of `S(n)` whose answer is cut (see [`read_retrying`]).
+const READ_ATTEMPTS: u32 = 3;
+
+/// Wait before the second attempt of a read; quadrupled before the third (0.2 + 0.8 s).
+const READ_FIRST_WAIT: Duration = Duration::from_millis(200);
+
+/// A ranged read of `S(n)`, tried again (at most [`READ_ATTEMPTS`] times, with backoff) when
+/// its answer is cut: reading a snapshot is idempotent, and a connection dropped mid-body is
+/// not retried by the storage client (its headers had arrived). Other errors, answered 5xx
+/// and throttling included (the client's policy has retried those already), end the batch.
+async fn read_retrying(
+    source: &dyn Source,
+    snapshot: &SnapshotId,
+    range: ByteRange,
+) -> Result<bytes::Bytes, BlobError> {
+    let mut wait = READ_FIRST_WAIT;
+    let mut attempt = 1;
+    loop {
+        match source.read(snapshot, range).await {
+            Err(e) if e.is_unanswered() && attempt < READ_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "read of the source snapshot cut; reading it again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -56,6 +56,13 @@ pub enum Phase {
         base: Option<SnapshotId>,
         /// Checkpoint: every change below this offset is in the backup.
         applied_upto: u64,
+        /// The backup's ETag when this apply last stopped with its writes settled (or when
+        /// the diff phase checked it, before the first write): a resumed apply compares it
+        /// with the backup before writing, so a foreign write while the cycle was parked is
+        /// never built upon. None: unknown (the previous run was killed mid-apply, or this
+        /// record predates the field).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup_etag: Option<String>,
     },
     Copy {
         source: SnapshotId,
@@ -297,6 +304,8 @@ pub enum Action {
         base: Option<SnapshotId>,
         size: u64,
         from: u64,
+        /// The backup's ETag the apply must find before its first write; None: unknown.
+        expected_backup_etag: Option<String>,
     },
     /// Start Copy Blob of `source` over the backup base.
     StartCopy { source: SnapshotId },
@@ -327,6 +336,14 @@ pub enum Outcome {
         upto: u64,
         done: bool,
         stats: CycleStats,
+    },
+    /// Apply stopped (a stop request, or a failed request) with every write it sent settled:
+    /// everything below `upto` is written, and the backup then had `backup_etag` (None when
+    /// it could not be read or writes may still land).
+    Stopped {
+        upto: u64,
+        stats: CycleStats,
+        backup_etag: Option<String>,
     },
     CopyStarted {
         copy_id: String,
@@ -371,11 +388,13 @@ pub fn next_action(rec: &CycleRecord) -> Option<Action> {
             size,
             base,
             applied_upto,
+            backup_etag,
         } => Action::ApplyDiff {
             source: source.clone(),
             base: base.clone(),
             size: *size,
             from: *applied_upto,
+            expected_backup_etag: backup_etag.clone(),
         },
         Phase::Copy {
             source,
@@ -423,6 +442,8 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
             P::Apply {
                 source,
                 size,
+                // What the diff phase just found: the apply checks it again before writing.
+                backup_etag: base.backup_etag.filter(|_| !rec.backup_touched),
                 base: Some(base.snapshot),
                 applied_upto: 0,
             },
@@ -466,14 +487,39 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
             let next = if done {
                 P::BackupSnapshot { source }
             } else {
+                // Writes may be in flight: the backup's ETag is unknown until they settle.
                 P::Apply {
                     source,
                     size,
                     base,
                     applied_upto: upto,
+                    backup_etag: None,
                 }
             };
             (next, None)
+        }
+        (
+            P::Apply {
+                source, size, base, ..
+            },
+            O::Stopped {
+                upto,
+                stats,
+                backup_etag,
+            },
+        ) => {
+            rec.backup_touched = true;
+            rec.stats.add(&stats);
+            (
+                P::Apply {
+                    source,
+                    size,
+                    base,
+                    applied_upto: upto,
+                    backup_etag,
+                },
+                None,
+            )
         }
         (P::Copy { source, size, .. }, O::CopyStarted { copy_id }) => {
             rec.backup_touched = true;
@@ -507,6 +553,8 @@ pub fn advance(rec: &mut CycleRecord, outcome: Outcome, now: i64) -> Result<(), 
                     size,
                     base: None,
                     applied_upto: 0,
+                    // A seed from offset 0 makes the backup blob anew: nothing to check.
+                    backup_etag: None,
                 },
                 None,
             )
@@ -619,6 +667,7 @@ mod tests {
                     base: Some(id("S0")),
                     size: 4096,
                     from: 0,
+                    expected_backup_etag: Some("e0".into()),
                 },
                 applied(1024, false),
             ),
@@ -628,6 +677,7 @@ mod tests {
                     base: Some(id("S0")),
                     size: 4096,
                     from: 1024,
+                    expected_backup_etag: None,
                 },
                 applied(4096, true),
             ),
@@ -700,7 +750,8 @@ mod tests {
                 source: id("S1"),
                 base: None,
                 size: 8,
-                from: 0
+                from: 0,
+                expected_backup_etag: None,
             })
         );
     }
@@ -738,6 +789,51 @@ mod tests {
         );
     }
 
+    /// A stopped apply records the backup's ETag; the resumed apply is handed it, and the
+    /// next progress checkpoint forgets it (writes may be in flight again).
+    #[test]
+    fn a_stopped_apply_hands_its_etag_to_the_resumed_one() {
+        let mut r = incremental();
+        take_s1(&mut r);
+        advance(&mut r, Outcome::DiffBaseOk, 0).unwrap();
+        let stopped = Outcome::Stopped {
+            upto: 4,
+            stats: CycleStats::default(),
+            backup_etag: Some("e2".into()),
+        };
+        advance(&mut r, stopped, 0).unwrap();
+        let resume = |r: &CycleRecord| match next_action(r) {
+            Some(Action::ApplyDiff {
+                from,
+                expected_backup_etag,
+                ..
+            }) => (from, expected_backup_etag),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(resume(&r), (4, Some("e2".into())));
+        advance(&mut r, applied(6, false), 0).unwrap();
+        assert_eq!(resume(&r), (6, None));
+    }
+
+    /// Records written before `backup_etag` existed load (as unknown), and an unknown one
+    /// is not written out, so older builds read newer records of this phase.
+    #[test]
+    fn apply_records_without_the_etag_load() {
+        let old = r#"{"apply":{"source":"S1","size":8,"base":"S0","applied_upto":4}}"#;
+        let phase: Phase = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            phase,
+            Phase::Apply {
+                source: id("S1"),
+                size: 8,
+                base: Some(id("S0")),
+                applied_upto: 4,
+                backup_etag: None,
+            }
+        );
+        assert_eq!(serde_json::to_string(&phase).unwrap(), old);
+    }
+
     #[test]
     fn invalid_transitions_are_reported_not_applied() {
         let mut r = incremental();
@@ -763,6 +859,11 @@ mod tests {
             Outcome::Repair { reason: "r".into() },
             applied(4, false),
             applied(8, true),
+            Outcome::Stopped {
+                upto: 4,
+                stats: CycleStats::default(),
+                backup_etag: Some("e2".into()),
+            },
             Outcome::CopyStarted {
                 copy_id: "c".into(),
             },

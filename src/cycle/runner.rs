@@ -110,13 +110,19 @@ impl<'a> Runner<'a> {
         }
     }
 
-    pub(super) fn blob_err(&self, source: BlobError) -> CycleError {
-        let of_source_snapshot = matches!(&*source.resource,
+    /// Whether the source account refused a read of one of its snapshots (400
+    /// `InvalidOperation`: older premium page-blob accounts allow only the service to copy
+    /// from snapshots).
+    pub(super) fn refuses_snapshot_reads(&self, e: &BlobError) -> bool {
+        let of_source_snapshot = matches!(&*e.resource,
             Resource::Snapshot(b, _) if Some(b) == self.disk.source.blob());
-        if of_source_snapshot
-            && source.kind == ErrorKind::BadRequest
-            && source.code.as_deref() == Some("InvalidOperation")
-        {
+        of_source_snapshot
+            && e.kind == ErrorKind::BadRequest
+            && e.code.as_deref() == Some("InvalidOperation")
+    }
+
+    pub(super) fn blob_err(&self, source: BlobError) -> CycleError {
+        if self.refuses_snapshot_reads(&source) {
             return CycleError::SnapshotReadRefused {
                 disk: self.disk.name.clone(),
                 source,
@@ -433,7 +439,13 @@ impl<'a> Runner<'a> {
                 base,
                 size,
                 from,
-            } => return self.apply(rec, &source, base.as_ref(), size, from).await,
+                expected_backup_etag,
+            } => {
+                let expected = expected_backup_etag.as_deref();
+                return self
+                    .apply(rec, &source, base.as_ref(), size, from, expected)
+                    .await;
+            }
             Action::StartCopy { source } => {
                 if !rec.backup_touched {
                     self.check_backup_is_ours().await?;

@@ -82,6 +82,7 @@ impl V1Record {
                     .filter(|s| !s.is_empty())
                     .map(SnapshotId::new),
                 applied_upto: self.applied_upto,
+                backup_etag: None,
             },
             V1Phase::Copy => Phase::Copy {
                 source: need(self.source_snapshot, "source_snapshot")?,

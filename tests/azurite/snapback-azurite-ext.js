@@ -19,7 +19,12 @@
  *     Azurite keeps per blob and snapshot (`pageRangesInOrder`, each entry
  *     pointing at a chunk of an extent): a page is unchanged iff both sides
  *     point at the same byte of the same extent. A missing previous snapshot
- *     answers 409 PreviousSnapshotNotFound like Azure.
+ *     answers 409 PreviousSnapshotNotFound like Azure. A blob recreated since
+ *     the previous snapshot (Put Blob or Copy Blob over it: Azurite gives the
+ *     blob a new creation time, which its snapshots keep) cannot be diffed:
+ *     409 PreviousSnapshotOperationNotSupported ("Differential Get Page Ranges
+ *     is not supported on the previous snapshot", Azure's Blob service error
+ *     codes), where stock Azurite would answer a diff across the overwrite.
  *  b. Pagination and sub-ranges. Azure (x-ms-version >= 2020-10-02) honours
  *     maxresults / marker and returns <NextMarker>; Azurite ignores both. The
  *     x-ms-range / Range header restricts (clips) the listing. PageRange and
@@ -69,7 +74,7 @@ const fs = require("fs");
 const path = require("path");
 const crypto = require("crypto");
 
-const EXTENSION_VERSION = "1.2.0";
+const EXTENSION_VERSION = "1.3.0";
 const PINNED_AZURITE_VERSION = "3.37.0";
 const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 const PAGE = 512;
@@ -341,6 +346,12 @@ async function prevSnapshotFromUrl(az, request, ctx, requestId) {
   return snapshot;
 }
 
+/** A blob's (or snapshot's) creation time in ms: a new one means the blob was recreated. */
+function creationTime(blob) {
+  const t = blob.properties && blob.properties.creationTime;
+  return t === undefined ? undefined : new Date(t).getTime();
+}
+
 function patchGetPageRanges(az) {
   az.PageBlobHandler.prototype.getPageRanges = async function getPageRanges(options, context) {
     const ctx = new az.BlobStorageContext(context);
@@ -357,6 +368,10 @@ function patchGetPageRanges(az) {
     let items;
     if (prevsnapshot) {
       const prev = await loadPrevSnapshot(az, this.metadataStore, context, ctx, prevsnapshot, options.snapshot);
+      if (creationTime(blob) !== creationTime(prev)) {
+        throw storageError(az, 409, "PreviousSnapshotOperationNotSupported",
+          "Differential Get Page Ranges is not supported on the previous snapshot.", context.contextId);
+      }
       items = diffRanges(blob.pageRangesInOrder || [], prev.pageRangesInOrder || []);
     } else {
       items = fullListing(blob.pageRangesInOrder || []);
