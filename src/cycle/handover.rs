@@ -323,6 +323,7 @@ mod tests {
                 size: 1 << 20,
                 base: Some(SnapshotId::new("s1".to_string())),
                 applied_upto: upto,
+                backup_etag: None,
             },
         )
     }
