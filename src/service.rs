@@ -215,6 +215,10 @@ impl App {
                 )
             })
         });
+        // In a cluster, lock blobs name the replica id its status and heartbeat use.
+        let holder = crate::ownership::holder_identity(
+            config.cluster.as_ref().map(|c| c.replica_id.as_str()),
+        );
         Ok(App {
             limits,
             config,
@@ -224,7 +228,7 @@ impl App {
             arm,
             sas: SasBlobs::default(),
             leases: None,
-            holder: crate::ownership::holder_identity(None),
+            holder,
             owner_key: 0,
         })
     }
