@@ -4,10 +4,12 @@
 //! names and the alive replica ids), so no replica has to hand out work and no extra round
 //! trip is needed: equal views give equal assignments. Each disk ranks the replicas by
 //! [`score`]`(disk, replica)`; disks are then taken in name order and each goes to its
-//! best-ranked replica that still has fewer than `ceil(disks / replicas)` disks. The score
-//! alone gives minimal movement (a leaving replica's disks spread over the others, a joining
-//! one takes only disks that now rank it first); the cap keeps the load even where plain
-//! hashing would leave one replica with twice its share.
+//! best-ranked replica that still has room: `floor(disks / replicas)` disks each, plus one
+//! for the first `disks mod replicas` replicas that reach it. So loads differ by at most one
+//! (none above `ceil(disks / replicas)`, and no replica idle while another has two: a bare
+//! `ceil` cap would let 4 disks over 3 replicas go 2, 2, 0). The score alone gives minimal
+//! movement (a leaving replica's disks spread over the others, a joining one takes only disks
+//! that now rank it first); the caps keep the load even where plain hashing would not.
 
 use std::collections::BTreeMap;
 
@@ -41,14 +43,22 @@ pub fn assign(disks: &[String], replicas: &[String]) -> BTreeMap<String, String>
     if replicas.is_empty() {
         return out;
     }
-    let cap = disks.len().div_ceil(replicas.len());
+    let floor = disks.len() / replicas.len();
+    let mut extra = disks.len() % replicas.len();
     let mut load: BTreeMap<&str, usize> = replicas.iter().map(|r| (*r, 0)).collect();
     for disk in disks {
         let mut ranked = replicas.clone();
         // Highest score first; the name breaks the (astronomically unlikely) tie.
         ranked.sort_unstable_by_key(|r| (std::cmp::Reverse(score(disk, r)), *r));
-        // The total capacity is at least the number of disks, so some replica has room.
-        if let Some(r) = ranked.into_iter().find(|r| load[r] < cap) {
+        // The capacity (floor × replicas + extra) equals the number of disks, so some
+        // replica has room for every disk.
+        if let Some(r) = ranked
+            .into_iter()
+            .find(|r| load[r] < floor || (load[r] == floor && extra > 0))
+        {
+            if load[r] == floor {
+                extra -= 1;
+            }
             *load.entry(r).or_default() += 1;
             out.insert(disk.to_string(), r.to_string());
         }
@@ -87,9 +97,9 @@ mod tests {
             let l = loads(&a, &replicas);
             assert!(l.iter().all(|&n| n <= cap), "{d}/{r}: {l:?} above {cap}");
             assert_eq!(l.iter().sum::<usize>(), d);
-            // Balanced both ways: nobody is idle while someone has more than one disk extra.
+            // Balanced both ways: loads differ by at most one.
             let (lo, hi) = (l.iter().min().unwrap(), l.iter().max().unwrap());
-            assert!(hi - lo <= cap.max(1), "{d}/{r}: {l:?}");
+            assert!(hi - lo <= 1, "{d}/{r}: {l:?}");
         }
     }
 

@@ -13,6 +13,7 @@
 //! for what the lost attempt may have made (`cycle::runner`).
 
 mod lease;
+mod lease_list;
 pub mod page_list;
 mod preflight;
 pub mod sas_blob;
