@@ -319,13 +319,17 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     )
     .await;
 
-    // Kill a daemon while one of its cycles is under way: a "starting cycle" that is not yet
-    // followed by its end, the disk's lock blob naming it, and its lease held (the test's own
-    // acquire is refused; one that succeeds is released at once).
+    // Kill the daemon with two disks while one of its cycles is under way: a "starting
+    // cycle" that is not yet followed by its end, the disk's lock blob naming it, and its
+    // lease held (the test's own acquire is refused; one that succeeds is released at once).
+    // Its other disk is usually idle then, so both kinds of takeover are measured.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (k, held) = 'found: loop {
         assert!(Instant::now() < deadline, "no daemon caught mid-cycle");
         for (k, daemon) in daemons.iter().enumerate() {
+            if shares[k].len() != 2 {
+                continue;
+            }
             let log = daemon.stderr();
             for d in DISKS {
                 let ends = count(&log, "cycle finished", d)

@@ -195,7 +195,10 @@ fn deployment_agrees_with_the_config_and_the_daemon() {
         .iter()
         .find(|e| e["name"] == snapback::config::cluster::REPLICA_ID_ENV)
         .expect("SNAPBACK_REPLICA_ID");
-    assert_eq!(replica["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(
+        replica["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
 
     // Probes: named port = the config's metrics port.
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();

@@ -209,12 +209,19 @@ impl Heartbeat {
             self.round(&view, &names).await;
         }
         if self.held {
-            match self.blobs.release_lease(&self.blob, &self.lease_id).await {
-                Ok(()) => {
+            // Bounded: a shutdown must not wait on an unreachable coordination account (the
+            // lease then expires by itself).
+            let limit = self.cfg.heartbeat_every;
+            let release = self.blobs.release_lease(&self.blob, &self.lease_id);
+            match tokio::time::timeout(limit, release).await {
+                Ok(Ok(())) => {
                     tracing::info!(replica = %self.cfg.replica_id, "left the cluster (heartbeat lease released)")
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(blob = %self.blob, error = %e, "cannot release the heartbeat lease; the others see this replica gone when it expires")
+                }
+                Err(_) => {
+                    tracing::warn!(blob = %self.blob, "no answer to the heartbeat lease release within {limit:?}; the others see this replica gone when it expires")
                 }
             }
         }
