@@ -215,7 +215,7 @@ impl App {
                 )
             })
         });
-        // In a cluster, lock blobs name the replica id its status and heartbeat use.
+        // In a cluster, lock blobs name the replica by the id its heartbeat and status use.
         let holder = crate::ownership::holder_identity(
             config.cluster.as_ref().map(|c| c.replica_id.as_str()),
         );

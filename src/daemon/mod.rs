@@ -424,12 +424,7 @@ impl Supervisor {
                 Some((req, reply)) = control.recv() => {
                     let _ = reply.send(self.handle_request(req));
                 }
-                v = cluster::next_view(&mut views) => {
-                    if let Some(old) = self.view.replace(v) {
-                        cluster::log_change(&old, self.view.as_ref().unwrap_or(&old));
-                    }
-                    self.publish_view();
-                }
+                v = cluster::next_view(&mut views) => self.view_changed(v),
                 _ = tokio::time::sleep(nap) => {}
                 _ = progress.tick() => {
                     self.report_progress();
@@ -476,6 +471,16 @@ impl Supervisor {
         for (name, reason) in to_start {
             self.start(&name, reason, now);
         }
+    }
+
+    /// A new cluster view: logged when it changes who is alive or what this replica runs;
+    /// the next tick follows it.
+    fn view_changed(&mut self, v: cluster::View) {
+        if let Some(old) = &self.view {
+            cluster::log_change(old, &v);
+        }
+        self.view = Some(v);
+        self.publish_view();
     }
 
     /// Publishes the cluster view as metrics.
