@@ -206,6 +206,26 @@ mod tests {
     }
 
     #[test]
+    fn replica_id_defaults_to_the_variable_and_is_checked_there_too() {
+        // The only test that sets the variable; the others name replica_id in the file.
+        std::env::set_var(super::REPLICA_ID_ENV, "snapback-7d9f-x2");
+        let c = parse("[cluster]\naccount = \"a\"\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.replica_id, "snapback-7d9f-x2");
+        std::env::set_var(super::REPLICA_ID_ENV, "pod one");
+        let e = parse("[cluster]\naccount = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        std::env::remove_var(super::REPLICA_ID_ENV);
+        assert!(
+            e.contains("snapback.toml:4:1: cluster: $SNAPBACK_REPLICA_ID: \"pod one\" is not a valid replica id"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_fields_are_named_with_their_line() {
         let cases = [
             ("[cluster]\nreplica_id = \"r\"\n", "snapback.toml:4:1: cluster: field \"account\" is required"),
