@@ -47,13 +47,18 @@ pub fn assign(disks: &[String], replicas: &[String]) -> BTreeMap<String, String>
     let mut extra = disks.len() % replicas.len();
     let mut load: BTreeMap<&str, usize> = replicas.iter().map(|r| (*r, 0)).collect();
     for disk in disks {
-        let mut ranked = replicas.clone();
-        // Highest score first; the name breaks the (astronomically unlikely) tie.
-        ranked.sort_unstable_by_key(|r| (std::cmp::Reverse(score(disk, r)), *r));
+        // Highest score first (each scored once); the name breaks the (astronomically
+        // unlikely) tie.
+        let mut ranked: Vec<(std::cmp::Reverse<u64>, &str)> = replicas
+            .iter()
+            .map(|r| (std::cmp::Reverse(score(disk, r)), *r))
+            .collect();
+        ranked.sort_unstable();
         // The capacity (floor × replicas + extra) equals the number of disks, so some
         // replica has room for every disk.
         if let Some(r) = ranked
             .into_iter()
+            .map(|(_, r)| r)
             .find(|r| load[r] < floor || (load[r] == floor && extra > 0))
         {
             if load[r] == floor {
