@@ -333,27 +333,37 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     // Kill the daemon with two disks while one of its cycles is under way: a "starting
     // cycle" that is not yet followed by its end, the disk's lock blob naming it, and its
     // lease held (the test's own acquire is refused; one that succeeds is released at once).
-    // Its other disk is usually idle then, so both kinds of takeover are measured.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // For the first 30 s its other disk must be idle then (both tick together, so that takes
+    // a lucky moment): both kinds of takeover are measured.
+    let running = |log: &str, d: &str| {
+        count(log, "starting cycle", d)
+            > count(log, "cycle finished", d)
+                + count(log, "cycle failed", d)
+                + count(log, "skipped", d)
+    };
+    let started = Instant::now();
     let (k, held) = 'found: loop {
-        assert!(Instant::now() < deadline, "no daemon caught mid-cycle");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no daemon caught mid-cycle"
+        );
+        let pick_any = started.elapsed() > Duration::from_secs(30);
         for (k, daemon) in daemons.iter().enumerate() {
             if shares[k].len() != 2 {
                 continue;
             }
             let log = daemon.stderr();
-            for d in DISKS {
-                let ends = count(&log, "cycle finished", d)
-                    + count(&log, "cycle failed", d)
-                    + count(&log, "skipped", d);
-                if count(&log, "starting cycle", d) > ends
+            for d in &shares[k] {
+                let other_idle = shares[k].iter().all(|o| o == d || !running(&log, o));
+                if running(&log, d)
+                    && (other_idle || pick_any)
                     && holder(blobs.as_ref(), &fx.backup(d)).await == Some(daemon.pid())
                 {
                     let lock = snapback::ownership::lock_blob(&fx.backup(d));
                     let probe = "00000000-0000-0000-0000-00000000beef";
                     match blobs.acquire_lease(&lock, probe, 15).await {
                         Err(e) if e.kind == snapback::blobs::ErrorKind::Conflict => {
-                            break 'found (k, d)
+                            break 'found (k, d.as_str())
                         }
                         Ok(()) => blobs.release_lease(&lock, probe).await.unwrap(),
                         Err(e) => panic!("probing the lease of {d}: {e}"),
@@ -373,9 +383,8 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     );
 
     // Which of its disks the dead daemon still holds the lease of (it was mid-cycle on them):
-    // those wait for the disk lease to expire. Probed a moment after the kill: an acquire the
-    // daemon sent just before it died may still be on its way through a busy Azurite.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // those wait for the disk lease to expire. Both of its disks tick together, so often
+    // both.
     let mut mid_cycle = Vec::new();
     for d in &shares[k] {
         let lock = snapback::ownership::lock_blob(&fx.backup(d));
@@ -386,10 +395,9 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
             Err(e) => panic!("probing the lease of {d}: {e}"),
         }
     }
-    assert!(
-        mid_cycle.contains(&held),
-        "{held} is still leased by the dead daemon"
-    );
+    // Not asserted to include `held`: its cycle may have ended between the search's probe
+    // and the kill.
+    eprintln!("disks the dead daemon still holds the lease of: {mid_cycle:?}");
 
     // Each disk was run by its owner only between settling and the kill (fair share, no
     // racing), and every daemon ran cycles.
@@ -469,8 +477,8 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     for (d, t) in &takeover {
         eprintln!(
             "takeover of {d}{}: first restore point by another daemon {:.1} s after the SIGKILL",
-            if *d == held {
-                " (killed mid-cycle)"
+            if mid_cycle.contains(d) {
+                " (killed mid-cycle: waited for its disk lease)"
             } else {
                 ""
             },
