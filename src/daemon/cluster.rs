@@ -104,8 +104,8 @@ impl Member {
             seen_at: None,
         };
         let (view_tx, view) = watch::channel(first);
+        hb.round(&view_tx, &disks).await;
         let (disks_tx, disks_rx) = watch::channel(disks);
-        hb.round(&view_tx, &disks_rx.borrow()).await;
         let stop = CancellationToken::new();
         let task = tokio::spawn(hb.run(view_tx, disks_rx, stop.clone()));
         Member {
