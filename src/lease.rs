@@ -48,3 +48,21 @@ pub trait LeaseBlobs: Send + Sync {
         metadata: &Metadata,
     ) -> BlobResult<String>;
 }
+
+/// One blob of a listing and whether it is leased now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeasedBlob {
+    pub name: String,
+    /// The lease is held (not available, expired, broken or breaking).
+    pub leased: bool,
+    pub metadata: Metadata,
+}
+
+/// List Blobs with lease state: how cluster replicas see which of them are alive (each holds
+/// a lease on its heartbeat blob; see `daemon::cluster`). One request per 5,000 blobs, where a
+/// Get Blob Properties per replica would be one per replica.
+#[async_trait]
+pub trait LeaseListing: Send + Sync {
+    /// The blobs of `dir`'s account and container whose names start with `dir.blob`.
+    async fn list_leases(&self, dir: &BlobRef) -> BlobResult<Vec<LeasedBlob>>;
+}

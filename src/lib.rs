@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML contract, validated into typed specs with every problem reported.
 //! - [`model`]: the shared vocabulary: blob and snapshot ids, metadata tags, time.
 //! - [`pages`]: page geometry and diff coalescing (pure).
+//! - [`assign`]: the fair share of disks across cluster replicas (pure).
 //! - [`blob_error`]: typed storage errors (kind, resource, status, error code).
 //! - [`blobs`]: the narrow page-blob trait a cycle needs.
 //! - [`arm`]: the only code that speaks to Azure Resource Manager (managed disks).
@@ -30,6 +31,7 @@
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
 pub mod arm;
+pub mod assign;
 pub mod azure;
 pub mod blob_error;
 pub mod blobs;

@@ -88,6 +88,16 @@ impl FromStr for BlobRef {
     }
 }
 
+/// This host's name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), or `unknown-host`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
 /// Azure container names: 3-63 of lowercase letters, digits and single hyphens, starting and
 /// ending with a letter or digit; or `$root`.
 pub fn valid_container_name(s: &str) -> bool {

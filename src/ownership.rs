@@ -87,12 +87,7 @@ pub fn lock_blob(backup: &BlobRef) -> BlobRef {
 
 /// Who this process is, as written into the lock blob: host, pid and replica id.
 pub fn holder_identity(replica: Option<&str>) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into());
+    let host = crate::model::host_name();
     let pid = std::process::id();
     let replica = replica
         .map(str::to_string)

@@ -217,6 +217,10 @@ impl App {
                 )
             })
         });
+        // In a cluster, lock blobs name the replica by the id its heartbeat and status use.
+        let holder = crate::ownership::holder_identity(
+            config.cluster.as_ref().map(|c| c.replica_id.as_str()),
+        );
         Ok(App {
             limits,
             config,
@@ -226,7 +230,7 @@ impl App {
             arm,
             sas: SasBlobs::default(),
             leases: None,
-            holder: crate::ownership::holder_identity(None),
+            holder,
             owner_key: 0,
         })
     }

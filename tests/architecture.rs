@@ -46,7 +46,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "storage trait",
         &["blobs", "blob_error", "secrets", "lease"],
     ),
-    ("model", &["model", "pages", "vhd", "tls"]),
+    ("model", &["model", "pages", "vhd", "tls", "assign"]),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -185,9 +185,20 @@ fn deployment_agrees_with_the_config_and_the_daemon() {
     for k in ["requests", "limits"] {
         assert!(c["resources"][k]["memory"].is_string(), "{k}");
     }
-    // No two daemons at once (no cluster mode yet).
-    assert_eq!(dep["spec"]["replicas"], 1);
-    assert_eq!(dep["spec"]["strategy"]["type"], "Recreate");
+    // Several replicas in cluster mode, each named by its pod.
+    assert_eq!(dep["spec"]["replicas"], 3);
+    let cluster = config.cluster.as_ref().expect("[cluster]");
+    assert_eq!(cluster.container, "snapback-cluster");
+    let replica = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == snapback::config::cluster::REPLICA_ID_ENV)
+        .expect("SNAPBACK_REPLICA_ID");
+    assert_eq!(
+        replica["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
 
     // Probes: named port = the config's metrics port.
     let port = c["ports"][0]["containerPort"].as_u64().unwrap();

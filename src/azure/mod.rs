@@ -14,6 +14,7 @@
 
 pub mod http;
 mod lease;
+mod lease_list;
 pub mod page_list;
 mod preflight;
 pub mod sas_blob;

@@ -59,6 +59,7 @@ const TOP_FIELDS: &[&str] = &[
     "azure",
     "disk",
     "hooks",
+    "cluster",
 ];
 
 const ACCOUNT_FIELDS: &[&str] = &[
@@ -133,6 +134,8 @@ pub struct Config {
     pub disks: Vec<DiskConfig>,
     /// The `[hooks]` table: hooks of every disk that does not override them.
     pub hooks: Hooks,
+    /// The `[cluster]` table: replicas sharing the disks (`None`: this daemon runs them all).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Log output format: `text` for humans at a terminal / journald, `json` for
@@ -562,6 +565,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // ---------------------------------------------------------------------------
 
 pub mod azure;
+pub mod cluster;
+pub use cluster::ClusterConfig;
 mod hooks;
 mod throttle;
 pub use throttle::ThrottleConfig;

@@ -380,6 +380,7 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
     let azure = build_azure(cx, doc);
     let disks = build_disks(cx, doc, &account_keys);
     let hooks = super::hooks::build_hooks(cx, doc, "");
+    let cluster = super::cluster::build_cluster(cx, doc, &account_keys);
     // A managed disk is reached through ARM, which needs the [azure] table's credential.
     if azure.is_none() && !doc.contains_key("azure") {
         for d in disks.iter().filter(|d| d.blob_source().is_none()) {
@@ -408,6 +409,7 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
         azure,
         disks,
         hooks,
+        cluster,
     }
 }
 

@@ -55,6 +55,33 @@ pub struct DaemonStatus {
     pub config: String,
     pub uptime_seconds: u64,
     pub disks: Vec<DaemonDiskStatus>,
+    /// This replica's view of the `[cluster]` (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// What `status` shows of the cluster: who is alive and which disks this replica runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub replica_id: String,
+    pub alive: Vec<String>,
+    pub assigned: Vec<String>,
+    /// Whether the last heartbeat round reached the coordination container.
+    pub connected: bool,
+    /// Seconds since a heartbeat round last succeeded (`None`: never).
+    pub view_age_seconds: Option<u64>,
+}
+
+impl ClusterStatus {
+    pub fn of(v: &super::cluster::View) -> ClusterStatus {
+        ClusterStatus {
+            replica_id: v.replica_id.clone(),
+            alive: v.alive.clone(),
+            assigned: v.assigned.iter().cloned().collect(),
+            connected: v.connected,
+            view_age_seconds: v.seen_at.map(|t| t.elapsed().as_secs()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +238,26 @@ pub fn render_status(s: &DaemonStatus) -> String {
         "daemon: pid {}, up {}s, config {}\n",
         s.pid, s.uptime_seconds, s.config
     );
+    if let Some(c) = &s.cluster {
+        let _ = writeln!(
+            out,
+            "cluster: replica {}, {} alive ({}), runs {} disk(s): {}{}",
+            c.replica_id,
+            c.alive.len(),
+            c.alive.join(", "),
+            c.assigned.len(),
+            if c.assigned.is_empty() {
+                "none".to_string()
+            } else {
+                c.assigned.join(", ")
+            },
+            match (c.connected, c.view_age_seconds) {
+                (true, _) => String::new(),
+                (false, Some(age)) => format!(" (coordination unreachable; view {age}s old)"),
+                (false, None) => " (coordination unreachable; running every disk)".into(),
+            }
+        );
+    }
     for d in &s.disks {
         let st = &d.status;
         let _ = writeln!(out, "{}  ({} -> {})", st.disk, st.source, st.backup);

@@ -48,6 +48,9 @@ pub struct Metrics {
     disks: Gauge,
     start_time: Gauge,
     reloads: Family<Labels, Counter>,
+    cluster_replicas: Gauge,
+    cluster_connected: Gauge,
+    disk_assigned: Family<Labels, Gauge>,
 }
 
 /// The build's version, and its git commit when the build was given one in
@@ -91,6 +94,9 @@ impl Metrics {
             disks: Gauge::default(),
             start_time: Gauge::default(),
             reloads: Family::default(),
+            cluster_replicas: Gauge::default(),
+            cluster_connected: Gauge::default(),
+            disk_assigned: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -181,6 +187,21 @@ impl Metrics {
             "Config reloads, by result (ok, error)",
             m.reloads.clone(),
         );
+        registry.register(
+            "cluster_replicas",
+            "Alive cluster replicas as this replica sees them ([cluster] only)",
+            m.cluster_replicas.clone(),
+        );
+        registry.register(
+            "cluster_connected",
+            "1 if this replica's last heartbeat round reached the coordination container",
+            m.cluster_connected.clone(),
+        );
+        registry.register(
+            "disk_assigned",
+            "1 if this replica runs the disk's scheduled cycles ([cluster] only)",
+            m.disk_assigned.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -190,6 +211,23 @@ impl Metrics {
 
     pub fn set_disks(&self, n: usize) {
         self.disks.set(n as i64);
+    }
+
+    /// This replica's view of the cluster: alive replicas, reachability and, per configured
+    /// disk, whether it is this replica's.
+    pub fn set_cluster<'a>(
+        &self,
+        alive: usize,
+        connected: bool,
+        disks: impl Iterator<Item = (&'a str, bool)>,
+    ) {
+        self.cluster_replicas.set(alive as i64);
+        self.cluster_connected.set(i64::from(connected));
+        for (disk, mine) in disks {
+            self.disk_assigned
+                .get_or_create(&Self::disk(disk))
+                .set(i64::from(mine));
+        }
     }
 
     pub fn reload(&self, ok: bool) {
@@ -275,6 +313,7 @@ impl Metrics {
             &self.restore_points,
             &self.newest_restore_point,
             &self.interval,
+            &self.disk_assigned,
         ] {
             f.remove(&l);
         }

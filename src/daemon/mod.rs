@@ -10,11 +10,13 @@
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`readiness`]: what `/readyz` answers.
 //! - [`signals`]: Unix signal handling.
+//! - [`cluster`]: `[cluster]` membership; which disks this replica runs.
 //!
 //! Invariants: at most one cycle per disk (a due tick while it runs is coalesced); at most
 //! `max_concurrent_cycles` cycles apply at once; a stopped cycle is always left at a
 //! checkpoint of the state database, so a later run resumes it (docs/design.md).
 
+pub mod cluster;
 pub mod control;
 pub mod metrics;
 pub mod readiness;
@@ -22,7 +24,7 @@ pub mod schedule;
 pub mod signals;
 
 use crate::blobs::PageBlobs;
-use crate::config::{Config, DiskConfig};
+use crate::config::{self, Config, DiskConfig};
 use crate::cycle::error::CycleError;
 use crate::cycle::machine::{CycleRecord, PhaseName};
 use crate::cycle::progress::{Activity, Progress};
@@ -184,6 +186,10 @@ impl Daemon {
     pub async fn start(config: Config, opts: Options) -> Result<Daemon, DaemonError> {
         let lock = take_daemon_lock(&config.state_dir)?;
         let app = Arc::new(open_app(config.clone(), opts.blobs.as_ref())?);
+        let cluster = match &config.cluster {
+            Some(c) => Some(join_cluster(c, &config, &app).await),
+            None => None,
+        };
         let control_listener = bind_control(&config.control_socket)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
@@ -225,12 +231,15 @@ impl Daemon {
             started: Instant::now(),
             notify: opts.notify_systemd,
             blobs: opts.blobs,
+            view: cluster.as_ref().map(|c| c.view()),
+            cluster,
             config,
         };
         for d in sup.config.disks.clone() {
             sup.add_disk(d, now);
         }
         sup.metrics.set_disks(sup.slots.len());
+        sup.publish_view();
         sup.probe_storage();
         sup.list_restore_points(sup.config.disks.clone());
         tracing::info!(
@@ -328,6 +337,28 @@ struct Supervisor {
     started: Instant,
     notify: bool,
     blobs: Option<Arc<dyn PageBlobs>>,
+    /// `[cluster]` membership; `None`: this daemon runs every disk.
+    cluster: Option<cluster::Member>,
+    /// The last cluster view acted on (logged and published).
+    view: Option<cluster::View>,
+}
+
+/// Joins the `[cluster]` through the coordination account's own client (the heartbeat is
+/// Azure leases, whatever storage the cycles use).
+async fn join_cluster(c: &config::ClusterConfig, config: &Config, app: &App) -> cluster::Member {
+    let blobs = Arc::new(crate::azure::AzureBlobs::new(
+        config.accounts.get(&c.account),
+    ));
+    let names = config.disks.iter().map(|d| d.name.clone()).collect();
+    let member = cluster::Member::join(c, blobs, app.owner_key, &app.holder, names).await;
+    let v = member.view();
+    let assigned: Vec<&str> = v.assigned.iter().map(String::as_str).collect();
+    if v.connected {
+        tracing::info!(replica = %v.replica_id, alive = %v.alive.join(","), assigned = %assigned.join(","), "joined the cluster");
+    } else {
+        tracing::warn!(replica = %v.replica_id, container = %format!("{}/{}", c.account, c.container), "cannot reach the cluster's coordination container yet; running every disk (each cycle under its disk lease) until it answers");
+    }
+    member
 }
 
 fn open_app(config: Config, blobs: Option<&Arc<dyn PageBlobs>>) -> Result<App, AppError> {
@@ -375,6 +406,7 @@ impl Supervisor {
         };
         let mut watchdog =
             tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+        let mut views = self.cluster.as_ref().map(cluster::Member::subscribe);
         loop {
             let now = self.clock.now();
             self.tick(now);
@@ -392,6 +424,7 @@ impl Supervisor {
                 Some((req, reply)) = control.recv() => {
                     let _ = reply.send(self.handle_request(req));
                 }
+                v = cluster::next_view(&mut views) => self.view_changed(v),
                 _ = tokio::time::sleep(nap) => {}
                 _ = progress.tick() => {
                     self.report_progress();
@@ -424,6 +457,8 @@ impl Supervisor {
                 .poll(&slot.sched, now, running, rand::random::<f64>())
             {
                 Wake::Idle => {}
+                // Another replica's share: its tick passes here (the owner runs it).
+                Wake::Start(_) if self.cluster.as_ref().is_some_and(|c| !c.runs(name)) => {}
                 Wake::Start(reason) => to_start.push((name.clone(), reason)),
                 Wake::Coalesced(reason) => {
                     tracing::info!(disk = %name, reason = reason.as_str(), "cycle already running; this start is merged into it")
@@ -435,6 +470,27 @@ impl Supervisor {
         }
         for (name, reason) in to_start {
             self.start(&name, reason, now);
+        }
+    }
+
+    /// A new cluster view: logged when it changes who is alive or what this replica runs;
+    /// the next tick follows it.
+    fn view_changed(&mut self, v: cluster::View) {
+        if let Some(old) = &self.view {
+            cluster::log_change(old, &v);
+        }
+        self.view = Some(v);
+        self.publish_view();
+    }
+
+    /// Publishes the cluster view as metrics.
+    fn publish_view(&self) {
+        if let Some(v) = &self.view {
+            self.metrics.set_cluster(
+                v.alive.len(),
+                v.connected,
+                self.slots.keys().map(|d| (d.as_str(), v.runs(d))),
+            );
         }
     }
 
@@ -739,6 +795,7 @@ impl Supervisor {
             config: self.config.path.display().to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
             disks,
+            cluster: self.view.as_ref().map(control::ClusterStatus::of),
         })
     }
 
@@ -820,6 +877,12 @@ impl Supervisor {
                 }
             }
         }
+        if new.cluster != self.config.cluster {
+            tracing::warn!("[cluster] changes take effect at the next restart");
+        }
+        if let Some(c) = &self.cluster {
+            c.set_disks(new.disks.iter().map(|d| d.name.clone()).collect());
+        }
         self.config = new;
         self.metrics.set_disks(self.slots.len());
         let relist = self
@@ -849,6 +912,10 @@ impl Supervisor {
         control: &mut mpsc::Receiver<Incoming>,
     ) {
         self.sd_notify(&[sd_notify::NotifyState::Stopping]);
+        // First, so the others rebalance while this replica's cycles reach their checkpoints.
+        if let Some(c) = self.cluster.take() {
+            c.leave().await;
+        }
         for (name, slot) in &self.slots {
             if let Some(r) = &slot.running {
                 tracing::info!(disk = %name, "stopping the cycle at its next checkpoint");

@@ -1,0 +1,50 @@
+//! [`LeaseListing`] over the storage SDK: List Blobs with metadata; each item carries its
+//! lease state.
+
+use super::{map_err, AzureBlobs};
+use crate::blobs::{BlobRef, BlobResult, Resource};
+use crate::lease::{LeaseListing, LeasedBlob};
+use async_trait::async_trait;
+use azure_storage_blob::models::{
+    BlobContainerClientListBlobsOptions, LeaseState, ListBlobsIncludeItem,
+};
+use futures::TryStreamExt;
+
+#[async_trait]
+impl LeaseListing for AzureBlobs {
+    async fn list_leases(&self, dir: &BlobRef) -> BlobResult<Vec<LeasedBlob>> {
+        let what = "list leased blobs";
+        let err = |e| map_err(Resource::container(dir), what, e);
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: Some(dir.blob.clone()),
+            include: Some(vec![ListBlobsIncludeItem::Metadata]),
+            ..Default::default()
+        };
+        let mut pages = self
+            .container_client(dir)?
+            .list_blobs(Some(options))
+            .map_err(err)?
+            .into_pages();
+        let mut out = Vec::new();
+        while let Some(page) = pages.try_next().await.map_err(err)? {
+            for item in page.into_model().map_err(err)?.blob_items {
+                let Some(name) = item.name else { continue };
+                out.push(LeasedBlob {
+                    name,
+                    leased: item
+                        .properties
+                        .and_then(|p| p.lease_state)
+                        .is_some_and(|s| s == LeaseState::Leased),
+                    metadata: item
+                        .metadata
+                        .and_then(|m| m.values)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_lowercase(), v))
+                        .collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
