@@ -95,6 +95,21 @@ pub fn holder_identity(replica: Option<&str>) -> String {
     format!("host={host} pid={pid} replica={replica}")
 }
 
+/// This installation's replica id when none is configured: the host name (made blob-name
+/// safe) and the first 8 hex digits of the owner key, so two daemons on one host, each with
+/// its own state directory, are two replicas, and a restarted daemon is the same one.
+pub fn default_replica_id(owner: u128) -> String {
+    let host: String = crate::model::host_name()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .take(54)
+        .collect();
+    format!("{host}-{:08x}", (owner >> 96) as u32)
+}
+
 /// A held lease on one disk's lock blob, renewed in the background until released.
 pub struct DiskLease {
     leases: Arc<dyn LeaseBlobs>,

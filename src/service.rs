@@ -185,6 +185,9 @@ pub struct App {
     pub holder: String,
     /// This installation's owner key (`<state_dir>/owner-id`): its lease ids derive from it.
     pub owner_key: u128,
+    /// This replica's id in a cluster (`[cluster] replica_id`, else
+    /// `ownership::default_replica_id`); empty for in-memory storage.
+    pub replica_id: String,
 }
 
 impl App {
@@ -198,6 +201,14 @@ impl App {
                 source,
             }
         })?;
+        app.replica_id = app
+            .config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.replica_id.clone())
+            .unwrap_or_else(|| crate::ownership::default_replica_id(app.owner_key));
+        // Lock blobs name the replica by the id its heartbeat and status use.
+        app.holder = crate::ownership::holder_identity(Some(&app.replica_id));
         app.leases = Some(blobs);
         Ok(app)
     }
@@ -217,10 +228,7 @@ impl App {
                 )
             })
         });
-        // In a cluster, lock blobs name the replica by the id its heartbeat and status use.
-        let holder = crate::ownership::holder_identity(
-            config.cluster.as_ref().map(|c| c.replica_id.as_str()),
-        );
+        let holder = crate::ownership::holder_identity(None);
         Ok(App {
             limits,
             config,
@@ -232,6 +240,7 @@ impl App {
             leases: None,
             holder,
             owner_key: 0,
+            replica_id: String::new(),
         })
     }
 

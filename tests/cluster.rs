@@ -100,20 +100,30 @@ fn count(log: &str, what: &str, disk: &str) -> usize {
 /// Writes `host<i>.toml` (the fixture's config with its own state directory and a `[cluster]`
 /// table naming replica `host<i>`, plus `extra` top-level settings) and returns its path.
 fn host_config(fx: &Fixture, i: usize, extra: &str) -> std::path::PathBuf {
+    let text = own_state(fx, i, extra);
+    write_host_config(
+        fx,
+        i,
+        &format!("{text}\n[cluster]\naccount = \"backup\"\nreplica_id = \"host{i}\"\n"),
+    )
+}
+
+/// The fixture's config with the state directory `state-host<i>` and `extra` top-level
+/// settings.
+fn own_state(fx: &Fixture, i: usize, extra: &str) -> String {
     let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
     let state_line = format!("state_dir = \"{}\"", fx.dir.path().join("state").display());
-    let path = fx.dir.path().join(format!("host{i}.toml"));
     let state = fx.dir.path().join(format!("state-host{i}"));
-    let text = cfg.replacen(
+    cfg.replacen(
         &state_line,
         &format!("{extra}\nstate_dir = \"{}\"", state.display()),
         1,
-    );
-    std::fs::write(
-        &path,
-        format!("{text}\n[cluster]\naccount = \"backup\"\nreplica_id = \"host{i}\"\n"),
     )
-    .unwrap();
+}
+
+fn write_host_config(fx: &Fixture, i: usize, text: &str) -> std::path::PathBuf {
+    let path = fx.dir.path().join(format!("host{i}.toml"));
+    std::fs::write(&path, text).unwrap();
     path
 }
 
@@ -1016,4 +1026,71 @@ async fn a_lost_lease_stops_the_cycle_before_its_restore_point() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// No `[cluster]` table: daemons started on one config still share its disks (the implicit
+/// cluster in the first disk's backup account, replica ids from the host name and each state
+/// directory's owner key, so two on one host are two replicas), while a daemon of another
+/// installation — the same disk names backed up into other blobs of that account — counts
+/// only itself and runs all of its own disks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cluster_table_one_configs_replicas_share_and_other_installations_do_not() {
+    let fx = Fixture::with_extra(&two_second_disks());
+    let blobs = fx.blobs();
+    for d in DISKS {
+        create_disk(blobs.as_ref(), &fx.source(d), SIZE).await;
+    }
+    let same: Vec<_> = (0..2)
+        .map(|i| write_host_config(&fx, i, &own_state(&fx, i, "")))
+        .collect();
+    let other = write_host_config(
+        &fx,
+        2,
+        &own_state(&fx, 2, "").replace("backup/backups/", "backup/others/"),
+    );
+    let daemons: Vec<DaemonProc> = same
+        .iter()
+        .chain([&other])
+        .map(|c| DaemonProc::spawn_command(host_command(c, &["run"])))
+        .collect();
+    let start = Instant::now();
+    loop {
+        let views: Vec<_> = same.iter().chain([&other]).map(|c| view(c)).collect();
+        if let [Some((a0, s0)), Some((a1, s1)), Some((a2, s2))] = &views[..] {
+            let mut shared: Vec<&str> = s0.iter().chain(s1).map(String::as_str).collect();
+            shared.sort();
+            if a0.len() == 2 && a0 == a1 && !s0.is_empty() && !s1.is_empty() && shared == DISKS {
+                assert!(
+                    !a0.contains(&a2[0]),
+                    "the other installation is not counted: {views:?}"
+                );
+                assert_eq!(
+                    (a2.len(), s2.as_slice()),
+                    (1, &DISKS.map(String::from)[..]),
+                    "the other installation runs all of its disks: {views:?}"
+                );
+                break;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(40) {
+            let logs: Vec<String> = daemons.iter().map(DaemonProc::stderr).collect();
+            panic!(
+                "no fair split within 40 s: {views:?}\n{}",
+                logs.join("\n----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The other installation really backs its disks up, into its own blobs.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    for d in DISKS {
+        let backup = BlobRef::new("backup", "others", d);
+        while points(blobs.as_ref(), &backup, d).await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no restore point of {d} in backup/others"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }

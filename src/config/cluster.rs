@@ -38,8 +38,11 @@ pub struct ClusterConfig {
     pub account: String,
     pub container: String,
     /// This replica's name: its heartbeat blob is `replicas/<replica_id>`. Unique per
-    /// replica; letters, digits, `.`, `_` and `-`, at most 63.
-    pub replica_id: String,
+    /// replica; letters, digits, `.`, `_` and `-`, at most 63. `None`: neither the file nor
+    /// `$SNAPBACK_REPLICA_ID` says; the daemon uses the host name and its state directory's
+    /// owner key (`ownership::default_replica_id`), unique per installation even when several
+    /// run on one host.
+    pub replica_id: Option<String>,
     /// Duration of the heartbeat blob's lease: how long a replica that died without releasing
     /// it still counts as alive (its disks wait that long before others plan them).
     pub heartbeat_lease: Duration,
@@ -92,20 +95,13 @@ pub(super) fn build_cluster(
         Some((c, _)) => Some(c.to_string()),
         None => Some(DEFAULT_CONTAINER.to_string()),
     };
+    // Outer `None`: an invalid id (reported); inner `None`: the daemon's default.
     let replica_id = match get_nonempty_str(cx, t, "replica_id", p) {
-        Some((r, span)) => check_replica(cx, span, r, "field \"replica_id\""),
+        Some((r, span)) => check_replica(cx, span, r, "field \"replica_id\"").map(Some),
         None if t.contains_key("replica_id") => None,
         None => match std::env::var(REPLICA_ID_ENV) {
-            Ok(r) => check_replica(cx, at.clone(), &r, &format!("${REPLICA_ID_ENV}")),
-            Err(_) => {
-                let host = crate::model::host_name();
-                check_replica(
-                    cx,
-                    at.clone(),
-                    &host,
-                    "the host name (replica_id's default)",
-                )
-            }
+            Ok(r) => check_replica(cx, at.clone(), &r, &format!("${REPLICA_ID_ENV}")).map(Some),
+            Err(_) => Some(None),
         },
     };
     let heartbeat_lease = get_duration(cx, t, "heartbeat_lease", p);
@@ -136,6 +132,23 @@ pub(super) fn build_cluster(
         heartbeat_lease,
         heartbeat_every: heartbeat_every.unwrap_or(DEFAULT_HEARTBEAT_EVERY),
     })
+}
+
+impl ClusterConfig {
+    /// The cluster a daemon joins when the file has no `[cluster]` table: coordination in the
+    /// first disk's backup account, every other setting at its default. So replicas started
+    /// on one config share its disks with nothing more to configure; a table pins the account.
+    pub fn implicit(backup_account: &str) -> ClusterConfig {
+        ClusterConfig {
+            account: backup_account.to_string(),
+            container: DEFAULT_CONTAINER.to_string(),
+            replica_id: std::env::var(REPLICA_ID_ENV)
+                .ok()
+                .filter(|r| valid_replica_id(r)),
+            heartbeat_lease: DEFAULT_HEARTBEAT_LEASE,
+            heartbeat_every: DEFAULT_HEARTBEAT_EVERY,
+        }
+    }
 }
 
 /// Blob-name safe and unambiguous in logs and metrics labels.
@@ -190,9 +203,9 @@ mod tests {
             (
                 c.account.as_str(),
                 c.container.as_str(),
-                c.replica_id.as_str()
+                c.replica_id.as_deref()
             ),
-            ("a", "snapback-cluster", "pod-1")
+            ("a", "snapback-cluster", Some("pod-1"))
         );
         assert_eq!(c.heartbeat_lease, Duration::from_secs(15));
         assert_eq!(c.heartbeat_every, Duration::from_secs(5));
@@ -213,7 +226,7 @@ mod tests {
             .unwrap()
             .cluster
             .unwrap();
-        assert_eq!(c.replica_id, "snapback-7d9f-x2");
+        assert_eq!(c.replica_id.as_deref(), Some("snapback-7d9f-x2"));
         std::env::set_var(super::REPLICA_ID_ENV, "pod one");
         let e = parse("[cluster]\naccount = \"a\"\n")
             .unwrap_err()

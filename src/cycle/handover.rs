@@ -9,7 +9,7 @@
 //! [`AZURE_CHECKPOINT_EVERY`]. Always after the local save, so the local state is never
 //! behind Azure's record of a cycle this installation wrote.
 //!
-//! What is decided when the lease is taken ([`Runner::take_over`], pure part [`decide`]): see
+//! What is decided when the lease is taken (`Runner::take_over`, pure part [`decide`]): see
 //! docs/design.md, "Where the state lives".
 
 use super::error::CycleError;
@@ -63,7 +63,7 @@ pub enum Handover {
 
 /// The pure decision. `azure` is the record in the lock blob, already checked to be bound to
 /// the disk's current source, backup and chain (no record, or one of another binding, is
-/// handled before: see [`Runner::take_over`]); `finished_locally` says whether the local
+/// handled before: see `Runner::take_over`); `finished_locally` says whether the local
 /// state finished Azure's cycle; `me` is this installation's [`DiskLease::writer`].
 pub fn decide(
     local_open: Option<&CycleRecord>,

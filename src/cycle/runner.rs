@@ -155,11 +155,11 @@ impl<'a> Runner<'a> {
 
     /// The disk's unfinished cycle, or a new one (invariant 1: never two at once). A cycle is
     /// bound to the source and backup it started with: when the config names others, it is
-    /// abandoned first (see [`Runner::rebind`]).
+    /// abandoned first (see `Runner::rebind`).
     ///
     /// Under a lease, the record in the disk's lock blob is reconciled first (Azure's open
     /// cycle is resumed here; a local one the disk moved past is abandoned: see
-    /// [`Runner::take_over`]), and the cycle opened or resumed is recorded there before its
+    /// `Runner::take_over`), and the cycle opened or resumed is recorded there before its
     /// first step.
     pub async fn open_or_resume(&self) -> Result<CycleRecord, CycleError> {
         let d = self.disk;

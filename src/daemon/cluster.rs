@@ -23,7 +23,7 @@
 use crate::assign;
 use crate::azure::AzureBlobs;
 use crate::blobs::{BlobError, BlobRef, ErrorKind, Metadata, PageBlobs};
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, DiskConfig};
 use crate::lease::{LeaseBlobs, LeaseListing};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,6 +33,36 @@ use tokio_util::sync::CancellationToken;
 
 /// Heartbeat blobs live under this prefix of the coordination container.
 pub const REPLICAS_PREFIX: &str = "replicas/";
+
+/// Heartbeat metadata naming the disk set its replica runs (see [`DiskSet`]).
+const DISK_SET_KEY: &str = "disk_set";
+
+/// The configured disks as the cluster sees them: their names, and a fingerprint of the
+/// whole set (names, sources and backups). Replicas count each other only when their
+/// fingerprints match, so two installations that share a coordination container (the
+/// implicit cluster uses the first disk's backup account) never divide each other's disks;
+/// replicas in the middle of a rolling config change form two groups for a moment, which
+/// the disk leases keep safe (at worst both groups try a disk and one skips it).
+#[derive(Clone, Debug)]
+pub struct DiskSet {
+    names: Vec<String>,
+    fingerprint: String,
+}
+
+impl DiskSet {
+    pub fn of(disks: &[DiskConfig]) -> DiskSet {
+        let mut lines: Vec<String> = disks
+            .iter()
+            .map(|d| format!("{}\0{}\0{}", d.name, d.source, d.backup))
+            .collect();
+        lines.sort();
+        let crc = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+        DiskSet {
+            names: disks.iter().map(|d| d.name.clone()).collect(),
+            fingerprint: format!("{:016x}", crc.checksum(lines.join("\n").as_bytes())),
+        }
+    }
+}
 
 /// What this replica sees of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +88,7 @@ impl View {
 /// A running membership: the heartbeat task and the view it publishes.
 pub struct Member {
     view: watch::Receiver<View>,
-    disks: watch::Sender<Vec<String>>,
+    disks: watch::Sender<DiskSet>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -69,21 +99,22 @@ impl Member {
     /// does not first run every disk. Then keeps the heartbeat in the background.
     pub async fn join(
         cfg: &ClusterConfig,
+        replica_id: &str,
         blobs: Arc<AzureBlobs>,
         owner_key: u128,
         holder: &str,
-        disks: Vec<String>,
+        disks: DiskSet,
     ) -> Member {
         let mut hb = Heartbeat {
             blob: BlobRef::new(
                 &cfg.account,
                 &cfg.container,
-                &format!("{REPLICAS_PREFIX}{}", cfg.replica_id),
+                &format!("{REPLICAS_PREFIX}{replica_id}"),
             ),
             dir: BlobRef::new(&cfg.account, &cfg.container, REPLICAS_PREFIX),
             lease_id: crate::ownership::lease_id(
                 owner_key,
-                &format!("{REPLICAS_PREFIX}{}", cfg.replica_id),
+                &format!("{REPLICAS_PREFIX}{replica_id}"),
             ),
             metadata: Metadata::from([
                 ("holder".to_string(), holder.to_string()),
@@ -94,12 +125,13 @@ impl Member {
             ]),
             blobs,
             cfg: cfg.clone(),
+            replica_id: replica_id.to_string(),
             held: false,
         };
         let first = View {
-            replica_id: cfg.replica_id.clone(),
-            alive: vec![cfg.replica_id.clone()],
-            assigned: disks.iter().cloned().collect(),
+            replica_id: replica_id.to_string(),
+            alive: vec![replica_id.to_string()],
+            assigned: disks.names.iter().cloned().collect(),
             connected: false,
             seen_at: None,
         };
@@ -132,7 +164,7 @@ impl Member {
     }
 
     /// The configured disks changed (a reload): re-assign at once.
-    pub fn set_disks(&self, disks: Vec<String>) {
+    pub fn set_disks(&self, disks: DiskSet) {
         self.disks.send_replace(disks);
     }
 
@@ -184,6 +216,8 @@ pub fn log_change(old: &View, new: &View) {
 
 struct Heartbeat {
     cfg: ClusterConfig,
+    /// `cfg.replica_id`, or the installation's default.
+    replica_id: String,
     blobs: Arc<AzureBlobs>,
     blob: BlobRef,
     dir: BlobRef,
@@ -196,7 +230,7 @@ impl Heartbeat {
     async fn run(
         mut self,
         view: watch::Sender<View>,
-        mut disks: watch::Receiver<Vec<String>>,
+        mut disks: watch::Receiver<DiskSet>,
         stop: CancellationToken,
     ) {
         loop {
@@ -205,8 +239,8 @@ impl Heartbeat {
                 _ = tokio::time::sleep(self.cfg.heartbeat_every) => {}
                 r = disks.changed() => if r.is_err() { break },
             }
-            let names = disks.borrow_and_update().clone();
-            self.round(&view, &names).await;
+            let set = disks.borrow_and_update().clone();
+            self.round(&view, &set).await;
         }
         if self.held {
             // Bounded: a shutdown must not wait on an unreachable coordination account (the
@@ -215,7 +249,7 @@ impl Heartbeat {
             let release = self.blobs.release_lease(&self.blob, &self.lease_id);
             match tokio::time::timeout(limit, release).await {
                 Ok(Ok(())) => {
-                    tracing::info!(replica = %self.cfg.replica_id, "left the cluster (heartbeat lease released)")
+                    tracing::info!(replica = %self.replica_id, "left the cluster (heartbeat lease released)")
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(blob = %self.blob, error = %e, "cannot release the heartbeat lease; the others see this replica gone when it expires")
@@ -229,15 +263,15 @@ impl Heartbeat {
 
     /// One heartbeat and one look at who is alive, bounded by `heartbeat_every` so a hung
     /// request cannot hold the heartbeat back; the view changes only on success.
-    async fn round(&mut self, view: &watch::Sender<View>, disks: &[String]) {
+    async fn round(&mut self, view: &watch::Sender<View>, disks: &DiskSet) {
         let limit = self.cfg.heartbeat_every.max(Duration::from_secs(1));
-        let alive = match tokio::time::timeout(limit, self.beat_and_list()).await {
+        let alive = match tokio::time::timeout(limit, self.beat_and_list(disks)).await {
             Ok(Ok(alive)) => alive,
             Ok(Err(e)) => return self.unreachable(view, &e.to_string()),
             Err(_) => return self.unreachable(view, &format!("no answer within {limit:?}")),
         };
-        let me = &self.cfg.replica_id;
-        let share = assign::disks_of(&assign::assign(disks, &alive), me);
+        let me = &self.replica_id;
+        let share = assign::disks_of(&assign::assign(&disks.names, &alive), me);
         view.send_modify(|v| {
             v.alive = alive;
             v.assigned = share.into_iter().collect();
@@ -258,25 +292,34 @@ impl Heartbeat {
     }
 
     /// Renews (or takes) this replica's heartbeat lease, then lists who holds one.
-    async fn beat_and_list(&mut self) -> Result<Vec<String>, BlobError> {
+    async fn beat_and_list(&mut self, disks: &DiskSet) -> Result<Vec<String>, BlobError> {
         if self.held {
             if let Err(e) = self.blobs.renew_lease(&self.blob, &self.lease_id).await {
                 tracing::warn!(blob = %self.blob, error = %e, "heartbeat lease lost; taking it again");
                 self.held = false;
             }
         }
+        let set_changed = self.metadata.get(DISK_SET_KEY) != Some(&disks.fingerprint);
+        if set_changed {
+            self.metadata
+                .insert(DISK_SET_KEY.to_string(), disks.fingerprint.clone());
+        }
         if !self.held {
             self.take().await?;
+        } else if set_changed {
+            self.blobs
+                .set_leased_metadata(&self.blob, &self.lease_id, &self.metadata)
+                .await?;
         }
         let listed = self.blobs.list_leases(&self.dir).await?;
         let mut alive: Vec<String> = listed
             .into_iter()
-            .filter(|b| b.leased)
+            .filter(|b| b.leased && b.metadata.get(DISK_SET_KEY) == Some(&disks.fingerprint))
             .filter_map(|b| b.name.strip_prefix(REPLICAS_PREFIX).map(str::to_string))
             .collect();
         // Counted even when its own heartbeat is not held (another process uses the same id):
         // it then shares that id's disks with it, which the disk leases keep safe.
-        alive.push(self.cfg.replica_id.clone());
+        alive.push(self.replica_id.clone());
         alive.sort();
         alive.dedup();
         Ok(alive)
@@ -303,7 +346,7 @@ impl Heartbeat {
                     .flatten()
                     .and_then(|p| p.metadata.get("holder").cloned())
                     .unwrap_or_else(|| "another process".into());
-                tracing::error!(replica = %self.cfg.replica_id, holder = %other, blob = %self.blob, "this replica id is in use by another live process; give every replica its own replica_id");
+                tracing::error!(replica = %self.replica_id, holder = %other, blob = %self.blob, "this replica id is in use by another live process; give every replica its own replica_id");
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -312,5 +355,34 @@ impl Heartbeat {
         self.blobs
             .set_leased_metadata(&self.blob, &self.lease_id, &self.metadata)
             .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DiskSet;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn disks(body: &str) -> Vec<crate::config::DiskConfig> {
+        let text = format!("state_dir = \"/tmp/s\"\n[accounts.acct]\nendpoint = \"https://acct.blob.core.windows.net\"\nshared_key_env = \"K\"\n{body}");
+        Config::parse(&text, Path::new("t.toml")).unwrap().disks
+    }
+
+    #[test]
+    fn replicas_share_a_disk_set_only_when_names_sources_and_backups_all_match() {
+        let d1 =
+            "[[disk]]\nname = \"d1\"\nsource = \"acct/vhds/s1\"\nbackup = \"acct/backups/d1\"\n";
+        let d2 =
+            "[[disk]]\nname = \"d2\"\nsource = \"acct/vhds/s2\"\nbackup = \"acct/backups/d2\"\n";
+        let set = |body: &str| DiskSet::of(&disks(body)).fingerprint;
+        assert_eq!(set(&format!("{d1}{d2}")), set(&format!("{d2}{d1}")));
+        assert_ne!(set(&format!("{d1}{d2}")), set(d1));
+        let other_backup = d2.replace("acct/backups/d2", "acct/backups/other");
+        assert_ne!(
+            set(&format!("{d1}{d2}")),
+            set(&format!("{d1}{other_backup}"))
+        );
     }
 }

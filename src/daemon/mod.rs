@@ -186,7 +186,14 @@ impl Daemon {
     pub async fn start(config: Config, opts: Options) -> Result<Daemon, DaemonError> {
         let lock = take_daemon_lock(&config.state_dir)?;
         let app = Arc::new(open_app(config.clone(), opts.blobs.as_ref())?);
-        let cluster = match &config.cluster {
+        // Without a `[cluster]` table a daemon on Azure storage joins the implicit one, so
+        // replicas started on one config share its disks with nothing to configure; in-memory
+        // storage (simulations) has no one to share with.
+        let cluster = config.cluster.clone().or_else(|| {
+            let first = config.disks.first().filter(|_| opts.blobs.is_none())?;
+            Some(config::ClusterConfig::implicit(&first.backup.account))
+        });
+        let cluster = match &cluster {
             Some(c) => Some(join_cluster(c, &config, &app).await),
             None => None,
         };
@@ -349,8 +356,9 @@ async fn join_cluster(c: &config::ClusterConfig, config: &Config, app: &App) -> 
     let blobs = Arc::new(crate::azure::AzureBlobs::new(
         config.accounts.get(&c.account),
     ));
-    let names = config.disks.iter().map(|d| d.name.clone()).collect();
-    let member = cluster::Member::join(c, blobs, app.owner_key, &app.holder, names).await;
+    let names = cluster::DiskSet::of(&config.disks);
+    let member =
+        cluster::Member::join(c, &app.replica_id, blobs, app.owner_key, &app.holder, names).await;
     let v = member.view();
     let assigned: Vec<&str> = v.assigned.iter().map(String::as_str).collect();
     if v.connected {
@@ -881,7 +889,7 @@ impl Supervisor {
             tracing::warn!("[cluster] changes take effect at the next restart");
         }
         if let Some(c) = &self.cluster {
-            c.set_disks(new.disks.iter().map(|d| d.name.clone()).collect());
+            c.set_disks(cluster::DiskSet::of(&new.disks));
         }
         self.config = new;
         self.metrics.set_disks(self.slots.len());
