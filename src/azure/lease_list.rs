@@ -1,7 +1,7 @@
 //! [`LeaseListing`] over the storage SDK: List Blobs with metadata; each item carries its
 //! lease state.
 
-use super::{map_err, AzureBlobs};
+use super::{listed_metadata, map_err, AzureBlobs};
 use crate::blobs::{BlobRef, BlobResult, Resource};
 use crate::lease::{LeaseListing, LeasedBlob};
 use async_trait::async_trait;
@@ -35,13 +35,7 @@ impl LeaseListing for AzureBlobs {
                         .properties
                         .and_then(|p| p.lease_state)
                         .is_some_and(|s| s == LeaseState::Leased),
-                    metadata: item
-                        .metadata
-                        .and_then(|m| m.values)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k.to_lowercase(), v))
-                        .collect(),
+                    metadata: listed_metadata(item.metadata),
                 });
             }
         }

@@ -636,13 +636,7 @@ impl PageBlobs for AzureBlobs {
                 }
                 out.push(SnapshotInfo {
                     snapshot,
-                    metadata: item
-                        .metadata
-                        .and_then(|m| m.values)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k.to_lowercase(), v))
-                        .collect(),
+                    metadata: listed_metadata(item.metadata),
                     size: item.properties.and_then(|p| p.content_length).unwrap_or(0),
                 });
             }
@@ -991,6 +985,16 @@ impl PageBlobs for AzureBlobs {
             },
         }
     }
+}
+
+/// A listed blob's metadata with its keys in lower case, as snapback's tags are compared
+/// (the service keeps the case a key was written in).
+pub(super) fn listed_metadata(m: Option<azure_storage_blob::models::BlobMetadata>) -> Metadata {
+    m.and_then(|m| m.values)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_lowercase(), v))
+        .collect()
 }
 
 #[cfg(test)]
