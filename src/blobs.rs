@@ -193,6 +193,37 @@ pub fn copy_source_lifetime(bytes: u64) -> std::time::Duration {
     (FLOOR + std::time::Duration::from_secs(bytes / RATE)).min(CAP)
 }
 
+/// Attempts of an idempotent read whose answer is cut (see [`retry_unanswered`]).
+const READ_ATTEMPTS: u32 = 3;
+
+/// Wait before the second attempt of a read; quadrupled before the third (0.2 + 0.8 s).
+const READ_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// An idempotent read (Get Blob of a snapshot, of a lock blob), tried again (at most
+/// [`READ_ATTEMPTS`] times, with backoff) when its answer is cut: a connection dropped
+/// mid-body is not retried by the storage client, whose retry policy ends once the headers
+/// arrived. Other errors, answered 5xx and throttling included (the client's policy has
+/// retried those already), are returned at once.
+pub async fn retry_unanswered<T, F, Fut>(what: &str, mut read: F) -> BlobResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = BlobResult<T>>,
+{
+    let mut wait = READ_FIRST_WAIT;
+    let mut attempt = 1;
+    loop {
+        match read().await {
+            Err(e) if e.is_unanswered() && attempt < READ_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "read of {what} cut; reading it again");
+                tokio::time::sleep(wait).await;
+                wait *= 4;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::copy_source_lifetime;

@@ -15,7 +15,7 @@ use crate::arm::{
     Access, ArmClient, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec,
 };
 use crate::azure::sas_blob::SasBlobs;
-use crate::blobs::{BlobError, ErrorKind, PageBlobs, Resource};
+use crate::blobs::{retry_unanswered, BlobError, ErrorKind, PageBlobs, Resource};
 use crate::config::{DiskConfig, DiskSource};
 use crate::copy::{CopyEnd, CopyWait};
 use crate::cycle::machine::CycleRecord;
@@ -167,10 +167,11 @@ pub async fn restore(
             let (write, target) = (&write, &target);
             let snapshot = chosen.snapshot.as_str();
             async move {
-                let data = blobs
-                    .read(backup, Some(snapshot), r)
-                    .await
-                    .map_err(blob_err(format!("read restore point {snapshot} {r}")))?;
+                let data = retry_unanswered("the restore point", || {
+                    blobs.read(backup, Some(snapshot), r)
+                })
+                .await
+                .map_err(blob_err(format!("read restore point {snapshot} {r}")))?;
                 // The upload disk reads as zeros where nothing is written.
                 if data.iter().all(|b| *b == 0) {
                     return Ok(0);

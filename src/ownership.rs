@@ -175,7 +175,12 @@ impl DiskLease {
             let size = props.as_ref().map_or(0, |p| p.size);
             let body = match size {
                 0 => Bytes::new(),
-                n => blobs.read(&blob, None, ByteRange::new(0, n)).await?,
+                n => {
+                    crate::blobs::retry_unanswered("the lock blob", || {
+                        blobs.read(&blob, None, ByteRange::new(0, n))
+                    })
+                    .await?
+                }
             };
             Ok::<_, BlobError>((props.map(|p| p.metadata).unwrap_or_default(), body))
         };

@@ -11,7 +11,7 @@
 //! Cost: a full read of the allocated part of both blobs (the source account is read as much
 //! as by a seed), plus two page range listings. Nothing is written.
 
-use crate::blobs::{BlobError, BlobRef, PageBlobs, PageListQuery};
+use crate::blobs::{retry_unanswered, BlobError, BlobRef, PageBlobs, PageListQuery};
 use crate::config::DiskConfig;
 use crate::cycle::progress::Progress;
 use crate::model::SnapshotId;
@@ -240,8 +240,12 @@ pub async fn compare(
             let snap = &snap;
             async move {
                 let (b, s) = futures::try_join!(
-                    blobs.read(backup, Some(restore_point), r),
-                    source.read(snap, r)
+                    retry_unanswered("the restore point", || blobs.read(
+                        backup,
+                        Some(restore_point),
+                        r
+                    )),
+                    retry_unanswered("the source snapshot", || source.read(snap, r))
                 )?;
                 let (cb, cs) = (crc64(&b), crc64(&s));
                 let first = (cb != cs || b != s).then(|| {

@@ -3,7 +3,7 @@
 
 use super::{etag_string, map_err, AzureBlobs};
 use crate::blob_error::ErrorKind as Kind;
-use crate::blobs::{BlobRef, BlobResult, Metadata, PageBlobs, Resource};
+use crate::blobs::{retry_unanswered, BlobRef, BlobResult, Metadata, PageBlobs, Resource};
 use crate::lease::LeaseBlobs;
 use crate::pages::ByteRange;
 use async_trait::async_trait;
@@ -87,7 +87,12 @@ impl LeaseBlobs for AzureBlobs {
         };
         let body = match props.size {
             0 => Bytes::new(),
-            n => PageBlobs::read(self, blob, None, ByteRange::new(0, n)).await?,
+            n => {
+                retry_unanswered("the lock blob", || {
+                    PageBlobs::read(self, blob, None, ByteRange::new(0, n))
+                })
+                .await?
+            }
         };
         Ok(Some((props.etag, body)))
     }

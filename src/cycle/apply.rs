@@ -5,7 +5,7 @@
 use super::error::CycleError;
 use super::machine::{CycleRecord, CycleStats, Outcome, PhaseName};
 use super::runner::Runner;
-use crate::blobs::{BlobError, ErrorKind, PageBlobs};
+use crate::blobs::{retry_unanswered, BlobError, ErrorKind, PageBlobs};
 use crate::config::CopyMode;
 use crate::model::{tags, SnapshotId};
 use crate::pages::{
@@ -498,7 +498,7 @@ impl Runner<'_> {
             Some(l) => l.buffer(read.len()).await,
             None => None,
         };
-        let data = read_retrying(source, snapshot, read).await?;
+        let data = retry_unanswered("the source snapshot", || source.read(snapshot, read)).await?;
         for p in puts {
             let piece = data.slice((p.start - read.start) as usize..(p.end - read.start) as usize);
             if piece.iter().all(|b| *b == 0) {
@@ -510,36 +510,6 @@ impl Runner<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Attempts of one read of `S(n)` whose answer is cut (see [`read_retrying`]).
-const READ_ATTEMPTS: u32 = 3;
-
-/// Wait before the second attempt of a read; quadrupled before the third (0.2 + 0.8 s).
-const READ_FIRST_WAIT: Duration = Duration::from_millis(200);
-
-/// A ranged read of `S(n)`, tried again (at most [`READ_ATTEMPTS`] times, with backoff) when
-/// its answer is cut: reading a snapshot is idempotent, and a connection dropped mid-body is
-/// not retried by the storage client (its headers had arrived). Other errors, answered 5xx
-/// and throttling included (the client's policy has retried those already), end the batch.
-async fn read_retrying(
-    source: &dyn Source,
-    snapshot: &SnapshotId,
-    range: ByteRange,
-) -> Result<bytes::Bytes, BlobError> {
-    let mut wait = READ_FIRST_WAIT;
-    let mut attempt = 1;
-    loop {
-        match source.read(snapshot, range).await {
-            Err(e) if e.is_unanswered() && attempt < READ_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, "read of the source snapshot cut; reading it again");
-                tokio::time::sleep(wait).await;
-                wait *= 4;
-                attempt += 1;
-            }
-            other => return other,
-        }
     }
 }
 
