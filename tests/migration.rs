@@ -273,3 +273,30 @@ fn a_current_prune_record_without_its_source_snapshot_does_not_decode() {
         "{msg}"
     );
 }
+
+/// Several processes opening a new state directory at once (a daemon starting while a
+/// `status` runs) each find the schema made or make it: the version is read and the schema
+/// made in one write transaction. Before, the second failed with "table disks already exists".
+#[test]
+fn opening_a_new_state_directory_from_many_places_at_once_makes_the_schema_once() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, barrier) = (dir.path().to_path_buf(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    StateStore::open(&path).map(|_| ())
+                })
+            })
+            .collect();
+        for o in openers {
+            o.join()
+                .unwrap()
+                .expect("every opener sees a usable database");
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert!(store.disk("d1").unwrap().is_none());
+    }
+}

@@ -8,7 +8,7 @@
 mod v1;
 
 use crate::cycle::machine::CycleRecord;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -110,20 +110,35 @@ impl StateStore {
         };
         store.with(|c| {
             c.busy_timeout(std::time::Duration::from_secs(10))?;
-            c.pragma_update(None, "journal_mode", "WAL")?;
+            // Switching a new database to WAL takes an exclusive lock and answers "busy"
+            // without waiting for the busy timeout when another process is at it too.
+            retry_busy(|| c.pragma_update(None, "journal_mode", "WAL"))?;
             c.pragma_update(None, "synchronous", "FULL")?;
             Ok(())
         })?;
-        let found: i32 = store.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))?;
-        if found > SCHEMA_VERSION {
-            return Err(StateError::TooNew {
-                path: store.path.clone(),
-                found,
-            });
-        }
+        // The version is read and the schema made or migrated in one write transaction, taken
+        // at once: two processes opening a new state directory together (a daemon starting
+        // and a `status`) then migrate it one after the other, the second finding it done.
         {
-            let conn = store.conn.lock().unwrap_or_else(|p| p.into_inner());
-            migrate(&store.path, &conn, found)?;
+            let db = |source| StateError::Db {
+                path: store.path.clone(),
+                source,
+            };
+            let mut conn = store.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db)?;
+            let found: i32 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(db)?;
+            if found > SCHEMA_VERSION {
+                return Err(StateError::TooNew {
+                    path: store.path.clone(),
+                    found,
+                });
+            }
+            migrate(&store.path, &tx, found)?;
+            tx.commit().map_err(db)?;
         }
         Ok(store)
     }
@@ -430,8 +445,24 @@ fn record_outcome(tx: &Connection, rec: &CycleRecord, now: i64) -> rusqlite::Res
     Ok(())
 }
 
-/// Brings a database at `from` up to [`SCHEMA_VERSION`], one step per version, each in its
-/// own transaction.
+/// `op`, tried again for up to 10 s while SQLite answers "busy" where it does not wait itself.
+fn retry_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match op() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Brings a database at `from` up to [`SCHEMA_VERSION`], one step per version, inside the
+/// caller's transaction (see [`StateStore::open`]).
 fn migrate(path: &Path, c: &Connection, from: i32) -> StateResult<()> {
     let db = |source| StateError::Db {
         path: path.to_path_buf(),
@@ -439,8 +470,7 @@ fn migrate(path: &Path, c: &Connection, from: i32) -> StateResult<()> {
     };
     if from < 1 {
         c.execute_batch(
-            "BEGIN;
-             CREATE TABLE disks (
+            "CREATE TABLE disks (
                  name TEXT PRIMARY KEY, source TEXT NOT NULL, backup TEXT NOT NULL,
                  base_snapshot TEXT, backup_etag TEXT, last_success_at INTEGER,
                  last_error TEXT, last_error_at INTEGER);
@@ -452,8 +482,7 @@ fn migrate(path: &Path, c: &Connection, from: i32) -> StateResult<()> {
                  disk TEXT NOT NULL, snapshot TEXT NOT NULL, source_snapshot TEXT NOT NULL,
                  cycle_id INTEGER NOT NULL, created_at INTEGER NOT NULL,
                  PRIMARY KEY (disk, snapshot));
-             PRAGMA user_version = 1;
-             COMMIT;",
+             PRAGMA user_version = 1;",
         )
         .map_err(db)?;
     }
@@ -471,8 +500,7 @@ fn migrate_records_v2(path: &Path, c: &Connection) -> StateResult<()> {
         path: path.to_path_buf(),
         source,
     };
-    let tx = c.unchecked_transaction().map_err(db)?;
-    let rows: Vec<(i64, String, String)> = tx
+    let rows: Vec<(i64, String, String)> = c
         .prepare("SELECT id, disk, record FROM cycles ORDER BY id")
         .and_then(|mut st| {
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -488,12 +516,11 @@ fn migrate_records_v2(path: &Path, c: &Connection) -> StateResult<()> {
         };
         let old: v1::V1Record = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
         let rec = old.upgrade().map_err(corrupt)?;
-        tx.execute(
+        c.execute(
             "UPDATE cycles SET record = ?2 WHERE id = ?1",
             params![id, encode(&rec)],
         )
         .map_err(db)?;
     }
-    tx.pragma_update(None, "user_version", 2).map_err(db)?;
-    tx.commit().map_err(db)
+    c.pragma_update(None, "user_version", 2).map_err(db)
 }
