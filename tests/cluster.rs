@@ -140,8 +140,8 @@ fn host_command(config: &std::path::Path, args: &[&str]) -> std::process::Comman
 
 /// A daemon's cluster view from `snapback status --json`: (alive replicas, its disks).
 fn view(config: &std::path::Path) -> Option<(Vec<String>, Vec<String>)> {
-    // Only once the daemon listens: a standalone `status` would open the state database while
-    // the starting daemon creates it (two first opens of one database race on its schema).
+    // Only once the daemon listens: before that `status` reads the state directory alone and
+    // has no cluster view to show.
     let text = std::fs::read_to_string(config).ok()?;
     let state = text
         .lines()
