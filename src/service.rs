@@ -206,6 +206,7 @@ impl App {
             .cluster
             .as_ref()
             .and_then(|c| c.replica_id.clone())
+            .or_else(crate::config::cluster::replica_id_from_env)
             .unwrap_or_else(|| crate::ownership::default_replica_id(app.owner_key));
         // Lock blobs name the replica by the id its heartbeat and status use.
         app.holder = crate::ownership::holder_identity(Some(&app.replica_id));

@@ -1048,10 +1048,13 @@ async fn without_a_cluster_table_one_configs_replicas_share_and_other_installati
         2,
         &own_state(&fx, 2, "").replace("backup/backups/", "backup/others/"),
     );
-    let daemons: Vec<DaemonProc> = same
-        .iter()
-        .chain([&other])
-        .map(|c| DaemonProc::spawn_command(host_command(c, &["run"])))
+    // The first names itself through the variable (as a pod does); the others take the default.
+    let mut named = host_command(&same[0], &["run"]);
+    named.env("SNAPBACK_REPLICA_ID", "replica-a");
+    let daemons: Vec<DaemonProc> = [named]
+        .into_iter()
+        .chain([&same[1], &other].iter().map(|c| host_command(c, &["run"])))
+        .map(DaemonProc::spawn_command)
         .collect();
     let start = Instant::now();
     loop {
@@ -1063,6 +1066,10 @@ async fn without_a_cluster_table_one_configs_replicas_share_and_other_installati
                 assert!(
                     !a0.contains(&a2[0]),
                     "the other installation is not counted: {views:?}"
+                );
+                assert!(
+                    a0.iter().any(|r| r == "replica-a"),
+                    "the variable names the replica: {views:?}"
                 );
                 assert_eq!(
                     (a2.len(), s2.as_slice()),

@@ -38,10 +38,10 @@ pub struct ClusterConfig {
     pub account: String,
     pub container: String,
     /// This replica's name: its heartbeat blob is `replicas/<replica_id>`. Unique per
-    /// replica; letters, digits, `.`, `_` and `-`, at most 63. `None`: neither the file nor
-    /// `$SNAPBACK_REPLICA_ID` says; the daemon uses the host name and its state directory's
-    /// owner key (`ownership::default_replica_id`), unique per installation even when several
-    /// run on one host.
+    /// replica; letters, digits, `.`, `_` and `-`, at most 63. `None`: nothing named it here
+    /// (a table takes `$SNAPBACK_REPLICA_ID` when the file does not say); `service::App::open`
+    /// then uses the variable, else the host name and the state directory's owner key
+    /// (`ownership::default_replica_id`), unique per installation even on one host.
     pub replica_id: Option<String>,
     /// Duration of the heartbeat blob's lease: how long a replica that died without releasing
     /// it still counts as alive (its disks wait that long before others plan them).
@@ -142,13 +142,22 @@ impl ClusterConfig {
         ClusterConfig {
             account: backup_account.to_string(),
             container: DEFAULT_CONTAINER.to_string(),
-            replica_id: std::env::var(REPLICA_ID_ENV)
-                .ok()
-                .filter(|r| valid_replica_id(r)),
+            replica_id: None,
             heartbeat_lease: DEFAULT_HEARTBEAT_LEASE,
             heartbeat_every: DEFAULT_HEARTBEAT_EVERY,
         }
     }
+}
+
+/// `$SNAPBACK_REPLICA_ID` where no `[cluster]` table names the replica (the implicit
+/// cluster); an invalid value is logged and not used.
+pub fn replica_id_from_env() -> Option<String> {
+    let id = std::env::var(REPLICA_ID_ENV).ok()?;
+    if valid_replica_id(&id) {
+        return Some(id);
+    }
+    tracing::warn!(variable = REPLICA_ID_ENV, value = %id, "not a valid replica id (1-63 letters, digits, '.', '_' or '-'); using the default");
+    None
 }
 
 /// Blob-name safe and unambiguous in logs and metrics labels.
