@@ -186,16 +186,10 @@ fn check_replica(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
-    use std::path::Path;
+    use crate::config::ConfigError;
     use std::time::Duration;
 
-    fn parse(extra: &str) -> Result<Config, ConfigError> {
-        let text = format!(
-            "[accounts.a]\nendpoint = \"https://acct.blob.core.windows.net\"\nshared_key_env = \"K\"\n{extra}"
-        );
-        Config::parse(&text, Path::new("snapback.toml"))
-    }
+    use crate::config::tests::with_one_account as parse;
 
     #[test]
     fn without_the_table_there_is_no_cluster() {

@@ -15,6 +15,13 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("snapback.toml"))
 }
 
+/// `extra` after one account `a` (for the tests of one table: `[cluster]`, throttles).
+pub(super) fn with_one_account(extra: &str) -> Result<Config, ConfigError> {
+    parse(&format!(
+        "[accounts.a]\nendpoint = \"https://acct.blob.core.windows.net\"\nshared_key_env = \"K\"\n{extra}"
+    ))
+}
+
 /// Parses `text` expecting failure; returns the problems.
 fn problems(text: &str) -> Vec<String> {
     match parse(text) {

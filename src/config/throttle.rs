@@ -89,15 +89,9 @@ pub(super) fn build_throttle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ConfigError};
-    use std::path::Path;
+    use crate::config::ConfigError;
 
-    fn parse(extra: &str) -> Result<Config, ConfigError> {
-        let text = format!(
-            "[accounts.a]\nendpoint = \"https://acct.blob.core.windows.net\"\nshared_key_env = \"K\"\n{extra}"
-        );
-        Config::parse(&text, Path::new("snapback.toml"))
-    }
+    use crate::config::tests::with_one_account as parse;
 
     #[test]
     fn defaults_are_azure_scale_targets() {
