@@ -5,8 +5,8 @@
 mod common;
 
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
+use common::process::kill_at_failpoint;
 use snapback::pages::PAGE_SIZE;
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -74,24 +74,9 @@ async fn sigkill_after_every_step_resumes_the_same_cycle() {
     for step in 1..=5 {
         let fx = Fixture::new(&["disk1"]);
         prepared(&fx, 8 * MIB, 20, 0xc0ffee + step).await;
-        let mut child = fx
-            .command(&["backup", "disk1"])
-            .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", step.to_string())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut paused = false;
-        for line in stderr.lines() {
-            if line.unwrap().contains("failpoint: paused") {
-                paused = true;
-                break;
-            }
-        }
-        assert!(paused, "step {step}: the process reached the failpoint");
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let mut cmd = fx.command(&["backup", "disk1"]);
+        cmd.env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", step.to_string());
+        kill_at_failpoint(cmd, &format!("step {step}"));
         // After the last step the cycle is complete: a new run would start the next cycle.
         if step < 5 {
             let out = fx.snapback(&["backup", "disk1"]);

@@ -12,6 +12,7 @@ use common::faultproxy::{Fault, FaultProxy, Op, Rule};
 use common::fixture::{
     break_lease, content, create_disk, sdk_blob_client, tagged_snapshots, write, Fixture, Rng, MIB,
 };
+use common::process::kill_at_failpoint;
 use snapback::blobs::{BlobRef, ErrorKind, PageBlobs};
 use snapback::cycle::handover::{parse, AzureRecord};
 use snapback::cycle::machine::Phase;
@@ -19,9 +20,8 @@ use snapback::lease::LeaseBlobs;
 use snapback::ownership::lock_blob;
 use snapback::ownership::{DiskLease, OwnershipError};
 use snapback::pages::{ByteRange, PAGE_SIZE};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -90,25 +90,11 @@ async fn a_killed_mid_apply(fx: &Fixture) -> AzureRecord {
         let at = rng.below((SIZE - 64 * 1024) / PAGE_SIZE) * PAGE_SIZE;
         write(blobs.as_ref(), &source, at, &rng.bytes(64 * 1024)).await;
     }
-    let mut a = command(&fx.config_path, &["backup", "disk1"])
-        .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_AZURE_CHECKPOINT", "1")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = String::new();
-    for line in BufReader::new(a.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("failpoint: paused after Azure checkpoint") {
-            break;
-        }
-    }
-    a.kill().unwrap(); // SIGKILL
-    a.wait().unwrap();
+    let mut a = command(&fx.config_path, &["backup", "disk1"]);
+    a.env("SNAPBACK_FAILPOINT_PAUSE_AFTER_AZURE_CHECKPOINT", "1");
+    let log = kill_at_failpoint(a, "A, paused at an Azure apply checkpoint");
     assert!(
-        log.contains("failpoint: paused"),
+        log.contains("failpoint: paused after Azure checkpoint"),
         "A reached an Azure apply checkpoint: {log}"
     );
     let rec = record(fx).await;

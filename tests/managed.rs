@@ -9,10 +9,10 @@ mod common;
 use common::arm::{ArmEmulator, CLIENT_SECRET, SUBSCRIPTION};
 use common::azurite::Azurite;
 use common::fixture::{content, Fixture, Rng, MIB};
+use common::process::kill_at_failpoint;
 use snapback::arm::{Access, ResourceGroup, ResourceId, ResourceKind, Tags, UploadDiskSpec};
 use snapback::blobs::BlobRef;
 use snapback::pages::PAGE_SIZE;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -467,30 +467,9 @@ async fn managed_disk_cycle_resumes_after_sigkill_after_every_step() {
             w.write(at, &data).await;
         }
         let want = w.disk_content().await;
-        let mut child = w
-            .command(&["backup", "disk1"])
-            .env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", step.to_string())
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut paused = false;
-        let mut seen = Vec::new();
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            if line.contains("failpoint: paused") {
-                paused = true;
-                break;
-            }
-            seen.push(line);
-        }
-        assert!(
-            paused,
-            "step {step}: the process reached the failpoint: {seen:?}"
-        );
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let mut cmd = w.command(&["backup", "disk1"]);
+        cmd.env("SNAPBACK_FAILPOINT_PAUSE_AFTER_STEPS", step.to_string());
+        kill_at_failpoint(cmd, &format!("step {step}"));
         if step < 5 {
             w.backup_ok(&format!("resume after SIGKILL after step {step}"));
         }

@@ -129,3 +129,30 @@ fn watch_stdout(child: &mut Child, marker: String) -> mpsc::Receiver<String> {
     });
     rx
 }
+
+/// Runs `cmd` (a `snapback` command with one of its failpoint variables set) until it prints
+/// `failpoint: paused…`, then SIGKILLs it: a crash at a known point of the cycle. Returns its
+/// stderr up to the pause; panics, naming `what` and that stderr, if it ended without pausing.
+pub fn kill_at_failpoint(mut cmd: Command, what: &str) -> String {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start snapback");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut log = String::new();
+    let mut paused = false;
+    for line in stderr.lines() {
+        let line = line.expect("read snapback's stderr");
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("failpoint: paused") {
+            paused = true;
+            break;
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap snapback");
+    assert!(paused, "{what}: the process reached the failpoint:\n{log}");
+    log
+}
