@@ -133,21 +133,11 @@ impl ArmClient {
     // ------------------------------------------------------------ operations --
 
     pub async fn get_disk(&self, id: &ResourceId) -> Result<Disk, ArmError> {
-        const OP: &str = "get disk";
-        expect_kind(OP, id, ResourceKind::Disk)?;
-        let body = self
-            .call(OP, &id.to_string(), Method::Get, self.url(id, ""), None)
-            .await?;
-        parse(OP, &id.to_string(), body)
+        self.get("get disk", id, ResourceKind::Disk).await
     }
 
     pub async fn get_snapshot(&self, id: &ResourceId) -> Result<Snapshot, ArmError> {
-        const OP: &str = "get snapshot";
-        expect_kind(OP, id, ResourceKind::Snapshot)?;
-        let body = self
-            .call(OP, &id.to_string(), Method::Get, self.url(id, ""), None)
-            .await?;
-        parse(OP, &id.to_string(), body)
+        self.get("get snapshot", id, ResourceKind::Snapshot).await
     }
 
     /// Creates (or, if it exists, returns) the incremental snapshot `id` of `source`, and
@@ -173,17 +163,7 @@ impl ArmClient {
                 incremental: true,
             },
         };
-        let out = self
-            .lro(
-                OP,
-                id,
-                Method::Put,
-                self.url(id, ""),
-                Some(json(&body)),
-                Outcome::Resource,
-            )
-            .await?;
-        parse(OP, &id.to_string(), out)
+        self.put(OP, id, json(&body)).await
     }
 
     /// The snapshots in `group` made from `source`, optionally only those tagged `tag`,
@@ -325,20 +305,45 @@ impl ArmClient {
                 },
             },
         };
-        let out = self
-            .lro(
-                OP,
-                id,
-                Method::Put,
-                self.url(id, ""),
-                Some(json(&body)),
-                Outcome::Resource,
-            )
-            .await?;
-        parse(OP, &id.to_string(), out)
+        self.put(OP, id, json(&body)).await
     }
 
     // --------------------------------------------------------------- plumbing --
+
+    /// GET of a resource of `kind`.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        id: &ResourceId,
+        kind: ResourceKind,
+    ) -> Result<T, ArmError> {
+        expect_kind(op, id, kind)?;
+        let body = self
+            .call(op, &id.to_string(), Method::Get, self.url(id, ""), None)
+            .await?;
+        parse(op, &id.to_string(), body)
+    }
+
+    /// PUT of a resource, followed to the end of its long-running operation; the resource
+    /// as provisioned.
+    async fn put<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        id: &ResourceId,
+        body: Bytes,
+    ) -> Result<T, ArmError> {
+        let out = self
+            .lro(
+                op,
+                id,
+                Method::Put,
+                self.url(id, ""),
+                Some(body),
+                Outcome::Resource,
+            )
+            .await?;
+        parse(op, &id.to_string(), out)
+    }
 
     fn url(&self, id: &ResourceId, action: &str) -> Url {
         let mut url = self.endpoint.clone();
