@@ -180,6 +180,23 @@ impl DiskCheck<'_> {
                 (Outcome::Fail, e.to_string(), missing, None)
             }
         };
+        self.push(op, target, outcome, cause, missing);
+        value
+    }
+
+    /// A row that says nothing to grant.
+    fn note(&mut self, op: Operation, target: &BlobRef, outcome: Outcome, cause: String) {
+        self.push(op, target, outcome, cause, String::new());
+    }
+
+    fn push(
+        &mut self,
+        op: Operation,
+        target: &BlobRef,
+        outcome: Outcome,
+        cause: String,
+        missing: String,
+    ) {
         self.rows.push(CheckRow {
             disk: self.disk.name.clone(),
             operation: op,
@@ -187,18 +204,6 @@ impl DiskCheck<'_> {
             outcome,
             cause,
             missing,
-        });
-        value
-    }
-
-    fn note(&mut self, op: Operation, target: &BlobRef, outcome: Outcome, cause: String) {
-        self.rows.push(CheckRow {
-            disk: self.disk.name.clone(),
-            operation: op,
-            target: target.to_string(),
-            outcome,
-            cause,
-            missing: String::new(),
         });
     }
 
