@@ -326,6 +326,23 @@ mod tests {
     use crate::fake::MemBlobs;
     use crate::source::PageBlobSource;
 
+    /// [`compare`] of the backup snapshot `bk` with the source snapshot `src`, both in `blobs`.
+    async fn compare_in(
+        blobs: &MemBlobs,
+        (src, s): (&BlobRef, &str),
+        (bk, b): (&BlobRef, &str),
+    ) -> Result<VerifyReport, VerifyError> {
+        compare(
+            blobs,
+            "d",
+            (bk, b),
+            (&PageBlobSource::new(blobs, src), "src", s),
+            2,
+            None,
+        )
+        .await
+    }
+
     fn r(a: u64, b: u64) -> ByteRange {
         ByteRange::new(a, b)
     }
@@ -356,16 +373,7 @@ mod tests {
         blobs.resize(&bk, 69632).await.unwrap();
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(
-            &blobs,
-            "d",
-            (&bk, &b),
-            (&PageBlobSource::new(&blobs, &src), "src", &s),
-            2,
-            None,
-        )
-        .await
-        .unwrap();
+        let rep = compare_in(&blobs, (&src, &s), (&bk, &b)).await.unwrap();
         assert!(rep.ok(), "{rep:?}");
         assert_eq!(rep.bytes_compared, 8192 + 4096);
         assert_eq!((rep.backup_ranges, rep.source_ranges), (1, 2));
@@ -381,31 +389,13 @@ mod tests {
         blobs.write(&bk, 0, &data);
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(
-            &blobs,
-            "d",
-            (&bk, &b),
-            (&PageBlobSource::new(&blobs, &src), "src", &s),
-            2,
-            None,
-        )
-        .await
-        .unwrap();
+        let rep = compare_in(&blobs, (&src, &s), (&bk, &b)).await.unwrap();
         let m = rep.mismatch.unwrap();
         assert_eq!((m.offset, m.kind), (10_000, "content"));
         // A size difference is reported at the smaller size.
         blobs.resize(&bk, 32768).await.unwrap();
         let b2 = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
-        let rep = compare(
-            &blobs,
-            "d",
-            (&bk, &b2),
-            (&PageBlobSource::new(&blobs, &src), "src", &s),
-            2,
-            None,
-        )
-        .await
-        .unwrap();
+        let rep = compare_in(&blobs, (&src, &s), (&bk, &b2)).await.unwrap();
         assert_eq!(rep.mismatch.unwrap().offset, 16384);
     }
 
@@ -418,16 +408,7 @@ mod tests {
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
         blobs.delete_snapshot(&src, &s).await.unwrap();
-        let e = compare(
-            &blobs,
-            "d",
-            (&bk, &b),
-            (&PageBlobSource::new(&blobs, &src), "src", &s),
-            2,
-            None,
-        )
-        .await
-        .unwrap_err();
+        let e = compare_in(&blobs, (&src, &s), (&bk, &b)).await.unwrap_err();
         assert!(matches!(e, VerifyError::SourceSnapshotGone { .. }), "{e}");
         assert!(e.to_string().contains(&s));
     }
