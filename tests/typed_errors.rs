@@ -122,13 +122,7 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
         armed: AtomicBool::new(false),
     };
     let store = StateStore::open_in_memory().unwrap();
-    let d = DiskSpec {
-        name: "d".into(),
-        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
-        backup: BlobRef::new("backup", "backups", "d"),
-        concurrency: 1,
-        copy_mode: mode,
-    };
+    let d = disk(mode);
     blobs
         .ensure_container(d.source.blob().unwrap())
         .await
@@ -189,6 +183,17 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
     );
 }
 
+/// Disk `d`: the page blob `premium/vhds/d.vhd` backed up into `backup/backups/d`.
+fn disk(copy_mode: CopyMode) -> DiskSpec {
+    DiskSpec {
+        name: "d".into(),
+        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
+        backup: BlobRef::new("backup", "backups", "d"),
+        concurrency: 1,
+        copy_mode,
+    }
+}
+
 #[tokio::test]
 async fn a_404_on_the_backup_during_server_copy_is_not_a_vanished_source() {
     for mode in [CopyMode::Server, CopyMode::Auto] {
@@ -208,13 +213,7 @@ async fn on_azurite_a_404_on_the_backup_during_server_copy_is_not_a_vanished_sou
 async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
     let blobs = MemBlobs::new();
     let store = StateStore::open_in_memory().unwrap();
-    let d = DiskSpec {
-        name: "d".into(),
-        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
-        backup: BlobRef::new("backup", "backups", "d"),
-        concurrency: 1,
-        copy_mode: CopyMode::Server,
-    };
+    let d = disk(CopyMode::Server);
     blobs
         .create_page_blob(d.source.blob().unwrap(), 64 * 512)
         .await
@@ -254,13 +253,7 @@ async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
 async fn a_late_second_snapshot_of_the_cycle_is_swept_at_prune() {
     let blobs = MemBlobs::new();
     let store = StateStore::open_in_memory().unwrap();
-    let d = DiskSpec {
-        name: "d".into(),
-        source: DiskSource::Blob(BlobRef::new("premium", "vhds", "d.vhd")),
-        backup: BlobRef::new("backup", "backups", "d"),
-        concurrency: 1,
-        copy_mode: CopyMode::Client,
-    };
+    let d = disk(CopyMode::Client);
     let source = d.source.blob().unwrap();
     blobs.create_page_blob(source, 64 * 512).await.unwrap();
     blobs.write(source, 0, &[1u8; 4096]);
