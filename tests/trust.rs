@@ -409,11 +409,7 @@ async fn foreign_write_while_apply_is_stopped_makes_the_resume_reseed() {
         assert!(child.try_wait().unwrap().is_none(), "backup ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(kill.success());
+    common::process::send_signal(child.id(), "TERM");
     let stopped = child.wait_with_output().expect("reap");
     eprintln!("stopped mid-apply: {}", text(&stopped));
     assert!(

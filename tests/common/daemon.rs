@@ -48,14 +48,9 @@ impl DaemonProc {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Sends a signal by name ("TERM", "HUP", ...) with kill(1).
+    /// Sends a signal by name ("TERM", "HUP", ...).
     pub fn signal(&self, sig: &str) {
-        let st = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{sig} failed");
+        super::process::send_signal(self.pid(), sig);
     }
 
     /// Waits for the process to exit; `None` if it is still running after `timeout`.

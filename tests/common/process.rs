@@ -156,3 +156,24 @@ pub fn kill_at_failpoint(mut cmd: Command, what: &str) -> String {
     assert!(paused, "{what}: the process reached the failpoint:\n{log}");
     log
 }
+
+/// Sends the signal named `sig` ("TERM", "HUP", "INT", "KILL") to `pid`, without needing
+/// kill(1) on the machine.
+pub fn send_signal(pid: u32, sig: &str) {
+    let signal = match sig {
+        "TERM" => libc::SIGTERM,
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "KILL" => libc::SIGKILL,
+        other => panic!("no such signal in the tests: {other}"),
+    };
+    let pid = libc::pid_t::try_from(pid).expect("a pid");
+    // SAFETY: kill(2) with a valid signal number; it touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        rc,
+        0,
+        "kill -{sig} {pid}: {}",
+        std::io::Error::last_os_error()
+    );
+}
