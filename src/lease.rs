@@ -3,7 +3,7 @@
 //! [`crate::blobs::PageBlobs`] because only the Azure implementation needs it: in-memory
 //! simulations have a single process and no one to exclude.
 
-use crate::blobs::{BlobRef, BlobResult, Metadata};
+use crate::blobs::{BlobProps, BlobRef, BlobResult, Metadata};
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -33,8 +33,9 @@ pub trait LeaseBlobs: Send + Sync {
         metadata: &Metadata,
     ) -> BlobResult<String>;
 
-    /// The lock blob's ETag and body (empty when it has none); `None` if it does not exist.
-    async fn read_lock_blob(&self, blob: &BlobRef) -> BlobResult<Option<(String, Bytes)>>;
+    /// The lock blob's properties (ETag, metadata) and body (empty when it has none); `None`
+    /// if it does not exist.
+    async fn read_lock_blob(&self, blob: &BlobRef) -> BlobResult<Option<(BlobProps, Bytes)>>;
 
     /// Put Blob under our lease, `If-Match: if_match`: replaces the body and the metadata
     /// (Put Blob keeps none of the old metadata, so `metadata` is all of it). Returns the new

@@ -20,7 +20,6 @@
 use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs};
 use crate::lease::LeaseBlobs;
 use crate::model::tags;
-use crate::pages::ByteRange;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -170,22 +169,9 @@ impl DiskLease {
             Err(e) => return Err(err(e)),
         }
         // The metadata (holder, cycle, chain), then the body (the open cycle's record).
-        let read = async {
-            let props = blobs.properties(&blob, None).await?;
-            let size = props.as_ref().map_or(0, |p| p.size);
-            let body = match size {
-                0 => Bytes::new(),
-                n => {
-                    crate::blobs::retry_unanswered("the lock blob", || {
-                        blobs.read(&blob, None, ByteRange::new(0, n))
-                    })
-                    .await?
-                }
-            };
-            Ok::<_, BlobError>((props.map(|p| p.metadata).unwrap_or_default(), body))
-        };
-        let (meta, record) = match read.await {
-            Ok(r) => r,
+        let (meta, record) = match leases.read_lock_blob(&blob).await {
+            Ok(Some((props, body))) => (props.metadata, body),
+            Ok(None) => Default::default(),
             Err(e) => {
                 let _ = leases.release_lease(&blob, &id).await;
                 return Err(err(e));
@@ -275,10 +261,10 @@ impl DiskLease {
                 // The storage client retries a write whose answer was lost, and the retry
                 // meets the ETag of the write that landed: then the blob holds exactly this
                 // body (which names this installation as its writer), and the write stands.
-                if let Ok(Some((etag, now))) = self.leases.read_lock_blob(&self.blob).await {
+                if let Ok(Some((props, now))) = self.leases.read_lock_blob(&self.blob).await {
                     if now == body {
                         tracing::debug!(blob = %self.blob, "a retried record write found its first try applied");
-                        *lock(&self.etag) = etag;
+                        *lock(&self.etag) = props.etag;
                         *lock(&self.record) = body;
                         return Ok(());
                     }

@@ -3,7 +3,9 @@
 
 use super::{etag_string, map_err, AzureBlobs};
 use crate::blob_error::ErrorKind as Kind;
-use crate::blobs::{retry_unanswered, BlobRef, BlobResult, Metadata, PageBlobs, Resource};
+use crate::blobs::{
+    retry_unanswered, BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, Resource,
+};
 use crate::lease::LeaseBlobs;
 use crate::pages::ByteRange;
 use async_trait::async_trait;
@@ -80,7 +82,7 @@ impl LeaseBlobs for AzureBlobs {
             .unwrap_or_default())
     }
 
-    async fn read_lock_blob(&self, blob: &BlobRef) -> BlobResult<Option<(String, Bytes)>> {
+    async fn read_lock_blob(&self, blob: &BlobRef) -> BlobResult<Option<(BlobProps, Bytes)>> {
         // Two requests, not one Get Blob: a ranged download of an empty blob is refused (416).
         let Some(props) = PageBlobs::properties(self, blob, None).await? else {
             return Ok(None);
@@ -94,7 +96,7 @@ impl LeaseBlobs for AzureBlobs {
                 .await?
             }
         };
-        Ok(Some((props.etag, body)))
+        Ok(Some((props, body)))
     }
 
     async fn put_leased_body(
