@@ -185,8 +185,8 @@ pub struct App {
     pub holder: String,
     /// This installation's owner key (`<state_dir>/owner-id`): its lease ids derive from it.
     pub owner_key: u128,
-    /// This replica's id in a cluster (`[cluster] replica_id`, else
-    /// `ownership::default_replica_id`); empty for in-memory storage.
+    /// This replica's id in a cluster (`[cluster] replica_id`, else `$SNAPBACK_REPLICA_ID`,
+    /// else `ownership::default_replica_id`); empty for in-memory storage.
     pub replica_id: String,
 }
 
@@ -229,7 +229,6 @@ impl App {
                 )
             })
         });
-        let holder = crate::ownership::holder_identity(None);
         Ok(App {
             limits,
             config,
@@ -239,7 +238,7 @@ impl App {
             arm,
             sas: SasBlobs::default(),
             leases: None,
-            holder,
+            holder: crate::ownership::holder_identity(None),
             owner_key: 0,
             replica_id: String::new(),
         })
