@@ -96,15 +96,21 @@ async fn schedules_reload_metrics_control_and_a_single_daemon() {
         ],
     );
     let port = metrics_port(&d).await;
-    // Cycles happen on the schedule, one after the other.
+    // Cycles happen on the schedule, one after the other. A cycle is counted when it has ended,
+    // a moment after its restore point appears (S(n-1) is deleted in between): wait for the count.
+    let ok_cycles = || {
+        let body = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        metric(&body, "snapback_cycles_total{disk=\"disk1\",result=\"ok\"}").unwrap_or(0.0)
+    };
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            restore_points(blobs.as_ref(), &fx.backup("disk1")).await >= 2
-        })
+        eventually(Duration::from_secs(20), || std::future::ready(
+            ok_cycles() >= 2.0
+        ))
         .await,
         "no two scheduled cycles; daemon log:\n{}",
         d.stderr()
     );
+    assert!(restore_points(blobs.as_ref(), &fx.backup("disk1")).await >= 2);
 
     // A second daemon on the same state dir is refused, clearly.
     let second = fx.snapback(&["run"]);
@@ -328,14 +334,19 @@ async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle(
         "not resumed:\n{}",
         d.stderr()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The restore point appears a moment before the cycle ends (S(n-1) is deleted in between).
+    let store = StateStore::open(&state_dir).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || std::future::ready(
+            store.open_cycle("disk1").unwrap().is_none()
+        ))
+        .await,
+        "the resumed cycle never ended:\n{}",
+        d.stderr()
+    );
     assert_eq!(restore_points(blobs.as_ref(), &backup).await, 2);
     assert!(d.stderr().contains("unfinished cycle found"));
-    let done = StateStore::open(&state_dir)
-        .unwrap()
-        .last_finished_cycle("disk1")
-        .unwrap()
-        .unwrap();
+    let done = store.last_finished_cycle("disk1").unwrap().unwrap();
     assert_eq!(done.tag, paused.tag, "a different cycle finished");
     let b = done.phase.restore_point().unwrap().0.to_string();
     let s = done.phase.source().unwrap().to_string();

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BODY_LEN: usize = 1000;
 const INTERLEAVED: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList>\
@@ -538,11 +538,17 @@ fn rate_limit_answers_server_busy_above_the_limits_and_counts() {
         account_requests_per_s: Some(5),
         ..Default::default()
     }));
+    let started = Instant::now();
     let got: Vec<u16> = (0..12)
         .map(|_| send(proxy.port(), "HEAD", BLOB, &[], &[]).unwrap().status)
         .collect();
+    // A second's worth, plus what refilled while the requests were sent (a slow machine).
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
     let served = got.iter().filter(|s| **s != 503).count();
-    assert!((5..=6).contains(&served), "5 per second: {got:?}");
+    assert!(
+        (5..=6 + refilled).contains(&served),
+        "5 per second: {got:?}"
+    );
     let stats = proxy.rate_stats();
     assert_eq!((stats.served + stats.throttled) as usize, got.len());
     assert_eq!(stats.served as usize, served);
