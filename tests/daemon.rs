@@ -254,7 +254,7 @@ async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle(
         "disk1",
         "schedule = \"0 0 0 1 1 *\"\nconcurrency = 1",
     ));
-    prepend_config(&fx, "shutdown_grace = \"10s\"");
+    prepend_config(&fx, "shutdown_grace = \"30s\"");
     let blobs = fx.blobs();
     let (source, backup) = (fx.source("disk1"), fx.backup("disk1"));
     create_disk(blobs.as_ref(), &source, 32 * MIB).await;
@@ -305,13 +305,15 @@ async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle(
         p.get("bytes_per_second").is_some() && p.get("eta_seconds").is_some(),
         "{json}"
     );
+    // The cycle stops at its next checkpoint (the writes in flight end first), well before
+    // the 30 s grace; the bound is loose because a loaded CI machine is slow.
     let t = Instant::now();
     d.signal("TERM");
     let st = d
-        .wait_exit(Duration::from_secs(10))
+        .wait_exit(Duration::from_secs(35))
         .expect("exits within the grace");
     assert!(st.success(), "{st:?}\n{}", d.stderr());
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     drop(d);
 
     let state_dir = fx.config().state_dir;
