@@ -109,10 +109,23 @@ async fn azurite_is_as_strict_as_azure() {
         .start_copy(&dest, &b, Some(&snap), &Metadata::new())
         .await
         .unwrap();
+    assert!(
+        copied(blobs.as_ref(), &dest, &id).await,
+        "the copy was reported pending before success"
+    );
+    let bytes = blobs
+        .read(&dest, None, ByteRange::new(0, 512))
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], &[7u8; 512][..]);
+}
+
+/// Polls `dest` until its copy `id` succeeds; whether it was reported pending first.
+async fn copied(blobs: &dyn PageBlobs, dest: &BlobRef, id: &str) -> bool {
     let mut seen_pending = false;
     loop {
         let (cid, status) = blobs
-            .properties(&dest, None)
+            .properties(dest, None)
             .await
             .unwrap()
             .unwrap()
@@ -121,14 +134,60 @@ async fn azurite_is_as_strict_as_azure() {
         assert_eq!(cid, id);
         match status {
             CopyStatus::Pending { .. } => seen_pending = true,
-            CopyStatus::Success => break,
+            CopyStatus::Success => return seen_pending,
             other => panic!("copy failed: {other:?}"),
         }
     }
-    assert!(seen_pending, "the copy was reported pending before success");
-    let copied = blobs
-        .read(&dest, None, ByteRange::new(0, 512))
+}
+
+/// A Copy Blob destination is a blob of its own: writing it (as every apply writes the backup
+/// a seed copied from `S(1)`, or as someone else may) changes neither the source snapshot's
+/// page list nor its bytes nor a diff against it. Stock Azurite hands the copy the snapshot's
+/// range table itself, so before the extension's patch (k) the source snapshot read the
+/// copy's bytes and a diff `S(2)` vs `S(1)` answered a ClearRange at 6 MiB, where only the
+/// copy had been written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_independent_of_its_source_snapshot() {
+    let fx = Fixture::new(&[]);
+    let blobs = fx.blobs();
+    let b = BlobRef::new("premium", "vhds", "copied.vhd");
+    create_disk(blobs.as_ref(), &b, 8 * MIB).await;
+    write(blobs.as_ref(), &b, 0, &[1; 65536]).await;
+    let s1 = blobs.create_snapshot(&b, &Metadata::new()).await.unwrap();
+    write(blobs.as_ref(), &b, 0, &[2; 65536]).await;
+    let s2 = blobs.create_snapshot(&b, &Metadata::new()).await.unwrap();
+    let dest = BlobRef::new("backup", "backups", "copied");
+    blobs.ensure_container(&dest).await.unwrap();
+    let id = blobs
+        .start_copy(&dest, &b, Some(&s1), &Metadata::new())
         .await
         .unwrap();
-    assert_eq!(&copied[..], &[7u8; 512][..]);
+    copied(blobs.as_ref(), &dest, &id).await;
+    write(blobs.as_ref(), &dest, 0, &[2; 65536]).await;
+    write(blobs.as_ref(), &dest, 6 * MIB, &[3; 65536]).await;
+
+    let s1_pages = PageListQuery {
+        snapshot: Some(&s1),
+        ..Default::default()
+    };
+    assert_eq!(
+        blobs.page_ranges(&b, &s1_pages).await.unwrap().items,
+        vec![PageItem::Changed(ByteRange::new(0, 65536))],
+        "S(1)'s page list"
+    );
+    for (at, byte) in [(0, 1), (6 * MIB, 0)] {
+        let read = blobs
+            .read(&b, Some(&s1), ByteRange::new(at, at + 65536))
+            .await
+            .unwrap();
+        assert!(
+            read.iter().all(|&x| x == byte),
+            "S(1) at {at} reads {byte}s"
+        );
+    }
+    assert_eq!(
+        blobs.page_ranges(&b, &diff(&s2, &s1)).await.unwrap().items,
+        vec![PageItem::Changed(ByteRange::new(0, 65536))],
+        "S(2) vs S(1): the source's one change, no clear"
+    );
 }

@@ -126,8 +126,9 @@ function crc64Header(buf) {
 
 const fill = (ch, n) => Buffer.alloc(n, ch);
 
-function putPage(blob, start, data, headers = {}) {
+function putPage(blob, start, data, headers = {}, account = {}) {
   return az("PUT", blob, {
+    ...account,
     query: { comp: "page" },
     headers: { "x-ms-page-write": "update", "x-ms-range": `bytes=${start}-${start + data.length - 1}`, ...headers },
     body: data,
@@ -329,6 +330,33 @@ async function run() {
       p3.headers["x-ms-copy-status"] === "success", `polls: ${seen.join(", ")}`);
     expect(/^\d+\/65536$/.test(p1.headers["x-ms-copy-progress"] || ""), `progress ${p1.headers["x-ms-copy-progress"]}`);
     return seen.join(" -> ");
+  });
+
+  await check("a write to a Copy Blob destination (other account) leaves the source snapshot's pages, bytes and diffs alone", async () => {
+    const SRC = "/selfcheck-copysrc";
+    expectStatus(await az("PUT", SRC, { query: { restype: "container" }, headers: { "x-ms-blob-public-access": "blob" } }), 201);
+    expectStatus(await az("PUT", `${SRC}/disk`, { headers: { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(64 * 1024) } }), 201);
+    expectStatus(await putPage(`${SRC}/disk`, 0, fill("s", 4096)), 201);
+    const snap = await az("PUT", `${SRC}/disk`, { query: { comp: "snapshot" } });
+    expectStatus(snap, 201);
+    const s = snap.headers["x-ms-snapshot"];
+    const DST = "/selfcheck-copydst";
+    const other = { account: OTHER, key: OTHER_KEY };
+    expectStatus(await az("PUT", DST, { ...other, query: { restype: "container" } }), 201);
+    const source = `http://127.0.0.1:${port}/${ACCOUNT}${SRC}/disk?snapshot=${encodeURIComponent(s)}`;
+    expectStatus(await az("PUT", `${DST}/copy`, { ...other, headers: { "x-ms-copy-source": source } }), 202);
+    // The snapshot's diff against itself via the base: the base is unchanged since it.
+    const before = await listPages(`${SRC}/disk`, { prevsnapshot: s });
+    expect(before.status === 200 && before.items.length === 0, `base vs S before: ${JSON.stringify(before.items)}`);
+    expectStatus(await putPage(`${DST}/copy`, 8192, fill("f", 512), {}, other), 201);
+    const dst = parsePageList((await az("GET", `${DST}/copy`, { ...other, query: { comp: "pagelist" } })).body);
+    expect(same(dst.items, [["P", 0, 4095], ["P", 8192, 8703]]), `copy pages ${JSON.stringify(dst.items)}`);
+    const listed = await listPages(`${SRC}/disk`, { snapshot: s });
+    expect(same(listed.items, [["P", 0, 4095]]), `source snapshot pages ${JSON.stringify(listed.items)}`);
+    const got = await az("GET", `${SRC}/disk`, { query: { snapshot: s }, headers: { "x-ms-range": "bytes=8192-8703" } });
+    expect(got.body === fill("\0", 512).toString(), "the source snapshot reads the copy's bytes");
+    const after = await listPages(`${SRC}/disk`, { prevsnapshot: s });
+    expect(after.status === 200 && after.items.length === 0, `base vs S after the copy's write: ${JSON.stringify(after.items)}`);
   });
 
   await check("Put Page From URL copies x-ms-source-range server-side (public source)", async () => {

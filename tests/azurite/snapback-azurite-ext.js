@@ -64,6 +64,17 @@
  *     (default "md"; 400 UnsupportedHeaderForNonManagedDisksAccount elsewhere,
  *     as on Azure); the URL's SAS is checked by reading it from this Azurite;
  *     then the answer is exactly the prevsnapshot diff of (a).
+ *  k. Copy Blob destinations own their page ranges. Azurite's Copy Blob (async
+ *     and synchronous) gives the destination the source's range table ARRAY
+ *     itself, not a copy, and Put Page / Clear Pages / resize edit that array
+ *     in place: every later write to the copy also changes the source (a
+ *     snapshot too, in another account too) — its page list, its bytes and
+ *     every diff against it. A seed copies S(1) to the backup, so each page
+ *     applied to the backup (or written there by anyone) appeared in S(1),
+ *     and a diff S(2) vs S(1) answered a ClearRange where only the backup had
+ *     been written. We give the destination its own array, as Azurite's
+ *     Snapshot Blob already does (the ranges themselves are never edited in
+ *     place, only replaced, so a shallow copy suffices).
  *  g. Version pin + self-check. If Azurite is not exactly 3.37.0, or an
  *     internal we patch is missing, print why and exit 1 before serving.
  *  h. Stops by itself when SNAPBACK_HARNESS_PARENT_PID is gone (polled every
@@ -74,7 +85,7 @@ const fs = require("fs");
 const path = require("path");
 const crypto = require("crypto");
 
-const EXTENSION_VERSION = "1.3.0";
+const EXTENSION_VERSION = "1.4.0";
 const PINNED_AZURITE_VERSION = "3.37.0";
 const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 const PAGE = 512;
@@ -123,6 +134,7 @@ function loadInternals(root) {
     StorageError: req("blob/errors/StorageError").default,
     StorageErrorFactory: req("blob/errors/StorageErrorFactory").default,
     BlobStorageContext: req("blob/context/BlobStorageContext").default,
+    LokiBlobMetadataStore: req("blob/persistence/LokiBlobMetadataStore").default,
     blobUtils: req("blob/utils/utils"),
     commonUtils: req("common/utils/utils"),
     constants: req("blob/utils/constants"),
@@ -142,6 +154,7 @@ function selfCheck(az) {
   requireFunction(az.BlobHandler.prototype, "getProperties", "BlobHandler");
   requireFunction(az.BlobHandler.prototype, "download", "BlobHandler");
   requireFunction(az.ListenerFactory.prototype, "createRequestListener", "BlobRequestListenerFactory");
+  for (const name of COPY_STORE_METHODS) requireFunction(az.LokiBlobMetadataStore.prototype, name, "LokiBlobMetadataStore");
   requireFunction(az.serializerModule, "serialize", "generated/utils/serializer");
   requireFunction(az.StorageErrorFactory, "getInvalidPageRange", "StorageErrorFactory");
   requireFunction(az.blobUtils, "computeAndValidateTransactionalChecksums", "blob/utils");
@@ -595,6 +608,28 @@ function patchCopy(az) {
   }
 }
 
+// ------------------------------------ (k) copies own their page ranges -----
+
+/** The store's copy operations: Copy Blob, and Copy Blob From URL (x-ms-requires-sync). */
+const COPY_STORE_METHODS = ["startCopyFromURL", "copyFromURL"];
+
+function patchCopyRanges(az) {
+  const proto = az.LokiBlobMetadataStore.prototype;
+  for (const name of COPY_STORE_METHODS) {
+    const original = proto[name];
+    proto[name] = async function (context, source, destination, ...rest) {
+      const properties = await original.call(this, context, source, destination, ...rest);
+      // The original inserts the destination as its last synchronous step; a write to it
+      // reads the new document only after awaits of its own, so it runs after this line.
+      const doc = this.db.getCollection(this.BLOBS_COLLECTION).findOne({
+        accountName: destination.account, containerName: destination.container, name: destination.blob, snapshot: "",
+      });
+      if (doc && Array.isArray(doc.pageRangesInOrder)) doc.pageRangesInOrder = doc.pageRangesInOrder.slice();
+      return properties;
+    };
+  }
+}
+
 // --------------------------------------------- (f) faults + control route --
 
 const FAULT_CODES = {
@@ -730,6 +765,7 @@ function install() {
   patchPutPage(az);
   patchPutPageFromUrl(az);
   patchCopy(az);
+  patchCopyRanges(az);
   patchListener(az);
   watchParent();
   // The CRC check is async; it finishes long before Azurite has bound its port.
