@@ -48,6 +48,63 @@ pub struct PageList {
     pub next_marker: Option<String>,
 }
 
+/// Empty result pages in a row after which a listing is taken as going round in circles.
+/// Azure may answer an empty page with a marker when it runs out of time, a few in a row on a
+/// busy or fragmented blob, never hundreds.
+pub const MAX_EMPTY_PAGES_IN_A_ROW: u32 = 1000;
+
+/// Follows one listing's continuation (`NextMarker`, for Get Page Ranges and List Blobs alike)
+/// and refuses a listing that goes round in circles: a marker the service already gave, or
+/// [`MAX_EMPTY_PAGES_IN_A_ROW`] empty pages in a row. Without it, a broken or hostile answer
+/// would keep a cycle listing forever.
+#[derive(Debug, Default)]
+pub struct Continuation {
+    seen: std::collections::HashSet<String>,
+    empty_in_a_row: u32,
+}
+
+impl Continuation {
+    /// Takes the marker a page of `items` items ended with and returns the one to ask for
+    /// next: `None` when the listing is complete.
+    pub fn follow(
+        &mut self,
+        next: Option<String>,
+        items: usize,
+    ) -> Result<Option<String>, CircularListing> {
+        let Some(marker) = next.filter(|m| !m.is_empty()) else {
+            return Ok(None);
+        };
+        self.empty_in_a_row = if items == 0 {
+            self.empty_in_a_row + 1
+        } else {
+            0
+        };
+        if self.empty_in_a_row >= MAX_EMPTY_PAGES_IN_A_ROW {
+            return Err(CircularListing::EmptyPages(self.empty_in_a_row));
+        }
+        if !self.seen.insert(marker.clone()) {
+            return Err(CircularListing::RepeatedMarker(marker));
+        }
+        Ok(Some(marker))
+    }
+}
+
+/// Why a listing was given up: its continuation goes round in circles.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CircularListing {
+    #[error("the service gave the continuation marker {0:?} a second time")]
+    RepeatedMarker(String),
+    #[error("the service answered {0} empty result pages in a row, each with a new marker")]
+    EmptyPages(u32),
+}
+
+impl CircularListing {
+    /// As a storage error on `resource` (the service's answer broke the protocol).
+    pub fn on(self, resource: Resource, what: &str) -> BlobError {
+        BlobError::local(ErrorKind::BadResponse, resource, format!("{what}: {self}"))
+    }
+}
+
 /// A Get Page Ranges request.
 #[derive(Clone, Debug, Default)]
 pub struct PageListQuery<'a> {
@@ -226,7 +283,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::copy_source_lifetime;
+    use super::{copy_source_lifetime, CircularListing, Continuation, MAX_EMPTY_PAGES_IN_A_ROW};
     use std::time::Duration;
 
     #[test]
@@ -252,6 +309,36 @@ mod tests {
             let d = copy_source_lifetime(tib << 40);
             assert!(d >= last, "never shorter for a bigger source");
             last = d;
+        }
+    }
+
+    #[test]
+    fn a_continuation_ends_and_refuses_circles() {
+        let m = |s: &str| Some(s.to_string());
+        let mut c = Continuation::default();
+        assert_eq!(c.follow(m("a"), 5), Ok(m("a")));
+        assert_eq!(c.follow(m("b"), 0), Ok(m("b")));
+        // An empty marker ends the listing, as an absent one does.
+        assert_eq!(c.follow(m(""), 0), Ok(None));
+        assert_eq!(c.follow(None, 3), Ok(None));
+        assert_eq!(
+            c.follow(m("a"), 5),
+            Err(CircularListing::RepeatedMarker("a".into()))
+        );
+
+        let mut c = Continuation::default();
+        for i in 1..MAX_EMPTY_PAGES_IN_A_ROW {
+            assert!(c.follow(m(&i.to_string()), 0).is_ok(), "page {i}");
+        }
+        assert_eq!(
+            c.follow(m("last"), 0),
+            Err(CircularListing::EmptyPages(MAX_EMPTY_PAGES_IN_A_ROW))
+        );
+        // A page with items resets the count.
+        let mut c = Continuation::default();
+        for i in 0..3 * MAX_EMPTY_PAGES_IN_A_ROW {
+            let items = usize::from(i % (MAX_EMPTY_PAGES_IN_A_ROW / 2) == 0);
+            assert!(c.follow(m(&i.to_string()), items).is_ok(), "page {i}");
         }
     }
 }

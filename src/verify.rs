@@ -11,7 +11,9 @@
 //! Cost: a full read of the allocated part of both blobs (the source account is read as much
 //! as by a seed), plus two page range listings. Nothing is written.
 
-use crate::blobs::{retry_unanswered, BlobError, BlobRef, PageBlobs, PageListQuery};
+use crate::blobs::{
+    retry_unanswered, BlobError, BlobRef, Continuation, PageBlobs, PageListQuery, Resource,
+};
 use crate::config::DiskConfig;
 use crate::cycle::progress::Progress;
 use crate::model::SnapshotId;
@@ -95,6 +97,7 @@ pub async fn allocated_ranges(
 ) -> Result<Vec<ByteRange>, BlobError> {
     let mut out = Vec::new();
     let mut marker: Option<String> = None;
+    let mut continuation = Continuation::default();
     loop {
         let q = PageListQuery {
             snapshot,
@@ -102,11 +105,13 @@ pub async fn allocated_ranges(
             ..Default::default()
         };
         let page = blobs.page_ranges(blob, &q).await?;
+        marker = continuation
+            .follow(page.next_marker, page.items.len())
+            .map_err(|c| c.on(Resource::of(blob, snapshot), "page list"))?;
         out.extend(page.items.into_iter().filter_map(|i| match i {
             PageItem::Changed(r) => Some(r),
             PageItem::Cleared(_) => None,
         }));
-        marker = page.next_marker;
         if marker.is_none() {
             return Ok(out);
         }
@@ -122,6 +127,7 @@ async fn source_ranges(
 ) -> Result<Vec<ByteRange>, BlobError> {
     let mut out = Vec::new();
     let mut marker: Option<String> = None;
+    let mut continuation = Continuation::default();
     loop {
         let q = DiffQuery {
             snapshot,
@@ -131,11 +137,13 @@ async fn source_ranges(
             max_results: crate::cycle::apply::DIFF_PAGE_RESULTS,
         };
         let page = source.diff(q).await?;
+        marker = continuation
+            .follow(page.next_marker, page.items.len())
+            .map_err(|c| c.on(source.snapshot_resource(snapshot), "page list"))?;
         out.extend(page.items.into_iter().filter_map(|i| match i {
             PageItem::Changed(r) => Some(r),
             PageItem::Cleared(_) => None,
         }));
-        marker = page.next_marker;
         if marker.is_none() {
             return Ok(out);
         }

@@ -9,7 +9,7 @@ mod common;
 
 use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
 use common::faultproxy::{
-    copy_reported_failed, page_list_out_of_order, Fault, FaultProxy, Op, Rule,
+    copy_reported_failed, listing_goes_round, page_list_out_of_order, Fault, FaultProxy, Op, Rule,
 };
 use common::fixture::{
     content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
@@ -290,6 +290,46 @@ async fn out_of_order_listing_and_kill_mid_apply_never_make_a_wrong_restore_poin
         &run(&fx, &["verify", "d1"]),
         "the restore point made after the cut equals its source",
     );
+}
+
+/// A listing whose continuation goes round in circles (an empty page list that always says
+/// "more from offset 0"; a snapshot listing that always gives the same marker) is refused with
+/// an error naming the marker, in bounded time, with nothing applied; once the service answers
+/// properly, the cycle completes and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_goes_round_in_circles_is_refused() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0xc1c);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 8, &mut rng).await;
+    let writes = |p: &FaultProxy| p.count(Op::PutPage) + p.count(Op::ClearPage);
+    let before = writes(&proxy);
+    // A marker the Azurite extension accepts: "from offset 0" (base64 of "snapback-pr:0").
+    proxy.add(Rule::new(listing_goes_round("c25hcGJhY2stcHI6MA==")).op(Op::GetPageRanges));
+    let out = run(&fx, &["backup", "d1"]);
+    let e = text(&out);
+    eprintln!("circular diff listing: exit {:?}: {e}", out.status.code());
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("c25hcGJhY2stcHI6MA==") && e.contains("a second time"),
+        "the refusal names the marker: {e}"
+    );
+    assert_eq!(writes(&proxy), before, "nothing applied");
+
+    proxy.clear_rules();
+    proxy.add(Rule::new(listing_goes_round("round")).op(Op::ListBlobs));
+    let out = run(&fx, &["list", "d1"]);
+    let e = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("\"round\" a second time"), "{e}");
+
+    proxy.clear_rules();
+    succeeded(
+        &run(&fx, &["backup", "d1"]),
+        "the cycle, once answered properly",
+    );
+    assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(&run(&fx, &["verify", "d1"]), "verify");
 }
 
 // --------------------------------------------- (3) backup re-pointed mid-cycle --

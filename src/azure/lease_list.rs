@@ -2,7 +2,7 @@
 //! lease state.
 
 use super::{listed_metadata, map_err, AzureBlobs};
-use crate::blobs::{BlobRef, BlobResult, Resource};
+use crate::blobs::{BlobRef, BlobResult, Continuation, Resource};
 use crate::lease::{LeaseListing, LeasedBlob};
 use async_trait::async_trait;
 use azure_storage_blob::models::{
@@ -26,8 +26,14 @@ impl LeaseListing for AzureBlobs {
             .map_err(err)?
             .into_pages();
         let mut out = Vec::new();
+        let mut continuation = Continuation::default();
         while let Some(page) = pages.try_next().await.map_err(err)? {
-            for item in page.into_model().map_err(err)?.blob_items {
+            let page = page.into_model().map_err(err)?;
+            // The pager follows the marker itself, when polled again: an error here ends it.
+            continuation
+                .follow(page.next_marker.clone(), page.blob_items.len())
+                .map_err(|c| c.on(Resource::container(dir), what))?;
+            for item in page.blob_items {
                 let Some(name) = item.name else { continue };
                 out.push(LeasedBlob {
                     name,

@@ -21,8 +21,8 @@ pub mod sas_blob;
 pub mod shared_key;
 
 use crate::blobs::{
-    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, ErrorKind as Kind, Metadata, PageBlobs,
-    PageList, PageListQuery, Resource, SnapshotInfo,
+    BlobError, BlobProps, BlobRef, BlobResult, Continuation, CopyStatus, ErrorKind as Kind,
+    Metadata, PageBlobs, PageList, PageListQuery, Resource, SnapshotInfo,
 };
 use crate::config::{AccountConfig, AuthConfig};
 use crate::pages::ByteRange;
@@ -619,6 +619,7 @@ impl PageBlobs for AzureBlobs {
             .map_err(|e| map_err(Resource::blob(blob), what(), e))?
             .into_pages();
         let mut out = Vec::new();
+        let mut continuation = Continuation::default();
         while let Some(page) = pages
             .try_next()
             .await
@@ -627,6 +628,10 @@ impl PageBlobs for AzureBlobs {
             let page = page
                 .into_model()
                 .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
+            // The pager follows the marker itself, when polled again: an error here ends it.
+            continuation
+                .follow(page.next_marker.clone(), page.blob_items.len())
+                .map_err(|c| c.on(Resource::blob(blob), what()))?;
             for item in page.blob_items {
                 let (Some(name), Some(snapshot)) = (item.name.as_ref(), item.snapshot) else {
                     continue;

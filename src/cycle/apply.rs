@@ -5,7 +5,7 @@
 use super::error::CycleError;
 use super::machine::{CycleRecord, CycleStats, Outcome, PhaseName};
 use super::runner::Runner;
-use crate::blobs::{retry_unanswered, BlobError, ErrorKind, PageBlobs};
+use crate::blobs::{retry_unanswered, BlobError, Continuation, ErrorKind, PageBlobs};
 use crate::config::CopyMode;
 use crate::model::{tags, SnapshotId};
 use crate::pages::{
@@ -541,6 +541,8 @@ fn diff_batches<'b>(
         ready: std::collections::VecDeque<Batch>,
         finished: bool,
         check: ListingCheck,
+        /// The current segment's marker chain.
+        continuation: Continuation,
     }
     let segments: Vec<ByteRange> = segments(window, tuning.segment).collect();
     let init = State {
@@ -555,6 +557,7 @@ fn diff_batches<'b>(
         ready: Default::default(),
         finished: false,
         check: ListingCheck::new(window.start, window.end),
+        continuation: Continuation::default(),
     };
     stream::try_unfold(init, move |mut st| async move {
         loop {
@@ -587,9 +590,21 @@ fn diff_batches<'b>(
                         format!("diff listing of {segment:?} refused: {v}"),
                     )
                 })?;
-                st.next = match page.next_marker {
+                let next = st
+                    .continuation
+                    .follow(page.next_marker, page.items.len())
+                    .map_err(|c| {
+                        c.on(
+                            source.snapshot_resource(snapshot),
+                            &format!("diff listing of {segment:?}"),
+                        )
+                    })?;
+                st.next = match next {
                     Some(m) => Some((index, Some(m))),
-                    None if index + 1 < st.segments.len() => Some((index + 1, None)),
+                    None if index + 1 < st.segments.len() => {
+                        st.continuation = Continuation::default();
+                        Some((index + 1, None))
+                    }
                     None => None,
                 };
                 st.items = page.items.into_iter();

@@ -811,6 +811,34 @@ fn elements<'a>(text: &'a str, tag: &str) -> Vec<&'a str> {
     out
 }
 
+/// Makes a listing go round in circles: every successful Get Page Ranges or List Blobs answer
+/// ends with `<NextMarker>marker</NextMarker>`, and a page list also loses its items (an empty
+/// page that says "more to come"). Following it would never end.
+pub fn listing_goes_round(marker: &'static str) -> Fault {
+    Fault::Rewrite(Arc::new(move |parts: &mut Parts, body: &mut Vec<u8>| {
+        if !parts.status.is_success() {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(body) else {
+            return;
+        };
+        let mut text = text.to_string();
+        for tag in ["PageRange", "ClearRange", "NextMarker"] {
+            for e in elements(&text.clone(), tag) {
+                text = text.replacen(e, "", 1);
+            }
+        }
+        text = text
+            .replace("<NextMarker />", "")
+            .replace("<NextMarker/>", "");
+        let Some(root_end) = text.rfind("</") else {
+            return;
+        };
+        text.insert_str(root_end, &format!("<NextMarker>{marker}</NextMarker>"));
+        *body = text.into_bytes();
+    }))
+}
+
 /// Makes every answer report its copy as failed (`x-ms-copy-status: failed`): a Copy Blob
 /// the service keeps failing, as Azure reports it on Get Blob Properties.
 pub fn copy_reported_failed() -> Fault {
