@@ -9,7 +9,8 @@ mod common;
 
 use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
 use common::faultproxy::{
-    copy_reported_failed, listing_goes_round, page_list_out_of_order, Fault, FaultProxy, Op, Rule,
+    copy_reported_failed, listing_goes_round, page_list_out_of_order, server_busy_retry_after,
+    Fault, FaultProxy, Op, Rule,
 };
 use common::fixture::{
     content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
@@ -330,6 +331,27 @@ async fn a_listing_that_goes_round_in_circles_is_refused() {
     );
     assert_eq!(restore_points(&fx, "d1").len(), 2);
     succeeded(&run(&fx, &["verify", "d1"]), "verify");
+}
+
+/// A throttled answer asking to come back in a day (`503` with `Retry-After: 86400`) is
+/// retried after at most 15 s, not a day later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_long_retry_after_is_waited_at_most_15_seconds() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0xda7);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    let busy = proxy.add(
+        Rule::new(server_busy_retry_after("86400"))
+            .op(Op::ListBlobs)
+            .nth(1, 1),
+    );
+    let started = Instant::now();
+    let out = run(&fx, &["list", "d1"]);
+    let took = started.elapsed();
+    eprintln!("list after a day-long Retry-After: {took:?}");
+    succeeded(&out, "list");
+    assert_eq!(proxy.stats(busy).injected, 1);
+    assert!(took < Duration::from_secs(60), "{took:?}");
 }
 
 // --------------------------------------------- (3) backup re-pointed mid-cycle --

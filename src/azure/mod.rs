@@ -17,6 +17,7 @@ mod lease;
 mod lease_list;
 pub mod page_list;
 mod preflight;
+pub mod retry_after;
 pub mod sas_blob;
 pub mod shared_key;
 
@@ -100,16 +101,19 @@ pub struct AzureBlobs {
 }
 
 /// Retry policy for all requests: exponential backoff with jitter, the first retry after
-/// 500 ms, doubling to at most 15 s, for at most 8 retries or 2 minutes. A throttled account
-/// (503 ServerBusy, 500 OperationTimedOut) gets time to recover, but a dead endpoint fails the
-/// cycle within two minutes instead of hanging it; the cycle itself resumes on the next run
-/// (the daemon retries failed cycles with its own, longer backoff).
+/// 500 ms, doubling to at most 15 s (also the cap on a `Retry-After`, see [`retry_after`]),
+/// for at most 8 retries or 2 minutes. A throttled account (503 ServerBusy, 500
+/// OperationTimedOut) gets time to recover, but a dead endpoint fails the cycle within two
+/// minutes instead of hanging it; the cycle itself resumes on the next run (the daemon
+/// retries failed cycles with its own, longer backoff).
 pub fn retry_options() -> RetryOptions {
     RetryOptions::exponential(ExponentialRetryOptions {
         initial_delay: azure_core::time::Duration::milliseconds(500),
         max_retries: 8,
         max_total_elapsed: azure_core::time::Duration::minutes(2),
-        max_delay: azure_core::time::Duration::seconds(15),
+        max_delay: azure_core::time::Duration::seconds(
+            retry_after::MAX_RETRY_DELAY.as_secs() as i64
+        ),
     })
 }
 
@@ -133,6 +137,8 @@ impl AzureBlobs {
             let mut options = ClientOptions {
                 transport: Some(transport.clone()),
                 retry: retry_options(),
+                // First of every try: the retry policy sees the answer after it.
+                per_try_policies: vec![Arc::new(retry_after::RetryAfterCap)],
                 ..Default::default()
             };
             // Before signing: a request waits for the budget, then is signed fresh.

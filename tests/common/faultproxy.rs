@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use hyper::http::response::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -836,6 +836,22 @@ pub fn listing_goes_round(marker: &'static str) -> Fault {
         };
         text.insert_str(root_end, &format!("<NextMarker>{marker}</NextMarker>"));
         *body = text.into_bytes();
+    }))
+}
+
+/// Forwards, then answers `503 ServerBusy` with `Retry-After: seconds` instead of the
+/// service's answer: a throttled account asking for a (possibly absurd) wait.
+pub fn server_busy_retry_after(seconds: &'static str) -> Fault {
+    Fault::Rewrite(Arc::new(move |parts: &mut Parts, body: &mut Vec<u8>| {
+        parts.status = StatusCode::SERVICE_UNAVAILABLE;
+        parts.headers.remove(CONTENT_TYPE);
+        parts
+            .headers
+            .insert("retry-after", HeaderValue::from_static(seconds));
+        parts
+            .headers
+            .insert("x-ms-error-code", HeaderValue::from_static("ServerBusy"));
+        *body = Vec::new();
     }))
 }
 
