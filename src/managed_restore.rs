@@ -309,8 +309,8 @@ async fn rebase(
             CopyEnd::Aborted(why) => Some(format!("was aborted: {why}")),
             CopyEnd::Gone => Some("is no longer reported on the destination".into()),
             CopyEnd::Stalled(stall) => {
-                // Still pending: aborted so that the backup blob is not left being copied
-                // over (the next cycle finds its ETag changed and re-seeds).
+                // Still pending on the service: aborted, so that it does not go on writing
+                // over the backup blob after the rebase has failed.
                 if let Err(e) = blobs.abort_copy(backup, &copy_id).await {
                     tracing::warn!(%backup, error = %e, "cannot abort the stalled copy");
                 }
