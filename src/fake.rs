@@ -30,7 +30,8 @@ struct Blob {
     image: Image,
     etag: u64,
     snapshots: BTreeMap<String, Image>,
-    copy: Option<(String, u32)>, // copy id, polls left before success
+    /// A pending copy: its id, the polls left before success, the bytes it reports copied.
+    copy: Option<(String, u32, u64)>,
     /// A copy that ended without success (aborted, or failed by [`MemBlobs::fail_copies`]).
     ended: Option<(String, CopyStatus)>,
 }
@@ -54,6 +55,8 @@ pub struct MemBlobs {
     pub page_size: usize,
     /// Polls a copy stays pending.
     pub copy_polls: u32,
+    /// Bytes a pending copy reports copied more at each poll (0: its progress stands still).
+    pub copy_bytes_per_poll: u64,
     /// Answer Put Page From URL with 501 NotImplemented (as Azurite does unpatched).
     pub refuse_server_copy: bool,
     /// Copy Blob answers as for a source it cannot read (a managed-identity account).
@@ -268,14 +271,17 @@ impl PageBlobs for MemBlobs {
                 copy: Some(ended.clone()),
             }));
         }
-        let copy = b.copy.as_mut().map(|(id, left)| {
+        let size = b.image.size;
+        let step = self.copy_bytes_per_poll;
+        let copy = b.copy.as_mut().map(|(id, left, copied)| {
             let status = if *left == 0 {
                 CopyStatus::Success
             } else {
                 *left -= 1;
+                *copied += step;
                 CopyStatus::Pending {
-                    copied: 0,
-                    total: 0,
+                    copied: *copied,
+                    total: size,
                 }
             };
             (id.clone(), status)
@@ -531,7 +537,7 @@ impl PageBlobs for MemBlobs {
         let b = g.blobs.entry(dest.clone()).or_default();
         b.image = img;
         b.etag = id;
-        b.copy = Some((copy_id.clone(), polls));
+        b.copy = Some((copy_id.clone(), polls, 0));
         b.ended = None;
         if g.fail_copies > 0 {
             g.fail_copies -= 1;
@@ -546,7 +552,7 @@ impl PageBlobs for MemBlobs {
     async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()> {
         let mut g = self.gate()?;
         if let Some(b) = g.blobs.get_mut(dest) {
-            if matches!(&b.copy, Some((id, left)) if id == copy_id && *left > 0) {
+            if matches!(&b.copy, Some((id, left, _)) if id == copy_id && *left > 0) {
                 b.copy = None;
                 b.ended = Some((copy_id.to_string(), CopyStatus::Aborted("aborted".into())));
             }

@@ -70,7 +70,8 @@ pub struct ManagedRestoreReport {
     pub rebased: Option<ManagedRebase>,
 }
 
-/// Writes restore point `req.point` of `disk` into the new managed disk `req.target`.
+/// Writes restore point `req.point` of `disk` into the new managed disk `req.target`;
+/// `copy_stall` bounds the rebase's copy (`copy_stall_timeout`).
 pub async fn restore(
     blobs: &dyn PageBlobs,
     store: &StateStore,
@@ -78,6 +79,7 @@ pub async fn restore(
     arm: &ArmClient,
     sas: &SasBlobs,
     req: &ManagedRestoreRequest,
+    copy_stall: Duration,
 ) -> Result<ManagedRestoreReport, RestoreError> {
     let started = Instant::now();
     let target = req.target.to_string();
@@ -214,6 +216,7 @@ pub async fn restore(
                 &req.target,
                 old,
                 &chosen.snapshot,
+                copy_stall,
             )
             .await?,
         )
@@ -254,6 +257,7 @@ async fn rebase(
     target: &ResourceId,
     (old, old_group): (&ResourceId, &ResourceGroup),
     point: &str,
+    copy_stall: Duration,
 ) -> Result<ManagedRebase, RestoreError> {
     let now = chrono::Utc::now().timestamp();
     let tag = format!("rebase{:010x}", rand::random::<u64>() >> 24);
@@ -292,6 +296,7 @@ async fn rebase(
         backup,
         &copy_id,
         (Duration::from_millis(200), Duration::from_secs(10)),
+        copy_stall,
         &tokio_util::sync::CancellationToken::new(),
         |copied, total| tracing::info!(%backup, copied, total, "rebase: promoting the restore point"),
     )
@@ -303,6 +308,14 @@ async fn rebase(
             CopyEnd::Failed(why) => Some(format!("failed: {why}")),
             CopyEnd::Aborted(why) => Some(format!("was aborted: {why}")),
             CopyEnd::Gone => Some("is no longer reported on the destination".into()),
+            CopyEnd::Stalled(stall) => {
+                // Still pending on the service: aborted, so that it does not go on writing
+                // over the backup blob after the rebase has failed.
+                if let Err(e) = blobs.abort_copy(backup, &copy_id).await {
+                    tracing::warn!(%backup, error = %e, "cannot abort the stalled copy");
+                }
+                Some(stall.to_string())
+            }
         };
         if let Some(status) = status {
             return Err(RestoreError::CopyFailed {

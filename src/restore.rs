@@ -147,6 +147,9 @@ pub struct Restorer<'a> {
     pub stop: CancellationToken,
     /// First and longest wait between copy status polls.
     pub poll: (Duration, Duration),
+    /// How long a copy may report the same progress before it is aborted as failed
+    /// (`copy_stall_timeout`).
+    pub copy_stall: Duration,
     /// Unix seconds, for names and records.
     pub now: i64,
     /// Where the copies report their progress (a terminal's progress bar).
@@ -186,6 +189,7 @@ impl<'a> Restorer<'a> {
             disk,
             stop: CancellationToken::new(),
             poll: (Duration::from_millis(200), Duration::from_secs(10)),
+            copy_stall: crate::config::DEFAULT_COPY_STALL_TIMEOUT,
             now: Utc::now().timestamp(),
             progress: None,
         }
@@ -420,14 +424,23 @@ impl<'a> Restorer<'a> {
                 p.report(work, copied, total);
             }
         };
-        let end =
-            match copy::wait(self.blobs, dest, &copy_id, self.poll, &self.stop, progress).await {
-                Ok(end) => end,
-                Err(e) => {
-                    self.remove(dest, Some(&copy_id)).await;
-                    return Err(blob_err(format!("status of the copy to {dest}"))(e));
-                }
-            };
+        let end = match copy::wait(
+            self.blobs,
+            dest,
+            &copy_id,
+            self.poll,
+            self.copy_stall,
+            &self.stop,
+            progress,
+        )
+        .await
+        {
+            Ok(end) => end,
+            Err(e) => {
+                self.remove(dest, Some(&copy_id)).await;
+                return Err(blob_err(format!("status of the copy to {dest}"))(e));
+            }
+        };
         let failed = |status: String| RestoreError::CopyFailed {
             source_blob: source_label.clone(),
             dest: dest.to_string(),
@@ -452,6 +465,10 @@ impl<'a> Restorer<'a> {
             CopyWait::Ended(CopyEnd::Gone) => {
                 self.remove(dest, Some(&copy_id)).await;
                 Err(failed("is no longer reported on the destination".into()))
+            }
+            CopyWait::Ended(CopyEnd::Stalled(stall)) => {
+                self.remove(dest, Some(&copy_id)).await;
+                Err(failed(stall.to_string()))
             }
             CopyWait::Stopped => {
                 self.remove(dest, Some(&copy_id)).await;
@@ -860,6 +877,34 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RestoreError::Interrupted { .. }), "{e}");
         assert_eq!(w.blobs.blob_names(), before, "interrupted: nothing left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_copy_fails_naming_the_stall_and_leaves_no_blob_behind() {
+        let mut w = world().await;
+        w.blobs.copy_polls = u32::MAX;
+        let target = BlobRef::new("premium", "vhds", "stalls.vhd");
+        let before = w.blobs.blob_names();
+        let mut r = restorer(&w);
+        r.copy_stall = Duration::from_secs(5);
+        let e = r
+            .restore(&req(
+                PointSelector::Snapshot(w.points[2].0.clone()),
+                &target,
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RestoreError::CopyFailed { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("stalled: pending at 0 of 12288 bytes copied, no progress for 5s"),
+            "{msg}"
+        );
+        assert_eq!(
+            w.blobs.blob_names(),
+            before,
+            "promoted blob aborted and removed"
+        );
     }
 
     #[test]

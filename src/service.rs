@@ -274,6 +274,7 @@ impl App {
             arm,
             &self.sas,
             req,
+            self.config.copy_stall_timeout,
         )
         .await?)
     }
@@ -602,6 +603,7 @@ impl App {
         runner.progress = progress;
         runner.limits = Some(self.limits.clone());
         runner.adopt_backup = disk.adopt_existing_backup;
+        runner.copy_stall = self.config.copy_stall_timeout;
         if let Some(lease) = lease {
             runner.chain = Some(lease.chain().to_string());
             runner.lease = Some(lease);
@@ -770,6 +772,7 @@ impl App {
         let _lock = self.lock_disk(&disk.name)?;
         let mut r = Restorer::new(self.blobs.as_ref(), &self.store, disk);
         r.stop = stop;
+        r.copy_stall = self.config.copy_stall_timeout;
         r.now = self.clock.now().timestamp();
         let progress = Arc::new(Progress::default());
         r.progress = Some(progress.clone());

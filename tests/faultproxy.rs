@@ -7,7 +7,8 @@
 mod common;
 
 use common::faultproxy::{
-    copy_reported_failed, page_list_out_of_order, Fault, FaultKind, FaultProxy, Op, RateLimit, Rule,
+    copy_reported_failed, copy_reported_pending_without_progress, page_list_out_of_order, Fault,
+    FaultKind, FaultProxy, Op, RateLimit, Rule,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -630,6 +631,26 @@ fn copy_failed_rewrite_reports_a_failed_copy() {
         got.content_length, BODY_LEN,
         "a HEAD keeps the blob's Content-Length"
     );
+}
+
+#[test]
+fn copy_pending_rewrite_reports_a_copy_that_never_moves() {
+    let up = Upstream::start();
+    let proxy = FaultProxy::start(up.port);
+    proxy.add(Rule::new(copy_reported_pending_without_progress()).op(Op::GetBlobProperties));
+    let got = send(proxy.port(), "HEAD", BLOB, &[], &[]).unwrap();
+    assert!(
+        got.headers.contains("x-ms-copy-status: pending"),
+        "{}",
+        got.headers
+    );
+    assert!(
+        got.headers
+            .contains(&format!("x-ms-copy-progress: 0/{BODY_LEN}")),
+        "{}",
+        got.headers
+    );
+    assert_eq!(got.content_length, BODY_LEN);
 }
 
 #[test]

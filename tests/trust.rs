@@ -9,8 +9,8 @@ mod common;
 
 use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
 use common::faultproxy::{
-    copy_reported_failed, listing_goes_round, page_list_out_of_order, server_busy_retry_after,
-    Fault, FaultProxy, Op, Rule,
+    copy_reported_failed, copy_reported_pending_without_progress, listing_goes_round,
+    page_list_out_of_order, server_busy_retry_after, Fault, FaultProxy, Op, Rule,
 };
 use common::fixture::{
     content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
@@ -726,6 +726,78 @@ async fn seed_copy_the_service_keeps_failing_ends_with_a_named_error() {
         text(&status).contains("copy"),
         "status shows the error: {}",
         text(&status)
+    );
+}
+
+/// The service reports every seed copy pending with nothing copied, forever (a hostile but
+/// valid-looking answer). With `copy_stall_timeout = "2s"` each copy is aborted as stalled and
+/// counted as a failed start: the command ends on its own after exactly `MAX_COPY_STARTS`
+/// Copy Blob starts, naming the stall, the copy and the backup blob, and makes no restore
+/// point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_copy_pending_without_progress_is_aborted_as_stalled() {
+    let (fx, proxy) = proxied(&["d1"]);
+    common::daemon::prepend_config(&fx, "copy_stall_timeout = \"2s\"");
+    let mut rng = Rng(0x5);
+    source_with_data(&fx, "d1", 4 * MIB, &mut rng).await;
+    proxy.add(
+        Rule::new(copy_reported_pending_without_progress())
+            .op(Op::GetBlobProperties)
+            .op(Op::GetBlob)
+            .account("backup")
+            .blob("backups/d1"),
+    );
+    let started = Instant::now();
+    let limit = Duration::from_secs(60);
+    let out = run_bounded(fx.command(&["backup", "d1"]), limit)
+        .unwrap_or_else(|out| panic!("still running after {limit:?}: {}", text(&out)));
+    let took = started.elapsed();
+    let copies = proxy.count(Op::CopyBlob);
+    let aborts = proxy.count(Op::AbortCopy);
+    let e = text(&out);
+    eprintln!(
+        "after {took:?}: exit {:?}, {copies} Copy Blob starts, {aborts} Abort Copy; {e}",
+        out.status.code()
+    );
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert_eq!(
+        copies,
+        snapback::cycle::seed::MAX_COPY_STARTS as usize,
+        "one Copy Blob per allowed start"
+    );
+    assert!(
+        aborts >= copies,
+        "each stalled copy is aborted: {aborts} Abort Copy for {copies} copies"
+    );
+    // The last copy's id, read straight from Azurite (past the proxy's rewrite).
+    let last_copy = fx
+        .blobs()
+        .properties(&fx.backup("d1"), None)
+        .await
+        .unwrap()
+        .and_then(|p| p.copy)
+        .map(|(id, _)| id)
+        .expect("the backup blob records its last copy");
+    for needle in [
+        "backup/backups/d1",
+        "failed 3 times in a row",
+        &format!("copy {last_copy} to backup/backups/d1 stalled"),
+        &format!("pending at 0 of {} bytes copied", 4 * MIB),
+        "no progress for 2s",
+    ] {
+        assert!(e.contains(needle), "the error names {needle:?}: {e}");
+    }
+    assert!(restore_points(&fx, "d1").is_empty(), "no restore point");
+    assert!(
+        tagged_snapshots(fx.blobs().as_ref(), &fx.backup("d1"))
+            .await
+            .is_empty(),
+        "no backup snapshot"
+    );
+    let status = text(&run(&fx, &["status"]));
+    assert!(
+        status.contains("stalled"),
+        "status shows the stall: {status}"
     );
 }
 

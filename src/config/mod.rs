@@ -38,6 +38,9 @@ const DEFAULT_MAX_BUFFER_MIB: u64 = 32;
 const MAX_BUFFER_MIB: u64 = 65536;
 const MAX_INFLIGHT_REQUESTS: usize = 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `copy_stall_timeout` when unset: Azure's asynchronous copies are best-effort and may sit
+/// queued for a while, but do not sit still for half an hour.
+pub const DEFAULT_COPY_STALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_TZ: chrono_tz::Tz = chrono_tz::Tz::UTC;
 const DEFAULT_DISK_CONCURRENCY: usize = 8;
 const MAX_DISK_CONCURRENCY: usize = 64;
@@ -53,6 +56,7 @@ const TOP_FIELDS: &[&str] = &[
     "max_inflight_requests",
     "max_buffer_mib",
     "shutdown_grace",
+    "copy_stall_timeout",
     "metrics_listen",
     "control_socket",
     "accounts",
@@ -120,6 +124,9 @@ pub struct Config {
     /// How long in-flight cycles may keep running after a shutdown signal
     /// before they are abandoned (they resume safely on next start).
     pub shutdown_grace: Duration,
+    /// How long an asynchronous Copy Blob (seed, restore) may report the same progress
+    /// before it is aborted as stalled and counted as a failed copy.
+    pub copy_stall_timeout: Duration,
     /// Where to serve Prometheus metrics; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
     /// Unix socket for the control CLI; defaults to `<state_dir>/control.sock`

@@ -60,6 +60,7 @@ fn full_example_values() {
     assert_eq!(c.max_inflight_requests, 32);
     assert_eq!(c.max_buffer_mib, 32);
     assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.copy_stall_timeout, Duration::from_secs(30 * 60));
     assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(
         c.control_socket,
@@ -150,6 +151,7 @@ fn defaults_for_empty_file() {
     assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.max_concurrent_cycles, 4);
     assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.copy_stall_timeout, Duration::from_secs(30 * 60));
     assert_eq!(c.metrics_listen, None);
     assert!(c.accounts.is_empty() && c.disks.is_empty());
 }
@@ -837,6 +839,24 @@ fn top_level_types() {
     assert_eq!(c.metrics_listen, Some("[::]:9464".parse().unwrap()));
     assert_eq!(c.shutdown_grace, Duration::from_millis(500));
     assert_eq!(c.max_concurrent_cycles, 1);
+}
+
+#[test]
+fn copy_stall_timeout_is_a_duration_above_zero() {
+    let c = parse("copy_stall_timeout = \"2s\"\n").unwrap();
+    assert_eq!(c.copy_stall_timeout, Duration::from_secs(2));
+    assert_eq!(
+        problems("copy_stall_timeout = \"0s\"\n"),
+        ["snapback.toml:1:22: field \"copy_stall_timeout\" must be more than 0s"]
+    );
+    assert_one(
+        "copy_stall_timeout = \"30\"\n",
+        "snapback.toml:1:22: field \"copy_stall_timeout\": invalid duration \"30\": missing unit",
+    );
+    assert_one(
+        "copy_stall_timeout = 30\n",
+        "field \"copy_stall_timeout\" must be a duration string",
+    );
 }
 
 #[test]

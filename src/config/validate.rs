@@ -336,6 +336,19 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
         .map_or(DEFAULT_MAX_BUFFER_MIB, |n| n as u64);
     let shutdown_grace =
         get_duration(cx, doc, "shutdown_grace", p).unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    let copy_stall_timeout = get_duration(cx, doc, "copy_stall_timeout", p)
+        .and_then(|d| {
+            if d.is_zero() {
+                let span = doc
+                    .get("copy_stall_timeout")
+                    .map(|v| v.span())
+                    .unwrap_or(0..0);
+                cx.err(span, "field \"copy_stall_timeout\" must be more than 0s");
+                return None;
+            }
+            Some(d)
+        })
+        .unwrap_or(DEFAULT_COPY_STALL_TIMEOUT);
 
     let metrics_listen = get_str(cx, doc, "metrics_listen", p).and_then(|(s, span)| {
         match s.parse::<SocketAddr>() {
@@ -403,6 +416,7 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
         max_inflight_requests,
         max_buffer_mib,
         shutdown_grace,
+        copy_stall_timeout,
         metrics_listen,
         control_socket,
         accounts,

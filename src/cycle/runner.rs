@@ -46,6 +46,9 @@ pub struct Runner<'a> {
     pub stop: CancellationToken,
     /// First and longest wait between copy status polls.
     pub copy_poll: (Duration, Duration),
+    /// How long the seed copy may report the same progress before it is aborted as a failed
+    /// start (`copy_stall_timeout`).
+    pub copy_stall: Duration,
     /// Where the phase and apply offset are published for watchers (the daemon).
     pub progress: Option<Arc<Progress>>,
     /// Process-wide limits shared by every disk's runner (`max_inflight_requests`,
@@ -98,6 +101,7 @@ impl<'a> Runner<'a> {
             disk,
             stop: CancellationToken::new(),
             copy_poll: (Duration::from_millis(200), Duration::from_secs(15)),
+            copy_stall: crate::config::DEFAULT_COPY_STALL_TIMEOUT,
             progress: None,
             limits: None,
             tuning: ApplyTuning::default(),

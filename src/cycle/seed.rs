@@ -139,6 +139,7 @@ impl Runner<'_> {
             backup,
             copy_id,
             self.copy_poll,
+            self.copy_stall,
             &self.stop,
             progress,
         )
@@ -153,6 +154,13 @@ impl Runner<'_> {
             }
             CopyWait::Ended(end) => end,
         };
+        if let copy::CopyEnd::Stalled(_) = end {
+            // Still pending on the service: aborted, so that it stops reading S(n) and the
+            // next start is not refused (409 PendingCopyOperation).
+            if let Err(e) = self.blobs.abort_copy(backup, copy_id).await {
+                tracing::warn!(disk = %rec.disk, error = %e, "could not abort the stalled copy");
+            }
+        }
         // The copy no longer reads S(n): end the access `start_copy` granted (a retry grants
         // it again).
         if let Err(e) = self.source().revoke_read(snapshot).await {
@@ -168,6 +176,7 @@ impl Runner<'_> {
             }
             copy::CopyEnd::Gone => format!("copy {copy_id} to {backup} is no longer there"),
             copy::CopyEnd::Failed(r) | copy::CopyEnd::Aborted(r) => r,
+            copy::CopyEnd::Stalled(stall) => format!("copy {copy_id} to {backup} {stall}"),
         };
         let starts = self.copy_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if starts >= MAX_COPY_STARTS {

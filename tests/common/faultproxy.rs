@@ -870,3 +870,34 @@ pub fn copy_reported_failed() -> Fault {
         }
     }))
 }
+
+/// Makes every answer that reports a copy report it pending with nothing copied
+/// (`x-ms-copy-status: pending`, `x-ms-copy-progress: 0/TOTAL`), however far the service got:
+/// a copy that never moves, in a hostile but valid-looking answer. TOTAL is the copy's own
+/// total, else the answer's Content-Length (a HEAD's is the blob's size).
+pub fn copy_reported_pending_without_progress() -> Fault {
+    Fault::Rewrite(Arc::new(|parts: &mut Parts, _body: &mut Vec<u8>| {
+        if !parts.headers.contains_key("x-ms-copy-status") {
+            return;
+        }
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let total = header("x-ms-copy-progress")
+            .and_then(|p| p.split_once('/').map(|(_, t)| t.to_string()))
+            .or_else(|| header(CONTENT_LENGTH.as_str()))
+            .unwrap_or_else(|| "0".into());
+        parts
+            .headers
+            .insert("x-ms-copy-status", HeaderValue::from_static("pending"));
+        if let Ok(progress) = HeaderValue::from_str(&format!("0/{total}")) {
+            parts.headers.insert("x-ms-copy-progress", progress);
+        }
+        parts.headers.remove("x-ms-copy-completion-time");
+        parts.headers.remove("x-ms-copy-status-description");
+    }))
+}
