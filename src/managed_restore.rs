@@ -323,6 +323,7 @@ async fn rebase(
                 dest: backup.to_string(),
                 copy_id,
                 status,
+                then: "the rebase stopped before the new chain's first restore point".into(),
             });
         }
     }

@@ -75,12 +75,14 @@ pub enum RestoreError {
         #[source]
         source: BlobError,
     },
-    #[error("copy {copy_id} of {source_blob} to {dest} {status}; {dest} was removed")]
+    #[error("copy {copy_id} of {source_blob} to {dest} {status}; {then}")]
     CopyFailed {
         source_blob: String,
         dest: String,
         copy_id: String,
         status: String,
+        /// What was done about the destination.
+        then: String,
     },
     #[error("restore interrupted; the partial copy {dest} was aborted and removed")]
     Interrupted { dest: String },
@@ -446,6 +448,7 @@ impl<'a> Restorer<'a> {
             dest: dest.to_string(),
             copy_id: copy_id.clone(),
             status,
+            then: format!("{dest} was removed"),
         };
         match end {
             CopyWait::Ended(CopyEnd::Success) => {
