@@ -9,8 +9,9 @@ mod common;
 
 use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
 use common::faultproxy::{
-    copy_reported_failed, copy_reported_pending_without_progress, listing_goes_round,
-    page_list_out_of_order, server_busy_retry_after, Fault, FaultProxy, Op, Rule,
+    content_range_elsewhere, copy_reported_failed, copy_reported_pending_without_progress,
+    listing_goes_round, page_list_out_of_order, server_busy_retry_after, Fault, FaultProxy, Op,
+    Rule,
 };
 use common::fixture::{
     content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
@@ -330,6 +331,42 @@ async fn a_listing_that_goes_round_in_circles_is_refused() {
         "the cycle, once answered properly",
     );
     assert_eq!(restore_points(&fx, "d1").len(), 2);
+    succeeded(&run(&fx, &["verify", "d1"]), "verify");
+}
+
+/// A read of `S(n)` answered with the right number of bytes but a `Content-Range` naming
+/// another range: refused, the cycle fails naming both ranges, no restore point is made; once
+/// answered properly the cycle completes and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answered_with_another_range_is_refused() {
+    let (fx, proxy) = proxied(&["d1"]);
+    let mut rng = Rng(0x0ff5);
+    seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
+    scribble(&fx, "d1", 4 * MIB, 8, &mut rng).await;
+    let before = restore_points(&fx, "d1").len();
+    proxy.add(
+        Rule::new(content_range_elsewhere())
+            .op(Op::GetBlob)
+            .blob("vhds/d1.vhd"),
+    );
+    let out = run(&fx, &["backup", "d1"]);
+    let e = text(&out);
+    eprintln!(
+        "read answered with another range: exit {:?}: {e}",
+        out.status.code()
+    );
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("WrongRange") && e.contains("Content-Range") && e.contains("instead of bytes"),
+        "{e}"
+    );
+    assert_eq!(restore_points(&fx, "d1").len(), before, "no restore point");
+    proxy.clear_rules();
+    succeeded(
+        &run(&fx, &["backup", "d1"]),
+        "the cycle, once answered properly",
+    );
+    assert_eq!(restore_points(&fx, "d1").len(), before + 1);
     succeeded(&run(&fx, &["verify", "d1"]), "verify");
 }
 

@@ -37,12 +37,11 @@ use azure_core::http::{
 };
 use azure_storage_blob::models::{
     BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
-    BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
-    BlobClientStartCopyFromUrlOptions, BlobClientStartCopyFromUrlResultHeaders,
-    BlobContainerClientListBlobsOptions, HttpRange, ListBlobsIncludeItem,
-    PageBlobClientClearPagesResultHeaders, PageBlobClientUploadPagesFromUrlOptions,
-    PageBlobClientUploadPagesFromUrlResultHeaders, PageBlobClientUploadPagesOptions,
-    PageBlobClientUploadPagesResultHeaders,
+    BlobClientGetPropertiesResultHeaders, BlobClientStartCopyFromUrlOptions,
+    BlobClientStartCopyFromUrlResultHeaders, BlobContainerClientListBlobsOptions, HttpRange,
+    ListBlobsIncludeItem, PageBlobClientClearPagesResultHeaders,
+    PageBlobClientUploadPagesFromUrlOptions, PageBlobClientUploadPagesFromUrlResultHeaders,
+    PageBlobClientUploadPagesOptions, PageBlobClientUploadPagesResultHeaders,
 };
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
@@ -51,7 +50,6 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use shared_key::{AccountKey, SasPolicy, SasToken, SharedKeyPolicy};
 use std::collections::HashMap;
-use std::num::NonZero;
 use std::sync::Arc;
 
 /// The REST version we send on requests we build ourselves; the SDK's default, so every
@@ -195,6 +193,28 @@ impl AzureBlobs {
             }
         }
         url
+    }
+
+    /// A pipeline with the account's policies (retry, `Retry-After` cap, budget, signing),
+    /// for the requests sent without an SDK client: the page-range diff and ranged reads.
+    fn raw_pipeline(account: &Account) -> Pipeline {
+        let mut per_try: Vec<Arc<dyn Policy>> = Vec::new();
+        if let Auth::Token(cred) = &account.auth {
+            per_try.push(Arc::new(
+                azure_core::http::policies::auth::BearerTokenAuthorizationPolicy::new(
+                    cred.clone(),
+                    vec!["https://storage.azure.com/.default"],
+                ),
+            ));
+        }
+        Pipeline::new(
+            option_env!("CARGO_PKG_NAME"),
+            option_env!("CARGO_PKG_VERSION"),
+            account.options.clone(),
+            Vec::new(),
+            per_try,
+            None,
+        )
     }
 
     fn blob_client(&self, blob: &BlobRef) -> BlobResult<BlobClient> {
@@ -511,6 +531,38 @@ fn crc64_le(data: &[u8]) -> Vec<u8> {
     crate::pages::crc64(data).to_le_bytes().to_vec()
 }
 
+/// Checks that the answer to a ranged read says it holds exactly `range`
+/// (`Content-Range: bytes START-END/SIZE`, as Azure answers every ranged Get Blob): bytes of
+/// another range, even of the right length, would be written to the wrong place of the backup.
+fn check_served_range(
+    headers: &azure_core::http::headers::Headers,
+    range: ByteRange,
+) -> Result<(), String> {
+    let served = headers.get_optional_str(&azure_core::http::headers::HeaderName::from_static(
+        "content-range",
+    ));
+    let parsed = served.and_then(|v| {
+        let (span, _size) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+        let (first, last) = span.split_once('-')?;
+        Some((
+            first.trim().parse::<u64>().ok()?,
+            last.trim().parse::<u64>().ok()?,
+        ))
+    });
+    if range.is_empty() || parsed == Some((range.start, range.end - 1)) {
+        return Ok(());
+    }
+    Err(format!(
+        "the answer holds {} instead of bytes {}-{}",
+        served.map_or_else(
+            || "no Content-Range".to_string(),
+            |v| format!("Content-Range {v:?}")
+        ),
+        range.start,
+        range.end - 1
+    ))
+}
+
 fn etag_string(etag: Option<azure_core::http::Etag>) -> String {
     etag.map(|e| e.to_string()).unwrap_or_default()
 }
@@ -681,23 +733,6 @@ impl PageBlobs for AzureBlobs {
             ),
             None => format!("page ranges of {}", snapshot_label(blob, query.snapshot)),
         };
-        let mut per_try: Vec<Arc<dyn Policy>> = Vec::new();
-        if let Auth::Token(cred) = &account.auth {
-            per_try.push(Arc::new(
-                azure_core::http::policies::auth::BearerTokenAuthorizationPolicy::new(
-                    cred.clone(),
-                    vec!["https://storage.azure.com/.default"],
-                ),
-            ));
-        }
-        let pipeline = Pipeline::new(
-            option_env!("CARGO_PKG_NAME"),
-            option_env!("CARGO_PKG_VERSION"),
-            account.options.clone(),
-            Vec::new(),
-            per_try,
-            None,
-        );
         let url = page_list::request_url(
             &Self::blob_url(account, &blob.container, Some(&blob.blob)),
             query,
@@ -707,7 +742,7 @@ impl PageBlobs for AzureBlobs {
         if let Some(r) = query.range {
             request.insert_header("x-ms-range", r.http_header());
         }
-        let resp = pipeline
+        let resp = Self::raw_pipeline(account)
             .send(&Context::new(), &mut request, None)
             .await
             .map_err(|e| {
@@ -730,6 +765,9 @@ impl PageBlobs for AzureBlobs {
         })
     }
 
+    /// One ranged Get Blob through the raw pipeline rather than the SDK's partitioned
+    /// download, which trusts the answer's `Content-Range` to place the bytes: the answer is
+    /// checked to hold exactly `range` before its body is used.
     async fn read(
         &self,
         blob: &BlobRef,
@@ -737,39 +775,39 @@ impl PageBlobs for AzureBlobs {
         range: ByteRange,
     ) -> BlobResult<Bytes> {
         let what = || format!("{} {range}", snapshot_label(blob, snapshot));
-        let mut client = self.blob_client(blob)?;
+        let account = self.account(blob)?;
+        let mut url = Self::blob_url(account, &blob.container, Some(&blob.blob));
         if let Some(s) = snapshot {
-            client = client
-                .with_snapshot(s)
-                .map_err(|e| map_err(Resource::of(blob, snapshot), what(), e))?;
+            url.query_pairs_mut().append_pair("snapshot", s);
         }
-        let len = usize::try_from(range.len()).map_err(|_| {
-            BlobError::local(
-                Kind::Unusable,
-                Resource::of(blob, snapshot),
-                format!("{}: range too large for this platform", what()),
-            )
-        })?;
-        let mut buf = vec![0u8; len];
-        let options = BlobClientDownloadOptions {
-            range: Some(HttpRange::new(range.start, range.len())),
-            parallel: NonZero::new(1),
-            partition_size: NonZero::new(len.max(1)),
-            ..Default::default()
-        };
-        let got = client
-            .download_into(&mut buf, Some(options))
+        let mut request = Request::new(url, Method::Get);
+        request.insert_header("x-ms-version", SERVICE_VERSION);
+        request.insert_header("x-ms-range", range.http_header());
+        // Streamed: the body is read here, after the retry policy, so that an answer cut
+        // mid-body goes to `retry_unanswered` at once instead of through every SDK retry.
+        let resp = Self::raw_pipeline(account)
+            .stream(&Context::new(), &mut request, None)
             .await
             .map_err(|e| map_err(Resource::of(blob, snapshot), what(), e))?;
-        if got.len != len {
-            return Err(BlobError::bad_response(
+        let wrong = |code: &str, why: String| {
+            BlobError::bad_response(
                 Resource::of(blob, snapshot),
                 206,
-                "ShortRead",
-                format!("{}: got {} of {len} bytes", what(), got.len),
-            ));
+                code,
+                format!("{}: {why}", what()),
+            )
+        };
+        check_served_range(resp.headers(), range).map_err(|why| wrong("WrongRange", why))?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| map_err(Resource::of(blob, snapshot), what(), e))?;
+        if body.len() as u64 != range.len() {
+            let why = format!("got {} of {} bytes", body.len(), range.len());
+            return Err(wrong("ShortRead", why));
         }
-        Ok(Bytes::from(buf))
+        Ok(body)
     }
 
     async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
@@ -1011,6 +1049,32 @@ pub(super) fn listed_metadata(m: Option<azure_storage_blob::models::BlobMetadata
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_must_hold_the_range_asked_for() {
+        let with = |v: &str| {
+            let mut h = azure_core::http::headers::Headers::new();
+            h.insert("content-range", v.to_string());
+            h
+        };
+        let r = ByteRange::new(8192, 12288);
+        assert_eq!(
+            check_served_range(&with("bytes 8192-12287/4194304"), r),
+            Ok(())
+        );
+        let wrong = check_served_range(&with("bytes 0-4095/4194304"), r).unwrap_err();
+        assert!(
+            wrong.contains("\"bytes 0-4095/4194304\"") && wrong.contains("bytes 8192-12287"),
+            "{wrong}"
+        );
+        for bad in ["bytes 8192-12288/4194304", "bytes */4194304", "8192-12287"] {
+            assert!(check_served_range(&with(bad), r).is_err(), "{bad}");
+        }
+        let none = azure_core::http::headers::Headers::new();
+        assert!(check_served_range(&none, r)
+            .unwrap_err()
+            .contains("no Content-Range"));
+    }
 
     #[test]
     fn crc64_is_nvme() {

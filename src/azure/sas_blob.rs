@@ -5,7 +5,7 @@
 //! Errors name the snapshot's ARM resource id (`Resource::Managed`), never the URL: its
 //! query is a credential, and anything the transport says is passed through [`crate::secrets::redact`].
 
-use super::{page_list, retry_options, SERVICE_VERSION};
+use super::{check_served_range, page_list, retry_options, SERVICE_VERSION};
 use crate::arm::sas::SasUrl;
 use crate::blobs::{BlobError, BlobResult, PageList, PageListQuery, Resource};
 use crate::pages::ByteRange;
@@ -98,6 +98,14 @@ impl SasBlobs {
             .send(&Context::new(), &mut request, None)
             .await
             .map_err(|e| map_err(resource, &what, e))?;
+        check_served_range(resp.headers(), range).map_err(|why| {
+            BlobError::bad_response(
+                Resource::Managed(resource.to_string()),
+                206,
+                "WrongRange",
+                format!("{what}: {why}"),
+            )
+        })?;
         let body = resp.into_body();
         let data = Bytes::copy_from_slice(body.as_ref());
         if data.len() as u64 != range.len() {

@@ -839,6 +839,38 @@ pub fn listing_goes_round(marker: &'static str) -> Fault {
     }))
 }
 
+/// Makes a ranged read's answer claim another range of the same length
+/// (`Content-Range: bytes 0-…` for a read further on, the next range for a read at 0): the
+/// body is intact, the answer says it is not the range asked for.
+pub fn content_range_elsewhere() -> Fault {
+    Fault::Rewrite(Arc::new(|parts: &mut Parts, _body: &mut Vec<u8>| {
+        let Some(served) = parts
+            .headers
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let parsed = served
+            .strip_prefix("bytes ")
+            .and_then(|v| v.split_once('/'))
+            .and_then(|(span, size)| Some((span.split_once('-')?, size.to_string())))
+            .and_then(|((a, b), size)| {
+                Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?, size))
+            });
+        let Some((first, last, size)) = parsed else {
+            return;
+        };
+        let len = last - first + 1;
+        let moved = if first == 0 { len } else { 0 };
+        let claimed = format!("bytes {moved}-{}/{size}", moved + len - 1);
+        parts.headers.insert(
+            "content-range",
+            HeaderValue::from_str(&claimed).expect("ASCII"),
+        );
+    }))
+}
+
 /// Forwards, then answers `503 ServerBusy` with `Retry-After: seconds` instead of the
 /// service's answer: a throttled account asking for a (possibly absurd) wait.
 pub fn server_busy_retry_after(seconds: &'static str) -> Fault {
