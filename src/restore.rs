@@ -750,6 +750,11 @@ mod tests {
         }
     }
 
+    /// A restore of the world's third (newest) restore point to `target`.
+    fn third_point(w: &World, target: &BlobRef) -> RestoreRequest {
+        req(PointSelector::Snapshot(w.points[2].0.clone()), target)
+    }
+
     #[tokio::test]
     async fn restores_a_middle_point_and_cleans_up_the_promoted_blob() {
         let w = world().await;
@@ -856,10 +861,7 @@ mod tests {
         let before = w.blobs.blob_names();
         w.blobs.fail_copies(1);
         let e = restorer(&w)
-            .restore(&req(
-                PointSelector::Snapshot(w.points[2].0.clone()),
-                &target,
-            ))
+            .restore(&third_point(&w, &target))
             .await
             .unwrap_err();
         assert!(matches!(e, RestoreError::CopyFailed { .. }), "{e}");
@@ -871,13 +873,7 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         r.stop = stop;
-        let e = r
-            .restore(&req(
-                PointSelector::Snapshot(w.points[2].0.clone()),
-                &target,
-            ))
-            .await
-            .unwrap_err();
+        let e = r.restore(&third_point(&w, &target)).await.unwrap_err();
         assert!(matches!(e, RestoreError::Interrupted { .. }), "{e}");
         assert_eq!(w.blobs.blob_names(), before, "interrupted: nothing left");
     }
@@ -890,13 +886,7 @@ mod tests {
         let before = w.blobs.blob_names();
         let mut r = restorer(&w);
         r.copy_stall = Duration::from_secs(5);
-        let e = r
-            .restore(&req(
-                PointSelector::Snapshot(w.points[2].0.clone()),
-                &target,
-            ))
-            .await
-            .unwrap_err();
+        let e = r.restore(&third_point(&w, &target)).await.unwrap_err();
         assert!(matches!(e, RestoreError::CopyFailed { .. }), "{e}");
         let msg = e.to_string();
         assert!(
@@ -997,7 +987,7 @@ mod tests {
     async fn rebase_records_a_chain_whose_next_cycle_is_incremental() {
         let w = world().await;
         let target = BlobRef::new("premium", "vhds", "d1-new.vhd");
-        let mut r = req(PointSelector::Snapshot(w.points[2].0.clone()), &target);
+        let mut r = third_point(&w, &target);
         r.rebase = Some(Rebase {
             name: "d1-new".into(),
         });
