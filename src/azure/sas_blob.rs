@@ -93,9 +93,11 @@ impl SasBlobs {
         let mut request = Request::new(blob.expose().clone(), Method::Get);
         request.insert_header("x-ms-version", SERVICE_VERSION);
         request.insert_header("x-ms-range", range.http_header());
+        // Streamed, as `AzureBlobs::read`: an answer cut mid-body goes to `retry_unanswered`
+        // at once instead of through every SDK retry.
         let resp = self
             .pipeline
-            .send(&Context::new(), &mut request, None)
+            .stream(&Context::new(), &mut request, None)
             .await
             .map_err(|e| map_err(resource, &what, e))?;
         check_served_range(resp.headers(), range).map_err(|why| {
@@ -106,8 +108,11 @@ impl SasBlobs {
                 format!("{what}: {why}"),
             )
         })?;
-        let body = resp.into_body();
-        let data = Bytes::copy_from_slice(body.as_ref());
+        let data = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| map_err(resource, &what, e))?;
         if data.len() as u64 != range.len() {
             return Err(BlobError::bad_response(
                 Resource::Managed(resource.to_string()),
