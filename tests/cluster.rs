@@ -242,19 +242,19 @@ async fn counts(fx: &Fixture, blobs: &dyn PageBlobs) -> Vec<usize> {
     v
 }
 
-/// Waits until every disk has `more` restore points beyond `base`.
+/// Waits until every disk has `more` restore points beyond those it has now.
 async fn more_points(
     fx: &Fixture,
     blobs: &dyn PageBlobs,
-    base: &[usize],
     more: usize,
     within: Duration,
     what: &str,
 ) -> Duration {
+    let base = counts(fx, blobs).await;
     let start = Instant::now();
     loop {
         let now = counts(fx, blobs).await;
-        if now.iter().zip(base).all(|(n, b)| *n >= b + more) {
+        if now.iter().zip(&base).all(|(n, b)| *n >= b + more) {
             return start.elapsed();
         }
         assert!(
@@ -317,11 +317,9 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     // Cycles started before the replicas saw each other end within two more restore points
     // of each disk (the second one is the owner's: it waits for the first to release the
     // disk lease); from then on each disk is run by its owner only.
-    let base = counts(&fx, blobs.as_ref()).await;
     more_points(
         &fx,
         blobs.as_ref(),
-        &base,
         2,
         Duration::from_secs(90),
         "after settling",
@@ -329,16 +327,7 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     .await;
     let logs: Vec<String> = daemons.iter().map(|d| d.stderr()).collect();
     let spread_from = finished(&logs);
-    let base = counts(&fx, blobs.as_ref()).await;
-    more_points(
-        &fx,
-        blobs.as_ref(),
-        &base,
-        2,
-        Duration::from_secs(60),
-        "warm-up",
-    )
-    .await;
+    more_points(&fx, blobs.as_ref(), 2, Duration::from_secs(60), "warm-up").await;
 
     // Kill the daemon with two disks while one of its cycles is under way: a "starting
     // cycle" that is not yet followed by its end, the disk's lock blob naming it, and its
@@ -505,11 +494,9 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
         );
     }
     // Every disk keeps going afterwards, the taken-over ones included.
-    let after = counts(&fx, blobs.as_ref()).await;
     let t = more_points(
         &fx,
         blobs.as_ref(),
-        &after,
         2,
         Duration::from_secs(60),
         "after the takeover",
@@ -606,11 +593,9 @@ async fn a_joining_replica_takes_its_share_and_a_leaving_one_hands_it_back() {
     let d0 = DaemonProc::spawn_command(host_command(&c0, &["run"]));
     let alone = settled(&[(&c0, &d0)], &["host0"], Duration::from_secs(30));
     assert_eq!(alone[0], DISKS, "a lone replica runs every disk");
-    let base = counts(&fx, blobs.as_ref()).await;
     more_points(
         &fx,
         blobs.as_ref(),
-        &base,
         1,
         Duration::from_secs(60),
         "one replica",

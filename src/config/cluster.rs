@@ -186,10 +186,9 @@ fn check_replica(
 
 #[cfg(test)]
 mod tests {
-    use crate::config::ConfigError;
     use std::time::Duration;
 
-    use crate::config::tests::with_one_account as parse;
+    use crate::config::tests::{assert_problems_with_one_account, with_one_account as parse};
 
     #[test]
     fn without_the_table_there_is_no_cluster() {
@@ -252,14 +251,6 @@ mod tests {
             ("[cluster]\naccount = \"a\"\nreplica_id = \"r\"\nheartbeat_every = \"6s\"\n", "snapback.toml:7:19: cluster: field \"heartbeat_every\" must be more than 0 and at most a third of heartbeat_lease"),
             ("[cluster]\naccount = \"a\"\nreplica_id = \"r\"\nheartbeat = \"6s\"\n", "snapback.toml:7:1: cluster: unknown field \"heartbeat\""),
         ];
-        for (extra, want) in cases {
-            match parse(extra) {
-                Err(ConfigError::Invalid { problems, .. }) => assert!(
-                    problems.iter().any(|p| p.contains(want)),
-                    "{extra}: {problems:?}"
-                ),
-                other => panic!("{extra}: expected an error, got {other:?}"),
-            }
-        }
+        assert_problems_with_one_account(&cases);
     }
 }

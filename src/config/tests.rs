@@ -22,6 +22,20 @@ pub(super) fn with_one_account(extra: &str) -> Result<Config, ConfigError> {
     ))
 }
 
+/// For each `(extra, want)`: [`with_one_account`]`(extra)` fails with a problem containing
+/// `want`.
+pub(super) fn assert_problems_with_one_account(cases: &[(&str, &str)]) {
+    for (extra, want) in cases {
+        match with_one_account(extra) {
+            Err(ConfigError::Invalid { problems, .. }) => assert!(
+                problems.iter().any(|p| p.contains(want)),
+                "{extra}: {problems:?}"
+            ),
+            other => panic!("{extra}: expected an error, got {other:?}"),
+        }
+    }
+}
+
 /// Parses `text` expecting failure; returns the problems.
 fn problems(text: &str) -> Vec<String> {
     match parse(text) {

@@ -89,9 +89,8 @@ pub(super) fn build_throttle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ConfigError;
 
-    use crate::config::tests::with_one_account as parse;
+    use crate::config::tests::{assert_problems_with_one_account, with_one_account as parse};
 
     #[test]
     fn defaults_are_azure_scale_targets() {
@@ -136,14 +135,6 @@ mod tests {
                 "account \"a\": field \"throttle\"",
             ),
         ];
-        for (extra, want) in cases {
-            match parse(extra) {
-                Err(ConfigError::Invalid { problems, .. }) => assert!(
-                    problems.iter().any(|p| p.contains(want)),
-                    "{extra}: {problems:?}"
-                ),
-                other => panic!("{extra}: expected an error, got {other:?}"),
-            }
-        }
+        assert_problems_with_one_account(&cases);
     }
 }
