@@ -57,31 +57,9 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 
 /// GET with an `Accept` header: (status, content type, body).
 fn get_accept(port: u16, path: &str, accept: &str) -> (u16, String, String) {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, ctype, body.to_string())
+    let a = common::http::request_with(port, "GET", path, &[("Accept", accept)], "content-type")
+        .expect("GET");
+    (a.status, a.header, a.body)
 }
 
 /// Sample names in a text exposition (`name{...} v` or `name v`).
