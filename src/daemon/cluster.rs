@@ -105,17 +105,11 @@ impl Member {
         holder: &str,
         disks: DiskSet,
     ) -> Member {
+        let name = format!("{REPLICAS_PREFIX}{replica_id}");
         let mut hb = Heartbeat {
-            blob: BlobRef::new(
-                &cfg.account,
-                &cfg.container,
-                &format!("{REPLICAS_PREFIX}{replica_id}"),
-            ),
+            blob: BlobRef::new(&cfg.account, &cfg.container, &name),
             dir: BlobRef::new(&cfg.account, &cfg.container, REPLICAS_PREFIX),
-            lease_id: crate::ownership::lease_id(
-                owner_key,
-                &format!("{REPLICAS_PREFIX}{replica_id}"),
-            ),
+            lease_id: crate::ownership::lease_id(owner_key, &name),
             metadata: Metadata::from([
                 ("holder".to_string(), holder.to_string()),
                 (
