@@ -171,7 +171,7 @@ async fn azurite_scenario() {
         .await
         .unwrap();
     blobs
-        .create_page_blob(spec.source.blob().unwrap(), size)
+        .create_page_blob(spec.source.blob().unwrap(), size, &Default::default())
         .await
         .unwrap();
     let store = StateStore::open(&config.state_dir).unwrap();
@@ -197,6 +197,7 @@ async fn azurite_scenario() {
                             &src,
                             r.start + j as u64 * MAX_PUT_BYTES,
                             Bytes::copy_from_slice(c),
+                            None,
                         )
                         .await
                         .unwrap();
@@ -229,7 +230,10 @@ async fn azurite_scenario() {
         .await
         .unwrap();
     let scratch = BlobRef::new("backup", "backups", "raw-scratch");
-    blobs.create_page_blob(&scratch, size).await.unwrap();
+    blobs
+        .create_page_blob(&scratch, size, &Default::default())
+        .await
+        .unwrap();
 
     // Run before and after snapback's apply, so a drift of Azurite's speed shows.
     let raw_run = || {
@@ -330,7 +334,7 @@ async fn raw_client(
                 let data = blobs.read(source, Some(snapshot), *read).await?;
                 for p in puts {
                     let s = (p.start - read.start) as usize..(p.end - read.start) as usize;
-                    blobs.put_pages(dest, p.start, data.slice(s)).await?;
+                    blobs.put_pages(dest, p.start, data.slice(s), None).await?;
                 }
             }
             Ok::<_, snapback::blobs::BlobError>(())
@@ -364,7 +368,11 @@ async fn synthetic_disks(disks: usize, ranges: u64, parallel: usize) {
             .await
             .unwrap();
         synth
-            .create_page_blob(spec.source.blob().unwrap(), synth.size())
+            .create_page_blob(
+                spec.source.blob().unwrap(),
+                synth.size(),
+                &Default::default(),
+            )
             .await
             .unwrap();
     }

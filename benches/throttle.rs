@@ -182,7 +182,10 @@ async fn run_shape(
     let size = shape.write_bytes * shape.writes_per_blob;
     for b in &blobs {
         direct.ensure_container(b).await.expect("container");
-        direct.create_page_blob(b, size).await.expect("blob");
+        direct
+            .create_page_blob(b, size, &Default::default())
+            .await
+            .expect("blob");
     }
     // A fresh limiter (no requests of an earlier run in its window); for the capacity run,
     // one with no limits, which only counts.
@@ -201,7 +204,7 @@ async fn run_shape(
             async move {
                 let data = payload(i, j, shape.write_bytes);
                 client
-                    .put_pages(blob, j * shape.write_bytes, data)
+                    .put_pages(blob, j * shape.write_bytes, data, None)
                     .await
                     .is_err()
             }
@@ -349,7 +352,7 @@ async fn thousand_disks(disks: usize, rounds: u64, parallel: usize) {
         let source = spec.source.blob().expect("a page-blob source");
         synth.ensure_container(source).await.expect("container");
         synth
-            .create_page_blob(source, synth.size())
+            .create_page_blob(source, synth.size(), &Default::default())
             .await
             .expect("source");
     }

@@ -68,7 +68,9 @@ async fn main() -> anyhow::Result<()> {
     let blobs = AzureBlobs::new(config.accounts.values());
     let disk = BlobRef::new("premium", "vhds", "demo.vhd");
     blobs.ensure_container(&disk).await?;
-    blobs.create_page_blob(&disk, 64 * MIB).await?;
+    blobs
+        .create_page_blob(&disk, 64 * MIB, &Default::default())
+        .await?;
     write_random(&blobs, &disk, 0, 8 * MIB, 1).await?;
     println!("== demo disk premium/vhds/demo.vhd: 64 MiB, 8 MiB written");
     let client = emu.client();
@@ -190,6 +192,7 @@ async fn write_random(
                 disk,
                 at + i as u64 * 4 * MIB,
                 bytes::Bytes::copy_from_slice(chunk),
+                None,
             )
             .await?;
     }

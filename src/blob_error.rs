@@ -18,6 +18,11 @@ pub enum ErrorKind {
     AlreadyExists,
     /// A condition of the request did not hold (412, `ConditionNotMet`).
     PreconditionFailed,
+    /// The page blob's sequence number is no longer the writer's fencing token (412
+    /// `SequenceNumberConditionNotMet` on a write carrying `x-ms-if-sequence-number-eq`):
+    /// another owner took the disk over and raised it. The write did not land; the writer
+    /// has lost the disk (see docs/design.md, "Fencing").
+    Fenced,
     /// The resource is in a state that conflicts with the request (other 409s; the code says
     /// which, e.g. `SnapshotsPresent`, `NoPendingCopyOperation`).
     Conflict,
@@ -145,6 +150,11 @@ impl fmt::Display for BlobError {
                 r.account()
             )?,
             ErrorKind::PreconditionFailed => write!(f, "{r}: precondition failed")?,
+            ErrorKind::Fenced => write!(
+                f,
+                "{r}: fenced: another owner took the disk over (its sequence number is no \
+                 longer this writer's token)"
+            )?,
             ErrorKind::Conflict => write!(f, "{r}: conflict")?,
             ErrorKind::Throttled => write!(f, "{r}: throttled by the service")?,
             ErrorKind::Transient => write!(f, "{r}: service unavailable")?,
@@ -266,6 +276,7 @@ pub fn classify(status: u16, code: Option<&str>) -> ErrorKind {
         (401 | 403, _) => ErrorKind::Auth,
         (404, _) => ErrorKind::NotFound,
         (409, c) if c.ends_with("AlreadyExists") => ErrorKind::AlreadyExists,
+        (412, "SequenceNumberConditionNotMet") => ErrorKind::Fenced,
         (412, _) | (_, "ConditionNotMet") => ErrorKind::PreconditionFailed,
         (409, _) => ErrorKind::Conflict,
         (405 | 501, _) => ErrorKind::Refused,
@@ -313,6 +324,7 @@ mod tests {
             (409, Some("NoPendingCopyOperation"), Conflict),
             (412, Some("ConditionNotMet"), PreconditionFailed),
             (412, Some("LeaseIdMissing"), PreconditionFailed),
+            (412, Some("SequenceNumberConditionNotMet"), Fenced),
             (429, None, Throttled),
             (503, Some("ServerBusy"), Throttled),
             (503, None, Transient),

@@ -28,6 +28,40 @@ pub struct BlobProps {
     pub metadata: Metadata,
     /// Present when the blob is or was the destination of a Copy Blob.
     pub copy: Option<(String, CopyStatus)>,
+    /// A page blob's sequence number (`x-ms-blob-sequence-number`): snapback's fencing token
+    /// on a backup blob (see [`Fence`]). None for other blob types.
+    pub sequence_number: Option<u64>,
+}
+
+/// The fencing token a disk's owner writes its backup blob under: every Put Page, Clear Page
+/// and Put Page From URL carries it as `x-ms-if-sequence-number-eq`, so the service refuses
+/// the write ([`ErrorKind::Fenced`]) once a later owner has raised the blob's sequence
+/// number. A write delayed in the network, or sent by a process frozen past its lease, can
+/// then never land on a blob another owner is writing (docs/design.md, "Fencing").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence(pub u64);
+
+/// A precondition on the blob a request creates or changes (Azure's conditional headers):
+/// the only conditions Snapshot Blob, Copy Blob, Put Blob and Set Blob Properties accept
+/// (sequence-number conditions exist only on the page writes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum IfBlob {
+    /// No condition.
+    #[default]
+    Any,
+    /// `If-None-Match: *`: only if the blob does not exist.
+    Absent,
+    /// `If-Match`: only if the blob is at this ETag.
+    Is(String),
+}
+
+/// How Put Blob creates a page blob: with its metadata (in the creating request, so the blob
+/// never exists untagged), an initial sequence number, and a precondition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewPageBlob {
+    pub metadata: Metadata,
+    pub sequence_number: Option<u64>,
+    pub condition: IfBlob,
 }
 
 /// One snapshot of a blob, as listed with its metadata.
@@ -165,13 +199,21 @@ pub trait PageBlobs: Send + Sync {
     ) -> BlobResult<Bytes>;
 
     /// Put Page: writes `data` at `offset` (page aligned, at most 4 MiB), with a transactional
-    /// checksum. Returns the blob's new ETag.
-    async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String>;
+    /// checksum, only while the blob's sequence number is `fence` (when given). Returns the
+    /// blob's new ETag.
+    async fn put_pages(
+        &self,
+        blob: &BlobRef,
+        offset: u64,
+        data: Bytes,
+        fence: Option<Fence>,
+    ) -> BlobResult<String>;
 
     /// Put Page From URL: the service itself copies `range.len()` bytes (at most 4 MiB, page
     /// aligned) from `source` (one of its snapshots) at `source_offset` into `dest` at `range`;
     /// no page data passes through snapback. Cross-account reads are authorised by the
-    /// implementation (a short-lived SAS, or a bearer token). Returns the blob's new ETag.
+    /// implementation (a short-lived SAS, or a bearer token). Only while `dest`'s sequence
+    /// number is `fence` (when given). Returns the blob's new ETag.
     async fn put_pages_from_url(
         &self,
         dest: &BlobRef,
@@ -179,12 +221,14 @@ pub trait PageBlobs: Send + Sync {
         source: &BlobRef,
         source_snapshot: Option<&str>,
         source_offset: u64,
+        fence: Option<Fence>,
     ) -> BlobResult<String>;
 
     /// Put Page From URL from a source that carries its own authorisation (a managed disk's
     /// snapshot exported with a SAS): `range.len()` bytes of `source` at `source_offset` into
     /// `dest` at `range`. `source_resource` names the source in errors (the URL is a
-    /// credential and never appears in one). Storage that cannot do it refuses (`Refused`).
+    /// credential and never appears in one). Only while `dest`'s sequence number is `fence`
+    /// (when given). Storage that cannot do it refuses (`Refused`).
     async fn put_pages_from_sas(
         &self,
         _dest: &BlobRef,
@@ -192,6 +236,7 @@ pub trait PageBlobs: Send + Sync {
         _source: &url::Url,
         source_resource: &str,
         _source_offset: u64,
+        _fence: Option<Fence>,
     ) -> BlobResult<String> {
         Err(BlobError::local(
             ErrorKind::Refused,
@@ -200,17 +245,40 @@ pub trait PageBlobs: Send + Sync {
         ))
     }
 
-    /// Clear Page over `range`. Returns the blob's new ETag.
-    async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String>;
+    /// Clear Page over `range`, only while the blob's sequence number is `fence` (when
+    /// given). Returns the blob's new ETag.
+    async fn clear_pages(
+        &self,
+        blob: &BlobRef,
+        range: ByteRange,
+        fence: Option<Fence>,
+    ) -> BlobResult<String>;
 
     /// Creates the container if it does not exist.
     async fn ensure_container(&self, blob: &BlobRef) -> BlobResult<()>;
 
-    /// Creates (or replaces) a page blob of `size` bytes, all zero.
-    async fn create_page_blob(&self, blob: &BlobRef, size: u64) -> BlobResult<()>;
+    /// Creates (or replaces) a page blob of `size` bytes, all zero, as `new` says (metadata,
+    /// sequence number, precondition). Returns its ETag.
+    async fn create_page_blob(
+        &self,
+        blob: &BlobRef,
+        size: u64,
+        new: &NewPageBlob,
+    ) -> BlobResult<String>;
 
-    /// Sets the page blob's size (grows with zero pages, or truncates).
-    async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()>;
+    /// Sets the page blob's size (grows with zero pages, or truncates), if `condition`
+    /// holds. Returns the blob's new ETag.
+    async fn resize(&self, blob: &BlobRef, size: u64, condition: &IfBlob) -> BlobResult<String>;
+
+    /// Sets the page blob's sequence number to `value` (`x-ms-sequence-number-action:
+    /// update`), if `condition` holds. Returns the blob's new ETag (the change is a write:
+    /// the ETag changes, the pages do not).
+    async fn set_sequence_number(
+        &self,
+        blob: &BlobRef,
+        value: u64,
+        condition: &IfBlob,
+    ) -> BlobResult<String>;
 
     /// Aborts a pending copy (ignores "no pending copy").
     async fn abort_copy(&self, dest: &BlobRef, copy_id: &str) -> BlobResult<()>;
@@ -219,13 +287,16 @@ pub trait PageBlobs: Send + Sync {
     /// the copy id. Cross-account reads are authorised by the implementation. The destination
     /// gets exactly `metadata` from the moment the copy starts (a blob being copied cannot be
     /// tagged afterwards on Azure), so an unfinished copy is recognisable as such; without it
-    /// Copy Blob would copy the source's metadata, snapback's snapshot tags included.
+    /// Copy Blob would copy the source's metadata, snapback's snapshot tags included. The copy
+    /// starts only if `condition` holds on `dest`. A page blob's copy takes the source's
+    /// sequence number.
     async fn start_copy(
         &self,
         dest: &BlobRef,
         source: &BlobRef,
         source_snapshot: Option<&str>,
         metadata: &Metadata,
+        condition: &IfBlob,
     ) -> BlobResult<String>;
 
     /// Set Blob Metadata on the base blob: replaces all of its metadata.

@@ -12,7 +12,10 @@
 //! assign to a managed identity, the letter a SAS lacks, or the key that is refused.
 
 use crate::azure::AzureBlobs;
-use crate::blobs::{BlobError, BlobRef, ErrorKind, Metadata, PageBlobs, PageListQuery, Resource};
+use crate::blobs::{
+    BlobError, BlobRef, ErrorKind, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageListQuery,
+    Resource,
+};
 use crate::config::Schedule;
 use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
 use crate::pages::{ByteRange, PAGE_SIZE};
@@ -24,6 +27,8 @@ use serde::Serialize;
 pub const TAG_CHECK: &str = "snapback_check";
 /// Size of the scratch page blob.
 const SCRATCH_SIZE: u64 = 8 * PAGE_SIZE;
+/// The fencing token of the scratch blob: in the range cycles use (`ownership::FENCE_FLOOR`).
+const CHECK_FENCE: u64 = crate::ownership::FENCE_FLOOR;
 
 /// One operation of a disk's check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -489,7 +494,13 @@ async fn run_backup(
         let existed = blobs.container_exists(backup).await.unwrap_or(true);
         blobs.ensure_container(backup).await?;
         made.created_container = !existed;
-        blobs.create_page_blob(scratch, SCRATCH_SIZE).await
+        // Created as a seed creates the backup blob: tagged and with a fencing token.
+        let new = NewPageBlob {
+            metadata: [(TAG_CHECK.to_string(), "backup".to_string())].into(),
+            sequence_number: Some(CHECK_FENCE),
+            condition: IfBlob::Absent,
+        };
+        blobs.create_page_blob(scratch, SCRATCH_SIZE, &new).await
     }
     .await;
     if cx.record(BackupCreate, scratch, created).is_none() {
@@ -497,14 +508,27 @@ async fn run_backup(
         return;
     }
     made.backup_blob = true;
+    // The writes of an apply, each fenced as a cycle fences them (the token raised first, as
+    // an owner raises it when it takes a disk over), and a resize If-Match.
     let write = async {
         blobs
-            .put_pages(scratch, 0, Bytes::from(vec![0x5a; PAGE_SIZE as usize]))
+            .set_sequence_number(scratch, CHECK_FENCE + 1, &IfBlob::Any)
+            .await?;
+        let fence = Some(Fence(CHECK_FENCE + 1));
+        blobs
+            .put_pages(
+                scratch,
+                0,
+                Bytes::from(vec![0x5a; PAGE_SIZE as usize]),
+                fence,
+            )
+            .await?;
+        let etag = blobs
+            .clear_pages(scratch, ByteRange::new(0, PAGE_SIZE), fence)
             .await?;
         blobs
-            .clear_pages(scratch, ByteRange::new(0, PAGE_SIZE))
-            .await?;
-        blobs.resize(scratch, SCRATCH_SIZE + PAGE_SIZE).await
+            .resize(scratch, SCRATCH_SIZE + PAGE_SIZE, &IfBlob::Is(etag))
+            .await
     }
     .await;
     cx.record(BackupWrite, scratch, write);
@@ -551,7 +575,7 @@ async fn copy(
     let tags: Metadata = [(TAG_CHECK.to_string(), "copy".to_string())].into();
     let started = async {
         let id = blobs
-            .start_copy(scratch, source, Some(snapshot), &tags)
+            .start_copy(scratch, source, Some(snapshot), &tags, &IfBlob::Any)
             .await?;
         blobs.abort_copy(scratch, &id).await
     }
@@ -578,7 +602,9 @@ async fn copy(
     }
     // Copy Blob may have left the scratch blob pending or resized: start from a fresh one.
     let server = async {
-        blobs.create_page_blob(scratch, SCRATCH_SIZE).await?;
+        blobs
+            .create_page_blob(scratch, SCRATCH_SIZE, &NewPageBlob::default())
+            .await?;
         blobs
             .put_pages_from_url(
                 scratch,
@@ -586,6 +612,7 @@ async fn copy(
                 source,
                 Some(snapshot),
                 0,
+                None,
             )
             .await
     }

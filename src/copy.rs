@@ -121,9 +121,9 @@ mod tests {
             BlobRef::new("b", "c", "dest"),
         );
         blobs.write(&src, 0, &[7; 512]);
-        blobs.resize(&src, SIZE).await.unwrap();
+        blobs.resize(&src, SIZE, &Default::default()).await.unwrap();
         let id = blobs
-            .start_copy(&dest, &src, None, &Metadata::new())
+            .start_copy(&dest, &src, None, &Metadata::new(), &Default::default())
             .await
             .unwrap();
         (dest, id)

@@ -5,8 +5,8 @@
 //! behaviour is tested for real against Azurite in `tests/`.
 
 use crate::blobs::{
-    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, ErrorKind, Metadata, PageBlobs,
-    PageList, PageListQuery, Resource, SnapshotInfo,
+    BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, ErrorKind, Fence, IfBlob, Metadata,
+    NewPageBlob, PageBlobs, PageList, PageListQuery, Resource, SnapshotInfo,
 };
 use crate::pages::{ByteRange, PageItem, MAX_PUT_BYTES, PAGE_SIZE};
 use async_trait::async_trait;
@@ -23,6 +23,8 @@ struct Image {
     size: u64,
     pages: BTreeMap<u64, Page>,
     metadata: Metadata,
+    /// The page blob's sequence number (snapshots and copies keep it, as on Azure).
+    sequence_number: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -211,6 +213,45 @@ fn blob_mut<'g>(g: &'g mut Inner, blob: &BlobRef) -> BlobResult<&'g mut Blob> {
         .ok_or_else(|| not_found(Resource::blob(blob)))
 }
 
+/// Azure's answer to a write whose `If-Match` / `If-None-Match` does not hold.
+fn check_condition(blob: &BlobRef, b: Option<&Blob>, condition: &IfBlob) -> BlobResult<()> {
+    let holds = match (condition, b) {
+        (IfBlob::Any, _) => true,
+        (IfBlob::Absent, b) => b.is_none(),
+        (IfBlob::Is(etag), Some(b)) => format!("\"{}\"", b.etag) == *etag,
+        (IfBlob::Is(_), None) => false,
+    };
+    match (holds, condition, b) {
+        (true, _, _) => Ok(()),
+        (false, IfBlob::Absent, _) => Err(BlobError::service(
+            Resource::blob(blob),
+            409,
+            Some("BlobAlreadyExists".into()),
+            String::new(),
+        )),
+        (false, _, None) => Err(not_found(Resource::blob(blob))),
+        (false, _, Some(_)) => Err(BlobError::service(
+            Resource::blob(blob),
+            412,
+            Some("ConditionNotMet".into()),
+            String::new(),
+        )),
+    }
+}
+
+/// Azure's answer to a page write whose `x-ms-if-sequence-number-eq` does not hold.
+fn check_fence(blob: &BlobRef, b: &Blob, fence: Option<Fence>) -> BlobResult<()> {
+    match fence {
+        Some(Fence(t)) if b.image.sequence_number != t => Err(BlobError::service(
+            Resource::blob(blob),
+            412,
+            Some("SequenceNumberConditionNotMet".into()),
+            format!("sequence number {} is not {t}", b.image.sequence_number),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn not_found(resource: Resource) -> BlobError {
     BlobError::service(resource, 404, Some("BlobNotFound".into()), String::new())
 }
@@ -261,6 +302,7 @@ impl PageBlobs for MemBlobs {
                 etag: format!("\"{}\"", b.etag),
                 metadata: img.metadata.clone(),
                 copy: None,
+                sequence_number: Some(img.sequence_number),
             }));
         }
         if let Some(ended) = &b.ended {
@@ -269,6 +311,7 @@ impl PageBlobs for MemBlobs {
                 etag: format!("\"{}\"", b.etag),
                 metadata: b.image.metadata.clone(),
                 copy: Some(ended.clone()),
+                sequence_number: Some(b.image.sequence_number),
             }));
         }
         let size = b.image.size;
@@ -291,6 +334,7 @@ impl PageBlobs for MemBlobs {
             etag: format!("\"{}\"", b.etag),
             metadata: b.image.metadata.clone(),
             copy,
+            sequence_number: Some(b.image.sequence_number),
         }))
     }
 
@@ -393,11 +437,18 @@ impl PageBlobs for MemBlobs {
         Ok(Bytes::from(read_image(img, range)))
     }
 
-    async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
+    async fn put_pages(
+        &self,
+        blob: &BlobRef,
+        offset: u64,
+        data: Bytes,
+        fence: Option<Fence>,
+    ) -> BlobResult<String> {
         self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
         let b = blob_mut(&mut g, blob)?;
+        check_fence(blob, b, fence)?;
         let r = ByteRange::new(offset, offset + data.len() as u64);
         if !r.is_page_aligned() || r.len() > MAX_PUT_BYTES || r.end > b.image.size {
             return Err(BlobError::service(
@@ -419,6 +470,7 @@ impl PageBlobs for MemBlobs {
         source: &BlobRef,
         source_snapshot: Option<&str>,
         source_offset: u64,
+        fence: Option<Fence>,
     ) -> BlobResult<String> {
         if self.refuse_server_copy {
             return Err(BlobError::service(
@@ -450,14 +502,20 @@ impl PageBlobs for MemBlobs {
             }
             r => r?,
         };
-        self.put_pages(dest, range.start, data).await
+        self.put_pages(dest, range.start, data, fence).await
     }
 
-    async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String> {
+    async fn clear_pages(
+        &self,
+        blob: &BlobRef,
+        range: ByteRange,
+        fence: Option<Fence>,
+    ) -> BlobResult<String> {
         self.jitter().await;
         let id = self.tick();
         let mut g = self.gate()?;
         let b = blob_mut(&mut g, blob)?;
+        check_fence(blob, b, fence)?;
         let first = range.start / PAGE_SIZE;
         let pages: Vec<u64> = b
             .image
@@ -479,26 +537,50 @@ impl PageBlobs for MemBlobs {
         Ok(())
     }
 
-    async fn create_page_blob(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
+    async fn create_page_blob(
+        &self,
+        blob: &BlobRef,
+        size: u64,
+        new: &NewPageBlob,
+    ) -> BlobResult<String> {
         let id = self.tick();
         let mut g = self.gate()?;
+        check_condition(blob, g.blobs.get(blob), &new.condition)?;
         let b = g.blobs.entry(blob.clone()).or_default();
         b.image = Image {
             size,
+            metadata: new.metadata.clone(),
+            sequence_number: new.sequence_number.unwrap_or(0),
             ..Default::default()
         };
         b.etag = id;
-        Ok(())
+        Ok(format!("\"{id}\""))
     }
 
-    async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
+    async fn resize(&self, blob: &BlobRef, size: u64, condition: &IfBlob) -> BlobResult<String> {
         let id = self.tick();
         let mut g = self.gate()?;
+        check_condition(blob, g.blobs.get(blob), condition)?;
         let b = blob_mut(&mut g, blob)?;
         b.image.size = size;
         b.image.pages.retain(|k, _| k * PAGE_SIZE < size);
         b.etag = id;
-        Ok(())
+        Ok(format!("\"{id}\""))
+    }
+
+    async fn set_sequence_number(
+        &self,
+        blob: &BlobRef,
+        value: u64,
+        condition: &IfBlob,
+    ) -> BlobResult<String> {
+        let id = self.tick();
+        let mut g = self.gate()?;
+        check_condition(blob, g.blobs.get(blob), condition)?;
+        let b = blob_mut(&mut g, blob)?;
+        b.image.sequence_number = value;
+        b.etag = id;
+        Ok(format!("\"{id}\""))
     }
 
     async fn start_copy(
@@ -507,6 +589,7 @@ impl PageBlobs for MemBlobs {
         source: &BlobRef,
         snap: Option<&str>,
         metadata: &Metadata,
+        condition: &IfBlob,
     ) -> BlobResult<String> {
         if self.refuse_copy {
             return Err(BlobError::local(
@@ -524,6 +607,7 @@ impl PageBlobs for MemBlobs {
         }
         let id = self.tick();
         let mut g = self.gate()?;
+        check_condition(dest, g.blobs.get(dest), condition)?;
         let img = image(&g, source, snap)?;
         // A copy makes the destination's pages new writes (a diff against an older backup
         // snapshot shows every page), as on Azure.

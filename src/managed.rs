@@ -196,6 +196,18 @@ impl ManagedDiskSource {
         }
     }
 
+    /// Ends the read access this process granted, and only that: what `verify` opened,
+    /// never another replica's or installation's SAS of a cycle under way.
+    pub async fn end_granted(&self) -> BlobResult<()> {
+        let granted: Vec<String> = self.lock().keys().cloned().collect();
+        for key in granted {
+            if let Ok(id) = key.parse::<ResourceId>() {
+                self.end_access(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The disk's snapshots tagged for `disk` (in this source's chain), oldest first.
     async fn tagged(&self, disk: &str) -> BlobResult<Vec<Snapshot>> {
         let mut all = self
@@ -375,6 +387,13 @@ impl Source for ManagedDiskSource {
         // The same SAS serves this process's reads of the snapshot; it is ended with the
         // rest by `release` when the cycle is done.
         Ok(())
+    }
+
+    fn sibling(&self, recorded: &str, chain: Option<&str>) -> Option<Box<dyn Source + '_>> {
+        let (disk, group) = crate::config::DiskSource::parse_managed(recorded)?;
+        let old =
+            ManagedDiskSource::new(self.arm.clone(), self.sas.clone(), disk, group).in_chain(chain);
+        Some(Box::new(old))
     }
 
     fn take_counts(&self) -> (u64, u64) {

@@ -15,14 +15,18 @@ use crate::arm::{
     Access, ArmClient, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec,
 };
 use crate::azure::sas_blob::SasBlobs;
-use crate::blobs::{retry_unanswered, BlobError, ErrorKind, PageBlobs, Resource};
+use crate::blobs::{retry_unanswered, IfBlob, PageBlobs};
 use crate::config::{DiskConfig, DiskSource};
 use crate::copy::{CopyEnd, CopyWait};
+use crate::cycle::handover::publish_record;
 use crate::cycle::machine::CycleRecord;
 use crate::managed::{arm_err, ManagedDiskSource};
 use crate::model::{tags, SnapshotId};
+use crate::ownership::{DiskLease, OwnershipError};
 use crate::pages::MAX_PUT_BYTES;
-use crate::restore::{blob_err, PointSelector, RestoreError, Restorer};
+use crate::restore::{
+    blob_err, first_restore_point, Leasing, PointSelector, RestoreError, Restorer,
+};
 use crate::source::Source;
 use crate::state::StateStore;
 use crate::verify::{allocated_ranges, union_chunks};
@@ -76,10 +80,10 @@ pub async fn restore(
     blobs: &dyn PageBlobs,
     store: &StateStore,
     disk: &DiskConfig,
-    arm: &ArmClient,
-    sas: &SasBlobs,
+    (arm, sas): (&ArmClient, &SasBlobs),
     req: &ManagedRestoreRequest,
     copy_stall: Duration,
+    leasing: Option<&Leasing>,
 ) -> Result<ManagedRestoreReport, RestoreError> {
     let started = Instant::now();
     let target = req.target.to_string();
@@ -206,20 +210,28 @@ pub async fn restore(
         .map_err(arm_fail(format!("end the upload of {target}"), &req.target))?;
     let rebased = if req.rebase {
         let old = (source, snapshot_group);
-        Some(
-            rebase(
-                blobs,
-                store,
-                disk,
-                arm,
-                sas,
-                &req.target,
-                old,
-                &chosen.snapshot,
-                copy_stall,
-            )
-            .await?,
+        // Under the disk's lease, as a cycle: no replica writes the backup meanwhile, and one
+        // that held it before is fenced off by the token this lease raises.
+        let lease = match leasing {
+            Some(l) => Some(l.acquire(blobs, &disk.name, &disk.backup).await?),
+            None => None,
+        };
+        let rebased = rebase(
+            blobs,
+            store,
+            disk,
+            (arm, sas),
+            &req.target,
+            old,
+            &chosen.snapshot,
+            copy_stall,
+            lease.as_ref(),
         )
+        .await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        Some(rebased?)
     } else {
         None
     };
@@ -252,12 +264,12 @@ async fn rebase(
     blobs: &dyn PageBlobs,
     store: &StateStore,
     disk: &DiskConfig,
-    arm: &ArmClient,
-    sas: &SasBlobs,
+    (arm, sas): (&ArmClient, &SasBlobs),
     target: &ResourceId,
     (old, old_group): (&ResourceId, &ResourceGroup),
     point: &str,
     copy_stall: Duration,
+    lease: Option<&DiskLease>,
 ) -> Result<ManagedRebase, RestoreError> {
     let now = chrono::Utc::now().timestamp();
     let tag = format!("rebase{:010x}", rand::random::<u64>() >> 24);
@@ -267,7 +279,9 @@ async fn rebase(
     } else {
         old_group.clone()
     };
-    let new_source = ManagedDiskSource::new(arm.clone(), sas.clone(), target.clone(), group);
+    let chain = lease.map(DiskLease::chain);
+    let new_source =
+        ManagedDiskSource::new(arm.clone(), sas.clone(), target.clone(), group).in_chain(chain);
     let s0 = new_source
         .take_snapshot(&disk.name, &tag)
         .await
@@ -285,8 +299,33 @@ async fn rebase(
         store.abandon_cycle(open.id)?;
     }
     let backup = &disk.backup;
+    // Onto the backup only as it was when its token was checked: a later owner's blob is
+    // never copied over.
+    let condition = match lease {
+        None => IfBlob::Any,
+        Some(lease) => {
+            let props = blobs
+                .properties(backup, None)
+                .await
+                .map_err(blob_err(format!("properties of {backup}")))?;
+            match props {
+                None => IfBlob::Absent,
+                Some(p) => crate::ownership::token_etag(blobs, backup, &p, lease.token())
+                    .await
+                    .map_err(blob_err(format!("fencing token of {backup}")))?
+                    .map(IfBlob::Is)
+                    .ok_or_else(|| OwnershipError::Unfenced {
+                        disk: disk.name.clone(),
+                        backup: backup.clone(),
+                        token: lease.token(),
+                        reason: "another owner took the disk over".into(),
+                    })?,
+            }
+        }
+    };
+    let base_tags = tags::in_chain(tags::backup_base(&disk.name), chain);
     let copy_id = blobs
-        .start_copy(backup, backup, Some(point), &tags::backup_base(&disk.name))
+        .start_copy(backup, backup, Some(point), &base_tags, &condition)
         .await
         .map_err(blob_err(format!(
             "copy restore point {point} over {backup}"
@@ -327,30 +366,10 @@ async fn rebase(
             });
         }
     }
-    // Read before B(0) is taken (a snapshot leaves the base's ETag alone) so that B(0)
-    // records it, as a cycle's restore point does: the chain then survives a lost state.
-    let etag = blobs
-        .properties(backup, None)
-        .await
-        .and_then(|p| {
-            p.ok_or_else(|| {
-                BlobError::local(
-                    ErrorKind::NotFound,
-                    Resource::blob(backup),
-                    "the backup blob vanished right after the restore point was copied over it",
-                )
-            })
-        })
-        .map_err(blob_err(format!("properties of {backup}")))?
-        .etag;
-    let b0 = blobs
-        .create_snapshot(
-            backup,
-            &tags::restore_point_on(&disk.name, &tag, &s0, &etag),
-        )
-        .await
-        .map_err(blob_err(format!("first restore point of {backup}")))?;
-    let b0 = SnapshotId::new(b0);
+    // B(0) records the base's ETag (a snapshot leaves it alone), as a cycle's restore point
+    // does: the chain then survives a lost state.
+    let (b0, etag) =
+        first_restore_point(blobs, lease, &disk.name, backup, (tag.as_str(), &s0)).await?;
     let rec = CycleRecord::rebased(
         &disk.name,
         tag,
@@ -360,10 +379,17 @@ async fn rebase(
         format!("rebased onto managed disk {target}"),
         now,
     );
-    store.start_chain(&rec, &target.to_string(), &backup.to_string(), now)?;
+    let (source, backup_name) = (target.to_string(), backup.to_string());
+    store.start_chain(&rec, &source, &backup_name, now)?;
+    if let Some(lease) = lease {
+        publish_record(lease, &source, &backup_name, &rec).await?;
+    }
 
+    // Only this chain's snapshots and access grants: another installation may back up the
+    // old disk under the same name.
     let old_source =
-        ManagedDiskSource::new(arm.clone(), sas.clone(), old.clone(), old_group.clone());
+        ManagedDiskSource::new(arm.clone(), sas.clone(), old.clone(), old_group.clone())
+            .in_chain(chain);
     old_source
         .release(&disk.name)
         .await

@@ -165,6 +165,7 @@ pub mod tags {
     const RESTORED_FROM: &str = "snapback_restored_from";
     const HOLDER: &str = "snapback_holder";
     const CHAIN: &str = "snapback_chain";
+    const FENCE: &str = "snapback_fence";
 
     /// Tags of a source snapshot `S(n)` taken by cycle `cycle` of `disk`.
     pub fn source_snapshot(disk: &str, cycle: &str) -> Metadata {
@@ -210,10 +211,13 @@ pub mod tags {
     /// replica id), so that whoever finds it held can name the holder; the cycle it runs
     /// (read back with [`cycle`]), so that the next owner knows whether an unfinished cycle
     /// of its own is still the disk's current one; and the disk's chain id ([`chain`]).
-    pub fn lock_holder(holder: &str, cycle: Option<&str>, chain: &str) -> Metadata {
+    /// The lock blob also carries the last fencing token issued ([`fence`]), so the next
+    /// owner issues a higher one.
+    pub fn lock_holder(holder: &str, cycle: Option<&str>, chain: &str, token: u64) -> Metadata {
         let mut m = Metadata::from([
             (HOLDER.to_string(), holder.to_string()),
             (CHAIN.to_string(), chain.to_string()),
+            (FENCE.to_string(), token.to_string()),
         ]);
         if let Some(c) = cycle {
             m.insert(CYCLE.to_string(), c.to_string());
@@ -228,6 +232,20 @@ pub mod tags {
             m.insert(CHAIN.to_string(), c.to_string());
         }
         m
+    }
+
+    /// `m` with the fencing token its writer held (a restore point records the token of the
+    /// owner that took it, so `verify` can tell one taken by an owner that had lost the disk).
+    pub fn with_fence(mut m: Metadata, token: Option<u64>) -> Metadata {
+        if let Some(t) = token {
+            m.insert(FENCE.to_string(), t.to_string());
+        }
+        m
+    }
+
+    /// The fencing token a lock blob or restore point names (none, or not a number: None).
+    pub fn fence(m: &Metadata) -> Option<u64> {
+        m.get(FENCE).and_then(|t| t.parse().ok())
     }
 
     /// The chain a snapshot or lock blob names.

@@ -16,13 +16,18 @@
 //! deleted. An existing target is never overwritten without `force`, and the check happens
 //! before anything is written.
 
-use crate::blobs::{BlobError, BlobRef, CopyStatus, ErrorKind, Metadata, PageBlobs, Resource};
+use crate::blobs::{
+    BlobError, BlobRef, CopyStatus, ErrorKind, IfBlob, Metadata, PageBlobs, Resource,
+};
 use crate::config::DiskConfig;
 use crate::copy::{self, CopyEnd, CopyWait};
+use crate::cycle::handover::publish_record;
 use crate::cycle::machine::CycleRecord;
 use crate::cycle::progress::Progress;
+use crate::lease::LeaseBlobs;
 use crate::model::tags::{self, RestoreState};
 use crate::model::{format_timestamp, parse_timestamp, SnapshotId, Timestamp};
+use crate::ownership::{DiskLease, Owner, OwnershipError};
 use crate::source::{PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
@@ -89,8 +94,17 @@ pub enum RestoreError {
     /// `--to-managed-disk` cannot be done as asked (the reason says why).
     #[error("restore to managed disk {target}: {reason}")]
     ManagedTarget { target: String, reason: String },
+    /// The disk's lease is held (a cycle runs there now), or was lost during the rebase.
+    #[error(transparent)]
+    Ownership(Box<OwnershipError>),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+impl From<OwnershipError> for RestoreError {
+    fn from(e: OwnershipError) -> Self {
+        RestoreError::Ownership(Box::new(e))
+    }
 }
 
 impl RestoreError {
@@ -156,6 +170,89 @@ pub struct Restorer<'a> {
     pub now: i64,
     /// Where the copies report their progress (a terminal's progress bar).
     pub progress: Option<Arc<Progress>>,
+    /// Disk leases, and who takes the rebased disk's (None: in-memory storage, no leases).
+    pub leasing: Option<Leasing>,
+}
+
+/// What a rebase needs to take the lease of the disk whose chain it restarts, as a cycle
+/// would: the lease store and the owner (see `ownership`).
+#[derive(Clone)]
+pub struct Leasing {
+    pub leases: Arc<dyn LeaseBlobs>,
+    pub owner: Owner,
+}
+
+impl Leasing {
+    /// Takes `disk`'s lease (its backup is `backup`), naming the holder if it is held (a
+    /// cycle running there now): nothing is written then.
+    pub(crate) async fn acquire(
+        &self,
+        blobs: &dyn PageBlobs,
+        disk: &str,
+        backup: &BlobRef,
+    ) -> Result<DiskLease, RestoreError> {
+        Ok(DiskLease::acquire(
+            self.leases.clone(),
+            blobs,
+            disk,
+            backup,
+            &self.owner,
+            CancellationToken::new(),
+        )
+        .await?)
+    }
+}
+
+/// The first restore point `B(0)` of a rebased chain on `backup`, whose bytes are those of
+/// `S(0)`: under the disk's lease (when there is one) the backup must carry its token (it is
+/// raised again after the copy that made it), and the snapshot is taken `If-Match` the ETag
+/// read with it and records the token, as a cycle's restore point does. Returns `B(0)` and
+/// the ETag it was taken on (the next cycle's base).
+pub(crate) async fn first_restore_point(
+    blobs: &dyn PageBlobs,
+    lease: Option<&DiskLease>,
+    disk: &str,
+    backup: &BlobRef,
+    (tag, s0): (&str, &SnapshotId),
+) -> Result<(SnapshotId, String), RestoreError> {
+    let what = |w: &str| format!("{w} of {backup}");
+    let props = blobs
+        .properties(backup, None)
+        .await
+        .and_then(|p| {
+            p.ok_or_else(|| {
+                BlobError::local(
+                    ErrorKind::NotFound,
+                    Resource::blob(backup),
+                    "the backup blob vanished right after the restore point was copied to it",
+                )
+            })
+        })
+        .map_err(blob_err(what("properties")))?;
+    let etag = match lease {
+        None => props.etag.clone(),
+        Some(lease) => crate::ownership::token_etag(blobs, backup, &props, lease.token())
+            .await
+            .map_err(blob_err(what("fencing token")))?
+            .ok_or_else(|| OwnershipError::Unfenced {
+                disk: disk.to_string(),
+                backup: backup.clone(),
+                token: lease.token(),
+                reason: "another owner took the disk over during the rebase".into(),
+            })?,
+    };
+    let meta = tags::with_fence(
+        tags::in_chain(
+            tags::restore_point_on(disk, tag, s0, &etag),
+            lease.map(DiskLease::chain),
+        ),
+        lease.map(DiskLease::token),
+    );
+    let b0 = blobs
+        .create_snapshot_if_match(backup, &meta, &etag)
+        .await
+        .map_err(blob_err(what("first restore point")))?;
+    Ok((SnapshotId::new(b0), etag))
 }
 
 /// A restore point of the disk, with the source snapshot it recorded.
@@ -194,6 +291,7 @@ impl<'a> Restorer<'a> {
             copy_stall: crate::config::DEFAULT_COPY_STALL_TIMEOUT,
             now: Utc::now().timestamp(),
             progress: None,
+            leasing: None,
         }
     }
 
@@ -416,7 +514,7 @@ impl<'a> Restorer<'a> {
         };
         let copy_id = self
             .blobs
-            .start_copy(dest, source, snapshot, metadata)
+            .start_copy(dest, source, snapshot, metadata, &IfBlob::Any)
             .await
             .map_err(blob_err(format!("copy {source_label} to {dest}")))?;
         let progress = |copied: u64, total: u64| {
@@ -504,46 +602,54 @@ impl<'a> Restorer<'a> {
         promoted: &BlobRef,
     ) -> Result<RebasedChain, RestoreError> {
         let tag = format!("rebase{:010x}", rand::random::<u64>() >> 24);
+        // The new disk's lease, as its cycles will take it: the chain is recorded in its lock
+        // blob before anything of it is made.
+        let lease = match &self.leasing {
+            Some(l) => Some(l.acquire(self.blobs, &rb.name, promoted).await?),
+            None => None,
+        };
+        let made = self
+            .start_rebased_chain(rb, target, promoted, &tag, lease.as_ref())
+            .await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        made
+    }
+
+    async fn start_rebased_chain(
+        &self,
+        rb: &Rebase,
+        target: &BlobRef,
+        promoted: &BlobRef,
+        tag: &str,
+        lease: Option<&DiskLease>,
+    ) -> Result<RebasedChain, RestoreError> {
         // The restored disk is the new chain's source: S(0) is taken as a cycle would.
         let s0 = PageBlobSource::new(self.blobs, target)
-            .take_snapshot(&rb.name, &tag)
+            .in_chain(lease.map(DiskLease::chain))
+            .take_snapshot(&rb.name, tag)
             .await
             .map_err(blob_err(format!(
                 "first snapshot of the restored disk {target}"
             )))?
             .id;
-        let b0 = self
-            .blobs
-            .create_snapshot(promoted, &tags::restore_point(&rb.name, &tag, &s0))
-            .await
-            .map_err(blob_err(format!("first restore point of {promoted}")))?;
-        let etag = self
-            .blobs
-            .properties(promoted, None)
-            .await
-            .and_then(|p| {
-                p.ok_or_else(|| {
-                    BlobError::local(
-                        ErrorKind::NotFound,
-                        Resource::blob(promoted),
-                        "the promoted blob vanished right after its snapshot was taken",
-                    )
-                })
-            })
-            .map_err(blob_err(format!("properties of {promoted}")))?
-            .etag;
-        let b0 = SnapshotId::new(b0);
+        let (b0, etag) =
+            first_restore_point(self.blobs, lease, &rb.name, promoted, (tag, &s0)).await?;
         let rec = CycleRecord::rebased(
             &rb.name,
-            tag,
+            tag.to_string(),
             s0.clone(),
             b0.clone(),
             etag,
             format!("started by restore of {}", self.disk.name),
             self.now,
         );
-        self.store
-            .start_chain(&rec, &target.to_string(), &promoted.to_string(), self.now)?;
+        let (source, backup) = (target.to_string(), promoted.to_string());
+        self.store.start_chain(&rec, &source, &backup, self.now)?;
+        if let Some(lease) = lease {
+            publish_record(lease, &source, &backup, &rec).await?;
+        }
         Ok(RebasedChain {
             name: rb.name.clone(),
             source: target.clone(),

@@ -193,7 +193,11 @@ pub struct App {
 impl App {
     /// Opens storage clients (reading secrets) and the state database.
     pub fn open(config: Config) -> Result<App, AppError> {
-        let blobs = Arc::new(AzureBlobs::new(config.accounts.values()));
+        // No write of a lease holder outlives the lease's request timeout.
+        let write_timeout =
+            crate::ownership::LeaseTiming::new(config.lease_duration).request_timeout();
+        let blobs =
+            Arc::new(AzureBlobs::new(config.accounts.values()).with_write_timeout(write_timeout));
         let mut app = Self::with_blobs(config, blobs.clone())?;
         app.owner_key = crate::ownership::owner_key(&app.config.state_dir).map_err(|source| {
             AppError::Lock {
@@ -271,10 +275,10 @@ impl App {
             self.blobs.as_ref(),
             &self.store,
             disk,
-            arm,
-            &self.sas,
+            (arm, &self.sas),
             req,
             self.config.copy_stall_timeout,
+            self.leasing(&disk.name).as_ref(),
         )
         .await?)
     }
@@ -340,6 +344,24 @@ impl App {
         }
     }
 
+    /// What a rebase needs to take `disk`'s lease (None without leases).
+    fn leasing(&self, disk: &str) -> Option<crate::restore::Leasing> {
+        Some(crate::restore::Leasing {
+            leases: self.leases.clone()?,
+            owner: self.owner(disk),
+        })
+    }
+
+    /// Who this process is when it takes `disk`'s lease.
+    pub fn owner(&self, disk: &str) -> crate::ownership::Owner {
+        crate::ownership::Owner {
+            holder: self.holder.clone(),
+            writer: crate::ownership::writer_id(self.owner_key, disk),
+            timing: crate::ownership::LeaseTiming::new(self.config.lease_duration),
+            previous_id: None,
+        }
+    }
+
     /// Takes the disk's lock file: two processes never work on one disk. The lock is
     /// released when the returned file is dropped (or the process dies).
     pub fn lock_disk(&self, disk: &str) -> Result<File, AppError> {
@@ -353,12 +375,14 @@ impl App {
     }
 
     fn try_lock_disk(&self, disk: &str) -> Result<File, LockError> {
-        let path = self
-            .config
+        crate::lock::try_lock(&self.lock_path(disk))
+    }
+
+    fn lock_path(&self, disk: &str) -> std::path::PathBuf {
+        self.config
             .state_dir
             .join("locks")
-            .join(format!("{disk}.lock"));
-        crate::lock::try_lock(&path)
+            .join(format!("{disk}.lock"))
     }
 
     /// Runs (or resumes) one cycle of one disk, logging one line with its result.
@@ -395,6 +419,11 @@ impl App {
             lease.release().await;
         }
         match &result {
+            Err(e) if e.is_fenced() => {
+                // The disk was taken over while this process believed it owned it (it was
+                // frozen or cut off past its lease): its writes are refused from now on.
+                tracing::warn!(disk = %disk.name, result = "fenced", "{e}");
+            }
             Err(e) if e.is_owned_elsewhere() => {
                 // Not a failure: the disk is in another process's hands.
                 tracing::info!(disk = %disk.name, result = "skipped", "{e}");
@@ -569,16 +598,26 @@ impl App {
                 )));
             }
         }
-        let id = crate::ownership::lease_id(self.owner_key, &disk.name);
+        // The lease id this installation last proposed for the disk, kept beside its lock
+        // file: a process killed while holding the lease left it (see `Owner::previous_id`).
+        let id_file = self.lock_path(&disk.name).with_extension("lease");
+        let mut owner = self.owner(&disk.name);
+        owner.previous_id = std::fs::read_to_string(&id_file)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
         let lease = DiskLease::acquire(
             leases.clone(),
             self.blobs.as_ref(),
             &disk.name,
             &disk.backup,
-            (&self.holder, id),
+            &owner,
             fence,
         )
         .await?;
+        if let Err(e) = std::fs::write(&id_file, lease.lease_id()) {
+            tracing::warn!(disk = %disk.name, file = %id_file.display(), error = %e, "cannot keep the lease id; a restart after a crash waits for the lease to expire");
+        }
         Ok((lock, Some(lease)))
     }
 
@@ -606,6 +645,7 @@ impl App {
         runner.copy_stall = self.config.copy_stall_timeout;
         if let Some(lease) = lease {
             runner.chain = Some(lease.chain().to_string());
+            runner.fence = Some(crate::blobs::Fence(lease.token()));
             runner.lease = Some(lease);
         }
         runner.run_cycle().await
@@ -673,8 +713,9 @@ impl App {
                 let r =
                     crate::verify::verify(self.blobs.as_ref(), m, disk, snapshot, Some(&progress))
                         .await;
-                // The read SAS of S(n) is not needed after the comparison.
-                if let Err(e) = m.release(&disk.name).await {
+                // The read SAS of S(n) is not needed after the comparison; only what this
+                // verify granted is ended (another owner's cycle may be reading its own).
+                if let Err(e) = m.end_granted().await {
                     tracing::warn!(disk = %disk.name, error = %e, "could not end read access to the source snapshot");
                 }
                 r
@@ -774,6 +815,7 @@ impl App {
         r.stop = stop;
         r.copy_stall = self.config.copy_stall_timeout;
         r.now = self.clock.now().timestamp();
+        r.leasing = req.rebase.as_ref().and_then(|rb| self.leasing(&rb.name));
         let progress = Arc::new(Progress::default());
         r.progress = Some(progress.clone());
         let bar = crate::terminal::watch(&disk.name, progress);

@@ -94,6 +94,13 @@ pub trait Source: Send + Sync {
         Ok(())
     }
 
+    /// A source of this kind for the one `recorded` names (its display form, as the state
+    /// and the lock blob's record keep it), whose snapshots are swept in `chain`: the old
+    /// source of a re-pointed disk. None if it is not of this kind.
+    fn sibling(&self, _recorded: &str, _chain: Option<&str>) -> Option<Box<dyn Source + '_>> {
+        None
+    }
+
     /// Storage requests made and diff ranges listed since the last call, for sources whose
     /// requests do not go through the runner's metered storage (a managed disk's SAS reads).
     fn take_counts(&self) -> (u64, u64) {

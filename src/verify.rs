@@ -378,7 +378,7 @@ mod tests {
         blobs.write(&src, 0, &[7u8; 8192]);
         blobs.write(&src, 65536, &[0u8; 4096]); // written zeros: allocated on the source only
         blobs.write(&bk, 0, &[7u8; 8192]);
-        blobs.resize(&bk, 69632).await.unwrap();
+        blobs.resize(&bk, 69632, &Default::default()).await.unwrap();
         let s = blobs.create_snapshot(&src, &Metadata::new()).await.unwrap();
         let b = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
         let rep = compare_in(&blobs, (&src, &s), (&bk, &b)).await.unwrap();
@@ -401,7 +401,7 @@ mod tests {
         let m = rep.mismatch.unwrap();
         assert_eq!((m.offset, m.kind), (10_000, "content"));
         // A size difference is reported at the smaller size.
-        blobs.resize(&bk, 32768).await.unwrap();
+        blobs.resize(&bk, 32768, &Default::default()).await.unwrap();
         let b2 = blobs.create_snapshot(&bk, &Metadata::new()).await.unwrap();
         let rep = compare_in(&blobs, (&src, &s), (&bk, &b2)).await.unwrap();
         assert_eq!(rep.mismatch.unwrap().offset, 16384);

@@ -213,7 +213,7 @@ fn spawn_writer(
                     w[d].len() as u64
                 };
                 blobs
-                    .put_pages(src, slot * SLOT, chunk(d, j).into())
+                    .put_pages(src, slot * SLOT, chunk(d, j).into(), None)
                     .await
                     .expect("write to the source");
             }
@@ -736,7 +736,7 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
             .collect::<Vec<_>>()
     };
     for (at, data) in scribble(&mut rng) {
-        blobs.put_pages(&src, at, data.into()).await.unwrap();
+        blobs.put_pages(&src, at, data.into(), None).await.unwrap();
     }
     let cfg = std::fs::read_to_string(&fx.config_path).unwrap();
     let state_line = format!("state_dir = \"{}\"", fx.dir.path().join("state").display());
@@ -780,7 +780,7 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
     };
     ok(host0(&["backup", "d1"]), "host 0 seeds");
     for (at, data) in scribble(&mut rng) {
-        blobs.put_pages(&src, at, data.into()).await.unwrap();
+        blobs.put_pages(&src, at, data.into(), None).await.unwrap();
     }
     // Snapshot, Diff, Apply: then the process stops before its backup snapshot.
     let mut child = host0(&["backup", "d1"])
@@ -833,7 +833,7 @@ async fn a_host_never_resumes_a_cycle_another_host_moved_past() {
     );
     assert!(text.contains("cycle finished"), "{text}");
     for (at, data) in scribble(&mut rng) {
-        blobs.put_pages(&src, at, data.into()).await.unwrap();
+        blobs.put_pages(&src, at, data.into(), None).await.unwrap();
     }
     let log = ok(host0(&["backup", "d1"]), "host 0 runs again");
     assert!(
@@ -907,6 +907,7 @@ async fn two_installations_with_one_disk_name_keep_each_others_snapshots() {
                     &src,
                     rng.below(SLOTS) * SLOT,
                     rng.bytes(SLOT as usize).into(),
+                    None,
                 )
                 .await
                 .unwrap();
@@ -959,7 +960,7 @@ async fn a_lost_lease_stops_the_cycle_before_its_restore_point() {
     for i in 0..(size / SLOT) {
         if i % 2 == 0 {
             blobs
-                .put_pages(&src, i * SLOT, rng.bytes(SLOT as usize).into())
+                .put_pages(&src, i * SLOT, rng.bytes(SLOT as usize).into(), None)
                 .await
                 .unwrap();
         }

@@ -42,13 +42,16 @@ async fn restore_points_equal_their_source_snapshots_over_many_cycles() {
                 let pages = 1 + rng.below(32);
                 let at = rng.below(size / PAGE_SIZE - pages) * PAGE_SIZE;
                 blobs
-                    .clear_pages(&source, ByteRange::new(at, at + pages * PAGE_SIZE))
+                    .clear_pages(&source, ByteRange::new(at, at + pages * PAGE_SIZE), None)
                     .await
                     .unwrap();
             }
             if cycle == 5 {
                 size += 3 * MIB;
-                blobs.resize(&source, size).await.unwrap();
+                blobs
+                    .resize(&source, size, &Default::default())
+                    .await
+                    .unwrap();
                 write(
                     blobs.as_ref(),
                     &source,

@@ -643,24 +643,44 @@ impl PageBlobs for Tracked {
         b: &BlobRef,
         o: u64,
         d: bytes::Bytes,
+        f: Option<snapback::blobs::Fence>,
     ) -> snapback::blobs::BlobResult<String> {
-        self.track(b, self.inner.put_pages(b, o, d)).await
+        self.track(b, self.inner.put_pages(b, o, d, f)).await
     }
     async fn clear_pages(
         &self,
         b: &BlobRef,
         r: snapback::pages::ByteRange,
+        f: Option<snapback::blobs::Fence>,
     ) -> snapback::blobs::BlobResult<String> {
-        self.track(b, self.inner.clear_pages(b, r)).await
+        self.track(b, self.inner.clear_pages(b, r, f)).await
     }
     async fn ensure_container(&self, b: &BlobRef) -> snapback::blobs::BlobResult<()> {
         self.track(b, self.inner.ensure_container(b)).await
     }
-    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> snapback::blobs::BlobResult<()> {
-        self.track(b, self.inner.create_page_blob(b, size)).await
+    async fn create_page_blob(
+        &self,
+        b: &BlobRef,
+        size: u64,
+        n: &snapback::blobs::NewPageBlob,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.create_page_blob(b, size, n)).await
     }
-    async fn resize(&self, b: &BlobRef, size: u64) -> snapback::blobs::BlobResult<()> {
-        self.track(b, self.inner.resize(b, size)).await
+    async fn resize(
+        &self,
+        b: &BlobRef,
+        size: u64,
+        c: &snapback::blobs::IfBlob,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.resize(b, size, c)).await
+    }
+    async fn set_sequence_number(
+        &self,
+        b: &BlobRef,
+        v: u64,
+        c: &snapback::blobs::IfBlob,
+    ) -> snapback::blobs::BlobResult<String> {
+        self.track(b, self.inner.set_sequence_number(b, v, c)).await
     }
     async fn abort_copy(&self, d: &BlobRef, id: &str) -> snapback::blobs::BlobResult<()> {
         self.track(d, self.inner.abort_copy(d, id)).await
@@ -671,8 +691,9 @@ impl PageBlobs for Tracked {
         s: &BlobRef,
         snap: Option<&str>,
         m: &snapback::blobs::Metadata,
+        c: &snapback::blobs::IfBlob,
     ) -> snapback::blobs::BlobResult<String> {
-        self.track(d, self.inner.start_copy(d, s, snap, m)).await
+        self.track(d, self.inner.start_copy(d, s, snap, m, c)).await
     }
     async fn set_metadata(
         &self,
@@ -691,8 +712,9 @@ impl PageBlobs for Tracked {
         s: &BlobRef,
         snap: Option<&str>,
         offset: u64,
+        f: Option<snapback::blobs::Fence>,
     ) -> snapback::blobs::BlobResult<String> {
-        self.track(d, self.inner.put_pages_from_url(d, r, s, snap, offset))
+        self.track(d, self.inner.put_pages_from_url(d, r, s, snap, offset, f))
             .await
     }
 }
@@ -718,7 +740,11 @@ async fn at_most_max_concurrent_cycles_run_at_once() {
     for n in names {
         let src = BlobRef::new("premium", "vhds", &format!("{n}.vhd"));
         blobs.inner.ensure_container(&src).await.unwrap();
-        blobs.inner.create_page_blob(&src, MIB).await.unwrap();
+        blobs
+            .inner
+            .create_page_blob(&src, MIB, &Default::default())
+            .await
+            .unwrap();
         blobs.inner.write(&src, 0, &Rng(3).bytes(64 * 1024));
     }
     let daemon = Daemon::start(

@@ -309,23 +309,29 @@ async fn a_record_write_after_someone_else_wrote_is_refused() {
     let blobs = fx.blobs();
     let backup = fx.backup("disk1");
     let lock = lock_blob(&backup);
-    let id = snapback::ownership::lease_id(1, "disk1");
+    let owner = |holder: &str| snapback::ownership::Owner {
+        holder: holder.into(),
+        writer: "w".into(),
+        timing: Default::default(),
+        previous_id: None,
+    };
     let lease = DiskLease::acquire(
         blobs.clone(),
         blobs.as_ref(),
         "disk1",
         &backup,
-        ("test-a", id.clone()),
+        &owner("test-a"),
         CancellationToken::new(),
     )
     .await
     .unwrap();
+    let id = lease.lease_id().to_string();
     let body = |n: u8| bytes::Bytes::from(vec![b'x'; n as usize]);
     lease.write_record("disk1", "t1", body(1)).await.unwrap();
     lease.write_record("disk1", "t1", body(2)).await.unwrap();
     assert_eq!(lease.record(), body(2));
 
-    let tamper = snapback::model::tags::lock_holder("someone", None, lease.chain());
+    let tamper = snapback::model::tags::lock_holder("someone", None, lease.chain(), lease.token());
     blobs
         .set_leased_metadata(&lock, &id, &tamper)
         .await
@@ -340,7 +346,7 @@ async fn a_record_write_after_someone_else_wrote_is_refused() {
 
     // The lease broken and taken by another owner: the old holder's write is refused too.
     break_lease(&fx, &lock).await;
-    let other = snapback::ownership::lease_id(2, "disk1");
+    let other = snapback::ownership::random_lease_id();
     Arc::clone(&blobs)
         .acquire_lease(&lock, &other, 15)
         .await
@@ -351,7 +357,7 @@ async fn a_record_write_after_someone_else_wrote_is_refused() {
         blobs.as_ref(),
         "disk1",
         &backup,
-        ("test-a", id),
+        &owner("test-a"),
         CancellationToken::new(),
     )
     .await;
@@ -436,4 +442,70 @@ async fn a_record_of_another_source_starts_a_new_chain() {
     let want = content(blobs.as_ref(), &new, Some(&on_new[0])).await;
     assert!(got == want, "the new restore point equals the new source");
     assert_eq!(record(&fx).await.source, "premium/vhds/other.vhd");
+}
+
+/// A record write cut in flight (its future dropped while the request is still held in the
+/// network: an apply ended while a checkpoint was being written) lands afterwards. The owner's
+/// next write meets that write's ETag, recognises its own body there, and writes over it:
+/// never "written by someone else".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_write_cut_in_flight_is_recognised_by_its_content() {
+    let fx = Fixture::new(&["disk1"]);
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    let blobs: Arc<snapback::azure::AzureBlobs> = Arc::new(snapback::azure::AzureBlobs::new(
+        fx.config().accounts.values(),
+    ));
+    let backup = fx.backup("disk1");
+    let lock = lock_blob(&backup);
+    let owner = snapback::ownership::Owner {
+        holder: "test-a".into(),
+        writer: "w".into(),
+        timing: Default::default(),
+        previous_id: None,
+    };
+    let lease = DiskLease::acquire(
+        blobs.clone(),
+        blobs.as_ref(),
+        "disk1",
+        &backup,
+        &owner,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let body = |n: u8| bytes::Bytes::from(vec![b'x'; n as usize]);
+    lease.write_record("disk1", "t1", body(1)).await.unwrap();
+
+    // The next write is held 1 s by the network; its sender gives up after 200 ms.
+    let held = proxy.add(
+        Rule::new(Fault::Delay(std::time::Duration::from_secs(1)))
+            .op(Op::PutBlob)
+            .blob("backups/disk1.snapback-state"),
+    );
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        lease.write_record("disk1", "t1", body(2)),
+    )
+    .await;
+    assert!(cut.is_err(), "the write was cut in flight");
+    proxy.clear_rules();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(proxy.stats(held).injected, 1);
+    let (_, landed) = blobs.read_lock_blob(&lock).await.unwrap().unwrap();
+    assert_eq!(landed, body(2), "the cut write landed after all");
+
+    lease
+        .write_record("disk1", "t1", body(3))
+        .await
+        .expect("the next write recognises the cut one and writes over it");
+    let (_, now) = blobs.read_lock_blob(&lock).await.unwrap().unwrap();
+    assert_eq!(now, body(3));
+    let refused = proxy
+        .answered()
+        .iter()
+        .filter(|a| a.blob == "backups/disk1.snapback-state" && a.status == 412)
+        .count();
+    assert_eq!(refused, 1, "one write met the cut one's ETag");
+    lease.release().await;
 }

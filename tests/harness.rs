@@ -30,7 +30,7 @@ async fn azurite_answers_diffs_like_azure() {
     let s1 = blobs.create_snapshot(&b, &Metadata::new()).await.unwrap();
     write(blobs.as_ref(), &b, 8192, &[2; 1024]).await;
     blobs
-        .clear_pages(&b, ByteRange::new(1024, 2048))
+        .clear_pages(&b, ByteRange::new(1024, 2048), None)
         .await
         .unwrap();
     write(blobs.as_ref(), &b, 65536, &[3; 512]).await;
@@ -92,7 +92,12 @@ async fn azurite_is_as_strict_as_azure() {
     let b = BlobRef::new("premium", "vhds", "strict.vhd");
     create_disk(blobs.as_ref(), &b, 8 * MIB).await;
     let err = blobs
-        .put_pages(&b, 0, bytes::Bytes::from(vec![1u8; 4 * MIB as usize + 512]))
+        .put_pages(
+            &b,
+            0,
+            bytes::Bytes::from(vec![1u8; 4 * MIB as usize + 512]),
+            None,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -106,7 +111,13 @@ async fn azurite_is_as_strict_as_azure() {
     let dest = BlobRef::new("backup", "backups", "copy");
     blobs.ensure_container(&dest).await.unwrap();
     let id = blobs
-        .start_copy(&dest, &b, Some(&snap), &Metadata::new())
+        .start_copy(
+            &dest,
+            &b,
+            Some(&snap),
+            &Metadata::new(),
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert!(
@@ -159,7 +170,7 @@ async fn a_copy_is_independent_of_its_source_snapshot() {
     let dest = BlobRef::new("backup", "backups", "copied");
     blobs.ensure_container(&dest).await.unwrap();
     let id = blobs
-        .start_copy(&dest, &b, Some(&s1), &Metadata::new())
+        .start_copy(&dest, &b, Some(&s1), &Metadata::new(), &Default::default())
         .await
         .unwrap();
     copied(blobs.as_ref(), &dest, &id).await;

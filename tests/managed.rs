@@ -758,3 +758,81 @@ async fn two_installations_on_one_managed_disk_keep_each_others_snapshots() {
         "A's newest restore point equals the disk"
     );
 }
+
+/// The snapshot resources the emulator holds, by id.
+async fn snapshot_resources(w: &World) -> Vec<String> {
+    let state = w.emu.control_get("/__emulator/state").await;
+    state["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Re-pointing a managed disk sweeps the old chain's snapshot resources: first its
+/// `snapshot_resource_group` moves (the old group's snapshot is deleted, the new chain seeds
+/// in the new group), then `managed_disk` names another disk (the first disk's snapshot is
+/// deleted). After each step exactly one snapshot resource is left, of the disk and group
+/// configured, and the newest restore point equals the disk backed up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_pointing_a_managed_disk_sweeps_the_old_chains_snapshot_resources() {
+    let w = World::new(4 * MIB, "").await;
+    let mut rng = Rng(0x5e_e9);
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    w.backup_ok("seed");
+    w.assert_clean("seed").await;
+
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let moved = text.replace(
+        "snapshot_resource_group = \"rg-snapshots\"",
+        "snapshot_resource_group = \"rg-snapshots-2\"",
+    );
+    std::fs::write(&w.fx.config_path, &moved).unwrap();
+    w.backup_ok("snapshot group moved");
+    let snaps = snapshot_resources(&w).await;
+    assert_eq!(
+        snaps.len(),
+        1,
+        "the old group's snapshot was swept: {snaps:?}"
+    );
+    assert!(
+        snaps[0].contains("/resourceGroups/rg-snapshots-2/"),
+        "{snaps:?}"
+    );
+
+    // Another disk of the same size, with other bytes.
+    let other = ResourceId::new(disk_id().group, ResourceKind::Disk, "vm02-data").unwrap();
+    let arm = w.emu.client();
+    let spec = UploadDiskSpec {
+        location: "westeurope".into(),
+        upload_size_bytes: w.size + 512,
+        sku: Some("Premium_LRS".into()),
+        zone: None,
+        tags: Tags::new(),
+    };
+    arm.create_upload_disk(&other, &spec).await.unwrap();
+    arm.begin_get_access(&other, Access::Write, Duration::from_secs(600))
+        .await
+        .unwrap();
+    arm.end_get_access(&other).await.unwrap();
+    std::fs::write(
+        &w.fx.config_path,
+        moved.replace(&w.disk.to_string(), &other.to_string()),
+    )
+    .unwrap();
+    w.backup_ok("disk re-pointed");
+    let snaps = snapshot_resources(&w).await;
+    assert_eq!(
+        snaps.len(),
+        1,
+        "the first disk's snapshot was swept: {snaps:?}"
+    );
+    assert!(snaps[0].contains("/snapshots/vm02-data-sb-"), "{snaps:?}");
+    let (newest, _) = w.points().pop().expect("restore points");
+    assert_eq!(
+        w.point_content(&newest).await,
+        w.other_disk_content(&other.to_string(), w.size).await,
+        "the newest restore point is of the new disk"
+    );
+}

@@ -62,7 +62,7 @@ async fn fixture_world() -> MemBlobs {
     let scratch = StateStore::open_in_memory().unwrap();
     let d = disk("d");
     blobs
-        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512, &Default::default())
         .await
         .unwrap();
     blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
@@ -77,7 +77,7 @@ async fn fixture_world() -> MemBlobs {
     }
     let s = disk("s");
     blobs
-        .create_page_blob(s.source.blob().unwrap(), 16 * 512)
+        .create_page_blob(s.source.blob().unwrap(), 16 * 512, &Default::default())
         .await
         .unwrap();
     blobs.write(s.source.blob().unwrap(), 0, &[7u8; 512]);

@@ -65,7 +65,7 @@ async fn known_diff(blobs: &dyn PageBlobs, fx: &Fixture, rng: &mut Rng) -> (u64,
     }
     write(blobs, &src, 20 * MIB, &rng.bytes(4 * KIB as usize)).await;
     blobs
-        .clear_pages(&src, ByteRange::new(24 * MIB, 24 * MIB + 64 * KIB))
+        .clear_pages(&src, ByteRange::new(24 * MIB, 24 * MIB + 64 * KIB), None)
         .await
         .unwrap();
     (3 + 20 + 1, 10 * MIB + 20 * 4 * KIB + 4 * KIB)

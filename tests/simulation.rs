@@ -44,7 +44,7 @@ async fn world() -> (MemBlobs, StateStore, DiskSpec) {
     let store = StateStore::open_in_memory().unwrap();
     let d = disk();
     blobs
-        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512, &Default::default())
         .await
         .unwrap();
     blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
@@ -54,11 +54,15 @@ async fn world() -> (MemBlobs, StateStore, DiskSpec) {
     blobs.write(d.source.blob().unwrap(), 512, &[3u8; 1024]);
     blobs.write(d.source.blob().unwrap(), 40 * 512, &[4u8; 512]);
     blobs
-        .clear_pages(d.source.blob().unwrap(), ByteRange::new(16 * 512, 18 * 512))
+        .clear_pages(
+            d.source.blob().unwrap(),
+            ByteRange::new(16 * 512, 18 * 512),
+            None,
+        )
         .await
         .unwrap();
     blobs
-        .resize(d.source.blob().unwrap(), 80 * 512)
+        .resize(d.source.blob().unwrap(), 80 * 512, &Default::default())
         .await
         .unwrap();
     blobs.write(d.source.blob().unwrap(), 70 * 512, &[5u8; 512]);
@@ -259,13 +263,16 @@ async fn seed_without_copy_blob_copies_every_page_and_resumes_after_any_failure(
         let store = StateStore::open_in_memory().unwrap();
         let d = disk();
         blobs
-            .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+            .create_page_blob(d.source.blob().unwrap(), 64 * 512, &Default::default())
             .await
             .unwrap();
         blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
         blobs.write(d.source.blob().unwrap(), 20 * 512, &[2u8; 1024]);
         // An old backup base with other content: the seed must not keep any of it.
-        blobs.create_page_blob(&d.backup, 64 * 512).await.unwrap();
+        blobs
+            .create_page_blob(&d.backup, 64 * 512, &Default::default())
+            .await
+            .unwrap();
         blobs.write(&d.backup, 40 * 512, &[9u8; 512]);
         blobs
             .set_metadata(&d.backup, &snapback::model::tags::backup_base("d"))

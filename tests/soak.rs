@@ -207,7 +207,7 @@ async fn soak() {
                 let len = (1 + rng.below(16)) * 4096;
                 let at = rng.below((size - len) / PAGE_SIZE) * PAGE_SIZE;
                 blobs
-                    .clear_pages(&fx.source(name), ByteRange::new(at, at + len))
+                    .clear_pages(&fx.source(name), ByteRange::new(at, at + len), None)
                     .await
                     .expect("clear pages");
                 model[i][at as usize..(at + len) as usize].fill(0);

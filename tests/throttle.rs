@@ -53,7 +53,7 @@ async fn the_budget_paces_writes_to_the_blob_limit() {
     let blob = BlobRef::new("backup", "throttle", "b");
     direct.ensure_container(&blob).await.expect("container");
     direct
-        .create_page_blob(&blob, WRITES * WRITE)
+        .create_page_blob(&blob, WRITES * WRITE, &Default::default())
         .await
         .expect("blob");
     proxy.rate_limit(Some(RateLimit {
@@ -65,7 +65,7 @@ async fn the_budget_paces_writes_to_the_blob_limit() {
     let results: Vec<_> = futures::stream::iter(0..WRITES)
         .map(|j| {
             let (paced, blob) = (&paced, &blob);
-            async move { paced.put_pages(blob, j * WRITE, payload(j)).await }
+            async move { paced.put_pages(blob, j * WRITE, payload(j), None).await }
         })
         .buffer_unordered(8)
         .collect()

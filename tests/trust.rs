@@ -250,7 +250,7 @@ async fn out_of_order_listing_and_kill_mid_apply_never_make_a_wrong_restore_poin
     // Clears low, writes high: in offset order the clears come first.
     for at in [0, 256 * 1024, MIB] {
         blobs
-            .clear_pages(&fx.source("d1"), ByteRange::new(at, at + 64 * 1024))
+            .clear_pages(&fx.source("d1"), ByteRange::new(at, at + 64 * 1024), None)
             .await
             .unwrap();
     }
@@ -1185,10 +1185,11 @@ async fn auto_copy_mode_seeds_by_copy_blob_when_snapshot_reads_are_refused() {
     succeeded(&run(&fx, &["verify", "d1"]), "the restore point verifies");
 }
 
-/// A write the service never answers (the connection stays silent) ends by the client's
-/// read-idle timeout (`azure::http::READ_IDLE_TIMEOUT`, 30 s) and is sent again by the retry
-/// policy, like any transient failure: the cycle completes instead of hanging until the
-/// connection drops (the stall here lasts 10 minutes; the SDK's own default timeout was 60 s).
+/// A write the service never answers (the connection stays silent) ends by the write deadline
+/// of the disk lease's request timeout (`lease_duration / 3`, 20 s by default; before the
+/// client's 30 s read-idle timeout) and is sent again by the retry policy, like any transient
+/// failure: the cycle completes instead of hanging until the connection drops (the stall here
+/// lasts 10 minutes; the SDK's own default timeout was 60 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_times_out_and_is_retried() {
     let (fx, proxy) = proxied(&["d1"]);
@@ -1209,9 +1210,10 @@ async fn a_stalled_request_times_out_and_is_retried() {
     );
     assert_eq!(proxy.stats(stall).injected, 1);
     succeeded(&out, "the cycle completes");
+    let deadline = snapback::ownership::LeaseTiming::default().request_timeout();
     assert!(
-        took >= snapback::azure::http::READ_IDLE_TIMEOUT && took < Duration::from_secs(55),
-        "the stalled request ended by the 30 s read-idle timeout ({took:?})"
+        took >= deadline && took < snapback::azure::http::READ_IDLE_TIMEOUT + deadline,
+        "the stalled write ended by the {deadline:?} write deadline ({took:?})"
     );
     succeeded(&run(&fx, &["verify", "d1"]), "its restore point verifies");
 }

@@ -9,8 +9,8 @@ mod common;
 use async_trait::async_trait;
 use bytes::Bytes;
 use snapback::blobs::{
-    BlobProps, BlobRef, BlobResult, ErrorKind, Metadata, PageBlobs, PageList, PageListQuery,
-    Resource, SnapshotInfo,
+    BlobProps, BlobRef, BlobResult, ErrorKind, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs,
+    PageList, PageListQuery, Resource, SnapshotInfo,
 };
 use snapback::config::CopyMode;
 use snapback::config::DiskSource;
@@ -59,8 +59,14 @@ impl PageBlobs for DeleteBackupMidApply {
     async fn read(&self, b: &BlobRef, s: Option<&str>, r: ByteRange) -> BlobResult<Bytes> {
         self.inner.read(b, s, r).await
     }
-    async fn put_pages(&self, b: &BlobRef, o: u64, d: Bytes) -> BlobResult<String> {
-        self.inner.put_pages(b, o, d).await
+    async fn put_pages(
+        &self,
+        b: &BlobRef,
+        o: u64,
+        d: Bytes,
+        f: Option<Fence>,
+    ) -> BlobResult<String> {
+        self.inner.put_pages(b, o, d, f).await
     }
     async fn put_pages_from_url(
         &self,
@@ -69,6 +75,7 @@ impl PageBlobs for DeleteBackupMidApply {
         source: &BlobRef,
         snapshot: Option<&str>,
         offset: u64,
+        f: Option<Fence>,
     ) -> BlobResult<String> {
         if self.armed.swap(false, Ordering::SeqCst) {
             // As `az storage blob delete --delete-snapshots include` would.
@@ -78,20 +85,28 @@ impl PageBlobs for DeleteBackupMidApply {
             self.inner.delete_blob(dest).await?;
         }
         self.inner
-            .put_pages_from_url(dest, range, source, snapshot, offset)
+            .put_pages_from_url(dest, range, source, snapshot, offset, f)
             .await
     }
-    async fn clear_pages(&self, b: &BlobRef, r: ByteRange) -> BlobResult<String> {
-        self.inner.clear_pages(b, r).await
+    async fn clear_pages(&self, b: &BlobRef, r: ByteRange, f: Option<Fence>) -> BlobResult<String> {
+        self.inner.clear_pages(b, r, f).await
     }
     async fn ensure_container(&self, b: &BlobRef) -> BlobResult<()> {
         self.inner.ensure_container(b).await
     }
-    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
-        self.inner.create_page_blob(b, size).await
+    async fn create_page_blob(
+        &self,
+        b: &BlobRef,
+        size: u64,
+        n: &NewPageBlob,
+    ) -> BlobResult<String> {
+        self.inner.create_page_blob(b, size, n).await
     }
-    async fn resize(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
-        self.inner.resize(b, size).await
+    async fn resize(&self, b: &BlobRef, size: u64, c: &IfBlob) -> BlobResult<String> {
+        self.inner.resize(b, size, c).await
+    }
+    async fn set_sequence_number(&self, b: &BlobRef, v: u64, c: &IfBlob) -> BlobResult<String> {
+        self.inner.set_sequence_number(b, v, c).await
     }
     async fn abort_copy(&self, b: &BlobRef, id: &str) -> BlobResult<()> {
         self.inner.abort_copy(b, id).await
@@ -102,8 +117,9 @@ impl PageBlobs for DeleteBackupMidApply {
         source: &BlobRef,
         snapshot: Option<&str>,
         m: &Metadata,
+        c: &IfBlob,
     ) -> BlobResult<String> {
-        self.inner.start_copy(dest, source, snapshot, m).await
+        self.inner.start_copy(dest, source, snapshot, m, c).await
     }
     async fn set_metadata(&self, b: &BlobRef, m: &Metadata) -> BlobResult<()> {
         self.inner.set_metadata(b, m).await
@@ -128,11 +144,16 @@ async fn backup_deleted_mid_server_copy(inner: Arc<dyn PageBlobs>, mode: CopyMod
         .await
         .unwrap();
     blobs
-        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512, &Default::default())
         .await
         .unwrap();
     let write = |at: u64, byte: u8, len: usize| {
-        blobs.put_pages(d.source.blob().unwrap(), at, Bytes::from(vec![byte; len]))
+        blobs.put_pages(
+            d.source.blob().unwrap(),
+            at,
+            Bytes::from(vec![byte; len]),
+            None,
+        )
     };
     write(0, 1, 4096).await.unwrap();
     let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
@@ -215,7 +236,7 @@ async fn a_deleted_source_snapshot_during_server_copy_takes_a_new_one() {
     let store = StateStore::open_in_memory().unwrap();
     let d = disk(CopyMode::Server);
     blobs
-        .create_page_blob(d.source.blob().unwrap(), 64 * 512)
+        .create_page_blob(d.source.blob().unwrap(), 64 * 512, &Default::default())
         .await
         .unwrap();
     blobs.write(d.source.blob().unwrap(), 0, &[1u8; 4096]);
@@ -255,7 +276,10 @@ async fn a_late_second_snapshot_of_the_cycle_is_swept_at_prune() {
     let store = StateStore::open_in_memory().unwrap();
     let d = disk(CopyMode::Client);
     let source = d.source.blob().unwrap();
-    blobs.create_page_blob(source, 64 * 512).await.unwrap();
+    blobs
+        .create_page_blob(source, 64 * 512, &Default::default())
+        .await
+        .unwrap();
     blobs.write(source, 0, &[1u8; 4096]);
     let mut r = Runner::new(&blobs, &store, &SystemClock, &d);
     r.copy_poll = (

@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use snapback::blobs::{
-    BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, PageList, PageListQuery, SnapshotInfo,
+    BlobProps, BlobRef, BlobResult, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageList,
+    PageListQuery, SnapshotInfo,
 };
 use snapback::config::Config;
 use snapback::fake::MemBlobs;
@@ -120,7 +121,13 @@ impl PageBlobs for Synthetic {
         network_time(data.len()).await;
         Ok(data)
     }
-    async fn put_pages(&self, _b: &BlobRef, _o: u64, data: Bytes) -> BlobResult<String> {
+    async fn put_pages(
+        &self,
+        _b: &BlobRef,
+        _o: u64,
+        data: Bytes,
+        _f: Option<Fence>,
+    ) -> BlobResult<String> {
         self.pass(_b, data.len() as u64).await;
         network_time(data.len()).await;
         Ok("\"synthetic\"".into())
@@ -132,11 +139,17 @@ impl PageBlobs for Synthetic {
         _s: &BlobRef,
         _snap: Option<&str>,
         _at: u64,
+        _f: Option<Fence>,
     ) -> BlobResult<String> {
         self.pass(_d, _r.len()).await;
         Ok("\"synthetic\"".into())
     }
-    async fn clear_pages(&self, _b: &BlobRef, _r: ByteRange) -> BlobResult<String> {
+    async fn clear_pages(
+        &self,
+        _b: &BlobRef,
+        _r: ByteRange,
+        _f: Option<Fence>,
+    ) -> BlobResult<String> {
         self.pass(_b, 0).await;
         Ok("\"synthetic\"".into())
     }
@@ -144,13 +157,22 @@ impl PageBlobs for Synthetic {
         self.pass(b, 0).await;
         self.mem.ensure_container(b).await
     }
-    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+    async fn create_page_blob(
+        &self,
+        b: &BlobRef,
+        size: u64,
+        n: &NewPageBlob,
+    ) -> BlobResult<String> {
         self.pass(b, 0).await;
-        self.mem.create_page_blob(b, size).await
+        self.mem.create_page_blob(b, size, n).await
     }
-    async fn resize(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+    async fn resize(&self, b: &BlobRef, size: u64, c: &IfBlob) -> BlobResult<String> {
         self.pass(b, 0).await;
-        self.mem.resize(b, size).await
+        self.mem.resize(b, size, c).await
+    }
+    async fn set_sequence_number(&self, b: &BlobRef, v: u64, c: &IfBlob) -> BlobResult<String> {
+        self.pass(b, 0).await;
+        self.mem.set_sequence_number(b, v, c).await
     }
     async fn start_copy(
         &self,
@@ -158,9 +180,10 @@ impl PageBlobs for Synthetic {
         s: &BlobRef,
         snap: Option<&str>,
         m: &Metadata,
+        c: &IfBlob,
     ) -> BlobResult<String> {
         self.pass(d, 0).await;
-        self.mem.start_copy(d, s, snap, m).await
+        self.mem.start_copy(d, s, snap, m, c).await
     }
     async fn set_metadata(&self, b: &BlobRef, m: &Metadata) -> BlobResult<()> {
         self.pass(b, 0).await;

@@ -20,10 +20,11 @@ mod preflight;
 pub mod retry_after;
 pub mod sas_blob;
 pub mod shared_key;
+mod write_deadline;
 
 use crate::blobs::{
-    BlobError, BlobProps, BlobRef, BlobResult, Continuation, CopyStatus, ErrorKind as Kind,
-    Metadata, PageBlobs, PageList, PageListQuery, Resource, SnapshotInfo,
+    BlobError, BlobProps, BlobRef, BlobResult, Continuation, CopyStatus, ErrorKind as Kind, Fence,
+    IfBlob, Metadata, NewPageBlob, PageBlobs, PageList, PageListQuery, Resource, SnapshotInfo,
 };
 use crate::config::{AccountConfig, AuthConfig};
 use crate::pages::ByteRange;
@@ -39,9 +40,12 @@ use azure_storage_blob::models::{
     BlobClientCreateSnapshotOptions, BlobClientCreateSnapshotResultHeaders,
     BlobClientGetPropertiesResultHeaders, BlobClientStartCopyFromUrlOptions,
     BlobClientStartCopyFromUrlResultHeaders, BlobContainerClientListBlobsOptions, HttpRange,
-    ListBlobsIncludeItem, PageBlobClientClearPagesResultHeaders,
-    PageBlobClientUploadPagesFromUrlOptions, PageBlobClientUploadPagesFromUrlResultHeaders,
-    PageBlobClientUploadPagesOptions, PageBlobClientUploadPagesResultHeaders,
+    ListBlobsIncludeItem, PageBlobClientClearPagesOptions, PageBlobClientClearPagesResultHeaders,
+    PageBlobClientCreateOptions, PageBlobClientCreateResultHeaders, PageBlobClientResizeOptions,
+    PageBlobClientResizeResultHeaders, PageBlobClientSetSequenceNumberOptions,
+    PageBlobClientSetSequenceNumberResultHeaders, PageBlobClientUploadPagesFromUrlOptions,
+    PageBlobClientUploadPagesFromUrlResultHeaders, PageBlobClientUploadPagesOptions,
+    PageBlobClientUploadPagesResultHeaders, SequenceNumberActionType,
 };
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
@@ -163,6 +167,18 @@ impl AzureBlobs {
             );
         }
         AzureBlobs { accounts: out }
+    }
+
+    /// Ends every try of a write not answered within `limit` (see [`write_deadline`]): the
+    /// request timeout of the disk leases (`ownership::LeaseTiming::request_timeout`).
+    pub fn with_write_timeout(mut self, limit: std::time::Duration) -> Self {
+        for account in self.accounts.values_mut().flatten() {
+            account
+                .options
+                .per_try_policies
+                .push(Arc::new(write_deadline::WriteDeadline(limit)));
+        }
+        self
     }
 
     fn account(&self, blob: &BlobRef) -> BlobResult<&Account> {
@@ -563,6 +579,26 @@ fn check_served_range(
     ))
 }
 
+/// `If-Match` / `If-None-Match` of a precondition.
+fn conditions(
+    c: &IfBlob,
+) -> (
+    Option<azure_core::http::Etag>,
+    Option<azure_core::http::Etag>,
+) {
+    match c {
+        IfBlob::Any => (None, None),
+        IfBlob::Absent => (None, Some("*".into())),
+        IfBlob::Is(etag) => (Some(etag.as_str().into()), None),
+    }
+}
+
+/// `x-ms-if-sequence-number-eq` of a fencing token (the service takes a signed 64-bit
+/// number; tokens stay below 2^63).
+fn fence_header(fence: Option<Fence>) -> Option<i64> {
+    fence.map(|Fence(t)| i64::try_from(t).unwrap_or(i64::MAX))
+}
+
 fn etag_string(etag: Option<azure_core::http::Etag>) -> String {
     etag.map(|e| e.to_string()).unwrap_or_default()
 }
@@ -645,6 +681,10 @@ impl PageBlobs for AzureBlobs {
                 .map(|(k, v)| (k.to_lowercase(), v))
                 .collect(),
             copy,
+            sequence_number: resp
+                .blob_sequence_number()
+                .map_err(bad)?
+                .and_then(|n| u64::try_from(n).ok()),
         }))
     }
 
@@ -810,12 +850,19 @@ impl PageBlobs for AzureBlobs {
         Ok(body)
     }
 
-    async fn put_pages(&self, blob: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
+    async fn put_pages(
+        &self,
+        blob: &BlobRef,
+        offset: u64,
+        data: Bytes,
+        fence: Option<Fence>,
+    ) -> BlobResult<String> {
         let len = data.len() as u64;
         let what = || format!("put {blob} {}", ByteRange::new(offset, offset + len));
         let client = self.blob_client(blob)?.page_blob_client();
         let options = PageBlobClientUploadPagesOptions {
             transactional_content_crc64: Some(crc64_le(&data)),
+            if_sequence_number_equal_to: fence_header(fence),
             ..Default::default()
         };
         let resp = client
@@ -840,6 +887,7 @@ impl PageBlobs for AzureBlobs {
         source: &BlobRef,
         source_snapshot: Option<&str>,
         source_offset: u64,
+        fence: Option<Fence>,
     ) -> BlobResult<String> {
         let what = || {
             format!(
@@ -869,6 +917,7 @@ impl PageBlobs for AzureBlobs {
         };
         let options = PageBlobClientUploadPagesFromUrlOptions {
             copy_source_authorization: authorization,
+            if_sequence_number_equal_to: fence_header(fence),
             ..Default::default()
         };
         let resp = self
@@ -896,8 +945,13 @@ impl PageBlobs for AzureBlobs {
         source: &Url,
         source_resource: &str,
         source_offset: u64,
+        fence: Option<Fence>,
     ) -> BlobResult<String> {
         let what = || format!("put {dest} {range} from {source_resource} at {source_offset}");
+        let options = PageBlobClientUploadPagesFromUrlOptions {
+            if_sequence_number_equal_to: fence_header(fence),
+            ..Default::default()
+        };
         let resp = self
             .blob_client(dest)?
             .page_blob_client()
@@ -906,7 +960,7 @@ impl PageBlobs for AzureBlobs {
                 HttpRange::new(source_offset, range.len()),
                 0,
                 HttpRange::new(range.start, range.len()),
-                None,
+                Some(options),
             )
             .await
             .map_err(|e| {
@@ -924,11 +978,20 @@ impl PageBlobs for AzureBlobs {
         ))
     }
 
-    async fn clear_pages(&self, blob: &BlobRef, range: ByteRange) -> BlobResult<String> {
+    async fn clear_pages(
+        &self,
+        blob: &BlobRef,
+        range: ByteRange,
+        fence: Option<Fence>,
+    ) -> BlobResult<String> {
         let what = || format!("clear {blob} {range}");
         let client = self.blob_client(blob)?.page_blob_client();
+        let options = PageBlobClientClearPagesOptions {
+            if_sequence_number_equal_to: fence_header(fence),
+            ..Default::default()
+        };
         let resp = client
-            .clear_pages(HttpRange::new(range.start, range.len()), None)
+            .clear_pages(HttpRange::new(range.start, range.len()), Some(options))
             .await
             .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
         Ok(etag_string(
@@ -947,22 +1010,78 @@ impl PageBlobs for AzureBlobs {
         }
     }
 
-    async fn create_page_blob(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
-        self.blob_client(blob)?
+    async fn create_page_blob(
+        &self,
+        blob: &BlobRef,
+        size: u64,
+        new: &NewPageBlob,
+    ) -> BlobResult<String> {
+        let what = "create page blob";
+        let (if_match, if_none_match) = conditions(&new.condition);
+        let options = PageBlobClientCreateOptions {
+            metadata: (!new.metadata.is_empty())
+                .then(|| new.metadata.clone().into_iter().collect()),
+            blob_sequence_number: fence_header(new.sequence_number.map(Fence)),
+            if_match,
+            if_none_match,
+            ..Default::default()
+        };
+        let resp = self
+            .blob_client(blob)?
             .page_blob_client()
-            .create(size, None)
+            .create(size, Some(options))
             .await
-            .map(|_| ())
-            .map_err(|e| map_err(Resource::blob(blob), "create page blob", e))
+            .map_err(|e| map_err(Resource::blob(blob), what, e))?;
+        Ok(etag_string(
+            resp.etag()
+                .map_err(|e| map_err(Resource::blob(blob), what, e))?,
+        ))
     }
 
-    async fn resize(&self, blob: &BlobRef, size: u64) -> BlobResult<()> {
-        self.blob_client(blob)?
+    async fn resize(&self, blob: &BlobRef, size: u64, condition: &IfBlob) -> BlobResult<String> {
+        let what = || format!("resize to {size} bytes");
+        let (if_match, if_none_match) = conditions(condition);
+        let options = PageBlobClientResizeOptions {
+            if_match,
+            if_none_match,
+            ..Default::default()
+        };
+        let resp = self
+            .blob_client(blob)?
             .page_blob_client()
-            .resize(size, None)
+            .resize(size, Some(options))
             .await
-            .map(|_| ())
-            .map_err(|e| map_err(Resource::blob(blob), format!("resize to {size} bytes"), e))
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
+        Ok(etag_string(
+            resp.etag()
+                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
+        ))
+    }
+
+    async fn set_sequence_number(
+        &self,
+        blob: &BlobRef,
+        value: u64,
+        condition: &IfBlob,
+    ) -> BlobResult<String> {
+        let what = || format!("set the sequence number to {value}");
+        let (if_match, if_none_match) = conditions(condition);
+        let options = PageBlobClientSetSequenceNumberOptions {
+            blob_sequence_number: fence_header(Some(Fence(value))),
+            if_match,
+            if_none_match,
+            ..Default::default()
+        };
+        let resp = self
+            .blob_client(blob)?
+            .page_blob_client()
+            .set_sequence_number(SequenceNumberActionType::Update, Some(options))
+            .await
+            .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
+        Ok(etag_string(
+            resp.etag()
+                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
+        ))
     }
 
     async fn start_copy(
@@ -971,6 +1090,7 @@ impl PageBlobs for AzureBlobs {
         source: &BlobRef,
         source_snapshot: Option<&str>,
         metadata: &Metadata,
+        condition: &IfBlob,
     ) -> BlobResult<String> {
         let what = || format!("copy {} to {dest}", snapshot_label(source, source_snapshot));
         // The service reads the source for the whole (asynchronous) copy: its SAS must
@@ -984,8 +1104,11 @@ impl PageBlobs for AzureBlobs {
         );
         let url = self.readable_source_url(source, source_snapshot, dest, lifetime)?;
         // No x-ms-meta-* at all means "copy the source's metadata".
+        let (if_match, if_none_match) = conditions(condition);
         let options = BlobClientStartCopyFromUrlOptions {
             metadata: (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect()),
+            if_match,
+            if_none_match,
             ..Default::default()
         };
         let resp = self

@@ -41,6 +41,10 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// `copy_stall_timeout` when unset: Azure's asynchronous copies are best-effort and may sit
 /// queued for a while, but do not sit still for half an hour.
 pub const DEFAULT_COPY_STALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// `lease_duration` when unset: the longest finite lease Azure grants.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(60);
+/// The lease durations Azure grants (Lease Blob: 15 to 60 seconds, or infinite).
+pub const LEASE_DURATION_RANGE: std::ops::RangeInclusive<u64> = 15..=60;
 const DEFAULT_TZ: chrono_tz::Tz = chrono_tz::Tz::UTC;
 const DEFAULT_DISK_CONCURRENCY: usize = 8;
 const MAX_DISK_CONCURRENCY: usize = 64;
@@ -57,6 +61,7 @@ const TOP_FIELDS: &[&str] = &[
     "max_buffer_mib",
     "shutdown_grace",
     "copy_stall_timeout",
+    "lease_duration",
     "metrics_listen",
     "control_socket",
     "accounts",
@@ -127,6 +132,11 @@ pub struct Config {
     /// How long an asynchronous Copy Blob (seed, restore) may report the same progress
     /// before it is aborted as stalled and counted as a failed copy.
     pub copy_stall_timeout: Duration,
+    /// How long a disk's lease lasts without a renewal (`lease_duration`, Azure allows 15 to
+    /// 60 s): how long a dead owner keeps its disks, and what the renewal schedule, the
+    /// client-side fence and the timeout of every write derive from
+    /// (`ownership::LeaseTiming`).
+    pub lease_duration: Duration,
     /// Where to serve Prometheus metrics; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
     /// Unix socket for the control CLI; defaults to `<state_dir>/control.sock`
@@ -282,6 +292,15 @@ impl DiskConfig {
     }
 }
 
+/// Resource group names compare without regard to case, as ARM does.
+fn same_group(a: &crate::arm::id::ResourceGroup, b: &crate::arm::id::ResourceGroup) -> bool {
+    a.subscription.eq_ignore_ascii_case(&b.subscription) && a.name.eq_ignore_ascii_case(&b.name)
+}
+
+/// How a managed source's display form names a snapshot resource group other than the
+/// disk's own: `<disk id> snapshots=/subscriptions/S/resourceGroups/G`.
+const SNAPSHOTS_IN: &str = " snapshots=";
+
 impl DiskSource {
     /// The page blob, for a page-blob source.
     pub fn blob(&self) -> Option<&BlobRef> {
@@ -290,13 +309,63 @@ impl DiskSource {
             DiskSource::Managed { .. } => None,
         }
     }
+
+    /// A managed source from its display form (as the state and the lock blob's record keep
+    /// it), None for anything else: the disk and where its snapshots are.
+    pub fn parse_managed(
+        recorded: &str,
+    ) -> Option<(crate::arm::id::ResourceId, crate::arm::id::ResourceGroup)> {
+        let (disk, group) = match recorded.split_once(SNAPSHOTS_IN) {
+            Some((disk, group)) => (disk, Some(group)),
+            None => (recorded, None),
+        };
+        let disk: crate::arm::id::ResourceId = disk.parse().ok()?;
+        let group = match group {
+            None => disk.group.clone(),
+            Some(g) => {
+                let parts: Vec<&str> = g.split('/').collect();
+                let ["", subs, sub, rgs, name] = parts.as_slice() else {
+                    return None;
+                };
+                if !subs.eq_ignore_ascii_case("subscriptions")
+                    || !rgs.eq_ignore_ascii_case("resourceGroups")
+                {
+                    return None;
+                }
+                crate::arm::id::ResourceGroup {
+                    subscription: sub.to_string(),
+                    name: name.to_string(),
+                }
+            }
+        };
+        Some((disk, group))
+    }
+
+    /// Whether `recorded` (a display form the state or a record kept) names this source. A
+    /// managed disk recorded before the display form named its snapshot resource group (by
+    /// its id alone) is this source whatever the group.
+    pub fn is_recorded_as(&self, recorded: &str) -> bool {
+        let now = self.to_string();
+        now == recorded
+            || matches!(self, DiskSource::Managed { disk, .. }
+                if !recorded.contains(SNAPSHOTS_IN) && disk.to_string() == recorded)
+    }
 }
 
-/// A page blob as `account/container/blob`, a managed disk as its resource id.
+/// A page blob as `account/container/blob`, a managed disk as its resource id (followed by
+/// ` snapshots=<resource group id>` when its snapshots go to another group than the disk's).
 impl fmt::Display for DiskSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DiskSource::Blob(b) => b.fmt(f),
+            DiskSource::Managed {
+                disk,
+                snapshot_group,
+            } if !same_group(snapshot_group, &disk.group) => write!(
+                f,
+                "{disk}{SNAPSHOTS_IN}/subscriptions/{}/resourceGroups/{}",
+                snapshot_group.subscription, snapshot_group.name
+            ),
             DiskSource::Managed { disk, .. } => disk.fmt(f),
         }
     }

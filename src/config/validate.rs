@@ -349,6 +349,24 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
             Some(d)
         })
         .unwrap_or(DEFAULT_COPY_STALL_TIMEOUT);
+    let lease_duration = get_duration(cx, doc, "lease_duration", p)
+        .and_then(|d| {
+            if d.subsec_nanos() != 0 || !LEASE_DURATION_RANGE.contains(&d.as_secs()) {
+                let span = doc.get("lease_duration").map(|v| v.span()).unwrap_or(0..0);
+                cx.err(
+                    span,
+                    format!(
+                        "field \"lease_duration\" must be whole seconds from {}s to {}s (the \
+                         leases Azure grants), got {d:?}",
+                        LEASE_DURATION_RANGE.start(),
+                        LEASE_DURATION_RANGE.end()
+                    ),
+                );
+                return None;
+            }
+            Some(d)
+        })
+        .unwrap_or(DEFAULT_LEASE_DURATION);
 
     let metrics_listen = get_str(cx, doc, "metrics_listen", p).and_then(|(s, span)| {
         match s.parse::<SocketAddr>() {
@@ -417,6 +435,7 @@ pub(super) fn build_config(cx: &mut Ctx<'_>, doc: &DeTable<'_>, path: &Path) -> 
         max_buffer_mib,
         shutdown_grace,
         copy_stall_timeout,
+        lease_duration,
         metrics_listen,
         control_socket,
         accounts,

@@ -5,9 +5,9 @@
 use super::error::CycleError;
 use super::machine::{CycleRecord, CycleStats, Outcome, PhaseName};
 use super::runner::Runner;
-use crate::blobs::{retry_unanswered, BlobError, Continuation, ErrorKind, PageBlobs};
+use crate::blobs::{retry_unanswered, BlobError, Continuation, ErrorKind, IfBlob, PageBlobs};
 use crate::config::CopyMode;
-use crate::model::{tags, SnapshotId};
+use crate::model::SnapshotId;
 use crate::pages::{
     round_up_to_page, segments, Batch, ByteRange, Coalescer, ListingCheck, ReadPlanner,
     DIFF_SEGMENT_BYTES, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
@@ -114,22 +114,13 @@ impl Runner<'_> {
         // backup base made blank first (only before the first checkpoint: later, resume).
         if base.is_none() && from == 0 {
             // Checked once per cycle, and recorded before the blob is made: a failure between
-            // making it and tagging it must not make the next attempt refuse our own blob.
+            // making it and writing to it must not make the next attempt refuse our own blob.
             if !rec.backup_touched {
                 self.check_backup_is_ours().await?;
                 rec.backup_touched = true;
                 self.store.save_cycle(rec, self.now())?;
             }
-            self.blobs
-                .create_page_blob(backup, round_up_to_page(size))
-                .await
-                .map_err(|e| self.blob_err(e))?;
-            rec.backup_touched = true;
-            // The tag that tells a later seed (a repair) this blob is ours.
-            self.blobs
-                .set_metadata(backup, &tags::backup_base(&rec.disk))
-                .await
-                .map_err(|e| self.blob_err(e))?;
+            self.create_backup(rec, size).await?;
         }
         // A source that grew (or shrank) is matched first, so every put lands inside the blob.
         let props = self
@@ -157,18 +148,28 @@ impl Runner<'_> {
                     })
                 }
                 // Checked: forgotten before the first write, so a run killed from here on
-                // resumes as "unknown" rather than comparing against a base it changed.
-                Some(_) => self.checkpoint(rec, from, CycleStats::default())?,
+                // resumes as "unknown" rather than comparing against a base it changed — in
+                // the lock blob too, before that write, so that a takeover from here on
+                // resumes instead of taking the changed ETag for a foreign write and seeding.
+                Some(_) => {
+                    self.checkpoint(rec, from, CycleStats::default())?;
+                    self.take_unpublished();
+                    self.publish(rec).await?;
+                }
                 None => {
                     tracing::warn!(disk = %self.disk.name, %backup, from, "resuming an apply whose last run recorded no backup ETag (it was killed): a foreign write to the backup since then cannot be detected");
                 }
             }
         }
         if props.size != size {
-            self.blobs
-                .resize(backup, round_up_to_page(size))
-                .await
-                .map_err(|e| self.blob_err(e))?;
+            let etag = self.fenced_etag(&props, PhaseName::Apply).await?;
+            let resized = self
+                .blobs
+                .resize(backup, round_up_to_page(size), &IfBlob::Is(etag))
+                .await;
+            if let Err(e) = resized {
+                return Err(self.unmatched(PhaseName::Apply, e).await);
+            }
             rec.backup_touched = true;
         }
 
@@ -299,6 +300,11 @@ impl Runner<'_> {
                 Event::Done(None) => None,
             };
             if let Some(e) = failure {
+                // A later owner raised the token: this run's writes are refused from now on
+                // and the cycle is the new owner's; nothing is recorded.
+                if e.kind == ErrorKind::Fenced {
+                    return Err(self.fenced_off(PhaseName::Apply));
+                }
                 self.park(rec, &mut running, &mut finished, head, upto, stats)
                     .await?;
                 // The source was recreated since S(n-1): no diff against it will ever list,
@@ -428,7 +434,7 @@ impl Runner<'_> {
         let backup = &self.disk.backup;
         let (read, puts) = match batch {
             Batch::Clear(r) => {
-                self.blobs.clear_pages(backup, r).await?;
+                self.blobs.clear_pages(backup, r, self.fence).await?;
                 stats.bytes_cleared += r.len();
                 return Ok(());
             }
@@ -461,7 +467,14 @@ impl Runner<'_> {
             CopySource::Url { url, resource } => {
                 for p in puts {
                     self.blobs
-                        .put_pages_from_sas(&self.disk.backup, *p, url.expose(), resource, p.start)
+                        .put_pages_from_sas(
+                            &self.disk.backup,
+                            *p,
+                            url.expose(),
+                            resource,
+                            p.start,
+                            self.fence,
+                        )
                         .await?;
                     stats.bytes_written += p.len();
                 }
@@ -476,6 +489,7 @@ impl Runner<'_> {
                     blob,
                     Some(snapshot.as_str()),
                     p.start,
+                    self.fence,
                 )
                 .await?;
             stats.bytes_written += p.len();
@@ -502,10 +516,12 @@ impl Runner<'_> {
         for p in puts {
             let piece = data.slice((p.start - read.start) as usize..(p.end - read.start) as usize);
             if piece.iter().all(|b| *b == 0) {
-                self.blobs.clear_pages(backup, *p).await?;
+                self.blobs.clear_pages(backup, *p, self.fence).await?;
                 stats.bytes_cleared += p.len();
             } else {
-                self.blobs.put_pages(backup, p.start, piece).await?;
+                self.blobs
+                    .put_pages(backup, p.start, piece, self.fence)
+                    .await?;
                 stats.bytes_written += p.len();
             }
         }

@@ -78,6 +78,22 @@ pub enum CycleError {
         blob: crate::model::BlobRef,
         phase: PhaseName,
     },
+    /// A later owner took the disk over: the backup's sequence number is no longer this
+    /// process's fencing token, so the service refused its write (412
+    /// `SequenceNumberConditionNotMet`) or the token was found raised before a write that
+    /// takes no sequence-number condition. Nothing more is written and nothing is recorded:
+    /// the cycle is the new owner's now (docs/design.md, "Fencing").
+    #[error(
+        "disk {disk}: fenced in phase {phase}: another owner took the disk over (backup {backup} \
+         no longer carries this process's token {token}); nothing more is written, the new \
+         owner carries the cycle on"
+    )]
+    Fenced {
+        disk: String,
+        backup: BlobRef,
+        phase: PhaseName,
+        token: u64,
+    },
     /// The disk's lock file cannot be used.
     #[error("disk {disk}: lock file {path}: {source}")]
     Lock {
@@ -148,8 +164,15 @@ impl CycleError {
         }
     }
 
-    /// The disk is in another process's hands (its lease is held): a skip, not a failure.
+    /// The cycle stopped because a later owner took the disk over (see [`CycleError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, CycleError::Fenced { .. })
+    }
+
+    /// The disk is in another process's hands (its lease is held, or a later owner fenced
+    /// this cycle off): a skip, not a failure.
     pub fn is_owned_elsewhere(&self) -> bool {
-        matches!(self, CycleError::Ownership(e) if matches!(**e, crate::ownership::OwnershipError::Held { .. }))
+        self.is_fenced()
+            || matches!(self, CycleError::Ownership(e) if matches!(**e, crate::ownership::OwnershipError::Held { .. }))
     }
 }

@@ -15,9 +15,7 @@
 use super::error::CycleError;
 use super::machine::CycleRecord;
 use super::runner::Runner;
-use crate::blobs::BlobRef;
 use crate::ownership::{DiskLease, OwnershipError};
-use crate::source::PageBlobSource;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -116,14 +114,16 @@ impl Runner<'_> {
             return Ok(());
         };
         let (source, backup) = (d.source.to_string(), d.backup.to_string());
-        if azure.source != source || azure.backup != backup {
+        if !d.source.is_recorded_as(&azure.source) || azure.backup != backup {
             // The disk was re-pointed since that record was written (Runner::rebind's rule,
             // seen from Azure): its cycle is abandoned with its source's snapshots, and so is
             // a local open cycle, which another owner's later cycle on the old pair may have
             // overwritten the backup under.
             tracing::warn!(disk = %d.name, recorded_source = %azure.source, recorded_backup = %azure.backup, %source, %backup, "the disk's record in Azure is of another source or backup; its cycle is abandoned and a new chain starts");
-            if azure.source != source {
-                self.sweep_source(&azure.source).await?;
+            if !d.source.is_recorded_as(&azure.source) {
+                // By the record's chain: the old source's snapshots were tagged with it.
+                self.sweep_recorded(&azure.source, Some(&azure.chain))
+                    .await?;
             }
             if let Some(open) = local {
                 self.store.abandon_cycle(open.id)?;
@@ -131,7 +131,7 @@ impl Runner<'_> {
             return Ok(());
         }
         let finished = self.store.finished(&d.name, &azure.cycle.tag)?;
-        match decide(local.as_ref(), &azure, finished, &lease.writer()) {
+        match decide(local.as_ref(), &azure, finished, lease.writer()) {
             Handover::KeepLocal => {}
             Handover::AbandonLocal => {
                 if let Some(open) = local {
@@ -186,40 +186,13 @@ impl Runner<'_> {
         Ok(Some(rec))
     }
 
-    /// Deletes this chain's snapback snapshots of a source the disk no longer backs up.
-    async fn sweep_source(&self, old: &str) -> Result<(), CycleError> {
-        let d = self.disk;
-        let old = match old.parse::<BlobRef>() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(disk = %d.name, old_source = %old, error = %e, "old source not recognised; its snapshots are not swept");
-                return Ok(());
-            }
-        };
-        let source = PageBlobSource::new(&self.blobs, &old).in_chain(self.chain.as_deref());
-        self.sweep(&source).await
-    }
-
     /// Writes `rec` as the disk's record in its lock blob (nothing without a lease).
     pub(super) async fn publish(&self, rec: &CycleRecord) -> Result<(), CycleError> {
         let Some(lease) = self.lease else {
             return Ok(());
         };
         let d = self.disk;
-        let body = AzureRecord {
-            format: FORMAT,
-            disk: d.name.clone(),
-            source: d.source.to_string(),
-            backup: d.backup.to_string(),
-            chain: lease.chain().to_string(),
-            writer: lease.writer(),
-            cycle: rec.clone(),
-        };
-        // Serialising plain strings and numbers cannot fail.
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        lease
-            .write_record(&d.name, &rec.tag, Bytes::from(body))
-            .await?;
+        publish_record(lease, &d.source.to_string(), &d.backup.to_string(), rec).await?;
         failpoint_after_publish(rec);
         Ok(())
     }
@@ -252,6 +225,31 @@ impl Runner<'_> {
             }
         }
     }
+}
+
+/// Writes `rec` (a cycle of the disk bound to `source` and `backup`, display forms) as the
+/// disk's record in the lock blob `lease` holds: by the runner as a cycle moves on, and by a
+/// rebase for the new chain's first cycle.
+pub async fn publish_record(
+    lease: &DiskLease,
+    source: &str,
+    backup: &str,
+    rec: &CycleRecord,
+) -> Result<(), OwnershipError> {
+    let body = AzureRecord {
+        format: FORMAT,
+        disk: rec.disk.clone(),
+        source: source.to_string(),
+        backup: backup.to_string(),
+        chain: lease.chain().to_string(),
+        writer: lease.writer().to_string(),
+        cycle: rec.clone(),
+    };
+    // Serialising plain strings and numbers cannot fail.
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    lease
+        .write_record(&rec.disk, &rec.tag, Bytes::from(body))
+        .await
 }
 
 /// Parses a lock blob's body.

@@ -278,6 +278,47 @@ impl CycleRecord {
         matches!(self.phase, Phase::Done { .. })
     }
 
+    /// Replaces every backup ETag this record expects or recorded that equals `from` with
+    /// `to`: the new owner's raise of the fencing token changed the backup's ETag and nothing
+    /// else (see `ownership`). Returns whether anything changed.
+    pub fn replace_etag(&mut self, from: &str, to: &str) -> bool {
+        let mut changed = false;
+        let mut swap = |e: &mut String| {
+            if e == from {
+                *e = to.to_string();
+                changed = true;
+            }
+        };
+        match &mut self.phase {
+            Phase::Snapshot {
+                base:
+                    Some(DiffBase {
+                        backup_etag: Some(e),
+                        ..
+                    }),
+            }
+            | Phase::Diff {
+                base:
+                    DiffBase {
+                        backup_etag: Some(e),
+                        ..
+                    },
+                ..
+            }
+            | Phase::Apply {
+                backup_etag: Some(e),
+                ..
+            }
+            | Phase::Prune { backup_etag: e, .. }
+            | Phase::Done { backup_etag: e, .. } => swap(e),
+            _ => {}
+        }
+        if let Some(e) = &mut self.written_etag {
+            swap(e);
+        }
+        changed
+    }
+
     pub fn finished_at(&self) -> Option<i64> {
         match self.phase {
             Phase::Done { finished_at, .. } => Some(finished_at),

@@ -2,7 +2,8 @@
 //! operation once; the SDK's retries are not billed twice by us) and diff ranges received.
 
 use crate::blobs::{
-    BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, PageList, PageListQuery, SnapshotInfo,
+    BlobProps, BlobRef, BlobResult, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageList,
+    PageListQuery, SnapshotInfo,
 };
 use crate::pages::ByteRange;
 use async_trait::async_trait;
@@ -125,11 +126,17 @@ impl PageBlobs for Metered<'_> {
         self.detail.bytes_read.fetch_add(r.len(), Relaxed);
         self.inner.read(b, s, r).await
     }
-    async fn put_pages(&self, b: &BlobRef, offset: u64, data: Bytes) -> BlobResult<String> {
+    async fn put_pages(
+        &self,
+        b: &BlobRef,
+        offset: u64,
+        data: Bytes,
+        f: Option<Fence>,
+    ) -> BlobResult<String> {
         self.count();
         self.detail.puts.fetch_add(1, Relaxed);
         self.detail.bytes_put.fetch_add(data.len() as u64, Relaxed);
-        self.inner.put_pages(b, offset, data).await
+        self.inner.put_pages(b, offset, data, f).await
     }
     async fn put_pages_from_url(
         &self,
@@ -138,11 +145,12 @@ impl PageBlobs for Metered<'_> {
         s: &BlobRef,
         snap: Option<&str>,
         at: u64,
+        f: Option<Fence>,
     ) -> BlobResult<String> {
         self.count();
         self.detail.puts_from_url.fetch_add(1, Relaxed);
         self.detail.bytes_from_url.fetch_add(r.len(), Relaxed);
-        self.inner.put_pages_from_url(d, r, s, snap, at).await
+        self.inner.put_pages_from_url(d, r, s, snap, at, f).await
     }
     async fn put_pages_from_sas(
         &self,
@@ -151,29 +159,41 @@ impl PageBlobs for Metered<'_> {
         url: &url::Url,
         resource: &str,
         at: u64,
+        f: Option<Fence>,
     ) -> BlobResult<String> {
         self.count();
         self.detail.puts_from_url.fetch_add(1, Relaxed);
         self.detail.bytes_from_url.fetch_add(r.len(), Relaxed);
-        self.inner.put_pages_from_sas(d, r, url, resource, at).await
+        self.inner
+            .put_pages_from_sas(d, r, url, resource, at, f)
+            .await
     }
-    async fn clear_pages(&self, b: &BlobRef, r: ByteRange) -> BlobResult<String> {
+    async fn clear_pages(&self, b: &BlobRef, r: ByteRange, f: Option<Fence>) -> BlobResult<String> {
         self.count();
         self.detail.clears.fetch_add(1, Relaxed);
         self.detail.bytes_cleared.fetch_add(r.len(), Relaxed);
-        self.inner.clear_pages(b, r).await
+        self.inner.clear_pages(b, r, f).await
     }
     async fn ensure_container(&self, b: &BlobRef) -> BlobResult<()> {
         self.count();
         self.inner.ensure_container(b).await
     }
-    async fn create_page_blob(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+    async fn create_page_blob(
+        &self,
+        b: &BlobRef,
+        size: u64,
+        new: &NewPageBlob,
+    ) -> BlobResult<String> {
         self.count();
-        self.inner.create_page_blob(b, size).await
+        self.inner.create_page_blob(b, size, new).await
     }
-    async fn resize(&self, b: &BlobRef, size: u64) -> BlobResult<()> {
+    async fn resize(&self, b: &BlobRef, size: u64, c: &IfBlob) -> BlobResult<String> {
         self.count();
-        self.inner.resize(b, size).await
+        self.inner.resize(b, size, c).await
+    }
+    async fn set_sequence_number(&self, b: &BlobRef, v: u64, c: &IfBlob) -> BlobResult<String> {
+        self.count();
+        self.inner.set_sequence_number(b, v, c).await
     }
     async fn abort_copy(&self, d: &BlobRef, id: &str) -> BlobResult<()> {
         self.count();
@@ -185,9 +205,10 @@ impl PageBlobs for Metered<'_> {
         s: &BlobRef,
         snap: Option<&str>,
         m: &Metadata,
+        c: &IfBlob,
     ) -> BlobResult<String> {
         self.count();
-        self.inner.start_copy(d, s, snap, m).await
+        self.inner.start_copy(d, s, snap, m, c).await
     }
     async fn set_metadata(&self, b: &BlobRef, m: &Metadata) -> BlobResult<()> {
         self.count();

@@ -7,10 +7,12 @@
 use super::apply::{ApplyTuning, Limits};
 use super::error::{CycleError, SnapshotLimit};
 use super::find_or_make::find_or_make;
-use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome};
+use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, PhaseName};
 use super::metered::Metered;
 use super::progress::Progress;
-use crate::blobs::{BlobError, BlobRef, ErrorKind, PageBlobs, Resource};
+use crate::blobs::{
+    BlobError, BlobProps, BlobRef, ErrorKind, Fence, IfBlob, NewPageBlob, PageBlobs, Resource,
+};
 use crate::config::{CopyMode, DiskSource};
 use crate::model::{tags, Clock, SnapshotId};
 use crate::ownership::DiskLease;
@@ -68,6 +70,9 @@ pub struct Runner<'a> {
     /// The disk's lease, when storage has leases: the open cycle's record is kept in its lock
     /// blob (see `handover`), read before a cycle is opened and written as it moves on.
     pub lease: Option<&'a DiskLease>,
+    /// The fencing token every write to the backup carries (the lease's, see `ownership`);
+    /// None: writes are unconditional (in-memory storage without leases).
+    pub fence: Option<Fence>,
     /// The newest apply checkpoint saved locally and not yet written to the lock blob.
     unpublished: Mutex<Option<CycleRecord>>,
 }
@@ -110,6 +115,7 @@ impl<'a> Runner<'a> {
             other_source: None,
             chain: None,
             lease: None,
+            fence: None,
             unpublished: Mutex::new(None),
         }
     }
@@ -136,6 +142,111 @@ impl<'a> Runner<'a> {
             disk: self.disk.name.clone(),
             source,
         }
+    }
+
+    /// The error of a cycle a later owner fenced off in `phase`.
+    pub(super) fn fenced_off(&self, phase: PhaseName) -> CycleError {
+        CycleError::Fenced {
+            disk: self.disk.name.clone(),
+            backup: self.disk.backup.clone(),
+            phase,
+            token: self.fence.map_or(0, |Fence(t)| t),
+        }
+    }
+
+    /// A storage error of a cycle in `phase`: a write the fence refused stops it as fenced.
+    pub(super) fn write_err(&self, phase: PhaseName, e: BlobError) -> CycleError {
+        if e.kind == ErrorKind::Fenced {
+            return self.fenced_off(phase);
+        }
+        self.blob_err(e)
+    }
+
+    /// Before a write that takes no sequence-number condition onto the backup as `props`
+    /// shows it: the ETag to send it `If-Match` on (see [`crate::ownership::token_etag`]).
+    pub(super) async fn fenced_etag(
+        &self,
+        props: &BlobProps,
+        phase: PhaseName,
+    ) -> Result<String, CycleError> {
+        let Some(Fence(token)) = self.fence else {
+            return Ok(props.etag.clone());
+        };
+        match crate::ownership::token_etag(&self.blobs, &self.disk.backup, props, token).await {
+            Ok(Some(etag)) => Ok(etag),
+            Ok(None) => Err(self.fenced_off(phase)),
+            Err(e) => Err(self.unmatched(phase, e).await),
+        }
+    }
+
+    /// The error of a write to the backup sent `If-Match` an ETag that carried this owner's
+    /// token ([`Runner::fenced_etag`]): refused because the backup changed since, it is
+    /// fenced if the token is no longer the backup's.
+    pub(super) async fn unmatched(&self, phase: PhaseName, e: BlobError) -> CycleError {
+        if let (ErrorKind::PreconditionFailed, Some(Fence(token))) = (e.kind, self.fence) {
+            let now = self.blobs.properties(&self.disk.backup, None).await;
+            if let Ok(Some(p)) = now {
+                if p.sequence_number != Some(token) {
+                    return self.fenced_off(phase);
+                }
+            }
+        }
+        self.write_err(phase, e)
+    }
+
+    /// Makes the backup base blank, tagged as this disk's and carrying this owner's token, in
+    /// one Put Blob, so it never exists untagged (a kill between a create and a separate tag
+    /// would leave a blob the next owner refuses as foreign). An existing backup is replaced
+    /// only `If-Match` the ETag read with this owner's token: never a later owner's blob.
+    pub(super) async fn create_backup(
+        &self,
+        rec: &mut CycleRecord,
+        size: u64,
+    ) -> Result<(), CycleError> {
+        let backup = &self.disk.backup;
+        let metadata = tags::in_chain(tags::backup_base(&rec.disk), self.chain.as_deref());
+        let mut refused = None;
+        // Twice: a create whose answer was lost and that is retried meets its own blob.
+        for _ in 0..2 {
+            let props = self
+                .blobs
+                .properties(backup, None)
+                .await
+                .map_err(|e| self.blob_err(e))?;
+            let condition = match &props {
+                None => IfBlob::Absent,
+                Some(p) => IfBlob::Is(self.fenced_etag(p, PhaseName::Apply).await?),
+            };
+            let new = NewPageBlob {
+                metadata: metadata.clone(),
+                sequence_number: self.fence.map(|Fence(t)| t),
+                condition,
+            };
+            let size = crate::pages::round_up_to_page(size);
+            match self.blobs.create_page_blob(backup, size, &new).await {
+                Ok(_) => {
+                    rec.backup_touched = true;
+                    return Ok(());
+                }
+                Err(e) if e.kind == ErrorKind::PreconditionFailed => refused = Some(e),
+                Err(e) => return Err(self.blob_err(e)),
+            }
+        }
+        match refused {
+            Some(e) => Err(self.unmatched(PhaseName::Apply, e).await),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the backup carries a token above this owner's (a later owner took the disk).
+    async fn fenced_now(&self) -> Result<bool, BlobError> {
+        let Some(Fence(token)) = self.fence else {
+            return Ok(false);
+        };
+        let props = self.blobs.properties(&self.disk.backup, None).await?;
+        Ok(props
+            .and_then(|p| p.sequence_number)
+            .is_some_and(|n| n > token))
     }
 
     /// The disk's source: a page blob seen through the meter, or the source given.
@@ -171,7 +282,7 @@ impl<'a> Runner<'a> {
         self.store
             .register_disk(&d.name, &d.source.to_string(), &d.backup.to_string())?;
         self.take_over().await?;
-        let rec = match self.store.open_cycle(&d.name)? {
+        let mut rec = match self.store.open_cycle(&d.name)? {
             Some(rec) => rec,
             None => {
                 // Read after the takeover, which may have moved the chain on.
@@ -185,6 +296,14 @@ impl<'a> Runner<'a> {
                 self.store.insert_cycle(rec)?
             }
         };
+        // This owner raised the backup's sequence number when it took the lease: the base a
+        // record expects is the same after that raise, under its new ETag (the raise was
+        // If-Match the old one, so nothing else can have happened in between).
+        if let Some((before, after)) = self.lease.and_then(DiskLease::raised) {
+            if rec.replace_etag(before, after) {
+                self.store.save_cycle(&rec, self.now())?;
+            }
+        }
         self.publish(&rec).await?;
         Ok(rec)
     }
@@ -200,26 +319,54 @@ impl<'a> Runner<'a> {
             return Ok(());
         };
         let (source, backup) = (d.source.to_string(), d.backup.to_string());
-        if prev.source == source && prev.backup == backup {
+        if d.source.is_recorded_as(&prev.source) && prev.backup == backup {
             return Ok(());
         }
         tracing::warn!(disk = %d.name, old_source = %prev.source, old_backup = %prev.backup, %source, %backup, "disk re-pointed: its open cycle is abandoned and a new chain starts");
-        match prev.source.parse::<BlobRef>() {
-            Ok(old) => {
-                // Only this chain's snapshots: another installation may back up the old
-                // source under the same disk name.
-                let old_source =
-                    PageBlobSource::new(&self.blobs, &old).in_chain(self.chain.as_deref());
-                self.sweep(&old_source).await?;
-            }
-            Err(e) => {
-                tracing::warn!(disk = %d.name, old_source = %prev.source, error = %e, "old source not recognised; its snapshots are not swept")
-            }
-        }
+        // The old chain's snapshots carry its id, kept in the lock blob beside the old
+        // backup (the same blob as now when only the source moved).
+        let old_chain = if prev.backup == backup {
+            self.chain.clone()
+        } else {
+            self.chain_beside(&prev.backup).await
+        };
+        self.sweep_recorded(&prev.source, old_chain.as_deref())
+            .await?;
         if let Some(open) = self.store.open_cycle(&d.name)? {
             self.store.abandon_cycle(open.id)?;
         }
         Ok(())
+    }
+
+    /// The chain id the lock blob beside `backup` (a display form) names, if any.
+    async fn chain_beside(&self, backup: &str) -> Option<String> {
+        let backup = backup.parse::<BlobRef>().ok()?;
+        let lock = crate::ownership::lock_blob(&backup);
+        let props = self.blobs.properties(&lock, None).await.ok()??;
+        tags::chain(&props.metadata).map(str::to_string)
+    }
+
+    /// Deletes this chain's snapback snapshots of the source `recorded` names (a page blob,
+    /// or a managed disk with its snapshot resource group): one the disk no longer backs up.
+    /// (`chain` None: storage without leases, where every snapshot of the disk is its one
+    /// chain's.)
+    pub(super) async fn sweep_recorded(
+        &self,
+        recorded: &str,
+        chain: Option<&str>,
+    ) -> Result<(), CycleError> {
+        let d = self.disk;
+        if let Ok(old) = recorded.parse::<BlobRef>() {
+            let old_source = PageBlobSource::new(&self.blobs, &old).in_chain(chain);
+            return self.sweep(&old_source).await;
+        }
+        match self.source().sibling(recorded, chain) {
+            Some(old_source) => self.sweep(old_source.as_ref()).await,
+            None => {
+                tracing::warn!(disk = %d.name, old_source = %recorded, "old source not recognised; its snapshots are not swept");
+                Ok(())
+            }
+        }
     }
 
     /// Deletes the disk's snapback snapshots of a source it no longer backs up.
@@ -352,7 +499,7 @@ impl<'a> Runner<'a> {
             match applied {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    if !matches!(e, CycleError::Ownership(_)) {
+                    if !matches!(e, CycleError::Ownership(_) | CycleError::Fenced { .. }) {
                         self.flush_checkpoint().await;
                     }
                     return Err(e);
@@ -420,6 +567,7 @@ impl<'a> Runner<'a> {
         action: Action,
         rec: &mut CycleRecord,
     ) -> Result<Outcome, CycleError> {
+        let action_phase = rec.phase.name();
         let r = match action {
             Action::TakeSourceSnapshot => {
                 return match self.take_source_snapshot(rec).await {
@@ -454,7 +602,7 @@ impl<'a> Runner<'a> {
                 if !rec.backup_touched {
                     self.check_backup_is_ours().await?;
                 }
-                self.start_copy(rec, &source).await
+                return self.start_copy(rec, &source).await;
             }
             Action::AwaitCopy { source, copy_id } => {
                 return self.await_copy(rec, &source, &copy_id).await
@@ -462,7 +610,7 @@ impl<'a> Runner<'a> {
             Action::TakeBackupSnapshot { source } => self.take_backup_snapshot(rec, &source).await,
             Action::PruneSource { keep } => self.prune_source(rec, &keep).await,
         };
-        r.map_err(|e| self.blob_err(e))
+        r.map_err(|e| self.write_err(action_phase, e))
     }
 
     async fn take_source_snapshot(&self, rec: &CycleRecord) -> Result<Outcome, BlobError> {
@@ -535,17 +683,34 @@ impl<'a> Runner<'a> {
         let backup = &self.disk.backup;
         let found =
             |s: &crate::blobs::SnapshotInfo| tags::cycle(&s.metadata) == Some(rec.tag.as_str());
+        let now = self.blobs.properties(backup, None).await?;
+        // Snapshot Blob takes no sequence-number condition: the token is checked on the
+        // properties read here, and the snapshot is sent `If-Match` the ETag read with it
+        // (a later owner's raise changes the ETag, so it fails once that has happened).
+        if let (Some(Fence(token)), Some(n)) = (self.fence, now.as_ref().map(|p| p.sequence_number))
+        {
+            if n.is_some_and(|n| n > token) {
+                return Err(BlobError::local(
+                    ErrorKind::Fenced,
+                    Resource::blob(backup),
+                    format!(
+                        "the backup's sequence number is {n:?}, above this owner's token {token}"
+                    ),
+                ));
+            }
+        }
         // The base this cycle's writes left (a record from before this field: the base now).
-        let written = match &rec.written_etag {
-            Some(e) => e.clone(),
-            None => match self.blobs.properties(backup, None).await? {
-                Some(p) => p.etag,
-                None => String::new(),
-            },
+        let written = match (&rec.written_etag, &now) {
+            (Some(e), _) => e.clone(),
+            (None, Some(p)) => p.etag.clone(),
+            (None, None) => String::new(),
         };
-        let meta = tags::in_chain(
-            tags::restore_point_on(&rec.disk, &rec.tag, source, &written),
-            self.chain.as_deref(),
+        let meta = tags::with_fence(
+            tags::in_chain(
+                tags::restore_point_on(&rec.disk, &rec.tag, source, &written),
+                self.chain.as_deref(),
+            ),
+            self.fence.map(|Fence(t)| t),
         );
         let made = find_or_make(
             || async {
@@ -562,6 +727,12 @@ impl<'a> Runner<'a> {
         .await;
         let snapshot = match made {
             Ok(s) => s,
+            Err(e) if e.kind == ErrorKind::PreconditionFailed && self.fenced_now().await? => {
+                return Err(BlobError {
+                    kind: ErrorKind::Fenced,
+                    ..e
+                })
+            }
             Err(e) if e.kind == ErrorKind::PreconditionFailed => {
                 return Ok(Outcome::Repair {
                     reason: format!(
@@ -591,10 +762,20 @@ impl<'a> Runner<'a> {
         keep: &SnapshotId,
     ) -> Result<Outcome, BlobError> {
         let source = self.source();
+        if self.fenced_now().await? {
+            return Err(BlobError::local(
+                ErrorKind::Fenced,
+                Resource::blob(&self.disk.backup),
+                "a later owner raised the backup's sequence number before the prune",
+            ));
+        }
+        // Only the snapshots older than `keep`: a prune of an owner that lost the disk (and
+        // woke late) must not delete `S(n+1)` of the owner that took it over.
         for s in source.own_snapshots(&rec.disk).await? {
-            if &s != keep {
-                source.delete_snapshot(&s).await?;
+            if &s == keep {
+                break;
             }
+            source.delete_snapshot(&s).await?;
         }
         // A Snapshot Blob still in flight when a previous run of this cycle was killed can
         // land after the resumed run looked for it and made its own: two snapshots carry this

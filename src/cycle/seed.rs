@@ -6,7 +6,7 @@ use super::error::CycleError;
 use super::find_or_make::find_or_make;
 use super::machine::{CycleRecord, Outcome, PhaseName};
 use super::runner::Runner;
-use crate::blobs::{BlobError, ErrorKind, PageBlobs, Resource};
+use crate::blobs::{BlobError, ErrorKind, IfBlob, PageBlobs, Resource};
 use crate::config::CopyMode;
 use crate::copy::{self, CopyWait};
 use crate::model::{tags, SnapshotId};
@@ -19,24 +19,47 @@ use std::sync::atomic::Ordering;
 pub const MAX_COPY_STARTS: u32 = 3;
 
 impl Runner<'_> {
+    /// Starts the seed copy of `snapshot` onto the backup: only onto no blob, or onto the
+    /// backup as read with this owner's token (`If-Match`), so a later owner's blob is never
+    /// copied over.
     pub(super) async fn start_copy(
         &self,
         rec: &CycleRecord,
         snapshot: &SnapshotId,
+    ) -> Result<Outcome, CycleError> {
+        let backup = &self.disk.backup;
+        let err = |e| self.blob_err(e);
+        self.blobs.ensure_container(backup).await.map_err(err)?;
+        // A copy left pending by a crash before its id was recorded would make ours fail.
+        let mut props = self.blobs.properties(backup, None).await.map_err(err)?;
+        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) =
+            props.as_ref().and_then(|p| p.copy.as_ref())
+        {
+            self.blobs.abort_copy(backup, id).await.map_err(err)?;
+            props = self.blobs.properties(backup, None).await.map_err(err)?;
+        }
+        let condition = match &props {
+            None => IfBlob::Absent,
+            Some(p) => IfBlob::Is(self.fenced_etag(p, PhaseName::Copy).await?),
+        };
+        let before = props.and_then(|p| p.copy).map(|(id, _)| id);
+        match self.start_copy_if(rec, snapshot, before, &condition).await {
+            Err(e) if e.kind == ErrorKind::PreconditionFailed => {
+                Err(self.unmatched(PhaseName::Copy, e).await)
+            }
+            r => r.map_err(err),
+        }
+    }
+
+    async fn start_copy_if(
+        &self,
+        rec: &CycleRecord,
+        snapshot: &SnapshotId,
+        before: Option<String>,
+        condition: &IfBlob,
     ) -> Result<Outcome, BlobError> {
         let backup = &self.disk.backup;
         let source = self.source();
-        self.blobs.ensure_container(backup).await?;
-        // A copy left pending by a crash before its id was recorded would make ours fail.
-        let before = self
-            .blobs
-            .properties(backup, None)
-            .await?
-            .and_then(|p| p.copy);
-        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) = &before {
-            self.blobs.abort_copy(backup, id).await?;
-        }
-        let before = before.map(|(id, _)| id);
         let unavailable = |e: BlobError| {
             tracing::info!(disk = %rec.disk, error = %e, "seeding by copying every page through snapback");
             Ok(Outcome::CopyUnavailable {
@@ -74,7 +97,7 @@ impl Runner<'_> {
             },
             || {
                 self.blobs
-                    .start_copy(backup, &blob, Some(s.as_str()), &meta)
+                    .start_copy(backup, &blob, Some(s.as_str()), &meta, condition)
             },
         )
         .await;
@@ -171,7 +194,21 @@ impl Runner<'_> {
                 if let Some(p) = &self.progress {
                     p.complete();
                 }
-                rec.written_etag = Some(self.backup_etag().await?);
+                // Copy Blob gave the backup its source's sequence number: raised to this
+                // owner's token again before anything is written or snapshotted on it.
+                let props = self
+                    .blobs
+                    .properties(backup, None)
+                    .await
+                    .map_err(|e| self.blob_err(e))?
+                    .ok_or_else(|| {
+                        self.blob_err(BlobError::local(
+                            ErrorKind::NotFound,
+                            Resource::blob(backup),
+                            "the backup blob vanished right after its seed copy",
+                        ))
+                    })?;
+                rec.written_etag = Some(self.fenced_etag(&props, PhaseName::Copy).await?);
                 return Ok(Outcome::CopyDone);
             }
             copy::CopyEnd::Gone => format!("copy {copy_id} to {backup} is no longer there"),

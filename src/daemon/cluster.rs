@@ -109,7 +109,7 @@ impl Member {
         let mut hb = Heartbeat {
             blob: BlobRef::new(&cfg.account, &cfg.container, &name),
             dir: BlobRef::new(&cfg.account, &cfg.container, REPLICAS_PREFIX),
-            lease_id: crate::ownership::lease_id(owner_key, &name),
+            lease_id: crate::ownership::derived_id(owner_key, &name),
             metadata: Metadata::from([
                 ("holder".to_string(), holder.to_string()),
                 (

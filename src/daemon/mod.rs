@@ -640,6 +640,9 @@ impl Supervisor {
                 self.metrics
                     .set_last_success(&f.disk, rec.finished_at().unwrap_or(now.timestamp()));
             }
+            Some(Err(e)) if e.is_fenced() => {
+                self.metrics.cycle_ended(&f.disk, "fenced", f.seconds, None)
+            }
             Some(Err(_)) if owned_elsewhere => self
                 .metrics
                 .cycle_ended(&f.disk, "skipped", f.seconds, None),

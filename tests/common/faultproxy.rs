@@ -371,6 +371,21 @@ struct Shared {
     rules: Mutex<Vec<RuleState>>,
     limiter: Mutex<Option<Limiter>>,
     seen: Mutex<Vec<Seen>>,
+    answered: Mutex<Vec<Answered>>,
+}
+
+/// An answer the service gave to a forwarded request (faults that answer themselves are not
+/// answers of the service).
+#[derive(Clone, Debug)]
+pub struct Answered {
+    pub op: Op,
+    /// `container/blob`.
+    pub blob: String,
+    pub status: u16,
+    /// `x-ms-error-code`, if the service sent one.
+    pub code: Option<String>,
+    /// When the service's answer reached the proxy.
+    pub at: Instant,
 }
 
 /// The running proxy; stops (closing every connection) on drop.
@@ -392,6 +407,7 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             limiter: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
+            answered: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let state = Arc::clone(&shared);
@@ -480,6 +496,11 @@ impl FaultProxy {
     /// Every request received so far, in arrival order.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// Every answer the service gave to a forwarded request, in order.
+    pub fn answered(&self) -> Vec<Answered> {
+        self.shared.answered.lock().unwrap().clone()
     }
 
     /// How many requests of `op` arrived (faulted or not).
@@ -612,6 +633,7 @@ async fn handle(
     match fault {
         None => {
             let (parts, body) = forward(&shared, req).await?;
+            record(&shared, &c, &parts);
             Ok(answer(parts, body))
         }
         Some(Fault::Status { status, code }) => Ok(error_answer(status, code)),
@@ -625,8 +647,20 @@ async fn handle(
             Err(Box::new(Dropped("stalled, then dropped")))
         }
         Some(Fault::Delay(d)) => {
-            tokio::time::sleep(d).await;
-            let (parts, body) = forward(&shared, req).await?;
+            // Held in the network: once read, the request reaches the service after the
+            // delay even if its sender has given up or gone meanwhile (a task of its own).
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await?.to_bytes();
+            let held = Arc::clone(&shared);
+            let delivered = tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                let answer = forward_read(&held, parts, body).await;
+                if let Ok((parts, _)) = &answer {
+                    record(&held, &c, parts);
+                }
+                answer
+            });
+            let (parts, body) = delivered.await??;
             Ok(answer(parts, body))
         }
         Some(Fault::AnswerLost) => {
@@ -672,6 +706,20 @@ async fn handle(
     }
 }
 
+fn record(shared: &Shared, c: &Classified, parts: &Parts) {
+    shared.answered.lock().unwrap().push(Answered {
+        op: c.op,
+        blob: c.blob.clone(),
+        status: parts.status.as_u16(),
+        code: parts
+            .headers
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        at: Instant::now(),
+    });
+}
+
 /// Counts the request against every rule that selects it; the first that fires injects.
 fn pick(shared: &Shared, c: &Classified) -> Option<Fault> {
     let mut rules = shared.rules.lock().unwrap();
@@ -702,6 +750,15 @@ fn pick(shared: &Shared, c: &Classified) -> Option<Fault> {
 async fn forward(shared: &Shared, req: Request<Incoming>) -> Result<(Parts, Bytes), BoxError> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
+    forward_read(shared, parts, body).await
+}
+
+/// [`forward`] of a request whose body was read already.
+async fn forward_read(
+    shared: &Shared,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<(Parts, Bytes), BoxError> {
     // The Host header is left as the client sent it (the proxy's address): Azurite accepts a
     // cross-account Copy Blob only from a source URL on the host the request was sent to, and
     // the source URL snapback sends names the proxy.

@@ -123,7 +123,7 @@ impl Fixture {
 pub async fn create_disk(blobs: &dyn PageBlobs, blob: &BlobRef, size: u64) {
     blobs.ensure_container(blob).await.expect("container");
     blobs
-        .create_page_blob(blob, size)
+        .create_page_blob(blob, size, &Default::default())
         .await
         .expect("create page blob");
 }
@@ -133,7 +133,7 @@ pub async fn write(blobs: &dyn PageBlobs, blob: &BlobRef, offset: u64, data: &[u
     for (i, chunk) in data.chunks(MAX_PUT_BYTES as usize).enumerate() {
         let at = offset + i as u64 * MAX_PUT_BYTES;
         blobs
-            .put_pages(blob, at, bytes::Bytes::copy_from_slice(chunk))
+            .put_pages(blob, at, bytes::Bytes::copy_from_slice(chunk), None)
             .await
             .expect("put pages");
     }

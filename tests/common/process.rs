@@ -157,7 +157,7 @@ pub fn kill_at_failpoint(mut cmd: Command, what: &str) -> String {
     log
 }
 
-/// Sends the signal named `sig` ("TERM", "HUP", "INT", "KILL") to `pid`, without needing
+/// Sends the signal named `sig` ("TERM", "HUP", "INT", "KILL", "STOP", "CONT") to `pid`, without needing
 /// kill(1) on the machine.
 pub fn send_signal(pid: u32, sig: &str) {
     let signal = match sig {
@@ -165,6 +165,8 @@ pub fn send_signal(pid: u32, sig: &str) {
         "HUP" => libc::SIGHUP,
         "INT" => libc::SIGINT,
         "KILL" => libc::SIGKILL,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
         other => panic!("no such signal in the tests: {other}"),
     };
     let pid = libc::pid_t::try_from(pid).expect("a pid");
