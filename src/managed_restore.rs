@@ -22,10 +22,10 @@ use crate::cycle::handover::publish_record;
 use crate::cycle::machine::CycleRecord;
 use crate::managed::{arm_err, ManagedDiskSource};
 use crate::model::{tags, SnapshotId};
-use crate::ownership::{DiskLease, OwnershipError};
+use crate::ownership::DiskLease;
 use crate::pages::MAX_PUT_BYTES;
 use crate::restore::{
-    blob_err, first_restore_point, Leasing, PointSelector, RestoreError, Restorer,
+    blob_err, first_restore_point, leased_etag, Leasing, PointSelector, RestoreError, Restorer,
 };
 use crate::source::Source;
 use crate::state::StateStore;
@@ -76,14 +76,38 @@ pub struct ManagedRestoreReport {
 
 /// Writes restore point `req.point` of `disk` into the new managed disk `req.target`;
 /// `copy_stall` bounds the rebase's copy (`copy_stall_timeout`).
+///
+/// With `--rebase` the whole restore runs under the disk's lease, taken first: while a
+/// replica runs a cycle of the disk, nothing is done and the error names it.
 pub async fn restore(
+    blobs: &dyn PageBlobs,
+    store: &StateStore,
+    disk: &DiskConfig,
+    clients: (&ArmClient, &SasBlobs),
+    req: &ManagedRestoreRequest,
+    copy_stall: Duration,
+    leasing: Option<&Leasing>,
+) -> Result<ManagedRestoreReport, RestoreError> {
+    let managed = matches!(disk.source, DiskSource::Managed { .. });
+    let lease = match leasing.filter(|_| req.rebase && managed) {
+        Some(l) => Some(l.acquire(blobs, &disk.name, &disk.backup).await?),
+        None => None,
+    };
+    let report = restore_under(blobs, store, disk, clients, req, copy_stall, lease.as_ref()).await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    report
+}
+
+async fn restore_under(
     blobs: &dyn PageBlobs,
     store: &StateStore,
     disk: &DiskConfig,
     (arm, sas): (&ArmClient, &SasBlobs),
     req: &ManagedRestoreRequest,
     copy_stall: Duration,
-    leasing: Option<&Leasing>,
+    lease: Option<&DiskLease>,
 ) -> Result<ManagedRestoreReport, RestoreError> {
     let started = Instant::now();
     let target = req.target.to_string();
@@ -209,29 +233,23 @@ pub async fn restore(
         .await
         .map_err(arm_fail(format!("end the upload of {target}"), &req.target))?;
     let rebased = if req.rebase {
-        let old = (source, snapshot_group);
         // Under the disk's lease, as a cycle: no replica writes the backup meanwhile, and one
-        // that held it before is fenced off by the token this lease raises.
-        let lease = match leasing {
-            Some(l) => Some(l.acquire(blobs, &disk.name, &disk.backup).await?),
-            None => None,
-        };
-        let rebased = rebase(
-            blobs,
-            store,
-            disk,
-            (arm, sas),
-            &req.target,
-            old,
-            &chosen.snapshot,
-            copy_stall,
-            lease.as_ref(),
+        // that held it before is fenced off by the token this lease raised.
+        let old = (source, snapshot_group);
+        Some(
+            rebase(
+                blobs,
+                store,
+                disk,
+                (arm, sas),
+                &req.target,
+                old,
+                &chosen.snapshot,
+                copy_stall,
+                lease,
+            )
+            .await?,
         )
-        .await;
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
-        Some(rebased?)
     } else {
         None
     };
@@ -310,16 +328,7 @@ async fn rebase(
                 .map_err(blob_err(format!("properties of {backup}")))?;
             match props {
                 None => IfBlob::Absent,
-                Some(p) => crate::ownership::token_etag(blobs, backup, &p, lease.token())
-                    .await
-                    .map_err(blob_err(format!("fencing token of {backup}")))?
-                    .map(IfBlob::Is)
-                    .ok_or_else(|| OwnershipError::Unfenced {
-                        disk: disk.name.clone(),
-                        backup: backup.clone(),
-                        token: lease.token(),
-                        reason: "another owner took the disk over".into(),
-                    })?,
+                Some(p) => IfBlob::Is(leased_etag(blobs, lease, &disk.name, backup, &p).await?),
             }
         }
     };

@@ -203,6 +203,26 @@ impl Leasing {
     }
 }
 
+/// The ETag to write `backup` (as `props` shows it) `If-Match` on under `lease`, once it
+/// carries the lease's token (see `ownership::token_etag`); an error if a later owner's does.
+pub(crate) async fn leased_etag(
+    blobs: &dyn PageBlobs,
+    lease: &DiskLease,
+    disk: &str,
+    backup: &BlobRef,
+    props: &crate::blobs::BlobProps,
+) -> Result<String, RestoreError> {
+    let etag = crate::ownership::token_etag(blobs, backup, props, lease.token())
+        .await
+        .map_err(blob_err(format!("fencing token of {backup}")))?;
+    Ok(etag.ok_or_else(|| OwnershipError::Unfenced {
+        disk: disk.to_string(),
+        backup: backup.clone(),
+        token: lease.token(),
+        reason: "another owner took the disk over during the rebase".into(),
+    })?)
+}
+
 /// The first restore point `B(0)` of a rebased chain on `backup`, whose bytes are those of
 /// `S(0)`: under the disk's lease (when there is one) the backup must carry its token (it is
 /// raised again after the copy that made it), and the snapshot is taken `If-Match` the ETag
@@ -231,15 +251,7 @@ pub(crate) async fn first_restore_point(
         .map_err(blob_err(what("properties")))?;
     let etag = match lease {
         None => props.etag.clone(),
-        Some(lease) => crate::ownership::token_etag(blobs, backup, &props, lease.token())
-            .await
-            .map_err(blob_err(what("fencing token")))?
-            .ok_or_else(|| OwnershipError::Unfenced {
-                disk: disk.to_string(),
-                backup: backup.clone(),
-                token: lease.token(),
-                reason: "another owner took the disk over during the rebase".into(),
-            })?,
+        Some(lease) => leased_etag(blobs, lease, disk, backup, &props).await?,
     };
     let meta = tags::with_fence(
         tags::in_chain(

@@ -256,6 +256,7 @@ pub async fn restore_points(
         .filter_map(|s| {
             Some(StoredPoint {
                 source: tags::source_of(&s.metadata)?,
+                fence: tags::fence(&s.metadata),
                 snapshot: s.snapshot,
                 size: s.size,
             })
@@ -271,6 +272,8 @@ pub struct StoredPoint {
     /// The source snapshot `S(n)` it equals (its `snapback_source_snapshot`).
     pub source: SnapshotId,
     pub size: u64,
+    /// The fencing token of the owner that took it (`snapback_fence`; None before fencing).
+    pub fence: Option<u64>,
 }
 
 /// The plan for a disk's restore points (the backup snapshots tagged for this disk), oldest

@@ -18,6 +18,7 @@ use crate::config::DiskConfig;
 use crate::cycle::progress::Progress;
 use crate::model::SnapshotId;
 use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
+use crate::retention::StoredPoint;
 use crate::source::{DiffQuery, Source};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -34,6 +35,20 @@ pub enum VerifyError {
     NoRestorePoints { disk: String },
     #[error("disk {disk} has no restore point {snapshot}")]
     UnknownRestorePoint { disk: String, snapshot: String },
+    /// Tokens only grow: a restore point whose token is below an earlier one's was taken by
+    /// an owner that had lost the disk (see docs/design.md, "Fencing").
+    #[error(
+        "disk {disk}: restore point {snapshot} carries fencing token {token}, below the \
+         {earlier_token} of the earlier restore point {earlier}: it was taken by an owner that \
+         had already lost the disk; do not restore from it"
+    )]
+    FencedOwner {
+        disk: String,
+        snapshot: String,
+        token: u64,
+        earlier: String,
+        earlier_token: u64,
+    },
     #[error(
         "disk {disk}: cannot verify restore point {snapshot}: its source snapshot {source_snapshot} \
          of {source_blob} no longer exists (only the newest restore point's source snapshot is kept)"
@@ -316,6 +331,15 @@ pub async fn verify(
             disk: disk.name.clone(),
         })?,
     };
+    if let Some((earlier, token, earlier_token)) = out_of_order_token(&ours, point) {
+        return Err(VerifyError::FencedOwner {
+            disk: disk.name.clone(),
+            snapshot: point.snapshot.clone(),
+            token,
+            earlier: earlier.snapshot.clone(),
+            earlier_token,
+        });
+    }
     compare(
         blobs,
         &disk.name,
@@ -327,9 +351,55 @@ pub async fn verify(
     .await
 }
 
+/// An earlier restore point (in `ours`, oldest first) whose fencing token is above `point`'s,
+/// with both tokens. Points without a token (taken before fencing) are not compared.
+fn out_of_order_token<'p>(
+    ours: &'p [StoredPoint],
+    point: &StoredPoint,
+) -> Option<(&'p StoredPoint, u64, u64)> {
+    let token = point.fence?;
+    ours.iter()
+        .take_while(|p| p.snapshot != point.snapshot)
+        .filter_map(|p| Some((p, p.fence?)))
+        .filter(|(_, t)| *t > token)
+        .last()
+        .map(|(p, t)| (p, token, t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_point_below_an_earlier_token_is_a_fenced_owners() {
+        let p = |s: &str, fence: Option<u64>| StoredPoint {
+            snapshot: s.into(),
+            source: SnapshotId::new(format!("src-{s}")),
+            size: 0,
+            fence,
+        };
+        let ours = [
+            p("1", None),
+            p("2", Some(5)),
+            p("3", Some(7)),
+            p("4", Some(6)),
+            p("5", Some(7)),
+        ];
+        assert!(out_of_order_token(&ours, &ours[2]).is_none());
+        assert!(
+            out_of_order_token(&ours, &ours[4]).is_none(),
+            "equal tokens: one owner"
+        );
+        assert!(
+            out_of_order_token(&ours, &ours[0]).is_none(),
+            "no token: not compared"
+        );
+        let (earlier, token, earlier_token) = out_of_order_token(&ours, &ours[3]).unwrap();
+        assert_eq!(
+            (earlier.snapshot.as_str(), token, earlier_token),
+            ("3", 6, 7)
+        );
+    }
     use crate::blobs::Metadata;
     use crate::fake::MemBlobs;
     use crate::source::PageBlobSource;

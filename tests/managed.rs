@@ -11,7 +11,7 @@ use common::azurite::Azurite;
 use common::fixture::{content, Fixture, Rng, MIB};
 use common::process::kill_at_failpoint;
 use snapback::arm::{Access, ResourceGroup, ResourceId, ResourceKind, Tags, UploadDiskSpec};
-use snapback::blobs::BlobRef;
+use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::pages::PAGE_SIZE;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -85,6 +85,20 @@ impl World {
 
     fn snapback(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().expect("run snapback")
+    }
+
+    /// `restore disk1 --snapshot point --to-managed-disk target --rebase`.
+    fn rebase_to(&self, point: &str, target: &ResourceId) -> std::process::Output {
+        let target = target.to_string();
+        self.snapback(&[
+            "restore",
+            "disk1",
+            "--snapshot",
+            point,
+            "--to-managed-disk",
+            &target,
+            "--rebase",
+        ])
     }
 
     fn backup_ok(&self, ctx: &str) {
@@ -583,15 +597,7 @@ async fn rebased_world(rng: &mut Rng) -> (World, ResourceId, Vec<u8>) {
 
     let target = ResourceId::new(w.disk.group.clone(), ResourceKind::Disk, "vm01-new").unwrap();
     let target_s = target.to_string();
-    let out = w.snapback(&[
-        "restore",
-        "disk1",
-        "--snapshot",
-        &points[0].0,
-        "--to-managed-disk",
-        &target_s,
-        "--rebase",
-    ]);
+    let out = w.rebase_to(&points[0].0, &target);
     assert!(
         out.status.success(),
         "restore --rebase: {}",
@@ -835,4 +841,235 @@ async fn re_pointing_a_managed_disk_sweeps_the_old_chains_snapshot_resources() {
         w.other_disk_content(&other.to_string(), w.size).await,
         "the newest restore point is of the new disk"
     );
+}
+
+/// A second installation's or replica's config: `w`'s with its own state directory (and, when
+/// given, its own backup blob), and 15 s leases for both.
+fn other_config(w: &World, state: &str, backup: Option<&str>) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let text = if text.starts_with("lease_duration") {
+        text
+    } else {
+        let short = format!("lease_duration = \"15s\"\n{text}");
+        std::fs::write(&w.fx.config_path, &short).unwrap();
+        short
+    };
+    let own = format!("{}", w.fx.dir.path().join("state").display());
+    let other = format!("{}", w.fx.dir.path().join(state).display());
+    let mut text = text.replace(&own, &other);
+    if let Some(b) = backup {
+        text = text.replace("backup/backups/disk1", b);
+    }
+    let path = w.fx.dir.path().join(format!("{state}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `w`'s command line, with another config.
+fn command_with(w: &World, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(w.command(&[]).get_envs().filter_map(|(k, v)| Some((k, v?))));
+    cmd
+}
+
+/// Starts `cmd` with a failpoint (`SNAPBACK_FAILPOINT_PAUSE_AFTER_<what>` = `n`) that pauses
+/// it mid-cycle, holding its lease; returns the child once it says so.
+fn paused_at(mut cmd: Command, (what, n): (&str, usize)) -> std::process::Child {
+    cmd.env(
+        format!("SNAPBACK_FAILPOINT_PAUSE_AFTER_{what}"),
+        n.to_string(),
+    )
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let log = common::process::collect_stderr(&mut child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log.lock().unwrap().contains("failpoint: paused") {
+        assert!(
+            Instant::now() < deadline,
+            "never paused: {}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// The lock blob's metadata and body of disk1.
+async fn lock_blob(w: &World) -> (snapback::blobs::Metadata, serde_json::Value) {
+    use snapback::lease::LeaseBlobs;
+    let lock = snapback::ownership::lock_blob(&BlobRef::new("backup", "backups", "disk1"));
+    let (props, body) = w.fx.blobs().read_lock_blob(&lock).await.unwrap().unwrap();
+    (props.metadata, serde_json::from_slice(&body).unwrap())
+}
+
+/// `restore --to-managed-disk --rebase` while another replica runs a cycle of the disk (paused
+/// mid-cycle, holding its lease): refused before anything is made, naming the holder. Once
+/// that replica is gone (its lease expired), the rebase runs under the disk's lease: its
+/// first restore point carries the lease's fencing token, the record in the lock blob is the
+/// rebase's finished cycle, and the replica, configured on the new disk, goes on incrementally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebase_waits_for_the_replica_that_runs_a_cycle_then_holds_the_lease() {
+    let mut rng = Rng(0x4eba5e);
+    let w = World::new(8 * MIB, "").await;
+    w.write(0, &rng.bytes(8 * MIB as usize)).await;
+    let replica = other_config(&w, "state-r", None);
+    w.backup_ok("seed");
+    let (at, data) = rand_write(&mut rng, w.size, 16);
+    w.write(at, &data).await;
+    let points = w.points();
+    let mut running = paused_at(
+        command_with(&w, &replica, &["backup", "disk1"]),
+        ("STEPS", 2),
+    );
+
+    let target = ResourceId::new(w.disk.group.clone(), ResourceKind::Disk, "vm01-new").unwrap();
+    let target_s = target.to_string();
+    let out = w.rebase_to(&points[0].0, &target);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "refused while the replica runs: {err}"
+    );
+    assert!(
+        err.contains("is owned by") && err.contains("replica="),
+        "{err}"
+    );
+    let state = w.emu.control_get("/__emulator/state").await;
+    assert!(
+        !state["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"].as_str() == Some(target_s.as_str())),
+        "no disk was made: {state}"
+    );
+    assert_eq!(w.points(), points, "no restore point was made");
+
+    running.kill().unwrap();
+    running.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(17));
+    let out = w.rebase_to(&points[0].0, &target);
+    assert!(
+        out.status.success(),
+        "rebase under the lease: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (meta, record) = lock_blob(&w).await;
+    let after = w.points();
+    let b0 = &after.last().unwrap().0;
+    assert!(
+        record["cycle"]["tag"]
+            .as_str()
+            .unwrap()
+            .starts_with("rebase"),
+        "{record}"
+    );
+    assert_eq!(record["source"].as_str(), Some(target_s.as_str()));
+    let listed =
+        w.fx.blobs()
+            .list_snapshots(&BlobRef::new("backup", "backups", "disk1"))
+            .await
+            .unwrap();
+    let b0_meta = &listed.iter().find(|s| &s.snapshot == b0).unwrap().metadata;
+    assert_eq!(
+        b0_meta.get("snapback_fence"),
+        meta.get("snapback_fence"),
+        "B(0) carries the rebase's token"
+    );
+
+    // The replica, pointed at the new disk, resumes nothing stale: an incremental cycle.
+    let text = std::fs::read_to_string(&replica).unwrap();
+    std::fs::write(&replica, text.replace(&disk_id().to_string(), &target_s)).unwrap();
+    let out = command_with(&w, &replica, &["backup", "disk1"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("kind=\"incremental\""), "{log}");
+}
+
+/// `verify` while another installation's cycle of the same disk is under way (paused after
+/// its diff, its read access to its snapshots granted): verify ends only the access it
+/// granted itself, never the other installation's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_leaves_another_installations_access_alone() {
+    let mut rng = Rng(0x7e21f);
+    let w = World::new(4 * MIB, "").await;
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    let other = other_config(&w, "state-b", Some("backup/backups/disk1-b"));
+    w.backup_ok("A seeds");
+    let out = command_with(&w, &other, &["backup", "disk1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (at, data) = rand_write(&mut rng, w.size, 8);
+    w.write(at, &data).await;
+    // B's next cycle stopped after its apply, holding read access to its snapshots.
+    let mut b = paused_at(command_with(&w, &other, &["backup", "disk1"]), ("STEPS", 3));
+    let granted = |state: serde_json::Value| -> Vec<String> {
+        state["activeAccess"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = granted(w.emu.control_get("/__emulator/state").await);
+    assert!(!before.is_empty(), "B holds read access mid-apply");
+    let out = w.snapback(&["verify", "disk1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = granted(w.emu.control_get("/__emulator/state").await);
+    assert_eq!(after, before, "B's access is untouched by A's verify");
+    b.kill().unwrap();
+    b.wait().unwrap();
+}
+
+/// The client-copy seed of a managed disk creates the backup blob with its tags in the
+/// creating request (Put Blob), so no kill can leave it untagged; a create whose answer is
+/// lost is retried, meets its own blob, and the seed completes on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_is_created_tagged_even_when_the_answer_is_lost() {
+    use common::faultproxy::{Fault, FaultProxy, Op, Rule};
+    let mut rng = Rng(0xc4ea7e);
+    let w = World::new(4 * MIB, "").await;
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    let proxy = FaultProxy::start(w.fx.azurite.port());
+    w.fx.route_through(proxy.port());
+    let lost = proxy.add(
+        Rule::new(Fault::AnswerLost)
+            .op(Op::PutBlob)
+            .blob("backups/disk1")
+            .nth(1, 1),
+    );
+    w.backup_ok("seed with the create's answer lost");
+    assert_eq!(proxy.stats(lost).injected, 1);
+    let tagging = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.op == Op::SetBlobMetadata && s.blob == "backups/disk1")
+        .count();
+    assert_eq!(tagging, 0, "no separate tagging request");
+    let props =
+        w.fx.blobs()
+            .properties(&BlobRef::new("backup", "backups", "disk1"), None)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        props.metadata.get("snapback_backup_of").map(String::as_str),
+        Some("disk1")
+    );
+    let (newest, _) = w.points().pop().unwrap();
+    assert!(w.point_content(&newest).await == w.disk_content().await);
 }

@@ -306,3 +306,95 @@ async fn seed_without_copy_blob_copies_every_page_and_resumes_after_any_failure(
     }
     assert!(n > 5, "a seed makes more than five calls, saw {n}");
 }
+
+/// Every restore point in `store` but the first `seeded` equals the source as it is (it does
+/// not change while the test runs); how many there are.
+fn later_points_equal_the_source(
+    blobs: &MemBlobs,
+    (store, seeded): (&StateStore, usize),
+    d: &DiskSpec,
+    ctx: &str,
+) -> usize {
+    let now = blobs.content(d.source.blob().unwrap(), None);
+    let points = store.restore_points(&d.name).unwrap();
+    for p in points.iter().skip(seeded) {
+        assert_eq!(
+            blobs.content(&d.backup, Some(&p.snapshot)),
+            now,
+            "{ctx}: restore point {} differs from the source",
+            p.snapshot
+        );
+    }
+    points.len() - seeded
+}
+
+/// Owner A (token 10) stopped after each of its cycle's steps in turn; owner B, another
+/// installation, raises the backup's token to 11 and runs a whole cycle; A then goes on. From
+/// its first write to the backup, A is fenced (no write lands, nothing recorded after), every
+/// restore point equals the source, and B's next cycle leaves one source snapshot.
+#[tokio::test]
+async fn a_stale_owner_is_fenced_whichever_step_it_resumes_at() {
+    use snapback::blobs::{Fence, IfBlob};
+    for k in 0..5 {
+        let (blobs, store_a, d) = world().await;
+        let ctx = format!("A stopped after {k} steps");
+        let raise = |token: u64| {
+            let blobs = &blobs;
+            let backup = d.backup.clone();
+            async move {
+                blobs
+                    .set_sequence_number(&backup, token, &IfBlob::Any)
+                    .await
+                    .unwrap()
+            }
+        };
+        raise(10).await;
+        let mut a = runner(&blobs, &store_a, &d);
+        a.fence = Some(Fence(10));
+        let mut rec = a.open_or_resume().await.unwrap();
+        for _ in 0..k {
+            assert!(a.step(&mut rec).await.unwrap(), "{ctx}");
+        }
+        let store_b = StateStore::open_in_memory().unwrap();
+        raise(11).await;
+        let mut b = runner(&blobs, &store_b, &d);
+        b.fence = Some(Fence(11));
+        b.run_cycle().await.unwrap();
+        let written = blobs.content(&d.backup, None);
+        let a_result = async {
+            while a.step(&mut rec).await? {}
+            Ok::<_, snapback::cycle::error::CycleError>(())
+        }
+        .await;
+        match a_result {
+            Err(e) => assert!(e.is_fenced(), "{ctx}: {e}"),
+            Ok(()) => panic!("{ctx}: A finished a cycle on B's backup"),
+        }
+        assert_eq!(
+            blobs.content(&d.backup, None),
+            written,
+            "{ctx}: A wrote nothing"
+        );
+        assert_eq!(
+            later_points_equal_the_source(&blobs, (&store_b, 0), &d, &ctx),
+            1
+        );
+        assert_eq!(
+            later_points_equal_the_source(&blobs, (&store_a, 1), &d, &ctx),
+            0,
+            "{ctx}: A recorded no restore point"
+        );
+        let mut b = runner(&blobs, &store_b, &d);
+        b.fence = Some(Fence(11));
+        b.run_cycle().await.unwrap();
+        assert_eq!(
+            later_points_equal_the_source(&blobs, (&store_b, 0), &d, &ctx),
+            2
+        );
+        assert_eq!(
+            blobs.snapshot_ids(d.source.blob().unwrap()).len(),
+            1,
+            "{ctx}: one source snapshot left"
+        );
+    }
+}

@@ -6,6 +6,12 @@
 //! its source when its source snapshot was taken; it counts cycles, faults by kind, kills,
 //! restore points checked, wrong ones, duplicates and orphans.
 //!
+//! Two installations (own state directories, one config otherwise, 15 s leases) share the
+//! disks: every run is one or the other's. A pause-and-resume actor freezes a run (SIGSTOP)
+//! mid-cycle past its leases, lets the other installation take every disk over and run the
+//! round, then wakes the frozen one: its writes must all be refused by the fencing token
+//! (counted: 412 `SequenceNumberConditionNotMet`), and no restore point may be wrong.
+//!
 //! Scale: `SOAK_ROUNDS` (default 20) × `SOAK_DISKS` (default 10) cycles, `SOAK_DISK_MIB`
 //! (default 2), `SOAK_SEED`. Figures of runs are in docs/reliability.md.
 
@@ -83,6 +89,10 @@ struct Tally {
     runs_failed: u64,
     runs_timed_out: u64,
     kills: u64,
+    /// Runs frozen past their leases while the other installation took over, then woken.
+    pauses: u64,
+    /// Woken runs that said they were fenced off.
+    fenced_runs: u64,
     points_checked: u64,
     wrong: u64,
     unmatched: u64,
@@ -107,6 +117,32 @@ async fn soak() {
     let fx = Fixture::new(&refs);
     let proxy = FaultProxy::start(fx.azurite.port());
     fx.route_through(proxy.port());
+    // Two installations of one config, each with its own state directory.
+    let text = format!(
+        "lease_duration = \"15s\"\n{}",
+        std::fs::read_to_string(&fx.config_path).unwrap()
+    );
+    std::fs::write(&fx.config_path, &text).unwrap();
+    let state = format!("state_dir = \"{}\"", fx.dir.path().join("state").display());
+    let other_state = format!(
+        "state_dir = \"{}\"",
+        fx.dir.path().join("state-b").display()
+    );
+    let config_b = fx.dir.path().join("b.toml");
+    std::fs::write(&config_b, text.replacen(&state, &other_state, 1)).unwrap();
+    let installations = [fx.config_path.clone(), config_b];
+    let backup = |i: usize| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
+        cmd.arg("--config")
+            .arg(&installations[i])
+            .arg("backup")
+            .envs(
+                fx.command(&[])
+                    .get_envs()
+                    .filter_map(|(k, v)| Some((k, v?))),
+            );
+        cmd
+    };
     let blobs = fx.blobs();
     let mut rng = Rng(seed);
 
@@ -149,9 +185,40 @@ async fn soak() {
     for round in 0..rounds {
         let from = Utc::now();
         // Maybe a SIGKILL mid-run, then runs until one completes every disk.
-        if rng.below(10) < 4 {
-            let mut child = fx
-                .command(&["backup"])
+        if rng.below(10) < 2 {
+            // Frozen past its leases while the other installation runs the round; then woken.
+            let frozen = rng.below(2) as usize;
+            let mut child = backup(frozen)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn backup");
+            let log = common::process::collect_stderr(&mut child);
+            std::thread::sleep(Duration::from_millis(300 + rng.below(2000)));
+            if child.try_wait().unwrap().is_none() {
+                common::process::send_signal(child.id(), "STOP");
+                std::thread::sleep(Duration::from_secs(17));
+                tally.runs += 1;
+                let (out, timed_out) = match run_bounded(backup(1 - frozen), RUN_LIMIT) {
+                    Ok(out) => (out, false),
+                    Err(out) => (out, true),
+                };
+                if !out.status.success() {
+                    tally.runs_failed += 1;
+                    tally.runs_timed_out += u64::from(timed_out);
+                    tally.failure_lines.push(format!(
+                        "round {round}, during a pause: {}",
+                        why(&out.stderr, timed_out)
+                    ));
+                }
+                common::process::send_signal(child.id(), "CONT");
+                tally.pauses += 1;
+            }
+            child.wait().unwrap();
+            tally.fenced_runs += u64::from(log.lock().unwrap().contains("fenced in phase"));
+            tally.runs += 1;
+        } else if rng.below(10) < 4 {
+            let mut child = backup(rng.below(2) as usize)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -168,7 +235,7 @@ async fn soak() {
         loop {
             attempts += 1;
             tally.runs += 1;
-            let (out, timed_out) = match run_bounded(fx.command(&["backup"]), RUN_LIMIT) {
+            let (out, timed_out) = match run_bounded(backup(rng.below(2) as usize), RUN_LIMIT) {
                 Ok(out) => (out, false),
                 Err(out) => (out, true),
             };
@@ -280,9 +347,18 @@ async fn soak() {
         tally.runs_timed_out,
         tally.kills
     );
+    let refused = proxy
+        .answered()
+        .iter()
+        .filter(|a| a.code.as_deref() == Some("SequenceNumberConditionNotMet"))
+        .count();
     eprintln!(
         "requests through the proxy {}, faults injected {faults:?}",
         proxy.seen().len()
+    );
+    eprintln!(
+        "two installations; runs frozen past their leases and woken {}, of which said fenced {}; stale writes refused by the fencing token (412 SequenceNumberConditionNotMet) {refused}",
+        tally.pauses, tally.fenced_runs
     );
     eprintln!(
         "restore points checked {}, wrong {}, recording no round's snapshot {}, duplicates {}, orphaned source snapshots {}",

@@ -228,7 +228,16 @@ impl<'a> Runner<'a> {
                     rec.backup_touched = true;
                     return Ok(());
                 }
-                Err(e) if e.kind == ErrorKind::PreconditionFailed => refused = Some(e),
+                // The blob changed between the read and the create; `If-None-Match: *` over
+                // a blob that exists answers 409 BlobAlreadyExists.
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::PreconditionFailed | ErrorKind::AlreadyExists
+                    ) =>
+                {
+                    refused = Some(e)
+                }
                 Err(e) => return Err(self.blob_err(e)),
             }
         }
