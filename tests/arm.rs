@@ -60,7 +60,8 @@ async fn upload_disk(arm: &ArmClient, id: &ResourceId, size: u64, writes: &[(u64
         .create_upload_disk(id, &spec)
         .await
         .expect("create disk");
-    assert_eq!(disk.properties.disk_size_bytes, Some(size));
+    // As Azure answers (tests/recordings/arm/upload-disk.json): no size before the upload.
+    assert_eq!(disk.properties.disk_size_bytes, None);
     assert_eq!(disk.properties.disk_state.as_deref(), Some("ReadyToUpload"));
     assert_eq!(
         disk.properties.provisioning_state.as_deref(),
@@ -79,6 +80,12 @@ async fn upload_disk(arm: &ArmClient, id: &ResourceId, size: u64, writes: &[(u64
         put_page(sas.expose().as_str(), *offset, data).await;
     }
     arm.end_get_access(id).await.expect("end upload");
+    let uploaded = arm.get_disk(id).await.expect("get disk");
+    assert_eq!(uploaded.properties.disk_size_bytes, Some(size));
+    assert_eq!(
+        uploaded.properties.disk_state.as_deref(),
+        Some("Unattached")
+    );
 }
 
 /// Put Page (or Clear Page with `data` empty and `clear_len`) through a SAS URL.
@@ -204,7 +211,8 @@ async fn snapshots_sas_and_managed_diff_over_http() {
         s1.properties.provisioning_state.as_deref(),
         Some("Succeeded")
     );
-    assert_eq!(s1.properties.completion_percent, Some(100.0));
+    // A Premium SSD disk's snapshot: readable at once, no completionPercent (as recorded).
+    assert_eq!(s1.properties.completion_percent, None);
     assert!(s1.is_ready());
     assert_eq!(s1.properties.disk_size_bytes, Some(size));
     assert_eq!(s1.properties.incremental, Some(true));
@@ -263,7 +271,8 @@ async fn snapshots_sas_and_managed_diff_over_http() {
         "untagged snapshot of the disk listed without a tag filter"
     );
 
-    // Read SAS: real Azurite SAS URLs on the snapshots, with snapshot= in them.
+    // Read SAS: as on Azure, each snapshot exported as a blob of its own (sr=b, no
+    // snapshot=), real Azurite SAS URLs.
     let sas1 = arm
         .begin_get_access(&snap_id("db01-c1"), Access::Read, HOUR)
         .await
@@ -272,8 +281,8 @@ async fn snapshots_sas_and_managed_diff_over_http() {
         .begin_get_access(&snap_id("db01-c2"), Access::Read, HOUR)
         .await
         .expect("read SAS S2");
-    assert!(sas1.snapshot().is_some() && sas2.snapshot().is_some());
-    assert_ne!(sas1.snapshot(), sas2.snapshot());
+    assert!(sas1.snapshot().is_none() && sas2.snapshot().is_none());
+    assert_ne!(sas1.expose().path(), sas2.expose().path());
     assert_no_secret(&format!("{sas1} {sas2:?}"));
     let (status, bytes) = read_sas(sas1.expose().as_str(), 0, 128 * 1024).await;
     assert_eq!(status, 206);
@@ -284,15 +293,10 @@ async fn snapshots_sas_and_managed_diff_over_http() {
     assert_eq!(bytes, vec![0u8; 64 * 1024], "S2 has the cleared pages");
     let (_, bytes) = read_sas(sas1.expose().as_str(), 512 * 1024, 64 * 1024).await;
     assert_eq!(bytes, b, "S1 is unchanged by later writes");
-    // The snapshot= parameter is part of the authorisation.
-    let mut without = sas2.expose().clone();
-    let kept: Vec<(String, String)> = without
-        .query_pairs()
-        .filter(|(k, _)| k != "snapshot")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    without.query_pairs_mut().clear().extend_pairs(kept);
-    assert_eq!(read_sas(without.as_str(), 0, 512).await.0, 403);
+    // Each grant is for its own export: S1's signature does not open S2's blob.
+    let mut crossed = sas1.expose().clone();
+    crossed.set_path(sas2.expose().path());
+    assert_eq!(read_sas(crossed.as_str(), 0, 512).await.0, 403);
 
     // The managed-disk diff: exactly the changed and the cleared ranges.
     let (status, code, items) = managed_diff(sas2.expose().as_str(), sas1.expose().as_str()).await;
@@ -505,7 +509,7 @@ async fn polling_honours_retry_after_and_429_is_retried() {
     let emu = ArmEmulator::start(&az, &[("EMU_POLLS", "2"), ("EMU_RETRY_AFTER", "1")]);
     let arm = emu.client();
     let disk = disk_id("db03");
-    // create: initial 201 (Retry-After 1) → InProgress, InProgress, Succeeded (1 s apart).
+    // create: initial 202 (Retry-After 1) → InProgress, InProgress, Succeeded (1 s apart).
     let started = Instant::now();
     let spec = UploadDiskSpec {
         location: "westeurope".into(),

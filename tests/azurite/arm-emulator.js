@@ -6,22 +6,43 @@
  *   node tests/azurite/arm-emulator.js      (environment below; prints
  *   "arm-emulator listening on https://127.0.0.1:PORT" once it serves)
  *
+ * Shapes follow Azure's recorded answers (tests/recordings/, checked by
+ * tests/conformance.rs; docs/testing.md names each recording).
+ *
  * Model (what Azure does, mapped onto Azurite):
  *  - A managed disk is a page blob `disks/<sub>/<rg>/<name>` (lower case) in a
  *    dedicated Azurite account (EMU_MD_ACCOUNT, "md"). Its length is the disk
  *    size + 512: Azure exports a disk as a fixed VHD (data + 512-byte footer);
  *    the emulator keeps the length but does not write a VHD footer (see
  *    docs/managed-disks.md).
- *  - A snapshot resource is a blob snapshot of its disk's blob; a read SAS
- *    (beginGetAccess) is a real Azurite service SAS (sr=bs, signed with the md
- *    account key) on `...?snapshot=<time>`, so Get Blob and Get Page Ranges work
- *    with it, and the diff with `x-ms-previous-snapshot-url` (answered by the
- *    Azurite preload, which accepts that header only on the md account).
+ *  - A snapshot resource is a blob snapshot of its disk's blob. Its read SAS
+ *    (beginGetAccess) is, as on Azure, an export of its own: the snapshot is
+ *    copied to the blob `abcd` in a fresh container of the md account (Azure:
+ *    `https://md-….blob.storage.azure.net/<container>/abcd?…&sr=b&…`; here the
+ *    host stays Azurite's 127.0.0.1) and the SAS is a real Azurite service SAS
+ *    (sr=b, no `snapshot=`) on that blob; endGetAccess deletes the export. The
+ *    diff with `x-ms-previous-snapshot-url` naming another export of the same
+ *    disk is answered by the Azurite preload (the exports carry
+ *    x-ms-meta-snapbackexportof, the disk's blob).
  *  - Long-running operations (PUT, DELETE, beginGetAccess, endGetAccess) answer
- *    201/202 with Azure-AsyncOperation (+ Location for POST and DELETE; only
- *    Location with EMU_LOCATION_ONLY=1) and
- *    Retry-After (EMU_RETRY_AFTER seconds, default 0); each operation reports
- *    "InProgress" EMU_POLLS times (default 1) before it succeeds.
+ *    202 with Azure-AsyncOperation and Location (`monitor=true`), as recorded;
+ *    only Location with EMU_LOCATION_ONLY=1; Retry-After EMU_RETRY_AFTER
+ *    seconds (default 0); each operation reports "InProgress" EMU_POLLS times
+ *    (default 1) before it succeeds. A PUT's poll carries the resource as
+ *    `properties.output`; an operation without a result answers its Location
+ *    with 200 and an empty body.
+ *  - Premium SSD v2 / Ultra disks (sku PremiumV2_LRS, UltraSSD_LRS): their
+ *    snapshots copy in the background after provisioning: `completionPercent`
+ *    grows by EMU_COMPLETION_STEP (default 50) on every GET of the snapshot
+ *    until 100, and beginGetAccess before that answers 409. Other snapshots
+ *    report no completionPercent (readable at once).
+ *  - `creationData.logicalSectorSize` 512 or 4096 on a disk (createOption
+ *    Empty with diskSizeGB, or Upload, which takes 512 only: an upload is a VHD).
+ *  - Azure's limits: at most EMU_SNAPSHOT_RATE_LIMIT (default 7) new snapshots
+ *    of a disk per EMU_SNAPSHOT_RATE_WINDOW seconds (default 300), else 409
+ *    OperationNotAllowed; uploadSizeBytes at least 20,972,032 (20 MiB + 512)
+ *    with uploadSizeBytes - 512 a whole number of MiB, else 400 BadRequest
+ *    (EMU_SMALL_UPLOADS=1: any multiple of 512 from 1024, for tests of small disks).
  *  - Enforced like Azure: a bearer token issued by the token endpoint on every
  *    ARM request (401 otherwise); at most 5 snapshots of one disk's family with
  *    an active SAS (409); 409 on creating a disk over an existing one, on
@@ -46,7 +67,8 @@
  * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
  * EMU_TLS_CERT, EMU_TLS_KEY (PEM files), EMU_TENANT, EMU_CLIENT_ID,
  * EMU_CLIENT_SECRET, EMU_FEDERATED_TOKEN, EMU_IDENTITY_HEADER, EMU_POLLS, EMU_LOCATION_ONLY, EMU_RETRY_AFTER, EMU_PAGE_SIZE (list page size,
- * default 2), SNAPBACK_HARNESS_PARENT_PID (exit when that process is gone).
+ * default 2), EMU_COMPLETION_STEP, EMU_SNAPSHOT_RATE_LIMIT (0: none), EMU_SNAPSHOT_RATE_WINDOW,
+ * EMU_SMALL_UPLOADS, SNAPBACK_HARNESS_PARENT_PID (exit when that process is gone).
  */
 
 const fs = require("fs");
@@ -89,6 +111,18 @@ const RETRY_AFTER = Number(env("EMU_RETRY_AFTER", "0"));
 const PAGE_SIZE = Number(env("EMU_PAGE_SIZE", "2"));
 const LOCATION_ONLY = env("EMU_LOCATION_ONLY", "0") === "1";
 const CONTAINER = "disks";
+const COMPLETION_STEP = Number(env("EMU_COMPLETION_STEP", "50"));
+const SNAPSHOT_RATE_LIMIT = Number(env("EMU_SNAPSHOT_RATE_LIMIT", "7"));
+const SNAPSHOT_RATE_WINDOW_MS = Number(env("EMU_SNAPSHOT_RATE_WINDOW", "300")) * 1000;
+const SMALL_UPLOADS = env("EMU_SMALL_UPLOADS", "0") === "1";
+const MIB = 1024 * 1024;
+// Azure's bounds of uploadSizeBytes: 20 MiB + 512 to 32 TiB + 512 (DiskRP CreationData).
+const MIN_UPLOAD = 20 * MIB + VHD_FOOTER;
+const MAX_UPLOAD = 32 * 1024 * 1024 * MIB + VHD_FOOTER;
+// Disk types whose snapshots copy in the background (completionPercent).
+const BACKGROUND_COPY_SKUS = ["PremiumV2_LRS", "UltraSSD_LRS"];
+const TIERS = { Standard_LRS: "Standard", StandardSSD_LRS: "Standard", StandardSSD_ZRS: "Standard", Standard_ZRS: "Standard",
+  Premium_LRS: "Premium", Premium_ZRS: "Premium", PremiumV2_LRS: "Premium", UltraSSD_LRS: "Ultra" };
 
 // ------------------------------------------------------------- state -----
 
@@ -96,6 +130,7 @@ const tokens = new Set();
 const disks = new Map(); // lower-case id -> disk
 const snapshots = new Map(); // lower-case id -> snapshot
 const operations = new Map(); // op id -> { remaining, done, result, error }
+const snapshotTimes = new Map(); // lower-case disk id -> creation times (ms) of its snapshots
 const faults = []; // { status, count, match, retryAfter, code }
 const stats = { arm: 0, token: 0, unauthorized: 0 };
 let nextOperation = {}; // set by POST /__emulator/next-operation: { fail, message, host }
@@ -123,11 +158,11 @@ function accountSas() {
   return new URLSearchParams({ sv, ss: "b", srt: "sco", sp: "rwdlac", se, sig }).toString();
 }
 
-/** Service SAS on a blob (sr=b) or one of its snapshots (sr=bs), as Azure's beginGetAccess returns. */
-function blobSas(blob, snapshot, permissions, seconds) {
+/** Service SAS on a blob (sr=b) or one of its snapshots (sr=bs); beginGetAccess hands sr=b ones. */
+function blobSas(blob, snapshot, permissions, seconds, container = CONTAINER) {
   const sr = snapshot ? "bs" : "b";
   const se = isoSeconds(new Date(Date.now() + seconds * 1000));
-  const toSign = [permissions, "", se, `/blob/${MD_ACCOUNT}/${CONTAINER}/${blob}`, "", "", "",
+  const toSign = [permissions, "", se, `/blob/${MD_ACCOUNT}/${container}/${blob}`, "", "", "",
     SAS_VERSION, sr, snapshot || "", "", "", "", "", "", ""].join("\n");
   const q = new URLSearchParams();
   if (snapshot) q.set("snapshot", snapshot);
@@ -136,7 +171,7 @@ function blobSas(blob, snapshot, permissions, seconds) {
   q.set("sp", permissions);
   q.set("se", se);
   q.set("sig", sign(toSign));
-  return `${AZURITE}/${MD_ACCOUNT}/${CONTAINER}/${blob}?${q.toString()}`;
+  return `${AZURITE}/${MD_ACCOUNT}/${container}/${blob}?${q.toString()}`;
 }
 
 function storage(method, path, query, headers) {
@@ -196,10 +231,11 @@ function parseJson(text) {
 
 /**
  * Starts a long-running operation; `finish` runs once the polls are used up. The answer's
- * headers: Azure-AsyncOperation, plus Location when `location` (POST, DELETE); with
- * EMU_LOCATION_ONLY=1 only Location (the other pattern ARM services use).
+ * headers, as DiskRP's recorded ones: Azure-AsyncOperation and Location (the same
+ * operation with `monitor=true`); with EMU_LOCATION_ONLY=1 only Location (the other
+ * pattern ARM services use).
  */
-function startOperation(finish, { location = true } = {}) {
+function startOperation(finish) {
   const id = crypto.randomUUID();
   const twist = nextOperation;
   nextOperation = {};
@@ -216,7 +252,7 @@ function startOperation(finish, { location = true } = {}) {
   const origin = twist.host ? base.replace("127.0.0.1", twist.host) : base;
   const headers = { "Retry-After": String(RETRY_AFTER) };
   if (!LOCATION_ONLY) headers["Azure-AsyncOperation"] = `${origin}/__operations/${id}?api-version=2024-03-02`;
-  if (location || LOCATION_ONLY) headers.Location = `${origin}/__operationResults/${id}?api-version=2024-03-02`;
+  headers.Location = `${origin}/__operationResults/${id}?monitor=true&api-version=2024-03-02`;
   return headers;
 }
 
@@ -242,28 +278,65 @@ function diskBlob(sub, rg, name) {
   return `${sub}/${rg}/${name}`.toLowerCase();
 }
 
+function skuView(name) {
+  return { name, tier: TIERS[name] || "Standard" };
+}
+
+/**
+ * A disk as DiskRP answers it. An Upload disk reports no size until its upload ended
+ * (as recorded: `ReadyToUpload` with only creationData.uploadSizeBytes).
+ */
 function diskView(d) {
+  const sized = d.createOption !== "Upload" || d.uploaded;
   return {
-    id: d.id, name: d.name, type: "Microsoft.Compute/disks", location: d.location,
-    sku: { name: d.sku }, zones: d.zone ? [d.zone] : undefined, tags: d.tags,
+    name: d.name, id: d.id, type: "Microsoft.Compute/disks", location: d.location,
+    sku: skuView(d.sku), zones: d.zone ? [d.zone] : undefined, tags: d.tags,
     properties: {
-      creationData: { createOption: d.createOption, uploadSizeBytes: d.uploadSizeBytes },
-      diskSizeBytes: d.sizeBytes, diskSizeGB: Math.ceil(d.sizeBytes / 2 ** 30), uniqueId: d.uniqueId,
-      provisioningState: d.provisioningState, diskState: d.diskState, timeCreated: d.timeCreated,
+      creationData: { createOption: d.createOption, uploadSizeBytes: d.uploadSizeBytes, logicalSectorSize: d.logicalSectorSize },
+      diskSizeGB: sized ? Math.ceil(d.sizeBytes / 2 ** 30) : undefined,
+      timeCreated: d.timeCreated, provisioningState: d.provisioningState, diskState: d.diskState,
+      diskSizeBytes: sized ? d.sizeBytes : undefined, uniqueId: d.uniqueId,
     },
   };
 }
 
+/** A snapshot as DiskRP answers it; completionPercent only while or after a background copy. */
 function snapshotView(s) {
   return {
-    id: s.id, name: s.name, type: "Microsoft.Compute/snapshots", location: s.location, tags: s.tags,
+    name: s.name, id: s.id, type: "Microsoft.Compute/snapshots", location: s.location, tags: s.tags,
+    sku: skuView("Standard_LRS"),
     properties: {
-      creationData: { createOption: "Copy", sourceResourceId: s.sourceResourceId, sourceUniqueId: s.sourceUniqueId },
-      incremental: s.incremental, diskSizeBytes: s.sizeBytes, provisioningState: s.provisioningState,
-      completionPercent: s.completionPercent, diskState: s.access ? "ActiveSAS" : "Unattached",
-      uniqueId: s.uniqueId, timeCreated: s.timeCreated,
+      creationData: {
+        createOption: "Copy", sourceResourceId: s.sourceResourceId, sourceUniqueId: s.sourceUniqueId,
+        logicalSectorSize: s.logicalSectorSize,
+      },
+      diskSizeGB: Math.ceil(s.sizeBytes / 2 ** 30), incremental: s.incremental, timeCreated: s.timeCreated,
+      provisioningState: s.provisioningState, diskState: s.access ? "ActiveSAS" : "Unattached",
+      diskSizeBytes: s.sizeBytes, uniqueId: s.uniqueId, completionPercent: s.completionPercent,
     },
   };
+}
+
+/** A GET of a snapshot still copying in the background moves its copy on. */
+function advanceCopy(s) {
+  if (s.completionPercent !== undefined && s.provisioningState === "Succeeded" && s.completionPercent < 100) {
+    s.completionPercent = Math.min(100, s.completionPercent + COMPLETION_STEP);
+  }
+}
+
+/** Azure's refusal of an upload size (400 BadRequest; the MiB message as Azure words it). */
+function uploadSizeProblem(upload) {
+  if (!Number.isSafeInteger(upload) || upload % VHD_FOOTER !== 0 || upload < 2 * VHD_FOOTER) {
+    return `uploadSizeBytes must be a multiple of 512 and at least 1024 (disk size + 512-byte VHD footer), got ${upload}`;
+  }
+  if (SMALL_UPLOADS) return undefined;
+  if (upload < MIN_UPLOAD || upload > MAX_UPLOAD) {
+    return `The upload size in bytes ${upload} must be between ${MIN_UPLOAD} (20 MiB + 512 bytes for the VHD footer) and ${MAX_UPLOAD} (32 TiB + 512 bytes for the VHD footer).`;
+  }
+  if ((upload - VHD_FOOTER) % MIB !== 0) {
+    return `The upload size in bytes ${upload} - 512 bytes for the VHD footer (${upload - VHD_FOOTER} in this case) must be a multiple of MiB.`;
+  }
+  return undefined;
 }
 
 function familyActiveSas(diskId) {
@@ -279,13 +352,30 @@ async function putDisk(req, res, id, m, body) {
   if (disks.has(key)) {
     return armError(res, 409, "Conflict", `Disk ${id} already exists; the emulator does not update disks.`);
   }
-  if (creation.createOption !== "Upload") {
-    return armError(res, 400, "InvalidParameter", "The emulator creates disks with createOption Upload only.");
+  const option = creation.createOption;
+  if (option !== "Upload" && option !== "Empty") {
+    return armError(res, 400, "InvalidParameter", "The emulator creates disks with createOption Upload or Empty only.");
   }
-  const upload = Number(creation.uploadSizeBytes);
-  if (!Number.isSafeInteger(upload) || upload < 2 * VHD_FOOTER || upload % VHD_FOOTER !== 0) {
-    return armError(res, 400, "InvalidParameter",
-      `uploadSizeBytes must be a multiple of 512 and at least 1024 (disk size + 512-byte VHD footer), got ${creation.uploadSizeBytes}`);
+  const sector = creation.logicalSectorSize === undefined ? undefined : Number(creation.logicalSectorSize);
+  if (sector !== undefined && sector !== 512 && sector !== 4096) {
+    return armError(res, 400, "InvalidParameter", `logicalSectorSize must be 512 or 4096, got ${creation.logicalSectorSize}`);
+  }
+  let upload;
+  let sizeBytes;
+  if (option === "Upload") {
+    upload = Number(creation.uploadSizeBytes);
+    const problem = uploadSizeProblem(upload);
+    if (problem) return armError(res, 400, "BadRequest", problem);
+    if (sector === 4096) {
+      return armError(res, 400, "InvalidParameter", "An upload is a VHD: its disk takes logicalSectorSize 512 only.");
+    }
+    sizeBytes = upload - VHD_FOOTER;
+  } else {
+    const gb = Number(props.diskSizeGB);
+    if (!Number.isSafeInteger(gb) || gb < 1) {
+      return armError(res, 400, "InvalidParameter", `diskSizeGB must be a positive integer, got ${props.diskSizeGB}`);
+    }
+    sizeBytes = gb * 2 ** 30;
   }
   if (typeof body.location !== "string" || body.location === "") {
     return armError(res, 400, "LocationRequired", "The location property is required for this definition.");
@@ -294,17 +384,18 @@ async function putDisk(req, res, id, m, body) {
   const disk = {
     id, name: m[4], location: body.location, sku: (body.sku && body.sku.name) || "Standard_LRS",
     zone: Array.isArray(body.zones) ? body.zones[0] : undefined, tags: body.tags || {},
-    createOption: "Upload", uploadSizeBytes: upload, sizeBytes: upload - VHD_FOOTER, blob,
-    uniqueId: crypto.randomUUID(), provisioningState: "Updating", diskState: "ReadyToUpload",
+    createOption: option, uploadSizeBytes: upload, logicalSectorSize: sector, sizeBytes, blob,
+    uniqueId: crypto.randomUUID(), provisioningState: "Updating",
+    diskState: option === "Upload" ? "ReadyToUpload" : "Unattached", uploaded: false,
     timeCreated: now(), access: undefined,
   };
   disks.set(key, disk);
   const headers = startOperation(async () => {
-    await storage("PUT", `${CONTAINER}/${blob}`, "", { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(upload) });
+    await storage("PUT", `${CONTAINER}/${blob}`, "", { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(sizeBytes + VHD_FOOTER) });
     disk.provisioningState = "Succeeded";
-    return undefined;
-  }, { location: false });
-  send(res, 201, diskView(disk), headers);
+    return diskView(disk);
+  });
+  send(res, 202, diskView(disk), headers);
 }
 
 async function putSnapshot(req, res, id, m, body) {
@@ -333,22 +424,32 @@ async function putSnapshot(req, res, id, m, body) {
   if (disk.diskState === "ReadyToUpload" || disk.diskState === "ActiveUpload") {
     return armError(res, 409, "OperationNotAllowed", `Disk ${disk.id} is being uploaded; it cannot be snapshotted.`);
   }
+  // Azure: at most 7 incremental snapshots of a disk per 5 minutes.
+  const diskKey = disk.id.toLowerCase();
+  const recent = (snapshotTimes.get(diskKey) || []).filter((t) => Date.now() - t < SNAPSHOT_RATE_WINDOW_MS);
+  if (SNAPSHOT_RATE_LIMIT > 0 && recent.length >= SNAPSHOT_RATE_LIMIT) {
+    snapshotTimes.set(diskKey, recent);
+    return armError(res, 409, "OperationNotAllowed",
+      `Disk ${disk.id} has had ${recent.length} snapshots created in the last ${SNAPSHOT_RATE_WINDOW_MS / 1000} seconds; at most ${SNAPSHOT_RATE_LIMIT} are allowed in that time. Retry later.`);
+  }
+  snapshotTimes.set(diskKey, [...recent, Date.now()]);
   // The blob snapshot is taken now, when the PUT is accepted: the point in time is the PUT's.
   const snap = await storage("PUT", `${CONTAINER}/${disk.blob}`, "comp=snapshot");
+  const background = BACKGROUND_COPY_SKUS.includes(disk.sku);
   const snapshot = {
     id, name: m[4], location: body.location || disk.location, tags: body.tags || {},
     sourceResourceId: disk.id, sourceUniqueId: disk.uniqueId, incremental: true,
-    sizeBytes: disk.sizeBytes, blob: disk.blob, blobSnapshot: snap.headers["x-ms-snapshot"],
-    provisioningState: "Creating", completionPercent: 0, uniqueId: crypto.randomUUID(),
-    timeCreated: now(), access: undefined,
+    sizeBytes: disk.sizeBytes, logicalSectorSize: disk.logicalSectorSize, blob: disk.blob,
+    blobSnapshot: snap.headers["x-ms-snapshot"], provisioningState: "Updating",
+    completionPercent: background ? 0 : undefined, uniqueId: crypto.randomUUID(),
+    timeCreated: now(), access: undefined, exportContainer: undefined,
   };
   snapshots.set(key, snapshot);
   const headers = startOperation(async () => {
     snapshot.provisioningState = "Succeeded";
-    snapshot.completionPercent = 100;
-    return undefined;
-  }, { location: false });
-  send(res, 201, snapshotView(snapshot), headers);
+    return snapshotView(snapshot);
+  });
+  send(res, 202, snapshotView(snapshot), headers);
 }
 
 function listSnapshots(req, res, url, m) {
@@ -374,6 +475,10 @@ function beginGetAccess(req, res, kind, resource, body) {
   }
   if (kind === "snapshots") {
     if (access !== "Read") return armError(res, 400, "InvalidParameter", "A snapshot can only be exported (Read).");
+    if (resource.completionPercent !== undefined && resource.completionPercent < 100) {
+      return armError(res, 409, "OperationNotAllowed",
+        `Snapshot ${resource.id} is still being copied in the background (completionPercent ${resource.completionPercent}); it can be exported once that reaches 100.`);
+    }
     if (!resource.access && familyActiveSas(resource.sourceResourceId) >= MAX_ACTIVE_SAS_PER_FAMILY) {
       return armError(res, 409, "OperationNotAllowed",
         `At most ${MAX_ACTIVE_SAS_PER_FAMILY} snapshots of the snapshot family of ${resource.sourceResourceId} can have an active SAS at once; end access to one first.`);
@@ -385,20 +490,34 @@ function beginGetAccess(req, res, kind, resource, body) {
   } else if (resource.diskState === "ReadyToUpload" || resource.diskState === "ActiveUpload") {
     return armError(res, 409, "OperationNotAllowed", `Disk ${resource.id} is being uploaded; it cannot be exported.`);
   }
-  const sas = kind === "snapshots"
-    ? blobSas(resource.blob, resource.blobSnapshot, "r", seconds)
-    : blobSas(resource.blob, undefined, access === "Write" ? "rw" : "r", seconds);
   resource.access = access; // counts against the family limit from the moment it is accepted
   if (kind === "disks") resource.diskState = access === "Write" ? "ActiveUpload" : "ActiveSAS";
-  const headers = startOperation(async () => ({ accessSAS: sas }));
+  const headers = startOperation(async () => {
+    if (kind === "disks") return { accessSAS: blobSas(resource.blob, undefined, access === "Write" ? "rw" : "r", seconds) };
+    // A snapshot is exported as a blob of its own (`<container>/abcd`, sr=b), as Azure does.
+    if (!resource.exportContainer) {
+      const container = `x${crypto.randomBytes(6).toString("hex")}`;
+      await storage("PUT", container, "restype=container");
+      const source = `${AZURITE}/${MD_ACCOUNT}/${CONTAINER}/${resource.blob}?snapshot=${encodeURIComponent(resource.blobSnapshot)}&${accountSas()}`;
+      await storage("PUT", `${container}/abcd`, "", { "x-ms-copy-source": source, "x-ms-meta-snapbackexportof": resource.blob });
+      resource.exportContainer = container;
+    }
+    return { accessSAS: blobSas("abcd", undefined, "r", seconds, resource.exportContainer) };
+  });
   send(res, 202, undefined, headers);
 }
 
 function endGetAccess(req, res, kind, resource) {
   const headers = startOperation(async () => {
+    if (kind === "disks" && resource.access === "Write") resource.uploaded = true;
     resource.access = undefined;
     // After an upload or an export the disk is an ordinary, unattached disk again.
     if (kind === "disks") resource.diskState = "Unattached";
+    if (resource.exportContainer) {
+      const container = resource.exportContainer;
+      resource.exportContainer = undefined;
+      await storage("DELETE", container, "restype=container");
+    }
     return undefined;
   });
   send(res, 202, undefined, headers);
@@ -455,7 +574,8 @@ async function handleArm(req, res, url) {
     if (isResult) {
       if (!op.done) return send(res, 202, undefined, { Location: `${base}${url.pathname}${url.search}`, "Retry-After": String(RETRY_AFTER) });
       if (op.error) return armError(res, 409, op.error.code, op.error.message);
-      return op.result === undefined ? send(res, 204) : send(res, 200, op.result);
+      // No result: 200 with an empty body (Content-Length: 0), as recorded.
+      return send(res, 200, op.result);
     }
     const body = { name: url.pathname.split("/")[2], status, startTime: now() };
     if (op.done) body.endTime = now();
@@ -484,6 +604,7 @@ async function handleArm(req, res, url) {
   switch (req.method) {
     case "GET":
       if (!resource) return armError(res, 404, "ResourceNotFound", `The Resource '${id}' under resource group '${m[2]}' was not found.`);
+      if (kind === "snapshots") advanceCopy(resource);
       return send(res, 200, kind === "disks" ? diskView(resource) : snapshotView(resource));
     case "PUT":
       return kind === "disks" ? putDisk(req, res, id, m, body) : putSnapshot(req, res, id, m, body);

@@ -63,7 +63,11 @@
  *     header. Accepted only on the accounts in SNAPBACK_AZURITE_MD_ACCOUNTS
  *     (default "md"; 400 UnsupportedHeaderForNonManagedDisksAccount elsewhere,
  *     as on Azure); the URL's SAS is checked by reading it from this Azurite;
- *     then the answer is exactly the prevsnapshot diff of (a).
+ *     then the answer is exactly the prevsnapshot diff of (a). The URL may also
+ *     name another blob of the same account with no `snapshot=` (Azure exports
+ *     each snapshot as its own blob, `sr=b`): both blobs must carry the same
+ *     `x-ms-meta-snapbackexportof` (the ARM emulator's exports of snapshots of
+ *     one disk, copies sharing that disk's extents); the diff compares them.
  *  k. Copy Blob destinations own their page ranges. Azurite's Copy Blob (async
  *     and synchronous) gives the destination the source's range table ARRAY
  *     itself, not a copy, and Put Page / Clear Pages / resize edit that array
@@ -85,7 +89,7 @@ const fs = require("fs");
 const path = require("path");
 const crypto = require("crypto");
 
-const EXTENSION_VERSION = "1.4.0";
+const EXTENSION_VERSION = "1.5.0";
 const PINNED_AZURITE_VERSION = "3.37.0";
 const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 const PAGE = 512;
@@ -323,9 +327,10 @@ function managedDiskAccounts() {
  * prevsnapshot): a SAS URL of an older snapshot of the same blob. Azure accepts
  * the header only on managed-disk accounts (400
  * UnsupportedHeaderForNonManagedDisksAccount elsewhere). The URL must name this
- * blob and carry `snapshot=`; its SAS must let it be read, which we check with a
- * GET to this same Azurite (so Azurite's own SAS rules decide). Returns the
- * snapshot time, or undefined when the header is absent.
+ * blob and carry `snapshot=`, or name another blob of this account without one
+ * (a per-snapshot export, see (j)); its SAS must let it be read, which we check
+ * with a GET to this same Azurite (so Azurite's own SAS rules decide). Returns
+ * `{ snapshot }` or `{ container, blob }`, or undefined when the header is absent.
  */
 async function prevSnapshotFromUrl(az, request, ctx, requestId) {
   const raw = request.getHeader("x-ms-previous-snapshot-url");
@@ -343,11 +348,16 @@ async function prevSnapshotFromUrl(az, request, ctx, requestId) {
     throw invalid();
   }
   const snapshot = url.searchParams.get("snapshot");
-  const samePath = decodeURIComponent(url.pathname) === `/${ctx.account}/${ctx.container}/${ctx.blob}`;
+  const pathname = decodeURIComponent(url.pathname);
+  const samePath = pathname === `/${ctx.account}/${ctx.container}/${ctx.blob}`;
+  const other = /^\/([^/]+)\/([^/]+)\/(.+)$/.exec(pathname);
   const localPort = request.req && request.req.socket ? request.req.socket.localPort : undefined;
   const local = url.protocol === "http:" && ["127.0.0.1", "localhost"].includes(url.hostname) &&
     (localPort === undefined || Number(url.port) === localPort);
-  if (!snapshot || !samePath || !local) throw invalid();
+  let found;
+  if (local && snapshot && samePath) found = { snapshot };
+  else if (local && !snapshot && !samePath && other && other[1] === ctx.account) found = { container: other[2], blob: other[3] };
+  else throw invalid();
   const got = await httpGet(url.toString(), { "x-ms-range": "bytes=0-0", "x-ms-version": "2025-11-05" });
   if (got.status === 404) {
     throw storageError(az, 409, "PreviousSnapshotNotFound", "The previous snapshot is not found.", requestId);
@@ -356,7 +366,14 @@ async function prevSnapshotFromUrl(az, request, ctx, requestId) {
     throw storageError(az, 403, "AuthenticationFailed",
       `The previous snapshot URL is not authorized (it answered ${got.status} ${got.code || ""}).`.trim(), requestId);
   }
-  return snapshot;
+  return found;
+}
+
+/** The disk an export blob (see (j)) was copied from, or undefined. */
+function exportOf(blob) {
+  const meta = (blob && blob.metadata) || {};
+  const key = Object.keys(meta).find((k) => k.toLowerCase() === "snapbackexportof");
+  return key === undefined ? undefined : meta[key];
 }
 
 /** A blob's (or snapshot's) creation time in ms: a new one means the blob was recreated. */
@@ -377,9 +394,28 @@ function patchGetPageRanges(az) {
       throw az.StorageErrorFactory.getInvalidPageRange(context.contextId);
     }
     const { maxResults, afterOffset } = parseListingQuery(az, request, context.contextId);
-    const prevsnapshot = await prevSnapshotFromUrl(az, request, ctx, context.contextId) || request.getQuery("prevsnapshot");
+    const fromUrl = await prevSnapshotFromUrl(az, request, ctx, context.contextId);
+    const prevsnapshot = fromUrl ? fromUrl.snapshot : request.getQuery("prevsnapshot");
     let items;
-    if (prevsnapshot) {
+    if (fromUrl && fromUrl.blob) {
+      let prev;
+      try {
+        prev = await this.metadataStore.getPageRanges(context, ctx.account, fromUrl.container, fromUrl.blob, undefined);
+      } catch (err) {
+        if (err && err.storageErrorCode === "BlobNotFound") {
+          throw storageError(az, 409, "PreviousSnapshotNotFound", "The previous snapshot is not found.", context.contextId);
+        }
+        throw err;
+      }
+      const meta = async (container, name) =>
+        exportOf(await this.metadataStore.getBlobProperties(context, ctx.account, container, name, undefined));
+      const family = await meta(ctx.container, ctx.blob);
+      if (family === undefined || family !== await meta(fromUrl.container, fromUrl.blob)) {
+        throw storageError(az, 409, "PreviousSnapshotOperationNotSupported",
+          "Differential Get Page Ranges is not supported on the previous snapshot.", context.contextId);
+      }
+      items = diffRanges(blob.pageRangesInOrder || [], prev.pageRangesInOrder || []);
+    } else if (prevsnapshot) {
       const prev = await loadPrevSnapshot(az, this.metadataStore, context, ctx, prevsnapshot, options.snapshot);
       if (creationTime(blob) !== creationTime(prev)) {
         throw storageError(az, 409, "PreviousSnapshotOperationNotSupported",

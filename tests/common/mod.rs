@@ -6,3 +6,4 @@ pub mod fixture;
 pub mod http;
 pub mod process;
 pub mod pty;
+pub mod replay;
