@@ -91,7 +91,7 @@ struct Tally {
     kills: u64,
     /// Runs frozen past their leases while the other installation took over, then woken.
     pauses: u64,
-    /// Woken runs that said they were fenced off.
+    /// Woken runs that stopped as fenced off or on their lost lease.
     fenced_runs: u64,
     points_checked: u64,
     wrong: u64,
@@ -215,7 +215,9 @@ async fn soak() {
                 tally.pauses += 1;
             }
             child.wait().unwrap();
-            tally.fenced_runs += u64::from(log.lock().unwrap().contains("fenced in phase"));
+            let log = log.lock().unwrap();
+            tally.fenced_runs +=
+                u64::from(log.contains("fenced in phase") || log.contains("lost in phase"));
             tally.runs += 1;
         } else if rng.below(10) < 4 {
             let mut child = backup(rng.below(2) as usize)
@@ -357,7 +359,7 @@ async fn soak() {
         proxy.seen().len()
     );
     eprintln!(
-        "two installations; runs frozen past their leases and woken {}, of which said fenced {}; stale writes refused by the fencing token (412 SequenceNumberConditionNotMet) {refused}",
+        "two installations; runs frozen past their leases and woken {}, of which stopped fenced or on the lost lease {}; stale writes refused by the fencing token (412 SequenceNumberConditionNotMet) {refused}",
         tally.pauses, tally.fenced_runs
     );
     eprintln!(
