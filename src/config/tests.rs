@@ -977,7 +977,27 @@ fn managed_disk_with_azure_table() {
         }
         other => panic!("not a managed disk: {other:?}"),
     }
-    assert_eq!(d.source.to_string(), MD);
+    // Its recorded form names the snapshot group, which is not the disk's own; it reads back,
+    // and a record from before groups were named (the bare id) still matches it.
+    let recorded = d.source.to_string();
+    let DiskSource::Managed { disk, .. } = &d.source else {
+        unreachable!("checked above")
+    };
+    let sub = &disk.group.subscription;
+    assert_eq!(
+        recorded,
+        format!("{MD} snapshots=/subscriptions/{sub}/resourceGroups/rg-snap")
+    );
+    let (disk, group) = DiskSource::parse_managed(&recorded).unwrap();
+    assert_eq!(
+        (disk.to_string(), group.name.as_str()),
+        (MD.to_string(), "rg-snap")
+    );
+    assert!(d.source.is_recorded_as(&recorded));
+    assert!(d.source.is_recorded_as(MD));
+    assert!(!d.source.is_recorded_as(&format!(
+        "{MD} snapshots=/subscriptions/x/resourceGroups/rg-other"
+    )));
     assert!(c.azure.is_some());
 }
 
