@@ -120,6 +120,7 @@ impl Shape {
                 .limit
                 .blob_mib_per_s
                 .map_or(d.blob_max_mib_per_second, |m| m as u32),
+            learn: enabled,
         }
     }
 }
