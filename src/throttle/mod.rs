@@ -23,7 +23,8 @@
 //!   less than [`ACCOUNT_SUSPECT`] of the rate it was refused at before, on the account),
 //!   and that scope is held below the rate it was refused at, then probes upward slowly.
 //!   A request waits for the configured buckets *and* the learned limits of its blob and
-//!   its account.
+//!   its account. With learning on, the AIMD above reacts only to throttles blamed on the
+//!   account: one blob at its limit is no reason to send less to every other blob.
 //! - **Memory**: a blob's state (buckets, learned limit) is dropped after [`IDLE_EVICT`]
 //!   without a request, and the map never holds more than [`MAX_BLOBS`].
 
@@ -377,19 +378,29 @@ impl Controller {
             }
             Outcome::Throttled => {
                 self.throttles += 1;
-                let held = self
-                    .decreased_at
-                    .is_some_and(|at| now.saturating_sub(at) < DECREASE_HOLD);
-                if ticket.generation == self.generation && !held {
-                    self.decreased_at = Some(now);
-                    self.generation += 1;
-                    self.streak = 0;
-                    self.window = (self.window / 2).max(MIN_WINDOW);
-                    self.scale = (self.scale * RATE_DECREASE).max(MIN_RATE_SCALE);
+                let blame = self.limits.learn.then(|| self.blame(&ticket, hint, now));
+                // A blob's refusal is that blob's learned limit's business: the account's
+                // window and rates move only for throttles not blamed on a blob.
+                if !matches!(blame, Some(Blame::Blob(_))) {
+                    self.decrease(&ticket, now);
                 }
-                self.limits.learn.then(|| self.blame(&ticket, hint, now))
+                blame
             }
             Outcome::NoAnswer => None,
+        }
+    }
+
+    /// The AIMD's decrease: the window halves, the rate scale × [`RATE_DECREASE`].
+    fn decrease(&mut self, ticket: &Ticket, now: Duration) {
+        let held = self
+            .decreased_at
+            .is_some_and(|at| now.saturating_sub(at) < DECREASE_HOLD);
+        if ticket.generation == self.generation && !held {
+            self.decreased_at = Some(now);
+            self.generation += 1;
+            self.streak = 0;
+            self.window = (self.window / 2).max(MIN_WINDOW);
+            self.scale = (self.scale * RATE_DECREASE).max(MIN_RATE_SCALE);
         }
     }
 
