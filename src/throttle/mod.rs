@@ -19,7 +19,9 @@
 //!   service judges rates over about a second, so throttles just after a decrease still
 //!   reflect the rate before it.
 //! - **Learned limits** ([`learn`], `learn = true`, the default): limits the config does not
-//!   know. A throttled answer is blamed on the request's blob (or, when that blob was using
+//!   know. A throttled answer at the configured budget ([`AT_BUDGET`] of a blob's or the
+//!   account's requests/s) is the AIMD's alone, as above; one below it is blamed on the
+//!   request's blob (or, when that blob was using
 //!   less than [`ACCOUNT_SUSPECT`] of the rate it was refused at before, on the account),
 //!   and that scope is held below the rate it was refused at, then probes upward slowly.
 //!   A request waits for the configured buckets *and* the learned limits of its blob and
@@ -58,6 +60,9 @@ pub const MIN_RATE_SCALE: f64 = 0.05;
 /// than this share of the rate it was refused at before (its learned ceiling): a blob
 /// refused well below a rate it was refused at is not what the service is refusing.
 pub const ACCOUNT_SUSPECT: f64 = 0.5;
+/// A throttle is the configured budget's when the blob's or the account's last second
+/// held at least this share of its configured rate (× the AIMD's scale).
+pub const AT_BUDGET: f64 = 0.8;
 /// A blob without a request for this long is forgotten (buckets and learned limit): a
 /// cycle's requests to a blob come seconds apart, its next cycle hours later.
 pub const IDLE_EVICT: Duration = Duration::from_secs(300);
@@ -229,6 +234,9 @@ pub enum Outcome {
 /// Which scope a throttle was blamed on, and what it did there.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Blame {
+    /// Refused at (≥ [`AT_BUDGET`] of) the configured budget of the blob or the account:
+    /// the limit is known; the AIMD's rate scale answers the overshoot, nothing is learned.
+    Budget,
     Blob(Refusal),
     Account(Refusal),
 }
@@ -379,8 +387,8 @@ impl Controller {
             Outcome::Throttled => {
                 self.throttles += 1;
                 let blame = self.limits.learn.then(|| self.blame(&ticket, hint, now));
-                // A blob's refusal is that blob's learned limit's business: the account's
-                // window and rates move only for throttles not blamed on a blob.
+                // A blob's refusal below its budget is that blob's learned limit's business:
+                // the account's window and rates move only for throttles not blamed on a blob.
                 if !matches!(blame, Some(Blame::Blob(_))) {
                     self.decrease(&ticket, now);
                 }
@@ -416,11 +424,18 @@ impl Controller {
 
     /// Lowers the learned limit of the scope a throttle is blamed on.
     fn blame(&mut self, ticket: &Ticket, hint: Option<Duration>, now: Duration) -> Blame {
+        let (l, scale) = (self.limits, self.scale);
+        let account_recent = f64::from(self.account_learned.recent(now));
         let Some(state) = self.blobs.get_mut(&ticket.blob) else {
             // Forgotten while in flight: only the account is left to blame.
             return self.blame_account(ticket, hint, now);
         };
         let recent = f64::from(state.learned.recent(now));
+        if recent >= AT_BUDGET * l.blob_requests_per_s * scale
+            || account_recent >= AT_BUDGET * l.account_requests_per_s * scale
+        {
+            return Blame::Budget;
+        }
         let account = state
             .learned
             .ceiling()

@@ -399,6 +399,21 @@ fn a_throttle_is_blamed_on_the_blob_unless_it_was_well_below_its_refused_rate() 
         "{blame:?}"
     );
     assert_eq!(c.learned_decreases(), (1, 1));
+    // Refused at its configured budget (a blob allowed 25/s sent 20 in the last second):
+    // the limit is known, nothing is learned, the AIMD answers.
+    let mut known = Controller::new(limits(20_000.0, 25.0, 60.0), Duration::ZERO);
+    let mut last = None;
+    for i in 0..20 {
+        let t = known.acquire(MS * 45 * i, "c/b1", 0).expect("admitted");
+        if let Some(t) = last.replace(t) {
+            known.finish(t, Outcome::Done, MS * 45 * i);
+        }
+    }
+    let t = last.take().unwrap();
+    let blame = known.finish_with(t, Outcome::Throttled, None, MS * 900);
+    assert_eq!(blame, Some(Blame::Budget));
+    assert_eq!(known.learned_blob_rate("c/b1"), None);
+    assert_eq!(known.window(), INITIAL_WINDOW / 2);
     // Without learning, nothing is blamed and no limit learned.
     let mut off = Controller::new(
         Limits {
