@@ -9,7 +9,15 @@
 //!    writes (the account's requests/s binds) and big writes to two blobs (the blob's MiB/s
 //!    binds). Reports achieved rate vs the limit, the share of requests throttled, failed
 //!    writes; and checks every written byte afterwards.
-//! 2. **thousand** (`--only=thousand`): 1,000 configured disks on one replica, synthetic small
+//! 2. **unknown** (`--only=unknown`): the limit the config does not know. Small writes to 8
+//!    blobs through the same proxy limiting each blob to 20 requests/s (503 ServerBusy past
+//!    it), while every client keeps the default budget (500 requests/s per blob). Three
+//!    modes side by side, same writes, same run: the SDK's retries alone
+//!    (`enabled = false`), the budget + AIMD without learning (`learn = false`) and the
+//!    learning throttle (the defaults). Reports the fraction of the floor (the fastest the
+//!    limit allows: writes ÷ (8 × 20/s), over the wall time), the share of requests
+//!    throttled, requests sent and failed writes; checks every written byte afterwards.
+//! 3. **thousand** (`--only=thousand`): 1,000 configured disks on one replica, synthetic small
 //!    diffs (no network: the synthetic store of benches/common waits for each account's
 //!    default budget, 20,000 requests/s), `BENCH_ROUNDS` rounds of a cycle of every disk, at
 //!    `BENCH_PARALLEL` cycles at once (default: the config default, 4): peak RSS, CPU,
@@ -42,9 +50,10 @@ use tokio_util::sync::CancellationToken;
 fn main() {
     common::main(
         "throttle",
-        &["throttled", "thousand"],
+        &["throttled", "unknown", "thousand"],
         |part, rt| match part {
             "throttled" => rt.block_on(throttled()),
+            "unknown" => rt.block_on(unknown_limit()),
             "thousand" => rt.block_on(thousand_disks(
                 1000,
                 env_u64("BENCH_ROUNDS", 3),
@@ -120,6 +129,7 @@ impl Shape {
                 .limit
                 .blob_mib_per_s
                 .map_or(d.blob_max_mib_per_second, |m| m as u32),
+            learn: enabled,
         }
     }
 }
@@ -127,13 +137,14 @@ impl Shape {
 /// A config with one account, `backup`, at `endpoint`.
 fn backup_config(dir: &std::path::Path, endpoint: &str, t: &ThrottleConfig) -> Config {
     let text = format!(
-        "state_dir = \"{}\"\n\n[accounts.backup]\nendpoint = \"{endpoint}\"\nshared_key_env = \"BENCH_BACKUP_KEY\"\n\n[accounts.backup.throttle]\nenabled = {}\nmax_requests_per_second = {}\nmax_mib_per_second = {}\nblob_max_requests_per_second = {}\nblob_max_mib_per_second = {}\n",
+        "state_dir = \"{}\"\n\n[accounts.backup]\nendpoint = \"{endpoint}\"\nshared_key_env = \"BENCH_BACKUP_KEY\"\n\n[accounts.backup.throttle]\nenabled = {}\nmax_requests_per_second = {}\nmax_mib_per_second = {}\nblob_max_requests_per_second = {}\nblob_max_mib_per_second = {}\nlearn = {}\n",
         dir.join("state").display(),
         t.enabled,
         t.max_requests_per_second,
         t.max_mib_per_second,
         t.blob_max_requests_per_second,
-        t.blob_max_mib_per_second
+        t.blob_max_mib_per_second,
+        t.learn
     );
     Config::parse(&text, &dir.join("snapback.toml")).expect("bench config")
 }
@@ -157,7 +168,8 @@ async fn run_shape(
     proxy: &FaultProxy,
     shape: &Shape,
     limited: bool,
-    budget_on: bool,
+    throttle: &ThrottleConfig,
+    mode: &str,
 ) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
     let direct = AzureBlobs::new(
@@ -165,17 +177,8 @@ async fn run_shape(
             .accounts
             .values(),
     );
-    let config = backup_config(
-        dir.path(),
-        &proxy.endpoint("backup"),
-        &shape.throttle(budget_on),
-    );
+    let config = backup_config(dir.path(), &proxy.endpoint("backup"), throttle);
     let client = AzureBlobs::new(config.accounts.values());
-    let mode = match (limited, budget_on) {
-        (false, _) => "capacity",
-        (true, true) => "budget",
-        (true, false) => "plain",
-    };
     let blobs: Vec<BlobRef> = (0..shape.blobs)
         .map(|i| BlobRef::new("backup", "bench", &format!("{}-{mode}-{i}", shape.name)))
         .collect();
@@ -282,7 +285,20 @@ async fn throttled() {
     for shape in &shapes {
         let n = shape.blobs * shape.writes_per_blob;
         for (limited, budget_on) in [(false, false), (true, true), (true, false)] {
-            let row = run_shape(&az, &proxy, shape, limited, budget_on).await;
+            let mode = match (limited, budget_on) {
+                (false, _) => "capacity",
+                (true, true) => "budget",
+                (true, false) => "plain",
+            };
+            let row = run_shape(
+                &az,
+                &proxy,
+                shape,
+                limited,
+                &shape.throttle(budget_on),
+                mode,
+            )
+            .await;
             let rps = n as f64 / row.wall;
             let (achieved, limit) = if shape.write_bytes >= MIB {
                 let per_mib = MIB as f64 / shape.write_bytes as f64;
@@ -322,12 +338,79 @@ async fn throttled() {
     drop(az);
 }
 
-// ------------------------------------------------------ 2. 1,000 disks ----
+// ------------------------------------- 2. a limit the config does not know --
+
+/// Per-blob requests/s of the proxy in part 2; the clients' config keeps its default (500).
+const UNKNOWN_BLOB_RPS: u32 = 20;
+
+async fn unknown_limit() {
+    let shape = Shape {
+        name: "unknown",
+        blobs: env_u64("BENCH_BLOBS", 8),
+        write_bytes: 16 * KIB,
+        writes_per_blob: env_u64("BENCH_WRITES_PER_BLOB", 300),
+        limit: RateLimit {
+            blob_requests_per_s: Some(UNKNOWN_BLOB_RPS),
+            ..Default::default()
+        },
+    };
+    let n = shape.blobs * shape.writes_per_blob;
+    let floor = n as f64 / shape.limit_rps();
+    let defaults = ThrottleConfig::default();
+    println!(
+        "\n== 2. a per-blob limit the config does not know: {n} writes of {} KiB to {} blobs, {WORKERS} in flight, proxy limit {UNKNOWN_BLOB_RPS} req/s per blob (503 ServerBusy past it); every client's config at the defaults ({} req/s per blob); floor {floor:.1} s",
+        shape.write_bytes / KIB,
+        shape.blobs,
+        defaults.blob_max_requests_per_second
+    );
+    std::env::set_var("BENCH_BACKUP_KEY", BACKUP_KEY);
+    let az = Azurite::start();
+    let proxy = FaultProxy::start(az.port());
+    let modes = [
+        (
+            "SDK retries only (enabled = false)",
+            "plain",
+            ThrottleConfig {
+                enabled: false,
+                learn: false,
+                ..defaults
+            },
+        ),
+        (
+            "budget + AIMD, learn = false",
+            "blind",
+            ThrottleConfig {
+                learn: false,
+                ..defaults
+            },
+        ),
+        ("learning throttle (defaults)", "learn", defaults),
+    ];
+    println!("| mode | wall s | achieved | fraction of floor | requests sent | throttled | failed writes |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, mode, throttle) in &modes {
+        let row = run_shape(&az, &proxy, &shape, true, throttle, mode).await;
+        println!(
+            "| {label} | {:.1} | {:.0} req/s | {:.2} | {} | {:.1} % ({}) | {} |",
+            row.wall,
+            n as f64 / row.wall,
+            floor / row.wall,
+            row.sent,
+            row.throttled as f64 * 100.0 / row.sent.max(1) as f64,
+            row.throttled,
+            row.failed
+        );
+    }
+    drop(proxy);
+    drop(az);
+}
+
+// ------------------------------------------------------ 3. 1,000 disks ----
 
 async fn thousand_disks(disks: usize, rounds: u64, parallel: usize) {
     let budget = ThrottleConfig::default();
     println!(
-        "\n== 2. {disks} disks on one replica, synthetic small diffs (20 ranges of 4-16 KiB), {rounds} round(s) after the seed, {parallel} cycle(s) at once, each account at the default budget ({} req/s, {} MiB/s; per blob {} req/s, {} MiB/s)",
+        "\n== 3. {disks} disks on one replica, synthetic small diffs (20 ranges of 4-16 KiB), {rounds} round(s) after the seed, {parallel} cycle(s) at once, each account at the default budget ({} req/s, {} MiB/s; per blob {} req/s, {} MiB/s)",
         budget.max_requests_per_second,
         budget.max_mib_per_second,
         budget.blob_max_requests_per_second,

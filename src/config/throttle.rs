@@ -11,6 +11,7 @@ const THROTTLE_FIELDS: &[&str] = &[
     "max_mib_per_second",
     "blob_max_requests_per_second",
     "blob_max_mib_per_second",
+    "learn",
 ];
 
 /// What one replica may ask of one storage account. Defaults are Azure's scale targets for a
@@ -31,6 +32,9 @@ pub struct ThrottleConfig {
     /// Per blob (base blob and its snapshots count as one).
     pub blob_max_requests_per_second: u32,
     pub blob_max_mib_per_second: u32,
+    /// Learn lower limits than these from the service's throttled answers, per blob and per
+    /// account (`throttle::learn`; docs/scaling.md).
+    pub learn: bool,
 }
 
 impl Default for ThrottleConfig {
@@ -41,6 +45,7 @@ impl Default for ThrottleConfig {
             max_mib_per_second: 2_980,
             blob_max_requests_per_second: 500,
             blob_max_mib_per_second: 60,
+            learn: true,
         }
     }
 }
@@ -83,6 +88,15 @@ pub(super) fn build_throttle(
         &mut out.blob_max_requests_per_second,
     );
     int("blob_max_mib_per_second", &mut out.blob_max_mib_per_second);
+    if let Some((b, span)) = get_bool(cx, t, "learn", &prefix) {
+        out.learn = b;
+        if b && !out.enabled {
+            cx.err(
+                span,
+                format!("{prefix}field \"learn\" = true needs enabled = true (learning is part of the budget)"),
+            );
+        }
+    }
     out
 }
 
@@ -104,7 +118,7 @@ mod tests {
     #[test]
     fn a_throttle_table_overrides_each_field() {
         let c = parse(
-            "[accounts.a.throttle]\nenabled = false\nmax_requests_per_second = 300\nmax_mib_per_second = 100\nblob_max_requests_per_second = 50\nblob_max_mib_per_second = 6\n",
+            "[accounts.a.throttle]\nenabled = false\nmax_requests_per_second = 300\nmax_mib_per_second = 100\nblob_max_requests_per_second = 50\nblob_max_mib_per_second = 6\nlearn = false\n",
         )
         .unwrap();
         assert_eq!(
@@ -115,6 +129,7 @@ mod tests {
                 max_mib_per_second: 100,
                 blob_max_requests_per_second: 50,
                 blob_max_mib_per_second: 6,
+                learn: false,
             }
         );
     }
@@ -129,6 +144,14 @@ mod tests {
             (
                 "[accounts.a.throttle]\nblob_max_mib_per_second = 0\n",
                 "snapback.toml:5:27: account \"a\": throttle: field \"blob_max_mib_per_second\" must be at least 1, got 0",
+            ),
+            (
+                "[accounts.a.throttle]\nlearn = \"yes\"\n",
+                "snapback.toml:5:9: account \"a\": throttle: field \"learn\" must be true or false, found string",
+            ),
+            (
+                "[accounts.a.throttle]\nenabled = false\nlearn = true\n",
+                "snapback.toml:6:9: account \"a\": throttle: field \"learn\" = true needs enabled = true (learning is part of the budget)",
             ),
             (
                 "throttle = 5\n",

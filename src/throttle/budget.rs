@@ -1,10 +1,12 @@
 //! A [`Controller`] shared by every request to one storage account, on the real clock:
 //! [`Budget::acquire`] waits until the request may start.
 
-use super::{Controller, Limits, Outcome, Ticket, Wait};
+use super::{Blame, Controller, Limits, Outcome, Ticket, Wait};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::Duration;
 use tokio::sync::Notify;
+// tokio's clock: the real one in the daemon, a paused one in tests.
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct Budget {
@@ -25,7 +27,7 @@ pub struct Permit {
 impl Budget {
     pub fn new(limits: Limits) -> Arc<Budget> {
         Arc::new(Budget {
-            controller: Mutex::new(Controller::new(limits, std::time::Duration::ZERO)),
+            controller: Mutex::new(Controller::new(limits, Duration::ZERO)),
             start: Instant::now(),
             finished: Notify::new(),
         })
@@ -66,21 +68,27 @@ impl Budget {
 }
 
 impl Permit {
-    pub fn finish(mut self, outcome: Outcome) {
-        self.end(outcome);
+    pub fn finish(self, outcome: Outcome) {
+        self.finish_with(outcome, None);
     }
 
-    fn end(&mut self, outcome: Outcome) {
-        if let Some(ticket) = self.ticket.take() {
-            let now = self.budget.start.elapsed();
-            self.budget.lock().finish(ticket, outcome, now);
-            self.budget.finished.notify_waiters();
-        }
+    /// As [`Permit::finish`], with the wait a throttled answer asked for; says which scope
+    /// a throttle was blamed on (if the account learns).
+    pub fn finish_with(mut self, outcome: Outcome, hint: Option<Duration>) -> Option<Blame> {
+        self.end(outcome, hint)
+    }
+
+    fn end(&mut self, outcome: Outcome, hint: Option<Duration>) -> Option<Blame> {
+        let ticket = self.ticket.take()?;
+        let now = self.budget.start.elapsed();
+        let blame = self.budget.lock().finish_with(ticket, outcome, hint, now);
+        self.budget.finished.notify_waiters();
+        blame
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.end(Outcome::NoAnswer);
+        self.end(Outcome::NoAnswer, None);
     }
 }

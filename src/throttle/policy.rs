@@ -4,16 +4,21 @@
 //! answer. The SDK's retry policy stays outside and still retries the throttled try.
 
 use super::budget::Budget;
-use super::{Limits, Outcome};
+use super::learn::Refusal;
+use super::{Blame, Limits, Outcome};
 use crate::config::ThrottleConfig;
 use azure_core::http::headers::HeaderName;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Method, Request, StatusCode};
 use std::sync::Arc;
+use std::time::Duration;
 
 const ERROR_CODE: HeaderName = HeaderName::from_static("x-ms-error-code");
 const RANGE: HeaderName = HeaderName::from_static("range");
 const MS_RANGE: HeaderName = HeaderName::from_static("x-ms-range");
+const X_MS_RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-ms-retry-after-ms");
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+const RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
 
 /// One per storage account: every client of the account shares its [`Budget`].
 #[derive(Debug)]
@@ -43,17 +48,34 @@ impl Policy for ThrottlePolicy {
         let bytes = payload_bytes(request);
         let permit = self.budget.acquire(&blob, bytes).await;
         let answer = next[0].send(ctx, request, &next[1..]).await;
-        let outcome = match &answer {
+        let (outcome, hint) = match &answer {
             Ok(response) => {
-                let code = response.headers().get_optional_str(&ERROR_CODE);
-                classify(response.status(), code)
+                let headers = response.headers();
+                let code = headers.get_optional_str(&ERROR_CODE);
+                let outcome = classify(response.status(), code);
+                let hint = (outcome == Outcome::Throttled)
+                    .then(|| retry_hint(headers))
+                    .flatten();
+                (outcome, hint)
             }
-            Err(_) => Outcome::NoAnswer,
+            Err(_) => (Outcome::NoAnswer, None),
         };
-        if outcome == Outcome::Throttled {
-            tracing::debug!(blob, "storage account busy: concurrency and rate decreased");
+        match permit.finish_with(outcome, hint) {
+            Some(Blame::Blob(Refusal::Decreased(rate))) => tracing::debug!(
+                blob,
+                rate,
+                "blob busy: its requests/s held below the rate refused"
+            ),
+            Some(Blame::Account(Refusal::Decreased(rate))) => tracing::debug!(
+                blob,
+                rate,
+                "storage account busy: its requests/s held below the rate refused"
+            ),
+            _ if outcome == Outcome::Throttled => {
+                tracing::debug!(blob, "storage account busy: concurrency decreased")
+            }
+            _ => {}
         }
-        permit.finish(outcome);
         answer
     }
 }
@@ -65,6 +87,17 @@ fn classify(status: StatusCode, error_code: Option<&str>) -> Outcome {
         (StatusCode::InternalServerError, Some("OperationTimedOut")) => Outcome::Throttled,
         _ => Outcome::Done,
     }
+}
+
+/// The wait a throttled answer asks for, from the same headers as the SDK's retry policy
+/// reads (`x-ms-retry-after-ms`, `retry-after-ms`, `Retry-After` in seconds; an HTTP date
+/// is left to the retry policy). [`super::learn`] caps it.
+fn retry_hint(headers: &azure_core::http::headers::Headers) -> Option<Duration> {
+    let read = |h: &HeaderName| headers.get_optional_str(h)?.trim().parse::<u64>().ok();
+    read(&X_MS_RETRY_AFTER_MS)
+        .or_else(|| read(&RETRY_AFTER_MS))
+        .map(Duration::from_millis)
+        .or_else(|| read(&RETRY_AFTER).map(Duration::from_secs))
 }
 
 /// Bytes the request moves: its body (Put Page) or the range it reads (Get Blob). A GET
