@@ -68,6 +68,10 @@ pub enum Operation {
     BackupDelete,
     /// Removing the scratch objects.
     Cleanup,
+    /// A managed disk's export settings (`networkAccessPolicy`, `publicNetworkAccess`,
+    /// `dataAccessAuthMode`), read with `GET` of the disk: whether snapback can read its
+    /// snapshots' exports at all.
+    ManagedExport,
 }
 
 impl Operation {
@@ -89,6 +93,7 @@ impl Operation {
             Operation::Copy => "copy source -> backup",
             Operation::BackupDelete => "backup: delete snapshot/blob",
             Operation::Cleanup => "clean up scratch objects",
+            Operation::ManagedExport => "source: managed disk export settings",
         }
     }
 
@@ -103,6 +108,7 @@ impl Operation {
                 | Operation::SourceAccountSku
                 | Operation::BackupList
                 | Operation::BackupRead
+                | Operation::ManagedExport
         )
     }
 
@@ -113,7 +119,8 @@ impl Operation {
             | Operation::SourceDiff
             | Operation::SourceReadSnapshot
             | Operation::SourceAccountSku
-            | Operation::BackupRead => "r",
+            | Operation::BackupRead
+            | Operation::ManagedExport => "r",
             Operation::SourceList | Operation::BackupList => "l",
             Operation::SourceSnapshot | Operation::BackupSnapshot | Operation::BackupCreate => {
                 "c' or 'w"
@@ -296,16 +303,7 @@ struct Scratch {
 
 async fn check_disk(blobs: &AzureBlobs, config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
     let Some(source) = disk.blob_source().cloned() else {
-        // A managed disk's side is ARM requests (docs/managed-disks.md, "Permissions"),
-        // which this storage preflight does not make.
-        return vec![CheckRow {
-            disk: disk.name.clone(),
-            operation: Operation::SourceRead,
-            target: disk.source.to_string(),
-            outcome: Outcome::Skipped,
-            cause: "a managed disk: its ARM permissions are not checked by `snapback check`".into(),
-            missing: String::new(),
-        }];
+        return check_managed(config, disk).await;
     };
     let backup = disk.backup.clone();
     let id = format!("{:08x}", rand::random::<u32>());
@@ -325,6 +323,86 @@ async fn check_disk(blobs: &AzureBlobs, config: &Config, disk: &DiskConfig) -> V
     run_backup(blobs, &mut cx, &source, &scratch, &backup, &mut made).await;
     cleanup(blobs, &mut cx, &source, &scratch, made).await;
     cx.rows
+}
+
+/// A managed disk: its export settings, read with one `GET` of the disk (issue 17, item 4).
+/// Its other ARM permissions are not exercised (docs/managed-disks.md, "Permissions"), so
+/// the last row stays skipped and `check` of a managed disk exits 1.
+async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
+    let row = |operation, outcome, cause: String, missing: String| CheckRow {
+        disk: disk.name.clone(),
+        operation,
+        target: disk.source.to_string(),
+        outcome,
+        cause,
+        missing,
+    };
+    let not_checked = || {
+        row(
+            Operation::SourceRead,
+            Outcome::Skipped,
+            "a managed disk: its ARM permissions (snapshots, access) are not checked by `snapback check`"
+                .into(),
+            String::new(),
+        )
+    };
+    let crate::config::DiskSource::Managed { disk: id, .. } = &disk.source else {
+        return vec![not_checked()];
+    };
+    let Some(azure) = &config.azure else {
+        return vec![row(
+            Operation::ManagedExport,
+            Outcome::Fail,
+            "a managed disk needs an [azure] table".into(),
+            "add [azure] with a credential (docs/managed-disks.md)".into(),
+        )];
+    };
+    let disk_read = match crate::arm::ArmClient::from_config(azure, Default::default()) {
+        Ok(arm) => arm.get_disk(id).await,
+        Err(e) => Err(e),
+    };
+    let mut rows = Vec::new();
+    match disk_read {
+        Err(e) => rows.push(row(
+            Operation::ManagedExport,
+            Outcome::Fail,
+            format!("cannot read the disk: {e}"),
+            "Microsoft.Compute/disks/read on the disk for the [azure] identity (e.g. Disk Backup Reader)"
+                .into(),
+        )),
+        Ok(d) => {
+            let policy = &d.properties.export;
+            let subject = id.to_string();
+            let (outcome, cause, missing) = if let Some(b) = policy.blocked(&subject) {
+                (
+                    Outcome::Fail,
+                    format!("{} = {}: its snapshots cannot be exported", b.property.name(), b.value),
+                    b.fix(),
+                )
+            } else if policy.private_only() {
+                let b = policy.blocked_by(&subject, crate::arm::ExportProperty::NetworkAccessPolicy);
+                (
+                    Outcome::Skipped,
+                    "networkAccessPolicy = AllowPrivate: exported only through a private endpoint of its disk access; not provable from here".into(),
+                    b.fix(),
+                )
+            } else if policy.needs_bearer() {
+                (
+                    Outcome::Pass,
+                    format!(
+                        "dataAccessAuthMode = AzureActiveDirectory: exports are read with the [azure] identity's token, which needs the '{}' role on the snapshot resource group (not proven here)",
+                        crate::arm::export::DATA_OPERATOR_ROLE
+                    ),
+                    String::new(),
+                )
+            } else {
+                (Outcome::Pass, String::new(), String::new())
+            };
+            rows.push(row(Operation::ManagedExport, outcome, cause, missing));
+        }
+    }
+    rows.push(not_checked());
+    rows
 }
 
 /// Source side: properties, two scratch snapshots, list, diff, read.

@@ -164,17 +164,20 @@ impl ManagedDiskSource {
         if let Some(s) = self.lock().get(&key) {
             return Ok(s.clone());
         }
-        let size = self
-            .get(id)
-            .await?
+        let snap = self.get(id).await?;
+        let size = snap
+            .as_ref()
             .and_then(|s| s.properties.disk_size_bytes)
             .unwrap_or(0);
+        let policy = snap.map(|s| s.properties.export).unwrap_or_default();
+        crate::managed_access::check_export(&policy, &id.to_string())?;
         let lifetime = crate::blobs::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
         let sas = self
             .arm
             .begin_get_access(id, Access::Read, lifetime)
             .await
             .map_err(|e| arm_err(id, e))?;
+        let sas = crate::managed_access::mark(sas, &policy);
         self.lock().insert(key, sas.clone());
         Ok(sas)
     }
@@ -290,6 +293,8 @@ impl Source for ManagedDiskSource {
             .get_disk(&self.disk)
             .await
             .map_err(|e| arm_err(&self.disk, e))?;
+        // A disk whose network settings stop every export fails here too, named.
+        crate::managed_access::check_export(&source.properties.export, &self.disk.to_string())?;
         let snap = self
             .arm
             .create_incremental_snapshot(
@@ -348,10 +353,14 @@ impl Source for ManagedDiskSource {
             max_results: Some(q.max_results),
         };
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let page = self
+        let page = match self
             .sas
             .page_ranges(&id.to_string(), &sas, previous.as_ref(), &query)
-            .await?;
+            .await
+        {
+            Err(e) if e.kind == ErrorKind::Auth => return Err(self.explain_refusal(&id, e).await),
+            r => r?,
+        };
         self.ranges
             .fetch_add(page.items.len() as u64, Ordering::Relaxed);
         Ok(page)
@@ -361,7 +370,10 @@ impl Source for ManagedDiskSource {
         let id = self.parse_id(snapshot)?;
         let sas = self.sas_or_gone(&id).await?;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.sas.read(&id.to_string(), &sas, range).await
+        match self.sas.read(&id.to_string(), &sas, range).await {
+            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(&id, e).await),
+            r => r,
+        }
     }
 
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
@@ -377,8 +389,10 @@ impl Source for ManagedDiskSource {
 
     async fn grant_read(&self, snapshot: &SnapshotId) -> BlobResult<CopySource> {
         let id = self.parse_id(snapshot)?;
+        let url = self.sas_or_gone(&id).await?;
+        crate::managed_access::server_copy_allowed(&url, &id.to_string())?;
         Ok(CopySource::Url {
-            url: self.sas_or_gone(&id).await?,
+            url,
             resource: id.to_string(),
         })
     }
@@ -424,5 +438,17 @@ impl ManagedDiskSource {
         self.sas(id)
             .await
             .map_err(|e| if e.is_not_found() { gone(id) } else { e })
+    }
+}
+
+impl ManagedDiskSource {
+    /// A 401/403 through a snapshot's export, explained by the snapshot's export settings
+    /// (one GET, only on failure): `AllowPrivate` names the property and the fix; otherwise
+    /// the error stays as it is (an Entra-only export already names the role).
+    async fn explain_refusal(&self, id: &ResourceId, e: BlobError) -> BlobError {
+        match self.get(id).await {
+            Ok(Some(s)) => crate::managed_access::explain_refusal(&s.properties.export, id, e),
+            _ => e,
+        }
     }
 }

@@ -233,6 +233,11 @@ impl App {
                 )
             })
         });
+        // Exports of Entra-only disks are read with the same identity that asks for them.
+        let sas = match &arm {
+            Some(Ok(a)) => SasBlobs::default().with_credential(a.credential()),
+            _ => SasBlobs::default(),
+        };
         Ok(App {
             limits,
             config,
@@ -240,7 +245,7 @@ impl App {
             store,
             clock: Arc::new(SystemClock),
             arm,
-            sas: SasBlobs::default(),
+            sas,
             leases: None,
             holder: crate::ownership::holder_identity(None),
             owner_key: 0,

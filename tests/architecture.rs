@@ -25,6 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "copy",
             "source",
             "managed",
+            "managed_access",
             "managed_restore",
             "ownership",
         ],

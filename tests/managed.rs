@@ -1073,3 +1073,197 @@ async fn the_backup_is_created_tagged_even_when_the_answer_is_lost() {
     let (newest, _) = w.points().pop().unwrap();
     assert!(w.point_content(&newest).await == w.disk_content().await);
 }
+
+// ------------------------------------------------------------------------------------------
+// Access modes (issue 17, item 4): Entra-only exports and network policies that block them.
+// ------------------------------------------------------------------------------------------
+
+impl World {
+    /// Changes the disk's export settings, as `az disk update` would.
+    async fn set_export(&self, query: &str) {
+        self.emu
+            .control_post(&format!("/__emulator/disk-export?id={}&{query}", self.disk))
+            .await;
+    }
+
+    async fn stat(&self, key: &str) -> u64 {
+        self.emu.control_get("/__emulator/stats").await[key]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+/// No secret of any kind in what snapback printed.
+fn assert_no_secret(out: &std::process::Output, ctx: &str) {
+    for text in [&out.stdout, &out.stderr] {
+        let text = String::from_utf8_lossy(text);
+        assert!(
+            !text.contains("sig="),
+            "{ctx}: a SAS signature in the output"
+        );
+        assert!(!text.contains("emu-"), "{ctx}: a token in the output");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entra_only_disk_is_read_with_a_disk_audience_token() {
+    let w = World::new(4 * MIB, "").await;
+    w.set_export("dataAccessAuthMode=AzureActiveDirectory")
+        .await;
+    let mut rng = Rng(0x6d64_0aad);
+    w.write(0, &rng.bytes(MIB as usize)).await;
+    for cycle in 0..2 {
+        if cycle > 0 {
+            let (at, data) = rand_write(&mut rng, w.size, 32);
+            w.write(at, &data).await;
+        }
+        let want = w.disk_content().await;
+        let out = w.snapback(&["backup", "disk1"]);
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            w.emu.stderr()
+        );
+        assert_no_secret(&out, &format!("cycle {cycle}"));
+        w.assert_clean(&format!("cycle {cycle}")).await;
+        let (b, _) = w.points().last().unwrap().clone();
+        assert_eq!(
+            w.point_content(&b).await,
+            want,
+            "cycle {cycle}: B(n) = disk"
+        );
+    }
+    // Every read went through the checking data plane, with a token it accepted.
+    assert!(w.stat("diskToken").await >= 1, "a disk-audience token");
+    assert!(w.stat("dataPlane").await > 0, "exports read through /__md/");
+    assert_eq!(w.stat("dataPlaneRefused").await, 0);
+    // The snapshot is as Entra-only as its disk.
+    let state = w.emu.control_get("/__emulator/state").await;
+    assert_eq!(
+        state["snapshots"][0]["properties"]["dataAccessAuthMode"], "AzureActiveDirectory",
+        "{state}"
+    );
+
+    // Without the role, the cycle fails naming it, with the service's 403.
+    w.emu
+        .control_post("/__emulator/roles?data_operator=0")
+        .await;
+    let (at, data) = rand_write(&mut rng, w.size, 8);
+    w.write(at, &data).await;
+    let out = w.snapback(&["backup", "disk1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Data Operator for Managed Disks"), "{err}");
+    assert!(
+        err.contains("403") && err.contains("AuthorizationPermissionMismatch"),
+        "{err}"
+    );
+    assert!(
+        err.contains("/snapshots/vm01-data-sb-"),
+        "names the snapshot: {err}"
+    );
+    assert_no_secret(&out, "refused");
+    // Granted again, the next run finishes the cycle.
+    w.emu
+        .control_post("/__emulator/roles?data_operator=1")
+        .await;
+    let want = w.disk_content().await;
+    let out = w.snapback(&["backup", "disk1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (b, _) = w.points().last().unwrap().clone();
+    assert_eq!(w.point_content(&b).await, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_that_block_export_are_named_at_check_and_cycle_start() {
+    let w = World::new(4 * MIB, "").await;
+    w.write(0, &Rng(0x6d64_0de1).bytes(MIB as usize)).await;
+    let disk = w.disk.to_string();
+    for (query, code) in [
+        ("networkAccessPolicy=DenyAll", "networkAccessPolicy=DenyAll"),
+        (
+            "networkAccessPolicy=AllowAll&publicNetworkAccess=Disabled",
+            "publicNetworkAccess=Disabled",
+        ),
+    ] {
+        w.set_export(query).await;
+        let out = w.snapback(&["backup", "disk1"]);
+        assert!(!out.status.success(), "{query}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&disk) && err.contains(code), "{query}: {err}");
+        assert!(
+            err.contains("az disk update --ids"),
+            "{query}: the fix: {err}"
+        );
+        // Refused before anything was made.
+        let state = w.emu.control_get("/__emulator/state").await;
+        assert_eq!(state["snapshots"].as_array().unwrap().len(), 0, "{query}");
+        assert!(w.points().is_empty(), "{query}");
+
+        let out = w.snapback(&["check", "disk1", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{query}");
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["operation"] == "managed-export")
+            .expect("an export row");
+        assert_eq!(row["outcome"], "fail", "{query}: {row}");
+        assert!(
+            row["cause"]
+                .as_str()
+                .unwrap()
+                .contains(code.split('=').next().unwrap()),
+            "{query}: {row}"
+        );
+        assert!(
+            row["missing"].as_str().unwrap().contains("az disk update"),
+            "{row}"
+        );
+    }
+
+    // Fixed: the export row passes and the cycle runs.
+    w.set_export("networkAccessPolicy=AllowAll&publicNetworkAccess=Enabled")
+        .await;
+    let out = w.snapback(&["check", "disk1", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["operation"] == "managed-export" && r["outcome"] == "pass"),
+        "{rows}"
+    );
+    w.backup_ok("after the fix");
+
+    // AllowPrivate: snapback (never inside the private endpoint's network here) is refused
+    // on the data plane, and the error names the policy, the disk access and the fix.
+    w.set_export("networkAccessPolicy=AllowPrivate&diskAccessId=/subscriptions/x/resourceGroups/rg/providers/Microsoft.Compute/diskAccesses/da1")
+        .await;
+    w.write(0, &[7u8; 4096]).await;
+    let out = w.snapback(&["backup", "disk1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("networkAccessPolicy=AllowPrivate"), "{err}");
+    assert!(
+        err.contains("diskAccesses/da1") && err.contains("403"),
+        "{err}"
+    );
+    assert_no_secret(&out, "AllowPrivate");
+    // The snapshot it took is as private as the disk.
+    let state = w.emu.control_get("/__emulator/state").await;
+    assert!(
+        state["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["properties"]["networkAccessPolicy"] == "AllowPrivate"),
+        "{state}"
+    );
+}

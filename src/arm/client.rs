@@ -88,6 +88,8 @@ pub struct ArmClient {
     pipeline: Pipeline,
     endpoint: Url,
     options: ArmOptions,
+    /// Also signs the export reads of Entra-only disks ([`Self::credential`]).
+    credential: Arc<dyn TokenCredential>,
 }
 
 /// Counts as "retry": the answers ARM documents as transient.
@@ -100,8 +102,10 @@ impl ArmClient {
     pub fn new(endpoint: Url, credential: Arc<dyn TokenCredential>, options: ArmOptions) -> Self {
         crate::tls::install_provider();
         let scope = format!("{}/.default", endpoint.as_str().trim_end_matches('/'));
-        let auth: Arc<dyn Policy> =
-            Arc::new(BearerTokenAuthorizationPolicy::new(credential, vec![scope]));
+        let auth: Arc<dyn Policy> = Arc::new(BearerTokenAuthorizationPolicy::new(
+            credential.clone(),
+            vec![scope],
+        ));
         let client_options = ClientOptions {
             transport: options.transport.clone(),
             retry: RetryOptions::none(),
@@ -119,7 +123,15 @@ impl ArmClient {
             pipeline,
             endpoint,
             options,
+            credential,
         }
+    }
+
+    /// The `[azure]` credential: the identity whose token an Entra-only disk's export
+    /// requires (`dataAccessAuthMode = AzureActiveDirectory`, see [`super::export`]), the
+    /// same principal that asked for the SAS.
+    pub fn credential(&self) -> Arc<dyn TokenCredential> {
+        self.credential.clone()
     }
 
     /// A client for an `[azure]` table: its endpoint and its credential (see
@@ -161,6 +173,8 @@ impl ArmClient {
                     ..Default::default()
                 },
                 incremental: true,
+                // Never more exportable than the disk it is taken of.
+                export: source.properties.export.restrictive(),
             },
         };
         self.put(OP, id, json(&body)).await

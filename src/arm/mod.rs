@@ -8,17 +8,20 @@
 //! - [`models`]: the request and response bodies.
 //! - [`credential`]: the azure_identity credential an `[azure]` table names.
 //! - [`sas`]: SAS URLs that never show their signature; redaction of error text.
+//! - [`export`]: who may read a disk's export and from where (Entra-only disks, network policy).
 //! - [`error`]: typed errors (kind, resource id, HTTP status, ARM error code).
 
 pub mod client;
 pub mod credential;
 pub mod error;
+pub mod export;
 pub mod id;
 pub mod models;
 pub mod sas;
 
 pub use client::{ArmClient, ArmOptions, PollPolicy, RetryPolicy};
 pub use error::{ArmError, ArmErrorKind};
+pub use export::{ExportBlocked, ExportPolicy, ExportProperty};
 pub use id::{ResourceGroup, ResourceId, ResourceKind};
 pub use models::{Access, Disk, Snapshot, Tags, UploadDiskSpec};
 pub use sas::SasUrl;

@@ -3,6 +3,7 @@
 //!
 //! Only the fields snapback reads or writes; unknown fields in answers are ignored.
 
+use super::export::ExportPolicy;
 use super::sas::SasUrl;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,6 +55,9 @@ pub struct SnapshotProperties {
     pub disk_state: Option<String>,
     #[serde(default)]
     pub time_created: Option<String>,
+    /// Who may read the snapshot's export, from where (`dataAccessAuthMode`, …).
+    #[serde(flatten)]
+    pub export: ExportPolicy,
 }
 
 impl Snapshot {
@@ -96,6 +100,9 @@ pub struct DiskProperties {
     /// `Unattached`, `Attached`, `ReadyToUpload`, `ActiveUpload`, `ActiveSAS`, ...
     #[serde(default)]
     pub disk_state: Option<String>,
+    /// Who may read the disk's export, from where (`dataAccessAuthMode`, …).
+    #[serde(flatten)]
+    pub export: ExportPolicy,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -116,6 +123,9 @@ pub(crate) struct SnapshotPut<'a> {
 pub(crate) struct SnapshotPutProperties {
     pub creation_data: CreationData,
     pub incremental: bool,
+    /// The disk's restrictive export settings ([`ExportPolicy::restrictive`]).
+    #[serde(flatten)]
+    pub export: ExportPolicy,
 }
 
 /// What a disk for upload (a restore target) looks like.

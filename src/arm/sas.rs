@@ -10,12 +10,28 @@ use url::Url;
 ///
 /// `Debug` and `Display` show it with `sig=REDACTED`; the usable URL is only reachable
 /// through [`SasUrl::expose`], named so that every use is deliberate.
+///
+/// An export of an Entra-only disk (`dataAccessAuthMode = AzureActiveDirectory`) needs a
+/// bearer token on top of the SAS: [`SasUrl::with_bearer`] marks it, and the storage layer
+/// (`azure::sas_blob`) then signs every request through it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SasUrl(Url);
+pub struct SasUrl(Url, bool);
 
 impl SasUrl {
     pub fn new(url: Url) -> Self {
-        SasUrl(url)
+        SasUrl(url, false)
+    }
+
+    /// The same URL, whose requests must also carry a bearer token for the managed-disk
+    /// audience ([`super::export::DISK_DATA_SCOPE`]).
+    pub fn with_bearer(mut self) -> Self {
+        self.1 = true;
+        self
+    }
+
+    /// Whether requests through it need a bearer token.
+    pub fn needs_bearer(&self) -> bool {
+        self.1
     }
 
     /// The URL with its signature, to send to the storage service (never to log).

@@ -6,11 +6,16 @@
 //! query is a credential, and anything the transport says is passed through [`crate::secrets::redact`].
 
 use super::{check_served_range, page_list, retry_options, SERVICE_VERSION};
+use crate::arm::export::{DATA_OPERATOR_ROLE, DISK_DATA_SCOPE};
 use crate::arm::sas::SasUrl;
-use crate::blobs::{BlobError, BlobResult, PageList, PageListQuery, Resource};
+use crate::blobs::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
 use crate::pages::ByteRange;
+use azure_core::credentials::TokenCredential;
+use azure_core::http::policies::auth::BearerTokenAuthorizationPolicy;
+use azure_core::http::policies::Policy;
 use azure_core::http::{ClientOptions, Context, Method, Pipeline, Request, Transport};
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// Header of Get Page Ranges that diffs a managed disk's snapshot against an older one of
 /// the same disk, given as its SAS URL
@@ -20,7 +25,12 @@ const PREVIOUS_SNAPSHOT_URL: &str = "x-ms-previous-snapshot-url";
 /// A pipeline for SAS-authorised reads.
 #[derive(Clone, Debug)]
 pub struct SasBlobs {
+    /// Kept to build the bearer pipeline on the same connection pool.
+    transport: Transport,
     pipeline: Pipeline,
+    /// The same, plus a bearer token for the managed-disk audience: for the exports of
+    /// Entra-only disks ([`SasUrl::needs_bearer`]). None: no `[azure]` credential given.
+    bearer: Option<Pipeline>,
 }
 
 impl Default for SasBlobs {
@@ -34,20 +44,55 @@ impl SasBlobs {
     pub fn new(transport: Option<Transport>) -> Self {
         crate::tls::install_provider();
         let transport = transport.unwrap_or_else(super::http::transport);
+        SasBlobs {
+            pipeline: Self::pipeline(&transport, Vec::new()),
+            bearer: None,
+            transport,
+        }
+    }
+
+    /// Signs the requests through an Entra-only disk's export with `credential`'s token for
+    /// [`DISK_DATA_SCOPE`] (after the SAS, which stays in the URL). Storage accepts bearer
+    /// tokens from `x-ms-version` 2017-11-09 on; [`SERVICE_VERSION`] is later. azure_core's
+    /// bearer policy refuses plain http, so a token never leaves over an unencrypted link.
+    pub fn with_credential(mut self, credential: Arc<dyn TokenCredential>) -> Self {
+        let auth: Arc<dyn Policy> = Arc::new(BearerTokenAuthorizationPolicy::new(
+            credential,
+            vec![DISK_DATA_SCOPE.to_string()],
+        ));
+        self.bearer = Some(Self::pipeline(&self.transport, vec![auth]));
+        self
+    }
+
+    fn pipeline(transport: &Transport, per_try: Vec<Arc<dyn Policy>>) -> Pipeline {
         let options = ClientOptions {
-            transport: Some(transport),
+            transport: Some(transport.clone()),
             retry: retry_options(),
             ..Default::default()
         };
-        let pipeline = Pipeline::new(
+        Pipeline::new(
             option_env!("CARGO_PKG_NAME"),
             option_env!("CARGO_PKG_VERSION"),
             options,
             Vec::new(),
-            Vec::new(),
+            per_try,
             None,
-        );
-        SasBlobs { pipeline }
+        )
+    }
+
+    /// The pipeline `blob` needs: with the bearer token when its export asks for one.
+    fn pipeline_for(&self, resource: &str, blob: &SasUrl) -> BlobResult<&Pipeline> {
+        if !blob.needs_bearer() {
+            return Ok(&self.pipeline);
+        }
+        self.bearer.as_ref().ok_or_else(|| {
+            BlobError::local(
+                ErrorKind::Unusable,
+                Resource::Managed(resource.to_string()),
+                "its export needs an Entra ID token (dataAccessAuthMode = AzureActiveDirectory) \
+                 and no [azure] credential was given to sign it",
+            )
+        })
     }
 
     /// One page of Get Page Ranges of `blob` within `query.range`: every written range, or,
@@ -73,10 +118,10 @@ impl SasBlobs {
             request.insert_header(PREVIOUS_SNAPSHOT_URL, p.expose().to_string());
         }
         let resp = self
-            .pipeline
+            .pipeline_for(resource, blob)?
             .send(&Context::new(), &mut request, None)
             .await
-            .map_err(|e| map_err(resource, what, e))?;
+            .map_err(|e| map_err(resource, blob, what, e))?;
         page_list::parse(resp.body().as_ref()).map_err(|message| {
             BlobError::bad_response(
                 Resource::Managed(resource.to_string()),
@@ -96,10 +141,10 @@ impl SasBlobs {
         // Streamed, as `AzureBlobs::read`: an answer cut mid-body goes to `retry_unanswered`
         // at once instead of through every SDK retry.
         let resp = self
-            .pipeline
+            .pipeline_for(resource, blob)?
             .stream(&Context::new(), &mut request, None)
             .await
-            .map_err(|e| map_err(resource, &what, e))?;
+            .map_err(|e| map_err(resource, blob, &what, e))?;
         check_served_range(resp.headers(), range).map_err(|why| {
             BlobError::bad_response(
                 Resource::Managed(resource.to_string()),
@@ -112,7 +157,7 @@ impl SasBlobs {
             .into_body()
             .collect()
             .await
-            .map_err(|e| map_err(resource, &what, e))?;
+            .map_err(|e| map_err(resource, blob, &what, e))?;
         if data.len() as u64 != range.len() {
             return Err(BlobError::bad_response(
                 Resource::Managed(resource.to_string()),
@@ -152,16 +197,27 @@ impl SasBlobs {
             ),
         );
         request.set_body(data);
-        self.pipeline
+        self.pipeline_for(resource, blob)?
             .send(&Context::new(), &mut request, None)
             .await
-            .map_err(|e| map_err(resource, &what, e))?;
+            .map_err(|e| map_err(resource, blob, &what, e))?;
         Ok(())
     }
 }
 
 /// As `super::map_err` (whose error constructors redact whatever the transport quoted, the
-/// SAS URL included), naming the managed disk's resource id.
-fn map_err(resource: &str, what: &str, e: azure_core::Error) -> BlobError {
-    super::map_err(Resource::Managed(resource.to_string()), what, e)
+/// SAS URL included), naming the managed disk's resource id. A refused token on an
+/// Entra-only export names the role the `[azure]` identity lacks.
+fn map_err(resource: &str, blob: &SasUrl, what: &str, e: azure_core::Error) -> BlobError {
+    let mut err = super::map_err(Resource::Managed(resource.to_string()), what, e);
+    if blob.needs_bearer() && err.kind == ErrorKind::Auth {
+        err.detail = format!(
+            "{}; the export of this Entra-only disk (dataAccessAuthMode = AzureActiveDirectory) \
+             needs the [azure] identity to hold the '{DATA_OPERATOR_ROLE}' role (or \
+             Microsoft.Compute/snapshots/download/action) on it: az role assignment create \
+             --role '{DATA_OPERATOR_ROLE}' --assignee <the [azure] principal> --scope <its resource group>",
+            err.detail
+        );
+    }
+    err
 }

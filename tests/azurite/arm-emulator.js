@@ -48,6 +48,20 @@
  *    an active SAS (409); 409 on creating a disk over an existing one, on
  *    deleting a snapshot or disk whose access is not ended, on a write SAS for a
  *    disk that is not ReadyToUpload.
+ *  - Export settings (DiskRP 2024-03-02): dataAccessAuthMode, networkAccessPolicy
+ *    (default AllowAll), publicNetworkAccess (default Enabled), diskAccessId, on disks
+ *    (PUT, or POST /__emulator/disk-export) and snapshots (their PUT's values; not
+ *    inherited from the disk). beginGetAccess (Read) of a DenyAll resource answers 409
+ *    OperationNotAllowed. An export of a resource that is Entra-only
+ *    (dataAccessAuthMode AzureActiveDirectory), AllowPrivate or publicNetworkAccess
+ *    Disabled is served by this emulator's own data plane, /__md/<container>/<blob>?<SAS>,
+ *    which forwards to Azurite after checking: private-only or public-disabled: 403
+ *    AuthorizationFailure (the emulator is never inside the private endpoint's network);
+ *    Entra-only: a bearer token issued for https://disk.azure.com/ (401
+ *    NoAuthenticationInformation without one, 401 InvalidAuthenticationInfo for another
+ *    audience, 400 without x-ms-version >= 2017-11-09), and the principal holding the
+ *    Data Operator for Managed Disks role (POST /__emulator/roles?data_operator=0 takes
+ *    it away: 403 AuthorizationPermissionMismatch).
  *  - Token endpoint: POST /{tenant}/oauth2/v2.0/token (client credentials):
  *    client_id must equal EMU_CLIENT_ID, and client_secret EMU_CLIENT_SECRET or
  *    client_assertion (workload identity) EMU_FEDERATED_TOKEN; the scope must be
@@ -127,12 +141,18 @@ const TIERS = { Standard_LRS: "Standard", StandardSSD_LRS: "Standard", StandardS
 // ------------------------------------------------------------- state -----
 
 const tokens = new Set();
+// Tokens for the managed-disk data plane (audience https://disk.azure.com/): accepted by
+// /__md/ only, never by ARM (and ARM tokens never by /__md/).
+const DISK_AUDIENCE = "https://disk.azure.com/";
+const diskTokens = new Set();
+let dataOperator = true; // the principal holds the Data Operator for Managed Disks role
+const exportsByContainer = new Map(); // export container -> snapshot or disk it exports
 const disks = new Map(); // lower-case id -> disk
 const snapshots = new Map(); // lower-case id -> snapshot
 const operations = new Map(); // op id -> { remaining, done, result, error }
 const snapshotTimes = new Map(); // lower-case disk id -> creation times (ms) of its snapshots
 const faults = []; // { status, count, match, retryAfter, code }
-const stats = { arm: 0, token: 0, unauthorized: 0 };
+const stats = { arm: 0, token: 0, unauthorized: 0, diskToken: 0, dataPlane: 0, dataPlaneRefused: 0 };
 let nextOperation = {}; // set by POST /__emulator/next-operation: { fail, message, host }
 let base = ""; // https://127.0.0.1:PORT
 
@@ -296,8 +316,47 @@ function diskView(d) {
       diskSizeGB: sized ? Math.ceil(d.sizeBytes / 2 ** 30) : undefined,
       timeCreated: d.timeCreated, provisioningState: d.provisioningState, diskState: d.diskState,
       diskSizeBytes: sized ? d.sizeBytes : undefined, uniqueId: d.uniqueId,
+      ...exportView(d),
     },
   };
+}
+
+/** The export settings as DiskRP reports them (recorded: networkAccessPolicy and publicNetworkAccess always). */
+function exportView(r) {
+  return {
+    networkAccessPolicy: r.networkAccessPolicy, publicNetworkAccess: r.publicNetworkAccess,
+    dataAccessAuthMode: r.dataAccessAuthMode, diskAccessId: r.diskAccessId,
+  };
+}
+
+const EXPORT_VALUES = {
+  dataAccessAuthMode: ["AzureActiveDirectory", "None"],
+  networkAccessPolicy: ["AllowAll", "AllowPrivate", "DenyAll"],
+  publicNetworkAccess: ["Enabled", "Disabled"],
+};
+
+/** Export settings from a PUT's properties (or a control request), checked as DiskRP does; a string is a problem. */
+function exportSettings(props, current) {
+  const out = {
+    networkAccessPolicy: "AllowAll", publicNetworkAccess: "Enabled", dataAccessAuthMode: undefined, diskAccessId: undefined,
+    ...(current || {}),
+  };
+  for (const [key, allowed] of Object.entries(EXPORT_VALUES)) {
+    if (props[key] === undefined || props[key] === null || props[key] === "") continue;
+    if (!allowed.includes(props[key])) return `${key} must be one of ${allowed.join(", ")}, got ${props[key]}`;
+    out[key] = props[key];
+  }
+  if (props.diskAccessId) out.diskAccessId = props.diskAccessId;
+  if (out.networkAccessPolicy === "AllowPrivate" && !out.diskAccessId) {
+    return "networkAccessPolicy AllowPrivate needs a diskAccessId";
+  }
+  return out;
+}
+
+/** Whether an export of `r` goes through the emulator's checking data plane. */
+function guardedExport(r) {
+  return r.dataAccessAuthMode === "AzureActiveDirectory" || r.networkAccessPolicy === "AllowPrivate" ||
+    r.publicNetworkAccess === "Disabled";
 }
 
 /** A snapshot as DiskRP answers it; completionPercent only while or after a background copy. */
@@ -313,6 +372,7 @@ function snapshotView(s) {
       diskSizeGB: Math.ceil(s.sizeBytes / 2 ** 30), incremental: s.incremental, timeCreated: s.timeCreated,
       provisioningState: s.provisioningState, diskState: s.access ? "ActiveSAS" : "Unattached",
       diskSizeBytes: s.sizeBytes, uniqueId: s.uniqueId, completionPercent: s.completionPercent,
+      ...exportView(s),
     },
   };
 }
@@ -380,8 +440,11 @@ async function putDisk(req, res, id, m, body) {
   if (typeof body.location !== "string" || body.location === "") {
     return armError(res, 400, "LocationRequired", "The location property is required for this definition.");
   }
+  const exportOf = exportSettings(props);
+  if (typeof exportOf === "string") return armError(res, 400, "InvalidParameter", exportOf);
   const blob = diskBlob(m[1], m[2], m[4]);
   const disk = {
+    ...exportOf,
     id, name: m[4], location: body.location, sku: (body.sku && body.sku.name) || "Standard_LRS",
     zone: Array.isArray(body.zones) ? body.zones[0] : undefined, tags: body.tags || {},
     createOption: option, uploadSizeBytes: upload, logicalSectorSize: sector, sizeBytes, blob,
@@ -432,11 +495,16 @@ async function putSnapshot(req, res, id, m, body) {
     return armError(res, 409, "OperationNotAllowed",
       `Disk ${disk.id} has had ${recent.length} snapshots created in the last ${SNAPSHOT_RATE_WINDOW_MS / 1000} seconds; at most ${SNAPSHOT_RATE_LIMIT} are allowed in that time. Retry later.`);
   }
+  // The snapshot's own export settings: the PUT's, else DiskRP's defaults (whether Azure
+  // copies the disk's is not documented; snapback sends the restrictive ones itself).
+  const exportOf = exportSettings(props);
+  if (typeof exportOf === "string") return armError(res, 400, "InvalidParameter", exportOf);
   snapshotTimes.set(diskKey, [...recent, Date.now()]);
   // The blob snapshot is taken now, when the PUT is accepted: the point in time is the PUT's.
   const snap = await storage("PUT", `${CONTAINER}/${disk.blob}`, "comp=snapshot");
   const background = BACKGROUND_COPY_SKUS.includes(disk.sku);
   const snapshot = {
+    ...exportOf,
     id, name: m[4], location: body.location || disk.location, tags: body.tags || {},
     sourceResourceId: disk.id, sourceUniqueId: disk.uniqueId, incremental: true,
     sizeBytes: disk.sizeBytes, logicalSectorSize: disk.logicalSectorSize, blob: disk.blob,
@@ -473,6 +541,10 @@ function beginGetAccess(req, res, kind, resource, body) {
   if (!["Read", "Write"].includes(access) || !Number.isInteger(seconds) || seconds < 1) {
     return armError(res, 400, "InvalidParameter", "access must be Read or Write and durationInSeconds a positive integer.");
   }
+  if (access === "Read" && resource.networkAccessPolicy === "DenyAll") {
+    return armError(res, 409, "OperationNotAllowed",
+      `${kind === "disks" ? "Disk" : "Snapshot"} ${resource.id} has networkAccessPolicy DenyAll: it cannot be exported.`);
+  }
   if (kind === "snapshots") {
     if (access !== "Read") return armError(res, 400, "InvalidParameter", "A snapshot can only be exported (Read).");
     if (resource.completionPercent !== undefined && resource.completionPercent < 100) {
@@ -502,7 +574,10 @@ function beginGetAccess(req, res, kind, resource, body) {
       await storage("PUT", `${container}/abcd`, "", { "x-ms-copy-source": source, "x-ms-meta-snapbackexportof": resource.blob });
       resource.exportContainer = container;
     }
-    return { accessSAS: blobSas("abcd", undefined, "r", seconds, resource.exportContainer) };
+    exportsByContainer.set(resource.exportContainer, resource);
+    const sas = blobSas("abcd", undefined, "r", seconds, resource.exportContainer);
+    // Guarded exports are served (and checked) by this emulator's /__md/ data plane.
+    return { accessSAS: guardedExport(resource) ? sas.replace(`${AZURITE}/${MD_ACCOUNT}/`, `${base}/__md/`) : sas };
   });
   send(res, 202, undefined, headers);
 }
@@ -515,6 +590,7 @@ function endGetAccess(req, res, kind, resource) {
     if (kind === "disks") resource.diskState = "Unattached";
     if (resource.exportContainer) {
       const container = resource.exportContainer;
+      exportsByContainer.delete(container);
       resource.exportContainer = undefined;
       await storage("DELETE", container, "restype=container");
     }
@@ -628,8 +704,16 @@ async function handleToken(req, res, url) {
   if (form.get("grant_type") !== "client_credentials" || form.get("client_id") !== CLIENT_ID || !(bySecret || byAssertion)) {
     return send(res, 401, { error: "invalid_client", error_description: "AADSTS7000215: Invalid client secret provided." });
   }
-  if (form.get("scope") !== `${base}/.default`) {
-    return send(res, 400, { error: "invalid_scope", error_description: `AADSTS70011: scope ${form.get("scope")} is not ${base}/.default` });
+  const scope = form.get("scope");
+  // The managed-disk audience with its trailing slash, as the service compares it.
+  if (scope === `${DISK_AUDIENCE}/.default`) {
+    stats.diskToken += 1;
+    const token = `emu-disk-${crypto.randomBytes(24).toString("hex")}`;
+    diskTokens.add(token);
+    return send(res, 200, { token_type: "Bearer", expires_in: 3600, ext_expires_in: 3600, access_token: token });
+  }
+  if (scope !== `${base}/.default`) {
+    return send(res, 400, { error: "invalid_scope", error_description: `AADSTS70011: scope ${scope} is not ${base}/.default or ${DISK_AUDIENCE}/.default` });
   }
   const token = `emu-${crypto.randomBytes(24).toString("hex")}`;
   tokens.add(token);
@@ -647,14 +731,15 @@ function handleIdentity(req, res, url) {
     return send(res, 401, { error: "invalid_request", error_description: "x-identity-header is missing or wrong" });
   }
   const q = url.searchParams;
-  if (q.get("api-version") !== "2019-08-01" || q.get("resource") !== base) {
+  const disk = q.get("resource") === DISK_AUDIENCE;
+  if (q.get("api-version") !== "2019-08-01" || (q.get("resource") !== base && !disk)) {
     return send(res, 400, { error: "invalid_resource", error_description: `resource ${q.get("resource")} is not ${base}` });
   }
   if (q.has("client_id") && q.get("client_id") !== CLIENT_ID) {
     return send(res, 400, { error: "invalid_request", error_description: "Identity not found" });
   }
   const token = `emu-mi-${crypto.randomBytes(24).toString("hex")}`;
-  tokens.add(token);
+  (disk ? diskTokens : tokens).add(token);
   send(res, 200, {
     access_token: token, token_type: "Bearer", resource: base,
     expires_on: String(Math.floor(Date.now() / 1000) + 3600),
@@ -698,6 +783,21 @@ async function handleControl(req, res, url) {
     });
   }
   if (url.pathname === "/__emulator/stats" && req.method === "GET") return send(res, 200, stats);
+  if (url.pathname === "/__emulator/disk-export" && req.method === "POST") {
+    // The operator changes a disk's export settings (Azure: PATCH of the disk, `az disk update`).
+    const disk = disks.get(String(q.get("id")).toLowerCase());
+    if (!disk) return send(res, 404, { error: `no disk ${q.get("id")}` });
+    const props = {};
+    for (const key of [...Object.keys(EXPORT_VALUES), "diskAccessId"]) if (q.has(key)) props[key] = q.get(key);
+    const out = exportSettings(props, exportView(disk));
+    if (typeof out === "string") return send(res, 400, { error: out });
+    Object.assign(disk, out);
+    return send(res, 200, diskView(disk));
+  }
+  if (url.pathname === "/__emulator/roles" && req.method === "POST") {
+    dataOperator = q.get("data_operator") !== "0";
+    return send(res, 200, { dataOperator });
+  }
   if (url.pathname === "/__emulator/disk-sas" && req.method === "GET") {
     const disk = disks.get(String(q.get("id")).toLowerCase());
     if (!disk) return send(res, 404, { error: `no disk ${q.get("id")}` });
@@ -729,6 +829,53 @@ async function handleControl(req, res, url) {
   return send(res, 404, { error: `unknown control route ${req.method} ${url.pathname}` });
 }
 
+// ------------------------------------------------------- data plane -----
+
+function storageError(res, status, code, message) {
+  const body = `<?xml version="1.0" encoding="utf-8"?><Error><Code>${code}</Code><Message>${message}</Message></Error>`;
+  stats.dataPlaneRefused += 1;
+  res.writeHead(status, { "Content-Type": "application/xml", "Content-Length": Buffer.byteLength(body), "x-ms-error-code": code });
+  res.end(body);
+}
+
+/**
+ * /__md/<container>/<blob>?<SAS>: the export host of guarded exports. Checks what Azure
+ * documents for the resource's settings, then forwards the request to Azurite (without the
+ * bearer token; a previous-snapshot URL of this data plane rewritten to Azurite's).
+ */
+function handleDataPlane(req, res, url) {
+  stats.dataPlane += 1;
+  const rest = url.pathname.slice("/__md/".length);
+  const resource = exportsByContainer.get(rest.split("/")[0]);
+  if (!resource) return storageError(res, 404, "ResourceNotFound", "The specified resource does not exist.");
+  if (resource.networkAccessPolicy === "AllowPrivate" || resource.publicNetworkAccess === "Disabled") {
+    return storageError(res, 403, "AuthorizationFailure", "This request is not authorized to perform this operation.");
+  }
+  if (resource.dataAccessAuthMode === "AzureActiveDirectory") {
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization || "");
+    if (!m) return storageError(res, 401, "NoAuthenticationInformation", "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.");
+    if (!((req.headers["x-ms-version"] || "") >= "2017-11-09")) {
+      return storageError(res, 400, "InvalidHeaderValue", "Bearer tokens need x-ms-version 2017-11-09 or later.");
+    }
+    if (!diskTokens.has(m[1])) return storageError(res, 401, "InvalidAuthenticationInfo", `The token's audience is not ${DISK_AUDIENCE}.`);
+    if (!dataOperator) {
+      return storageError(res, 403, "AuthorizationPermissionMismatch", "This request is not authorized to perform this operation using this permission.");
+    }
+  }
+  const headers = { ...req.headers };
+  delete headers.authorization;
+  delete headers.host;
+  const prev = headers["x-ms-previous-snapshot-url"];
+  if (prev) headers["x-ms-previous-snapshot-url"] = prev.replace(`${base}/__md/`, `${AZURITE}/${MD_ACCOUNT}/`);
+  const target = new URL(`${AZURITE}/${MD_ACCOUNT}/${rest}${url.search}`);
+  const upstream = http.request(target, { method: req.method, headers }, (out) => {
+    res.writeHead(out.statusCode, out.headers);
+    out.pipe(res);
+  });
+  upstream.on("error", (err) => storageError(res, 502, "EmulatorUpstream", String(err.message)));
+  req.pipe(upstream);
+}
+
 // ------------------------------------------------------------- main ------
 
 function watchParent() {
@@ -751,6 +898,7 @@ async function main() {
     const url = new URL(req.url, base);
     let handler;
     if (url.pathname.startsWith("/__emulator/")) handler = async () => handleControl(req, res, url);
+    else if (url.pathname.startsWith("/__md/")) handler = async () => handleDataPlane(req, res, url);
     else if (url.pathname.endsWith("/oauth2/v2.0/token") && req.method === "POST") handler = () => handleToken(req, res, url);
     else if (url.pathname === "/msi/token" && req.method === "GET") handler = async () => handleIdentity(req, res, url);
     else handler = () => handleArm(req, res, url);
