@@ -46,6 +46,7 @@ pub mod lease;
 pub mod lock;
 pub mod logging;
 pub mod managed;
+pub mod managed_props;
 pub mod managed_restore;
 pub mod model;
 pub mod ownership;
