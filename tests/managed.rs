@@ -399,10 +399,14 @@ async fn managed_disk_restore_points_equal_the_disk_over_cycles() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed = String::from_utf8_lossy(&out.stdout);
+    // The source disk is a data disk (no osType recorded): swapped by detach and attach.
     assert!(
-        printed.contains(&format!("--os-disk {target}")),
+        printed.contains(&format!(
+            "az vm disk attach --resource-group rg-restore --vm-name <VM> --name {target}"
+        )),
         "{printed}"
     );
+    assert!(!printed.contains("--os-disk"), "{printed}");
     let restored = w
         .other_disk_content(&target, want4.len() as u64 + 512)
         .await;
