@@ -49,6 +49,9 @@ pub enum Operation {
     SourceAccountSku,
     /// Delete Blob of snapback's own source snapshots.
     SourceDeleteSnapshot,
+    /// GET of a managed disk: its type (sku, logical sector size, security type) is one
+    /// snapback backs up (docs/managed-disks.md, "Disk types").
+    ManagedDiskType,
     /// Create Container (if missing) and Put Blob (page blob) in the backup container.
     BackupCreate,
     /// Put Page, Clear Page and resize on the backup blob.
@@ -84,6 +87,7 @@ impl Operation {
             Operation::SourceReadSnapshot => "source: read snapshot",
             Operation::SourceAccountSku => "source: account SKU (premium limits)",
             Operation::SourceDeleteSnapshot => "source: delete own snapshot",
+            Operation::ManagedDiskType => "source: managed disk type",
             Operation::BackupCreate => "backup: create blob",
             Operation::BackupWrite => "backup: write (put/clear/resize)",
             Operation::BackupLease => "backup: lease",
@@ -106,6 +110,7 @@ impl Operation {
                 | Operation::SourceDiff
                 | Operation::SourceReadSnapshot
                 | Operation::SourceAccountSku
+                | Operation::ManagedDiskType
                 | Operation::BackupList
                 | Operation::BackupRead
                 | Operation::ManagedExport
@@ -120,7 +125,8 @@ impl Operation {
             | Operation::SourceReadSnapshot
             | Operation::SourceAccountSku
             | Operation::BackupRead
-            | Operation::ManagedExport => "r",
+            | Operation::ManagedExport
+            | Operation::ManagedDiskType => "r",
             Operation::SourceList | Operation::BackupList => "l",
             Operation::SourceSnapshot | Operation::BackupSnapshot | Operation::BackupCreate => {
                 "c' or 'w"
@@ -160,9 +166,48 @@ pub async fn check(config: &Config, disks: &[DiskConfig]) -> Vec<CheckRow> {
     let blobs = AzureBlobs::new(config.accounts.values());
     let mut rows = Vec::new();
     for disk in disks {
+        rows.extend(managed_disk_type(config, disk).await);
         rows.extend(check_disk(&blobs, config, disk).await);
     }
     rows
+}
+
+/// A managed disk's type, read from ARM: a type snapback refuses fails here, naming it and
+/// why, before any cycle tries (nothing is written). None for a page blob.
+async fn managed_disk_type(config: &Config, disk: &DiskConfig) -> Option<CheckRow> {
+    let crate::config::DiskSource::Managed { disk: id, .. } = &disk.source else {
+        return None;
+    };
+    let row = |outcome, cause: String, missing: &str| CheckRow {
+        disk: disk.name.clone(),
+        operation: Operation::ManagedDiskType,
+        target: id.to_string(),
+        outcome,
+        cause,
+        missing: missing.to_string(),
+    };
+    let Some(azure) = &config.azure else {
+        return Some(row(
+            Outcome::Fail,
+            "a managed disk needs an [azure] table".into(),
+            "[azure]",
+        ));
+    };
+    let arm = match crate::arm::ArmClient::from_config(azure, crate::arm::ArmOptions::default()) {
+        Ok(a) => a,
+        Err(e) => return Some(row(Outcome::Fail, e.to_string(), "[azure] credential")),
+    };
+    Some(match arm.get_disk(id).await {
+        Ok(d) => match crate::managed_props::admit(&d) {
+            Ok(kind) => row(Outcome::Pass, kind, ""),
+            Err(e) => row(Outcome::Fail, e.to_string(), ""),
+        },
+        Err(e) => row(
+            Outcome::Fail,
+            e.to_string(),
+            "Microsoft.Compute/disks/read on the disk",
+        ),
+    })
 }
 
 /// Whether every row passed.

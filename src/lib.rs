@@ -47,6 +47,7 @@ pub mod lock;
 pub mod logging;
 pub mod managed;
 pub mod managed_access;
+pub mod managed_props;
 pub mod managed_restore;
 pub mod model;
 pub mod ownership;

@@ -95,12 +95,8 @@ enum Command {
         /// created for the restore (a managed-disk backup; needs [azure]).
         #[arg(long)]
         to_managed_disk: Option<String>,
-        /// SKU of the new managed disk (e.g. Premium_LRS; default: Azure's).
-        #[arg(long, requires = "to_managed_disk")]
-        sku: Option<String>,
-        /// Availability zone of the new managed disk.
-        #[arg(long, requires = "to_managed_disk")]
-        zone: Option<String>,
+        #[command(flatten)]
+        managed: Box<ManagedDiskFlags>,
         /// Restart the backup chain on the restored disk (--to: the promoted blob becomes the
         /// backup of a new disk entry; --to-managed-disk: the disk's chain moves to the new disk).
         #[arg(long)]
@@ -386,8 +382,7 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
         at,
         to,
         to_managed_disk,
-        sku,
-        zone,
+        managed,
         rebase,
         name,
         write_config,
@@ -424,8 +419,13 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
     if let Some(id) = to_managed_disk {
         let target = ManagedTarget {
             id,
-            sku,
-            zone,
+            overrides: snapback::managed_props::Overrides {
+                os_type: managed.os_type,
+                hyper_v_generation: managed.hyper_v_generation,
+                sku: managed.sku,
+                zone: managed.zone,
+                disk_encryption_set: managed.disk_encryption_set,
+            },
             rebase,
             force,
         };
@@ -508,11 +508,33 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The new disk's properties (`restore --to-managed-disk`); each overrides what the restore
+/// point recorded of the source disk.
+#[derive(clap::Args, Debug)]
+struct ManagedDiskFlags {
+    /// SKU of the new managed disk (e.g. Premium_LRS; default: Azure's).
+    #[arg(long, requires = "to_managed_disk")]
+    sku: Option<String>,
+    /// Availability zone of the new managed disk (1, 2 or 3; default: the source disk's).
+    #[arg(long, requires = "to_managed_disk")]
+    zone: Option<String>,
+    /// OS type of the new managed disk, Windows or Linux (default: the source disk's as
+    /// the restore point recorded it; none: a data disk).
+    #[arg(long, requires = "to_managed_disk")]
+    os_type: Option<String>,
+    /// Hyper-V generation of the new OS disk, V1 or V2 (default: the source disk's).
+    #[arg(long, requires = "to_managed_disk")]
+    hyper_v_generation: Option<String>,
+    /// Disk encryption set (customer-managed key) of the new managed disk, a resource id
+    /// (default: the source disk's).
+    #[arg(long, requires = "to_managed_disk")]
+    disk_encryption_set: Option<String>,
+}
+
 /// The `--to-managed-disk` options.
 struct ManagedTarget {
     id: String,
-    sku: Option<String>,
-    zone: Option<String>,
+    overrides: snapback::managed_props::Overrides,
     rebase: bool,
     force: bool,
 }
@@ -538,13 +560,24 @@ async fn restore_to_managed_disk(
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
+    let problems = to.overrides.problems();
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("snapback: restore of disk {}: {p}", disk.name);
+        }
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let o = to.overrides;
     let req = snapback::managed_restore::ManagedRestoreRequest {
         point,
         target: target.clone(),
-        sku: to.sku,
-        zone: to.zone,
+        sku: o.sku,
+        zone: o.zone,
         force: to.force,
         rebase: to.rebase,
+        os_type: o.os_type,
+        hyper_v_generation: o.hyper_v_generation,
+        disk_encryption_set: o.disk_encryption_set,
     };
     let rep = match app.restore_to_managed_disk(disk, &req).await {
         Ok(r) => r,
@@ -568,7 +601,10 @@ async fn restore_to_managed_disk(
             app.config.path.display()
         );
     }
-    println!("\n{}", snapback::managed_restore::swap_commands(&target));
+    println!(
+        "\n{}",
+        snapback::managed_restore::swap_commands_for(&target, &rep)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -57,6 +57,8 @@ pub struct ManagedDiskSource {
     /// The backup chain (`snapback_chain`) whose snapshots this source takes and sweeps;
     /// None (verify, restore, check: no lease, no chain id) sees every snapshot of the disk.
     chain: Option<String>,
+    /// Where the wait for a snapshot's background copy is shown (`status`).
+    progress: Option<std::sync::Arc<crate::cycle::progress::Progress>>,
 }
 
 impl ManagedDiskSource {
@@ -76,6 +78,7 @@ impl ManagedDiskSource {
             requests: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
             chain: None,
+            progress: None,
         }
     }
 
@@ -141,6 +144,7 @@ impl ManagedDiskSource {
                     ),
                 ));
             }
+            self.show_copy(&snap);
             tokio::time::sleep(self.ready_poll).await;
             snap = self.get(id).await?.ok_or_else(|| gone(id))?;
         }
@@ -295,6 +299,7 @@ impl Source for ManagedDiskSource {
             .map_err(|e| arm_err(&self.disk, e))?;
         // A disk whose network settings stop every export fails here too, named.
         crate::managed_access::check_export(&source.properties.export, &self.disk.to_string())?;
+        admit(&source)?;
         let snap = self
             .arm
             .create_incremental_snapshot(
@@ -410,6 +415,10 @@ impl Source for ManagedDiskSource {
         Some(Box::new(old))
     }
 
+    async fn point_metadata(&self, snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
+        self.recorded_disk(snapshot).await
+    }
+
     fn take_counts(&self) -> (u64, u64) {
         (
             self.requests.swap(0, Ordering::Relaxed),
@@ -450,5 +459,67 @@ impl ManagedDiskSource {
             Ok(Some(s)) => crate::managed_access::explain_refusal(&s.properties.export, id, e),
             _ => e,
         }
+    }
+}
+
+// ---- disk types and recorded properties (docs/managed-disks.md, "Disk types") ----
+
+/// Refuses, before anything is made, a disk whose raw pages Azure documents no way to read
+/// (or whose restore could not boot): `Unusable`, naming the disk type and the reason.
+pub(crate) fn admit(disk: &crate::arm::Disk) -> BlobResult<()> {
+    crate::managed_props::admit(disk).map(|_| ()).map_err(|e| {
+        BlobError::local(
+            ErrorKind::Unusable,
+            Resource::Managed(disk.id.clone()),
+            e.to_string(),
+        )
+    })
+}
+
+impl ManagedDiskSource {
+    /// Shows the wait for a snapshot's background copy in `status` (`snapshot copy`, bytes
+    /// as `completionPercent` of the snapshot's size).
+    pub fn with_progress(
+        mut self,
+        progress: Option<std::sync::Arc<crate::cycle::progress::Progress>>,
+    ) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    fn show_copy(&self, snap: &Snapshot) {
+        let (Some(p), Some(size)) = (&self.progress, snap.properties.disk_size_bytes) else {
+            return;
+        };
+        let pct = snap
+            .properties
+            .completion_percent
+            .unwrap_or(0.0)
+            .clamp(0.0, 100.0);
+        p.report("snapshot copy", (size as f64 * pct / 100.0) as u64, size);
+    }
+
+    /// The disk's properties now (the cycle that took `snapshot` is finishing), as restore
+    /// point metadata. A disk deleted since the snapshot records nothing: the restore then
+    /// needs the CLI's flags, and says so.
+    async fn recorded_disk(&self, snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
+        let mut out = crate::blobs::Metadata::new();
+        let disk = match self.arm.get_disk(&self.disk).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == ArmErrorKind::NotFound => {
+                tracing::warn!(disk = %self.disk, %snapshot, "the disk is gone: its properties are not recorded with the restore point");
+                return Ok(out);
+            }
+            Err(e) => return Err(arm_err(&self.disk, e)),
+        };
+        match crate::managed_props::RecordedDisk::of(&disk).to_metadata() {
+            Some((k, v)) => {
+                out.insert(k, v);
+            }
+            None => {
+                tracing::warn!(disk = %self.disk, "the disk's properties exceed the metadata budget: not recorded")
+            }
+        }
+        Ok(out)
     }
 }

@@ -21,6 +21,7 @@ use crate::copy::{CopyEnd, CopyWait};
 use crate::cycle::handover::publish_record;
 use crate::cycle::machine::CycleRecord;
 use crate::managed::{arm_err, ManagedDiskSource};
+use crate::managed_props::{plan_upload, Overrides, RecordedDisk};
 use crate::model::{tags, SnapshotId};
 use crate::ownership::DiskLease;
 use crate::pages::MAX_PUT_BYTES;
@@ -47,6 +48,11 @@ pub struct ManagedRestoreRequest {
     pub force: bool,
     /// Restart the disk's chain on the new disk.
     pub rebase: bool,
+    /// `--os-type`, `--hyper-v-generation`, `--disk-encryption-set`: override what the
+    /// restore point recorded of the source disk (`crate::managed_props`).
+    pub os_type: Option<String>,
+    pub hyper_v_generation: Option<String>,
+    pub disk_encryption_set: Option<String>,
 }
 
 /// The chain `--rebase` restarted on the new disk; its next cycle is incremental.
@@ -72,6 +78,14 @@ pub struct ManagedRestoreReport {
     pub bytes_written: u64,
     pub seconds: f64,
     pub rebased: Option<ManagedRebase>,
+    /// The new disk's `osType` (None: a data disk), as created.
+    pub os_type: Option<String>,
+    pub hyper_v_generation: Option<String>,
+    /// The disk encryption set it was created with (customer-managed key), if any.
+    pub disk_encryption_set: Option<String>,
+    /// Whether the restore point recorded the source disk's properties (points taken
+    /// before records were kept did not: the new disk then has only what the flags give).
+    pub recorded: bool,
 }
 
 /// Writes restore point `req.point` of `disk` into the new managed disk `req.target`;
@@ -133,11 +147,33 @@ async fn restore_under(
             source: arm_err(&id, e),
         }
     };
-    let location = arm
-        .get_disk(source)
-        .await
-        .map_err(arm_fail(format!("read disk {source}"), source))?
-        .location;
+    let recorded = recorded_disk(blobs, disk, &chosen.snapshot, &target).await?;
+    let overrides = Overrides {
+        os_type: req.os_type.clone(),
+        hyper_v_generation: req.hyper_v_generation.clone(),
+        sku: req.sku.clone(),
+        zone: req.zone.clone(),
+        disk_encryption_set: req.disk_encryption_set.clone(),
+    };
+    let refused = |reason: String| RestoreError::ManagedTarget {
+        target: target.clone(),
+        reason,
+    };
+    let problems = overrides.problems();
+    if !problems.is_empty() {
+        return Err(refused(problems.join("; ")));
+    }
+    let plan = plan_upload(recorded.as_ref(), &overrides).map_err(refused)?;
+    // The recorded location: the source disk may be gone. Older points: the disk's now.
+    let location = match &plan.location {
+        Some(l) => l.clone(),
+        None => {
+            arm.get_disk(source)
+                .await
+                .map_err(arm_fail(format!("read disk {source}"), source))?
+                .location
+        }
+    };
     match arm.get_disk(&req.target).await {
         Ok(existing) if !req.force => {
             return Err(RestoreError::TargetExists {
@@ -175,11 +211,11 @@ async fn restore_under(
     let spec = UploadDiskSpec {
         location: location.clone(),
         upload_size_bytes: chosen.size + vhd::FOOTER_SIZE,
-        sku: req.sku.clone(),
-        zone: req.zone.clone(),
+        sku: plan.sku.clone(),
+        zone: plan.zone.clone(),
         tags,
     };
-    arm.create_upload_disk(&req.target, &spec)
+    arm.create_upload_disk_with(&req.target, &spec, &plan.recipe)
         .await
         .map_err(arm_fail(format!("create {target}"), &req.target))?;
     let write = arm
@@ -263,6 +299,14 @@ async fn restore_under(
         bytes_written: written,
         seconds: started.elapsed().as_secs_f64(),
         rebased,
+        os_type: plan.recipe.os_type.clone(),
+        hyper_v_generation: plan.recipe.hyper_v_generation.clone(),
+        disk_encryption_set: plan
+            .recipe
+            .encryption
+            .as_ref()
+            .and_then(|e| e.disk_encryption_set_id.clone()),
+        recorded: recorded.is_some(),
     })
 }
 
@@ -420,6 +464,75 @@ async fn rebase(
         restore_point: b0.as_str().to_string(),
         retired,
     })
+}
+
+/// What restore point `point` recorded of the source disk: None for a point from before
+/// records were kept; an unreadable record refuses the restore (nothing written) rather
+/// than making a disk whose properties are guessed.
+async fn recorded_disk(
+    blobs: &dyn PageBlobs,
+    disk: &DiskConfig,
+    point: &str,
+    target: &str,
+) -> Result<Option<RecordedDisk>, RestoreError> {
+    let snapshots = blobs
+        .list_snapshots(&disk.backup)
+        .await
+        .map_err(blob_err(format!("restore points of disk {}", disk.name)))?;
+    let Some(info) = snapshots.into_iter().find(|s| s.snapshot == point) else {
+        return Ok(None);
+    };
+    match RecordedDisk::from_metadata(&info.metadata) {
+        None => Ok(None),
+        Some(Ok(r)) => Ok(Some(r)),
+        Some(Err(reason)) => Err(RestoreError::ManagedTarget {
+            target: target.to_string(),
+            reason: format!("restore point {point}: {reason}"),
+        }),
+    }
+}
+
+/// The commands that swap the disk of `report` into a VM, for its kind: an OS disk
+/// (`osType` set) replaces the VM's OS disk, which Azure allows only between disks of the
+/// VM's generation and, with a customer-managed key, the VM's encryption settings
+/// (os-disk-swap); a data disk is detached and attached.
+pub fn swap_commands_for(target: &ResourceId, report: &ManagedRestoreReport) -> String {
+    let rg = &target.group.name;
+    let mut out = String::from(
+        "# Swap the restored disk into the VM (snapback does not run these). Fill in <VM>",
+    );
+    if report.os_type.is_none() {
+        out.push_str(" and <OLD_DISK>.\n");
+        out.push_str(&format!(
+            "# A data disk (the source disk had no osType).\n\
+             az vm disk detach --resource-group {rg} --vm-name <VM> --name <OLD_DISK>\n\
+             az vm disk attach --resource-group {rg} --vm-name <VM> --name {target}\n"
+        ));
+        if !report.recorded {
+            out.push_str(
+                "# The restore point recorded no disk properties (taken by an older snapback):\n\
+                 # for an OS disk, restore again with --os-type (and --hyper-v-generation V2 for Gen2).\n",
+            );
+        }
+        return out;
+    }
+    out.push_str(".\n");
+    out.push_str(&format!(
+        "# An OS disk ({}, Hyper-V generation {}): the VM must be of that generation.\n",
+        report.os_type.as_deref().unwrap_or(""),
+        report.hyper_v_generation.as_deref().unwrap_or("V1")
+    ));
+    if let Some(des) = &report.disk_encryption_set {
+        out.push_str(&format!(
+            "# Encrypted with the customer-managed key of {des}: the VM's disks use the same.\n"
+        ));
+    }
+    out.push_str(&format!(
+        "az vm deallocate --resource-group {rg} --name <VM>\n\
+         az vm update --resource-group {rg} --name <VM> --os-disk {target}\n\
+         az vm start --resource-group {rg} --name <VM>\n"
+    ));
+    out
 }
 
 /// The Azure CLI commands that swap the restored disk into a VM (printed, never run).

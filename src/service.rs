@@ -640,7 +640,10 @@ impl App {
                 disk: disk.name.clone(),
                 source,
             })?
-            .map(|m| m.in_chain(lease.map(DiskLease::chain)));
+            .map(|m| {
+                m.in_chain(lease.map(DiskLease::chain))
+                    .with_progress(progress.clone())
+            });
         let mut runner = Runner::new(self.blobs.as_ref(), &self.store, self.clock.as_ref(), &spec);
         runner.other_source = managed.as_ref().map(|m| m as &dyn Source);
         runner.stop = stop;

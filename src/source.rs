@@ -101,6 +101,13 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// Metadata the restore point of `snapshot` carries besides snapback's tags: what a
+    /// restore needs to know about the source after it is gone (a managed disk's
+    /// properties, `crate::managed_props::RecordedDisk`). Empty for a page blob.
+    async fn point_metadata(&self, _snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
+        Ok(crate::blobs::Metadata::new())
+    }
+
     /// Storage requests made and diff ranges listed since the last call, for sources whose
     /// requests do not go through the runner's metered storage (a managed disk's SAS reads).
     fn take_counts(&self) -> (u64, u64) {

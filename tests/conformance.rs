@@ -1277,3 +1277,187 @@ async fn location_only_operations() {
         (0, 0)
     );
 }
+
+/// Disk types (docs/managed-disks.md, "Disk types"): a Premium SSD v2 disk created without
+/// `logicalSectorSize` reports Azure's default 4096 and is refused by snapback before any
+/// snapshot is made, naming the type and the VHDX reason; one of 512-byte sectors is
+/// admitted; at most 3 snapshots of a Premium SSD v2 disk may be pending (409
+/// `OperationNotAllowed` for the 4th); the emulator refuses what DiskRP documents as invalid
+/// (4096 on Premium SSD, Trusted Launch not V2, a customer key without a disk encryption
+/// set) and echoes the properties it keeps, on the disk and on its snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() {
+    use snapback::source::Source;
+    let az = common::azurite::Azurite::start();
+    let emu = ArmEmulator::start_like_azure(
+        &az,
+        &[
+            ("EMU_POLLS", "0"),
+            ("EMU_COMPLETION_STEP", "1"),
+            ("EMU_SNAPSHOT_RATE_LIMIT", "0"),
+        ],
+    );
+    let arm = emu.client();
+    let raw = Raw::new(&emu).await;
+    // The PUT, then one poll of its operation (EMU_POLLS=0: it ends there) so that the disk
+    // is provisioned.
+    let put = |name: &str, body: Value| {
+        let (raw, path) = (&raw, id("disks", name).to_string());
+        async move {
+            let answer = raw.send(reqwest::Method::PUT, &path, Some(body)).await;
+            if let Some(op) = answer
+                .headers
+                .get("azure-asyncoperation")
+                .and_then(|v| v.to_str().ok())
+            {
+                raw.send(reqwest::Method::GET, op, None).await;
+            }
+            answer
+        }
+    };
+    let v2 = put(
+        "v2-default",
+        json!({"location": "westeurope", "sku": {"name": "PremiumV2_LRS"}, "properties":
+            {"diskSizeGB": 1, "creationData": {"createOption": "Empty"}}}),
+    )
+    .await;
+    assert_eq!(v2.status, 202, "{:?}", v2.body);
+    let disk = arm.get_disk(&id("disks", "v2-default")).await.unwrap();
+    assert_eq!(
+        disk.properties.creation_data.logical_sector_size,
+        Some(4096)
+    );
+    let refusal = snapback::managed_props::admit(&disk).expect_err("4096 refused");
+    assert_eq!(
+        refusal.disk_type,
+        "Premium SSD v2 with 4096-byte logical sectors"
+    );
+    assert!(refusal.reason.contains("VHDX"), "{refusal}");
+    let group = snapback::arm::ResourceGroup {
+        subscription: "00000000-0000-4000-8000-000000000001".into(),
+        name: "rg-conf".into(),
+    };
+    let source = snapback::managed::ManagedDiskSource::new(
+        emu.client(),
+        SasBlobs::new(None),
+        id("disks", "v2-default"),
+        group,
+    );
+    let err = source
+        .take_snapshot("d", "c1")
+        .await
+        .expect_err("refused at cycle start");
+    assert_eq!(err.kind, snapback::blobs::ErrorKind::Unusable, "{err}");
+    assert!(err.to_string().contains("Premium SSD v2"), "{err}");
+    let state = emu.control_get("/__emulator/state").await;
+    assert_eq!(state["snapshots"], json!([]), "nothing made");
+
+    let ok = put(
+        "v2-512",
+        json!({"location": "westeurope", "sku": {"name": "PremiumV2_LRS"}, "properties":
+            {"diskSizeGB": 1, "creationData": {"createOption": "Empty", "logicalSectorSize": 512}}}),
+    )
+    .await;
+    assert_eq!(ok.status, 202);
+    let v512 = arm.get_disk(&id("disks", "v2-512")).await.unwrap();
+    assert_eq!(
+        snapback::managed_props::admit(&v512).as_deref(),
+        Ok("Premium SSD v2, 512-byte sectors")
+    );
+    for i in 0..3 {
+        let s = arm
+            .create_incremental_snapshot(&id("snapshots", &format!("p{i}")), &v512, &Tags::new())
+            .await
+            .expect("pending snapshot");
+        assert!(!s.is_ready(), "{:?}", s.properties.completion_percent);
+    }
+    let err = arm
+        .create_incremental_snapshot(&id("snapshots", "p3"), &v512, &Tags::new())
+        .await
+        .expect_err("a 4th pending");
+    assert_eq!(
+        (err.kind(), err.code()),
+        (ArmErrorKind::Conflict, Some("OperationNotAllowed")),
+        "{err}"
+    );
+
+    for (name, body, why) in [
+        (
+            "p1-4k",
+            json!({"location": "westeurope", "sku": {"name": "Premium_LRS"}, "properties":
+                {"diskSizeGB": 1, "creationData": {"createOption": "Empty", "logicalSectorSize": 4096}}}),
+            "logicalSectorSize 4096",
+        ),
+        (
+            "tl-v1",
+            json!({"location": "westeurope", "properties": {"osType": "Windows", "hyperVGeneration": "V1",
+                "securityProfile": {"securityType": "TrustedLaunch"},
+                "creationData": {"createOption": "Upload", "uploadSizeBytes": MIN_UPLOAD}}}),
+            "requires hyperVGeneration V2",
+        ),
+        (
+            "cmk-nodes",
+            json!({"location": "westeurope", "properties": {"encryption": {"type": "EncryptionAtRestWithCustomerKey"},
+                "creationData": {"createOption": "Upload", "uploadSizeBytes": MIN_UPLOAD}}}),
+            "diskEncryptionSetId",
+        ),
+    ] {
+        let got = put(name, body).await;
+        assert_eq!(
+            (got.status, got.body["error"]["code"].as_str()),
+            (400, Some("InvalidParameter")),
+            "{name}: {:?}",
+            got.body
+        );
+        assert!(
+            got.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(why)),
+            "{name}: {:?}",
+            got.body
+        );
+    }
+
+    let des = format!("{SUB}/diskEncryptionSets/des1");
+    let recipe = snapback::arm::DiskRecipe {
+        os_type: Some("Linux".into()),
+        hyper_v_generation: Some("V2".into()),
+        supported_capabilities: Some(snapback::arm::SupportedCapabilities {
+            architecture: Some("x64".into()),
+            ..Default::default()
+        }),
+        encryption: Some(snapback::arm::Encryption {
+            kind: Some("EncryptionAtRestWithCustomerKey".into()),
+            disk_encryption_set_id: Some(des.clone()),
+        }),
+        tier: Some("P30".into()),
+        ..Default::default()
+    };
+    let os = id("disks", "os-disk");
+    arm.create_upload_disk_with(&os, &spec(MIN_UPLOAD, "Premium_LRS"), &recipe)
+        .await
+        .expect("OS disk");
+    upload(&arm, &os, &[]).await;
+    let got = arm.get_disk(&os).await.unwrap();
+    let rec = snapback::managed_props::RecordedDisk::of(&got);
+    assert_eq!(
+        (
+            rec.os_type.as_deref(),
+            rec.hyper_v_generation.as_deref(),
+            rec.tier.as_deref(),
+            rec.logical_sector_size
+        ),
+        (Some("Linux"), Some("V2"), Some("P30"), 512)
+    );
+    assert_eq!(
+        rec.encryption.and_then(|e| e.disk_encryption_set_id),
+        Some(des)
+    );
+    let snap = arm
+        .create_incremental_snapshot(&id("snapshots", "os-s1"), &got, &Tags::new())
+        .await
+        .unwrap();
+    let snap_raw = raw.send(reqwest::Method::GET, &snap.id, None).await.body;
+    assert_eq!(snap_raw["properties"]["osType"], "Linux");
+    assert_eq!(snap_raw["properties"]["hyperVGeneration"], "V2");
+}

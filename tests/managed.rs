@@ -10,7 +10,10 @@ use common::arm::{ArmEmulator, CLIENT_SECRET, SUBSCRIPTION};
 use common::azurite::Azurite;
 use common::fixture::{content, Fixture, Rng, MIB};
 use common::process::kill_at_failpoint;
-use snapback::arm::{Access, ResourceGroup, ResourceId, ResourceKind, Tags, UploadDiskSpec};
+use snapback::arm::{
+    Access, DiskRecipe, Encryption, ResourceGroup, ResourceId, ResourceKind, SecurityProfile,
+    SupportedCapabilities, Tags, UploadDiskSpec,
+};
 use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::pages::PAGE_SIZE;
 use std::path::Path;
@@ -39,6 +42,17 @@ fn disk_id() -> ResourceId {
 
 impl World {
     async fn new(size: u64, extra_disk_lines: &str) -> World {
+        World::with_disk(size, extra_disk_lines, None, &DiskRecipe::default()).await
+    }
+
+    /// [`World::new`] with a source disk in `zone` made with `recipe` (OS type, generation,
+    /// encryption, tier, security type).
+    async fn with_disk(
+        size: u64,
+        extra_disk_lines: &str,
+        zone: Option<&str>,
+        recipe: &DiskRecipe,
+    ) -> World {
         let azurite = Azurite::start();
         let emu = ArmEmulator::start(&azurite, &[]);
         let disk = disk_id();
@@ -55,10 +69,12 @@ impl World {
             location: "westeurope".into(),
             upload_size_bytes: size + 512,
             sku: Some("Premium_LRS".into()),
-            zone: None,
+            zone: zone.map(str::to_string),
             tags: Tags::new(),
         };
-        arm.create_upload_disk(&disk, &spec).await.unwrap();
+        arm.create_upload_disk_with(&disk, &spec, recipe)
+            .await
+            .unwrap();
         arm.begin_get_access(&disk, Access::Write, Duration::from_secs(600))
             .await
             .unwrap();
@@ -383,10 +399,14 @@ async fn managed_disk_restore_points_equal_the_disk_over_cycles() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed = String::from_utf8_lossy(&out.stdout);
+    // The source disk is a data disk (no osType recorded): swapped by detach and attach.
     assert!(
-        printed.contains(&format!("--os-disk {target}")),
+        printed.contains(&format!(
+            "az vm disk attach --resource-group rg-restore --vm-name <VM> --name {target}"
+        )),
         "{printed}"
     );
+    assert!(!printed.contains("--os-disk"), "{printed}");
     let restored = w
         .other_disk_content(&target, want4.len() as u64 + 512)
         .await;
@@ -1072,6 +1092,203 @@ async fn the_backup_is_created_tagged_even_when_the_answer_is_lost() {
     );
     let (newest, _) = w.points().pop().unwrap();
     assert!(w.point_content(&newest).await == w.disk_content().await);
+}
+
+/// Restores that boot: the restore point records the source disk's properties, and
+/// `restore --to-managed-disk` makes the Upload disk with them after the source disk is
+/// deleted — OS type, Hyper-V generation V2, capabilities, sku, zone, tier and its
+/// customer-managed key's disk encryption set — and prints the OS-disk swap; the flags
+/// override the record; a bad flag and an OS disk on Premium SSD v2 are refused (exit 2,
+/// nothing created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_restore_recreates_the_source_disks_properties_after_it_is_gone() {
+    let des = format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-keys/providers/Microsoft.Compute/diskEncryptionSets/des1");
+    let recipe = DiskRecipe {
+        os_type: Some("Linux".into()),
+        hyper_v_generation: Some("V2".into()),
+        supported_capabilities: Some(SupportedCapabilities {
+            accelerated_network: Some(true),
+            architecture: Some("x64".into()),
+            disk_controller_types: None,
+        }),
+        encryption: Some(Encryption {
+            kind: Some("EncryptionAtRestWithCustomerKey".into()),
+            disk_encryption_set_id: Some(des.clone()),
+        }),
+        tier: Some("P30".into()),
+        ..DiskRecipe::default()
+    };
+    let w = World::with_disk(4 * MIB, "", Some("2"), &recipe).await;
+    w.write(8192, &vec![0x5au8; 65536]).await;
+    w.backup_ok("cycle 1");
+    let expected = w.disk_content().await;
+    let (point, _) = w.points().pop().expect("a restore point");
+    let arm = w.emu.client();
+    arm.delete_disk(&w.disk).await.expect("source disk deleted");
+
+    let group = ResourceGroup {
+        subscription: SUBSCRIPTION.into(),
+        name: "rg-restore".into(),
+    };
+    let target = ResourceId::new(group.clone(), ResourceKind::Disk, "vm01-os-restored").unwrap();
+    let target_s = target.to_string();
+    let out = w.snapback(&[
+        "restore",
+        "disk1",
+        "--snapshot",
+        &point,
+        "--to-managed-disk",
+        &target_s,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "restore: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("--os-disk {target_s}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Hyper-V generation V2"), "{stdout}");
+    assert!(stdout.contains(&des), "{stdout}");
+    assert!(!stdout.contains("vm disk attach"), "{stdout}");
+    let got = arm.get_disk(&target).await.expect("restored disk");
+    let p = &got.properties;
+    assert_eq!(
+        (
+            p.os_type.as_deref(),
+            p.hyper_v_generation.as_deref(),
+            p.tier.as_deref(),
+            got.sku.as_ref().map(|s| s.name.as_str()),
+            got.zones.clone(),
+            got.location.as_str(),
+        ),
+        (
+            Some("Linux"),
+            Some("V2"),
+            Some("P30"),
+            Some("Premium_LRS"),
+            vec!["2".to_string()],
+            "westeurope"
+        )
+    );
+    assert_eq!(p.supported_capabilities, recipe.supported_capabilities);
+    assert_eq!(p.encryption, recipe.encryption);
+    assert_eq!(p.disk_state.as_deref(), Some("Unattached"));
+    assert_eq!(
+        w.other_disk_content(&target_s, w.size).await,
+        expected,
+        "the restored disk equals the source at its cycle"
+    );
+
+    // The flags override the record.
+    let second = ResourceId::new(group.clone(), ResourceKind::Disk, "vm01-gen1").unwrap();
+    let out = w.snapback(&[
+        "restore",
+        "disk1",
+        "--snapshot",
+        &point,
+        "--to-managed-disk",
+        &second.to_string(),
+        "--hyper-v-generation",
+        "V1",
+        "--sku",
+        "StandardSSD_LRS",
+        "--zone",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = arm.get_disk(&second).await.unwrap();
+    assert_eq!(
+        (
+            got.properties.hyper_v_generation.as_deref(),
+            got.sku.as_ref().map(|s| s.name.as_str()),
+            got.zones.clone(),
+            got.properties.tier.as_deref(),
+        ),
+        (
+            Some("V1"),
+            Some("StandardSSD_LRS"),
+            vec!["3".to_string()],
+            None
+        )
+    );
+
+    // Bad input: refused before anything is created.
+    let third = ResourceId::new(group, ResourceKind::Disk, "vm01-bad").unwrap();
+    for (args, why) in [
+        (
+            vec!["--hyper-v-generation", "V3"],
+            "--hyper-v-generation 'V3'",
+        ),
+        (vec!["--os-type", "linux"], "--os-type 'linux'"),
+        (
+            vec!["--disk-encryption-set", "des1"],
+            "--disk-encryption-set 'des1'",
+        ),
+        (vec!["--sku", "PremiumV2_LRS"], "cannot be a Premium SSD v2"),
+    ] {
+        let mut all = vec![
+            "restore",
+            "disk1",
+            "--snapshot",
+            &point,
+            "--to-managed-disk",
+        ];
+        let t = third.to_string();
+        all.push(&t);
+        all.extend(args.iter().copied());
+        let out = w.snapback(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+        assert!(
+            arm.get_disk(&third).await.is_err(),
+            "{args:?}: nothing created"
+        );
+    }
+}
+
+/// A Trusted Launch OS disk is refused at cycle start and by `check`, naming the type and
+/// the VM guest state it would lose; no snapshot resource is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_launch_disk_is_refused_at_check_and_cycle_start() {
+    let recipe = DiskRecipe {
+        os_type: Some("Windows".into()),
+        hyper_v_generation: Some("V2".into()),
+        security_profile: Some(SecurityProfile {
+            security_type: Some("TrustedLaunch".into()),
+            secure_vm_disk_encryption_set_id: None,
+        }),
+        ..DiskRecipe::default()
+    };
+    let w = World::with_disk(4 * MIB, "", None, &recipe).await;
+    let out = w.snapback(&["backup", "disk1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("Trusted Launch"), "{stderr}");
+    assert!(stderr.contains("VM guest state"), "{stderr}");
+    assert!(snapshot_resources(&w).await.is_empty(), "nothing made");
+    let out = w.snapback(&["check", "disk1", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["operation"] == "managed-disk-type"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["outcome"], "fail", "{rows}");
+    assert!(
+        row["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("Trusted Launch")),
+        "{row}"
+    );
+    assert_eq!(out.status.code(), Some(1));
 }
 
 // ------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 use super::error::ArmError;
 use super::id::{ResourceGroup, ResourceId, ResourceKind};
 use super::models::{
-    Access, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties,
+    Access, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties, DiskRecipe,
     ErrorResponse, GrantAccess, Page, Sku, Snapshot, SnapshotPut, SnapshotPutProperties, Tags,
     UploadDiskSpec,
 };
@@ -304,19 +304,33 @@ impl ArmClient {
         id: &ResourceId,
         spec: &UploadDiskSpec,
     ) -> Result<Disk, ArmError> {
+        self.create_upload_disk_with(id, spec, &DiskRecipe::default())
+            .await
+    }
+
+    /// [`Self::create_upload_disk`] with the properties of `recipe` (OS type, Hyper-V
+    /// generation, capabilities, encryption, tier), as a restore of an OS disk needs them.
+    pub async fn create_upload_disk_with(
+        &self,
+        id: &ResourceId,
+        spec: &UploadDiskSpec,
+        recipe: &DiskRecipe,
+    ) -> Result<Disk, ArmError> {
         const OP: &str = "create disk";
         expect_kind(OP, id, ResourceKind::Disk)?;
         let body = DiskPut {
             location: &spec.location,
-            sku: spec.sku.clone().map(|name| Sku { name }),
+            sku: spec.sku.clone().map(|name| Sku { name, tier: None }),
             zones: spec.zone.iter().cloned().collect(),
             tags: &spec.tags,
             properties: DiskPutProperties {
                 creation_data: CreationData {
                     create_option: "Upload".into(),
                     upload_size_bytes: Some(spec.upload_size_bytes),
+                    logical_sector_size: recipe.logical_sector_size,
                     ..Default::default()
                 },
+                recipe: recipe.clone(),
             },
         };
         self.put(OP, id, json(&body)).await

@@ -23,7 +23,10 @@ pub use client::{ArmClient, ArmOptions, PollPolicy, RetryPolicy};
 pub use error::{ArmError, ArmErrorKind};
 pub use export::{ExportBlocked, ExportPolicy, ExportProperty};
 pub use id::{ResourceGroup, ResourceId, ResourceKind};
-pub use models::{Access, Disk, Snapshot, Tags, UploadDiskSpec};
+pub use models::{
+    Access, Disk, DiskRecipe, Encryption, SecurityProfile, Snapshot, SupportedCapabilities, Tags,
+    UploadDiskSpec,
+};
 pub use sas::SasUrl;
 
 /// The Microsoft.Compute (DiskRP) REST version of every request.

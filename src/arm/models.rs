@@ -25,6 +25,11 @@ pub struct CreationData {
     pub source_unique_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_size_bytes: Option<u64>,
+    /// 512 or 4096; reported for Premium SSD v2 and Ultra disks (4096 is their default when
+    /// a disk is created without it) and inherited by their snapshots. A snapshot of a 4096
+    /// disk is stored as VHDX (docs/managed-disks.md, "Disk types").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_sector_size: Option<u32>,
 }
 
 /// A snapshot resource as ARM returns it.
@@ -58,17 +63,25 @@ pub struct SnapshotProperties {
     /// Who may read the snapshot's export, from where (`dataAccessAuthMode`, …).
     #[serde(flatten)]
     pub export: ExportPolicy,
+    /// `Pending`, `Available`, `InstantAccess`, `AvailableWithInstantAccess` (DiskRP
+    /// `SnapshotAccessState`, api-versions after 2024-03-02; absent in older answers).
+    #[serde(default)]
+    pub snapshot_access_state: Option<String>,
 }
 
 impl Snapshot {
-    /// Usable as a diff base and readable: provisioned, and copied if the disk type reports
-    /// a copy progress.
+    /// Usable as a diff base and readable: provisioned, and its data downloadable. Where
+    /// ARM reports `snapshotAccessState`, only `Available` and `AvailableWithInstantAccess`
+    /// may be "copied and downloaded" (`InstantAccess` may only make disks, `Pending`
+    /// nothing); otherwise a `completionPercent` must have reached 100 ("must be 100 before
+    /// you can ... generate a SAS URI", disks-incremental-snapshots, "Check snapshot status").
     pub fn is_ready(&self) -> bool {
-        self.properties.provisioning_state.as_deref() == Some("Succeeded")
-            && self
-                .properties
-                .completion_percent
-                .is_none_or(|p| p >= 100.0)
+        let p = &self.properties;
+        p.provisioning_state.as_deref() == Some("Succeeded")
+            && match p.snapshot_access_state.as_deref() {
+                Some(state) => matches!(state, "Available" | "AvailableWithInstantAccess"),
+                None => p.completion_percent.is_none_or(|p| p >= 100.0),
+            }
     }
 }
 
@@ -103,11 +116,67 @@ pub struct DiskProperties {
     /// Who may read the disk's export, from where (`dataAccessAuthMode`, …).
     #[serde(flatten)]
     pub export: ExportPolicy,
+    /// `Windows` or `Linux` on an OS disk; absent on a data disk.
+    #[serde(default)]
+    pub os_type: Option<String>,
+    /// `V1` or `V2` (a Gen2 VM boots only from a V2 disk).
+    #[serde(default)]
+    pub hyper_v_generation: Option<String>,
+    #[serde(default)]
+    pub supported_capabilities: Option<SupportedCapabilities>,
+    #[serde(default)]
+    pub security_profile: Option<SecurityProfile>,
+    #[serde(default)]
+    pub encryption: Option<Encryption>,
+    /// Performance tier (e.g. `P30`) of a Premium SSD, when set apart from its size.
+    #[serde(default)]
+    pub tier: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Sku {
     pub name: String,
+    /// `Standard`, `Premium`, `Ultra`: reported by ARM, never sent.
+    #[serde(default, skip_serializing)]
+    pub tier: Option<String>,
+}
+
+/// What the OS on a disk supports (DiskRP `SupportedCapabilities`); only the fields a VM
+/// checks when it takes the disk.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SupportedCapabilities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerated_network: Option<bool>,
+    /// `x64` or `Arm64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// e.g. `SCSI, NVMe`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_controller_types: Option<String>,
+}
+
+/// DiskRP `DiskSecurityProfile`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityProfile {
+    /// `TrustedLaunch`, `ConfidentialVM_VMGuestStateOnlyEncryptedWithPlatformKey`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_vm_disk_encryption_set_id: Option<String>,
+}
+
+/// DiskRP `Encryption`: at-rest encryption with a platform or a customer key.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Encryption {
+    /// `EncryptionAtRestWithPlatformKey`, `EncryptionAtRestWithCustomerKey`,
+    /// `EncryptionAtRestWithPlatformAndCustomerKeys`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_encryption_set_id: Option<String>,
 }
 
 /// PUT body of an incremental snapshot.
@@ -156,6 +225,31 @@ pub(crate) struct DiskPut<'a> {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DiskPutProperties {
     pub creation_data: CreationData,
+    #[serde(flatten)]
+    pub recipe: DiskRecipe,
+}
+
+/// The properties a new disk takes so that a VM can use it as the source disk was used (an
+/// OS disk: `osType`, `hyperVGeneration`, capabilities; the VM's encryption settings).
+/// Each is sent only when set; an empty recipe is the plain Upload disk of before.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskRecipe {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hyper_v_generation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supported_capabilities: Option<SupportedCapabilities>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_profile: Option<SecurityProfile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Sent as `creationData.logicalSectorSize` (512: an upload is a VHD).
+    #[serde(skip)]
+    pub logical_sector_size: Option<u32>,
 }
 
 /// `beginGetAccess` access level.

@@ -714,13 +714,15 @@ impl<'a> Runner<'a> {
             (None, Some(p)) => p.etag.clone(),
             (None, None) => String::new(),
         };
-        let meta = tags::with_fence(
+        // The source's own record first, so that snapback's tags always win a clash.
+        let mut meta = self.source().point_metadata(source).await?;
+        meta.extend(tags::with_fence(
             tags::in_chain(
                 tags::restore_point_on(&rec.disk, &rec.tag, source, &written),
                 self.chain.as_deref(),
             ),
             self.fence.map(|Fence(t)| t),
-        );
+        ));
         let made = find_or_make(
             || async {
                 Ok(self

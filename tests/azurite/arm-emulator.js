@@ -37,7 +37,16 @@
  *    until 100, and beginGetAccess before that answers 409. Other snapshots
  *    report no completionPercent (readable at once).
  *  - `creationData.logicalSectorSize` 512 or 4096 on a disk (createOption
- *    Empty with diskSizeGB, or Upload, which takes 512 only: an upload is a VHD).
+ *    Empty with diskSizeGB, or Upload, which takes 512 only: an upload is a VHD);
+ *    4096 only on Premium SSD v2 / Ultra, whose disks report it (default 4096 for
+ *    Empty, 512 for Upload) and whose snapshots inherit it; at most 3 snapshots
+ *    of such a disk pending (copying) at once, else 409 OperationNotAllowed.
+ *  - Disk properties echoed as given and copied to snapshots: osType,
+ *    hyperVGeneration, supportedCapabilities, securityProfile, encryption, tier;
+ *    refused as DiskRP documents: osType other than Windows/Linux,
+ *    hyperVGeneration other than V1/V2, a Trusted Launch / confidential disk not
+ *    V2, a customer-key encryption without diskEncryptionSetId (400
+ *    InvalidParameter; the codes are the emulator's choice).
  *  - Azure's limits: at most EMU_SNAPSHOT_RATE_LIMIT (default 7) new snapshots
  *    of a disk per EMU_SNAPSHOT_RATE_WINDOW seconds (default 300), else 409
  *    OperationNotAllowed; uploadSizeBytes at least 20,972,032 (20 MiB + 512)
@@ -312,6 +321,7 @@ function diskView(d) {
     name: d.name, id: d.id, type: "Microsoft.Compute/disks", location: d.location,
     sku: skuView(d.sku), zones: d.zone ? [d.zone] : undefined, tags: d.tags,
     properties: {
+      ...d.echo,
       creationData: { createOption: d.createOption, uploadSizeBytes: d.uploadSizeBytes, logicalSectorSize: d.logicalSectorSize },
       diskSizeGB: sized ? Math.ceil(d.sizeBytes / 2 ** 30) : undefined,
       timeCreated: d.timeCreated, provisioningState: d.provisioningState, diskState: d.diskState,
@@ -365,6 +375,7 @@ function snapshotView(s) {
     name: s.name, id: s.id, type: "Microsoft.Compute/snapshots", location: s.location, tags: s.tags,
     sku: skuView("Standard_LRS"),
     properties: {
+      ...s.echo,
       creationData: {
         createOption: "Copy", sourceResourceId: s.sourceResourceId, sourceUniqueId: s.sourceUniqueId,
         logicalSectorSize: s.logicalSectorSize,
@@ -399,6 +410,21 @@ function uploadSizeProblem(upload) {
   return undefined;
 }
 
+/** The disk properties the emulator keeps as given (and copies to snapshots). */
+const ECHOED = ["osType", "hyperVGeneration", "supportedCapabilities", "securityProfile", "encryption", "tier"];
+
+/** DiskRP's refusals of those properties, as its documentation states the rules. */
+function propertyProblem(props, sku, sector) {
+  if (props.osType !== undefined && !["Windows", "Linux"].includes(props.osType)) return `osType must be Windows or Linux, got ${props.osType}`;
+  if (props.hyperVGeneration !== undefined && !["V1", "V2"].includes(props.hyperVGeneration)) return `hyperVGeneration must be V1 or V2, got ${props.hyperVGeneration}`;
+  const security = (props.securityProfile || {}).securityType;
+  if (security !== undefined && props.hyperVGeneration !== "V2") return `securityType ${security} requires hyperVGeneration V2.`;
+  const enc = props.encryption || {};
+  if (/CustomerKey/.test(enc.type || "") && !enc.diskEncryptionSetId) return `encryption type ${enc.type} requires a diskEncryptionSetId.`;
+  if (sector === 4096 && !BACKGROUND_COPY_SKUS.includes(sku)) return `logicalSectorSize 4096 is supported for ${BACKGROUND_COPY_SKUS.join(" and ")} disks only.`;
+  return undefined;
+}
+
 function familyActiveSas(diskId) {
   let n = 0;
   for (const s of snapshots.values()) if (s.access && s.sourceResourceId.toLowerCase() === diskId.toLowerCase()) n += 1;
@@ -420,6 +446,11 @@ async function putDisk(req, res, id, m, body) {
   if (sector !== undefined && sector !== 512 && sector !== 4096) {
     return armError(res, 400, "InvalidParameter", `logicalSectorSize must be 512 or 4096, got ${creation.logicalSectorSize}`);
   }
+  const skuName = (body.sku && body.sku.name) || "Standard_LRS";
+  const problem = propertyProblem(props, skuName, sector);
+  if (problem) return armError(res, 400, "InvalidParameter", problem);
+  const echo = {};
+  for (const k of ECHOED) if (props[k] !== undefined) echo[k] = props[k];
   let upload;
   let sizeBytes;
   if (option === "Upload") {
@@ -445,9 +476,13 @@ async function putDisk(req, res, id, m, body) {
   const blob = diskBlob(m[1], m[2], m[4]);
   const disk = {
     ...exportOf,
-    id, name: m[4], location: body.location, sku: (body.sku && body.sku.name) || "Standard_LRS",
+    id, name: m[4], location: body.location, sku: skuName,
     zone: Array.isArray(body.zones) ? body.zones[0] : undefined, tags: body.tags || {},
-    createOption: option, uploadSizeBytes: upload, logicalSectorSize: sector, sizeBytes, blob,
+    createOption: option, uploadSizeBytes: upload, sizeBytes, blob, echo,
+    // Premium SSD v2 / Ultra report their sector size: 4096 unless asked otherwise; an
+    // upload is a VHD of 512-byte sectors.
+    logicalSectorSize: sector !== undefined ? sector
+      : !BACKGROUND_COPY_SKUS.includes(skuName) ? undefined : option === "Upload" ? 512 : 4096,
     uniqueId: crypto.randomUUID(), provisioningState: "Updating",
     diskState: option === "Upload" ? "ReadyToUpload" : "Unattached", uploaded: false,
     timeCreated: now(), access: undefined,
@@ -499,6 +534,13 @@ async function putSnapshot(req, res, id, m, body) {
   // copies the disk's is not documented; snapback sends the restrictive ones itself).
   const exportOf = exportSettings(props);
   if (typeof exportOf === "string") return armError(res, 400, "InvalidParameter", exportOf);
+  // Premium SSD v2 / Ultra: "up to three total snapshots pending" while a background copy runs.
+  const pending = [...snapshots.values()].filter((s) => s.sourceResourceId.toLowerCase() === diskKey &&
+    s.completionPercent !== undefined && s.completionPercent < 100).length;
+  if (BACKGROUND_COPY_SKUS.includes(disk.sku) && pending >= 3) {
+    return armError(res, 409, "OperationNotAllowed",
+      `Disk ${disk.id} has ${pending} snapshots whose background copy is still in progress; at most 3 may be pending.`);
+  }
   snapshotTimes.set(diskKey, [...recent, Date.now()]);
   // The blob snapshot is taken now, when the PUT is accepted: the point in time is the PUT's.
   const snap = await storage("PUT", `${CONTAINER}/${disk.blob}`, "comp=snapshot");
@@ -508,6 +550,7 @@ async function putSnapshot(req, res, id, m, body) {
     id, name: m[4], location: body.location || disk.location, tags: body.tags || {},
     sourceResourceId: disk.id, sourceUniqueId: disk.uniqueId, incremental: true,
     sizeBytes: disk.sizeBytes, logicalSectorSize: disk.logicalSectorSize, blob: disk.blob,
+    echo: Object.fromEntries(Object.entries(disk.echo).filter(([k]) => k !== "tier")), // a snapshot has no tier
     blobSnapshot: snap.headers["x-ms-snapshot"], provisioningState: "Updating",
     completionPercent: background ? 0 : undefined, uniqueId: crypto.randomUUID(),
     timeCreated: now(), access: undefined, exportContainer: undefined,
