@@ -996,6 +996,34 @@ mod tests {
         assert!(seen > 0, "some path reaches Prune");
     }
 
+    /// Issue 17, item 3: a re-created disk, a snapshot of another disk, a deleted base and
+    /// a resize across 4 TiB each re-seed; a resize on one side of it diffs.
+    #[test]
+    fn diff_bases_that_cannot_be_diffed_reseed() {
+        let b = id("S0");
+        let tib = 1u64 << 40;
+        let verdict = |state: BaseState, size: u64| {
+            base_verdict(&b, &state, size, Some(MANAGED_DIFF_BOUNDARY), "disk")
+        };
+        let present = |size| BaseState::Present { size };
+        assert_eq!(verdict(present(tib), 2 * tib), None);
+        assert_eq!(verdict(present(5 * tib), 6 * tib), None);
+        assert_eq!(verdict(present(4 * tib), 4 * tib), None);
+        assert!(verdict(present(4 * tib), 4 * tib + 512).is_some());
+        assert!(verdict(present(2 * tib), 8 * tib)
+            .unwrap()
+            .contains("across 4096 GiB"));
+        let recreated = BaseState::Recreated {
+            was: "u1".into(),
+            now: "u2".into(),
+        };
+        assert!(verdict(recreated, tib).unwrap().contains("re-created"));
+        assert!(verdict(BaseState::OtherSource, tib).is_some());
+        assert!(verdict(BaseState::Gone, tib).is_some());
+        // A page blob has no boundary.
+        assert_eq!(base_verdict(&b, &present(tib), 8 * tib, None, "blob"), None);
+    }
+
     #[test]
     fn rebase_is_a_finished_seed_naming_its_restore_point() {
         let r = CycleRecord::rebased(
