@@ -16,9 +16,12 @@
 //!   is the raw disk image (the footer is written again by a restore to a managed disk).
 
 use crate::arm::sas::SasUrl;
-use crate::arm::{Access, ArmClient, ArmError, ArmErrorKind, ResourceGroup, ResourceId, Snapshot};
+use crate::arm::{
+    Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, Snapshot,
+};
 use crate::azure::sas_blob::SasBlobs;
 use crate::blobs::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
+use crate::cycle::machine::BaseState;
 use crate::model::{tags, SnapshotId};
 use crate::pages::ByteRange;
 use crate::source::{CopySource, DiffQuery, Source, SourceSnapshot};
@@ -42,6 +45,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// ARM's longest snapshot name.
 const MAX_NAME: usize = 80;
 
+/// See [`ManagedDiskSource::seen`].
+#[derive(Default)]
+struct Seen {
+    /// Whether the chain's snapshots were listed in this cycle: then a snapshot of the
+    /// chain that is not in `snapshots` was not there (a cycle's own `S(n)` is found by its
+    /// PUT, which is idempotent by name, so a wrong "absent" never makes a second one).
+    listed: bool,
+    snapshots: HashMap<String, Snapshot>,
+    disk: Option<Disk>,
+}
+
 pub struct ManagedDiskSource {
     arm: ArmClient,
     sas: SasBlobs,
@@ -49,6 +63,10 @@ pub struct ManagedDiskSource {
     snapshot_group: ResourceGroup,
     /// Read SAS granted by this process, by lower-cased snapshot id.
     granted: Mutex<HashMap<String, SasUrl>>,
+    /// What this source saw of ARM in its cycle (a source lives for one cycle), so no
+    /// resource is fetched twice: the chain's snapshots as last listed or made, by
+    /// lower-cased id, and the disk as read before its snapshot was taken.
+    seen: Mutex<Seen>,
     /// Wait between readiness polls of a snapshot still copying.
     ready_poll: Duration,
     /// Storage requests through SAS URLs and diff ranges listed, for the cycle's stats.
@@ -74,6 +92,7 @@ impl ManagedDiskSource {
             disk,
             snapshot_group,
             granted: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen::default()),
             ready_poll: Duration::from_secs(10),
             requests: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
@@ -120,13 +139,55 @@ impl ManagedDiskSource {
         })
     }
 
-    /// The snapshot, or None if it does not exist.
+    /// The snapshot, or None if it does not exist: from ARM.
     async fn get(&self, id: &ResourceId) -> BlobResult<Option<Snapshot>> {
         match self.arm.get_snapshot(id).await {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(None),
+            Ok(s) => {
+                self.remember(&s);
+                Ok(Some(s))
+            }
+            Err(e) if e.kind() == ArmErrorKind::NotFound => {
+                self.seen().snapshots.remove(&key(id));
+                Ok(None)
+            }
             Err(e) => Err(arm_err(id, e)),
         }
+    }
+
+    /// The snapshot as this cycle last saw it (listed, made or read), else from ARM.
+    async fn known(&self, id: &ResourceId) -> BlobResult<Option<Snapshot>> {
+        let cached = self.seen().snapshots.get(&key(id)).cloned();
+        match cached {
+            Some(s) => Ok(Some(s)),
+            None => self.get(id).await,
+        }
+    }
+
+    fn remember(&self, s: &Snapshot) {
+        if let Ok(id) = s.id.parse::<ResourceId>() {
+            self.seen().snapshots.insert(key(&id), s.clone());
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        // A panic while holding it leaves it consistent (single inserts/removes).
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The disk: read once per cycle (location, `uniqueId`, size).
+    async fn disk(&self) -> BlobResult<Disk> {
+        if let Some(d) = self.seen().disk.clone() {
+            return Ok(d);
+        }
+        let d = self
+            .arm
+            .get_disk(&self.disk)
+            .await
+            .map_err(|e| arm_err(&self.disk, e))?;
+        self.seen().disk = Some(d.clone());
+        Ok(d)
     }
 
     /// Waits until `snap` is readable; returns it with its size.
@@ -164,11 +225,11 @@ impl ManagedDiskSource {
 
     /// A read SAS for `id`, granted once per process.
     async fn sas(&self, id: &ResourceId) -> BlobResult<SasUrl> {
-        let key = id.to_string().to_ascii_lowercase();
+        let key = key(id);
         if let Some(s) = self.lock().get(&key) {
             return Ok(s.clone());
         }
-        let snap = self.get(id).await?;
+        let snap = self.known(id).await?;
         let size = snap
             .as_ref()
             .and_then(|s| s.properties.disk_size_bytes)
@@ -195,7 +256,10 @@ impl ManagedDiskSource {
 
     /// Ends access to `id` (also when this process did not grant it).
     async fn end_access(&self, id: &ResourceId) -> BlobResult<()> {
-        self.lock().remove(&id.to_string().to_ascii_lowercase());
+        self.lock().remove(&key(id));
+        if let Some(s) = self.seen().snapshots.get_mut(&key(id)) {
+            s.properties.disk_state = None;
+        }
         match self.arm.end_get_access(id).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(()),
@@ -226,12 +290,28 @@ impl ManagedDiskSource {
             Some(chain) => tags::of_chain(&s.tags, disk, Some(chain)),
             None => tags::disk(&s.tags) == Some(disk),
         });
+        {
+            let mut seen = self.seen();
+            seen.listed = true;
+            seen.snapshots.clear();
+            for s in &all {
+                if let Ok(id) = s.id.parse::<ResourceId>() {
+                    seen.snapshots.insert(key(&id), s.clone());
+                }
+            }
+        }
         // ISO 8601 times of one format sort as strings; the name breaks ties.
         all.sort_by(|a, b| {
             (&a.properties.time_created, &a.name).cmp(&(&b.properties.time_created, &b.name))
         });
         Ok(all)
     }
+}
+
+/// The key of a resource in [`ManagedDiskSource::granted`] and [`Seen::snapshots`] (ARM
+/// ids are case-insensitive).
+fn key(id: &ResourceId) -> String {
+    id.to_string().to_ascii_lowercase()
 }
 
 /// "This snapshot is gone", in the terms [`Source::snapshot_resource`] compares.
@@ -283,7 +363,17 @@ impl Source for ManagedDiskSource {
 
     async fn find_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<Option<SourceSnapshot>> {
         let id = self.snapshot_id(cycle)?;
-        match self.get(&id).await? {
+        // The listing this cycle began with (`release`) holds every snapshot of the chain: one
+        // that is not there was not made (and if it was, its PUT is idempotent by name).
+        let found = {
+            let seen = self.seen();
+            seen.listed.then(|| seen.snapshots.get(&key(&id)).cloned())
+        };
+        let found = match found {
+            Some(found) => found,
+            None => self.get(&id).await?,
+        };
+        match found {
             Some(s) if tags::disk(&s.tags) == Some(disk) => Ok(Some(self.ready(&id, s).await?)),
             _ => Ok(None),
         }
@@ -292,11 +382,7 @@ impl Source for ManagedDiskSource {
     async fn take_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<SourceSnapshot> {
         let id = self.snapshot_id(cycle)?;
         // Invariant 9: the disk is read first; a missing disk or a refused token fails here.
-        let source = self
-            .arm
-            .get_disk(&self.disk)
-            .await
-            .map_err(|e| arm_err(&self.disk, e))?;
+        let source = self.disk().await?;
         // A disk whose network settings stop every export fails here too, named.
         crate::managed_access::check_export(&source.properties.export, &self.disk.to_string())?;
         admit(&source)?;
@@ -309,6 +395,7 @@ impl Source for ManagedDiskSource {
             )
             .await
             .map_err(|e| arm_err(&id, e))?;
+        self.remember(&snap);
         self.ready(&id, snap).await
     }
 
@@ -326,29 +413,54 @@ impl Source for ManagedDiskSource {
     /// on the old disk must seed rather than diff across disks.
     async fn snapshot_size(&self, snapshot: &SnapshotId) -> BlobResult<Option<u64>> {
         let id = self.parse_id(snapshot)?;
-        let disk = self.disk.to_string();
         Ok(self
-            .get(&id)
+            .known(&id)
             .await?
-            .filter(|s| {
-                s.properties
-                    .creation_data
-                    .source_resource_id
-                    .as_deref()
-                    .is_some_and(|src| src.eq_ignore_ascii_case(&disk))
-            })
+            .filter(|s| self.of_this_disk(s))
             .and_then(|s| s.properties.disk_size_bytes))
+    }
+
+    /// Compares `sourceUniqueId` too: a disk deleted and re-created under the same name
+    /// keeps its resource id (and so `sourceResourceId`), but not its unique id, and a diff
+    /// across the two disks is meaningless. `S(n)` and `S(n-1)` are both known in the cycle
+    /// (made and listed), so this costs no request.
+    async fn diff_base(&self, base: &SnapshotId, snapshot: &SnapshotId) -> BlobResult<BaseState> {
+        let base_id = self.parse_id(base)?;
+        let Some(b) = self.known(&base_id).await? else {
+            return Ok(BaseState::Gone);
+        };
+        if !self.of_this_disk(&b) {
+            return Ok(BaseState::OtherSource);
+        }
+        let now = self.known(&self.parse_id(snapshot)?).await?;
+        let was = b.properties.creation_data.source_unique_id.clone();
+        let is = now.and_then(|s| s.properties.creation_data.source_unique_id);
+        if let (Some(was), Some(now)) = (was, is) {
+            if !was.eq_ignore_ascii_case(&now) {
+                return Ok(BaseState::Recreated { was, now });
+            }
+        }
+        Ok(match b.properties.disk_size_bytes {
+            Some(size) => BaseState::Present { size },
+            None => BaseState::Gone,
+        })
+    }
+
+    fn diff_boundary(&self) -> Option<u64> {
+        Some(crate::cycle::machine::MANAGED_DIFF_BOUNDARY)
     }
 
     async fn diff(&self, q: DiffQuery<'_>) -> BlobResult<PageList> {
         let id = self.parse_id(q.snapshot)?;
-        let sas = self.sas_or_gone(&id).await?;
-        let previous = match q.base {
+        // Access to S(n) and S(n-1) is asked for at once: two operations waited for together.
+        let (sas, previous) = match q.base {
             Some(b) => {
                 let base = self.parse_id(b)?;
-                Some(self.sas_or_gone(&base).await?)
+                let (sas, previous) =
+                    tokio::try_join!(self.sas_or_gone(&id), self.sas_or_gone(&base))?;
+                (sas, Some(previous))
             }
-            None => None,
+            None => (self.sas_or_gone(&id).await?, None),
         };
         let query = PageListQuery {
             snapshot: None,
@@ -383,13 +495,27 @@ impl Source for ManagedDiskSource {
 
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
         let id = self.parse_id(snapshot)?;
-        // A snapshot with an active SAS cannot be deleted.
-        self.end_access(&id).await?;
-        match self.arm.delete_snapshot(&id).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(()),
-            Err(e) => Err(arm_err(&id, e)),
-        }
+        self.delete_one(&id).await
+    }
+
+    /// Ends access and deletes at once: each older snapshot's access is ended and then it
+    /// is deleted (ARM refuses to delete a snapshot with an active SAS), while access to the
+    /// rest (`S(n)`) is ended beside it.
+    async fn retire(&self, _disk: &str, older: &[SnapshotId]) -> BlobResult<()> {
+        let older = older
+            .iter()
+            .map(|s| self.parse_id(s))
+            .collect::<BlobResult<Vec<_>>>()?;
+        let gone: std::collections::HashSet<String> = older.iter().map(key).collect();
+        let rest: Vec<ResourceId> = self
+            .with_access()
+            .into_iter()
+            .filter(|id| !gone.contains(&key(id)))
+            .collect();
+        let deletes = futures::future::try_join_all(older.iter().map(|id| self.delete_one(id)));
+        let ends = futures::future::try_join_all(rest.iter().map(|id| self.end_access(id)));
+        tokio::try_join!(deletes, ends)?;
+        Ok(())
     }
 
     async fn grant_read(&self, snapshot: &SnapshotId) -> BlobResult<CopySource> {
@@ -427,20 +553,71 @@ impl Source for ManagedDiskSource {
     }
 
     async fn release(&self, disk: &str) -> BlobResult<()> {
-        for s in self.tagged(disk).await? {
-            let id = self.parse_id(&SnapshotId::new(s.id.clone()))?;
-            let known = self
-                .lock()
-                .contains_key(&id.to_string().to_ascii_lowercase());
-            if known || s.properties.disk_state.as_deref() == Some("ActiveSAS") {
-                self.end_access(&id).await?;
-            }
-        }
+        self.tagged(disk).await?;
+        let ends = self.with_access();
+        futures::future::try_join_all(ends.iter().map(|id| self.end_access(id))).await?;
         Ok(())
     }
 }
 
 impl ManagedDiskSource {
+    /// Snapshots with access: granted by this process, or reported `ActiveSAS` by the
+    /// cycle's last listing (a killed process's).
+    fn with_access(&self) -> Vec<ResourceId> {
+        let mut ids: HashMap<String, ResourceId> = HashMap::new();
+        for k in self.lock().keys() {
+            if let Ok(id) = k.parse::<ResourceId>() {
+                ids.insert(key(&id), id);
+            }
+        }
+        for s in self.seen().snapshots.values() {
+            if s.properties.disk_state.as_deref() == Some("ActiveSAS") {
+                if let Ok(id) = s.id.parse::<ResourceId>() {
+                    ids.insert(key(&id), id);
+                }
+            }
+        }
+        ids.into_values().collect()
+    }
+
+    /// Deletes one snapshot. Its access is ended first when it has any (granted here, or
+    /// `ActiveSAS` when last seen); one whose SAS was not known is deleted directly, and on
+    /// ARM's 409 its access is ended and the delete sent again.
+    async fn delete_one(&self, id: &ResourceId) -> BlobResult<()> {
+        let active = self.lock().contains_key(&key(id))
+            || self
+                .seen()
+                .snapshots
+                .get(&key(id))
+                .is_some_and(|s| s.properties.disk_state.as_deref() == Some("ActiveSAS"));
+        if active {
+            self.end_access(id).await?;
+        }
+        let deleted = match self.arm.delete_snapshot(id).await {
+            Err(e) if !active && e.kind() == ArmErrorKind::Conflict => {
+                self.end_access(id).await?;
+                self.arm.delete_snapshot(id).await
+            }
+            other => other,
+        };
+        self.seen().snapshots.remove(&key(id));
+        match deleted {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(()),
+            Err(e) => Err(arm_err(id, e)),
+        }
+    }
+
+    /// Whether `s` is a snapshot of this disk (by resource id).
+    fn of_this_disk(&self, s: &Snapshot) -> bool {
+        let disk = self.disk.to_string();
+        s.properties
+            .creation_data
+            .source_resource_id
+            .as_deref()
+            .is_some_and(|src| src.eq_ignore_ascii_case(&disk))
+    }
+
     /// A read SAS for `id`; a snapshot that no longer exists is `NotFound` about it (the
     /// runner then takes a new `S(n)`, or repairs when it was `S(n-1)`).
     async fn sas_or_gone(&self, id: &ResourceId) -> BlobResult<SasUrl> {

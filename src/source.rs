@@ -9,6 +9,7 @@
 
 use crate::arm::sas::SasUrl;
 use crate::blobs::{BlobResult, PageBlobs, PageList, PageListQuery, Resource};
+pub use crate::cycle::machine::BaseState;
 use crate::model::{tags, BlobRef, SnapshotId};
 use crate::pages::ByteRange;
 use async_trait::async_trait;
@@ -70,6 +71,21 @@ pub trait Source: Send + Sync {
     /// A snapshot's size, or None if it does not exist (any more).
     async fn snapshot_size(&self, snapshot: &SnapshotId) -> BlobResult<Option<u64>>;
 
+    /// The diff base `S(n-1)` as the source sees it, for a diff onto `S(n)` = `snapshot`
+    /// (the machine decides: [`crate::cycle::machine::base_verdict`]).
+    async fn diff_base(&self, base: &SnapshotId, _snapshot: &SnapshotId) -> BlobResult<BaseState> {
+        Ok(match self.snapshot_size(base).await? {
+            Some(size) => BaseState::Present { size },
+            None => BaseState::Gone,
+        })
+    }
+
+    /// A disk size no diff between two snapshots can cross (one at or below it, the other
+    /// above), if the source has one.
+    fn diff_boundary(&self) -> Option<u64> {
+        None
+    }
+
     /// One page of the diff (see [`DiffQuery`]).
     async fn diff(&self, query: DiffQuery<'_>) -> BlobResult<PageList>;
 
@@ -92,6 +108,15 @@ pub trait Source: Send + Sync {
     /// is done; later reads grant access again.
     async fn release(&self, _disk: &str) -> BlobResult<()> {
         Ok(())
+    }
+
+    /// Prune's work on the source: deletes `older` (the chain's snapshots before `S(n)`)
+    /// and ends every read access held on `disk`'s snapshots. A source may do both at once.
+    async fn retire(&self, disk: &str, older: &[SnapshotId]) -> BlobResult<()> {
+        for s in older {
+            self.delete_snapshot(s).await?;
+        }
+        self.release(disk).await
     }
 
     /// A source of this kind for the one `recorded` names (its display form, as the state

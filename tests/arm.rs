@@ -394,9 +394,9 @@ async fn snapshots_sas_and_managed_diff_over_http() {
     assert_eq!(err.kind(), ArmErrorKind::BadRequest);
 
     // The ARM side of one incremental cycle, counted: snapshot S3, read SAS for S3 and S2,
-    // end both, delete S2. Each operation is polled twice (InProgress, Succeeded): PUT + 2
-    // polls + GET, 2 × (POST + 2 polls + GET Location), 2 × (POST + 2 polls), DELETE + 2
-    // polls = 4 + 8 + 6 + 3 = 21 requests.
+    // end both, delete S2. Each operation is polled twice (InProgress, Succeeded), and the
+    // Succeeded poll carries the result (the snapshot, the SAS): PUT + 2 polls, 2 × (POST + 2
+    // polls), 2 × (POST + 2 polls), DELETE + 2 polls = 3 + 6 + 6 + 3 = 18 requests.
     let before = emu.control_get("/__emulator/stats").await["arm"]
         .as_u64()
         .unwrap();
@@ -421,7 +421,7 @@ async fn snapshots_sas_and_managed_diff_over_http() {
         after - before,
         started.elapsed()
     );
-    assert_eq!(after - before, 21);
+    assert_eq!(after - before, 18);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,15 +298,18 @@ async fn recorded_upload_disk_create_and_delete() {
             .iter()
             .map(|r| r.method.as_str())
             .collect::<Vec<_>>(),
-        ["PUT", "GET", "GET", "DELETE", "GET", "GET"]
+        // PUT, its Succeeded poll (carrying the disk: the recorded GET, entry 2, is not
+        // sent), DELETE and its polls.
+        ["PUT", "GET", "DELETE", "GET", "GET"]
     );
     server.assert_done();
 }
 
 /// Read access to a disk as ARM answered it (azure-mgmt-compute `test_compute_disks`):
-/// GET of the disk; `beginGetAccess` (202) polled to `Succeeded`, its result read at
-/// `Location` — the recorder sanitized `accessSAS` to the word "accessSAS", which snapback
-/// refuses as not a URL (typed `InvalidResponse`, after exactly those three requests);
+/// GET of the disk; `beginGetAccess` (202) polled to `Succeeded`, its result taken from
+/// that poll's `properties.output` (not read at `Location`) — the recorder sanitized
+/// `accessSAS` to the word "accessSAS", which snapback refuses as not a URL (typed
+/// `InvalidResponse`, after exactly those three requests);
 /// `endGetAccess` (202) polled to `Succeeded` (snapback skips the empty `Location` result
 /// the Python SDK also read); DELETE (202) polled to `Succeeded`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,28 +336,31 @@ async fn recorded_access_grant_and_revoke() {
     assert_eq!(err.kind(), ArmErrorKind::InvalidResponse, "{err}");
     assert!(err.to_string().contains("accessSAS is not a URL"), "{err}");
     let sent = server.received();
-    assert_eq!(sent.len(), 4, "GET, POST, poll, Location");
+    // The Succeeded poll carries `accessSAS` (`properties.output`): the Location result
+    // (entry 3) is not read.
+    assert_eq!(sent.len(), 3, "GET, POST, poll");
     assert_eq!(body_json(&sent[1].body), doc["Entries"][1]["RequestBody"]);
-    assert_eq!(sent[3].query("monitor").as_deref(), Some("true"));
 
     arm.end_get_access(&id).await.expect("end access");
     arm.delete_disk(&id).await.expect("delete");
     assert_eq!(
         server.skipped(),
-        [6],
-        "endGetAccess's Location result is not read"
+        [3, 6],
+        "neither beginGetAccess's Location result (in its poll) nor endGetAccess's is read"
     );
-    assert_eq!(server.received()[4].header("content-length"), Some("0"));
+    assert_eq!(server.received()[3].header("content-length"), Some("0"));
     server.assert_done();
 }
 
 /// A snapshot's creation as ARM answered it (`test_compute_shot`): PUT (202, body
 /// `provisioningState: Updating`), a poll `InProgress` (with `Retry-After: 10`), a poll
-/// `Succeeded`, GET. The snapshot parses with the fields snapback reads.
+/// `Succeeded` carrying the snapshot as `properties.output`, which snapback takes: the
+/// recorded GET after it (entry 3) is not sent. The snapshot parses with the fields
+/// snapback reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_snapshot_creation() {
     let doc = replay::load("arm/snapshot-create.json");
-    let server = Replay::start(replay::entries(&doc, &[0, 1, 2, 3]), ARM, true);
+    let server = Replay::start(replay::entries(&doc, &[0, 1, 2]), ARM, true);
     let arm = arm_client(&server);
     let source: Disk = serde_json::from_value(json!({
         "id": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rgname/providers/Microsoft.Compute/disks/disknamexbc8e2966",
@@ -1012,8 +1018,8 @@ async fn emulator_keeps_azure_limits() {
 }
 
 /// A Premium SSD v2 disk's snapshot is provisioned before its background copy is done:
-/// `completionPercent` grows 25 per GET (the client's GET after the operation sees 25) to
-/// 100; its export is refused (409) until then;
+/// `completionPercent` grows 25 per GET from 0 (what the operation's `Succeeded` poll
+/// carries, which the client takes instead of a GET) to 100; its export is refused (409) until then;
 /// snapback's managed-disk source waits for 100 before it calls a snapshot taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn premium_v2_snapshots_complete_in_the_background() {
@@ -1060,7 +1066,10 @@ async fn premium_v2_snapshots_complete_in_the_background() {
                 .completion_percent,
         );
     }
-    assert_eq!(seen, [Some(25.0), Some(50.0), Some(75.0), Some(100.0)]);
+    assert_eq!(
+        seen,
+        [Some(0.0), Some(25.0), Some(50.0), Some(75.0), Some(100.0)]
+    );
     arm.begin_get_access(&s1, Access::Read, Duration::from_secs(600))
         .await
         .expect("exportable at 100");

@@ -531,7 +531,7 @@ impl ArmClient {
             }
         };
         let poll_url = self.same_origin(op, &resource, &link)?;
-        loop {
+        let output = loop {
             self.pause(op, &resource, deadline, wait).await?;
             let resp = self
                 .send(op, &resource, Method::Get, poll_url.clone(), None)
@@ -539,7 +539,7 @@ impl ArmClient {
             wait = retry_after(resp.headers());
             let state: AsyncOperation = parse(op, &resource, resp.into_body().into())?;
             match state.status.as_str() {
-                "Succeeded" => break,
+                "Succeeded" => break state.properties.and_then(|p| p.output),
                 "Failed" | "Canceled" => {
                     let (code, message) = state
                         .error
@@ -554,6 +554,12 @@ impl ArmClient {
                     });
                 }
                 _ => {}
+            }
+        };
+        // The result the last poll carried saves the request that would read it.
+        if let (Outcome::Resource | Outcome::AtLocation, Some(out)) = (want, output) {
+            if !out.is_null() {
+                return Ok(json(&out));
             }
         }
         match (want, location) {
@@ -592,7 +598,8 @@ impl ArmClient {
 }
 
 /// What a long-running operation's caller needs once it succeeded; each is one request
-/// (or none), so a caller that needs nothing spends no request on it.
+/// (or none), so a caller that needs nothing spends no request on it — none either when
+/// the `Succeeded` poll carried the result (`properties.output`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outcome {
     /// The resource (PUT): a GET of the request URL.

@@ -289,6 +289,17 @@ pub(crate) struct AsyncOperation {
     pub status: String,
     #[serde(default)]
     pub error: Option<ErrorBody>,
+    /// DiskRP puts the operation's result in the `Succeeded` poll (`properties.output`: the
+    /// snapshot of a PUT, `{"accessSAS"}` of a `beginGetAccess`; tests/recordings/arm), so
+    /// no further request is needed to read it.
+    #[serde(default)]
+    pub properties: Option<OperationProperties>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct OperationProperties {
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
 }
 
 /// ARM's error envelope: `{"error": {"code": ..., "message": ...}}`.

@@ -236,6 +236,7 @@ impl Runner<'_> {
         let (mut admitted, mut head) = (0u64, 0u64);
         let mut finished = std::collections::BTreeMap::<u64, u64>::new();
         let mut listed_all = false;
+        let mut listing_failed = false;
 
         let mut last_save = Instant::now();
         let mut upto = from;
@@ -284,7 +285,11 @@ impl Runner<'_> {
                     });
                     None
                 }
-                Event::Batch(Some(Err(e))) | Event::Done(Some(Err(e))) => Some(e),
+                Event::Batch(Some(Err(e))) => {
+                    listing_failed = true;
+                    Some(e)
+                }
+                Event::Done(Some(Err(e))) => Some(e),
                 Event::Done(Some(Ok((seq, end, s)))) => {
                     stats.add(&s);
                     finished.insert(seq, end);
@@ -343,6 +348,30 @@ impl Runner<'_> {
                     }
                     if e.concerns(&source.snapshot_resource(snapshot)) {
                         return Ok(Outcome::SourceSnapshotGone);
+                    }
+                }
+                // A diff between snapshots of different sizes (the disk was resized between
+                // them) that the service refuses in a way nothing here expects — a 400, a
+                // 409, an answer that does not parse — is refused again on every retry: it
+                // is reported once (the repair's warning) and the chain starts anew, rather
+                // than failing every cycle. Throttling, outages and refused credentials are
+                // not this; they fail the attempt as before.
+                if let Some(base) = base.filter(|_| {
+                    listing_failed
+                        && matches!(
+                            e.kind,
+                            ErrorKind::BadRequest | ErrorKind::Conflict | ErrorKind::BadResponse
+                        )
+                }) {
+                    let before = source.snapshot_size(base).await.ok().flatten();
+                    if before.is_some_and(|b| b != size) {
+                        return Ok(Outcome::Repair {
+                            reason: format!(
+                                "the diff from {base} ({} bytes) to {snapshot} ({size} bytes) \
+                                 across a resize failed: {e}",
+                                before.unwrap_or_default()
+                            ),
+                        });
                     }
                 }
                 return Err(self.blob_err(e));

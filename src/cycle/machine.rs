@@ -416,6 +416,58 @@ pub struct InvalidTransition {
     pub outcome: String,
 }
 
+/// Azure diffs incremental snapshots of a managed disk only on one side of 4 TiB: a disk
+/// grown across it needs a new full copy
+/// (<https://learn.microsoft.com/azure/virtual-machines/disks-incremental-snapshots>).
+pub const MANAGED_DIFF_BOUNDARY: u64 = 4 << 40;
+
+/// The diff base `S(n-1)` as the source sees it at the start of an incremental cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BaseState {
+    Present {
+        size: u64,
+    },
+    /// Deleted (or never there).
+    Gone,
+    /// A snapshot of another disk (the chain was rebased onto a new disk).
+    OtherSource,
+    /// A snapshot of an earlier disk of the same name: it was deleted and re-created since
+    /// (`sourceUniqueId` `was`, the disk's now `now`).
+    Recreated {
+        was: String,
+        now: String,
+    },
+}
+
+/// Whether an incremental cycle may diff `S(n)` (of `size`) against `base`: None, or the
+/// reason it re-seeds instead (a repair, with a warning). `boundary`: a size no diff can
+/// cross ([`MANAGED_DIFF_BOUNDARY`] for managed disks).
+pub fn base_verdict(
+    base: &SnapshotId,
+    state: &BaseState,
+    size: u64,
+    boundary: Option<u64>,
+    source: &str,
+) -> Option<String> {
+    match state {
+        BaseState::Gone => Some(format!("diff base snapshot {base} was deleted")),
+        BaseState::OtherSource => Some(format!(
+            "diff base snapshot {base} is not a snapshot of {source}"
+        )),
+        BaseState::Recreated { was, now } => Some(format!(
+            "{source} was deleted and re-created since diff base snapshot {base} was taken              (sourceUniqueId {was}, now {now}): a new chain starts on the new disk"
+        )),
+        BaseState::Present { size: before } => boundary
+            .filter(|&b| (*before <= b) != (size <= b))
+            .map(|b| {
+                format!(
+                    "{source} was resized from {before} to {size} bytes, across {} GiB:                      incremental snapshots cannot be diffed across that size, so a new chain                      starts",
+                    b >> 30
+                )
+            }),
+    }
+}
+
 /// The next action for a record, or None when the cycle is done.
 pub fn next_action(rec: &CycleRecord) -> Option<Action> {
     Some(match &rec.phase {
@@ -942,6 +994,34 @@ mod tests {
             }
         }
         assert!(seen > 0, "some path reaches Prune");
+    }
+
+    /// Issue 17, item 3: a re-created disk, a snapshot of another disk, a deleted base and
+    /// a resize across 4 TiB each re-seed; a resize on one side of it diffs.
+    #[test]
+    fn diff_bases_that_cannot_be_diffed_reseed() {
+        let b = id("S0");
+        let tib = 1u64 << 40;
+        let verdict = |state: BaseState, size: u64| {
+            base_verdict(&b, &state, size, Some(MANAGED_DIFF_BOUNDARY), "disk")
+        };
+        let present = |size| BaseState::Present { size };
+        assert_eq!(verdict(present(tib), 2 * tib), None);
+        assert_eq!(verdict(present(5 * tib), 6 * tib), None);
+        assert_eq!(verdict(present(4 * tib), 4 * tib), None);
+        assert!(verdict(present(4 * tib), 4 * tib + 512).is_some());
+        assert!(verdict(present(2 * tib), 8 * tib)
+            .unwrap()
+            .contains("across 4096 GiB"));
+        let recreated = BaseState::Recreated {
+            was: "u1".into(),
+            now: "u2".into(),
+        };
+        assert!(verdict(recreated, tib).unwrap().contains("re-created"));
+        assert!(verdict(BaseState::OtherSource, tib).is_some());
+        assert!(verdict(BaseState::Gone, tib).is_some());
+        // A page blob has no boundary.
+        assert_eq!(base_verdict(&b, &present(tib), 8 * tib, None, "blob"), None);
     }
 
     #[test]

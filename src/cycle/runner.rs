@@ -594,7 +594,10 @@ impl<'a> Runner<'a> {
             Action::CheckDiffBase {
                 base,
                 expected_backup_etag,
-            } => self.check_diff_base(&base, expected_backup_etag).await,
+            } => {
+                self.check_diff_base(&rec.phase, &base, expected_backup_etag)
+                    .await
+            }
             Action::ApplyDiff {
                 source,
                 base,
@@ -639,6 +642,7 @@ impl<'a> Runner<'a> {
 
     async fn check_diff_base(
         &self,
+        phase: &machine::Phase,
         base: &SnapshotId,
         expected_backup_etag: Option<String>,
     ) -> Result<Outcome, BlobError> {
@@ -659,15 +663,23 @@ impl<'a> Runner<'a> {
                 });
             }
         }
-        if self.source().snapshot_size(base).await?.is_none() {
-            return Ok(Outcome::Repair {
-                reason: format!(
-                    "diff base snapshot {base} was deleted or is not a snapshot of {}",
-                    self.disk.source
-                ),
-            });
-        }
-        Ok(Outcome::DiffBaseOk)
+        let machine::Phase::Diff { source, size, .. } = phase else {
+            // `CheckDiffBase` is the action of the Diff phase only (`machine::next_action`).
+            return Ok(Outcome::DiffBaseOk);
+        };
+        let src = self.source();
+        let state = src.diff_base(base, source).await?;
+        let verdict = machine::base_verdict(
+            base,
+            &state,
+            *size,
+            src.diff_boundary(),
+            &self.disk.source.to_string(),
+        );
+        Ok(match verdict {
+            Some(reason) => Outcome::Repair { reason },
+            None => Outcome::DiffBaseOk,
+        })
     }
 
     /// The backup base's ETag now.
@@ -781,13 +793,15 @@ impl<'a> Runner<'a> {
             ));
         }
         // Only the snapshots older than `keep`: a prune of an owner that lost the disk (and
-        // woke late) must not delete `S(n+1)` of the owner that took it over.
-        for s in source.own_snapshots(&rec.disk).await? {
-            if &s == keep {
-                break;
-            }
-            source.delete_snapshot(&s).await?;
-        }
+        // woke late) must not delete `S(n+1)` of the owner that took it over. Their deletes
+        // and the end of access to `S(n)` go together (`Source::retire`).
+        let older: Vec<SnapshotId> = source
+            .own_snapshots(&rec.disk)
+            .await?
+            .into_iter()
+            .take_while(|s| s != keep)
+            .collect();
+        source.retire(&rec.disk, &older).await?;
         // A Snapshot Blob still in flight when a previous run of this cycle was killed can
         // land after the resumed run looked for it and made its own: two snapshots carry this
         // cycle's tag. Both were taken of the same, unwritten base; only the recorded `B(n)`
@@ -803,8 +817,6 @@ impl<'a> Runner<'a> {
                 }
             }
         }
-        // S(n) is not read again until the next cycle: no access stays granted.
-        source.release(&rec.disk).await?;
         Ok(Outcome::Pruned)
     }
 }

@@ -85,7 +85,9 @@
  *   another origin); GET
  *   /__emulator/disk-sas?id=<disk id> mints a read-write SAS on the live disk
  *   blob (the "VM" writing its disk); POST /__emulator/resize?id=<disk id>&bytes=N grows
- *   a disk to N bytes; GET /__emulator/stats counts requests.
+ *   a disk to N bytes; GET /__emulator/stats counts requests (all ARM ones, and by kind:
+ *   reads, writes, polls; token requests); GET /__emulator/operations lists every
+ *   long-running operation with its start and the time a poll first saw it end.
  *
  * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
  * EMU_TLS_CERT, EMU_TLS_KEY (PEM files), EMU_TENANT, EMU_CLIENT_ID,
@@ -161,7 +163,13 @@ const snapshots = new Map(); // lower-case id -> snapshot
 const operations = new Map(); // op id -> { remaining, done, result, error }
 const snapshotTimes = new Map(); // lower-case disk id -> creation times (ms) of its snapshots
 const faults = []; // { status, count, match, retryAfter, code }
-const stats = { arm: 0, token: 0, unauthorized: 0, diskToken: 0, dataPlane: 0, dataPlaneRefused: 0 };
+// Requests by kind (reads: GETs of resources and lists; writes: PUT, POST, DELETE; polls:
+// GETs of an operation's Azure-AsyncOperation or Location URL; token: the token endpoints).
+const stats = { arm: 0, token: 0, unauthorized: 0, diskToken: 0, dataPlane: 0, dataPlaneRefused: 0, reads: 0, writes: 0, polls: 0 };
+// Every long-running operation: what started it, when, and when a poll first saw it end
+// (ms since the epoch): how many a client waited for one after another is the longest chain
+// of operations each started after the previous one ended (GET /__emulator/operations).
+const operationLog = [];
 let nextOperation = {}; // set by POST /__emulator/next-operation: { fail, message, host }
 let base = ""; // https://127.0.0.1:PORT
 
@@ -264,8 +272,9 @@ function parseJson(text) {
  * operation with `monitor=true`); with EMU_LOCATION_ONLY=1 only Location (the other
  * pattern ARM services use).
  */
-function startOperation(finish) {
+function startOperation(finish, label) {
   const id = crypto.randomUUID();
+  operationLog.push({ id, label: label || "", started: Date.now(), ended: undefined });
   const twist = nextOperation;
   nextOperation = {};
   const run = twist.fail
@@ -275,7 +284,7 @@ function startOperation(finish) {
       throw err;
     }
     : finish;
-  operations.set(id, { remaining: POLLS, finish: run, done: false, result: undefined, error: undefined });
+  operations.set(id, { id, remaining: POLLS, finish: run, done: false, result: undefined, error: undefined });
   // A polling URL on another origin (same port, host "localhost"): a client must not follow
   // it, since its bearer token would go there.
   const origin = twist.host ? base.replace("127.0.0.1", twist.host) : base;
@@ -492,7 +501,7 @@ async function putDisk(req, res, id, m, body) {
     await storage("PUT", `${CONTAINER}/${blob}`, "", { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(sizeBytes + VHD_FOOTER) });
     disk.provisioningState = "Succeeded";
     return diskView(disk);
-  });
+  }, `PUT ${id}`);
   send(res, 202, diskView(disk), headers);
 }
 
@@ -559,7 +568,7 @@ async function putSnapshot(req, res, id, m, body) {
   const headers = startOperation(async () => {
     snapshot.provisioningState = "Succeeded";
     return snapshotView(snapshot);
-  });
+  }, `PUT ${id}`);
   send(res, 202, snapshotView(snapshot), headers);
 }
 
@@ -621,7 +630,7 @@ function beginGetAccess(req, res, kind, resource, body) {
     const sas = blobSas("abcd", undefined, "r", seconds, resource.exportContainer);
     // Guarded exports are served (and checked) by this emulator's /__md/ data plane.
     return { accessSAS: guardedExport(resource) ? sas.replace(`${AZURITE}/${MD_ACCOUNT}/`, `${base}/__md/`) : sas };
-  });
+  }, `beginGetAccess ${resource.id}`);
   send(res, 202, undefined, headers);
 }
 
@@ -638,7 +647,7 @@ function endGetAccess(req, res, kind, resource) {
       await storage("DELETE", container, "restype=container");
     }
     return undefined;
-  });
+  }, `endGetAccess ${resource.id}`);
   send(res, 202, undefined, headers);
 }
 
@@ -661,7 +670,7 @@ function deleteResource(req, res, kind, id, resource) {
       }
     }
     return undefined;
-  });
+  }, `DELETE ${id}`);
   send(res, 202, undefined, headers);
 }
 
@@ -688,7 +697,12 @@ async function handleArm(req, res, url) {
     const isResult = url.pathname.startsWith("/__operationResults/");
     const op = operations.get(url.pathname.split("/")[2]);
     if (!op) return armError(res, 404, "NotFound", "No such operation.");
+    stats.polls += 1;
     await advance(op);
+    if (op.done) {
+      const logged = operationLog.find((o) => o.id === op.id);
+      if (logged && logged.ended === undefined) logged.ended = Date.now();
+    }
     const status = !op.done ? "InProgress" : op.error ? "Failed" : "Succeeded";
     if (isResult) {
       if (!op.done) return send(res, 202, undefined, { Location: `${base}${url.pathname}${url.search}`, "Retry-After": String(RETRY_AFTER) });
@@ -702,6 +716,8 @@ async function handleArm(req, res, url) {
     if (op.done && op.result !== undefined) body.properties = { output: op.result };
     return send(res, 200, body, op.done ? {} : { "Retry-After": String(RETRY_AFTER) });
   }
+  if (req.method === "GET") stats.reads += 1;
+  else stats.writes += 1;
   const m = ID_RE.exec(url.pathname);
   if (!m) return armError(res, 404, "InvalidResourceType", `The emulator has no route for ${req.method} ${url.pathname}`);
   const kind = m[3].toLowerCase();
@@ -841,6 +857,7 @@ async function handleControl(req, res, url) {
     dataOperator = q.get("data_operator") !== "0";
     return send(res, 200, { dataOperator });
   }
+  if (url.pathname === "/__emulator/operations" && req.method === "GET") return send(res, 200, { operations: operationLog });
   if (url.pathname === "/__emulator/disk-sas" && req.method === "GET") {
     const disk = disks.get(String(q.get("id")).toLowerCase());
     if (!disk) return send(res, 404, { error: `no disk ${q.get("id")}` });
