@@ -676,18 +676,19 @@ impl ManagedDiskSource {
         p.report("snapshot copy", (size as f64 * pct / 100.0) as u64, size);
     }
 
-    /// The disk's properties now (the cycle that took `snapshot` is finishing), as restore
-    /// point metadata. A disk deleted since the snapshot records nothing: the restore then
-    /// needs the CLI's flags, and says so.
+    /// The disk's properties, as restore point metadata. A disk gone by the time it is read
+    /// (a resumed cycle reads it again) records nothing: the restore then needs the CLI's
+    /// flags, and says so.
     async fn recorded_disk(&self, snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
         let mut out = crate::blobs::Metadata::new();
-        let disk = match self.arm.get_disk(&self.disk).await {
+        // As read when S(n) was taken (once per cycle): the disk the snapshot captured.
+        let disk = match self.disk().await {
             Ok(d) => d,
-            Err(e) if e.kind() == ArmErrorKind::NotFound => {
+            Err(e) if e.is_not_found() => {
                 tracing::warn!(disk = %self.disk, %snapshot, "the disk is gone: its properties are not recorded with the restore point");
                 return Ok(out);
             }
-            Err(e) => return Err(arm_err(&self.disk, e)),
+            Err(e) => return Err(e),
         };
         match crate::managed_props::RecordedDisk::of(&disk).to_metadata() {
             Some((k, v)) => {
