@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "source",
             "managed",
             "managed_access",
+            "managed_props",
             "managed_restore",
             "ownership",
         ],
