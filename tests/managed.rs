@@ -1581,7 +1581,9 @@ async fn an_incremental_cycle_keeps_to_its_arm_request_budget() {
     assert!(f.writes <= 6, "{f:?}");
     assert!(f.reads <= 3, "{f:?}");
     // PUT S(n); access to S(n) and S(n-1) at once; the ends of access at once; the delete
-    // of S(n-1), which ARM refuses while its access is not ended (409), after its end.
+    // of S(n-1) after its end. 4 is the floor while ARM is taken to refuse deleting a
+    // snapshot whose access is active: PUT -> grant S(n) -> end S(n-1) -> DELETE S(n-1) are
+    // each a dependency (docs/managed-disks.md, "Round trips of an incremental cycle").
     assert!(f.sequential <= 4, "{f:?}");
     assert_eq!(f.tokens, 1, "{f:?}");
 }
