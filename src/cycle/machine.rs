@@ -455,13 +455,16 @@ pub fn base_verdict(
             "diff base snapshot {base} is not a snapshot of {source}"
         )),
         BaseState::Recreated { was, now } => Some(format!(
-            "{source} was deleted and re-created since diff base snapshot {base} was taken              (sourceUniqueId {was}, now {now}): a new chain starts on the new disk"
+            "{source} was deleted and re-created since diff base snapshot {base} was taken \
+             (sourceUniqueId {was}, now {now}): a new chain starts on the new disk"
         )),
         BaseState::Present { size: before } => boundary
             .filter(|&b| (*before <= b) != (size <= b))
             .map(|b| {
                 format!(
-                    "{source} was resized from {before} to {size} bytes, across {} GiB:                      incremental snapshots cannot be diffed across that size, so a new chain                      starts",
+                    "{source} was resized from {before} to {size} bytes, across {} GiB: \
+                     incremental snapshots cannot be diffed across that size, so a new \
+                     chain starts",
                     b >> 30
                 )
             }),
@@ -1017,7 +1020,12 @@ mod tests {
             was: "u1".into(),
             now: "u2".into(),
         };
-        assert!(verdict(recreated, tib).unwrap().contains("re-created"));
+        let reason = verdict(recreated, tib).unwrap();
+        assert!(reason.contains("re-created"), "{reason}");
+        // The warnings read as one sentence (they once carried the source's indentation).
+        assert!(!reason.contains("  "), "{reason}");
+        let reason = verdict(present(tib), 5 * tib).unwrap();
+        assert!(!reason.contains("  "), "{reason}");
         assert!(verdict(BaseState::OtherSource, tib).is_some());
         assert!(verdict(BaseState::Gone, tib).is_some());
         // A page blob has no boundary.
