@@ -39,8 +39,9 @@ pub enum CycleError {
         starts: u32,
         reason: String,
     },
-    /// A premium page-blob account refused a snapshot of the source: one per blob per 10
-    /// minutes, or 100 per blob.
+    /// A premium page-blob account refused a snapshot of the source (one per blob per 10
+    /// minutes, or 100 per blob), or ARM refused a managed disk's snapshot or its access for
+    /// one of Azure's incremental-snapshot limits (`crate::managed::limits`).
     #[error("disk {disk}: {of}: {limit}")]
     SnapshotLimit {
         disk: String,
@@ -104,14 +105,18 @@ pub enum CycleError {
 }
 
 /// Snapshot limits of premium page-blob accounts
-/// (<https://learn.microsoft.com/rest/api/storageservices/using-blob-service-operations-with-azure-premium-storage>).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// (<https://learn.microsoft.com/rest/api/storageservices/using-blob-service-operations-with-azure-premium-storage>),
+/// and of managed disks' incremental snapshots.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotLimit {
     /// 409 `SnaphotOperationRateExceeded` (Azure's spelling): one snapshot per blob per 10
     /// minutes.
     Rate,
     /// 409 `SnapshotCountExceeded`: 100 snapshots per blob.
     Count,
+    /// A managed disk's: creation rate, snapshots per disk, pending snapshots or SAS per
+    /// disk family, with the resource, ARM's status and code and the wait.
+    Managed(Box<crate::managed::limits::ManagedLimit>),
 }
 
 /// How long a premium account refuses a second snapshot of a blob.
@@ -142,6 +147,7 @@ impl std::fmt::Display for SnapshotLimit {
                 "the premium account allows 100 snapshots per blob (409 SnapshotCountExceeded); \
                  snapback keeps one of its own on the source, so delete snapshots others made",
             ),
+            SnapshotLimit::Managed(m) => m.fmt(f),
         }
     }
 }
@@ -160,6 +166,10 @@ impl CycleError {
                 limit: SnapshotLimit::Rate,
                 ..
             } => Some(PREMIUM_SNAPSHOT_INTERVAL),
+            CycleError::SnapshotLimit {
+                limit: SnapshotLimit::Managed(m),
+                ..
+            } => m.wait,
             _ => None,
         }
     }
