@@ -586,7 +586,7 @@ pub const MAX_UPLOAD_DISK: u64 = 32 * (1 << 40);
 
 /// Whether Azure's documented upload sizes exclude a disk of exactly `size` bytes.
 pub fn needs_rounding(size: u64) -> bool {
-    size < MIN_UPLOAD_DISK || size % MIB != 0
+    size < MIN_UPLOAD_DISK || !size.is_multiple_of(MIB)
 }
 
 /// The size of the Upload disk that holds a restore point of `size` bytes: `size` rounded up

@@ -1829,3 +1829,39 @@ async fn a_restore_under_the_upload_minimum_is_rounded_up() {
         "the footer at 20 MiB"
     );
 }
+
+/// `snapback check` of a managed disk: a schedule firing 10 times in 5 minutes (every 30 s)
+/// is a warning on the `managed-limits` row, which says other installations' snapshots
+/// cannot be counted; with 450 snapshots of the disk listed, it warns of the 500 limit.
+/// Warnings only: the row passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_of_a_schedule_over_the_rate_and_a_chain_near_500() {
+    let w = World::new(MIB, "schedule = \"*/30 * * * * *\"").await;
+    let limits_row = |w: &World| {
+        let out = w.snapback(&["check", "disk1", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["operation"] == "managed-limits")
+            .cloned()
+            .expect("a limits row")
+    };
+    let row = limits_row(&w);
+    assert_eq!(row["outcome"], "pass", "{row}");
+    let cause = row["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("fires 10 times within 5 minutes")
+            && cause.contains("7 incremental snapshots per disk every 5")
+            && cause.contains("cannot be seen from here")
+            && !cause.contains("500"),
+        "{row}"
+    );
+    // The emulator started by `World::new` lifts the rate limit, so 450 can be made at once.
+    foreign_snapshots(&w, 450).await;
+    let row = limits_row(&w);
+    assert!(
+        row["cause"].as_str().unwrap().contains("450 snapshots"),
+        "{row}"
+    );
+}

@@ -186,3 +186,48 @@ impl CycleError {
             || matches!(self, CycleError::Ownership(e) if matches!(**e, crate::ownership::OwnershipError::Held { .. }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::managed::limits::{LimitKind, ManagedLimit, RECHECK};
+
+    fn refused(kind: LimitKind, wait: Option<Duration>) -> CycleError {
+        let disk = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/disks/d1";
+        let (id, group) = crate::config::DiskSource::parse_managed(disk).expect("a disk id");
+        CycleError::SnapshotLimit {
+            disk: "d1".into(),
+            of: Box::new(crate::config::DiskSource::Managed {
+                disk: id,
+                snapshot_group: group,
+            }),
+            limit: SnapshotLimit::Managed(Box::new(ManagedLimit {
+                kind,
+                resource: format!("{disk}-sb-1"),
+                status: 409,
+                code: "OperationNotAllowed".into(),
+                wait,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_managed_limit_retries_after_its_own_wait() {
+        let e = refused(
+            LimitKind::Rate { listed_recent: 7 },
+            Some(Duration::from_secs(42)),
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(42)));
+        let text = e.to_string();
+        assert!(text.starts_with("disk d1: /subscriptions/"), "{text}");
+        assert!(
+            text.contains("HTTP 409 OperationNotAllowed") && text.contains("42 s"),
+            "{text}"
+        );
+        let e = refused(LimitKind::ActiveSas { active: 5 }, Some(RECHECK));
+        assert_eq!(e.retry_after(), Some(RECHECK));
+        // 500 per disk: waiting does not help; the daemon's ordinary backoff applies.
+        let e = refused(LimitKind::Count { listed: 500 }, None);
+        assert_eq!(e.retry_after(), None);
+    }
+}

@@ -189,7 +189,7 @@ impl std::fmt::Display for ManagedLimit {
                 "{r}: HTTP {s} {c}: snapshot creation rate: Azure allows {RATE_MAX} incremental \
                  snapshots per disk every 5 minutes ({listed_recent} of the disk's listed \
                  snapshots were created in the last 5 minutes; deleted ones and those in other \
-                 resource groups are not listed); the next attempt waits {wait} s. A schedule \
+                 resource groups are not listed); the daemon's next attempt waits {wait} s. A schedule \
                  (or other tools snapshotting the disk) more frequent than that cannot be kept"
             ),
             LimitKind::Count { listed } => write!(
@@ -202,14 +202,14 @@ impl std::fmt::Display for ManagedLimit {
                 f,
                 "{r}: HTTP {s} {c}: pending snapshots: Azure allows {MAX_PENDING} snapshots of a \
                  Premium SSD v2 / Ultra disk whose background copy is still running, and \
-                 {pending} are listed; the next attempt waits {wait} s"
+                 {pending} are listed; the daemon's next attempt waits {wait} s"
             ),
             LimitKind::ActiveSas { active } => write!(
                 f,
                 "{r}: HTTP {s} {c}: SAS per disk family: Azure allows an active SAS on \
                  {MAX_ACTIVE_SAS} snapshots of one disk at once, and {active} others are listed \
                  with one (granted by another tool or installation; snapback ends its own); \
-                 the next attempt waits {wait} s"
+                 the daemon's next attempt waits {wait} s"
             ),
         }
     }
