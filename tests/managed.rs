@@ -1865,3 +1865,76 @@ async fn check_warns_of_a_schedule_over_the_rate_and_a_chain_near_500() {
         "{row}"
     );
 }
+
+/// A Premium SSD v2 disk with 3 snapshots by another tool still copying in the background:
+/// the cycle's snapshot is refused (409 OperationNotAllowed), named as the pending-snapshot
+/// limit with the 3 listed, and waits 10 minutes; nothing of snapback's is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_snapshot_limit_of_a_premium_v2_disk_is_named() {
+    let w = World::with_disk(
+        20 * MIB,
+        "",
+        None,
+        &snapback::arm::DiskRecipe::default(),
+        LIKE_AZURE,
+    )
+    .await;
+    // A Premium SSD v2 disk with 512-byte sectors (an Upload disk has them), and a config
+    // pointing disk1 at it.
+    let arm = w.emu.client();
+    let v2 = ResourceId::new(w.disk.group.clone(), ResourceKind::Disk, "v2-data").unwrap();
+    let spec = UploadDiskSpec {
+        location: "westeurope".into(),
+        upload_size_bytes: 20 * MIB + 512,
+        sku: Some("PremiumV2_LRS".into()),
+        zone: None,
+        tags: Tags::new(),
+    };
+    arm.create_upload_disk_with(&v2, &spec, &snapback::arm::DiskRecipe::default())
+        .await
+        .unwrap();
+    arm.begin_get_access(&v2, Access::Write, Duration::from_secs(600))
+        .await
+        .unwrap();
+    arm.end_get_access(&v2).await.unwrap();
+    let disk = arm.get_disk(&v2).await.unwrap();
+    let group = ResourceGroup {
+        subscription: SUBSCRIPTION.into(),
+        name: "rg-snapshots".into(),
+    };
+    for i in 0..3 {
+        let id = ResourceId::new(
+            group.clone(),
+            ResourceKind::Snapshot,
+            &format!("copying-{i}"),
+        )
+        .unwrap();
+        arm.create_incremental_snapshot(&id, &disk, &Tags::new())
+            .await
+            .unwrap();
+    }
+    let text = std::fs::read_to_string(&w.fx.config_path)
+        .unwrap()
+        .replace(&w.disk.to_string(), &v2.to_string());
+    let config = w.fx.dir.path().join("v2.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let out = command_with(&w, &config, &["backup", "disk1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 409 OperationNotAllowed: pending snapshots")
+            && stderr.contains("and 3 are listed")
+            && stderr.contains("v2-data-sb-"),
+        "{stderr}"
+    );
+    assert_eq!(waits(&stderr), 600, "{stderr}");
+    let state = w.emu.control_get("/__emulator/state").await;
+    assert_eq!(
+        state["snapshots"].as_array().unwrap().len(),
+        3,
+        "only the other tool's: {state}"
+    );
+}
