@@ -75,6 +75,9 @@ pub enum Operation {
     /// `dataAccessAuthMode`), read with `GET` of the disk: whether snapback can read its
     /// snapshots' exports at all.
     ManagedExport,
+    /// A managed disk's schedule against Azure's 7 snapshots per disk per 5 minutes, and its
+    /// listed snapshots against 500 per disk (`crate::managed::limits`): warnings only.
+    ManagedLimits,
 }
 
 impl Operation {
@@ -98,6 +101,7 @@ impl Operation {
             Operation::BackupDelete => "backup: delete snapshot/blob",
             Operation::Cleanup => "clean up scratch objects",
             Operation::ManagedExport => "source: managed disk export settings",
+            Operation::ManagedLimits => "source: managed snapshot limits",
         }
     }
 
@@ -114,6 +118,7 @@ impl Operation {
                 | Operation::BackupList
                 | Operation::BackupRead
                 | Operation::ManagedExport
+                | Operation::ManagedLimits
         )
     }
 
@@ -126,6 +131,7 @@ impl Operation {
             | Operation::SourceAccountSku
             | Operation::BackupRead
             | Operation::ManagedExport
+            | Operation::ManagedLimits
             | Operation::ManagedDiskType => "r",
             Operation::SourceList | Operation::BackupList => "l",
             Operation::SourceSnapshot | Operation::BackupSnapshot | Operation::BackupCreate => {
@@ -391,7 +397,11 @@ async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
             String::new(),
         )
     };
-    let crate::config::DiskSource::Managed { disk: id, .. } = &disk.source else {
+    let crate::config::DiskSource::Managed {
+        disk: id,
+        snapshot_group,
+    } = &disk.source
+    else {
         return vec![not_checked()];
     };
     let Some(azure) = &config.azure else {
@@ -402,9 +412,12 @@ async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
             "add [azure] with a credential (docs/managed-disks.md)".into(),
         )];
     };
-    let disk_read = match crate::arm::ArmClient::from_config(azure, Default::default()) {
+    let arm = crate::arm::ArmClient::from_config(azure, Default::default());
+    let disk_read = match &arm {
         Ok(arm) => arm.get_disk(id).await,
-        Err(e) => Err(e),
+        Err(e) => Err(crate::arm::ArmError::Credential {
+            reason: e.to_string(),
+        }),
     };
     let mut rows = Vec::new();
     match disk_read {
@@ -444,6 +457,17 @@ async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
                 (Outcome::Pass, String::new(), String::new())
             };
             rows.push(row(Operation::ManagedExport, outcome, cause, missing));
+            // Azure's snapshot limits: warnings on a pass (the exit status is unchanged).
+            let listed = match &arm {
+                Ok(arm) => arm
+                    .list_snapshots(snapshot_group, id, None)
+                    .await
+                    .map(|l| l.len())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let note = managed_limits_note(&disk.name, disk.schedule.as_ref(), listed, Utc::now());
+            rows.push(row(Operation::ManagedLimits, Outcome::Pass, note, String::new()));
         }
     }
     rows.push(not_checked());
@@ -579,6 +603,67 @@ pub fn premium_schedule_warning(
             gap.num_seconds(),
         )
     })
+}
+
+/// The note on a managed disk's limits row: a warning when its schedule fires more than 7
+/// times in some 5 minutes, or when its snapshot resource group lists 450 or more of its
+/// snapshots (`listed`: the count, or why it is unknown).
+pub fn managed_limits_note(
+    disk: &str,
+    schedule: Option<&Schedule>,
+    listed: Result<usize, String>,
+    from: DateTime<Utc>,
+) -> String {
+    use crate::managed::limits::{count_warning, RATE_MAX, RATE_WINDOW};
+    let mut notes = Vec::new();
+    if let Some(schedule) = schedule {
+        let most = most_firings_within(schedule, from, RATE_WINDOW);
+        if most > RATE_MAX {
+            notes.push(format!(
+                "warning: disk {disk}: schedule \"{}\" fires {most} times within 5 minutes at \
+                 times, but Azure allows {RATE_MAX} incremental snapshots per disk every 5 \
+                 minutes: the cycles past the 7th are refused and wait for the window to pass",
+                schedule.expr()
+            ));
+        }
+    }
+    match listed {
+        Ok(n) => notes.extend(count_warning(disk, n)),
+        Err(e) => notes.push(format!(
+            "the disk's snapshots could not be listed ({e}): the 500-snapshot limit was not checked"
+        )),
+    }
+    // Only this entry's schedule is known here.
+    notes.push(
+        "the 7-per-5-minutes limit counts every snapshot of the disk: other installations, \
+         replicas' configs and other tools (Azure Backup, scripts) count too, and their \
+         schedules cannot be seen from here"
+            .into(),
+    );
+    notes.join("; ")
+}
+
+/// The most firings of `schedule` after `from` within any span shorter than `window`.
+fn most_firings_within(
+    schedule: &Schedule,
+    from: DateTime<Utc>,
+    window: std::time::Duration,
+) -> usize {
+    let window = TimeDelta::from_std(window).unwrap_or(TimeDelta::MAX);
+    let times: Vec<DateTime<Utc>> = schedule
+        .cron()
+        .iter_after(from)
+        .take(SCHEDULE_SCAN)
+        .collect();
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= window {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
 }
 
 /// The shortest time between two consecutive firings of `schedule` after `from`.
@@ -912,6 +997,44 @@ mod tests {
             "standard: no limit"
         );
         assert!(premium_schedule_warning("d1", "prem", "Premium_LRS", None, from).is_none());
+    }
+
+    #[test]
+    fn a_managed_schedule_over_seven_per_five_minutes_is_a_warning() {
+        let from = DateTime::parse_from_rfc3339("2026-12-07T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let note = |cron: &str, listed: Result<usize, String>| {
+            let schedule = Schedule::parse(cron).unwrap();
+            managed_limits_note("d1", Some(&schedule), listed, from)
+        };
+        // Every minute: 5 in 5 minutes, kept.
+        let n = note("* * * * *", Ok(2));
+        assert!(!n.contains("warning"), "{n}");
+        assert!(n.contains("cannot be seen from here"), "{n}");
+        // 8 firings within 5 minutes once a day: refused past the 7th.
+        let n = note("0,1,2,3,4 3 * * *", Ok(2));
+        assert!(!n.contains("warning"), "5 firings: {n}");
+        let n = note("0,0,1,1,2,2,3,3 3 * * *", Ok(2));
+        assert!(!n.contains("warning"), "cron minutes are a set: {n}");
+        assert_eq!(
+            most_firings_within(
+                &Schedule::parse("*/30 * * * * *").unwrap(),
+                from,
+                std::time::Duration::from_secs(300)
+            ),
+            10
+        );
+        let n = note("*/30 * * * * *", Ok(2));
+        assert!(
+            n.contains("warning: disk d1") && n.contains("fires 10 times within 5 minutes"),
+            "{n}"
+        );
+        // Near 500 snapshots.
+        let n = note("0 * * * *", Ok(480));
+        assert!(n.contains("480 snapshots") && n.contains("500"), "{n}");
+        let n = note("0 * * * *", Err("HTTP 403".into()));
+        assert!(n.contains("HTTP 403") && n.contains("not checked"), "{n}");
     }
 
     #[test]

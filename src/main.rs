@@ -587,6 +587,13 @@ async fn restore_to_managed_disk(
         "{}: restored restore point {} (source snapshot {}, {} bytes) to managed disk {} in {} ({} bytes written, {:.2}s)",
         rep.disk, rep.restore_point, rep.source_snapshot, rep.size, rep.target, rep.location, rep.bytes_written, rep.seconds
     );
+    if rep.disk_size != rep.size {
+        println!(
+            "  the new disk is {} bytes, {} more than the restore point: Azure's Upload disks are at least 20 MiB and a whole number of MiB; the restore point's bytes come first, the rest reads as zeros",
+            rep.disk_size,
+            rep.disk_size - rep.size
+        );
+    }
     if let Some(rb) = &rep.rebased {
         println!(
             "  rebased: disk \"{}\" now backs up {target}; first snapshot {}, first restore point {}; its next cycle is incremental",

@@ -32,6 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub mod limits;
+
 /// The shortest read SAS asked for. A cycle reads `S(n)` for as long as its apply runs, and
 /// a seed's Copy Blob reads it for the whole copy (longer for a big snapshot:
 /// [`crate::blobs::copy_source_lifetime`]); access is ended explicitly when the cycle is
@@ -77,6 +79,9 @@ pub struct ManagedDiskSource {
     chain: Option<String>,
     /// Where the wait for a snapshot's background copy is shown (`status`).
     progress: Option<std::sync::Arc<crate::cycle::progress::Progress>>,
+    /// The limit the last refused snapshot or access hit, as [`limits`] decided it when the
+    /// refusal came (the listing is read then); [`Source::limit_of`] hands it to the runner.
+    limit: Mutex<Option<limits::ManagedLimit>>,
 }
 
 impl ManagedDiskSource {
@@ -98,6 +103,7 @@ impl ManagedDiskSource {
             ranges: AtomicU64::new(0),
             chain: None,
             progress: None,
+            limit: Mutex::new(None),
         }
     }
 
@@ -237,11 +243,19 @@ impl ManagedDiskSource {
         let policy = snap.map(|s| s.properties.export).unwrap_or_default();
         crate::managed_access::check_export(&policy, &id.to_string())?;
         let lifetime = crate::blobs::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
-        let sas = self
-            .arm
-            .begin_get_access(id, Access::Read, lifetime)
-            .await
-            .map_err(|e| arm_err(id, e))?;
+        let sas = match self.arm.begin_get_access(id, Access::Read, lifetime).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = arm_err(id, e);
+                self.note_limit(
+                    &e,
+                    |facts| limits::on_access(e.status, e.code.as_deref(), &id.to_string(), &facts),
+                    false,
+                )
+                .await;
+                return Err(e);
+            }
+        };
         let sas = crate::managed_access::mark(sas, &policy);
         self.lock().insert(key, sas.clone());
         Ok(sas)
@@ -393,8 +407,21 @@ impl Source for ManagedDiskSource {
                 &source,
                 &tags::in_chain(tags::source_snapshot(disk, cycle), self.chain.as_deref()),
             )
-            .await
-            .map_err(|e| arm_err(&id, e))?;
+            .await;
+        let snap = match snap {
+            Ok(s) => s,
+            Err(e) => {
+                let e = arm_err(&id, e);
+                let copies = crate::managed_props::DiskType::of(&source).copies_in_background();
+                self.note_limit(
+                    &e,
+                    |facts| limits::on_create(e.status, e.code.as_deref(), &id.to_string(), &facts),
+                    copies,
+                )
+                .await;
+                return Err(e);
+            }
+        };
         self.remember(&snap);
         self.ready(&id, snap).await
     }
@@ -543,6 +570,14 @@ impl Source for ManagedDiskSource {
 
     async fn point_metadata(&self, snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
         self.recorded_disk(snapshot).await
+    }
+
+    fn limit_of(&self, e: &BlobError) -> Option<limits::ManagedLimit> {
+        let noted = self.limit_lock().clone()?;
+        let same = matches!(&*e.resource, Resource::Managed(r) if r.eq_ignore_ascii_case(&noted.resource))
+            && e.status == Some(noted.status)
+            && e.code.as_deref() == Some(noted.code.as_str());
+        same.then_some(noted)
     }
 
     fn take_counts(&self) -> (u64, u64) {
@@ -699,5 +734,48 @@ impl ManagedDiskSource {
             }
         }
         Ok(out)
+    }
+}
+
+// ---- Azure's snapshot limits (docs/managed-disks.md, "Limits") ----
+
+impl ManagedDiskSource {
+    fn limit_lock(&self) -> std::sync::MutexGuard<'_, Option<limits::ManagedLimit>> {
+        // A panic while holding it leaves it consistent (a single assignment).
+        self.limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// After a refusal that may be one of Azure's limits (409 with the limits' code): the
+    /// disk's snapshots are listed again (one request, only then: the cycle's own listing
+    /// is older than the refusal) and `decide` names the limit from them. A failed listing
+    /// leaves the refusal as ARM gave it.
+    async fn note_limit(
+        &self,
+        e: &BlobError,
+        decide: impl FnOnce(limits::Facts<'_>) -> Option<limits::ManagedLimit>,
+        background_copy: bool,
+    ) {
+        if e.status != Some(409) {
+            return;
+        }
+        let listing = match self
+            .arm
+            .list_snapshots(&self.snapshot_group, &self.disk, None)
+            .await
+        {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::warn!(disk = %self.disk, error = %err, "listing the disk's snapshots after a refusal failed: the limit it hit is not named");
+                return;
+            }
+        };
+        let facts = limits::Facts {
+            listing: &listing,
+            background_copy,
+            now: chrono::Utc::now(),
+        };
+        *self.limit_lock() = decide(facts);
     }
 }

@@ -71,8 +71,11 @@ pub struct ManagedRestoreReport {
     pub disk: String,
     pub restore_point: String,
     pub source_snapshot: String,
-    /// The disk's size (the upload is 512 bytes more).
+    /// The restore point's size: the bytes restored.
     pub size: u64,
+    /// The new disk's size (the upload is 512 bytes more): `size`, or more where Azure's
+    /// upload minimum or MiB granularity made the disk larger ([`upload_disk_size`]).
+    pub disk_size: u64,
     pub target: String,
     pub location: String,
     pub bytes_written: u64,
@@ -164,6 +167,8 @@ async fn restore_under(
         return Err(refused(problems.join("; ")));
     }
     let plan = plan_upload(recorded.as_ref(), &overrides).map_err(refused)?;
+    // Before anything is read or created: a size no Upload disk can take is refused here.
+    upload_disk_size(chosen.size, false).map_err(refused)?;
     // The recorded location: the source disk may be gone. Older points: the disk's now.
     let location = match &plan.location {
         Some(l) => l.clone(),
@@ -208,16 +213,33 @@ async fn restore_under(
         &point,
         None,
     );
-    let spec = UploadDiskSpec {
+    let mut spec = UploadDiskSpec {
         location: location.clone(),
         upload_size_bytes: chosen.size + vhd::FOOTER_SIZE,
         sku: plan.sku.clone(),
         zone: plan.zone.clone(),
         tags,
     };
-    arm.create_upload_disk_with(&req.target, &spec, &plan.recipe)
+    // The restore point's own size first: a disk equal to the source is always preferred
+    // (and `--rebase` needs it). Azure refuses an Upload disk under 20 MiB or not a whole
+    // number of MiB (400); on that refusal of a size that breaks that documented rule, the
+    // disk is made at the next size Azure takes. A 400 for anything else stays an error.
+    let mut disk_size = chosen.size;
+    let created = match arm
+        .create_upload_disk_with(&req.target, &spec, &plan.recipe)
         .await
-        .map_err(arm_fail(format!("create {target}"), &req.target))?;
+    {
+        Err(e) if e.status() == Some(400) && needs_rounding(chosen.size) => {
+            disk_size = upload_disk_size(chosen.size, req.rebase)
+                .map_err(|reason| refused(format!("{reason} (ARM refused the exact size: {e})")))?;
+            tracing::warn!(target = %target, restore_point = chosen.size, disk = disk_size, code = e.code().unwrap_or(""), "Azure refused an Upload disk of the restore point's size: the disk is made larger, the rest reads as zeros");
+            spec.upload_size_bytes = disk_size + vhd::FOOTER_SIZE;
+            arm.create_upload_disk_with(&req.target, &spec, &plan.recipe)
+                .await
+        }
+        other => other,
+    };
+    created.map_err(arm_fail(format!("create {target}"), &req.target))?;
     let write = arm
         .begin_get_access(&req.target, Access::Write, WRITE_SAS_LIFETIME)
         .await
@@ -251,15 +273,17 @@ async fn restore_under(
         .try_buffered(disk.concurrency.max(1))
         .try_fold(0u64, |a, n| async move { Ok(a + n) })
         .await?;
+    // The bytes past the restore point (up to `disk_size`) are never written: an upload disk
+    // reads as zeros where nothing is put. The footer closes the disk, not the restore point.
     let footer = vhd::fixed_footer(
-        chosen.size,
+        disk_size,
         chrono::Utc::now().timestamp(),
         rand::random::<[u8; 16]>(),
     );
     sas.put_pages(
         &target,
         &write,
-        chosen.size,
+        disk_size,
         bytes::Bytes::copy_from_slice(&footer),
     )
     .await
@@ -294,6 +318,7 @@ async fn restore_under(
         restore_point: chosen.snapshot,
         source_snapshot: chosen.source_snapshot,
         size: chosen.size,
+        disk_size,
         target,
         location,
         bytes_written: written,
@@ -548,4 +573,80 @@ pub fn swap_commands(target: &ResourceId) -> String {
          #   az vm disk attach --resource-group {rg} --vm-name <VM> --name {target}\n\
          az vm start --resource-group {rg} --name <VM>\n"
     )
+}
+
+// ---- Upload disk sizes (docs/managed-disks.md, "Limits") ----
+
+const MIB: u64 = 1 << 20;
+/// `uploadSizeBytes` "should be between 20972032 (20 MiB + 512 bytes for the VHD footer) and
+/// 35183298347520 bytes (32 TiB + 512 bytes for the VHD footer)" (DiskRP `CreationData`), and
+/// an upload is "N * MiB + 512 bytes" (`Add-AzVhd`): the disk part is a whole number of MiB.
+pub const MIN_UPLOAD_DISK: u64 = 20 * MIB;
+pub const MAX_UPLOAD_DISK: u64 = 32 * (1 << 40);
+
+/// Whether Azure's documented upload sizes exclude a disk of exactly `size` bytes.
+pub fn needs_rounding(size: u64) -> bool {
+    size < MIN_UPLOAD_DISK || !size.is_multiple_of(MIB)
+}
+
+/// The size of the Upload disk that holds a restore point of `size` bytes: `size` rounded up
+/// to Azure's minimum and to a whole MiB. The restore point's bytes come first and the rest
+/// reads as zeros, as a disk grown by `az disk update --size-gb` would.
+///
+/// Refused where rounding cannot be right: above 32 TiB (no Upload disk is that large), and
+/// with `--rebase` when the disk would differ from the restore point, since the rebased
+/// chain takes the new disk's first snapshot and the restore point as one finished cycle,
+/// which needs the two to be the same bytes and size.
+pub fn upload_disk_size(size: u64, rebase: bool) -> Result<u64, String> {
+    let rounded = size
+        .max(MIN_UPLOAD_DISK)
+        .checked_next_multiple_of(MIB)
+        .filter(|r| *r <= MAX_UPLOAD_DISK)
+        .ok_or_else(|| {
+            format!(
+                "the restore point is {size} bytes; an Upload disk holds at most 32 TiB \
+                 ({MAX_UPLOAD_DISK} bytes): restore it with --to to a page blob instead"
+            )
+        })?;
+    if rebase && rounded != size {
+        return Err(format!(
+            "the restore point is {size} bytes, which no Upload disk can be (at least 20 MiB, a \
+             whole number of MiB): the new disk would be {rounded} bytes, {} more, and --rebase \
+             needs the new disk and the restore point to hold the same bytes (the chain's first \
+             cycle pairs them). Restore without --rebase (the disk is then {rounded} bytes, the \
+             rest zeros) and let the next cycle of a config pointing at it seed",
+            rounded - size
+        ));
+    }
+    Ok(rounded)
+}
+
+#[cfg(test)]
+mod upload_size_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_rounded_up_to_azures_upload_sizes() {
+        assert_eq!(upload_disk_size(4 * MIB, false), Ok(MIN_UPLOAD_DISK));
+        assert_eq!(upload_disk_size(512, false), Ok(MIN_UPLOAD_DISK));
+        assert_eq!(upload_disk_size(0, false), Ok(MIN_UPLOAD_DISK));
+        assert_eq!(upload_disk_size(20 * MIB, false), Ok(20 * MIB));
+        assert_eq!(upload_disk_size(20 * MIB + 512, false), Ok(21 * MIB));
+        assert_eq!(upload_disk_size(64 * MIB - 512, false), Ok(64 * MIB));
+        assert_eq!(
+            upload_disk_size(MAX_UPLOAD_DISK, false),
+            Ok(MAX_UPLOAD_DISK)
+        );
+    }
+
+    #[test]
+    fn rounding_is_refused_where_it_cannot_be_right() {
+        let e = upload_disk_size(MAX_UPLOAD_DISK + 512, false).unwrap_err();
+        assert!(e.contains("32 TiB"), "{e}");
+        assert!(upload_disk_size(u64::MAX, false).is_err());
+        let e = upload_disk_size(4 * MIB, true).unwrap_err();
+        assert!(e.contains("--rebase") && e.contains("16777216 more"), "{e}");
+        // A valid size needs no rounding: --rebase is fine.
+        assert_eq!(upload_disk_size(32 * MIB, true), Ok(32 * MIB));
+    }
 }

@@ -133,6 +133,15 @@ pub trait Source: Send + Sync {
         Ok(crate::blobs::Metadata::new())
     }
 
+    /// The Azure snapshot limit `e` (an error of this source) was refused for, if the
+    /// source could tell (managed disks: `crate::managed::limits`).
+    fn limit_of(
+        &self,
+        _e: &crate::blobs::BlobError,
+    ) -> Option<crate::managed::limits::ManagedLimit> {
+        None
+    }
+
     /// Storage requests made and diff ranges listed since the last call, for sources whose
     /// requests do not go through the runner's metered storage (a managed disk's SAS reads).
     fn take_counts(&self) -> (u64, u64) {

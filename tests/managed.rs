@@ -1828,3 +1828,356 @@ async fn a_diff_refused_across_a_resize_reseeds_once() {
         "one restore point a cycle"
     );
 }
+
+// ---- Azure's snapshot limits and upload sizes (issue 17, item 5) ----
+
+/// Azure's limits on: 7 snapshots per disk per 5 minutes, uploads of at least 20 MiB + 512
+/// in whole MiB (what `ArmEmulator::start_like_azure` keeps; `World` passes `env` last).
+const LIKE_AZURE: &[(&str, &str)] = &[("EMU_SNAPSHOT_RATE_LIMIT", "7"), ("EMU_SMALL_UPLOADS", "0")];
+
+/// `n` snapshot resources of `w`'s disk made by "another tool" in the snapshot group.
+async fn foreign_snapshots(w: &World, n: usize) -> Vec<ResourceId> {
+    let arm = w.emu.client();
+    let disk = arm.get_disk(&w.disk).await.unwrap();
+    let group = ResourceGroup {
+        subscription: SUBSCRIPTION.into(),
+        name: "rg-snapshots".into(),
+    };
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id =
+            ResourceId::new(group.clone(), ResourceKind::Snapshot, &format!("other-{i}")).unwrap();
+        arm.create_incremental_snapshot(&id, &disk, &Tags::new())
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The `waits N s` of a limit's message.
+fn waits(stderr: &str) -> u64 {
+    let at = stderr.find("waits ").expect("a wait is named") + "waits ".len();
+    stderr[at..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number of seconds")
+}
+
+/// 7 snapshots of the disk by another tool in the last 5 minutes: the cycle's snapshot is
+/// refused (409 OperationNotAllowed), named as the creation-rate limit with the count seen,
+/// and the wait runs until the oldest of the 7 leaves the window (under 300 s). Nothing is
+/// left with access; the backup is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_rate_limit_is_named_with_the_wait_it_needs() {
+    let w = World::with_disk(
+        20 * MIB,
+        "",
+        None,
+        &snapback::arm::DiskRecipe::default(),
+        LIKE_AZURE,
+    )
+    .await;
+    let started = Instant::now();
+    foreign_snapshots(&w, 7).await;
+    let out = w.snapback(&["backup", "disk1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 409 OperationNotAllowed: snapshot creation rate")
+            && stderr
+                .contains("7 of the disk's listed snapshots were created in the last 5 minutes")
+            && stderr.contains("vm01-data-sb-"),
+        "{stderr}"
+    );
+    let wait = waits(&stderr);
+    let elapsed = started.elapsed().as_secs();
+    assert!(
+        wait <= 300 && wait + elapsed + 2 >= 300,
+        "wait {wait} s, {elapsed} s after the first snapshot: {stderr}"
+    );
+    let state = w.emu.control_get("/__emulator/state").await;
+    assert_eq!(
+        state["activeAccess"].as_array().unwrap().len(),
+        0,
+        "{state}"
+    );
+    assert!(w.points().is_empty(), "no restore point");
+}
+
+/// snapback's own cycles delete `S(n-1)`: after 7 quick cycles the 8th is refused while
+/// the listing shows 1 snapshot; the deleted ones' times are unknown, so the wait is the
+/// whole 5-minute window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_refusal_after_own_cycles_waits_the_whole_window() {
+    let w = World::with_disk(
+        20 * MIB,
+        "",
+        None,
+        &snapback::arm::DiskRecipe::default(),
+        LIKE_AZURE,
+    )
+    .await;
+    let mut rng = Rng(0x6d64_1701);
+    for i in 0..7 {
+        let (at, data) = rand_write(&mut rng, w.size, 4);
+        w.write(at, &data).await;
+        w.backup_ok(&format!("cycle {i}"));
+    }
+    let out = w.snapback(&["backup", "disk1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("snapshot creation rate")
+            && stderr.contains("1 of the disk's listed snapshots")
+            && stderr.contains("deleted ones"),
+        "{stderr}"
+    );
+    assert_eq!(waits(&stderr), 300, "{stderr}");
+    assert_eq!(w.points().len(), 7);
+    w.assert_clean("after the refusal").await;
+}
+
+/// Five snapshots of the disk with an active SAS granted by another tool: the cycle's read
+/// access to its `S(n)` is refused (409 OperationNotAllowed), named as the SAS-per-family
+/// limit with the 5 others listed, and waits 10 minutes. snapback ends its own access only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sas_per_family_limit_is_named() {
+    let w = World::with_disk(
+        20 * MIB,
+        "",
+        None,
+        &snapback::arm::DiskRecipe::default(),
+        LIKE_AZURE,
+    )
+    .await;
+    w.write(0, &Rng(0x6d64_1705).bytes(MIB as usize)).await;
+    let arm = w.emu.client();
+    for id in foreign_snapshots(&w, 5).await {
+        arm.begin_get_access(&id, Access::Read, Duration::from_secs(600))
+            .await
+            .unwrap();
+    }
+    let out = w.snapback(&["backup", "disk1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 409 OperationNotAllowed: SAS per disk family")
+            && stderr.contains("5 others are listed"),
+        "{stderr}"
+    );
+    assert_eq!(waits(&stderr), 600, "{stderr}");
+    let state = w.emu.control_get("/__emulator/state").await;
+    assert_eq!(
+        state["activeAccess"].as_array().unwrap().len(),
+        5,
+        "the other tool's 5 grants stay: {state}"
+    );
+}
+
+/// A backup of 3 MiB + 4 KiB (under Azure's 20 MiB minimum, not a whole number of MiB)
+/// restored to a managed disk of an emulator with Azure's upload limits: the disk is made
+/// 20 MiB, the restore point's bytes first, zeros after, the footer at 20 MiB, and the
+/// difference printed. With `--rebase` it is refused (exit 2, no disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_under_the_upload_minimum_is_rounded_up() {
+    let size = 3 * MIB + 4096;
+    let w = World::new(size, "").await;
+    w.write(0, &Rng(0x6d64_1709).bytes(size as usize)).await;
+    w.backup_ok("seed");
+    let points = w.points();
+    let want = w.point_content(&points[0].0).await;
+    assert_eq!(want.len() as u64, size);
+
+    // A second emulator on the same Azurite, with Azure's limits, for the restore.
+    let azure = ArmEmulator::start_like_azure(&w.fx.azurite, &[]);
+    let text = std::fs::read_to_string(&w.fx.config_path)
+        .unwrap()
+        .replace(w.emu.endpoint(), azure.endpoint());
+    let config = w.fx.dir.path().join("like-azure.toml");
+    std::fs::write(&config, text).unwrap();
+    let target = format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-restore/providers/Microsoft.Compute/disks/small-restored"
+    );
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "disk1",
+            "--snapshot",
+            points[0].0.as_str(),
+            "--to-managed-disk",
+            target.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        command_with(&w, &config, &args).output().unwrap()
+    };
+
+    let out = restore(&["--rebase"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--rebase") && stderr.contains("20971520 bytes"),
+        "{stderr}"
+    );
+    assert!(azure
+        .client()
+        .get_disk(&target.parse().unwrap())
+        .await
+        .is_err());
+
+    let out = restore(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let more = 20 * MIB - size;
+    assert!(
+        stdout.contains(&format!("the new disk is {} bytes, {more} more", 20 * MIB)),
+        "{stdout}"
+    );
+    let disk = azure
+        .client()
+        .get_disk(&target.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(disk.properties.disk_size_bytes, Some(20 * MIB));
+    let v = azure
+        .control_get(&format!("/__emulator/disk-sas?id={target}"))
+        .await;
+    let resp = ArmEmulator::http()
+        .get(v["url"].as_str().unwrap())
+        .header("x-ms-version", "2021-08-06")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    let got = resp.bytes().await.unwrap().to_vec();
+    assert_eq!(got.len() as u64, 20 * MIB + 512, "disk + footer");
+    assert!(
+        got[..size as usize] == want[..],
+        "the restore point's bytes first"
+    );
+    assert!(
+        got[size as usize..(20 * MIB) as usize]
+            .iter()
+            .all(|b| *b == 0),
+        "zeros up to the new size"
+    );
+    assert_eq!(
+        &got[(20 * MIB) as usize..][..8],
+        b"conectix",
+        "the footer at 20 MiB"
+    );
+}
+
+/// `snapback check` of a managed disk: a schedule firing 10 times in 5 minutes (every 30 s)
+/// is a warning on the `managed-limits` row, which says other installations' snapshots
+/// cannot be counted; with 450 snapshots of the disk listed, it warns of the 500 limit.
+/// Warnings only: the row passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_of_a_schedule_over_the_rate_and_a_chain_near_500() {
+    let w = World::new(MIB, "schedule = \"*/30 * * * * *\"").await;
+    let limits_row = |w: &World| {
+        let out = w.snapback(&["check", "disk1", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json");
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["operation"] == "managed-limits")
+            .cloned()
+            .expect("a limits row")
+    };
+    let row = limits_row(&w);
+    assert_eq!(row["outcome"], "pass", "{row}");
+    let cause = row["cause"].as_str().unwrap();
+    assert!(
+        cause.contains("fires 10 times within 5 minutes")
+            && cause.contains("7 incremental snapshots per disk every 5")
+            && cause.contains("cannot be seen from here")
+            && !cause.contains("500"),
+        "{row}"
+    );
+    // The emulator started by `World::new` lifts the rate limit, so 450 can be made at once.
+    foreign_snapshots(&w, 450).await;
+    let row = limits_row(&w);
+    assert!(
+        row["cause"].as_str().unwrap().contains("450 snapshots"),
+        "{row}"
+    );
+}
+
+/// A Premium SSD v2 disk with 3 snapshots by another tool still copying in the background:
+/// the cycle's snapshot is refused (409 OperationNotAllowed), named as the pending-snapshot
+/// limit with the 3 listed, and waits 10 minutes; nothing of snapback's is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_snapshot_limit_of_a_premium_v2_disk_is_named() {
+    let w = World::with_disk(
+        20 * MIB,
+        "",
+        None,
+        &snapback::arm::DiskRecipe::default(),
+        LIKE_AZURE,
+    )
+    .await;
+    // A Premium SSD v2 disk with 512-byte sectors (an Upload disk has them), and a config
+    // pointing disk1 at it.
+    let arm = w.emu.client();
+    let v2 = ResourceId::new(w.disk.group.clone(), ResourceKind::Disk, "v2-data").unwrap();
+    let spec = UploadDiskSpec {
+        location: "westeurope".into(),
+        upload_size_bytes: 20 * MIB + 512,
+        sku: Some("PremiumV2_LRS".into()),
+        zone: None,
+        tags: Tags::new(),
+    };
+    arm.create_upload_disk_with(&v2, &spec, &snapback::arm::DiskRecipe::default())
+        .await
+        .unwrap();
+    arm.begin_get_access(&v2, Access::Write, Duration::from_secs(600))
+        .await
+        .unwrap();
+    arm.end_get_access(&v2).await.unwrap();
+    let disk = arm.get_disk(&v2).await.unwrap();
+    let group = ResourceGroup {
+        subscription: SUBSCRIPTION.into(),
+        name: "rg-snapshots".into(),
+    };
+    for i in 0..3 {
+        let id = ResourceId::new(
+            group.clone(),
+            ResourceKind::Snapshot,
+            &format!("copying-{i}"),
+        )
+        .unwrap();
+        arm.create_incremental_snapshot(&id, &disk, &Tags::new())
+            .await
+            .unwrap();
+    }
+    let text = std::fs::read_to_string(&w.fx.config_path)
+        .unwrap()
+        .replace(&w.disk.to_string(), &v2.to_string());
+    let config = w.fx.dir.path().join("v2.toml");
+    std::fs::write(&config, text).unwrap();
+
+    let out = command_with(&w, &config, &["backup", "disk1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 409 OperationNotAllowed: pending snapshots")
+            && stderr.contains("and 3 are listed")
+            && stderr.contains("v2-data-sb-"),
+        "{stderr}"
+    );
+    assert_eq!(waits(&stderr), 600, "{stderr}");
+    let state = w.emu.control_get("/__emulator/state").await;
+    assert_eq!(
+        state["snapshots"].as_array().unwrap().len(),
+        3,
+        "only the other tool's: {state}"
+    );
+}

@@ -39,8 +39,9 @@ pub enum CycleError {
         starts: u32,
         reason: String,
     },
-    /// A premium page-blob account refused a snapshot of the source: one per blob per 10
-    /// minutes, or 100 per blob.
+    /// A premium page-blob account refused a snapshot of the source (one per blob per 10
+    /// minutes, or 100 per blob), or ARM refused a managed disk's snapshot or its access for
+    /// one of Azure's incremental-snapshot limits (`crate::managed::limits`).
     #[error("disk {disk}: {of}: {limit}")]
     SnapshotLimit {
         disk: String,
@@ -104,14 +105,18 @@ pub enum CycleError {
 }
 
 /// Snapshot limits of premium page-blob accounts
-/// (<https://learn.microsoft.com/rest/api/storageservices/using-blob-service-operations-with-azure-premium-storage>).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// (<https://learn.microsoft.com/rest/api/storageservices/using-blob-service-operations-with-azure-premium-storage>),
+/// and of managed disks' incremental snapshots.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SnapshotLimit {
     /// 409 `SnaphotOperationRateExceeded` (Azure's spelling): one snapshot per blob per 10
     /// minutes.
     Rate,
     /// 409 `SnapshotCountExceeded`: 100 snapshots per blob.
     Count,
+    /// A managed disk's: creation rate, snapshots per disk, pending snapshots or SAS per
+    /// disk family, with the resource, ARM's status and code and the wait.
+    Managed(Box<crate::managed::limits::ManagedLimit>),
 }
 
 /// How long a premium account refuses a second snapshot of a blob.
@@ -142,6 +147,7 @@ impl std::fmt::Display for SnapshotLimit {
                 "the premium account allows 100 snapshots per blob (409 SnapshotCountExceeded); \
                  snapback keeps one of its own on the source, so delete snapshots others made",
             ),
+            SnapshotLimit::Managed(m) => m.fmt(f),
         }
     }
 }
@@ -160,6 +166,10 @@ impl CycleError {
                 limit: SnapshotLimit::Rate,
                 ..
             } => Some(PREMIUM_SNAPSHOT_INTERVAL),
+            CycleError::SnapshotLimit {
+                limit: SnapshotLimit::Managed(m),
+                ..
+            } => m.wait,
             _ => None,
         }
     }
@@ -174,5 +184,50 @@ impl CycleError {
     pub fn is_owned_elsewhere(&self) -> bool {
         self.is_fenced()
             || matches!(self, CycleError::Ownership(e) if matches!(**e, crate::ownership::OwnershipError::Held { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::managed::limits::{LimitKind, ManagedLimit, RECHECK};
+
+    fn refused(kind: LimitKind, wait: Option<Duration>) -> CycleError {
+        let disk = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/disks/d1";
+        let (id, group) = crate::config::DiskSource::parse_managed(disk).expect("a disk id");
+        CycleError::SnapshotLimit {
+            disk: "d1".into(),
+            of: Box::new(crate::config::DiskSource::Managed {
+                disk: id,
+                snapshot_group: group,
+            }),
+            limit: SnapshotLimit::Managed(Box::new(ManagedLimit {
+                kind,
+                resource: format!("{disk}-sb-1"),
+                status: 409,
+                code: "OperationNotAllowed".into(),
+                wait,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_managed_limit_retries_after_its_own_wait() {
+        let e = refused(
+            LimitKind::Rate { listed_recent: 7 },
+            Some(Duration::from_secs(42)),
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(42)));
+        let text = e.to_string();
+        assert!(text.starts_with("disk d1: /subscriptions/"), "{text}");
+        assert!(
+            text.contains("HTTP 409 OperationNotAllowed") && text.contains("42 s"),
+            "{text}"
+        );
+        let e = refused(LimitKind::ActiveSas { active: 5 }, Some(RECHECK));
+        assert_eq!(e.retry_after(), Some(RECHECK));
+        // 500 per disk: waiting does not help; the daemon's ordinary backoff applies.
+        let e = refused(LimitKind::Count { listed: 500 }, None);
+        assert_eq!(e.retry_after(), None);
     }
 }

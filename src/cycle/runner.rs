@@ -132,6 +132,17 @@ impl<'a> Runner<'a> {
     }
 
     pub(super) fn blob_err(&self, source: BlobError) -> CycleError {
+        // A managed disk's snapshot or access refused for one of Azure's limits (named by the
+        // source when the refusal came): typed, with its wait, wherever in the cycle it was.
+        // Only a given source can tell (a page blob's limits are `SnapshotLimit::of`'s), and
+        // `source()` must not be built here: it panics for a managed disk given none.
+        if let Some(limit) = self.other_source.and_then(|s| s.limit_of(&source)) {
+            return CycleError::SnapshotLimit {
+                disk: self.disk.name.clone(),
+                of: Box::new(self.disk.source.clone()),
+                limit: SnapshotLimit::Managed(Box::new(limit)),
+            };
+        }
         if self.refuses_snapshot_reads(&source) {
             return CycleError::SnapshotReadRefused {
                 disk: self.disk.name.clone(),
