@@ -614,7 +614,8 @@ pub fn managed_limits_note(
     listed: Result<usize, String>,
     from: DateTime<Utc>,
 ) -> String {
-    use crate::managed::limits::{count_warning, RATE_MAX, RATE_WINDOW};
+    use crate::managed::limits::count_warning;
+    use crate::snapshot_limits::{RATE_MAX, RATE_WINDOW};
     let mut notes = Vec::new();
     if let Some(schedule) = schedule {
         let most = most_firings_within(schedule, from, RATE_WINDOW);

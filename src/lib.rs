@@ -56,6 +56,7 @@ pub mod restore;
 pub mod retention;
 pub mod secrets;
 pub mod service;
+pub mod snapshot_limits;
 pub mod source;
 pub mod state;
 pub mod terminal;

@@ -21,9 +21,10 @@ use crate::arm::{
 };
 use crate::azure::sas_blob::SasBlobs;
 use crate::blobs::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
-use crate::cycle::machine::BaseState;
+use crate::model::BaseState;
 use crate::model::{tags, SnapshotId};
 use crate::pages::ByteRange;
+use crate::snapshot_limits::ManagedLimit;
 use crate::source::{CopySource, DiffQuery, Source, SourceSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -81,7 +82,7 @@ pub struct ManagedDiskSource {
     progress: Option<std::sync::Arc<crate::cycle::progress::Progress>>,
     /// The limit the last refused snapshot or access hit, as [`limits`] decided it when the
     /// refusal came (the listing is read then); [`Source::limit_of`] hands it to the runner.
-    limit: Mutex<Option<limits::ManagedLimit>>,
+    limit: Mutex<Option<ManagedLimit>>,
 }
 
 impl ManagedDiskSource {
@@ -572,7 +573,7 @@ impl Source for ManagedDiskSource {
         self.recorded_disk(snapshot).await
     }
 
-    fn limit_of(&self, e: &BlobError) -> Option<limits::ManagedLimit> {
+    fn limit_of(&self, e: &BlobError) -> Option<ManagedLimit> {
         let noted = self.limit_lock().clone()?;
         let same = matches!(&*e.resource, Resource::Managed(r) if r.eq_ignore_ascii_case(&noted.resource))
             && e.status == Some(noted.status)
@@ -740,7 +741,7 @@ impl ManagedDiskSource {
 // ---- Azure's snapshot limits (docs/managed-disks.md, "Limits") ----
 
 impl ManagedDiskSource {
-    fn limit_lock(&self) -> std::sync::MutexGuard<'_, Option<limits::ManagedLimit>> {
+    fn limit_lock(&self) -> std::sync::MutexGuard<'_, Option<ManagedLimit>> {
         // A panic while holding it leaves it consistent (a single assignment).
         self.limit
             .lock()
@@ -754,7 +755,7 @@ impl ManagedDiskSource {
     async fn note_limit(
         &self,
         e: &BlobError,
-        decide: impl FnOnce(limits::Facts<'_>) -> Option<limits::ManagedLimit>,
+        decide: impl FnOnce(limits::Facts<'_>) -> Option<ManagedLimit>,
         background_copy: bool,
     ) {
         if e.status != Some(409) {

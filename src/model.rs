@@ -151,6 +151,24 @@ impl fmt::Display for SnapshotId {
 /// Metadata as Azure stores it (`x-ms-meta-*`), names lower-cased.
 pub type Metadata = BTreeMap<String, String>;
 
+/// The diff base `S(n-1)` as the source sees it at the start of an incremental cycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BaseState {
+    Present {
+        size: u64,
+    },
+    /// Deleted (or never there).
+    Gone,
+    /// A snapshot of another disk (the chain was rebased onto a new disk).
+    OtherSource,
+    /// A snapshot of an earlier disk of the same name: it was deleted and re-created since
+    /// (`sourceUniqueId` `was`, the disk's now `now`).
+    Recreated {
+        was: String,
+        now: String,
+    },
+}
+
 /// The metadata vocabulary (see docs/design.md, "Metadata tags"): builders for what snapback
 /// writes, parsers for what it reads back.
 pub mod tags {

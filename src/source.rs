@@ -9,8 +9,7 @@
 
 use crate::arm::sas::SasUrl;
 use crate::blobs::{BlobResult, PageBlobs, PageList, PageListQuery, Resource};
-pub use crate::cycle::machine::BaseState;
-use crate::model::{tags, BlobRef, SnapshotId};
+use crate::model::{tags, BaseState, BlobRef, SnapshotId};
 use crate::pages::ByteRange;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -134,11 +133,11 @@ pub trait Source: Send + Sync {
     }
 
     /// The Azure snapshot limit `e` (an error of this source) was refused for, if the
-    /// source could tell (managed disks: `crate::managed::limits`).
+    /// source could tell (managed disks: decided by `crate::managed::limits`).
     fn limit_of(
         &self,
         _e: &crate::blobs::BlobError,
-    ) -> Option<crate::managed::limits::ManagedLimit> {
+    ) -> Option<crate::snapshot_limits::ManagedLimit> {
         None
     }
 

@@ -46,7 +46,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "storage trait",
-        &["blobs", "blob_error", "secrets", "lease"],
+        &["blobs", "blob_error", "secrets", "lease", "snapshot_limits"],
     ),
     ("model", &["model", "pages", "vhd", "tls", "assign"]),
 ];

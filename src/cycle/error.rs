@@ -41,7 +41,7 @@ pub enum CycleError {
     },
     /// A premium page-blob account refused a snapshot of the source (one per blob per 10
     /// minutes, or 100 per blob), or ARM refused a managed disk's snapshot or its access for
-    /// one of Azure's incremental-snapshot limits (`crate::managed::limits`).
+    /// one of Azure's incremental-snapshot limits (`crate::snapshot_limits`).
     #[error("disk {disk}: {of}: {limit}")]
     SnapshotLimit {
         disk: String,
@@ -116,7 +116,7 @@ pub enum SnapshotLimit {
     Count,
     /// A managed disk's: creation rate, snapshots per disk, pending snapshots or SAS per
     /// disk family, with the resource, ARM's status and code and the wait.
-    Managed(Box<crate::managed::limits::ManagedLimit>),
+    Managed(Box<crate::snapshot_limits::ManagedLimit>),
 }
 
 /// How long a premium account refuses a second snapshot of a blob.
@@ -190,7 +190,7 @@ impl CycleError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::managed::limits::{LimitKind, ManagedLimit, RECHECK};
+    use crate::snapshot_limits::{LimitKind, ManagedLimit, RECHECK};
 
     fn refused(kind: LimitKind, wait: Option<Duration>) -> CycleError {
         let disk = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/disks/d1";

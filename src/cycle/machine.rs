@@ -2,7 +2,7 @@
 //! calls for next, and how an [`Outcome`] moves it on. No I/O here; `runner` executes actions
 //! and persists records. The invariants this implements are in `docs/design.md`.
 
-use crate::model::SnapshotId;
+use crate::model::{BaseState, SnapshotId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -420,24 +420,6 @@ pub struct InvalidTransition {
 /// grown across it needs a new full copy
 /// (<https://learn.microsoft.com/azure/virtual-machines/disks-incremental-snapshots>).
 pub const MANAGED_DIFF_BOUNDARY: u64 = 4 << 40;
-
-/// The diff base `S(n-1)` as the source sees it at the start of an incremental cycle.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BaseState {
-    Present {
-        size: u64,
-    },
-    /// Deleted (or never there).
-    Gone,
-    /// A snapshot of another disk (the chain was rebased onto a new disk).
-    OtherSource,
-    /// A snapshot of an earlier disk of the same name: it was deleted and re-created since
-    /// (`sourceUniqueId` `was`, the disk's now `now`).
-    Recreated {
-        was: String,
-        now: String,
-    },
-}
 
 /// Whether an incremental cycle may diff `S(n)` (of `size`) against `base`: None, or the
 /// reason it re-seeds instead (a repair, with a warning). `boundary`: a size no diff can
