@@ -248,12 +248,7 @@ impl ManagedDiskSource {
             Ok(s) => s,
             Err(e) => {
                 let e = arm_err(id, e);
-                self.note_limit(
-                    &e,
-                    |facts| limits::on_access(e.status, e.code.as_deref(), &id.to_string(), &facts),
-                    false,
-                )
-                .await;
+                self.note_limit(&e, id, limits::on_access, false).await;
                 return Err(e);
             }
         };
@@ -414,12 +409,7 @@ impl Source for ManagedDiskSource {
             Err(e) => {
                 let e = arm_err(&id, e);
                 let copies = crate::managed_props::DiskType::of(&source).copies_in_background();
-                self.note_limit(
-                    &e,
-                    |facts| limits::on_create(e.status, e.code.as_deref(), &id.to_string(), &facts),
-                    copies,
-                )
-                .await;
+                self.note_limit(&e, &id, limits::on_create, copies).await;
                 return Err(e);
             }
         };
@@ -750,12 +740,13 @@ impl ManagedDiskSource {
 
     /// After a refusal that may be one of Azure's limits (409 with the limits' code): the
     /// disk's snapshots are listed again (one request, only then: the cycle's own listing
-    /// is older than the refusal) and `decide` names the limit from them. A failed listing
-    /// leaves the refusal as ARM gave it.
+    /// is older than the refusal) and `decide` names the limit `resource` was refused for
+    /// from them. A failed listing leaves the refusal as ARM gave it.
     async fn note_limit(
         &self,
         e: &BlobError,
-        decide: impl FnOnce(limits::Facts<'_>) -> Option<ManagedLimit>,
+        resource: &ResourceId,
+        decide: fn(Option<u16>, Option<&str>, &str, &limits::Facts<'_>) -> Option<ManagedLimit>,
         background_copy: bool,
     ) {
         if e.status != Some(409) {
@@ -777,6 +768,6 @@ impl ManagedDiskSource {
             background_copy,
             now: chrono::Utc::now(),
         };
-        *self.limit_lock() = decide(facts);
+        *self.limit_lock() = decide(e.status, e.code.as_deref(), &resource.to_string(), &facts);
     }
 }

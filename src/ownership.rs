@@ -300,6 +300,16 @@ pub struct DiskLease {
     in_flight: Mutex<Option<Bytes>>,
 }
 
+/// What taking a lease found in the lock blob and did (see [`DiskLease`]'s fields).
+struct Taken {
+    last_cycle: Option<String>,
+    chain: String,
+    token: u64,
+    raised: Option<(String, String)>,
+    record: Bytes,
+    etag: String,
+}
+
 impl DiskLease {
     /// Takes the lease of `disk` (whose backup blob is `backup`) for `owner`, or says who
     /// holds it; then issues this owner's fencing token and raises the backup's sequence
@@ -384,7 +394,14 @@ impl DiskLease {
             (blob.clone(), id.clone()),
         )
         .await;
-        let (last_cycle, chain, token, raised, record, etag) = match taken {
+        let Taken {
+            last_cycle,
+            chain,
+            token,
+            raised,
+            record,
+            etag,
+        } = match taken {
             Ok(t) => t,
             Err(e) => {
                 let _ = leases.release_lease(&blob, &id).await;
@@ -419,7 +436,6 @@ impl DiskLease {
 
     /// Under the new lease: reads the lock blob (holder, cycle, chain, last token, record),
     /// issues the next token into its metadata, then raises the backup to it.
-    #[allow(clippy::type_complexity)]
     async fn take(
         leases: Arc<dyn LeaseBlobs>,
         blobs: &dyn PageBlobs,
@@ -427,17 +443,7 @@ impl DiskLease {
         backup: &BlobRef,
         owner: &Owner,
         (blob, id): (BlobRef, String),
-    ) -> Result<
-        (
-            Option<String>,
-            String,
-            u64,
-            Option<(String, String)>,
-            Bytes,
-            String,
-        ),
-        OwnershipError,
-    > {
+    ) -> Result<Taken, OwnershipError> {
         let err = |source| OwnershipError::Blob {
             disk: disk.to_string(),
             blob: blob.clone(),
@@ -482,7 +488,14 @@ impl DiskLease {
             Some(props) => Some(raise(blobs, disk, backup, token, props).await?),
             None => None,
         };
-        Ok((last_cycle, chain, token, raised, record, etag))
+        Ok(Taken {
+            last_cycle,
+            chain,
+            token,
+            raised,
+            record,
+            etag,
+        })
     }
 
     /// The cycle the disk's previous owner (maybe this process) last ran under the lease.

@@ -9,7 +9,7 @@
 mod common;
 
 use common::daemon::DaemonProc;
-use common::fixture::{create_disk, Fixture, Rng};
+use common::fixture::{create_disk, snapback_command, Fixture, Rng};
 use snapback::blobs::{BlobRef, PageBlobs, SnapshotInfo};
 use snapback::lease::LeaseBlobs;
 use snapback::model::tags;
@@ -127,17 +127,6 @@ fn write_host_config(fx: &Fixture, i: usize, text: &str) -> std::path::PathBuf {
     path
 }
 
-fn host_command(config: &std::path::Path, args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("SB_TEST_PREMIUM_KEY", common::azurite::PREMIUM_KEY)
-        .env("SB_TEST_BACKUP_KEY", common::azurite::BACKUP_KEY)
-        .env("SNAPBACK_LOG", "info");
-    cmd
-}
-
 /// A daemon's cluster view from `snapback status --json`: (alive replicas, its disks).
 fn view(config: &std::path::Path) -> Option<(Vec<String>, Vec<String>)> {
     // Only once the daemon listens: before that `status` reads the state directory alone and
@@ -150,7 +139,9 @@ fn view(config: &std::path::Path) -> Option<(Vec<String>, Vec<String>)> {
     if !std::path::Path::new(state).join("control.sock").exists() {
         return None;
     }
-    let out = host_command(config, &["status", "--json"]).output().ok()?;
+    let out = snapback_command(config, &["status", "--json"])
+        .output()
+        .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let list = |key: &str| -> Option<Vec<String>> {
         v["cluster"][key]
@@ -295,7 +286,7 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
     let configs: Vec<_> = (0..3).map(|i| host_config(&fx, i, "")).collect();
     let mut daemons: Vec<DaemonProc> = configs
         .iter()
-        .map(|c| DaemonProc::spawn_command(host_command(c, &["run"])))
+        .map(|c| DaemonProc::spawn_command(snapback_command(c, &["run"])))
         .collect();
     let hosts: Vec<_> = configs
         .iter()
@@ -590,7 +581,7 @@ async fn a_joining_replica_takes_its_share_and_a_leaving_one_hands_it_back() {
     let port = free_port();
     let c0 = host_config(&fx, 0, &format!("metrics_listen = \"127.0.0.1:{port}\""));
     let c1 = host_config(&fx, 1, "");
-    let d0 = DaemonProc::spawn_command(host_command(&c0, &["run"]));
+    let d0 = DaemonProc::spawn_command(snapback_command(&c0, &["run"]));
     let alone = settled(&[(&c0, &d0)], &["host0"], Duration::from_secs(30));
     assert_eq!(alone[0], DISKS, "a lone replica runs every disk");
     more_points(
@@ -602,7 +593,7 @@ async fn a_joining_replica_takes_its_share_and_a_leaving_one_hands_it_back() {
     )
     .await;
 
-    let mut d1 = DaemonProc::spawn_command(host_command(&c1, &["run"]));
+    let mut d1 = DaemonProc::spawn_command(snapback_command(&c1, &["run"]));
     let joined = Instant::now();
     let shares = settled(
         &[(&c0, &d0), (&c1, &d1)],
@@ -657,7 +648,7 @@ async fn a_joining_replica_takes_its_share_and_a_leaving_one_hands_it_back() {
             "{d}"
         );
     }
-    let out = host_command(&c0, &["status"]).output().unwrap();
+    let out = snapback_command(&c0, &["status"]).output().unwrap();
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(
         status.contains(&format!(
@@ -1035,11 +1026,15 @@ async fn without_a_cluster_table_one_configs_replicas_share_and_other_installati
         &own_state(&fx, 2, "").replace("backup/backups/", "backup/others/"),
     );
     // The first names itself through the variable (as a pod does); the others take the default.
-    let mut named = host_command(&same[0], &["run"]);
+    let mut named = snapback_command(&same[0], &["run"]);
     named.env("SNAPBACK_REPLICA_ID", "replica-a");
     let daemons: Vec<DaemonProc> = [named]
         .into_iter()
-        .chain([&same[1], &other].iter().map(|c| host_command(c, &["run"])))
+        .chain(
+            [&same[1], &other]
+                .iter()
+                .map(|c| snapback_command(c, &["run"])),
+        )
         .map(DaemonProc::spawn_command)
         .collect();
     let start = Instant::now();

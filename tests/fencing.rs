@@ -9,7 +9,7 @@
 mod common;
 
 use common::faultproxy::{Fault, FaultProxy, Op, Rule};
-use common::fixture::{content, create_disk, Fixture, Rng};
+use common::fixture::{content, create_disk, snapback_command as command, Fixture, Rng};
 use common::process::{collect_stderr, send_signal};
 use snapback::blobs::PageBlobs;
 use snapback::model::tags;
@@ -44,17 +44,6 @@ fn two_installations(fx: &Fixture, proxy: &FaultProxy) -> (PathBuf, PathBuf) {
     std::fs::write(&fx.config_path, &text).unwrap();
     fx.route_through(proxy.port());
     (fx.config_path.clone(), b)
-}
-
-fn command(config: &Path, args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("SB_TEST_PREMIUM_KEY", common::azurite::PREMIUM_KEY)
-        .env("SB_TEST_BACKUP_KEY", common::azurite::BACKUP_KEY)
-        .env("SNAPBACK_LOG", "info");
-    cmd
 }
 
 /// `snapback backup d1` to its end; its log.

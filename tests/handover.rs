@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
 use common::faultproxy::{Fault, FaultProxy, Op, Rule};
 use common::fixture::{
-    break_lease, content, create_disk, sdk_blob_client, tagged_snapshots, write, Fixture, Rng, MIB,
+    break_lease, content, create_disk, sdk_blob_client, snapback_command as command,
+    tagged_snapshots, write, Fixture, Rng, MIB,
 };
 use common::process::kill_at_failpoint;
 use snapback::blobs::{BlobRef, ErrorKind, PageBlobs};
@@ -21,7 +21,7 @@ use snapback::ownership::lock_blob;
 use snapback::ownership::{DiskLease, OwnershipError};
 use snapback::pages::{ByteRange, PAGE_SIZE};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,15 +41,26 @@ fn replica_b(fx: &Fixture) -> PathBuf {
     path
 }
 
-fn command(config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("SB_TEST_PREMIUM_KEY", PREMIUM_KEY)
-        .env("SB_TEST_BACKUP_KEY", BACKUP_KEY)
-        .env("SNAPBACK_LOG", "info");
-    cmd
+/// Takes disk1's lease (its backup `backup`) as a test owner, as a cycle would.
+async fn take_disk1(
+    blobs: &Arc<snapback::azure::AzureBlobs>,
+    backup: &BlobRef,
+) -> Result<DiskLease, OwnershipError> {
+    let owner = snapback::ownership::Owner {
+        holder: "test-a".into(),
+        writer: "w".into(),
+        timing: Default::default(),
+        previous_id: None,
+    };
+    DiskLease::acquire(
+        blobs.clone(),
+        blobs.as_ref(),
+        "disk1",
+        backup,
+        &owner,
+        CancellationToken::new(),
+    )
+    .await
 }
 
 /// Runs `snapback backup disk1` to success; returns its log.
@@ -309,22 +320,7 @@ async fn a_record_write_after_someone_else_wrote_is_refused() {
     let blobs = fx.blobs();
     let backup = fx.backup("disk1");
     let lock = lock_blob(&backup);
-    let owner = |holder: &str| snapback::ownership::Owner {
-        holder: holder.into(),
-        writer: "w".into(),
-        timing: Default::default(),
-        previous_id: None,
-    };
-    let lease = DiskLease::acquire(
-        blobs.clone(),
-        blobs.as_ref(),
-        "disk1",
-        &backup,
-        &owner("test-a"),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let lease = take_disk1(&blobs, &backup).await.unwrap();
     let id = lease.lease_id().to_string();
     let body = |n: u8| bytes::Bytes::from(vec![b'x'; n as usize]);
     lease.write_record("disk1", "t1", body(1)).await.unwrap();
@@ -352,15 +348,7 @@ async fn a_record_write_after_someone_else_wrote_is_refused() {
         .await
         .unwrap();
     let props = blobs.properties(&lock, None).await.unwrap().unwrap();
-    let stale = DiskLease::acquire(
-        blobs.clone(),
-        blobs.as_ref(),
-        "disk1",
-        &backup,
-        &owner("test-a"),
-        CancellationToken::new(),
-    )
-    .await;
+    let stale = take_disk1(&blobs, &backup).await;
     assert!(
         matches!(stale, Err(OwnershipError::Held { .. })),
         "the lease is someone else's now"
@@ -458,22 +446,7 @@ async fn a_record_write_cut_in_flight_is_recognised_by_its_content() {
     ));
     let backup = fx.backup("disk1");
     let lock = lock_blob(&backup);
-    let owner = snapback::ownership::Owner {
-        holder: "test-a".into(),
-        writer: "w".into(),
-        timing: Default::default(),
-        previous_id: None,
-    };
-    let lease = DiskLease::acquire(
-        blobs.clone(),
-        blobs.as_ref(),
-        "disk1",
-        &backup,
-        &owner,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let lease = take_disk1(&blobs, &backup).await.unwrap();
     let body = |n: u8| bytes::Bytes::from(vec![b'x'; n as usize]);
     lease.write_record("disk1", "t1", body(1)).await.unwrap();
 

@@ -20,7 +20,7 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::faultproxy::{Fault, FaultKind, FaultProxy, Op, Rule};
 use common::fixture::{
-    content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
+    content, create_disk, run_bounded, snapback_command, tagged_snapshots, write, Fixture, Rng, MIB,
 };
 use snapback::blobs::PageBlobs;
 use snapback::pages::{ByteRange, PAGE_SIZE};
@@ -131,18 +131,7 @@ async fn soak() {
     let config_b = fx.dir.path().join("b.toml");
     std::fs::write(&config_b, text.replacen(&state, &other_state, 1)).unwrap();
     let installations = [fx.config_path.clone(), config_b];
-    let backup = |i: usize| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snapback"));
-        cmd.arg("--config")
-            .arg(&installations[i])
-            .arg("backup")
-            .envs(
-                fx.command(&[])
-                    .get_envs()
-                    .filter_map(|(k, v)| Some((k, v?))),
-            );
-        cmd
-    };
+    let backup = |i: usize| snapback_command(&installations[i], &["backup"]);
     let blobs = fx.blobs();
     let mut rng = Rng(seed);
 

@@ -603,6 +603,16 @@ fn etag_string(etag: Option<azure_core::http::Etag>) -> String {
     etag.map(|e| e.to_string()).unwrap_or_default()
 }
 
+/// The blob's new ETag, from the answer to a write of it (`what`, for the error).
+fn written_etag(
+    etag: azure_core::Result<Option<azure_core::http::Etag>>,
+    blob: &BlobRef,
+    what: impl Into<String>,
+) -> BlobResult<String> {
+    etag.map(etag_string)
+        .map_err(|e| map_err(Resource::blob(blob), what, e))
+}
+
 fn parse_copy_status(
     status: Option<azure_storage_blob::models::CopyStatus>,
     progress: Option<String>,
@@ -874,10 +884,7 @@ impl PageBlobs for AzureBlobs {
             )
             .await
             .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
-        Ok(etag_string(
-            resp.etag()
-                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
-        ))
+        written_etag(resp.etag(), blob, what())
     }
 
     async fn put_pages_from_url(
@@ -932,10 +939,7 @@ impl PageBlobs for AzureBlobs {
             )
             .await
             .map_err(|e| map_copy_err(dest, source, source_snapshot, what(), e))?;
-        Ok(etag_string(
-            resp.etag()
-                .map_err(|e| map_err(Resource::blob(dest), what(), e))?,
-        ))
+        written_etag(resp.etag(), dest, what())
     }
 
     async fn put_pages_from_sas(
@@ -972,10 +976,7 @@ impl PageBlobs for AzureBlobs {
                 err.detail = crate::arm::sas::redact(&err.detail);
                 err
             })?;
-        Ok(etag_string(
-            resp.etag()
-                .map_err(|e| map_err(Resource::blob(dest), what(), e))?,
-        ))
+        written_etag(resp.etag(), dest, what())
     }
 
     async fn clear_pages(
@@ -994,10 +995,7 @@ impl PageBlobs for AzureBlobs {
             .clear_pages(HttpRange::new(range.start, range.len()), Some(options))
             .await
             .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
-        Ok(etag_string(
-            resp.etag()
-                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
-        ))
+        written_etag(resp.etag(), blob, what())
     }
 
     async fn ensure_container(&self, blob: &BlobRef) -> BlobResult<()> {
@@ -1032,10 +1030,7 @@ impl PageBlobs for AzureBlobs {
             .create(size, Some(options))
             .await
             .map_err(|e| map_err(Resource::blob(blob), what, e))?;
-        Ok(etag_string(
-            resp.etag()
-                .map_err(|e| map_err(Resource::blob(blob), what, e))?,
-        ))
+        written_etag(resp.etag(), blob, what)
     }
 
     async fn resize(&self, blob: &BlobRef, size: u64, condition: &IfBlob) -> BlobResult<String> {
@@ -1052,10 +1047,7 @@ impl PageBlobs for AzureBlobs {
             .resize(size, Some(options))
             .await
             .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
-        Ok(etag_string(
-            resp.etag()
-                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
-        ))
+        written_etag(resp.etag(), blob, what())
     }
 
     async fn set_sequence_number(
@@ -1078,10 +1070,7 @@ impl PageBlobs for AzureBlobs {
             .set_sequence_number(SequenceNumberActionType::Update, Some(options))
             .await
             .map_err(|e| map_err(Resource::blob(blob), what(), e))?;
-        Ok(etag_string(
-            resp.etag()
-                .map_err(|e| map_err(Resource::blob(blob), what(), e))?,
-        ))
+        written_etag(resp.etag(), blob, what())
     }
 
     async fn start_copy(

@@ -108,15 +108,21 @@ impl Fixture {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
-        cmd.arg("--config")
-            .arg(&self.config_path)
-            .args(args)
-            .env("SB_TEST_PREMIUM_KEY", PREMIUM_KEY)
-            .env("SB_TEST_BACKUP_KEY", BACKUP_KEY)
-            .env("SNAPBACK_LOG", "info");
-        cmd
+        snapback_command(&self.config_path, args)
     }
+}
+
+/// The snapback binary with `config` (another installation's or host's, say), the test keys
+/// and info logs.
+pub fn snapback_command(config: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_snapback"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("SB_TEST_PREMIUM_KEY", PREMIUM_KEY)
+        .env("SB_TEST_BACKUP_KEY", BACKUP_KEY)
+        .env("SNAPBACK_LOG", "info");
+    cmd
 }
 
 /// Creates a page blob of `size` bytes (container too).
