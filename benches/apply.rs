@@ -25,19 +25,19 @@ use common::meter::Meter;
 use common::synthetic::{synthetic_config, Synthetic, KIB, MIB};
 use futures::{StreamExt, TryStreamExt};
 use snapback::azure::AzureBlobs;
-use snapback::blobs::{BlobRef, Metadata, PageBlobs};
 use snapback::config::Config;
 use snapback::cycle::apply::Limits;
 use snapback::cycle::machine::PhaseName;
 use snapback::cycle::runner::Runner;
-use snapback::fake::MemBlobs;
-use snapback::model::SystemClock;
-use snapback::pages::{
+use snapback::model::pages::{
     coalesce, plan_reads, Batch, ByteRange, PageItem, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
     PAGE_SIZE,
 };
+use snapback::model::SystemClock;
 use snapback::service::{disk_spec, App};
 use snapback::state::StateStore;
+use snapback::storage::fake::MemBlobs;
+use snapback::storage::{BlobRef, Metadata, PageBlobs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -337,7 +337,7 @@ async fn raw_client(
                     blobs.put_pages(dest, p.start, data.slice(s), None).await?;
                 }
             }
-            Ok::<_, snapback::blobs::BlobError>(())
+            Ok::<_, snapback::storage::BlobError>(())
         })
         .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>()

@@ -18,8 +18,8 @@ use arm::{ArmEmulator, CLIENT_ID, CLIENT_SECRET, SUBSCRIPTION, TENANT};
 use azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
 use snapback::arm::{Access, ResourceId, Tags, UploadDiskSpec};
 use snapback::azure::AzureBlobs;
-use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
+use snapback::storage::{BlobRef, PageBlobs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

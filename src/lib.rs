@@ -31,36 +31,15 @@
 //! - [`daemon`]: `snapback run`, the long-running scheduler with its control socket and metrics.
 
 pub mod arm;
-pub mod assign;
 pub mod azure;
-pub mod blob_error;
-pub mod blobs;
-pub mod check;
 pub mod config;
-pub mod copy;
 pub mod cycle;
 pub mod daemon;
-pub mod fake;
-pub mod hooks;
-pub mod lease;
-pub mod lock;
-pub mod logging;
-pub mod managed;
-pub mod managed_access;
-pub mod managed_props;
-pub mod managed_restore;
 pub mod model;
 pub mod ownership;
-pub mod pages;
 pub mod restore;
-pub mod retention;
-pub mod secrets;
 pub mod service;
-pub mod snapshot_limits;
 pub mod source;
 pub mod state;
-pub mod terminal;
+pub mod storage;
 pub mod throttle;
-pub mod tls;
-pub mod verify;
-pub mod vhd;

@@ -3,11 +3,11 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use snapback::blobs::BlobRef;
 use snapback::config::DiskConfig;
 use snapback::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use snapback::restore::{PointSelector, Rebase, RestoreRequest};
 use snapback::service::{App, AppError, DiskStatus, RestorePoint};
+use snapback::storage::BlobRef;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -213,7 +213,7 @@ fn init_logging(cli: &Cli, config: &Config) {
         Some(f) => f == "json",
         None => config.log_format == LogFormat::Json,
     };
-    snapback::logging::init(json);
+    snapback::service::logging::init(json);
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
@@ -347,13 +347,13 @@ async fn check(config: &Config, names: &[String], json: bool) -> anyhow::Result<
         }
         out
     };
-    let rows = snapback::check::check(config, &disks).await;
+    let rows = snapback::service::check::check(config, &disks).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        print!("{}", snapback::check::render(&rows));
+        print!("{}", snapback::service::check::render(&rows));
     }
-    Ok(if snapback::check::all_passed(&rows) {
+    Ok(if snapback::service::check::all_passed(&rows) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
@@ -419,7 +419,7 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
     if let Some(id) = to_managed_disk {
         let target = ManagedTarget {
             id,
-            overrides: snapback::managed_props::Overrides {
+            overrides: snapback::source::managed_disk::props::Overrides {
                 os_type: managed.os_type,
                 hyper_v_generation: managed.hyper_v_generation,
                 sku: managed.sku,
@@ -534,7 +534,7 @@ struct ManagedDiskFlags {
 /// The `--to-managed-disk` options.
 struct ManagedTarget {
     id: String,
-    overrides: snapback::managed_props::Overrides,
+    overrides: snapback::source::managed_disk::props::Overrides,
     rebase: bool,
     force: bool,
 }
@@ -568,7 +568,7 @@ async fn restore_to_managed_disk(
         return Ok(ExitCode::from(EXIT_USAGE));
     }
     let o = to.overrides;
-    let req = snapback::managed_restore::ManagedRestoreRequest {
+    let req = snapback::restore::managed_disk::ManagedRestoreRequest {
         point,
         target: target.clone(),
         sku: o.sku,
@@ -610,7 +610,7 @@ async fn restore_to_managed_disk(
     }
     println!(
         "\n{}",
-        snapback::managed_restore::swap_commands_for(&target, &rep)
+        snapback::restore::managed_disk::swap_commands_for(&target, &rep)
     );
     Ok(ExitCode::SUCCESS)
 }

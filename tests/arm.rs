@@ -12,7 +12,7 @@ use snapback::arm::{
     Tags, UploadDiskSpec,
 };
 use snapback::azure::shared_key::{blob_read_sas, AccountKey};
-use snapback::blobs::{BlobRef, Metadata, PageBlobs};
+use snapback::storage::{BlobRef, Metadata, PageBlobs};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;

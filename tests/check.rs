@@ -11,7 +11,7 @@ use common::azurite::{BACKUP_KEY, PREMIUM_KEY};
 use common::fixture::{account_sas, create_disk, write, Fixture, MIB};
 use futures::TryStreamExt;
 use snapback::azure::shared_key::{AccountKey, SharedKeyPolicy};
-use snapback::blobs::{BlobRef, PageBlobs};
+use snapback::storage::{BlobRef, PageBlobs};
 
 /// Every container, blob and snapshot of both accounts, as `account/container/blob@snapshot`.
 async fn inventory(fx: &Fixture) -> Vec<String> {

@@ -118,7 +118,7 @@ async fn missing_source_blob_is_named_and_nothing_is_created_in_the_backup_accou
     no_panic(&out);
     // The backup container was never created.
     let blobs = fx.blobs();
-    let err = snapback::blobs::PageBlobs::list_snapshots(blobs.as_ref(), &fx.backup("ghost"))
+    let err = snapback::storage::PageBlobs::list_snapshots(blobs.as_ref(), &fx.backup("ghost"))
         .await
         .unwrap_err();
     assert!(err.is_not_found(), "backup container absent: {err}");
@@ -210,7 +210,7 @@ async fn diff_base_deleted_between_cycles_is_repaired_by_a_reseed() {
     let base = tagged_snapshots(blobs.as_ref(), &fx.source("d1"))
         .await
         .remove(0);
-    snapback::blobs::PageBlobs::delete_snapshot(blobs.as_ref(), &fx.source("d1"), &base)
+    snapback::storage::PageBlobs::delete_snapshot(blobs.as_ref(), &fx.source("d1"), &base)
         .await
         .unwrap();
     let out = fx.snapback(&["backup", "d1"]);

@@ -10,10 +10,10 @@ mod common;
 
 use common::daemon::DaemonProc;
 use common::fixture::{create_disk, snapback_command, Fixture, Rng};
-use snapback::blobs::{BlobRef, PageBlobs, SnapshotInfo};
-use snapback::lease::LeaseBlobs;
+use snapback::model::pages::ByteRange;
 use snapback::model::tags;
-use snapback::pages::ByteRange;
+use snapback::storage::lease::LeaseBlobs;
+use snapback::storage::{BlobRef, PageBlobs, SnapshotInfo};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -352,7 +352,7 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
                     let lock = snapback::ownership::lock_blob(&fx.backup(d));
                     let probe = "00000000-0000-0000-0000-00000000beef";
                     match blobs.acquire_lease(&lock, probe, 15).await {
-                        Err(e) if e.kind == snapback::blobs::ErrorKind::Conflict => {
+                        Err(e) if e.kind == snapback::storage::ErrorKind::Conflict => {
                             break 'found (k, d.as_str())
                         }
                         Ok(()) => blobs.release_lease(&lock, probe).await.unwrap(),
@@ -380,7 +380,9 @@ async fn three_daemons_share_four_disks_and_take_over_a_killed_one() {
         let lock = snapback::ownership::lock_blob(&fx.backup(d));
         let probe = "00000000-0000-0000-0000-00000000beef";
         match blobs.acquire_lease(&lock, probe, 15).await {
-            Err(e) if e.kind == snapback::blobs::ErrorKind::Conflict => mid_cycle.push(d.as_str()),
+            Err(e) if e.kind == snapback::storage::ErrorKind::Conflict => {
+                mid_cycle.push(d.as_str())
+            }
             Ok(()) => blobs.release_lease(&lock, probe).await.unwrap(),
             Err(e) => panic!("probing the lease of {d}: {e}"),
         }
@@ -675,7 +677,7 @@ async fn a_joining_replica_takes_its_share_and_a_leaving_one_hands_it_back() {
 /// released one as not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_blobs_shows_which_heartbeats_are_leased() {
-    use snapback::lease::LeaseListing;
+    use snapback::storage::lease::LeaseListing;
     let fx = Fixture::new(&[]);
     let blobs = fx.blobs();
     let a = BlobRef::new("backup", "snapback-cluster", "replicas/a");
@@ -687,7 +689,7 @@ async fn list_blobs_shows_which_heartbeats_are_leased() {
     let id = "00000000-0000-0000-0000-0000000000aa";
     blobs.acquire_lease(&a, id, 15).await.unwrap();
     let dir = BlobRef::new("backup", "snapback-cluster", "replicas/");
-    let leased = |l: Vec<snapback::lease::LeasedBlob>| -> Vec<(String, bool)> {
+    let leased = |l: Vec<snapback::storage::lease::LeasedBlob>| -> Vec<(String, bool)> {
         l.into_iter().map(|b| (b.name, b.leased)).collect()
     };
     assert_eq!(

@@ -12,8 +12,8 @@ use snapback::arm::{
     Access, ArmClient, ArmErrorKind, Disk, ResourceId, SasUrl, Tags, UploadDiskSpec,
 };
 use snapback::azure::sas_blob::SasBlobs;
-use snapback::blobs::{ErrorKind, PageListQuery, Resource};
-use snapback::pages::{ByteRange, PageItem};
+use snapback::model::pages::{ByteRange, PageItem};
+use snapback::storage::{ErrorKind, PageListQuery, Resource};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1080,9 +1080,13 @@ async fn premium_v2_snapshots_complete_in_the_background() {
         subscription: "00000000-0000-4000-8000-000000000001".into(),
         name: "rg-conf".into(),
     };
-    let source =
-        snapback::managed::ManagedDiskSource::new(emu.client(), SasBlobs::new(None), disk, group)
-            .with_ready_poll(Duration::from_millis(20));
+    let source = snapback::source::managed_disk::ManagedDiskSource::new(
+        emu.client(),
+        SasBlobs::new(None),
+        disk,
+        group,
+    )
+    .with_ready_poll(Duration::from_millis(20));
     let taken = source
         .take_snapshot("v2", "c2")
         .await
@@ -1336,7 +1340,7 @@ async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() 
         disk.properties.creation_data.logical_sector_size,
         Some(4096)
     );
-    let refusal = snapback::managed_props::admit(&disk).expect_err("4096 refused");
+    let refusal = snapback::source::managed_disk::props::admit(&disk).expect_err("4096 refused");
     assert_eq!(
         refusal.disk_type,
         "Premium SSD v2 with 4096-byte logical sectors"
@@ -1346,7 +1350,7 @@ async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() 
         subscription: "00000000-0000-4000-8000-000000000001".into(),
         name: "rg-conf".into(),
     };
-    let source = snapback::managed::ManagedDiskSource::new(
+    let source = snapback::source::managed_disk::ManagedDiskSource::new(
         emu.client(),
         SasBlobs::new(None),
         id("disks", "v2-default"),
@@ -1356,7 +1360,7 @@ async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() 
         .take_snapshot("d", "c1")
         .await
         .expect_err("refused at cycle start");
-    assert_eq!(err.kind, snapback::blobs::ErrorKind::Unusable, "{err}");
+    assert_eq!(err.kind, snapback::storage::ErrorKind::Unusable, "{err}");
     assert!(err.to_string().contains("Premium SSD v2"), "{err}");
     let state = emu.control_get("/__emulator/state").await;
     assert_eq!(state["snapshots"], json!([]), "nothing made");
@@ -1370,7 +1374,7 @@ async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() 
     assert_eq!(ok.status, 202);
     let v512 = arm.get_disk(&id("disks", "v2-512")).await.unwrap();
     assert_eq!(
-        snapback::managed_props::admit(&v512).as_deref(),
+        snapback::source::managed_disk::props::admit(&v512).as_deref(),
         Ok("Premium SSD v2, 512-byte sectors")
     );
     for i in 0..3 {
@@ -1448,7 +1452,7 @@ async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() 
         .expect("OS disk");
     upload(&arm, &os, &[]).await;
     let got = arm.get_disk(&os).await.unwrap();
-    let rec = snapback::managed_props::RecordedDisk::of(&got);
+    let rec = snapback::source::managed_disk::props::RecordedDisk::of(&got);
     assert_eq!(
         (
             rec.os_type.as_deref(),

@@ -6,7 +6,7 @@ mod common;
 
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
 use common::process::kill_at_failpoint;
-use snapback::pages::PAGE_SIZE;
+use snapback::model::pages::PAGE_SIZE;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ async fn assert_one_new_consistent_point(fx: &Fixture, ctx: &str) {
     let blobs = fx.blobs();
     let (source, backup) = (fx.source("disk1"), fx.backup("disk1"));
     let points = tagged_snapshots(blobs.as_ref(), &backup).await;
-    let cycles: Vec<_> = snapback::blobs::PageBlobs::list_snapshots(blobs.as_ref(), &backup)
+    let cycles: Vec<_> = snapback::storage::PageBlobs::list_snapshots(blobs.as_ref(), &backup)
         .await
         .unwrap()
         .into_iter()

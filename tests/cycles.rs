@@ -4,8 +4,8 @@
 mod common;
 
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
-use snapback::blobs::PageBlobs;
-use snapback::pages::{ByteRange, PAGE_SIZE};
+use snapback::model::pages::{ByteRange, PAGE_SIZE};
+use snapback::storage::PageBlobs;
 use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 

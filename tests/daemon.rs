@@ -8,10 +8,10 @@ use common::daemon::{
     DaemonProc, NotifySocket,
 };
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
-use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::daemon::control::{self, Request, Response};
-use snapback::pages::PAGE_SIZE;
+use snapback::model::pages::PAGE_SIZE;
 use snapback::state::StateStore;
+use snapback::storage::{BlobRef, PageBlobs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -562,7 +562,7 @@ fn check_config_rejects_an_unknown_time_zone() {
 /// In-memory storage that makes every request take 10 ms and records how many disks had
 /// requests in flight at the same time.
 struct Tracked {
-    inner: snapback::fake::MemBlobs,
+    inner: snapback::storage::fake::MemBlobs,
     active: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     max_disks: std::sync::atomic::AtomicUsize,
 }
@@ -595,47 +595,47 @@ impl PageBlobs for Tracked {
         &self,
         b: &BlobRef,
         s: Option<&str>,
-    ) -> snapback::blobs::BlobResult<Option<snapback::blobs::BlobProps>> {
+    ) -> snapback::storage::BlobResult<Option<snapback::storage::BlobProps>> {
         self.track(b, self.inner.properties(b, s)).await
     }
     async fn create_snapshot(
         &self,
         b: &BlobRef,
-        m: &snapback::blobs::Metadata,
-    ) -> snapback::blobs::BlobResult<String> {
+        m: &snapback::storage::Metadata,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(b, self.inner.create_snapshot(b, m)).await
     }
     async fn create_snapshot_if_match(
         &self,
         b: &BlobRef,
-        m: &snapback::blobs::Metadata,
+        m: &snapback::storage::Metadata,
         etag: &str,
-    ) -> snapback::blobs::BlobResult<String> {
+    ) -> snapback::storage::BlobResult<String> {
         self.track(b, self.inner.create_snapshot_if_match(b, m, etag))
             .await
     }
     async fn list_snapshots(
         &self,
         b: &BlobRef,
-    ) -> snapback::blobs::BlobResult<Vec<snapback::blobs::SnapshotInfo>> {
+    ) -> snapback::storage::BlobResult<Vec<snapback::storage::SnapshotInfo>> {
         self.track(b, self.inner.list_snapshots(b)).await
     }
-    async fn delete_snapshot(&self, b: &BlobRef, s: &str) -> snapback::blobs::BlobResult<()> {
+    async fn delete_snapshot(&self, b: &BlobRef, s: &str) -> snapback::storage::BlobResult<()> {
         self.track(b, self.inner.delete_snapshot(b, s)).await
     }
     async fn page_ranges(
         &self,
         b: &BlobRef,
-        q: &snapback::blobs::PageListQuery<'_>,
-    ) -> snapback::blobs::BlobResult<snapback::blobs::PageList> {
+        q: &snapback::storage::PageListQuery<'_>,
+    ) -> snapback::storage::BlobResult<snapback::storage::PageList> {
         self.track(b, self.inner.page_ranges(b, q)).await
     }
     async fn read(
         &self,
         b: &BlobRef,
         s: Option<&str>,
-        r: snapback::pages::ByteRange,
-    ) -> snapback::blobs::BlobResult<bytes::Bytes> {
+        r: snapback::model::pages::ByteRange,
+    ) -> snapback::storage::BlobResult<bytes::Bytes> {
         self.track(b, self.inner.read(b, s, r)).await
     }
     async fn put_pages(
@@ -643,46 +643,46 @@ impl PageBlobs for Tracked {
         b: &BlobRef,
         o: u64,
         d: bytes::Bytes,
-        f: Option<snapback::blobs::Fence>,
-    ) -> snapback::blobs::BlobResult<String> {
+        f: Option<snapback::storage::Fence>,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(b, self.inner.put_pages(b, o, d, f)).await
     }
     async fn clear_pages(
         &self,
         b: &BlobRef,
-        r: snapback::pages::ByteRange,
-        f: Option<snapback::blobs::Fence>,
-    ) -> snapback::blobs::BlobResult<String> {
+        r: snapback::model::pages::ByteRange,
+        f: Option<snapback::storage::Fence>,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(b, self.inner.clear_pages(b, r, f)).await
     }
-    async fn ensure_container(&self, b: &BlobRef) -> snapback::blobs::BlobResult<()> {
+    async fn ensure_container(&self, b: &BlobRef) -> snapback::storage::BlobResult<()> {
         self.track(b, self.inner.ensure_container(b)).await
     }
     async fn create_page_blob(
         &self,
         b: &BlobRef,
         size: u64,
-        n: &snapback::blobs::NewPageBlob,
-    ) -> snapback::blobs::BlobResult<String> {
+        n: &snapback::storage::NewPageBlob,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(b, self.inner.create_page_blob(b, size, n)).await
     }
     async fn resize(
         &self,
         b: &BlobRef,
         size: u64,
-        c: &snapback::blobs::IfBlob,
-    ) -> snapback::blobs::BlobResult<String> {
+        c: &snapback::storage::IfBlob,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(b, self.inner.resize(b, size, c)).await
     }
     async fn set_sequence_number(
         &self,
         b: &BlobRef,
         v: u64,
-        c: &snapback::blobs::IfBlob,
-    ) -> snapback::blobs::BlobResult<String> {
+        c: &snapback::storage::IfBlob,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(b, self.inner.set_sequence_number(b, v, c)).await
     }
-    async fn abort_copy(&self, d: &BlobRef, id: &str) -> snapback::blobs::BlobResult<()> {
+    async fn abort_copy(&self, d: &BlobRef, id: &str) -> snapback::storage::BlobResult<()> {
         self.track(d, self.inner.abort_copy(d, id)).await
     }
     async fn start_copy(
@@ -690,30 +690,30 @@ impl PageBlobs for Tracked {
         d: &BlobRef,
         s: &BlobRef,
         snap: Option<&str>,
-        m: &snapback::blobs::Metadata,
-        c: &snapback::blobs::IfBlob,
-    ) -> snapback::blobs::BlobResult<String> {
+        m: &snapback::storage::Metadata,
+        c: &snapback::storage::IfBlob,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(d, self.inner.start_copy(d, s, snap, m, c)).await
     }
     async fn set_metadata(
         &self,
         b: &BlobRef,
-        m: &snapback::blobs::Metadata,
-    ) -> snapback::blobs::BlobResult<()> {
+        m: &snapback::storage::Metadata,
+    ) -> snapback::storage::BlobResult<()> {
         self.track(b, self.inner.set_metadata(b, m)).await
     }
-    async fn delete_blob(&self, b: &BlobRef) -> snapback::blobs::BlobResult<()> {
+    async fn delete_blob(&self, b: &BlobRef) -> snapback::storage::BlobResult<()> {
         self.track(b, self.inner.delete_blob(b)).await
     }
     async fn put_pages_from_url(
         &self,
         d: &BlobRef,
-        r: snapback::pages::ByteRange,
+        r: snapback::model::pages::ByteRange,
         s: &BlobRef,
         snap: Option<&str>,
         offset: u64,
-        f: Option<snapback::blobs::Fence>,
-    ) -> snapback::blobs::BlobResult<String> {
+        f: Option<snapback::storage::Fence>,
+    ) -> snapback::storage::BlobResult<String> {
         self.track(d, self.inner.put_pages_from_url(d, r, s, snap, offset, f))
             .await
     }
@@ -733,7 +733,7 @@ async fn at_most_max_concurrent_cycles_run_at_once() {
     std::fs::write(&path, text).unwrap();
     let config = snapback::config::Config::load(&path).unwrap();
     let blobs = Arc::new(Tracked {
-        inner: snapback::fake::MemBlobs::new(),
+        inner: snapback::storage::fake::MemBlobs::new(),
         active: Default::default(),
         max_disks: Default::default(),
     });

@@ -13,13 +13,13 @@ use common::fixture::{
     tagged_snapshots, write, Fixture, Rng, MIB,
 };
 use common::process::kill_at_failpoint;
-use snapback::blobs::{BlobRef, ErrorKind, PageBlobs};
 use snapback::cycle::handover::{parse, AzureRecord};
 use snapback::cycle::machine::Phase;
-use snapback::lease::LeaseBlobs;
+use snapback::model::pages::{ByteRange, PAGE_SIZE};
 use snapback::ownership::lock_blob;
 use snapback::ownership::{DiskLease, OwnershipError};
-use snapback::pages::{ByteRange, PAGE_SIZE};
+use snapback::storage::lease::LeaseBlobs;
+use snapback::storage::{BlobRef, ErrorKind, PageBlobs};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -124,7 +124,7 @@ async fn a_killed_mid_apply(fx: &Fixture) -> AzureRecord {
     rec
 }
 
-fn cycle_of(s: &snapback::blobs::SnapshotInfo) -> Option<&str> {
+fn cycle_of(s: &snapback::storage::SnapshotInfo) -> Option<&str> {
     s.metadata.get("snapback_cycle").map(String::as_str)
 }
 

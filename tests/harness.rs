@@ -7,10 +7,10 @@
 mod common;
 
 use common::fixture::{create_disk, write, Fixture, MIB};
-use snapback::blobs::{
+use snapback::model::pages::{ByteRange, PageItem};
+use snapback::storage::{
     BlobRef, CopyStatus, ErrorKind, Metadata, PageBlobs, PageListQuery, Resource,
 };
-use snapback::pages::{ByteRange, PageItem};
 
 fn diff<'a>(s2: &'a str, s1: &'a str) -> PageListQuery<'a> {
     PageListQuery {

@@ -115,7 +115,7 @@ impl Live {
             ));
         }
         let var = |n: &str| std::env::var(n).unwrap_or_default();
-        snapback::tls::install_provider();
+        snapback::azure::tls::install_provider();
         let credential = azure_identity::ClientSecretCredential::new(
             &var("SNAPBACK_LIVE_AZURE_TENANT_ID"),
             var("SNAPBACK_LIVE_AZURE_CLIENT_ID"),
@@ -312,7 +312,8 @@ impl Live {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-            let footer = snapback::vhd::fixed_footer(size, unix, *b"snapback-live-ti").to_vec();
+            let footer =
+                snapback::restore::vhd::fixed_footer(size, unix, *b"snapback-live-ti").to_vec();
             self.put_page(sas.expose().as_str(), size, footer).await;
             arm.end_get_access(&id).await.expect("end upload");
         } else {

@@ -14,8 +14,8 @@ use snapback::arm::{
     Access, DiskRecipe, Encryption, ResourceGroup, ResourceId, ResourceKind, SecurityProfile,
     SupportedCapabilities, Tags, UploadDiskSpec,
 };
-use snapback::blobs::{BlobRef, PageBlobs};
-use snapback::pages::PAGE_SIZE;
+use snapback::model::pages::PAGE_SIZE;
+use snapback::storage::{BlobRef, PageBlobs};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -920,8 +920,8 @@ fn paused_at(mut cmd: Command, (what, n): (&str, usize)) -> std::process::Child 
 }
 
 /// The lock blob's metadata and body of disk1.
-async fn lock_blob(w: &World) -> (snapback::blobs::Metadata, serde_json::Value) {
-    use snapback::lease::LeaseBlobs;
+async fn lock_blob(w: &World) -> (snapback::storage::Metadata, serde_json::Value) {
+    use snapback::storage::lease::LeaseBlobs;
     let lock = snapback::ownership::lock_blob(&BlobRef::new("backup", "backups", "disk1"));
     let (props, body) = w.fx.blobs().read_lock_blob(&lock).await.unwrap().unwrap();
     (props.metadata, serde_json::from_slice(&body).unwrap())
@@ -1619,7 +1619,7 @@ impl World {
             .read(
                 &blob,
                 Some(snapshot),
-                snapback::pages::ByteRange::new(offset, offset + len),
+                snapback::model::pages::ByteRange::new(offset, offset + len),
             )
             .await
             .unwrap();

@@ -2,15 +2,15 @@
 //! snapback at schema version 1) is migrated on open, and work resumes from it: the
 //! unfinished cycles continue where they stopped, `status` reads it, and the chain goes on.
 
-use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
 use snapback::config::DiskSource;
 use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
 use snapback::cycle::runner::{DiskSpec, Runner};
-use snapback::fake::MemBlobs;
 use snapback::model::{Clock, SnapshotId, Timestamp};
 use snapback::service::App;
 use snapback::state::{StateError, StateStore};
+use snapback::storage::fake::MemBlobs;
+use snapback::storage::{BlobRef, PageBlobs};
 use std::path::Path;
 use std::sync::Arc;
 

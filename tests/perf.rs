@@ -6,14 +6,14 @@
 mod common;
 
 use common::fixture::{content, create_disk, write, Fixture, Rng, MIB};
-use snapback::blobs::PageBlobs;
 use snapback::config::CopyMode;
 use snapback::cycle::metered::MeterCounts;
 use snapback::cycle::runner::{DiskSpec, Runner};
+use snapback::model::pages::ByteRange;
 use snapback::model::SystemClock;
-use snapback::pages::ByteRange;
 use snapback::service::disk_spec;
 use snapback::state::StateStore;
+use snapback::storage::PageBlobs;
 use std::time::Duration;
 
 const KIB: u64 = 1024;

@@ -9,7 +9,7 @@
 use proptest::prelude::*;
 use snapback::azure::page_list;
 use snapback::config::{AuthConfig, Config, ConfigError, CopyMode, VerifyMode};
-use snapback::pages::{ByteRange, PageItem, PAGE_SIZE};
+use snapback::model::pages::{ByteRange, PageItem, PAGE_SIZE};
 use std::path::Path;
 
 // -------------------------------------------------------------- config --

@@ -6,11 +6,11 @@
 mod common;
 
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
-use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::cycle::machine::CycleKind;
+use snapback::model::pages::PAGE_SIZE;
 use snapback::model::{tags, SnapshotId};
-use snapback::pages::PAGE_SIZE;
 use snapback::restore::{PointSelector, RestoreRequest};
+use snapback::storage::{BlobRef, PageBlobs};
 use std::process::Output;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;

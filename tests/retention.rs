@@ -5,9 +5,9 @@
 mod common;
 
 use common::fixture::{create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
-use snapback::blobs::{Metadata, PageBlobs};
 use snapback::cycle::machine::CycleKind;
-use snapback::pages::PAGE_SIZE;
+use snapback::model::pages::PAGE_SIZE;
+use snapback::storage::{Metadata, PageBlobs};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -453,7 +453,7 @@ async fn a_sas_token_backup_account_keeps_its_token_to_itself() {
     assert_eq!(
         content(
             blobs.as_ref(),
-            &snapback::blobs::BlobRef::new("backup", "restored", "d1"),
+            &snapback::storage::BlobRef::new("backup", "restored", "d1"),
             None
         )
         .await,

@@ -2,14 +2,14 @@
 //! between an action's effect and its persistence, and a failure at every storage call.
 //! Fast and exhaustive; the same properties are tested against Azurite in tests/crash.rs.
 
-use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::DiskSource;
 use snapback::cycle::machine::{next_action, CycleKind};
 use snapback::cycle::runner::{DiskSpec, Runner};
-use snapback::fake::MemBlobs;
+use snapback::model::pages::ByteRange;
 use snapback::model::{Clock, Timestamp};
-use snapback::pages::ByteRange;
 use snapback::state::StateStore;
+use snapback::storage::fake::MemBlobs;
+use snapback::storage::{BlobRef, PageBlobs};
 
 struct FixedClock;
 impl Clock for FixedClock {
@@ -334,7 +334,7 @@ fn later_points_equal_the_source(
 /// restore point equals the source, and B's next cycle leaves one source snapshot.
 #[tokio::test]
 async fn a_stale_owner_is_fenced_whichever_step_it_resumes_at() {
-    use snapback::blobs::{Fence, IfBlob};
+    use snapback::storage::{Fence, IfBlob};
     for k in 0..5 {
         let (blobs, store_a, d) = world().await;
         let ctx = format!("A stopped after {k} steps");

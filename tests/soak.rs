@@ -22,8 +22,8 @@ use common::faultproxy::{Fault, FaultKind, FaultProxy, Op, Rule};
 use common::fixture::{
     content, create_disk, run_bounded, snapback_command, tagged_snapshots, write, Fixture, Rng, MIB,
 };
-use snapback::blobs::PageBlobs;
-use snapback::pages::{ByteRange, PAGE_SIZE};
+use snapback::model::pages::{ByteRange, PAGE_SIZE};
+use snapback::storage::PageBlobs;
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -16,9 +16,9 @@ use bytes::Bytes;
 use faultproxy::{FaultProxy, RateLimit};
 use futures::StreamExt;
 use snapback::azure::AzureBlobs;
-use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
-use snapback::pages::ByteRange;
+use snapback::model::pages::ByteRange;
+use snapback::storage::{BlobRef, PageBlobs};
 use std::time::{Duration, Instant};
 
 const WRITES: u64 = 50;

@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn https_requests_start_a_tls_handshake() {
-    snapback::tls::install_provider();
+    snapback::azure::tls::install_provider();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = tokio::spawn(async move {

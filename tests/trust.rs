@@ -16,8 +16,8 @@ use common::faultproxy::{
 use common::fixture::{
     content, create_disk, run_bounded, tagged_snapshots, write, Fixture, Rng, MIB,
 };
-use snapback::blobs::PageBlobs;
-use snapback::pages::{ByteRange, PAGE_SIZE};
+use snapback::model::pages::{ByteRange, PAGE_SIZE};
+use snapback::storage::PageBlobs;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -403,7 +403,7 @@ async fn backup_repointed_mid_cycle_to_a_foreign_blob_is_refused() {
     // Cut the cycle after its diff step: phase apply, nothing applied yet.
     kill_after_steps(&fx, "d1", 2);
     // Someone else's existing page blob, then the config re-pointed at it.
-    let foreign = snapback::blobs::BlobRef::new("backup", "backups", "foreign");
+    let foreign = snapback::storage::BlobRef::new("backup", "backups", "foreign");
     create_disk(blobs.as_ref(), &foreign, 4 * MIB).await;
     write(blobs.as_ref(), &foreign, 0, &rng.bytes(4 * MIB as usize)).await;
     let before = content(blobs.as_ref(), &foreign, None).await;
@@ -917,7 +917,7 @@ async fn changing_source_sweeps_the_old_source_snapshot() {
     let blobs = fx.blobs();
     let mut rng = Rng(0x5e);
     seeded_disk(&fx, "d1", 4 * MIB, &mut rng).await;
-    let new_source = snapback::blobs::BlobRef::new("premium", "vhds", "d1-new.vhd");
+    let new_source = snapback::storage::BlobRef::new("premium", "vhds", "d1-new.vhd");
     create_disk(blobs.as_ref(), &new_source, 4 * MIB).await;
     write(blobs.as_ref(), &new_source, 0, &rng.bytes(MIB as usize)).await;
     let cfg = std::fs::read_to_string(&fx.config_path).unwrap();

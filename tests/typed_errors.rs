@@ -8,19 +8,19 @@ mod common;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use snapback::blobs::{
-    BlobProps, BlobRef, BlobResult, ErrorKind, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs,
-    PageList, PageListQuery, Resource, SnapshotInfo,
-};
 use snapback::config::CopyMode;
 use snapback::config::DiskSource;
 use snapback::cycle::error::CycleError;
 use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
 use snapback::cycle::runner::{DiskSpec, Runner};
-use snapback::fake::MemBlobs;
+use snapback::model::pages::ByteRange;
 use snapback::model::SystemClock;
-use snapback::pages::ByteRange;
 use snapback::state::StateStore;
+use snapback::storage::fake::MemBlobs;
+use snapback::storage::{
+    BlobProps, BlobRef, BlobResult, ErrorKind, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs,
+    PageList, PageListQuery, Resource, SnapshotInfo,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

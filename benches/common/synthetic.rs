@@ -2,13 +2,13 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use snapback::blobs::{
+use snapback::config::Config;
+use snapback::model::pages::{ByteRange, PageItem};
+use snapback::storage::fake::MemBlobs;
+use snapback::storage::{
     BlobProps, BlobRef, BlobResult, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageList,
     PageListQuery, SnapshotInfo,
 };
-use snapback::config::Config;
-use snapback::fake::MemBlobs;
-use snapback::pages::{ByteRange, PageItem};
 use snapback::throttle::budget::Budget;
 use snapback::throttle::Outcome;
 use std::collections::HashMap;

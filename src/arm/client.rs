@@ -100,7 +100,7 @@ fn is_transient(status: u16) -> bool {
 impl ArmClient {
     /// A client signing with `credential` for `{endpoint}/.default`.
     pub fn new(endpoint: Url, credential: Arc<dyn TokenCredential>, options: ArmOptions) -> Self {
-        crate::tls::install_provider();
+        crate::azure::tls::install_provider();
         let scope = format!("{}/.default", endpoint.as_str().trim_end_matches('/'));
         let auth: Arc<dyn Policy> = Arc::new(BearerTokenAuthorizationPolicy::new(
             credential.clone(),
@@ -137,7 +137,7 @@ impl ArmClient {
     /// A client for an `[azure]` table: its endpoint and its credential (see
     /// [`super::credential::build`]); the token requests use the same transport.
     pub fn from_config(cfg: &AzureConfig, options: ArmOptions) -> Result<Self, ArmError> {
-        crate::tls::install_provider();
+        crate::azure::tls::install_provider();
         let credential = super::credential::build(cfg, options.transport.clone())?;
         Ok(Self::new(cfg.arm_endpoint.clone(), credential, options))
     }

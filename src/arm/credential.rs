@@ -77,7 +77,7 @@ fn read_secret(source: &SecretSource) -> Result<String, ArmError> {
             reason: format!("azure.client_secret_env: environment variable {var} is not set"),
         })?,
         SecretSource::File(path) => {
-            crate::secrets::read_file(path).map_err(|e| ArmError::Credential {
+            crate::model::secrets::read_file(path).map_err(|e| ArmError::Credential {
                 reason: format!("azure.client_secret_file: {} {e}", path.display()),
             })?
         }

@@ -2,7 +2,7 @@
 //! [`redact`] (the crate's one redaction function) removes secrets from any text put into an
 //! error.
 
-pub use crate::secrets::redact;
+pub use crate::model::secrets::redact;
 use std::fmt;
 use url::Url;
 

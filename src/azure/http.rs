@@ -23,7 +23,7 @@ pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// are not followed (Azure storage does not redirect) and bodies are not decompressed (ranged
 /// reads must arrive as stored).
 pub fn transport() -> Transport {
-    crate::tls::install_provider();
+    crate::azure::tls::install_provider();
     let client = reqwest::ClientBuilder::new()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_IDLE_TIMEOUT)

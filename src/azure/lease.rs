@@ -2,12 +2,12 @@
 //! Metadata and Put Blob (If-Match) with the lease id.
 
 use super::{etag_string, map_err, AzureBlobs};
-use crate::blob_error::ErrorKind as Kind;
-use crate::blobs::{
+use crate::model::pages::ByteRange;
+use crate::storage::error::ErrorKind as Kind;
+use crate::storage::lease::LeaseBlobs;
+use crate::storage::{
     retry_unanswered, BlobProps, BlobRef, BlobResult, Metadata, PageBlobs, Resource,
 };
-use crate::lease::LeaseBlobs;
-use crate::pages::ByteRange;
 use async_trait::async_trait;
 use azure_core::http::RequestContent;
 use azure_storage_blob::models::{BlobClientSetMetadataOptions, BlockBlobClientUploadOptions};

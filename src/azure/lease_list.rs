@@ -2,8 +2,8 @@
 //! lease state.
 
 use super::{listed_metadata, map_err, AzureBlobs};
-use crate::blobs::{BlobRef, BlobResult, Continuation, Resource};
-use crate::lease::{LeaseListing, LeasedBlob};
+use crate::storage::lease::{LeaseListing, LeasedBlob};
+use crate::storage::{BlobRef, BlobResult, Continuation, Resource};
 use async_trait::async_trait;
 use azure_storage_blob::models::{
     BlobContainerClientListBlobsOptions, LeaseState, ListBlobsIncludeItem,

@@ -20,14 +20,15 @@ mod preflight;
 pub mod retry_after;
 pub mod sas_blob;
 pub mod shared_key;
+pub mod tls;
 mod write_deadline;
 
-use crate::blobs::{
+use crate::config::{AccountConfig, AuthConfig};
+use crate::model::pages::ByteRange;
+use crate::storage::{
     BlobError, BlobProps, BlobRef, BlobResult, Continuation, CopyStatus, ErrorKind as Kind, Fence,
     IfBlob, Metadata, NewPageBlob, PageBlobs, PageList, PageListQuery, Resource, SnapshotInfo,
 };
-use crate::config::{AccountConfig, AuthConfig};
-use crate::pages::ByteRange;
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
@@ -63,7 +64,7 @@ const SERVICE_VERSION: &str = "2026-04-06";
 /// How long a SAS that snapback mints for one Put Page From URL stays valid: the service
 /// reads the source while it handles that request, so a leaked URL exposes one snapshot,
 /// read-only, for minutes. A Copy Blob's source SAS lives as long as the copy may take
-/// ([`crate::blobs::copy_source_lifetime`]).
+/// ([`crate::storage::copy_source_lifetime`]).
 const MINTED_SAS_LIFETIME: time::Duration = time::Duration::minutes(15);
 
 /// How far back a minted SAS's start (`st=`) is set: the storage service's clock may be
@@ -401,7 +402,7 @@ fn load_auth(cfg: &AccountConfig) -> BlobResult<Auth> {
         })
     };
     let read_file = |path: &std::path::Path, field: &str| {
-        crate::secrets::read_file(path).map_err(|e| {
+        crate::model::secrets::read_file(path).map_err(|e| {
             BlobError::local(
                 Kind::Unusable,
                 Resource::Account(cfg.key.clone()),
@@ -544,7 +545,7 @@ fn xml_message(body: &[u8]) -> Option<String> {
 
 /// `x-ms-content-crc64`: the CRC-64/NVME of the body, 8 bytes little-endian.
 fn crc64_le(data: &[u8]) -> Vec<u8> {
-    crate::pages::crc64(data).to_le_bytes().to_vec()
+    crate::model::pages::crc64(data).to_le_bytes().to_vec()
 }
 
 /// Checks that the answer to a ranged read says it holds exactly `range`
@@ -1089,7 +1090,7 @@ impl PageBlobs for AzureBlobs {
             .await?
             .map_or(0, |p| p.size);
         let lifetime = time::Duration::seconds(
-            i64::try_from(crate::blobs::copy_source_lifetime(size).as_secs()).unwrap_or(i64::MAX),
+            i64::try_from(crate::storage::copy_source_lifetime(size).as_secs()).unwrap_or(i64::MAX),
         );
         let url = self.readable_source_url(source, source_snapshot, dest, lifetime)?;
         // No x-ms-meta-* at all means "copy the source's metadata".

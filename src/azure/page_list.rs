@@ -7,8 +7,8 @@
 //!
 //! Spec: <https://learn.microsoft.com/rest/api/storageservices/get-page-ranges>
 
-use crate::blobs::{PageList, PageListQuery};
-use crate::pages::{ByteRange, PageItem};
+use crate::model::pages::{ByteRange, PageItem};
+use crate::storage::{PageList, PageListQuery};
 use azure_core::http::Url;
 use quick_xml::events::Event;
 use quick_xml::Reader;

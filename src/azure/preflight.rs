@@ -2,7 +2,7 @@
 //! container exists or deletes one. Kept here so the cycle's client stays what it needs.
 
 use super::{map_err, AzureBlobs};
-use crate::blobs::{BlobError, BlobRef, BlobResult, ErrorKind, Resource};
+use crate::storage::{BlobError, BlobRef, BlobResult, ErrorKind, Resource};
 use azure_storage_blob::models::BlobClientAcquireLeaseResultHeaders;
 
 /// Shortest lease Azure grants; the lease is released at once anyway.

@@ -3,13 +3,13 @@
 //! pipeline has no signing policy; it retries like every storage request ([`retry_options`]).
 //!
 //! Errors name the snapshot's ARM resource id (`Resource::Managed`), never the URL: its
-//! query is a credential, and anything the transport says is passed through [`crate::secrets::redact`].
+//! query is a credential, and anything the transport says is passed through [`crate::model::secrets::redact`].
 
 use super::{check_served_range, page_list, retry_options, SERVICE_VERSION};
 use crate::arm::export::{DATA_OPERATOR_ROLE, DISK_DATA_SCOPE};
 use crate::arm::sas::SasUrl;
-use crate::blobs::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
-use crate::pages::ByteRange;
+use crate::model::pages::ByteRange;
+use crate::storage::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::policies::auth::BearerTokenAuthorizationPolicy;
 use azure_core::http::policies::Policy;
@@ -42,7 +42,7 @@ impl Default for SasBlobs {
 impl SasBlobs {
     /// `transport`: the HTTP client (None: a new one, as the storage clients use).
     pub fn new(transport: Option<Transport>) -> Self {
-        crate::tls::install_provider();
+        crate::azure::tls::install_provider();
         let transport = transport.unwrap_or_else(super::http::transport);
         SasBlobs {
             pipeline: Self::pipeline(&transport, Vec::new()),

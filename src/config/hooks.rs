@@ -1,5 +1,5 @@
 //! The `[hooks]` table (global) and a disk's `hooks` table (its overrides): commands run and
-//! a webhook called after each cycle (see `crate::hooks` for running them).
+//! a webhook called after each cycle (see `crate::service::hooks` for running them).
 //!
 //! Kept apart from the rest of the config walk so that hooks stay one concept in one file.
 

@@ -5,14 +5,14 @@
 use super::error::CycleError;
 use super::machine::{CycleRecord, CycleStats, Outcome, PhaseName};
 use super::runner::Runner;
-use crate::blobs::{retry_unanswered, BlobError, Continuation, ErrorKind, IfBlob, PageBlobs};
 use crate::config::CopyMode;
-use crate::model::SnapshotId;
-use crate::pages::{
+use crate::model::pages::{
     round_up_to_page, segments, Batch, ByteRange, Coalescer, ListingCheck, ReadPlanner,
     DIFF_SEGMENT_BYTES, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
 };
+use crate::model::SnapshotId;
 use crate::source::{CopySource, DiffQuery, Source};
+use crate::storage::{retry_unanswered, BlobError, Continuation, ErrorKind, IfBlob, PageBlobs};
 use futures::{stream, StreamExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -577,11 +577,11 @@ fn diff_batches<'b>(
         /// The next listing to fetch: segment index and marker; None once all are fetched.
         next: Option<(usize, Option<String>)>,
         /// Items of the current page, and the segment they are clipped to.
-        items: std::vec::IntoIter<crate::pages::PageItem>,
+        items: std::vec::IntoIter<crate::model::pages::PageItem>,
         segment: ByteRange,
         coalescer: Coalescer,
         planner: ReadPlanner,
-        ops: Vec<crate::pages::PageOp>,
+        ops: Vec<crate::model::pages::PageOp>,
         made: Vec<Batch>,
         ready: std::collections::VecDeque<Batch>,
         finished: bool,
@@ -670,8 +670,11 @@ fn diff_batches<'b>(
     })
 }
 
-fn clip(item: crate::pages::PageItem, window: &ByteRange) -> Option<crate::pages::PageItem> {
-    use crate::pages::PageItem;
+fn clip(
+    item: crate::model::pages::PageItem,
+    window: &ByteRange,
+) -> Option<crate::model::pages::PageItem> {
+    use crate::model::pages::PageItem;
     let r = item.range().intersect(window)?;
     Some(match item {
         PageItem::Changed(_) => PageItem::Changed(r),

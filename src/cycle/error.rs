@@ -2,8 +2,8 @@
 //! service code), so callers decide on variants, never on message text.
 
 use super::machine::{self, PhaseName};
-use crate::blobs::{BlobError, BlobRef, ErrorKind};
 use crate::state::StateError;
+use crate::storage::{BlobError, BlobRef, ErrorKind};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum CycleError {
     },
     /// A premium page-blob account refused a snapshot of the source (one per blob per 10
     /// minutes, or 100 per blob), or ARM refused a managed disk's snapshot or its access for
-    /// one of Azure's incremental-snapshot limits (`crate::snapshot_limits`).
+    /// one of Azure's incremental-snapshot limits (`crate::source::snapshot_limits`).
     #[error("disk {disk}: {of}: {limit}")]
     SnapshotLimit {
         disk: String,
@@ -116,7 +116,7 @@ pub enum SnapshotLimit {
     Count,
     /// A managed disk's: creation rate, snapshots per disk, pending snapshots or SAS per
     /// disk family, with the resource, ARM's status and code and the wait.
-    Managed(Box<crate::snapshot_limits::ManagedLimit>),
+    Managed(Box<crate::source::snapshot_limits::ManagedLimit>),
 }
 
 /// How long a premium account refuses a second snapshot of a blob.
@@ -190,7 +190,7 @@ impl CycleError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot_limits::{LimitKind, ManagedLimit, RECHECK};
+    use crate::source::snapshot_limits::{LimitKind, ManagedLimit, RECHECK};
 
     fn refused(kind: LimitKind, wait: Option<Duration>) -> CycleError {
         let disk = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Compute/disks/d1";

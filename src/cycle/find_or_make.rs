@@ -4,7 +4,7 @@
 //! a lookup for what an earlier attempt may have made (a snapshot tagged with the cycle id, a
 //! copy id on the destination), so whatever answers are lost, the effect happens once.
 
-use crate::blobs::BlobResult;
+use crate::storage::BlobResult;
 use std::future::Future;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blobs::{BlobError, ErrorKind, Resource};
+    use crate::storage::{BlobError, ErrorKind, Resource};
     use std::cell::Cell;
 
     fn lost() -> BlobError {

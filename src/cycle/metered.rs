@@ -1,11 +1,11 @@
 //! A [`PageBlobs`] decorator that counts what a cycle costs: storage requests (each
 //! operation once; the SDK's retries are not billed twice by us) and diff ranges received.
 
-use crate::blobs::{
+use crate::model::pages::ByteRange;
+use crate::storage::{
     BlobProps, BlobRef, BlobResult, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageList,
     PageListQuery, SnapshotInfo,
 };
-use crate::pages::ByteRange;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

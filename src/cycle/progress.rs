@@ -1,6 +1,6 @@
 //! Live progress of long work (a cycle's seed copy and apply, a restore's copies, a verify),
 //! shared with whoever watches it: the daemon's `status`, metrics and progress log lines, and
-//! the progress bar on a terminal (`crate::terminal`). Written by the worker, read anywhere;
+//! the progress bar on a terminal (`crate::service::terminal`). Written by the worker, read anywhere;
 //! no logic.
 
 use super::machine::PhaseName;

@@ -10,14 +10,14 @@ use super::find_or_make::find_or_make;
 use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, PhaseName};
 use super::metered::Metered;
 use super::progress::Progress;
-use crate::blobs::{
-    BlobError, BlobProps, BlobRef, ErrorKind, Fence, IfBlob, NewPageBlob, PageBlobs, Resource,
-};
 use crate::config::{CopyMode, DiskSource};
 use crate::model::{tags, Clock, SnapshotId};
 use crate::ownership::DiskLease;
 use crate::source::{PageBlobSource, Source};
 use crate::state::StateStore;
+use crate::storage::{
+    BlobError, BlobProps, BlobRef, ErrorKind, Fence, IfBlob, NewPageBlob, PageBlobs, Resource,
+};
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -233,7 +233,7 @@ impl<'a> Runner<'a> {
                 sequence_number: self.fence.map(|Fence(t)| t),
                 condition,
             };
-            let size = crate::pages::round_up_to_page(size);
+            let size = crate::model::pages::round_up_to_page(size);
             match self.blobs.create_page_blob(backup, size, &new).await {
                 Ok(_) => {
                     rec.backup_touched = true;
@@ -714,7 +714,7 @@ impl<'a> Runner<'a> {
     ) -> Result<Outcome, BlobError> {
         let backup = &self.disk.backup;
         let found =
-            |s: &crate::blobs::SnapshotInfo| tags::cycle(&s.metadata) == Some(rec.tag.as_str());
+            |s: &crate::storage::SnapshotInfo| tags::cycle(&s.metadata) == Some(rec.tag.as_str());
         let now = self.blobs.properties(backup, None).await?;
         // Snapshot Blob takes no sequence-number condition: the token is checked on the
         // properties read here, and the snapshot is sent `If-Match` the ETag read with it

@@ -6,11 +6,11 @@ use super::error::CycleError;
 use super::find_or_make::find_or_make;
 use super::machine::{CycleRecord, Outcome, PhaseName};
 use super::runner::Runner;
-use crate::blobs::{BlobError, ErrorKind, IfBlob, PageBlobs, Resource};
 use crate::config::CopyMode;
-use crate::copy::{self, CopyWait};
 use crate::model::{tags, SnapshotId};
 use crate::source::CopySource;
+use crate::storage::copy::{self, CopyWait};
+use crate::storage::{BlobError, ErrorKind, IfBlob, PageBlobs, Resource};
 use std::sync::atomic::Ordering;
 
 /// Seed copies started per run before it gives up on a copy the service keeps failing (a
@@ -32,7 +32,7 @@ impl Runner<'_> {
         self.blobs.ensure_container(backup).await.map_err(err)?;
         // A copy left pending by a crash before its id was recorded would make ours fail.
         let mut props = self.blobs.properties(backup, None).await.map_err(err)?;
-        if let Some((id, crate::blobs::CopyStatus::Pending { .. })) =
+        if let Some((id, crate::storage::CopyStatus::Pending { .. })) =
             props.as_ref().and_then(|p| p.copy.as_ref())
         {
             self.blobs.abort_copy(backup, id).await.map_err(err)?;

@@ -5,7 +5,7 @@
 //! container, renews it every `heartbeat_every`, and releases it on a graceful shutdown. A
 //! replica is alive iff its heartbeat blob is leased, which one List Blobs shows for all of
 //! them. Every round, each replica lists the heartbeats and computes the fair share of the
-//! configured disks over the alive replicas ([`crate::assign`]); equal views give equal
+//! configured disks over the alive replicas ([`crate::model::assign`]); equal views give equal
 //! assignments, so nothing else is exchanged.
 //!
 //! Views may differ for a moment (a replica that just joined is seen by the others only at
@@ -20,11 +20,11 @@
 //! container unreachable at start) the replica runs every disk, as without `[cluster]`: a
 //! broken coordination setting degrades to racing on the disk leases, never to no backups.
 
-use crate::assign;
 use crate::azure::AzureBlobs;
-use crate::blobs::{BlobError, BlobRef, ErrorKind, Metadata, PageBlobs};
 use crate::config::{ClusterConfig, DiskConfig};
-use crate::lease::{LeaseBlobs, LeaseListing};
+use crate::model::assign;
+use crate::storage::lease::{LeaseBlobs, LeaseListing};
+use crate::storage::{BlobError, BlobRef, ErrorKind, Metadata, PageBlobs};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -23,13 +23,13 @@ pub mod readiness;
 pub mod schedule;
 pub mod signals;
 
-use crate::blobs::PageBlobs;
 use crate::config::{self, Config, DiskConfig};
 use crate::cycle::error::CycleError;
 use crate::cycle::machine::{CycleRecord, PhaseName};
 use crate::cycle::progress::{Activity, Progress};
 use crate::model::{Clock, SystemClock};
 use crate::service::{App, AppError};
+use crate::storage::PageBlobs;
 use chrono::{DateTime, Utc};
 use control::{
     BackupOutcome, DaemonDiskStatus, DaemonStatus, Incoming, ProgressInfo, Request, Response,
@@ -127,12 +127,12 @@ struct RestorePoints {
 /// Lists a disk's restore points from its backup account (a cycle and the retention after it
 /// both change them; a new state directory knows none). `None` after logging a failure.
 async fn list_restore_points(app: &App, disk: &DiskConfig) -> Option<RestorePoints> {
-    match crate::retention::restore_points(app.blobs.as_ref(), disk).await {
+    match crate::restore::retention::restore_points(app.blobs.as_ref(), disk).await {
         Ok(points) => Some(RestorePoints {
             count: points.len(),
             newest: points
                 .iter()
-                .filter_map(|p| crate::retention::Point::from_snapshot(&p.snapshot).time)
+                .filter_map(|p| crate::restore::retention::Point::from_snapshot(&p.snapshot).time)
                 .map(|t| t.timestamp())
                 .max(),
         }),
@@ -287,13 +287,15 @@ impl Daemon {
 
 /// One daemon per state directory: a second one would race the first on every disk.
 fn take_daemon_lock(state_dir: &Path) -> Result<File, DaemonError> {
-    crate::lock::try_lock(&state_dir.join(DAEMON_LOCK)).map_err(|e| match e {
-        crate::lock::LockError::Held { path, holder } => DaemonError::AlreadyRunning {
+    crate::ownership::lock::try_lock(&state_dir.join(DAEMON_LOCK)).map_err(|e| match e {
+        crate::ownership::lock::LockError::Held { path, holder } => DaemonError::AlreadyRunning {
             state_dir: state_dir.to_path_buf(),
             path,
             holder,
         },
-        crate::lock::LockError::Io { path, source } => DaemonError::Lock { path, source },
+        crate::ownership::lock::LockError::Io { path, source } => {
+            DaemonError::Lock { path, source }
+        }
     })
 }
 

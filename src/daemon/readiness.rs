@@ -10,10 +10,10 @@
 //! Evidence comes from a probe (one Get Blob Properties per account, at start, after a
 //! reload and again while not ready) and from every cycle's result.
 
-use crate::blobs::{BlobError, ErrorKind, PageBlobs};
 use crate::config::DiskConfig;
 use crate::cycle::error::CycleError;
 use crate::cycle::machine::CycleRecord;
+use crate::storage::{BlobError, ErrorKind, PageBlobs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -145,7 +145,7 @@ mod tests {
         let auth = Err(CycleError::Blob {
             disk: "d1".into(),
             source: BlobError::service(
-                crate::blobs::Resource::Account("premium".into()),
+                crate::storage::Resource::Account("premium".into()),
                 403,
                 Some("AuthenticationFailed".into()),
                 "get properties".into(),
@@ -161,7 +161,7 @@ mod tests {
         let missing = Err(CycleError::Blob {
             disk: "d2".into(),
             source: BlobError::service(
-                crate::blobs::Resource::blob(&crate::model::BlobRef::new(
+                crate::storage::Resource::blob(&crate::model::BlobRef::new(
                     "premium", "vhds", "d2.vhd",
                 )),
                 404,

@@ -86,7 +86,7 @@ impl ArmEmulator {
     /// An HTTP client that trusts only the emulator's certificate (plain http to Azurite
     /// works too).
     pub fn http() -> reqwest::Client {
-        snapback::tls::install_provider();
+        snapback::azure::tls::install_provider();
         let pem = std::fs::read(tests_path("arm/emulator-cert.pem")).expect("read test cert");
         let cert = reqwest::Certificate::from_pem(&pem).expect("test cert is PEM");
         reqwest::Client::builder()

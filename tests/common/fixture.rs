@@ -4,10 +4,10 @@
 
 use super::azurite::{Azurite, BACKUP_KEY, PREMIUM_KEY};
 use snapback::azure::AzureBlobs;
-use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::config::Config;
-use snapback::pages::{ByteRange, MAX_PUT_BYTES};
+use snapback::model::pages::{ByteRange, MAX_PUT_BYTES};
 use snapback::service::App;
+use snapback::storage::{BlobRef, PageBlobs};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;

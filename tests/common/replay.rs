@@ -108,7 +108,7 @@ impl Replay {
     /// Serves `entries`, recorded against `recorded_origin`, over HTTPS with the tests'
     /// certificate for 127.0.0.1 (`tls`) or plain HTTP.
     pub fn start(entries: Vec<Value>, recorded_origin: &str, tls: bool) -> Replay {
-        snapback::tls::install_provider();
+        snapback::azure::tls::install_provider();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("address").port();

@@ -261,7 +261,7 @@ async fn post(url: &Url, event: &HookEvent, timeout: Duration) -> Result<(), Hoo
         url: url.to_string(),
         reason,
     };
-    crate::tls::install_provider();
+    crate::azure::tls::install_provider();
     let mut builder = reqwest::Client::builder().timeout(timeout);
     if url.scheme() == "http" {
         // Only loopback is allowed for http (config); a proxy from the environment would

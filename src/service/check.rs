@@ -12,13 +12,13 @@
 //! assign to a managed identity, the letter a SAS lacks, or the key that is refused.
 
 use crate::azure::AzureBlobs;
-use crate::blobs::{
+use crate::config::Schedule;
+use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
+use crate::model::pages::{ByteRange, PAGE_SIZE};
+use crate::storage::{
     BlobError, BlobRef, ErrorKind, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageListQuery,
     Resource,
 };
-use crate::config::Schedule;
-use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
-use crate::pages::{ByteRange, PAGE_SIZE};
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -76,7 +76,7 @@ pub enum Operation {
     /// snapshots' exports at all.
     ManagedExport,
     /// A managed disk's schedule against Azure's 7 snapshots per disk per 5 minutes, and its
-    /// listed snapshots against 500 per disk (`crate::managed::limits`): warnings only.
+    /// listed snapshots against 500 per disk (`crate::source::managed_disk::limits`): warnings only.
     ManagedLimits,
 }
 
@@ -204,7 +204,7 @@ async fn managed_disk_type(config: &Config, disk: &DiskConfig) -> Option<CheckRo
         Err(e) => return Some(row(Outcome::Fail, e.to_string(), "[azure] credential")),
     };
     Some(match arm.get_disk(id).await {
-        Ok(d) => match crate::managed_props::admit(&d) {
+        Ok(d) => match crate::source::managed_disk::props::admit(&d) {
             Ok(kind) => row(Outcome::Pass, kind, ""),
             Err(e) => row(Outcome::Fail, e.to_string(), ""),
         },
@@ -614,8 +614,8 @@ pub fn managed_limits_note(
     listed: Result<usize, String>,
     from: DateTime<Utc>,
 ) -> String {
-    use crate::managed::limits::count_warning;
-    use crate::snapshot_limits::{RATE_MAX, RATE_WINDOW};
+    use crate::source::managed_disk::limits::count_warning;
+    use crate::source::snapshot_limits::{RATE_MAX, RATE_WINDOW};
     let mut notes = Vec::new();
     if let Some(schedule) = schedule {
         let most = most_firings_within(schedule, from, RATE_WINDOW);

@@ -10,7 +10,7 @@
 //! counts are a lower bound, and the messages say so.
 
 use crate::arm::Snapshot;
-use crate::snapshot_limits::{
+use crate::source::snapshot_limits::{
     LimitKind, ManagedLimit, MAX_ACTIVE_SAS, MAX_PENDING, MAX_SNAPSHOTS, NEAR_MAX_SNAPSHOTS,
     RATE_MAX, RATE_WINDOW, RECHECK,
 };

@@ -4,11 +4,11 @@
 //! Copy Blob stays pending for a few polls. For fast simulation tests of the cycle; the same
 //! behaviour is tested for real against Azurite in `tests/`.
 
-use crate::blobs::{
+use crate::model::pages::{ByteRange, PageItem, MAX_PUT_BYTES, PAGE_SIZE};
+use crate::storage::{
     BlobError, BlobProps, BlobRef, BlobResult, CopyStatus, ErrorKind, Fence, IfBlob, Metadata,
     NewPageBlob, PageBlobs, PageList, PageListQuery, Resource, SnapshotInfo,
 };
-use crate::pages::{ByteRange, PageItem, MAX_PUT_BYTES, PAGE_SIZE};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};

@@ -5,6 +5,10 @@
 //! Tag strings are built and parsed only here: a restore point, a cycle's snapshot and a
 //! restored blob are recognised by the functions of [`tags`], never by hand-written lookups.
 
+pub mod assign;
+pub mod pages;
+pub mod secrets;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -14,7 +14,7 @@
 //! - [`plan_upload`]: the Upload disk's properties from the record and the CLI's overrides.
 
 use crate::arm::{Disk, DiskRecipe, Encryption, SupportedCapabilities};
-use crate::blobs::Metadata;
+use crate::storage::Metadata;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::fmt;

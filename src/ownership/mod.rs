@@ -36,9 +36,11 @@
 //! takes the lease next resumes it: read here when the lease is taken, written only under the
 //! lease and `If-Match` the ETag this owner's last write left ([`DiskLease::write_record`]).
 
-use crate::blobs::{BlobError, BlobProps, BlobRef, ErrorKind, IfBlob, PageBlobs};
-use crate::lease::LeaseBlobs;
+pub mod lock;
+
 use crate::model::tags;
+use crate::storage::lease::LeaseBlobs;
+use crate::storage::{BlobError, BlobProps, BlobRef, ErrorKind, IfBlob, PageBlobs};
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -782,7 +784,7 @@ pub fn owner_key(state_dir: &Path) -> std::io::Result<u128> {
 pub fn writer_id(owner: u128, disk: &str) -> String {
     format!(
         "{:016x}",
-        crate::pages::crc64(derived_id(owner, disk).as_bytes())
+        crate::model::pages::crc64(derived_id(owner, disk).as_bytes())
     )
 }
 
@@ -790,8 +792,8 @@ pub fn writer_id(owner: u128, disk: &str) -> String {
 /// never use it (every acquisition proposes a [`random_lease_id`]); a replica's heartbeat
 /// lease does (`daemon::cluster`), so a restarted daemon is the same replica at once.
 pub fn derived_id(owner: u128, name: &str) -> String {
-    let hi = crate::pages::crc64(format!("{name}\0hi").as_bytes()) as u128;
-    let lo = crate::pages::crc64(format!("{name}\0lo").as_bytes()) as u128;
+    let hi = crate::model::pages::crc64(format!("{name}\0hi").as_bytes()) as u128;
+    let lo = crate::model::pages::crc64(format!("{name}\0lo").as_bytes()) as u128;
     guid(owner ^ ((hi << 64) | lo))
 }
 
@@ -842,7 +844,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl LeaseBlobs for ScriptedLeases {
-        async fn create_lock_blob(&self, _: &BlobRef) -> crate::blobs::BlobResult<()> {
+        async fn create_lock_blob(&self, _: &BlobRef) -> crate::storage::BlobResult<()> {
             Ok(())
         }
         async fn acquire_lease(
@@ -850,36 +852,36 @@ mod tests {
             _: &BlobRef,
             _: &str,
             _: u32,
-        ) -> crate::blobs::BlobResult<()> {
+        ) -> crate::storage::BlobResult<()> {
             Ok(())
         }
-        async fn renew_lease(&self, b: &BlobRef, _: &str) -> crate::blobs::BlobResult<()> {
+        async fn renew_lease(&self, b: &BlobRef, _: &str) -> crate::storage::BlobResult<()> {
             lock(&self.sent).push(Instant::now());
             tokio::time::sleep(self.delay).await;
             if self.refuse {
                 return Err(BlobError::local(
                     ErrorKind::Conflict,
-                    crate::blobs::Resource::blob(b),
+                    crate::storage::Resource::blob(b),
                     "LeaseIdMismatchWithLeaseOperation",
                 ));
             }
             Ok(())
         }
-        async fn release_lease(&self, _: &BlobRef, _: &str) -> crate::blobs::BlobResult<()> {
+        async fn release_lease(&self, _: &BlobRef, _: &str) -> crate::storage::BlobResult<()> {
             Ok(())
         }
         async fn set_leased_metadata(
             &self,
             _: &BlobRef,
             _: &str,
-            _: &crate::blobs::Metadata,
-        ) -> crate::blobs::BlobResult<String> {
+            _: &crate::storage::Metadata,
+        ) -> crate::storage::BlobResult<String> {
             Ok(String::new())
         }
         async fn read_lock_blob(
             &self,
             _: &BlobRef,
-        ) -> crate::blobs::BlobResult<Option<(BlobProps, Bytes)>> {
+        ) -> crate::storage::BlobResult<Option<(BlobProps, Bytes)>> {
             Ok(None)
         }
         async fn put_leased_body(
@@ -888,8 +890,8 @@ mod tests {
             _: &str,
             _: &str,
             _: Bytes,
-            _: &crate::blobs::Metadata,
-        ) -> crate::blobs::BlobResult<String> {
+            _: &crate::storage::Metadata,
+        ) -> crate::storage::BlobResult<String> {
             Ok(String::new())
         }
     }

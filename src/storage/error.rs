@@ -5,8 +5,8 @@
 //! on the kind and the resource, never on message text: a 404 during Put Page From URL names
 //! either the backup blob or the source snapshot, and only the second means "S(n) vanished".
 
+use crate::model::secrets::redact;
 use crate::model::{BlobRef, SnapshotId};
-use crate::secrets::redact;
 use std::fmt;
 
 /// What went wrong, as callers decide on it.
@@ -130,7 +130,7 @@ pub struct BlobError {
     /// `x-ms-error-code`, when the service sent one.
     pub code: Option<String>,
     /// For people only: the operation and the service's message or the local cause, with
-    /// every secret redacted (the constructors run it through [`crate::secrets::redact`]: an
+    /// every secret redacted (the constructors run it through [`crate::model::secrets::redact`]: an
     /// SDK or transport error quotes the request URL, which carries a SAS).
     pub detail: String,
 }

@@ -11,7 +11,7 @@
 
 use crate::arm::export::{ExportBlocked, ExportPolicy, ExportProperty};
 use crate::arm::{ResourceId, SasUrl};
-use crate::blobs::{BlobError, BlobResult, ErrorKind, Resource};
+use crate::storage::{BlobError, BlobResult, ErrorKind, Resource};
 
 /// The typed error of a blocked export: `Refused` about the disk or snapshot, code
 /// `property=value`, the fix in the detail.

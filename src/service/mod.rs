@@ -1,10 +1,14 @@
 //! The operations behind the CLI commands, on a loaded config: run cycles, list restore
 //! points, report status. The binary only parses arguments and prints.
 
+pub mod check;
+pub mod hooks;
+pub mod logging;
+pub mod terminal;
+
 use crate::arm::{ArmClient, ArmOptions};
 use crate::azure::sas_blob::SasBlobs;
 use crate::azure::AzureBlobs;
-use crate::blobs::{BlobError, BlobRef, PageBlobs};
 use crate::config::VerifyMode;
 use crate::config::{Config, DiskConfig, DiskSource};
 use crate::cycle::apply::Limits;
@@ -12,16 +16,17 @@ use crate::cycle::error::CycleError;
 use crate::cycle::machine::{CycleRecord, CycleStats};
 use crate::cycle::progress::Progress;
 use crate::cycle::runner::{DiskSpec, Runner};
-use crate::lease::LeaseBlobs;
-use crate::lock::LockError;
-use crate::managed::ManagedDiskSource;
 use crate::model::{Clock, SnapshotId, SystemClock};
+use crate::ownership::lock::LockError;
 use crate::ownership::DiskLease;
+use crate::restore::retention::{PruneReport, RetentionError};
+use crate::restore::verify::{VerifyError, VerifyReport};
 use crate::restore::{RestoreError, RestoreReport, RestoreRequest, Restorer};
-use crate::retention::{PruneReport, RetentionError};
+use crate::source::managed_disk::ManagedDiskSource;
 use crate::source::{PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
-use crate::verify::{VerifyError, VerifyReport};
+use crate::storage::lease::LeaseBlobs;
+use crate::storage::{BlobError, BlobRef, PageBlobs};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -227,8 +232,8 @@ impl App {
         let arm = config.azure.as_ref().map(|a| {
             ArmClient::from_config(a, ArmOptions::default()).map_err(|e| {
                 BlobError::local(
-                    crate::blobs::ErrorKind::Unusable,
-                    crate::blobs::Resource::Account("[azure]".into()),
+                    crate::storage::ErrorKind::Unusable,
+                    crate::storage::Resource::Account("[azure]".into()),
                     e.to_string(),
                 )
             })
@@ -258,8 +263,8 @@ impl App {
     pub async fn restore_to_managed_disk(
         &self,
         disk: &DiskConfig,
-        req: &crate::managed_restore::ManagedRestoreRequest,
-    ) -> Result<crate::managed_restore::ManagedRestoreReport, AppError> {
+        req: &crate::restore::managed_disk::ManagedRestoreRequest,
+    ) -> Result<crate::restore::managed_disk::ManagedRestoreReport, AppError> {
         let _lock = self.lock_disk(&disk.name)?;
         let arm = match &self.arm {
             Some(Ok(arm)) => arm,
@@ -276,7 +281,7 @@ impl App {
                 }))
             }
         };
-        Ok(crate::managed_restore::restore(
+        Ok(crate::restore::managed_disk::restore(
             self.blobs.as_ref(),
             &self.store,
             disk,
@@ -307,8 +312,8 @@ impl App {
             // check-config refuses a managed disk without [azure]; a hand-built config may not.
             None => {
                 return Err(BlobError::local(
-                    crate::blobs::ErrorKind::Unusable,
-                    crate::blobs::Resource::Managed(id.to_string()),
+                    crate::storage::ErrorKind::Unusable,
+                    crate::storage::Resource::Managed(id.to_string()),
                     "a managed disk needs an [azure] table",
                 ))
             }
@@ -380,7 +385,7 @@ impl App {
     }
 
     fn try_lock_disk(&self, disk: &str) -> Result<File, LockError> {
-        crate::lock::try_lock(&self.lock_path(disk))
+        crate::ownership::lock::try_lock(&self.lock_path(disk))
     }
 
     fn lock_path(&self, disk: &str) -> std::path::PathBuf {
@@ -469,8 +474,8 @@ impl App {
             Ok(_) => false,
         };
         if hooks != crate::config::Hooks::default() && !no_result {
-            let event = crate::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
-            crate::hooks::run(&hooks, &event, &self.config.secret_env_vars()).await;
+            let event = crate::service::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
+            crate::service::hooks::run(&hooks, &event, &self.config.secret_env_vars()).await;
         }
         CycleReport {
             disk: disk.name.clone(),
@@ -531,7 +536,7 @@ impl App {
             }
             _ => None,
         };
-        let prune = if crate::retention::keeps_everything(&disk.retention) {
+        let prune = if crate::restore::retention::keeps_everything(&disk.retention) {
             None
         } else {
             let r = self.prune_locked(disk, false).await;
@@ -597,8 +602,8 @@ impl App {
                 .is_none()
             {
                 return Err(blob_err(BlobError::local(
-                    crate::blobs::ErrorKind::NotFound,
-                    crate::blobs::Resource::blob(source),
+                    crate::storage::ErrorKind::NotFound,
+                    crate::storage::Resource::blob(source),
                     "the source blob does not exist",
                 )));
             }
@@ -653,7 +658,7 @@ impl App {
         runner.copy_stall = self.config.copy_stall_timeout;
         if let Some(lease) = lease {
             runner.chain = Some(lease.chain().to_string());
-            runner.fence = Some(crate::blobs::Fence(lease.token()));
+            runner.fence = Some(crate::storage::Fence(lease.token()));
             runner.lease = Some(lease);
         }
         runner.run_cycle().await
@@ -664,7 +669,7 @@ impl App {
         futures::stream::iter(disks)
             .map(|d| async {
                 let progress = Arc::new(Progress::default());
-                let bar = crate::terminal::watch(&d.name, progress.clone());
+                let bar = crate::service::terminal::watch(&d.name, progress.clone());
                 let report = self.run_disk_with(d, stop.clone(), Some(progress)).await;
                 if let Some(bar) = bar {
                     bar.finish().await;
@@ -679,12 +684,14 @@ impl App {
     /// Restore points of a disk, oldest first, read from the backup account: the snapshots
     /// snapback tagged for this disk (so the list survives the loss of the state directory).
     pub async fn list(&self, disk: &DiskConfig) -> Result<Vec<RestorePoint>, AppError> {
-        let snapshots = crate::retention::restore_points(self.blobs.as_ref(), disk).await?;
+        let snapshots =
+            crate::restore::retention::restore_points(self.blobs.as_ref(), disk).await?;
         let points: Vec<_> = snapshots
             .iter()
-            .map(|s| crate::retention::Point::from_snapshot(&s.snapshot))
+            .map(|s| crate::restore::retention::Point::from_snapshot(&s.snapshot))
             .collect();
-        let plan = crate::retention::plan(&points, &disk.retention, self.clock.now(), &disk.tz);
+        let plan =
+            crate::restore::retention::plan(&points, &disk.retention, self.clock.now(), &disk.tz);
         Ok(snapshots
             .into_iter()
             .zip(plan)
@@ -709,7 +716,7 @@ impl App {
         snapshot: Option<&str>,
     ) -> Result<VerifyReport, AppError> {
         let progress = Arc::new(Progress::default());
-        let bar = crate::terminal::watch(&disk.name, progress.clone());
+        let bar = crate::service::terminal::watch(&disk.name, progress.clone());
         let managed = self.managed_source(disk).map_err(|source| {
             AppError::Verify(VerifyError::Blob {
                 disk: disk.name.clone(),
@@ -718,9 +725,14 @@ impl App {
         })?;
         let report = match (&managed, &disk.source) {
             (Some(m), _) => {
-                let r =
-                    crate::verify::verify(self.blobs.as_ref(), m, disk, snapshot, Some(&progress))
-                        .await;
+                let r = crate::restore::verify::verify(
+                    self.blobs.as_ref(),
+                    m,
+                    disk,
+                    snapshot,
+                    Some(&progress),
+                )
+                .await;
                 // The read SAS of S(n) is not needed after the comparison; only what this
                 // verify granted is ended (another owner's cycle may be reading its own).
                 if let Err(e) = m.end_granted().await {
@@ -730,7 +742,7 @@ impl App {
             }
             (None, DiskSource::Blob(b)) => {
                 let source = PageBlobSource::new(self.blobs.as_ref(), b);
-                crate::verify::verify(
+                crate::restore::verify::verify(
                     self.blobs.as_ref(),
                     &source,
                     disk,
@@ -766,7 +778,7 @@ impl App {
         disk: &DiskConfig,
         dry_run: bool,
     ) -> Result<PruneReport, AppError> {
-        Ok(crate::retention::prune(
+        Ok(crate::restore::retention::prune(
             self.blobs.as_ref(),
             &self.store,
             disk,
@@ -826,7 +838,7 @@ impl App {
         r.leasing = req.rebase.as_ref().and_then(|rb| self.leasing(&rb.name));
         let progress = Arc::new(Progress::default());
         r.progress = Some(progress.clone());
-        let bar = crate::terminal::watch(&disk.name, progress);
+        let bar = crate::service::terminal::watch(&disk.name, progress);
         let report = r.restore(req).await;
         if let Some(bar) = bar {
             bar.finish().await;

@@ -44,7 +44,7 @@ struct AboveBars;
 
 impl Write for AboveBars {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        crate::terminal::suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len())
+        crate::service::terminal::suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -15,17 +15,20 @@
 //!   512-byte footer; snapback reads and backs up only the disk's bytes, so a restore point
 //!   is the raw disk image (the footer is written again by a restore to a managed disk).
 
+pub mod access;
+pub mod props;
+
 use crate::arm::sas::SasUrl;
 use crate::arm::{
     Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, Snapshot,
 };
 use crate::azure::sas_blob::SasBlobs;
-use crate::blobs::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
+use crate::model::pages::ByteRange;
 use crate::model::BaseState;
 use crate::model::{tags, SnapshotId};
-use crate::pages::ByteRange;
-use crate::snapshot_limits::ManagedLimit;
+use crate::source::snapshot_limits::ManagedLimit;
 use crate::source::{CopySource, DiffQuery, Source, SourceSnapshot};
+use crate::storage::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -37,7 +40,7 @@ pub mod limits;
 
 /// The shortest read SAS asked for. A cycle reads `S(n)` for as long as its apply runs, and
 /// a seed's Copy Blob reads it for the whole copy (longer for a big snapshot:
-/// [`crate::blobs::copy_source_lifetime`]); access is ended explicitly when the cycle is
+/// [`crate::storage::copy_source_lifetime`]); access is ended explicitly when the cycle is
 /// done, so a long grant does not stay open.
 const READ_SAS_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
@@ -242,8 +245,8 @@ impl ManagedDiskSource {
             .and_then(|s| s.properties.disk_size_bytes)
             .unwrap_or(0);
         let policy = snap.map(|s| s.properties.export).unwrap_or_default();
-        crate::managed_access::check_export(&policy, &id.to_string())?;
-        let lifetime = crate::blobs::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
+        crate::source::managed_disk::access::check_export(&policy, &id.to_string())?;
+        let lifetime = crate::storage::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
         let sas = match self.arm.begin_get_access(id, Access::Read, lifetime).await {
             Ok(s) => s,
             Err(e) => {
@@ -252,7 +255,7 @@ impl ManagedDiskSource {
                 return Err(e);
             }
         };
-        let sas = crate::managed_access::mark(sas, &policy);
+        let sas = crate::source::managed_disk::access::mark(sas, &policy);
         self.lock().insert(key, sas.clone());
         Ok(sas)
     }
@@ -394,7 +397,10 @@ impl Source for ManagedDiskSource {
         // Invariant 9: the disk is read first; a missing disk or a refused token fails here.
         let source = self.disk().await?;
         // A disk whose network settings stop every export fails here too, named.
-        crate::managed_access::check_export(&source.properties.export, &self.disk.to_string())?;
+        crate::source::managed_disk::access::check_export(
+            &source.properties.export,
+            &self.disk.to_string(),
+        )?;
         admit(&source)?;
         let snap = self
             .arm
@@ -408,7 +414,8 @@ impl Source for ManagedDiskSource {
             Ok(s) => s,
             Err(e) => {
                 let e = arm_err(&id, e);
-                let copies = crate::managed_props::DiskType::of(&source).copies_in_background();
+                let copies = crate::source::managed_disk::props::DiskType::of(&source)
+                    .copies_in_background();
                 self.note_limit(&e, &id, limits::on_create, copies).await;
                 return Err(e);
             }
@@ -539,7 +546,7 @@ impl Source for ManagedDiskSource {
     async fn grant_read(&self, snapshot: &SnapshotId) -> BlobResult<CopySource> {
         let id = self.parse_id(snapshot)?;
         let url = self.sas_or_gone(&id).await?;
-        crate::managed_access::server_copy_allowed(&url, &id.to_string())?;
+        crate::source::managed_disk::access::server_copy_allowed(&url, &id.to_string())?;
         Ok(CopySource::Url {
             url,
             resource: id.to_string(),
@@ -559,7 +566,7 @@ impl Source for ManagedDiskSource {
         Some(Box::new(old))
     }
 
-    async fn point_metadata(&self, snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
+    async fn point_metadata(&self, snapshot: &SnapshotId) -> BlobResult<crate::storage::Metadata> {
         self.recorded_disk(snapshot).await
     }
 
@@ -659,7 +666,9 @@ impl ManagedDiskSource {
     /// the error stays as it is (an Entra-only export already names the role).
     async fn explain_refusal(&self, id: &ResourceId, e: BlobError) -> BlobError {
         match self.get(id).await {
-            Ok(Some(s)) => crate::managed_access::explain_refusal(&s.properties.export, id, e),
+            Ok(Some(s)) => {
+                crate::source::managed_disk::access::explain_refusal(&s.properties.export, id, e)
+            }
             _ => e,
         }
     }
@@ -670,13 +679,15 @@ impl ManagedDiskSource {
 /// Refuses, before anything is made, a disk whose raw pages Azure documents no way to read
 /// (or whose restore could not boot): `Unusable`, naming the disk type and the reason.
 pub(crate) fn admit(disk: &crate::arm::Disk) -> BlobResult<()> {
-    crate::managed_props::admit(disk).map(|_| ()).map_err(|e| {
-        BlobError::local(
-            ErrorKind::Unusable,
-            Resource::Managed(disk.id.clone()),
-            e.to_string(),
-        )
-    })
+    crate::source::managed_disk::props::admit(disk)
+        .map(|_| ())
+        .map_err(|e| {
+            BlobError::local(
+                ErrorKind::Unusable,
+                Resource::Managed(disk.id.clone()),
+                e.to_string(),
+            )
+        })
 }
 
 impl ManagedDiskSource {
@@ -705,8 +716,8 @@ impl ManagedDiskSource {
     /// The disk's properties, as restore point metadata. A disk gone by the time it is read
     /// (a resumed cycle reads it again) records nothing: the restore then needs the CLI's
     /// flags, and says so.
-    async fn recorded_disk(&self, snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
-        let mut out = crate::blobs::Metadata::new();
+    async fn recorded_disk(&self, snapshot: &SnapshotId) -> BlobResult<crate::storage::Metadata> {
+        let mut out = crate::storage::Metadata::new();
         // As read when S(n) was taken (once per cycle): the disk the snapshot captured.
         let disk = match self.disk().await {
             Ok(d) => d,
@@ -716,7 +727,7 @@ impl ManagedDiskSource {
             }
             Err(e) => return Err(e),
         };
-        match crate::managed_props::RecordedDisk::of(&disk).to_metadata() {
+        match crate::source::managed_disk::props::RecordedDisk::of(&disk).to_metadata() {
             Some((k, v)) => {
                 out.insert(k, v);
             }

@@ -15,23 +15,23 @@ use crate::arm::{
     Access, ArmClient, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec,
 };
 use crate::azure::sas_blob::SasBlobs;
-use crate::blobs::{retry_unanswered, IfBlob, PageBlobs};
 use crate::config::{DiskConfig, DiskSource};
-use crate::copy::{CopyEnd, CopyWait};
 use crate::cycle::handover::publish_record;
 use crate::cycle::machine::CycleRecord;
-use crate::managed::{arm_err, ManagedDiskSource};
-use crate::managed_props::{plan_upload, Overrides, RecordedDisk};
+use crate::model::pages::MAX_PUT_BYTES;
 use crate::model::{tags, SnapshotId};
 use crate::ownership::DiskLease;
-use crate::pages::MAX_PUT_BYTES;
+use crate::restore::verify::{allocated_ranges, union_chunks};
+use crate::restore::vhd;
 use crate::restore::{
     blob_err, first_restore_point, leased_etag, Leasing, PointSelector, RestoreError, Restorer,
 };
+use crate::source::managed_disk::props::{plan_upload, Overrides, RecordedDisk};
+use crate::source::managed_disk::{arm_err, ManagedDiskSource};
 use crate::source::Source;
 use crate::state::StateStore;
-use crate::verify::{allocated_ranges, union_chunks};
-use crate::vhd;
+use crate::storage::copy::{CopyEnd, CopyWait};
+use crate::storage::{retry_unanswered, IfBlob, PageBlobs};
 use futures::TryStreamExt;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ pub struct ManagedRestoreRequest {
     /// Restart the disk's chain on the new disk.
     pub rebase: bool,
     /// `--os-type`, `--hyper-v-generation`, `--disk-encryption-set`: override what the
-    /// restore point recorded of the source disk (`crate::managed_props`).
+    /// restore point recorded of the source disk (`crate::source::managed_disk::props`).
     pub os_type: Option<String>,
     pub hyper_v_generation: Option<String>,
     pub disk_encryption_set: Option<String>,
@@ -408,7 +408,7 @@ async fn rebase(
         .map_err(blob_err(format!(
             "copy restore point {point} over {backup}"
         )))?;
-    let end = crate::copy::wait(
+    let end = crate::storage::copy::wait(
         blobs,
         backup,
         &copy_id,

@@ -4,13 +4,16 @@
 //! ones it took, diff two of them page by page, read a range, delete one, and let the backup
 //! account's service read one for a server-side copy. Snapshot ids are opaque
 //! ([`SnapshotId`]): a blob snapshot's timestamp for [`PageBlobSource`]; for a managed disk
-//! (`crate::managed`), the resource id of an incremental snapshot, read through a SAS URL
+//! (`crate::source::managed_disk`), the resource id of an incremental snapshot, read through a SAS URL
 //! granted with `beginGetAccess` and revoked with `endGetAccess`.
 
+pub mod managed_disk;
+pub mod snapshot_limits;
+
 use crate::arm::sas::SasUrl;
-use crate::blobs::{BlobResult, PageBlobs, PageList, PageListQuery, Resource};
+use crate::model::pages::ByteRange;
 use crate::model::{tags, BaseState, BlobRef, SnapshotId};
-use crate::pages::ByteRange;
+use crate::storage::{BlobResult, PageBlobs, PageList, PageListQuery, Resource};
 use async_trait::async_trait;
 use bytes::Bytes;
 
@@ -127,17 +130,17 @@ pub trait Source: Send + Sync {
 
     /// Metadata the restore point of `snapshot` carries besides snapback's tags: what a
     /// restore needs to know about the source after it is gone (a managed disk's
-    /// properties, `crate::managed_props::RecordedDisk`). Empty for a page blob.
-    async fn point_metadata(&self, _snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
-        Ok(crate::blobs::Metadata::new())
+    /// properties, `crate::source::managed_disk::props::RecordedDisk`). Empty for a page blob.
+    async fn point_metadata(&self, _snapshot: &SnapshotId) -> BlobResult<crate::storage::Metadata> {
+        Ok(crate::storage::Metadata::new())
     }
 
     /// The Azure snapshot limit `e` (an error of this source) was refused for, if the
-    /// source could tell (managed disks: decided by `crate::managed::limits`).
+    /// source could tell (managed disks: decided by `crate::source::managed_disk::limits`).
     fn limit_of(
         &self,
-        _e: &crate::blobs::BlobError,
-    ) -> Option<crate::snapshot_limits::ManagedLimit> {
+        _e: &crate::storage::BlobError,
+    ) -> Option<crate::source::snapshot_limits::ManagedLimit> {
         None
     }
 
@@ -211,8 +214,8 @@ impl Source for PageBlobSource<'_> {
         // The size of the snapshot itself: the base blob may be resized right after.
         match self.blobs.properties(self.blob, Some(id.as_str())).await? {
             Some(p) => Ok(SourceSnapshot { id, size: p.size }),
-            None => Err(crate::blobs::BlobError::local(
-                crate::blobs::ErrorKind::NotFound,
+            None => Err(crate::storage::BlobError::local(
+                crate::storage::ErrorKind::NotFound,
                 self.snapshot_resource(&id),
                 "the snapshot just taken is not there",
             )),

@@ -11,15 +11,15 @@
 //! Cost: a full read of the allocated part of both blobs (the source account is read as much
 //! as by a seed), plus two page range listings. Nothing is written.
 
-use crate::blobs::{
-    retry_unanswered, BlobError, BlobRef, Continuation, PageBlobs, PageListQuery, Resource,
-};
 use crate::config::DiskConfig;
 use crate::cycle::progress::Progress;
+use crate::model::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
 use crate::model::SnapshotId;
-use crate::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
-use crate::retention::StoredPoint;
+use crate::restore::retention::StoredPoint;
 use crate::source::{DiffQuery, Source};
+use crate::storage::{
+    retry_unanswered, BlobError, BlobRef, Continuation, PageBlobs, PageListQuery, Resource,
+};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
@@ -314,7 +314,7 @@ pub async fn verify(
     progress: Option<&Progress>,
 ) -> Result<VerifyReport, VerifyError> {
     let backup = disk.backup.clone();
-    let ours = crate::retention::restore_points(blobs, disk)
+    let ours = crate::restore::retention::restore_points(blobs, disk)
         .await
         .map_err(|source| VerifyError::Blob {
             disk: disk.name.clone(),
@@ -400,9 +400,9 @@ mod tests {
             ("3", 6, 7)
         );
     }
-    use crate::blobs::Metadata;
-    use crate::fake::MemBlobs;
     use crate::source::PageBlobSource;
+    use crate::storage::fake::MemBlobs;
+    use crate::storage::Metadata;
 
     /// [`compare`] of the backup snapshot `bk` with the source snapshot `src`, both in `blobs`.
     async fn compare_in(

@@ -1,7 +1,7 @@
 //! Waiting for an asynchronous Copy Blob: the one poll loop, used by the cycle's seed and by
 //! restore.
 
-use crate::blobs::{BlobRef, BlobResult, CopyStatus, PageBlobs};
+use crate::storage::{BlobRef, BlobResult, CopyStatus, PageBlobs};
 use std::fmt;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -107,8 +107,8 @@ pub async fn wait(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::MemBlobs;
     use crate::model::Metadata;
+    use crate::storage::fake::MemBlobs;
 
     const POLL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(10));
     const STALL: Duration = Duration::from_secs(60);

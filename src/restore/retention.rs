@@ -15,10 +15,10 @@
 //! `snapback_disk = <this disk>` (never anyone else's), deletes the ones no rule keeps and
 //! removes them from the state's `restore_points` table.
 
-use crate::blobs::{BlobError, PageBlobs};
 use crate::config::{DiskConfig, Retention};
 use crate::model::{from_unix, tags, SnapshotId, Timestamp};
 use crate::state::{StateError, StateStore};
+use crate::storage::{BlobError, PageBlobs};
 use chrono::{Datelike, Offset, TimeDelta, Timelike};
 use chrono_tz::Tz;
 use serde::Serialize;
@@ -641,8 +641,8 @@ mod tests {
 
     #[tokio::test]
     async fn prune_deletes_only_this_disks_snapshots_and_their_rows() {
-        use crate::blobs::{BlobRef, Metadata};
-        use crate::fake::MemBlobs;
+        use crate::storage::fake::MemBlobs;
+        use crate::storage::{BlobRef, Metadata};
         let cfg = crate::config::Config::parse(
             "state_dir = \"/tmp/unused\"\n[accounts.bk]\nendpoint = \"http://127.0.0.1:1/bkacct\"\n\
              shared_key_env = \"X\"\n[[disk]]\nname = \"d\"\nsource = \"bk/src/d\"\n\

@@ -4,12 +4,17 @@
 //! `fake::MemBlobs` in memory, so the same cycle logic is tested fast in simulation and for
 //! real against Azurite.
 
-use crate::pages::{ByteRange, PageItem};
+pub mod copy;
+pub mod error;
+pub mod fake;
+pub mod lease;
+
+use crate::model::pages::{ByteRange, PageItem};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use crate::blob_error::{BlobError, BlobResult, ErrorKind, Resource};
 pub use crate::model::{BlobRef, Metadata};
+pub use crate::storage::error::{BlobError, BlobResult, ErrorKind, Resource};
 
 /// State of an asynchronous Copy Blob, as reported on the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 //! The blob operations behind disk ownership: a small block blob beside each backup blob,
 //! leased by the one process that runs the disk's cycles (see `ownership`). Kept apart from
-//! [`crate::blobs::PageBlobs`] because only the Azure implementation needs it: in-memory
+//! [`crate::storage::PageBlobs`] because only the Azure implementation needs it: in-memory
 //! simulations have a single process and no one to exclude.
 
-use crate::blobs::{BlobProps, BlobRef, BlobResult, Metadata};
+use crate::storage::{BlobProps, BlobRef, BlobResult, Metadata};
 use async_trait::async_trait;
 use bytes::Bytes;
 

@@ -16,20 +16,25 @@
 //! deleted. An existing target is never overwritten without `force`, and the check happens
 //! before anything is written.
 
-use crate::blobs::{
-    BlobError, BlobRef, CopyStatus, ErrorKind, IfBlob, Metadata, PageBlobs, Resource,
-};
+pub mod managed_disk;
+pub mod retention;
+pub mod verify;
+pub mod vhd;
+
 use crate::config::DiskConfig;
-use crate::copy::{self, CopyEnd, CopyWait};
 use crate::cycle::handover::publish_record;
 use crate::cycle::machine::CycleRecord;
 use crate::cycle::progress::Progress;
-use crate::lease::LeaseBlobs;
 use crate::model::tags::{self, RestoreState};
 use crate::model::{format_timestamp, parse_timestamp, SnapshotId, Timestamp};
 use crate::ownership::{DiskLease, Owner, OwnershipError};
 use crate::source::{PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
+use crate::storage::copy::{self, CopyEnd, CopyWait};
+use crate::storage::lease::LeaseBlobs;
+use crate::storage::{
+    BlobError, BlobRef, CopyStatus, ErrorKind, IfBlob, Metadata, PageBlobs, Resource,
+};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::sync::Arc;
@@ -210,7 +215,7 @@ pub(crate) async fn leased_etag(
     lease: &DiskLease,
     disk: &str,
     backup: &BlobRef,
-    props: &crate::blobs::BlobProps,
+    props: &crate::storage::BlobProps,
 ) -> Result<String, RestoreError> {
     let etag = crate::ownership::token_etag(blobs, backup, props, lease.token())
         .await
@@ -312,7 +317,7 @@ impl<'a> Restorer<'a> {
     }
 
     pub(crate) async fn choose(&self, sel: &PointSelector) -> Result<Chosen, RestoreError> {
-        let points: Vec<Chosen> = crate::retention::restore_points(self.blobs, self.disk)
+        let points: Vec<Chosen> = crate::restore::retention::restore_points(self.blobs, self.disk)
             .await
             .map_err(blob_err(format!(
                 "restore points of disk {}",
@@ -807,7 +812,7 @@ pub fn config_stanza(chain: &RebasedChain, original: &DiskConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::MemBlobs;
+    use crate::storage::fake::MemBlobs;
 
     const CONFIG: &str = "state_dir = \"/tmp/unused\"\n\
         [accounts.premium]\nendpoint = \"http://127.0.0.1:1/premium\"\nshared_key_env = \"X\"\n\
