@@ -26,13 +26,13 @@ use common::synthetic::{synthetic_config, Synthetic, KIB, MIB};
 use futures::{StreamExt, TryStreamExt};
 use snapback::azure::AzureBlobs;
 use snapback::config::Config;
-use snapback::cycle::apply::Limits;
-use snapback::cycle::machine::PhaseName;
 use snapback::cycle::runner::Runner;
+use snapback::cycle::tuning::Limits;
 use snapback::model::pages::{
     coalesce, plan_reads, Batch, ByteRange, PageItem, MAX_PUT_BYTES, MAX_READ_BYTES, MAX_READ_GAP,
     PAGE_SIZE,
 };
+use snapback::model::record::PhaseName;
 use snapback::model::SystemClock;
 use snapback::service::{disk_spec, App};
 use snapback::state::StateStore;

@@ -8,10 +8,11 @@ use common::arm::{ArmEmulator, CLIENT_ID, FEDERATED_TOKEN, IDENTITY_HEADER, SUBS
 use common::azurite::{Azurite, PREMIUM_KEY};
 use common::fixture::{create_disk, write, Fixture};
 use snapback::arm::{
-    Access, ArmClient, ArmError, ArmErrorKind, ResourceGroup, ResourceId, ResourceKind, SasUrl,
-    Tags, UploadDiskSpec,
+    Access, ArmClient, ArmError, ArmErrorKind, ResourceGroup, ResourceId, ResourceKind, Tags,
+    UploadDiskSpec,
 };
 use snapback::azure::shared_key::{blob_read_sas, AccountKey};
+use snapback::model::secrets::SasUrl;
 use snapback::storage::{BlobRef, Metadata, PageBlobs};
 use std::time::{Duration, Instant};
 

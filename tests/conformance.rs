@@ -8,11 +8,10 @@ mod common;
 use common::arm::ArmEmulator;
 use common::replay::{self, Replay};
 use serde_json::{json, Value};
-use snapback::arm::{
-    Access, ArmClient, ArmErrorKind, Disk, ResourceId, SasUrl, Tags, UploadDiskSpec,
-};
+use snapback::arm::{Access, ArmClient, ArmErrorKind, Disk, ResourceId, Tags, UploadDiskSpec};
 use snapback::azure::sas_blob::SasBlobs;
 use snapback::model::pages::{ByteRange, PageItem};
+use snapback::model::secrets::SasUrl;
 use snapback::storage::{ErrorKind, PageListQuery, Resource};
 use std::sync::Arc;
 use std::time::Duration;

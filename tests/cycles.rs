@@ -75,7 +75,7 @@ async fn restore_points_equal_their_source_snapshots_over_many_cycles() {
             "cycle {cycle}: restore point {b} differs from source snapshot {s}"
         );
         if cycle > 0 {
-            assert_eq!(rec.kind, snapback::cycle::machine::CycleKind::Incremental);
+            assert_eq!(rec.kind, snapback::model::record::CycleKind::Incremental);
             assert!(
                 rec.stats.bytes_written < size / 2,
                 "cycle {cycle} moved too much: {:?}",

@@ -14,8 +14,8 @@ use common::fixture::{
 };
 use common::process::kill_at_failpoint;
 use snapback::cycle::handover::{parse, AzureRecord};
-use snapback::cycle::machine::Phase;
 use snapback::model::pages::{ByteRange, PAGE_SIZE};
+use snapback::model::record::Phase;
 use snapback::ownership::lock_blob;
 use snapback::ownership::{DiskLease, OwnershipError};
 use snapback::storage::lease::LeaseBlobs;

@@ -4,8 +4,8 @@
 
 use snapback::config::Config;
 use snapback::config::DiskSource;
-use snapback::cycle::machine::{CycleKind, Phase, PhaseName};
 use snapback::cycle::runner::{DiskSpec, Runner};
+use snapback::model::record::{CycleKind, Phase, PhaseName};
 use snapback::model::{Clock, SnapshotId, Timestamp};
 use snapback::service::App;
 use snapback::state::{StateError, StateStore};
@@ -254,7 +254,7 @@ fn a_current_prune_record_without_its_source_snapshot_does_not_decode() {
     store
         .register_disk("d", "premium/vhds/d.vhd", "backup/backups/d")
         .unwrap();
-    let rec = snapback::cycle::machine::CycleRecord::new("d", "t".into(), None, 0);
+    let rec = snapback::model::record::CycleRecord::new("d", "t".into(), None, 0);
     let rec = store.insert_cycle(rec).unwrap();
     drop(store);
     let c = rusqlite::Connection::open(dir.path().join("snapback.db")).unwrap();

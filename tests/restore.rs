@@ -6,8 +6,8 @@
 mod common;
 
 use common::fixture::{content, create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
-use snapback::cycle::machine::CycleKind;
 use snapback::model::pages::PAGE_SIZE;
+use snapback::model::record::CycleKind;
 use snapback::model::{tags, SnapshotId};
 use snapback::restore::{PointSelector, RestoreRequest};
 use snapback::storage::{BlobRef, PageBlobs};

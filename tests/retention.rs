@@ -5,8 +5,8 @@
 mod common;
 
 use common::fixture::{create_disk, tagged_snapshots, write, Fixture, Rng, MIB};
-use snapback::cycle::machine::CycleKind;
 use snapback::model::pages::PAGE_SIZE;
+use snapback::model::record::CycleKind;
 use snapback::storage::{Metadata, PageBlobs};
 use tokio_util::sync::CancellationToken;
 

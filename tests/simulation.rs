@@ -3,9 +3,10 @@
 //! Fast and exhaustive; the same properties are tested against Azurite in tests/crash.rs.
 
 use snapback::config::DiskSource;
-use snapback::cycle::machine::{next_action, CycleKind};
+use snapback::cycle::machine::next_action;
 use snapback::cycle::runner::{DiskSpec, Runner};
 use snapback::model::pages::ByteRange;
+use snapback::model::record::CycleKind;
 use snapback::model::{Clock, Timestamp};
 use snapback::state::StateStore;
 use snapback::storage::fake::MemBlobs;
@@ -195,7 +196,7 @@ async fn tampered_backup_and_deleted_base_reseed_and_keep_old_points() {
 #[tokio::test]
 async fn copy_modes_segments_and_global_limit() {
     use snapback::config::CopyMode;
-    use snapback::cycle::apply::{ApplyTuning, Limits};
+    use snapback::cycle::tuning::{ApplyTuning, Limits};
     for (mode, refuse) in [
         (CopyMode::Server, false),
         (CopyMode::Auto, false),

@@ -12,9 +12,9 @@ use super::models::{
     ErrorResponse, GrantAccess, Page, Sku, Snapshot, SnapshotPut, SnapshotPutProperties, Tags,
     UploadDiskSpec,
 };
-use super::sas::{redact, SasUrl};
 use super::API_VERSION;
-use crate::config::azure::AzureConfig;
+use crate::arm::options::AzureConfig;
+use crate::model::secrets::{redact, SasUrl};
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::{HeaderName, Headers};

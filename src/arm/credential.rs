@@ -1,7 +1,7 @@
 //! The azure_identity credential an `[azure]` table asks for.
 
 use super::error::ArmError;
-use crate::config::azure::{ArmCredentialConfig, AzureConfig, SecretSource};
+use crate::arm::options::{ArmCredentialConfig, AzureConfig, SecretSource};
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::{ClientOptions, Transport};

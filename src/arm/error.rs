@@ -1,7 +1,7 @@
 //! Typed ARM errors: every one names the operation and the resource; callers decide on
 //! [`ArmError::kind`], the HTTP status and ARM's error code, never on message text.
 
-use super::sas::redact;
+use crate::model::secrets::redact;
 
 /// What went wrong, for decisions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

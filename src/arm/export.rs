@@ -15,14 +15,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The OAuth scope of tokens for managed-disk export/upload URLs. The audience is
-/// `https://disk.azure.com/` *with* its trailing slash (the service compares it exactly), so
-/// the v2 scope has two slashes before `.default` — as AzCopy's `ManagedDiskScope` and the
-/// Azure SDKs' challenge policies write it.
-pub const DISK_DATA_SCOPE: &str = "https://disk.azure.com//.default";
-
-/// The built-in role a principal needs to read an AAD-mode disk's export.
-pub const DATA_OPERATOR_ROLE: &str = "Data Operator for Managed Disks";
+pub use crate::azure::sas_blob::{DATA_OPERATOR_ROLE, DISK_DATA_SCOPE};
 
 /// The export settings of a disk or snapshot; `None` where ARM did not say (older disks,
 /// recordings): Azure's defaults then apply (no token, `AllowAll`, `Enabled`).

@@ -17,7 +17,7 @@ pub mod error;
 pub mod export;
 pub mod id;
 pub mod models;
-pub mod sas;
+pub mod options;
 
 pub use client::{ArmClient, ArmOptions, PollPolicy, RetryPolicy};
 pub use error::{ArmError, ArmErrorKind};
@@ -27,7 +27,6 @@ pub use models::{
     Access, Disk, DiskRecipe, Encryption, SecurityProfile, Snapshot, SupportedCapabilities, Tags,
     UploadDiskSpec,
 };
-pub use sas::SasUrl;
 
 /// The Microsoft.Compute (DiskRP) REST version of every request.
 pub const API_VERSION: &str = "2024-03-02";

@@ -4,7 +4,7 @@
 //! Only the fields snapback reads or writes; unknown fields in answers are ignored.
 
 use super::export::ExportPolicy;
-use super::sas::SasUrl;
+use crate::model::secrets::SasUrl;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -12,6 +12,7 @@
 //! sent once (`AzureBlobs::blob_client_once`) and the cycle retries them only after looking
 //! for what the lost attempt may have made (`cycle::runner`).
 
+pub mod account;
 pub mod http;
 mod lease;
 mod lease_list;
@@ -23,7 +24,7 @@ pub mod shared_key;
 pub mod tls;
 mod write_deadline;
 
-use crate::config::{AccountConfig, AuthConfig};
+use crate::azure::account::{AccountConfig, AuthConfig};
 use crate::model::pages::ByteRange;
 use crate::storage::{
     BlobError, BlobProps, BlobRef, BlobResult, Continuation, CopyStatus, ErrorKind as Kind, Fence,
@@ -974,7 +975,7 @@ impl PageBlobs for AzureBlobs {
                 if err.code.as_deref() == Some("CannotVerifyCopySource") {
                     err.resource = Box::new(Resource::Managed(source_resource.to_string()));
                 }
-                err.detail = crate::arm::sas::redact(&err.detail);
+                err.detail = crate::model::secrets::redact(&err.detail);
                 err
             })?;
         written_etag(resp.etag(), dest, what())
@@ -1221,7 +1222,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_a_credential() {
-        use crate::config::{AccountConfig, AuthConfig};
+        use crate::azure::account::{AccountConfig, AuthConfig};
         let sas = "sv=2025-11-05&sp=rl&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D";
         let key = "c2VjcmV0LWFjY291bnQta2V5";
         std::env::set_var("SNAPBACK_UNIT_TEST_DEBUG_SAS", sas);

@@ -6,9 +6,8 @@
 //! query is a credential, and anything the transport says is passed through [`crate::model::secrets::redact`].
 
 use super::{check_served_range, page_list, retry_options, SERVICE_VERSION};
-use crate::arm::export::{DATA_OPERATOR_ROLE, DISK_DATA_SCOPE};
-use crate::arm::sas::SasUrl;
 use crate::model::pages::ByteRange;
+use crate::model::secrets::SasUrl;
 use crate::storage::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::policies::auth::BearerTokenAuthorizationPolicy;
@@ -16,6 +15,15 @@ use azure_core::http::policies::Policy;
 use azure_core::http::{ClientOptions, Context, Method, Pipeline, Request, Transport};
 use bytes::Bytes;
 use std::sync::Arc;
+
+/// The OAuth scope of tokens for managed-disk export/upload URLs. The audience is
+/// `https://disk.azure.com/` *with* its trailing slash (the service compares it exactly), so
+/// the v2 scope has two slashes before `.default` — as AzCopy's `ManagedDiskScope` and the
+/// Azure SDKs' challenge policies write it.
+pub const DISK_DATA_SCOPE: &str = "https://disk.azure.com//.default";
+
+/// The built-in role a principal needs to read an AAD-mode disk's export.
+pub const DATA_OPERATOR_ROLE: &str = "Data Operator for Managed Disks";
 
 /// Header of Get Page Ranges that diffs a managed disk's snapshot against an older one of
 /// the same disk, given as its SAS URL

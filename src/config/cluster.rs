@@ -11,7 +11,7 @@
 //! heartbeat_every = "5s"           # at most a third of heartbeat_lease
 //! ```
 
-use super::validate::{check_unknown, get_duration, get_nonempty_str, type_err, Ctx};
+use super::reader::{check_unknown, get_duration, get_nonempty_str, type_err, Ctx};
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 

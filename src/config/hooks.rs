@@ -3,7 +3,7 @@
 //!
 //! Kept apart from the rest of the config walk so that hooks stay one concept in one file.
 
-use super::validate::{check_unknown, get_duration, get_str, type_err, Ctx};
+use super::reader::{check_unknown, get_duration, get_str, type_err, Ctx};
 use std::net::IpAddr;
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};

@@ -1,4 +1,4 @@
-use super::validate::{closest, edit_distance};
+use super::reader::{closest, edit_distance};
 use super::*;
 
 const ACCOUNTS: &str = r#"

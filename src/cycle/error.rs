@@ -1,7 +1,8 @@
 //! How a cycle fails: typed, with the disk and the storage error (its kind, resource and
 //! service code), so callers decide on variants, never on message text.
 
-use super::machine::{self, PhaseName};
+use super::machine;
+use crate::model::record::PhaseName;
 use crate::state::StateError;
 use crate::storage::{BlobError, BlobRef, ErrorKind};
 use std::time::Duration;

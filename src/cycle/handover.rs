@@ -13,8 +13,8 @@
 //! docs/design.md, "Where the state lives".
 
 use super::error::CycleError;
-use super::machine::CycleRecord;
 use super::runner::Runner;
+use crate::model::record::CycleRecord;
 use crate::ownership::{DiskLease, OwnershipError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -303,7 +303,7 @@ fn failpoint_after_publish(rec: &CycleRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cycle::machine::{CycleRecord, DiffBase, Phase};
+    use crate::model::record::{CycleRecord, DiffBase, Phase};
     use crate::model::SnapshotId;
 
     fn cycle(tag: &str, phase: Phase) -> CycleRecord {

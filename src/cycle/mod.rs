@@ -9,6 +9,6 @@ pub mod find_or_make;
 pub mod handover;
 pub mod machine;
 pub mod metered;
-pub mod progress;
 pub mod runner;
 pub mod seed;
+pub mod tuning;

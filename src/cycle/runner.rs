@@ -4,13 +4,14 @@
 //! reconciling with what storage holds first (tagged snapshots) so that repeating an action
 //! after a crash never duplicates its effect.
 
-use super::apply::{ApplyTuning, Limits};
 use super::error::{CycleError, SnapshotLimit};
 use super::find_or_make::find_or_make;
-use super::machine::{self, Action, CycleRecord, CycleStats, DiffBase, Outcome, PhaseName};
+use super::machine::{self, Action, Outcome};
 use super::metered::Metered;
-use super::progress::Progress;
+use super::tuning::{ApplyTuning, Limits};
 use crate::config::{CopyMode, DiskSource};
+use crate::model::progress::Progress;
+use crate::model::record::{CycleRecord, CycleStats, DiffBase, Phase, PhaseName};
 use crate::model::{tags, Clock, SnapshotId};
 use crate::ownership::DiskLease;
 use crate::source::{PageBlobSource, Source};
@@ -653,7 +654,7 @@ impl<'a> Runner<'a> {
 
     async fn check_diff_base(
         &self,
-        phase: &machine::Phase,
+        phase: &Phase,
         base: &SnapshotId,
         expected_backup_etag: Option<String>,
     ) -> Result<Outcome, BlobError> {
@@ -674,7 +675,7 @@ impl<'a> Runner<'a> {
                 });
             }
         }
-        let machine::Phase::Diff { source, size, .. } = phase else {
+        let Phase::Diff { source, size, .. } = phase else {
             // `CheckDiffBase` is the action of the Diff phase only (`machine::next_action`).
             return Ok(Outcome::DiffBaseOk);
         };

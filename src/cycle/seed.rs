@@ -4,9 +4,10 @@
 
 use super::error::CycleError;
 use super::find_or_make::find_or_make;
-use super::machine::{CycleRecord, Outcome, PhaseName};
+use super::machine::Outcome;
 use super::runner::Runner;
 use crate::config::CopyMode;
+use crate::model::record::{CycleRecord, PhaseName};
 use crate::model::{tags, SnapshotId};
 use crate::source::CopySource;
 use crate::storage::copy::{self, CopyWait};

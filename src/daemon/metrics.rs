@@ -6,8 +6,8 @@
 //! most other tools read. The alert rules and the dashboard in `deploy/` use these names.
 
 use super::readiness::Readiness;
-use crate::cycle::machine::CycleStats;
-use crate::cycle::progress::Activity;
+use crate::model::progress::Activity;
+use crate::model::record::CycleStats;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -461,7 +461,7 @@ fn route<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cycle::machine::PhaseName;
+    use crate::model::record::PhaseName;
 
     #[test]
     fn renders_counters_and_phase() {

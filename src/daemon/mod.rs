@@ -25,8 +25,8 @@ pub mod signals;
 
 use crate::config::{self, Config, DiskConfig};
 use crate::cycle::error::CycleError;
-use crate::cycle::machine::{CycleRecord, PhaseName};
-use crate::cycle::progress::{Activity, Progress};
+use crate::model::progress::{Activity, Progress};
+use crate::model::record::{CycleRecord, PhaseName};
 use crate::model::{Clock, SystemClock};
 use crate::service::{App, AppError};
 use crate::storage::PageBlobs;

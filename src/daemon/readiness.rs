@@ -12,7 +12,7 @@
 
 use crate::config::DiskConfig;
 use crate::cycle::error::CycleError;
-use crate::cycle::machine::CycleRecord;
+use crate::model::record::CycleRecord;
 use crate::storage::{BlobError, ErrorKind, PageBlobs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;

@@ -7,6 +7,8 @@
 
 pub mod assign;
 pub mod pages;
+pub mod progress;
+pub mod record;
 pub mod secrets;
 
 use chrono::{DateTime, SecondsFormat, Utc};

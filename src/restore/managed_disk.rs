@@ -17,8 +17,8 @@ use crate::arm::{
 use crate::azure::sas_blob::SasBlobs;
 use crate::config::{DiskConfig, DiskSource};
 use crate::cycle::handover::publish_record;
-use crate::cycle::machine::CycleRecord;
 use crate::model::pages::MAX_PUT_BYTES;
+use crate::model::record::CycleRecord;
 use crate::model::{tags, SnapshotId};
 use crate::ownership::DiskLease;
 use crate::restore::verify::{allocated_ranges, union_chunks};

@@ -23,8 +23,8 @@ pub mod vhd;
 
 use crate::config::DiskConfig;
 use crate::cycle::handover::publish_record;
-use crate::cycle::machine::CycleRecord;
-use crate::cycle::progress::Progress;
+use crate::model::progress::Progress;
+use crate::model::record::CycleRecord;
 use crate::model::tags::{self, RestoreState};
 use crate::model::{format_timestamp, parse_timestamp, SnapshotId, Timestamp};
 use crate::ownership::{DiskLease, Owner, OwnershipError};
@@ -1135,7 +1135,7 @@ mod tests {
         let clock = crate::model::SystemClock;
         let runner = crate::cycle::runner::Runner::new(&w.blobs, &w.store, &clock, &spec);
         let rec = runner.run_cycle().await.unwrap();
-        assert_eq!(rec.kind, crate::cycle::machine::CycleKind::Incremental);
+        assert_eq!(rec.kind, crate::model::record::CycleKind::Incremental);
         assert_eq!(rec.stats.bytes_written, 512);
         let (b1, _) = rec.phase.restore_point().unwrap();
         assert_eq!(

@@ -12,8 +12,8 @@
 //! as by a seed), plus two page range listings. Nothing is written.
 
 use crate::config::DiskConfig;
-use crate::cycle::progress::Progress;
 use crate::model::pages::{crc64, ByteRange, PageItem, MAX_PUT_BYTES};
+use crate::model::progress::Progress;
 use crate::model::SnapshotId;
 use crate::restore::retention::StoredPoint;
 use crate::source::{DiffQuery, Source};
@@ -149,7 +149,7 @@ async fn source_ranges(
             base: None,
             range: ByteRange::new(0, size),
             marker: marker.as_deref(),
-            max_results: crate::cycle::apply::DIFF_PAGE_RESULTS,
+            max_results: crate::cycle::tuning::DIFF_PAGE_RESULTS,
         };
         let page = source.diff(q).await?;
         marker = continuation

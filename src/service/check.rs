@@ -449,7 +449,7 @@ async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
                     Outcome::Pass,
                     format!(
                         "dataAccessAuthMode = AzureActiveDirectory: exports are read with the [azure] identity's token, which needs the '{}' role on the snapshot resource group (not proven here)",
-                        crate::arm::export::DATA_OPERATOR_ROLE
+                        crate::azure::sas_blob::DATA_OPERATOR_ROLE
                     ),
                     String::new(),
                 )

@@ -7,7 +7,7 @@
 
 use crate::config::Hooks;
 use crate::cycle::error::CycleError;
-use crate::cycle::machine::CycleRecord;
+use crate::model::record::CycleRecord;
 use serde::Serialize;
 use std::process::Stdio;
 use std::time::Duration;

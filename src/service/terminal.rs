@@ -3,7 +3,7 @@
 //! updates. Nothing at all is drawn (no task even runs) when stderr is not a terminal, so
 //! logs captured by systemd or redirected to a file stay plain lines.
 
-use crate::cycle::progress::Progress;
+use crate::model::progress::Progress;
 use indicatif::{
     HumanBytes, HumanDuration, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle,
 };

@@ -10,8 +10,8 @@
 pub mod managed_disk;
 pub mod snapshot_limits;
 
-use crate::arm::sas::SasUrl;
 use crate::model::pages::ByteRange;
+use crate::model::secrets::SasUrl;
 use crate::model::{tags, BaseState, BlobRef, SnapshotId};
 use crate::storage::{BlobResult, PageBlobs, PageList, PageListQuery, Resource};
 use async_trait::async_trait;

@@ -7,7 +7,7 @@
 
 mod v1;
 
-use crate::cycle::machine::CycleRecord;
+use crate::model::record::CycleRecord;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -422,7 +422,7 @@ fn decode(path: &Path, disk: &str, id: i64, json: &str) -> StateResult<CycleReco
 /// restore point; a finished cycle moves the disk's chain forward (new diff base and backup
 /// ETag) and records the success.
 fn record_outcome(tx: &Connection, rec: &CycleRecord, now: i64) -> rusqlite::Result<()> {
-    use crate::cycle::machine::Phase;
+    use crate::model::record::Phase;
     if let Some((b, s)) = rec.phase.restore_point() {
         tx.execute(
             "INSERT OR IGNORE INTO restore_points \

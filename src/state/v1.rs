@@ -2,7 +2,7 @@
 //! conversion to today's [`CycleRecord`], for the migration to version 2. Nothing else reads
 //! this format.
 
-use crate::cycle::machine::{CycleKind, CycleRecord, CycleStats, DiffBase, Phase};
+use crate::model::record::{CycleKind, CycleRecord, CycleStats, DiffBase, Phase};
 use crate::model::SnapshotId;
 use serde::Deserialize;
 

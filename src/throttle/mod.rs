@@ -32,9 +32,10 @@
 
 pub mod budget;
 pub mod learn;
+pub mod options;
 pub mod policy;
 
-use crate::config::ThrottleConfig;
+use crate::throttle::options::ThrottleConfig;
 use learn::{Learned, Refusal};
 use std::collections::HashMap;
 use std::time::Duration;

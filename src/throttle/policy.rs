@@ -6,7 +6,7 @@
 use super::budget::Budget;
 use super::learn::Refusal;
 use super::{Blame, Limits, Outcome};
-use crate::config::ThrottleConfig;
+use crate::throttle::options::ThrottleConfig;
 use azure_core::http::headers::HeaderName;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{Context, Method, Request, StatusCode};

@@ -10,7 +10,8 @@
 //!   of its private endpoint) is named as such ([`explain_refusal`]).
 
 use crate::arm::export::{ExportBlocked, ExportPolicy, ExportProperty};
-use crate::arm::{ResourceId, SasUrl};
+use crate::arm::ResourceId;
+use crate::model::secrets::SasUrl;
 use crate::storage::{BlobError, BlobResult, ErrorKind, Resource};
 
 /// The typed error of a blocked export: `Refused` about the disk or snapshot, code

@@ -18,12 +18,12 @@
 pub mod access;
 pub mod props;
 
-use crate::arm::sas::SasUrl;
 use crate::arm::{
     Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, Snapshot,
 };
 use crate::azure::sas_blob::SasBlobs;
 use crate::model::pages::ByteRange;
+use crate::model::secrets::SasUrl;
 use crate::model::BaseState;
 use crate::model::{tags, SnapshotId};
 use crate::source::snapshot_limits::ManagedLimit;
@@ -35,6 +35,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Azure diffs incremental snapshots of a managed disk only on one side of 4 TiB: a disk
+/// grown across it needs a new full copy
+/// (<https://learn.microsoft.com/azure/virtual-machines/disks-incremental-snapshots>).
+pub const MANAGED_DIFF_BOUNDARY: u64 = 4 << 40;
 
 pub mod limits;
 
@@ -82,7 +87,7 @@ pub struct ManagedDiskSource {
     /// None (verify, restore, check: no lease, no chain id) sees every snapshot of the disk.
     chain: Option<String>,
     /// Where the wait for a snapshot's background copy is shown (`status`).
-    progress: Option<std::sync::Arc<crate::cycle::progress::Progress>>,
+    progress: Option<std::sync::Arc<crate::model::progress::Progress>>,
     /// The limit the last refused snapshot or access hit, as [`limits`] decided it when the
     /// refusal came (the listing is read then); [`Source::limit_of`] hands it to the runner.
     limit: Mutex<Option<ManagedLimit>>,
@@ -472,7 +477,7 @@ impl Source for ManagedDiskSource {
     }
 
     fn diff_boundary(&self) -> Option<u64> {
-        Some(crate::cycle::machine::MANAGED_DIFF_BOUNDARY)
+        Some(MANAGED_DIFF_BOUNDARY)
     }
 
     async fn diff(&self, q: DiffQuery<'_>) -> BlobResult<PageList> {
@@ -695,7 +700,7 @@ impl ManagedDiskSource {
     /// as `completionPercent` of the snapshot's size).
     pub fn with_progress(
         mut self,
-        progress: Option<std::sync::Arc<crate::cycle::progress::Progress>>,
+        progress: Option<std::sync::Arc<crate::model::progress::Progress>>,
     ) -> Self {
         self.progress = progress;
         self

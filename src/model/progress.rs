@@ -3,7 +3,7 @@
 //! the progress bar on a terminal (`crate::service::terminal`). Written by the worker, read anywhere;
 //! no logic.
 
-use super::machine::PhaseName;
+use crate::model::record::PhaseName;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
