@@ -8,7 +8,7 @@ use crate::pages::{ByteRange, PageItem};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use crate::blob_error::{BlobError, BlobResult, ErrorKind, Resource};
+pub use crate::blob_error::{BlobError, BlobResult, ErrorKind, Resource, ServiceCode};
 pub use crate::model::{BlobRef, Metadata};
 
 /// State of an asynchronous Copy Blob, as reported on the destination.

@@ -14,7 +14,7 @@
 use crate::azure::AzureBlobs;
 use crate::blobs::{
     BlobError, BlobRef, ErrorKind, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageListQuery,
-    Resource,
+    Resource, ServiceCode,
 };
 use crate::config::Schedule;
 use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
@@ -301,10 +301,12 @@ fn missing_for(op: Operation, account: Option<&AccountConfig>, e: &BlobError) ->
             ),
             AuthConfig::SasTokenEnv(_) | AuthConfig::SasTokenFile(_) => {
                 if matches!(
-                    code,
-                    "AuthorizationPermissionMismatch"
-                        | "AuthorizationResourceTypeMismatch"
-                        | "AuthorizationFailure"
+                    e.service_code(),
+                    Some(
+                        ServiceCode::AuthorizationPermissionMismatch
+                            | ServiceCode::AuthorizationResourceTypeMismatch
+                            | ServiceCode::AuthorizationFailure
+                    )
                 ) {
                     format!(
                         "the SAS in {} lacks '{}' (or does not cover this container) for account '{name}': issue one with it",

@@ -12,6 +12,7 @@ use super::metered::Metered;
 use super::progress::Progress;
 use crate::blobs::{
     BlobError, BlobProps, BlobRef, ErrorKind, Fence, IfBlob, NewPageBlob, PageBlobs, Resource,
+    ServiceCode,
 };
 use crate::config::{CopyMode, DiskSource};
 use crate::model::{tags, Clock, SnapshotId};
@@ -128,7 +129,7 @@ impl<'a> Runner<'a> {
             Resource::Snapshot(b, _) if Some(b) == self.disk.source.blob());
         of_source_snapshot
             && e.kind == ErrorKind::BadRequest
-            && e.code.as_deref() == Some("InvalidOperation")
+            && e.service_code() == Some(ServiceCode::InvalidOperation)
     }
 
     pub(super) fn blob_err(&self, source: BlobError) -> CycleError {
