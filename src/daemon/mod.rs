@@ -672,7 +672,7 @@ impl Supervisor {
                 .map(rfc3339)
                 .unwrap_or_else(|| "-".into());
             if class.needs_operator() {
-                tracing::error!(disk = %f.disk, failures = slot.planner.failures(), error_class = class.label(), next_attempt = %next, "cycle failed and needs an operator (cause logged above); retried on the operator backoff (up to an hour), or now on SIGHUP or a manual backup");
+                tracing::error!(disk = %f.disk, failures = slot.planner.failures(), error_class = class.label(), next_attempt = %next, "cycle failed and needs an operator (cause logged above); it will be retried on the operator backoff (up to hourly), or at once on SIGHUP or a manual backup");
             } else {
                 tracing::warn!(disk = %f.disk, failures = slot.planner.failures(), error_class = class.label(), next_attempt = %next, "cycle failed (cause logged above); it will be retried");
             }
