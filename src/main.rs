@@ -874,17 +874,16 @@ async fn wait_for_daemon_cycles(
 }
 
 /// SIGINT/SIGTERM during a manual backup: stop at the next checkpoint; the next run resumes.
+/// Caught through signal-hook, as the daemon's signals are (`daemon::signals`): one way of
+/// catching signals in the whole program.
 async fn stop_on_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    use futures::StreamExt;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]) else {
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    if signals.next().await.is_none() {
+        return;
     }
     tracing::warn!("stopping at the next checkpoint; run backup again to resume");
     stop.cancel();

@@ -69,7 +69,7 @@ fn referenced_paths(text: &str, root: &str) -> Vec<String> {
             // root (`my_crate::`) is not the root.
             let before = rest[..i].chars().last();
             let after = &rest[i + needle.len()..];
-            rest = &after[..];
+            rest = after;
             if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
                 continue;
             }

@@ -829,3 +829,194 @@ async fn backup_through_the_daemon_waits_for_the_result() {
         "{stdout}"
     );
 }
+
+/// The error policy (`cycle::policy`) drives the daemon's backoff. Both disks are due every
+/// 2 s. `locked`'s source answers 403 AuthorizationFailure (a firewall, a role not yet
+/// assigned): the failure needs an operator, so it alerts at once (status, metric, hook) and
+/// the ticks are held for the operator backoff (5 min, doubling to an hour). `busy` gets a
+/// burst of 503 ServerBusy on its diff (Get Page Ranges: idempotent, so only the storage
+/// client retries it) longer than the client's retries: transient, retried at the next tick.
+/// SIGHUP and a manual backup start `locked` afresh, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_failure_alerts_and_backs_off_while_a_503_burst_is_retried_soon() {
+    use common::faultproxy::{Fault, FaultProxy, Op, Rule};
+    let every_2s = "schedule = \"*/2 * * * * *\"";
+    let fx = Fixture::with_extra(&format!(
+        "{}{}",
+        disk_section("locked", every_2s),
+        disk_section("busy", every_2s)
+    ));
+    let events = fx.dir.path().join("hook-events");
+    // One line per cycle: disk, event, error class, Unix time.
+    let record = format!(
+        "echo \"$SNAPBACK_DISK $SNAPBACK_EVENT $SNAPBACK_ERROR_CLASS $(date +%s)\" >> '{}'",
+        events.display()
+    );
+    append_config(
+        &fx,
+        &format!("[hooks]\non_success = [\"/bin/sh\", \"-c\", {record:?}]\non_failure = [\"/bin/sh\", \"-c\", {record:?}]\n"),
+    );
+    prepend_config(&fx, "metrics_listen = \"127.0.0.1:0\"");
+    let blobs = fx.blobs();
+    small_disk(blobs.as_ref(), &fx.source("locked"), 21).await;
+    small_disk(blobs.as_ref(), &fx.source("busy"), 22).await;
+    let proxy = FaultProxy::start(fx.azurite.port());
+    fx.route_through(proxy.port());
+    let refuse = || {
+        proxy.add(
+            Rule::new(Fault::Status {
+                status: 403,
+                code: "AuthorizationFailure",
+            })
+            .blob("vhds/locked.vhd"),
+        )
+    };
+    let refused = refuse();
+    // 1 try + 8 retries of the storage client (azure::retry_options): one cycle fails.
+    proxy.add(
+        Rule::new(Fault::server_busy())
+            .op(Op::GetPageRanges)
+            .blob("vhds/busy.vhd")
+            .nth(1, 9),
+    );
+    let socket = fx.config().control_socket;
+    let d = DaemonProc::spawn(&fx);
+    let port = metrics_port(&d).await;
+    let disk = |st: &control::DaemonStatus, name: &str| {
+        st.disks
+            .iter()
+            .find(|x| x.status.disk == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no disk {name} in status"))
+    };
+    let lines = || std::fs::read_to_string(&events).unwrap_or_default();
+
+    // The refusal alerts at once: status, metric, hook, an error in the log.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let locked = loop {
+        let st = daemon_status(&socket).await.map(|st| disk(&st, "locked"));
+        match st.filter(|l| l.failures >= 1 && lines().contains("locked failure")) {
+            Some(l) => break l,
+            None if Instant::now() > deadline => panic!("locked never failed:\n{}", d.stderr()),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let failed_at = chrono::Utc::now();
+    assert!(locked.needs_operator, "{locked:?}");
+    assert!(
+        locked
+            .status
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("AuthorizationFailure"),
+        "{locked:?}"
+    );
+    assert!(
+        lines().contains("locked failure needs_operator"),
+        "{}",
+        lines()
+    );
+    let (_, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(
+        metric(&body, "snapback_needs_operator{disk=\"locked\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(d.stderr().contains("needs an operator"), "{}", d.stderr());
+    // The next attempt is the operator backoff's first step, not the next tick.
+    let next_attempt = |l: &control::DaemonDiskStatus, from: chrono::DateTime<chrono::Utc>| {
+        let at = l.next_attempt.as_deref().expect("a next attempt");
+        chrono::DateTime::parse_from_rfc3339(at)
+            .expect("RFC 3339")
+            .with_timezone(&chrono::Utc)
+            - from
+    };
+    let wait = next_attempt(&locked, failed_at);
+    assert!(
+        wait > chrono::TimeDelta::minutes(4) && wait <= chrono::TimeDelta::minutes(5),
+        "{wait} {locked:?}"
+    );
+    // Three ticks pass without a request to the refused source.
+    let tried = proxy.stats(refused).matched;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(proxy.stats(refused).matched, tried, "{}", d.stderr());
+    assert!(
+        d.stderr().contains("scheduled start skipped"),
+        "{}",
+        d.stderr()
+    );
+
+    // The 503 burst outlasts the client's retries once; the next tick succeeds.
+    let times = |what: &str| -> Vec<i64> {
+        lines()
+            .lines()
+            .filter(|l| l.starts_with(what))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let recovered = || {
+        let failed = times("busy failure transient");
+        let ok = times("busy success");
+        failed
+            .first()
+            .and_then(|f| ok.iter().find(|t| *t >= f).map(|t| t - f))
+    };
+    let busy_ok = eventually(Duration::from_secs(150), || {
+        std::future::ready(recovered().is_some())
+    })
+    .await;
+    assert!(
+        busy_ok,
+        "busy never failed and recovered:\n{}\n{}",
+        lines(),
+        d.stderr()
+    );
+    assert_eq!(times("busy failure").len(), 1, "{}", lines());
+    assert!(
+        recovered().is_some_and(|gap| gap <= 15),
+        "a transient failure is retried soon: {}",
+        lines()
+    );
+    let st = daemon_status(&socket).await.expect("status");
+    assert!(!disk(&st, "busy").needs_operator);
+    assert_eq!(times("locked failure").len(), 1, "still held: {}", lines());
+
+    // SIGHUP: the operator acted; `locked` is tried at once and, still refused, backs off
+    // from the first step again.
+    let hup = chrono::Utc::now();
+    d.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            times("locked failure").len() == 2
+        })
+        .await,
+        "no retry on SIGHUP: {}\n{}",
+        lines(),
+        d.stderr()
+    );
+    let st = daemon_status(&socket).await.expect("status");
+    let locked = disk(&st, "locked");
+    assert!(locked.needs_operator && locked.failures == 2, "{locked:?}");
+    let wait = next_attempt(&locked, hup);
+    assert!(
+        wait > chrono::TimeDelta::minutes(4)
+            && wait <= chrono::TimeDelta::minutes(5) + chrono::TimeDelta::seconds(15),
+        "the first step again: {wait} {locked:?}"
+    );
+
+    // Fixed: a manual backup does not wait for the backoff.
+    proxy.clear_rules();
+    let out = fx.snapback(&["backup", "locked"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", d.stderr());
+    assert!(stdout.contains("locked: ok, restore point"), "{stdout}");
+    let st = daemon_status(&socket).await.expect("status");
+    assert!(!disk(&st, "locked").needs_operator);
+    let (_, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(
+        metric(&body, "snapback_needs_operator{disk=\"locked\"}"),
+        Some(0.0)
+    );
+    assert!(restore_points(blobs.as_ref(), &fx.backup("locked")).await >= 1);
+}

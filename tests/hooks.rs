@@ -103,6 +103,7 @@ async fn hooks_get_the_cycle_in_their_environment_and_as_json() {
     assert_eq!(env["SNAPBACK_RESTORE_POINT"], points[0].snapshot);
     assert_eq!(env["SNAPBACK_SOURCE_SNAPSHOT"], points[0].source_snapshot);
     assert_eq!(env["SNAPBACK_ERROR"], "");
+    assert_eq!(env["SNAPBACK_ERROR_CLASS"], "");
     assert!(env["SNAPBACK_DURATION_SECONDS"].parse::<f64>().unwrap() > 0.0);
     assert!(env.contains_key("SNAPBACK_BYTES_WRITTEN"));
     // The account keys snapback reads from its environment are not passed on.
@@ -141,6 +142,8 @@ async fn hooks_get_the_cycle_in_their_environment_and_as_json() {
     assert_eq!(env["SNAPBACK_EVENT"], "failure");
     assert_eq!(env["SNAPBACK_DISK"], "gone");
     assert!(env["SNAPBACK_ERROR"].contains("gone.vhd"), "{env:?}");
+    // A source blob that is not there: someone must act (cycle::policy).
+    assert_eq!(env["SNAPBACK_ERROR_CLASS"], "needs_operator", "{env:?}");
     assert_eq!(env["SNAPBACK_RESTORE_POINT"], "");
 }
 

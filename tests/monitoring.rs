@@ -195,7 +195,7 @@ async fn metrics_rules_and_dashboard_pass_promtool_and_match() {
     // The rules: valid, and their unit tests pass.
     let rules = deploy("prometheus/snapback-rules.yml");
     let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
-    assert!(ok && out.contains("SUCCESS: 5 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 6 rules found"), "{out}");
     let tests = deploy("prometheus/snapback-rules.test.yml");
     let (ok, out) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
     assert!(ok && out.contains("SUCCESS"), "{out}");

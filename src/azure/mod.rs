@@ -28,7 +28,8 @@ use crate::azure::account::{AccountConfig, AuthConfig};
 use crate::model::pages::ByteRange;
 use crate::storage::{
     BlobError, BlobProps, BlobRef, BlobResult, Continuation, CopyStatus, ErrorKind as Kind, Fence,
-    IfBlob, Metadata, NewPageBlob, PageBlobs, PageList, PageListQuery, Resource, SnapshotInfo,
+    IfBlob, Metadata, NewPageBlob, PageBlobs, PageList, PageListQuery, Resource, ServiceCode,
+    SnapshotInfo,
 };
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
@@ -491,13 +492,13 @@ fn map_err(resource: Resource, what: impl Into<String>, e: azure_core::Error) ->
 /// reports a source it could not read with `CannotVerifyCopySource`; anything else is about
 /// the destination it was writing.
 fn copy_error_resource(
-    code: Option<&str>,
+    code: Option<ServiceCode>,
     dest: &BlobRef,
     source: &BlobRef,
     snapshot: Option<&str>,
 ) -> Resource {
     match code {
-        Some("CannotVerifyCopySource") => Resource::of(source, snapshot),
+        Some(ServiceCode::CannotVerifyCopySource) => Resource::of(source, snapshot),
         _ => Resource::blob(dest),
     }
 }
@@ -512,7 +513,7 @@ fn map_copy_err(
 ) -> BlobError {
     let mut err = map_err(Resource::blob(dest), what, e);
     err.resource = Box::new(copy_error_resource(
-        err.code.as_deref(),
+        err.service_code(),
         dest,
         source,
         snapshot,
@@ -800,7 +801,7 @@ impl PageBlobs for AzureBlobs {
             .map_err(|e| {
                 let mut err = map_err(Resource::of(blob, query.snapshot), what(), e);
                 // The codes that are about the diff base rather than the listed snapshot.
-                if err.code.as_deref() == Some("PreviousSnapshotNotFound")
+                if err.service_code() == Some(ServiceCode::PreviousSnapshotNotFound)
                     || err.kind == Kind::Overwritten
                 {
                     err.resource = Box::new(Resource::of(blob, query.prev_snapshot));
@@ -972,7 +973,7 @@ impl PageBlobs for AzureBlobs {
             .map_err(|e| {
                 let mut err = map_err(Resource::blob(dest), what(), e);
                 // The service could not read the source: about the snapshot, not the backup.
-                if err.code.as_deref() == Some("CannotVerifyCopySource") {
+                if err.service_code() == Some(ServiceCode::CannotVerifyCopySource) {
                     err.resource = Box::new(Resource::Managed(source_resource.to_string()));
                 }
                 err.detail = crate::model::secrets::redact(&err.detail);
@@ -1207,7 +1208,7 @@ mod tests {
         );
         let snap = Some("2026-01-01T00:00:00.0000000Z");
         assert_eq!(
-            copy_error_resource(Some("BlobNotFound"), &dest, &src, snap),
+            copy_error_resource(ServiceCode::parse("BlobNotFound"), &dest, &src, snap),
             Resource::blob(&dest)
         );
         assert_eq!(
@@ -1215,7 +1216,12 @@ mod tests {
             Resource::blob(&dest)
         );
         assert_eq!(
-            copy_error_resource(Some("CannotVerifyCopySource"), &dest, &src, snap),
+            copy_error_resource(
+                ServiceCode::parse("CannotVerifyCopySource"),
+                &dest,
+                &src,
+                snap
+            ),
             Resource::of(&src, snap)
         );
     }

@@ -4,7 +4,7 @@
 use super::machine;
 use crate::model::record::PhaseName;
 use crate::state::StateError;
-use crate::storage::{BlobError, BlobRef, ErrorKind};
+use crate::storage::{BlobError, BlobRef, ErrorKind, ServiceCode};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +126,13 @@ pub const PREMIUM_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(600);
 impl SnapshotLimit {
     /// The limit a refused Snapshot Blob hit, from its error code.
     pub fn of(e: &BlobError) -> Option<SnapshotLimit> {
-        match (e.kind, e.code.as_deref()) {
-            (ErrorKind::Conflict, Some("SnaphotOperationRateExceeded")) => {
+        match (e.kind, e.service_code()) {
+            (ErrorKind::Conflict, Some(ServiceCode::SnaphotOperationRateExceeded)) => {
                 Some(SnapshotLimit::Rate)
             }
-            (ErrorKind::Conflict, Some("SnapshotCountExceeded")) => Some(SnapshotLimit::Count),
+            (ErrorKind::Conflict, Some(ServiceCode::SnapshotCountExceeded)) => {
+                Some(SnapshotLimit::Count)
+            }
             _ => None,
         }
     }
@@ -160,21 +162,6 @@ impl From<crate::ownership::OwnershipError> for CycleError {
 }
 
 impl CycleError {
-    /// When the next attempt may succeed at the earliest, if the error says so.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            CycleError::SnapshotLimit {
-                limit: SnapshotLimit::Rate,
-                ..
-            } => Some(PREMIUM_SNAPSHOT_INTERVAL),
-            CycleError::SnapshotLimit {
-                limit: SnapshotLimit::Managed(m),
-                ..
-            } => m.wait,
-            _ => None,
-        }
-    }
-
     /// The cycle stopped because a later owner took the disk over (see [`CycleError::Fenced`]).
     pub fn is_fenced(&self) -> bool {
         matches!(self, CycleError::Fenced { .. })
@@ -214,11 +201,12 @@ mod tests {
 
     #[test]
     fn a_managed_limit_retries_after_its_own_wait() {
+        use crate::cycle::policy::ErrorClass;
         let e = refused(
             LimitKind::Rate { listed_recent: 7 },
             Some(Duration::from_secs(42)),
         );
-        assert_eq!(e.retry_after(), Some(Duration::from_secs(42)));
+        assert_eq!(e.class(), ErrorClass::RetryAfter(Duration::from_secs(42)));
         let text = e.to_string();
         assert!(text.starts_with("disk d1: /subscriptions/"), "{text}");
         assert!(
@@ -226,9 +214,9 @@ mod tests {
             "{text}"
         );
         let e = refused(LimitKind::ActiveSas { active: 5 }, Some(RECHECK));
-        assert_eq!(e.retry_after(), Some(RECHECK));
-        // 500 per disk: waiting does not help; the daemon's ordinary backoff applies.
+        assert_eq!(e.class(), ErrorClass::RetryAfter(RECHECK));
+        // 500 per disk: waiting does not help; someone must delete snapshots.
         let e = refused(LimitKind::Count { listed: 500 }, None);
-        assert_eq!(e.retry_after(), None);
+        assert_eq!(e.class(), ErrorClass::NeedsOperator);
     }
 }

@@ -1,6 +1,6 @@
 //! One backup cycle of one disk: the pure state machine ([`machine`]), its executor
 //! ([`runner`], with the apply phase in [`apply`] and the seed copy in [`seed`]), how a cycle
-//! fails ([`error`]), a request meter ([`metered`]) and the open cycle's record kept in
+//! fails ([`error`]) and what a failure asks of the next attempt ([`policy`]), a request meter ([`metered`]) and the open cycle's record kept in
 //! the disk's lock blob ([`handover`]).
 
 pub mod apply;
@@ -9,6 +9,7 @@ pub mod find_or_make;
 pub mod handover;
 pub mod machine;
 pub mod metered;
+pub mod policy;
 pub mod runner;
 pub mod seed;
 pub mod tuning;

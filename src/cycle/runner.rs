@@ -18,6 +18,7 @@ use crate::source::{PageBlobSource, Source};
 use crate::state::StateStore;
 use crate::storage::{
     BlobError, BlobProps, BlobRef, ErrorKind, Fence, IfBlob, NewPageBlob, PageBlobs, Resource,
+    ServiceCode,
 };
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
@@ -129,7 +130,7 @@ impl<'a> Runner<'a> {
             Resource::Snapshot(b, _) if Some(b) == self.disk.source.blob());
         of_source_snapshot
             && e.kind == ErrorKind::BadRequest
-            && e.code.as_deref() == Some("InvalidOperation")
+            && e.service_code() == Some(ServiceCode::InvalidOperation)
     }
 
     pub(super) fn blob_err(&self, source: BlobError) -> CycleError {

@@ -91,8 +91,16 @@ pub struct DaemonDiskStatus {
     pub running: bool,
     /// Next scheduled tick (RFC 3339), if any.
     pub next_run: Option<String>,
+    /// When the daemon next starts a cycle of the disk (a tick, a retry after a failure or a
+    /// resume; RFC 3339), if anything is planned.
+    #[serde(default)]
+    pub next_attempt: Option<String>,
     /// Consecutive failed cycles.
     pub failures: u32,
+    /// The last cycle failed in a way that needs an operator (`cycle::policy`): set until a
+    /// cycle ends otherwise; its cause is `last_error`.
+    #[serde(default)]
+    pub needs_operator: bool,
     pub progress: Option<ProgressInfo>,
 }
 
@@ -285,7 +293,17 @@ pub fn render_status(s: &DaemonStatus) -> String {
             let _ = writeln!(out, "  last error:    {e}");
         }
         if d.failures > 0 {
-            let _ = writeln!(out, "  failures:      {} in a row", d.failures);
+            let _ = writeln!(
+                out,
+                "  failures:      {} in a row{}; next attempt {}",
+                d.failures,
+                if d.needs_operator {
+                    " (NEEDS AN OPERATOR: SIGHUP or a manual backup retries now)"
+                } else {
+                    ""
+                },
+                d.next_attempt.as_deref().unwrap_or("not planned")
+            );
         }
         if let Some(c) = &st.last_cycle {
             let _ = writeln!(out, "  last cycle:    {c}");

@@ -51,6 +51,7 @@ pub struct Metrics {
     cluster_replicas: Gauge,
     cluster_connected: Gauge,
     disk_assigned: Family<Labels, Gauge>,
+    needs_operator: Family<Labels, Gauge>,
 }
 
 /// The build's version, and its git commit when the build was given one in
@@ -97,6 +98,7 @@ impl Metrics {
             cluster_replicas: Gauge::default(),
             cluster_connected: Gauge::default(),
             disk_assigned: Family::default(),
+            needs_operator: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -202,6 +204,12 @@ impl Metrics {
             "1 if this replica runs the disk's scheduled cycles ([cluster] only)",
             m.disk_assigned.clone(),
         );
+        registry.register(
+            "needs_operator",
+            "1 while the disk's last cycle failed in a way that needs an operator \
+             (a refused credential, a missing blob; its cause is in status and the log)",
+            m.needs_operator.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -234,6 +242,14 @@ impl Metrics {
         self.reloads
             .get_or_create(&vec![("result", if ok { "ok" } else { "error" }.into())])
             .inc();
+    }
+
+    /// `snapback_needs_operator`: 1 from a failure that needs an operator until a cycle
+    /// ends otherwise.
+    pub fn set_needs_operator(&self, disk: &str, needs: bool) {
+        self.needs_operator
+            .get_or_create(&Self::disk(disk))
+            .set(i64::from(needs));
     }
 
     pub fn set_last_success(&self, disk: &str, unix: i64) {
@@ -314,6 +330,7 @@ impl Metrics {
             &self.newest_restore_point,
             &self.interval,
             &self.disk_assigned,
+            &self.needs_operator,
         ] {
             f.remove(&l);
         }

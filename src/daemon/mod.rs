@@ -476,6 +476,9 @@ impl Supervisor {
                 Wake::OutsideWindow(reason) => {
                     tracing::info!(disk = %name, reason = reason.as_str(), next_window = %rfc3339(slot.sched.next_window_open(now)), "outside the backup window; not starting")
                 }
+                Wake::Held { until } => {
+                    tracing::info!(disk = %name, next_attempt = %rfc3339(until), "scheduled start skipped: backing off after the last failure (SIGHUP or a manual backup tries again now)")
+                }
             }
         }
         for (name, reason) in to_start {
@@ -537,6 +540,7 @@ impl Supervisor {
             }
         }
         self.metrics.set_phase(&disk.name, Activity::Idle);
+        self.metrics.set_needs_operator(&disk.name, false);
         self.metrics
             .set_schedule_interval(&disk.name, sched.longest_gap(now));
         let planner = Planner::new(&sched, now, open, rand::random::<f64>());
@@ -632,7 +636,7 @@ impl Supervisor {
             _ if owned_elsewhere => Finish::Ok,
             _ if f.cancelled && running.by_window => Finish::WindowClosed,
             _ if f.cancelled => Finish::Stopped,
-            Some(Err(_)) => Finish::Failed,
+            Some(Err(e)) => Finish::Failed(e.class()),
             None => Finish::Stopped,
         };
         match &f.result {
@@ -661,21 +665,19 @@ impl Supervisor {
         self.metrics.set_phase(&f.disk, Activity::Idle);
         self.metrics.set_apply(&f.disk, 0, 0);
         slot.planner.finished(&slot.sched, now, how);
-        if let Some(Err(e)) = &f.result {
-            if let Some(wait) = e
-                .retry_after()
-                .and_then(|d| chrono::TimeDelta::from_std(d).ok())
-            {
-                slot.planner.retry_not_before(now + wait);
-            }
-        }
-        if how == Finish::Failed {
+        self.metrics
+            .set_needs_operator(&f.disk, slot.planner.needs_operator());
+        if let Finish::Failed(class) = how {
             let next = slot
                 .planner
                 .due()
                 .map(rfc3339)
                 .unwrap_or_else(|| "-".into());
-            tracing::warn!(disk = %f.disk, failures = slot.planner.failures(), next_attempt = %next, "cycle failed (cause logged above); it will be retried");
+            if class.needs_operator() {
+                tracing::error!(disk = %f.disk, failures = slot.planner.failures(), error_class = class.label(), next_attempt = %next, "cycle failed and needs an operator (cause logged above); it will be retried on the operator backoff (up to hourly), or at once on SIGHUP or a manual backup");
+            } else {
+                tracing::warn!(disk = %f.disk, failures = slot.planner.failures(), error_class = class.label(), next_attempt = %next, "cycle failed (cause logged above); it will be retried");
+            }
         }
         if how == Finish::WindowClosed {
             let next = slot
@@ -771,7 +773,12 @@ impl Supervisor {
                         outcome: BackupOutcome::AlreadyRunning,
                     };
                 }
-                self.start(&disk, Reason::Manual, self.clock.now());
+                let now = self.clock.now();
+                // The operator asked: whatever the backoff held, this is a fresh start.
+                if let Some(slot) = self.slots.get_mut(&disk) {
+                    slot.planner.afresh(now, false);
+                }
+                self.start(&disk, Reason::Manual, now);
                 Response::Backup {
                     disk,
                     outcome: BackupOutcome::Started,
@@ -797,7 +804,9 @@ impl Supervisor {
                 DaemonDiskStatus {
                     running: running.is_some(),
                     next_run: slot.and_then(|s| s.planner.next_tick()).map(rfc3339),
+                    next_attempt: slot.and_then(|s| s.planner.due()).map(rfc3339),
                     failures: slot.map(|s| s.planner.failures()).unwrap_or(0),
+                    needs_operator: slot.is_some_and(|s| s.planner.needs_operator()),
                     progress: running.map(|r| progress_info(&r.progress)),
                     status,
                 }
@@ -813,8 +822,14 @@ impl Supervisor {
     }
 
     /// SIGHUP: re-read the config; an invalid one is reported and the running one kept.
+    /// Either way every disk's backoff starts afresh and a disk whose last cycle failed is
+    /// tried now: SIGHUP is how an operator says "fixed" (a role assigned, a key rotated).
     fn reload(&mut self) {
         self.sd_notify(&[sd_notify::NotifyState::Reloading]);
+        let now = self.clock.now();
+        for slot in self.slots.values_mut() {
+            slot.planner.afresh(now, slot.running.is_none());
+        }
         match self.try_reload() {
             Ok(()) => {
                 self.metrics.reload(true);

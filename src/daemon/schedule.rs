@@ -1,6 +1,12 @@
 //! When a disk's next cycle is due: cron ticks in the disk's time zone, the backup window,
 //! jitter, retries with backoff and resumption of paused cycles.
 //!
+//! The backoff follows the failed cycle's error class (`cycle::policy`): a failure that may
+//! pass soon is retried soon ([`retry_delay`]); one that needs an operator is retried on a
+//! slower schedule capped at an hour ([`operator_retry_delay`]) with the ticks in between
+//! skipped; one whose error names a wait is retried after it. A manual backup or a SIGHUP
+//! starts the backoff afresh ([`Planner::afresh`]).
+//!
 //! Everything here is pure: no clock is read and nothing sleeps. The instant `now` is always
 //! passed in, so the supervisor runs it on the wall clock and the tests on a fake one.
 //!
@@ -14,15 +20,22 @@
 //! minute after the gap), never twice and never zero times.
 
 use crate::config::{DiskConfig, Window};
+use crate::cycle::policy::ErrorClass;
 use chrono::{DateTime, DurationRound, TimeDelta, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use std::time::Duration;
 
-/// First retry delay after a failed cycle; each further failure doubles it.
+/// First retry delay after a transient failure; each further failure doubles it.
 pub const RETRY_BASE: Duration = Duration::from_secs(30);
-/// Longest retry delay: a broken disk is retried at least twice an hour.
+/// Longest retry delay after transient failures: retried at least twice an hour.
 pub const RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+/// First retry after a failure that needs an operator: long enough not to hammer a refusing
+/// service, short enough to notice a role assignment that was still propagating.
+pub const OPERATOR_RETRY_BASE: Duration = Duration::from_secs(5 * 60);
+/// Longest retry delay after failures that need an operator: a fix is noticed within the
+/// hour even when nobody says so (SIGHUP, a manual backup).
+pub const OPERATOR_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
 /// A window is searched minute by minute over this many minutes (two days and a DST hour):
 /// any daily window opens and closes within it.
 const WINDOW_SEARCH_MINUTES: i64 = 2 * 1440 + 60;
@@ -157,10 +170,21 @@ impl DiskSchedule {
     }
 }
 
-/// Delay before the `failures`-th retry (1-based): `RETRY_BASE * 2^(failures-1)`, capped.
+/// Delay before the `failures`-th retry (1-based) after transient failures:
+/// `RETRY_BASE * 2^(failures-1)`, capped at `RETRY_MAX`.
 pub fn retry_delay(failures: u32) -> Duration {
+    doubling(RETRY_BASE, RETRY_MAX, failures)
+}
+
+/// Delay before the `failures`-th retry (1-based) after failures that need an operator:
+/// `OPERATOR_RETRY_BASE * 2^(failures-1)`, capped at `OPERATOR_RETRY_MAX`.
+pub fn operator_retry_delay(failures: u32) -> Duration {
+    doubling(OPERATOR_RETRY_BASE, OPERATOR_RETRY_MAX, failures)
+}
+
+fn doubling(base: Duration, max: Duration, failures: u32) -> Duration {
     let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
-    RETRY_BASE.saturating_mul(factor).min(RETRY_MAX)
+    base.saturating_mul(factor).min(max)
 }
 
 /// Why a cycle is started.
@@ -199,13 +223,17 @@ pub enum Wake {
     /// A tick fired outside the window and is skipped (a retry or resume is postponed to
     /// the window's next opening instead).
     OutsideWindow(Reason),
+    /// A tick fired while the backoff after a failure that needs an operator (or that named
+    /// a wait) holds the disk: skipped; the planned retry comes at the hold's end.
+    Held { until: DateTime<Utc> },
 }
 
 /// How a cycle ended, as far as scheduling cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
     Ok,
-    Failed,
+    /// Failed; the error's class sets the backoff.
+    Failed(ErrorClass),
     /// Paused at a checkpoint because the window closed: resume in the next window.
     WindowClosed,
     /// Paused because the daemon stops or the disk was removed: nothing to plan.
@@ -222,7 +250,16 @@ pub struct Planner {
     fire_at: Option<DateTime<Utc>>,
     retry_at: Option<DateTime<Utc>>,
     resume_at: Option<DateTime<Utc>>,
+    /// Ticks before this instant are skipped: the backoff after a failure that needs an
+    /// operator, or that named its wait, is not cut short by the schedule.
+    hold_until: Option<DateTime<Utc>>,
+    /// Consecutive failed cycles (for `status`; only a success resets it).
     failures: u32,
+    /// Failures since the backoff last started afresh (a success, a manual backup, SIGHUP):
+    /// what the retry delay grows with.
+    backoff_step: u32,
+    /// The last failure needs an operator: alerted until a cycle ends otherwise.
+    needs_operator: bool,
 }
 
 impl Planner {
@@ -235,13 +272,20 @@ impl Planner {
             fire_at: next_tick.map(|t| s.jittered(t, jitter)),
             retry_at: None,
             resume_at: open_cycle.then(|| s.next_window_open(now)),
+            hold_until: None,
             failures: 0,
+            backoff_step: 0,
+            needs_operator: false,
         }
     }
 
-    /// The earliest instant something is due for this disk.
+    /// The earliest instant something is due for this disk (a held tick is not: the retry
+    /// at the hold's end is).
     pub fn due(&self) -> Option<DateTime<Utc>> {
-        [self.fire_at, self.retry_at, self.resume_at]
+        let tick = self
+            .fire_at
+            .filter(|t| self.hold_until.is_none_or(|until| *t >= until));
+        [tick, self.retry_at, self.resume_at]
             .into_iter()
             .flatten()
             .min()
@@ -256,6 +300,22 @@ impl Planner {
         self.failures
     }
 
+    /// Whether the last cycle failed in a way that needs an operator.
+    pub fn needs_operator(&self) -> bool {
+        self.needs_operator
+    }
+
+    /// Starts the backoff afresh: the operator acted (SIGHUP, a manual backup). Ticks are no
+    /// longer held and the next failure waits the first delay again. `retry_now`: a disk
+    /// whose last cycle failed is tried at `now` (SIGHUP; a manual backup is itself the try).
+    pub fn afresh(&mut self, now: DateTime<Utc>, retry_now: bool) {
+        self.backoff_step = 0;
+        self.hold_until = None;
+        if retry_now && self.failures > 0 {
+            self.retry_at = Some(now);
+        }
+    }
+
     /// Consumes everything due at `now` and says what to do. Ticks missed while the process
     /// was asleep collapse into one; a tick while `running` is coalesced into that cycle.
     pub fn poll(
@@ -266,13 +326,18 @@ impl Planner {
         jitter: f64,
     ) -> Wake {
         let mut reason = None;
+        let mut held = None;
         if self.fire_at.is_some_and(|t| t <= now) {
             self.next_tick = s.next_tick(now);
             self.fire_at = self.next_tick.map(|t| s.jittered(t, jitter));
-            reason = Some(Reason::Tick);
+            match self.hold_until.filter(|&until| now < until) {
+                Some(until) => held = Some(until),
+                None => reason = Some(Reason::Tick),
+            }
         }
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
+            self.hold_until = None;
             reason = Some(Reason::Retry);
         }
         if self.resume_at.is_some_and(|t| t <= now) {
@@ -280,7 +345,7 @@ impl Planner {
             reason = Some(Reason::Resume);
         }
         let Some(reason) = reason else {
-            return Wake::Idle;
+            return held.map_or(Wake::Idle, |until| Wake::Held { until });
         };
         if running {
             return Wake::Coalesced(reason);
@@ -294,31 +359,56 @@ impl Planner {
         Wake::Start(reason)
     }
 
-    /// The failed cycle's error said when trying again can succeed (a premium account's
-    /// snapshot rate): the retry comes no earlier than `at`.
-    pub fn retry_not_before(&mut self, at: DateTime<Utc>) {
-        if self.retry_at.is_some_and(|r| r < at) {
-            self.retry_at = Some(at);
-        }
-    }
-
     /// Plans what follows a cycle that ended at `now`.
     pub fn finished(&mut self, s: &DiskSchedule, now: DateTime<Utc>, how: Finish) {
         match how {
             Finish::Ok => {
                 self.failures = 0;
+                self.backoff_step = 0;
+                self.needs_operator = false;
                 self.retry_at = None;
                 self.resume_at = None;
+                self.hold_until = None;
             }
-            Finish::Failed => {
+            Finish::Failed(class) => {
                 self.failures = self.failures.saturating_add(1);
-                let at =
-                    now + TimeDelta::from_std(retry_delay(self.failures)).unwrap_or(TimeDelta::MAX);
-                // Retry only if it comes before the next tick; otherwise the tick is the retry.
-                self.retry_at = match self.fire_at {
-                    Some(tick) if tick <= at => None,
-                    _ => Some(at),
+                self.backoff_step = self.backoff_step.saturating_add(1);
+                self.needs_operator = class.needs_operator();
+                let after = |d: Duration| {
+                    TimeDelta::from_std(d)
+                        .ok()
+                        .and_then(|d| now.checked_add_signed(d))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC)
                 };
+                let soon = retry_delay(self.backoff_step);
+                let held = match class {
+                    ErrorClass::Transient => None,
+                    ErrorClass::NeedsOperator => {
+                        Some(after(operator_retry_delay(self.backoff_step)))
+                    }
+                    // Never sooner than the backoff, never later than the operator cap: a
+                    // wait named wrongly parks the disk for an hour at most.
+                    ErrorClass::RetryAfter(wait) => {
+                        Some(after(wait.min(OPERATOR_RETRY_MAX).max(soon)))
+                    }
+                };
+                match held {
+                    // The ticks until then are skipped; the retry is at the hold's end.
+                    Some(at) => {
+                        self.hold_until = Some(at);
+                        self.retry_at = Some(at);
+                    }
+                    None => {
+                        let at = after(soon);
+                        self.hold_until = None;
+                        // Retry only if it comes before the next tick; otherwise the tick is
+                        // the retry.
+                        self.retry_at = match self.fire_at {
+                            Some(tick) if tick <= at => None,
+                            _ => Some(at),
+                        };
+                    }
+                }
             }
             Finish::WindowClosed => self.resume_at = Some(s.next_window_open(now)),
             Finish::Stopped => {}
@@ -547,7 +637,7 @@ mod tests {
         let mut now = utc(2026, 1, 1, 6, 1, 0);
         let mut delays = Vec::new();
         for _ in 0..4 {
-            p.finished(&s, now, Finish::Failed);
+            p.finished(&s, now, Finish::Failed(ErrorClass::Transient));
             let due = p.due().unwrap();
             delays.push((due - now).num_seconds());
             now = due;
@@ -560,22 +650,97 @@ mod tests {
         assert_eq!(p.due(), Some(utc(2026, 1, 1, 12, 0, 0)));
         // A retry that would come after the next tick is left to the tick.
         let mut p = Planner::new(&s, utc(2026, 1, 1, 11, 59, 50), false, 0.0);
-        p.finished(&s, utc(2026, 1, 1, 11, 59, 50), Finish::Failed);
+        p.finished(
+            &s,
+            utc(2026, 1, 1, 11, 59, 50),
+            Finish::Failed(ErrorClass::Transient),
+        );
         assert_eq!(p.due(), Some(utc(2026, 1, 1, 12, 0, 0)));
     }
 
     #[test]
     fn a_retry_waits_for_the_time_the_error_names() {
-        let s = sched(Some("0 0 * * *"), "UTC", None);
-        let now = utc(2026, 11, 30, 10, 0, 0);
+        // A tick every 2 minutes: the named wait holds them off.
+        let s = sched(Some("*/2 * * * *"), "UTC", None);
+        let now = utc(2026, 11, 30, 10, 0, 30);
         let mut p = Planner::new(&s, now, false, 0.0);
-        p.finished(&s, now, Finish::Failed);
+        let wait = |m: u64| Finish::Failed(ErrorClass::RetryAfter(Duration::from_secs(m * 60)));
+        p.finished(&s, now, wait(10));
+        let until = now + TimeDelta::minutes(10);
+        assert_eq!(p.due(), Some(until), "the ticks in between are held");
+        assert_eq!(
+            run(&mut p, &s, utc(2026, 11, 30, 10, 2, 0), false),
+            Wake::Held { until }
+        );
+        assert_eq!(run(&mut p, &s, until, false), Wake::Start(Reason::Retry));
+        // Never earlier than the backoff, never later than the operator cap.
+        p.finished(&s, until, wait(0));
+        assert_eq!(p.due(), Some(until + TimeDelta::minutes(1)), "2nd: 60 s");
+        p.finished(&s, until, wait(24 * 60));
+        assert_eq!(p.due(), Some(until + TimeDelta::hours(1)));
+    }
+
+    #[test]
+    fn a_failure_that_needs_an_operator_backs_off_to_an_hour_and_skips_ticks() {
+        assert_eq!(operator_retry_delay(1), Duration::from_secs(300));
+        assert_eq!(operator_retry_delay(2), Duration::from_secs(600));
+        assert_eq!(operator_retry_delay(4), Duration::from_secs(2400));
+        assert_eq!(operator_retry_delay(5), OPERATOR_RETRY_MAX);
+        assert_eq!(operator_retry_delay(50), OPERATOR_RETRY_MAX);
+        // Every minute: without the hold each tick would be a retry.
+        let s = sched(Some("* * * * *"), "UTC", None);
+        let mut now = utc(2026, 1, 1, 0, 0, 30);
+        let mut p = Planner::new(&s, now, false, 0.0);
+        let mut starts = Vec::new();
+        for _ in 0..6 {
+            p.finished(&s, now, Finish::Failed(ErrorClass::NeedsOperator));
+            assert!(p.needs_operator());
+            loop {
+                now = p.due().unwrap();
+                match run(&mut p, &s, now, false) {
+                    Wake::Held { .. } => continue,
+                    Wake::Start(r) => {
+                        starts.push(((now - utc(2026, 1, 1, 0, 0, 0)).num_minutes(), r));
+                        break;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        let minutes: Vec<i64> = starts.iter().map(|s| s.0).collect();
+        // 5, 10, 20, 40 minutes apart, then the one-hour cap.
+        assert_eq!(minutes, vec![5, 15, 35, 75, 135, 195]);
+        assert!(starts.iter().all(|s| s.1 == Reason::Retry));
+        assert_eq!(p.failures(), 6);
+
+        // SIGHUP: afresh, tried now, and a further failure waits the first delay again.
+        p.finished(&s, now, Finish::Failed(ErrorClass::NeedsOperator));
+        assert_eq!(
+            p.due(),
+            Some(now + TimeDelta::hours(1)),
+            "capped; ticks held"
+        );
+        p.afresh(now, true);
+        assert_eq!(p.due(), Some(now));
+        assert_eq!(run(&mut p, &s, now, false), Wake::Start(Reason::Retry));
+        p.finished(&s, now, Finish::Failed(ErrorClass::NeedsOperator));
+        assert_eq!(
+            p.poll(&s, now + TimeDelta::minutes(1), false, 0.0),
+            Wake::Held {
+                until: now + TimeDelta::minutes(5)
+            }
+        );
+        assert_eq!(p.failures(), 8, "status still counts every failure");
+
+        // A manual backup starts afresh without a retry of its own; a transient failure
+        // after it is retried soon and no longer alerts.
+        p.afresh(now, false);
+        assert_eq!(p.due(), Some(now + TimeDelta::seconds(90)), "the next tick");
+        p.finished(&s, now, Finish::Failed(ErrorClass::Transient));
+        assert!(!p.needs_operator());
         assert_eq!(p.due(), Some(now + TimeDelta::seconds(30)));
-        p.retry_not_before(now + TimeDelta::minutes(10));
-        assert_eq!(p.due(), Some(now + TimeDelta::minutes(10)));
-        // Never earlier than the backoff already planned.
-        p.retry_not_before(now + TimeDelta::minutes(1));
-        assert_eq!(p.due(), Some(now + TimeDelta::minutes(10)));
+        p.finished(&s, now, Finish::Ok);
+        assert_eq!(p.failures(), 0);
     }
 
     #[test]
@@ -628,7 +793,11 @@ mod tests {
     fn retry_outside_the_window_waits_for_it() {
         let s = sched(Some("0 23 * * *"), "UTC", Some("22:00-06:00"));
         let mut p = Planner::new(&s, utc(2026, 1, 1, 5, 59, 0), false, 0.0);
-        p.finished(&s, utc(2026, 1, 1, 5, 59, 50), Finish::Failed);
+        p.finished(
+            &s,
+            utc(2026, 1, 1, 5, 59, 50),
+            Finish::Failed(ErrorClass::Transient),
+        );
         let due = p.due().unwrap();
         assert_eq!(due, utc(2026, 1, 1, 6, 0, 20));
         assert_eq!(

@@ -17,7 +17,7 @@ use crate::config::{AccountConfig, AuthConfig, Config, CopyMode, DiskConfig};
 use crate::model::pages::{ByteRange, PAGE_SIZE};
 use crate::storage::{
     BlobError, BlobRef, ErrorKind, Fence, IfBlob, Metadata, NewPageBlob, PageBlobs, PageListQuery,
-    Resource,
+    Resource, ServiceCode,
 };
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -301,10 +301,12 @@ fn missing_for(op: Operation, account: Option<&AccountConfig>, e: &BlobError) ->
             ),
             AuthConfig::SasTokenEnv(_) | AuthConfig::SasTokenFile(_) => {
                 if matches!(
-                    code,
-                    "AuthorizationPermissionMismatch"
-                        | "AuthorizationResourceTypeMismatch"
-                        | "AuthorizationFailure"
+                    e.service_code(),
+                    Some(
+                        ServiceCode::AuthorizationPermissionMismatch
+                            | ServiceCode::AuthorizationResourceTypeMismatch
+                            | ServiceCode::AuthorizationFailure
+                    )
                 ) {
                     format!(
                         "the SAS in {} lacks '{}' (or does not cover this container) for account '{name}': issue one with it",

@@ -37,6 +37,10 @@ pub struct HookEvent {
     pub duration_seconds: f64,
     /// Why the cycle failed (failure only).
     pub error: Option<String>,
+    /// What the failure asks for (failure only; `cycle::policy`): `needs_operator` (act now:
+    /// the daemon retries slowly, up to hourly), `transient` (retried soon) or `retry_after`
+    /// (retried after the wait the service named).
+    pub error_class: Option<&'static str>,
 }
 
 impl HookEvent {
@@ -58,6 +62,7 @@ impl HookEvent {
                     bytes_cleared: rec.stats.bytes_cleared,
                     duration_seconds: seconds,
                     error: None,
+                    error_class: None,
                 }
             }
             Err(e) => HookEvent {
@@ -70,6 +75,7 @@ impl HookEvent {
                 bytes_cleared: 0,
                 duration_seconds: seconds,
                 error: Some(e.to_string()),
+                error_class: Some(e.class().label()),
             },
         }
     }
@@ -94,6 +100,10 @@ impl HookEvent {
                 format!("{:.3}", self.duration_seconds),
             ),
             ("SNAPBACK_ERROR", opt(&self.error)),
+            (
+                "SNAPBACK_ERROR_CLASS",
+                self.error_class.unwrap_or_default().to_string(),
+            ),
         ]
     }
 }

@@ -221,6 +221,11 @@ impl BlobError {
         *self.resource == *resource
     }
 
+    /// The service's code, parsed ([`ServiceCode`]); None for a code no decision needs.
+    pub fn service_code(&self) -> Option<ServiceCode> {
+        self.code.as_deref().and_then(ServiceCode::parse)
+    }
+
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }
@@ -253,31 +258,105 @@ impl BlobError {
     }
 }
 
+/// The storage service's error codes (`x-ms-error-code`) snapback decides on, parsed once
+/// from the text by [`ServiceCode::parse`]
+/// (<https://learn.microsoft.com/rest/api/storageservices/blob-service-error-codes>). Any
+/// other code is kept as text in [`BlobError::code`], for people only: a decision that needs
+/// a code adds it here, so no code is compared as a string anywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceCode {
+    /// Get Page Ranges with a `prevsnapshot` that no longer exists.
+    PreviousSnapshotNotFound,
+    /// The destination service could not read a copy source.
+    CannotVerifyCopySource,
+    FeatureNotSupported,
+    NotImplemented,
+    /// The blob was recreated since the diff base was taken (also `BlobOverwritten`,
+    /// `BlobGenerationMismatch`).
+    PreviousSnapshotOperationNotSupported,
+    BlobOverwritten,
+    BlobGenerationMismatch,
+    /// 503: the account is throttled.
+    ServerBusy,
+    /// 500: the service ran out of time, which the throttle counts as a slow-down signal.
+    OperationTimedOut,
+    /// Any `…AlreadyExists` (`BlobAlreadyExists`, `ContainerAlreadyExists`, …).
+    AlreadyExists,
+    /// A page write's `x-ms-if-sequence-number-eq` did not hold: fenced.
+    SequenceNumberConditionNotMet,
+    ConditionNotMet,
+    /// 400 on a read of a snapshot of an older premium page-blob account.
+    InvalidOperation,
+    /// 409 on Snapshot Blob of a premium account (Azure's spelling): one per 10 minutes.
+    SnaphotOperationRateExceeded,
+    /// 409 on Snapshot Blob of a premium account: 100 per blob.
+    SnapshotCountExceeded,
+    /// 403: the signature (key or SAS) does not verify.
+    AuthenticationFailed,
+    /// 403: the credential verifies but may not do this: a SAS without the permission, a
+    /// missing role assignment, or the account's firewall.
+    AuthorizationFailure,
+    AuthorizationPermissionMismatch,
+    AuthorizationResourceTypeMismatch,
+}
+
+impl ServiceCode {
+    /// The code snapback decides on, or None for any other (or a missing) code.
+    pub fn parse(code: &str) -> Option<ServiceCode> {
+        use ServiceCode::*;
+        Some(match code {
+            "PreviousSnapshotNotFound" => PreviousSnapshotNotFound,
+            "CannotVerifyCopySource" => CannotVerifyCopySource,
+            "FeatureNotSupported" => FeatureNotSupported,
+            "NotImplemented" => NotImplemented,
+            "PreviousSnapshotOperationNotSupported" => PreviousSnapshotOperationNotSupported,
+            "BlobOverwritten" => BlobOverwritten,
+            "BlobGenerationMismatch" => BlobGenerationMismatch,
+            "ServerBusy" => ServerBusy,
+            "OperationTimedOut" => OperationTimedOut,
+            "SequenceNumberConditionNotMet" => SequenceNumberConditionNotMet,
+            "ConditionNotMet" => ConditionNotMet,
+            "InvalidOperation" => InvalidOperation,
+            "SnaphotOperationRateExceeded" => SnaphotOperationRateExceeded,
+            "SnapshotCountExceeded" => SnapshotCountExceeded,
+            "AuthenticationFailed" => AuthenticationFailed,
+            "AuthorizationFailure" => AuthorizationFailure,
+            "AuthorizationPermissionMismatch" => AuthorizationPermissionMismatch,
+            "AuthorizationResourceTypeMismatch" => AuthorizationResourceTypeMismatch,
+            c if c.ends_with("AlreadyExists") => AlreadyExists,
+            _ => return None,
+        })
+    }
+}
+
 /// The kind of an error the service answered with, from its status and `x-ms-error-code`
 /// (<https://learn.microsoft.com/rest/api/storageservices/blob-service-error-codes>).
 pub fn classify(status: u16, code: Option<&str>) -> ErrorKind {
-    let code = code.unwrap_or_default();
-    match (status, code) {
+    use ServiceCode as C;
+    match (status, code.and_then(ServiceCode::parse)) {
         // Get Page Ranges with a `prevsnapshot` that no longer exists answers 409 with this
         // code: the diff base is not found.
-        (_, "PreviousSnapshotNotFound") => ErrorKind::NotFound,
+        (_, Some(C::PreviousSnapshotNotFound)) => ErrorKind::NotFound,
         // The destination service could not read the copy source: for Put Page From URL and
         // Copy Blob this is how a refused (or missing) source shows; the status tells which.
-        (404, "CannotVerifyCopySource") => ErrorKind::NotFound,
-        (_, "CannotVerifyCopySource" | "FeatureNotSupported" | "NotImplemented") => {
+        (404, Some(C::CannotVerifyCopySource)) => ErrorKind::NotFound,
+        (_, Some(C::CannotVerifyCopySource | C::FeatureNotSupported | C::NotImplemented)) => {
             ErrorKind::Refused
         }
-        // https://learn.microsoft.com/rest/api/storageservices/blob-service-error-codes
         (
             _,
-            "PreviousSnapshotOperationNotSupported" | "BlobOverwritten" | "BlobGenerationMismatch",
+            Some(
+                C::PreviousSnapshotOperationNotSupported
+                | C::BlobOverwritten
+                | C::BlobGenerationMismatch,
+            ),
         ) => ErrorKind::Overwritten,
-        (_, "ServerBusy") | (429, _) => ErrorKind::Throttled,
+        (_, Some(C::ServerBusy)) | (429, _) => ErrorKind::Throttled,
         (401 | 403, _) => ErrorKind::Auth,
         (404, _) => ErrorKind::NotFound,
-        (409, c) if c.ends_with("AlreadyExists") => ErrorKind::AlreadyExists,
-        (412, "SequenceNumberConditionNotMet") => ErrorKind::Fenced,
-        (412, _) | (_, "ConditionNotMet") => ErrorKind::PreconditionFailed,
+        (409, Some(C::AlreadyExists)) => ErrorKind::AlreadyExists,
+        (412, Some(C::SequenceNumberConditionNotMet)) => ErrorKind::Fenced,
+        (412, _) | (_, Some(C::ConditionNotMet)) => ErrorKind::PreconditionFailed,
         (409, _) => ErrorKind::Conflict,
         (405 | 501, _) => ErrorKind::Refused,
         (408 | 500..=599, _) => ErrorKind::Transient,

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use crate::model::{BlobRef, Metadata};
-pub use crate::storage::error::{BlobError, BlobResult, ErrorKind, Resource};
+pub use crate::storage::error::{BlobError, BlobResult, ErrorKind, Resource, ServiceCode};
 
 /// State of an asynchronous Copy Blob, as reported on the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -82,9 +82,12 @@ impl Policy for ThrottlePolicy {
 
 /// Throttling, as the Blob service reports it: 503 (ServerBusy) or 500 OperationTimedOut.
 fn classify(status: StatusCode, error_code: Option<&str>) -> Outcome {
-    match (status, error_code) {
+    use crate::storage::error::ServiceCode;
+    match (status, error_code.and_then(ServiceCode::parse)) {
         (StatusCode::ServiceUnavailable, _) => Outcome::Throttled,
-        (StatusCode::InternalServerError, Some("OperationTimedOut")) => Outcome::Throttled,
+        (StatusCode::InternalServerError, Some(ServiceCode::OperationTimedOut)) => {
+            Outcome::Throttled
+        }
         _ => Outcome::Done,
     }
 }
