@@ -8,8 +8,8 @@
 use super::error::ArmError;
 use super::id::{ResourceGroup, ResourceId, ResourceKind};
 use super::models::{
-    Access, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties, DiskRecipe,
-    ErrorResponse, GrantAccess, Page, Sku, Snapshot, SnapshotPut, SnapshotPutProperties, Tags,
+    Access, AccessGrant, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties, DiskRecipe,
+    ErrorResponse, GrantAccess, Page, SecurityProfile, Sku, Snapshot, SnapshotPut, SnapshotPutProperties, Tags,
     UploadDiskSpec,
 };
 use super::sas::{redact, SasUrl};
@@ -258,10 +258,27 @@ impl ArmClient {
         access: Access,
         duration: Duration,
     ) -> Result<SasUrl, ArmError> {
+        Ok(self
+            .begin_get_access_with(id, access, duration, false)
+            .await?
+            .sas)
+    }
+
+    /// [`Self::begin_get_access`], with `guest_state` also asking for the Trusted Launch VM
+    /// guest state blob's SAS (`getSecureVMGuestStateSAS`; answered as
+    /// `securityDataAccessSAS`, [`parse_access`]).
+    pub async fn begin_get_access_with(
+        &self,
+        id: &ResourceId,
+        access: Access,
+        duration: Duration,
+        guest_state: bool,
+    ) -> Result<AccessGrant, ArmError> {
         const OP: &str = "begin get access";
         let body = GrantAccess {
             access,
             duration_in_seconds: u32::try_from(duration.as_secs()).unwrap_or(u32::MAX),
+            get_secure_vm_guest_state_sas: guest_state,
         };
         let out = self
             .lro(
@@ -273,11 +290,7 @@ impl ArmClient {
                 Outcome::AtLocation,
             )
             .await?;
-        let uri: AccessUri = parse(OP, &id.to_string(), out)?;
-        let url = Url::parse(&uri.access_sas).map_err(|e| {
-            ArmError::invalid(OP, &id.to_string(), format!("accessSAS is not a URL: {e}"))
-        })?;
-        Ok(SasUrl::new(url))
+        parse_access(&id.to_string(), out)
     }
 
     /// Revokes the SAS of a snapshot or disk (also ends an upload).
@@ -325,7 +338,16 @@ impl ArmClient {
             tags: &spec.tags,
             properties: DiskPutProperties {
                 creation_data: CreationData {
-                    create_option: "Upload".into(),
+                    // A Trusted Launch disk is uploaded with its VM guest state
+                    // (`Disk_Create_FromUploadPreparedSecure.json`): its write grant then
+                    // answers a `securityDataAccessSAS` too.
+                    create_option: if SecurityProfile::is_trusted_launch(
+                        recipe.security_profile.as_ref(),
+                    ) {
+                        "UploadPreparedSecure".into()
+                    } else {
+                        "Upload".into()
+                    },
                     upload_size_bytes: Some(spec.upload_size_bytes),
                     logical_sector_size: recipe.logical_sector_size,
                     ..Default::default()
@@ -642,6 +664,28 @@ fn parse<T: DeserializeOwned>(
 ) -> Result<T, ArmError> {
     serde_json::from_slice(&body)
         .map_err(|e| ArmError::invalid(op, resource, format!("bad JSON: {e}")))
+}
+
+/// The answer of `beginGetAccess` (its `properties.output`, or the `Location` result):
+/// `accessSAS` and, when the guest state was asked for and the resource has one,
+/// `securityDataAccessSAS`. Either not a URL: `InvalidResponse` (the value is a credential
+/// and never quoted).
+pub fn parse_access(resource: &str, body: Bytes) -> Result<AccessGrant, ArmError> {
+    const OP: &str = "begin get access";
+    let uri: AccessUri = parse(OP, resource, body)?;
+    let url = |field: &str, v: &str| {
+        Url::parse(v)
+            .map(SasUrl::new)
+            .map_err(|e| ArmError::invalid(OP, resource, format!("{field} is not a URL: {e}")))
+    };
+    Ok(AccessGrant {
+        sas: url("accessSAS", &uri.access_sas)?,
+        guest_state: uri
+            .security_data_access_sas
+            .as_deref()
+            .map(|v| url("securityDataAccessSAS", v))
+            .transpose()?,
+    })
 }
 
 fn service_error(op: &'static str, resource: &str, status: u16, body: &[u8]) -> ArmError {
