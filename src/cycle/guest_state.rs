@@ -68,7 +68,10 @@ impl Runner<'_> {
         if g.copy_from.is_none() && self.disk.copy_mode == CopyMode::Server {
             tracing::warn!(disk, "the VM guest state's export needs snapback's own token: copied through snapback");
         }
-        for r in chunks(g.size) {
+        for (i, r) in chunks(g.size).enumerate() {
+            if i == 1 {
+                failpoint_in_copy().await;
+            }
             if let Some((url, resource)) = server {
                 let put = self
                     .blobs
@@ -148,6 +151,16 @@ impl Runner<'_> {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Test failpoint: with `SNAPBACK_FAILPOINT_PAUSE_IN_GUEST_STATE=1` the process prints
+/// `failpoint: paused in the guest state copy` to stderr once the copy's first piece is
+/// written and waits forever, so a crash test can SIGKILL it halfway through the copy.
+async fn failpoint_in_copy() {
+    if std::env::var("SNAPBACK_FAILPOINT_PAUSE_IN_GUEST_STATE").as_deref() == Ok("1") {
+        eprintln!("failpoint: paused in the guest state copy");
+        std::future::pending::<()>().await;
     }
 }
 

@@ -97,7 +97,8 @@
  *   reads, writes, polls; token requests; diffRefused); POST
  *   /__emulator/refuse-resized-diffs?on=1 serves every export through the checking data
  *   plane, which answers a diff whose previous snapshot has another size 400
- *   InvalidHeaderValue (an unexpected refusal; the code is the emulator's); GET /__emulator/operations lists every
+ *   InvalidHeaderValue (an unexpected refusal; the code is the emulator's); POST
+ *   /__emulator/drop-guest-state?on=1 leaves securityDataAccessSAS out of every grant; GET /__emulator/operations lists every
  *   long-running operation with its start and the time a poll first saw it end.
  *
  * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
@@ -178,6 +179,9 @@ let dataOperator = true; // the principal holds the Data Operator for Managed Di
 // nothing expects). Azure documents refusing only diffs across 4 TiB, and not its answer;
 // this stands for an unexpected refusal, so it is opt-in and its code is the emulator's.
 let refuseResizedDiffs = false;
+// POST /__emulator/drop-guest-state?on=1: grants answer no securityDataAccessSAS even when
+// asked for one (a service that fails to export a Trusted Launch disk's guest state).
+let dropGuestState = false;
 const exportsByContainer = new Map(); // export container -> snapshot or disk it exports
 const disks = new Map(); // lower-case id -> disk
 const snapshots = new Map(); // lower-case id -> snapshot
@@ -667,7 +671,8 @@ function beginGetAccess(req, res, kind, resource, body) {
   if (kind === "disks") resource.diskState = access === "Write" ? "ActiveUpload" : "ActiveSAS";
   // getSecureVMGuestStateSAS: the guest state's SAS too (securityDataAccessSAS), only for a
   // resource that has one; without the flag the answer has no such field.
-  const guest = body.getSecureVMGuestStateSAS === true && (kind === "disks" ? resource.vmgs : resource.vmgsSnapshot !== undefined);
+  const guest = !dropGuestState && body.getSecureVMGuestStateSAS === true &&
+    (kind === "disks" ? resource.vmgs : resource.vmgsSnapshot !== undefined);
   const headers = startOperation(async () => {
     if (kind === "disks") {
       const perm = access === "Write" ? "rw" : "r";
@@ -928,6 +933,10 @@ async function handleControl(req, res, url) {
   if (url.pathname === "/__emulator/refuse-resized-diffs" && req.method === "POST") {
     refuseResizedDiffs = q.get("on") !== "0";
     return send(res, 200, { refuseResizedDiffs });
+  }
+  if (url.pathname === "/__emulator/drop-guest-state" && req.method === "POST") {
+    dropGuestState = q.get("on") !== "0";
+    return send(res, 200, { dropGuestState });
   }
   if (url.pathname === "/__emulator/roles" && req.method === "POST") {
     dataOperator = q.get("data_operator") !== "0";
