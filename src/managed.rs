@@ -335,7 +335,9 @@ impl ManagedDiskSource {
     }
 }
 
-fn lock_map(m: &Mutex<HashMap<String, SasUrl>>) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
+fn lock_map(
+    m: &Mutex<HashMap<String, SasUrl>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
     // A panic while holding the map leaves it consistent (single inserts/removes).
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -715,7 +717,9 @@ impl ManagedDiskSource {
     /// point's record of it ([`Self::recorded_disk`]) is what a restore goes by; a disk gone
     /// since leaves the snapshot's own word.
     async fn has_guest_state(&self, snap: Option<&Snapshot>) -> BlobResult<bool> {
-        if snap.is_some_and(|s| SecurityProfile::is_trusted_launch(s.properties.security_profile.as_ref())) {
+        if snap.is_some_and(|s| {
+            SecurityProfile::is_trusted_launch(s.properties.security_profile.as_ref())
+        }) {
             return Ok(true);
         }
         if snap.is_some_and(|s| !self.of_this_disk(s)) {

@@ -323,7 +323,11 @@ impl UploadPlan {
 /// combination Azure documents as unusable, named.
 pub fn plan_upload(recorded: Option<&RecordedDisk>, o: &Overrides) -> Result<UploadPlan, String> {
     let r = recorded.cloned().unwrap_or_default();
-    if let Some(t) = r.security_type.as_deref().filter(|t| t.starts_with("ConfidentialVM")) {
+    if let Some(t) = r
+        .security_type
+        .as_deref()
+        .filter(|t| t.starts_with("ConfidentialVM"))
+    {
         return Err(format!(
             "the source disk's security type is {t}: its VM guest state (UEFI, vTPM) was not \
              backed up, so a restore could not boot as that VM's OS disk"

@@ -172,7 +172,11 @@ async fn restore_under(
     // A Trusted Launch disk is uploaded with its VM guest state, read and checked against
     // the restore point's record before anything is created.
     let guest = if plan.is_trusted_launch() {
-        Some(guest_state_of(blobs, disk, &chosen).await?.map_err(refused)?)
+        Some(
+            guest_state_of(blobs, disk, &chosen)
+                .await?
+                .map_err(refused)?,
+        )
     } else {
         None
     };
@@ -420,7 +424,9 @@ async fn upload_guest_state(
         }
         sas.put_pages(target, url, r.start, bytes::Bytes::copy_from_slice(piece))
             .await
-            .map_err(blob_err(format!("write the VM guest state of {target} {r}")))?;
+            .map_err(blob_err(format!(
+                "write the VM guest state of {target} {r}"
+            )))?;
     }
     Ok(())
 }
@@ -537,16 +543,15 @@ async fn rebase(
     }
     // B(0) records the base's ETag (a snapshot leaves it alone), as a cycle's restore point
     // does: the chain then survives a lost state.
-    let (b0, etag) =
-        first_restore_point(
-            blobs,
-            lease,
-            &disk.name,
-            backup,
-            (tag.as_str(), &s0),
-            chosen.guest_state.as_ref().and_then(|g| g.as_ref().ok()),
-        )
-        .await?;
+    let (b0, etag) = first_restore_point(
+        blobs,
+        lease,
+        &disk.name,
+        backup,
+        (tag.as_str(), &s0),
+        chosen.guest_state.as_ref().and_then(|g| g.as_ref().ok()),
+    )
+    .await?;
     let rec = CycleRecord::rebased(
         &disk.name,
         tag,

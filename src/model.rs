@@ -482,6 +482,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_guest_state_record_round_trips_and_a_broken_one_is_named() {
+        let g = tags::GuestStateCopy {
+            blob: tags::guest_state_blob("vm/os", "os-sb-00ff"),
+            length: 4 * 1024 * 1024 + 65536,
+            crc64: 0xae8b_1486_0a79_9888,
+        };
+        assert_eq!(g.blob, "vm/os.vmgs.os-sb-00ff");
+        let m = tags::with_guest_state(Metadata::new(), &g);
+        assert_eq!(m["snapback_vmgs_crc64"], "ae8b14860a799888");
+        assert_eq!(tags::guest_state(&m), Some(Ok(g)));
+        assert_eq!(tags::guest_state(&Metadata::new()), None);
+        let mut broken = m.clone();
+        broken.insert("snapback_vmgs_length".into(), "many".into());
+        assert!(tags::guest_state(&broken)
+            .unwrap()
+            .unwrap_err()
+            .contains("snapback_vmgs_length"));
+        broken.remove("snapback_vmgs_length");
+        assert!(tags::guest_state(&broken).unwrap().is_err());
+    }
+
+    #[test]
     fn restore_points_need_both_tags() {
         let s = SnapshotId::new("2026-01-01T00:00:00.0000000Z");
         assert!(tags::is_restore_point(

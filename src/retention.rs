@@ -351,7 +351,10 @@ pub async fn prune(
             .filter_map(|s| Some(s.guest_state.as_ref()?.as_ref().ok()?.blob.as_str()))
             .collect();
         let mut copies = std::collections::BTreeSet::new();
-        for s in stored.iter().filter(|s| pruned.contains(s.snapshot.as_str())) {
+        for s in stored
+            .iter()
+            .filter(|s| pruned.contains(s.snapshot.as_str()))
+        {
             let snapshot = &s.snapshot;
             blobs
                 .delete_snapshot(&backup, snapshot)

@@ -417,7 +417,9 @@ pub async fn read_guest_state(
 ) -> Result<Result<Vec<u8>, String>, BlobError> {
     let copy = BlobRef::new(&backup.account, &backup.container, &g.blob);
     let Some(props) = blobs.properties(&copy, None).await? else {
-        return Ok(Err(format!("its VM guest state copy {copy} does not exist")));
+        return Ok(Err(format!(
+            "its VM guest state copy {copy} does not exist"
+        )));
     };
     if props.size != g.length {
         return Ok(Err(format!(
@@ -427,7 +429,9 @@ pub async fn read_guest_state(
     }
     let mut data = Vec::with_capacity(usize::try_from(g.length).unwrap_or(0));
     for r in crate::cycle::guest_state::chunks(g.length) {
-        data.extend_from_slice(&retry_unanswered("the VM guest state copy", || blobs.read(&copy, None, r)).await?);
+        data.extend_from_slice(
+            &retry_unanswered("the VM guest state copy", || blobs.read(&copy, None, r)).await?,
+        );
     }
     let crc = crc64(&data);
     if crc != g.crc64 {

@@ -146,7 +146,9 @@ impl Tl {
 
     /// The guest state copy a restore point names.
     fn copy_of(&self, meta: &Metadata) -> BlobRef {
-        let name = meta.get("snapback_vmgs").expect("the point names its VMGS copy");
+        let name = meta
+            .get("snapback_vmgs")
+            .expect("the point names its VMGS copy");
         BlobRef::new("backup", "backups", name)
     }
 
@@ -211,14 +213,20 @@ async fn restore_points_restore_the_disk_and_its_guest_state() {
         w.backup_ok(&format!("cycle {cycle}"));
         w.assert_clean(&format!("cycle {cycle}")).await;
     }
-    assert_ne!(want[0].1, want[1].1, "the guest state changed between cycles");
+    assert_ne!(
+        want[0].1, want[1].1,
+        "the guest state changed between cycles"
+    );
     let points = w.points().await;
     assert_eq!(points.len(), 2);
     let arm = w.emu.client();
     for (i, ((point, meta), (disk, vmgs))) in points.iter().zip(&want).enumerate() {
         assert_eq!(meta["snapback_vmgs_length"], VMGS.to_string());
         let copy = content(w.fx.blobs().as_ref(), &w.copy_of(meta), None).await;
-        assert!(&copy == vmgs, "point {i}: the copy is the guest state of its cycle");
+        assert!(
+            &copy == vmgs,
+            "point {i}: the copy is the guest state of its cycle"
+        );
         let target = id(&format!("tl-restored-{i}"));
         let out = w.restore_to(point, &target);
         assert!(out.status.success(), "restore {i}: {}", text(&out));
@@ -303,12 +311,14 @@ async fn restore_points_restore_the_disk_and_its_guest_state() {
 /// their cycle; with `keep_last = 1` retention deletes each pruned point's copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_state_copies_survive_sigkill_and_go_with_pruned_points() {
-    let w = Tl::new("retention = { keep_last = 1 }").await;
+    let w = Tl::new("retention = { keep_last = 1 }\ncopy_mode = \"server\"").await;
     let mut rng = Rng(0x7417_0002);
     w.change(&mut rng).await;
     w.backup_ok("seed");
 
-    w.emu.control_post("/__emulator/drop-guest-state?on=1").await;
+    w.emu
+        .control_post("/__emulator/drop-guest-state?on=1")
+        .await;
     w.change(&mut rng).await;
     let out = w.snapback(&["backup", "disk1"]);
     assert!(!out.status.success());
@@ -318,7 +328,9 @@ async fn guest_state_copies_survive_sigkill_and_go_with_pruned_points() {
         text(&out)
     );
     assert_eq!(w.points().await.len(), 1, "no restore point without it");
-    w.emu.control_post("/__emulator/drop-guest-state?on=0").await;
+    w.emu
+        .control_post("/__emulator/drop-guest-state?on=0")
+        .await;
     w.backup_ok("after the refusal");
 
     let kills: [(&str, &str); 3] = [
@@ -347,7 +359,11 @@ async fn guest_state_copies_survive_sigkill_and_go_with_pruned_points() {
         );
         assert_ne!(copy, old_copy);
         assert!(
-            w.fx.blobs().properties(&old_copy, None).await.unwrap().is_none(),
+            w.fx.blobs()
+                .properties(&old_copy, None)
+                .await
+                .unwrap()
+                .is_none(),
             "{ctx}: the pruned point's copy {old_copy} is deleted"
         );
     }

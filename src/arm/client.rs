@@ -8,9 +8,9 @@
 use super::error::ArmError;
 use super::id::{ResourceGroup, ResourceId, ResourceKind};
 use super::models::{
-    Access, AccessGrant, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties, DiskRecipe,
-    ErrorResponse, GrantAccess, Page, SecurityProfile, Sku, Snapshot, SnapshotPut, SnapshotPutProperties, Tags,
-    UploadDiskSpec,
+    Access, AccessGrant, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties,
+    DiskRecipe, ErrorResponse, GrantAccess, Page, SecurityProfile, Sku, Snapshot, SnapshotPut,
+    SnapshotPutProperties, Tags, UploadDiskSpec,
 };
 use super::sas::{redact, SasUrl};
 use super::API_VERSION;
@@ -706,5 +706,43 @@ fn service_error(op: &'static str, resource: &str, status: u16, body: &[u8]) -> 
             code
         },
         message: redact(&message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grant_answer_is_parsed_with_or_without_the_guest_state() {
+        let both = parse_access(
+            "d",
+            Bytes::from_static(
+                br#"{"accessSAS":"https://md-x.blob.storage.azure.net/c/abcd?sr=b&sig=S1","securityDataAccessSAS":"https://md-x.blob.storage.azure.net/c/0f_vmgs?sr=b&sig=S2"}"#,
+            ),
+        )
+        .unwrap();
+        let g = both.guest_state.clone().expect("securityDataAccessSAS");
+        assert!(g.expose().path().ends_with("_vmgs"));
+        assert!(
+            !format!("{both:?}").contains("S2"),
+            "the signature is redacted"
+        );
+        let plain = parse_access(
+            "d",
+            Bytes::from_static(
+                br#"{"accessSAS":"https://md-x.blob.storage.azure.net/c/abcd?sig=S"}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(plain.guest_state, None);
+        let bad = parse_access(
+            "d",
+            Bytes::from_static(br#"{"accessSAS":"https://h/c/abcd?sig=S","securityDataAccessSAS":"not a url sig=S2"}"#),
+        )
+        .unwrap_err();
+        assert_eq!(bad.kind(), crate::arm::ArmErrorKind::InvalidResponse);
+        assert!(bad.to_string().contains("securityDataAccessSAS"), "{bad}");
+        assert!(!bad.to_string().contains("S2"), "{bad}");
     }
 }

@@ -21,7 +21,9 @@
 //!   state of an immutable snapshot is the same bytes every time.
 
 use super::runner::Runner;
-use crate::blobs::{BlobError, BlobRef, ErrorKind, Fence, IfBlob, NewPageBlob, PageBlobs, Resource};
+use crate::blobs::{
+    BlobError, BlobRef, ErrorKind, Fence, IfBlob, NewPageBlob, PageBlobs, Resource,
+};
 use crate::config::CopyMode;
 use crate::model::{tags, SnapshotId};
 use crate::pages::{crc64_digest, ByteRange, MAX_PUT_BYTES};
@@ -66,7 +68,10 @@ impl Runner<'_> {
             (Some(CopySource::Blob { .. }), _) => None,
         };
         if g.copy_from.is_none() && self.disk.copy_mode == CopyMode::Server {
-            tracing::warn!(disk, "the VM guest state's export needs snapback's own token: copied through snapback");
+            tracing::warn!(
+                disk,
+                "the VM guest state's export needs snapback's own token: copied through snapback"
+            );
         }
         for (i, r) in chunks(g.size).enumerate() {
             if i == 1 {
@@ -89,7 +94,9 @@ impl Runner<'_> {
             let data = source.read_guest_state(snapshot, r).await?;
             // The copy was created blank: zeros need no write.
             if data.iter().any(|b| *b != 0) {
-                self.blobs.put_pages(&copy, r.start, data, self.fence).await?;
+                self.blobs
+                    .put_pages(&copy, r.start, data, self.fence)
+                    .await?;
             }
         }
         // The checksum is of what the copy holds, read back: the record vouches for the

@@ -175,7 +175,12 @@ impl ArmEmulator {
             .send()
             .await
             .expect("put page");
-        assert_eq!(resp.status().as_u16(), 201, "put page {offset}+{}", data.len());
+        assert_eq!(
+            resp.status().as_u16(),
+            201,
+            "put page {offset}+{}",
+            data.len()
+        );
     }
 
     /// The first `len` bytes of the blob behind the SAS `url`.
