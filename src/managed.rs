@@ -528,11 +528,7 @@ impl Source for ManagedDiskSource {
     async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
         let id = self.parse_id(snapshot)?;
         let sas = self.sas_or_gone(&id).await?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        match self.sas.read(&id.to_string(), &sas, range).await {
-            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(&id, e).await),
-            r => r,
-        }
+        self.read_through(&id, &sas, range).await
     }
 
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
@@ -612,11 +608,7 @@ impl Source for ManagedDiskSource {
     async fn read_guest_state(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
         let id = self.parse_id(snapshot)?;
         let url = self.guest_sas(&id).await?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        match self.sas.read(&id.to_string(), &url, range).await {
-            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(&id, e).await),
-            r => r,
-        }
+        self.read_through(&id, &url, range).await
     }
 
     fn limit_of(&self, e: &BlobError) -> Option<ManagedLimit> {
@@ -757,6 +749,22 @@ impl ManagedDiskSource {
 pub const NO_GUEST_STATE_SAS: &str = "NoSecurityDataAccessSAS";
 
 impl ManagedDiskSource {
+    /// Reads `range` through `url`, an export of snapshot `id` (its disk's or its guest
+    /// state's), counted in the cycle's requests; a refusal is explained by the export's
+    /// settings.
+    async fn read_through(
+        &self,
+        id: &ResourceId,
+        url: &SasUrl,
+        range: ByteRange,
+    ) -> BlobResult<Bytes> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match self.sas.read(&id.to_string(), url, range).await {
+            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(&id, e).await),
+            r => r,
+        }
+    }
+
     /// A 401/403 through a snapshot's export, explained by the snapshot's export settings
     /// (one GET, only on failure): `AllowPrivate` names the property and the fix; otherwise
     /// the error stays as it is (an Entra-only export already names the role).

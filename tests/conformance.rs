@@ -826,11 +826,7 @@ async fn emulator_answers_in_the_recorded_shapes() {
         .parse()
         .unwrap();
     let shape = |u: &url::Url| {
-        let q = |k: &str| {
-            u.query_pairs()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.into_owned())
-        };
+        let q = |k: &str| query(u, k);
         let segments: Vec<String> = u.path_segments().unwrap().map(str::to_string).collect();
         (
             q("sr"),
@@ -1489,11 +1485,7 @@ async fn trusted_launch_grants_and_uploads_have_the_spec_shapes() {
     };
     // (host, container, blob name, sr, sp) of a SAS URL.
     let shape = |u: &url::Url| {
-        let q = |k: &str| {
-            u.query_pairs()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.into_owned())
-        };
+        let q = |k: &str| query(u, k);
         let segments: Vec<String> = u.path_segments().unwrap().map(str::to_string).collect();
         let n = segments.len();
         (
@@ -1620,3 +1612,10 @@ async fn trusted_launch_grants_and_uploads_have_the_spec_shapes() {
 }
 
 const MIB8: u64 = 8 << 20;
+
+/// The value of query parameter `k` of `u`.
+fn query(u: &url::Url, k: &str) -> Option<String> {
+    u.query_pairs()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.into_owned())
+}

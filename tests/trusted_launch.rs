@@ -200,11 +200,18 @@ fn text(o: &Output) -> String {
 async fn restore_points_restore_the_disk_and_its_guest_state() {
     let w = Tl::new("").await;
     let mut rng = Rng(0x7417_0001);
-    let check = w.snapback(&["check", "disk1"]);
-    assert!(
-        text(&check).contains("Trusted Launch") && !text(&check).contains("not backed up"),
-        "check admits the disk: {}",
-        text(&check)
+    // `check` admits the disk, naming it Trusted Launch (it refused it before).
+    let check = w.snapback(&["check", "disk1", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&check.stdout).expect("check JSON");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["operation"] == "managed-disk-type"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["outcome"], "pass", "{rows}");
+    assert_eq!(
+        row["cause"], "Premium SSD, 512-byte sectors, Trusted Launch",
+        "{row}"
     );
     let mut want = Vec::new();
     for cycle in 0..2 {
