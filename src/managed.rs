@@ -760,7 +760,7 @@ impl ManagedDiskSource {
     ) -> BlobResult<Bytes> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         match self.sas.read(&id.to_string(), url, range).await {
-            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(&id, e).await),
+            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(id, e).await),
             r => r,
         }
     }
