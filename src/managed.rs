@@ -17,7 +17,8 @@
 
 use crate::arm::sas::SasUrl;
 use crate::arm::{
-    Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, Snapshot,
+    Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, SecurityProfile,
+    Snapshot,
 };
 use crate::azure::sas_blob::SasBlobs;
 use crate::blobs::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
@@ -25,7 +26,7 @@ use crate::model::BaseState;
 use crate::model::{tags, SnapshotId};
 use crate::pages::ByteRange;
 use crate::snapshot_limits::ManagedLimit;
-use crate::source::{CopySource, DiffQuery, Source, SourceSnapshot};
+use crate::source::{CopySource, DiffQuery, GuestState, Source, SourceSnapshot};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -66,6 +67,9 @@ pub struct ManagedDiskSource {
     snapshot_group: ResourceGroup,
     /// Read SAS granted by this process, by lower-cased snapshot id.
     granted: Mutex<HashMap<String, SasUrl>>,
+    /// The VM guest state SAS (`securityDataAccessSAS`) of the same grants, for snapshots
+    /// of a Trusted Launch disk; ended with them.
+    guest: Mutex<HashMap<String, SasUrl>>,
     /// What this source saw of ARM in its cycle (a source lives for one cycle), so no
     /// resource is fetched twice: the chain's snapshots as last listed or made, by
     /// lower-cased id, and the disk as read before its snapshot was taken.
@@ -98,6 +102,7 @@ impl ManagedDiskSource {
             disk,
             snapshot_group,
             granted: Mutex::new(HashMap::new()),
+            guest: Mutex::new(HashMap::new()),
             seen: Mutex::new(Seen::default()),
             ready_poll: Duration::from_secs(10),
             requests: AtomicU64::new(0),
@@ -241,10 +246,19 @@ impl ManagedDiskSource {
             .as_ref()
             .and_then(|s| s.properties.disk_size_bytes)
             .unwrap_or(0);
-        let policy = snap.map(|s| s.properties.export).unwrap_or_default();
+        let policy = snap
+            .as_ref()
+            .map(|s| s.properties.export.clone())
+            .unwrap_or_default();
         crate::managed_access::check_export(&policy, &id.to_string())?;
         let lifetime = crate::blobs::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
-        let sas = match self.arm.begin_get_access(id, Access::Read, lifetime).await {
+        // A Trusted Launch snapshot's grant also exports its VM guest state.
+        let with_guest = self.has_guest_state(snap.as_ref()).await?;
+        let grant = match self
+            .arm
+            .begin_get_access_with(id, Access::Read, lifetime, with_guest)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let e = arm_err(id, e);
@@ -252,21 +266,24 @@ impl ManagedDiskSource {
                 return Err(e);
             }
         };
-        let sas = crate::managed_access::mark(sas, &policy);
+        // The guest state is read through the same export host: the same bearer rule.
+        if let Some(g) = grant.guest_state {
+            let g = crate::managed_access::mark(g, &policy);
+            lock_map(&self.guest).insert(key.clone(), g);
+        }
+        let sas = crate::managed_access::mark(grant.sas, &policy);
         self.lock().insert(key, sas.clone());
         Ok(sas)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
-        // A panic while holding the map leaves it consistent (single inserts/removes).
-        self.granted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_map(&self.granted)
     }
 
     /// Ends access to `id` (also when this process did not grant it).
     async fn end_access(&self, id: &ResourceId) -> BlobResult<()> {
         self.lock().remove(&key(id));
+        lock_map(&self.guest).remove(&key(id));
         if let Some(s) = self.seen().snapshots.get_mut(&key(id)) {
             s.properties.disk_state = None;
         }
@@ -316,6 +333,13 @@ impl ManagedDiskSource {
         });
         Ok(all)
     }
+}
+
+fn lock_map(
+    m: &Mutex<HashMap<String, SasUrl>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
+    // A panic while holding the map leaves it consistent (single inserts/removes).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The key of a resource in [`ManagedDiskSource::granted`] and [`Seen::snapshots`] (ARM
@@ -504,11 +528,7 @@ impl Source for ManagedDiskSource {
     async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
         let id = self.parse_id(snapshot)?;
         let sas = self.sas_or_gone(&id).await?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        match self.sas.read(&id.to_string(), &sas, range).await {
-            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(&id, e).await),
-            r => r,
-        }
+        self.read_through(&id, &sas, range).await
     }
 
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
@@ -561,6 +581,34 @@ impl Source for ManagedDiskSource {
 
     async fn point_metadata(&self, snapshot: &SnapshotId) -> BlobResult<crate::blobs::Metadata> {
         self.recorded_disk(snapshot).await
+    }
+
+    async fn guest_state(&self, snapshot: &SnapshotId) -> BlobResult<Option<GuestState>> {
+        let id = self.parse_id(snapshot)?;
+        let snap = self.known(&id).await?.ok_or_else(|| gone(&id))?;
+        if !self.has_guest_state(Some(&snap)).await? {
+            return Ok(None);
+        }
+        let url = self.guest_sas(&id).await?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let size = self.sas.size(&id.to_string(), &url).await?;
+        let copy_from = crate::managed_access::server_copy_allowed(&url, &id.to_string())
+            .ok()
+            .map(|()| CopySource::Url {
+                url,
+                resource: id.to_string(),
+            });
+        Ok(Some(GuestState {
+            name: id.name.clone(),
+            size,
+            copy_from,
+        }))
+    }
+
+    async fn read_guest_state(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
+        let id = self.parse_id(snapshot)?;
+        let url = self.guest_sas(&id).await?;
+        self.read_through(&id, &url, range).await
     }
 
     fn limit_of(&self, e: &BlobError) -> Option<ManagedLimit> {
@@ -653,7 +701,70 @@ impl ManagedDiskSource {
     }
 }
 
+// ---- Trusted Launch: the VM guest state (docs/managed-disks.md, "Trusted Launch") ----
+
 impl ManagedDiskSource {
+    /// Whether `snap` (a snapshot of this disk) carries a VM guest state: it, or the disk as
+    /// this cycle read it, is Trusted Launch. The disk is asked too because the restore
+    /// point's record of it ([`Self::recorded_disk`]) is what a restore goes by; a disk gone
+    /// since leaves the snapshot's own word.
+    async fn has_guest_state(&self, snap: Option<&Snapshot>) -> BlobResult<bool> {
+        if snap.is_some_and(|s| {
+            SecurityProfile::is_trusted_launch(s.properties.security_profile.as_ref())
+        }) {
+            return Ok(true);
+        }
+        if snap.is_some_and(|s| !self.of_this_disk(s)) {
+            return Ok(false);
+        }
+        match self.disk().await {
+            Ok(d) => Ok(SecurityProfile::is_trusted_launch(
+                d.properties.security_profile.as_ref(),
+            )),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The guest state SAS of `id`'s grant (granting it if this process has not). A Trusted
+    /// Launch snapshot whose grant answered none fails, named: never a restore point
+    /// without its guest state.
+    async fn guest_sas(&self, id: &ResourceId) -> BlobResult<SasUrl> {
+        self.sas_or_gone(id).await?;
+        lock_map(&self.guest).get(&key(id)).cloned().ok_or_else(|| {
+            BlobError::bad_response(
+                Resource::Managed(id.to_string()),
+                200,
+                NO_GUEST_STATE_SAS,
+                "the snapshot of a Trusted Launch disk was exported without its VM guest state \
+                 (beginGetAccess with getSecureVMGuestStateSAS answered no securityDataAccessSAS): \
+                 no restore point is taken without the vTPM and UEFI state"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// The code of a Trusted Launch grant that answered no `securityDataAccessSAS`.
+pub const NO_GUEST_STATE_SAS: &str = "NoSecurityDataAccessSAS";
+
+impl ManagedDiskSource {
+    /// Reads `range` through `url`, an export of snapshot `id` (its disk's or its guest
+    /// state's), counted in the cycle's requests; a refusal is explained by the export's
+    /// settings.
+    async fn read_through(
+        &self,
+        id: &ResourceId,
+        url: &SasUrl,
+        range: ByteRange,
+    ) -> BlobResult<Bytes> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match self.sas.read(&id.to_string(), url, range).await {
+            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(id, e).await),
+            r => r,
+        }
+    }
+
     /// A 401/403 through a snapshot's export, explained by the snapshot's export settings
     /// (one GET, only on failure): `AllowPrivate` names the property and the fix; otherwise
     /// the error stays as it is (an Entra-only export already names the role).

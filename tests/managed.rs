@@ -11,8 +11,8 @@ use common::azurite::Azurite;
 use common::fixture::{content, Fixture, Rng, MIB};
 use common::process::kill_at_failpoint;
 use snapback::arm::{
-    Access, DiskRecipe, Encryption, ResourceGroup, ResourceId, ResourceKind, SecurityProfile,
-    SupportedCapabilities, Tags, UploadDiskSpec,
+    Access, DiskRecipe, Encryption, ResourceGroup, ResourceId, ResourceKind, SupportedCapabilities,
+    Tags, UploadDiskSpec,
 };
 use snapback::blobs::{BlobRef, PageBlobs};
 use snapback::pages::PAGE_SIZE;
@@ -1254,43 +1254,6 @@ async fn managed_restore_recreates_the_source_disks_properties_after_it_is_gone(
             "{args:?}: nothing created"
         );
     }
-}
-
-/// A Trusted Launch OS disk is refused at cycle start and by `check`, naming the type and
-/// the VM guest state it would lose; no snapshot resource is made.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trusted_launch_disk_is_refused_at_check_and_cycle_start() {
-    let recipe = DiskRecipe {
-        os_type: Some("Windows".into()),
-        hyper_v_generation: Some("V2".into()),
-        security_profile: Some(SecurityProfile {
-            security_type: Some("TrustedLaunch".into()),
-            secure_vm_disk_encryption_set_id: None,
-        }),
-        ..DiskRecipe::default()
-    };
-    let w = World::with_disk(4 * MIB, "", None, &recipe, &[]).await;
-    let out = w.snapback(&["backup", "disk1"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("Trusted Launch"), "{stderr}");
-    assert!(stderr.contains("VM guest state"), "{stderr}");
-    assert!(snapshot_resources(&w).await.is_empty(), "nothing made");
-    let out = w.snapback(&["check", "disk1", "--json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check JSON");
-    let row = rows
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["operation"] == "managed-disk-type"))
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(row["outcome"], "fail", "{rows}");
-    assert!(
-        row["cause"]
-            .as_str()
-            .is_some_and(|c| c.contains("Trusted Launch")),
-        "{row}"
-    );
-    assert_eq!(out.status.code(), Some(1));
 }
 
 // ------------------------------------------------------------------------------------------
