@@ -564,7 +564,8 @@ impl Source for ManagedDiskSource {
 
     /// Ends access and deletes at once: each older snapshot's access is ended and then it
     /// is deleted (ARM refuses to delete a snapshot with an active SAS), while access to the
-    /// rest (`S(n)`) is ended beside it.
+    /// rest (`S(n)`) is ended beside it. `S(n-1)`'s end was started when the diff was listed
+    /// ([`Source::diff_listed`]): its DELETE waits for it only if it is still running.
     async fn retire(&self, _disk: &str, older: &[SnapshotId]) -> BlobResult<()> {
         let older = older
             .iter()
