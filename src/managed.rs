@@ -9,8 +9,10 @@
 //! - Reads need a read SAS; it is granted the first time a snapshot is read in this process
 //!   and kept in memory (never persisted: it is a credential). [`Source::release`] ends
 //!   every access to the disk's tagged snapshots — at the end of each cycle and before one
-//!   starts, so access a killed process left is ended too. At most two snapshots of a disk
-//!   (`S(n)` and `S(n-1)`) have access at once, well under Azure's 5 per disk.
+//!   starts, so access a killed process left is ended too. `S(n-1)`'s access is ended as
+//!   soon as the diff is listed, in the background beside the rest of the apply
+//!   ([`Source::diff_listed`]). At most two snapshots of a disk (`S(n)` and `S(n-1)`) have
+//!   access at once, well under Azure's 5 per disk.
 //! - Sizes are the disk's `diskSizeBytes`. The exported blob is a fixed VHD, that size plus a
 //!   512-byte footer; snapback reads and backs up only the disk's bytes, so a restore point
 //!   is the raw disk image (the footer is written again by a restore to a managed disk).
@@ -70,6 +72,11 @@ pub struct ManagedDiskSource {
     /// The VM guest state SAS (`securityDataAccessSAS`) of the same grants, for snapshots
     /// of a Trusted Launch disk; ended with them.
     guest: Mutex<HashMap<String, SasUrl>>,
+    /// Ends of access started in the background ([`Source::diff_listed`]), by lower-cased
+    /// snapshot id: still running, or `None` once one failed (the access then counts as
+    /// granted: prune, or the next cycle's sweep, ends it again). Settled before the
+    /// snapshot is granted again, its access ended again or the snapshot deleted.
+    ending: Mutex<HashMap<String, Option<Ending>>>,
     /// What this source saw of ARM in its cycle (a source lives for one cycle), so no
     /// resource is fetched twice: the chain's snapshots as last listed or made, by
     /// lower-cased id, and the disk as read before its snapshot was taken.
@@ -103,6 +110,7 @@ impl ManagedDiskSource {
             snapshot_group,
             granted: Mutex::new(HashMap::new()),
             guest: Mutex::new(HashMap::new()),
+            ending: Mutex::new(HashMap::new()),
             seen: Mutex::new(Seen::default()),
             ready_poll: Duration::from_secs(10),
             requests: AtomicU64::new(0),
@@ -241,6 +249,9 @@ impl ManagedDiskSource {
         if let Some(s) = self.lock().get(&key) {
             return Ok(s.clone());
         }
+        // Granted again after its end (a listing redone in this process): that end must land
+        // first, or it would end the new grant.
+        self.settle_end(id).await;
         let snap = self.known(id).await?;
         let size = snap
             .as_ref()
@@ -280,8 +291,13 @@ impl ManagedDiskSource {
         lock_map(&self.granted)
     }
 
-    /// Ends access to `id` (also when this process did not grant it).
+    /// Ends access to `id` (also when this process did not grant it). One ended in the
+    /// background is waited for; it is ended again only if that failed.
     async fn end_access(&self, id: &ResourceId) -> BlobResult<()> {
+        if self.settle_end(id).await == Some(true) {
+            return Ok(());
+        }
+        self.ending_lock().remove(&key(id));
         self.lock().remove(&key(id));
         lock_map(&self.guest).remove(&key(id));
         if let Some(s) = self.seen().snapshots.get_mut(&key(id)) {
@@ -297,7 +313,10 @@ impl ManagedDiskSource {
     /// Ends the read access this process granted, and only that: what `verify` opened,
     /// never another replica's or installation's SAS of a cycle under way.
     pub async fn end_granted(&self) -> BlobResult<()> {
-        let granted: Vec<String> = self.lock().keys().cloned().collect();
+        self.settle_ends().await;
+        let mut granted: Vec<String> = self.lock().keys().cloned().collect();
+        // Ends that failed in the background: this process granted those too.
+        granted.extend(self.ending_lock().keys().cloned());
         for key in granted {
             if let Ok(id) = key.parse::<ResourceId>() {
                 self.end_access(&id).await?;
@@ -335,11 +354,20 @@ impl ManagedDiskSource {
     }
 }
 
-fn lock_map(
-    m: &Mutex<HashMap<String, SasUrl>>,
-) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
-    // A panic while holding the map leaves it consistent (single inserts/removes).
+fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of the source's maps leaves it consistent (single inserts
+    // and removes).
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An end of read access running in the background; aborted if the source is dropped
+/// before it is settled (a cycle cancelled midway: the next cycle's sweep ends what is left).
+struct Ending(tokio::task::JoinHandle<Result<(), ArmError>>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The key of a resource in [`ManagedDiskSource::granted`] and [`Seen::snapshots`] (ARM
@@ -525,6 +553,24 @@ impl Source for ManagedDiskSource {
         Ok(page)
     }
 
+    /// Starts the end of `base`'s access (if this process granted it) and returns at once:
+    /// the apply goes on writing from `S(n)` while ARM ends it, so by the time prune deletes
+    /// `base` its end has usually landed and the DELETE goes beside the end of `S(n)`'s
+    /// access. Needs a Tokio runtime (the apply runs in one).
+    fn diff_listed(&self, base: &SnapshotId) {
+        let Ok(id) = self.parse_id(base) else {
+            return;
+        };
+        let k = key(&id);
+        if self.lock().remove(&k).is_none() {
+            return;
+        }
+        lock_map(&self.guest).remove(&k);
+        let arm = self.arm.clone();
+        let task = tokio::spawn(async move { arm.end_get_access(&id).await });
+        self.ending_lock().insert(k, Some(Ending(task)));
+    }
+
     async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
         let id = self.parse_id(snapshot)?;
         let sas = self.sas_or_gone(&id).await?;
@@ -538,7 +584,8 @@ impl Source for ManagedDiskSource {
 
     /// Ends access and deletes at once: each older snapshot's access is ended and then it
     /// is deleted (ARM refuses to delete a snapshot with an active SAS), while access to the
-    /// rest (`S(n)`) is ended beside it.
+    /// rest (`S(n)`) is ended beside it. `S(n-1)`'s end was started when the diff was listed
+    /// ([`Source::diff_listed`]): its DELETE waits for it only if it is still running.
     async fn retire(&self, _disk: &str, older: &[SnapshotId]) -> BlobResult<()> {
         let older = older
             .iter()
@@ -644,6 +691,11 @@ impl ManagedDiskSource {
                 ids.insert(key(&id), id);
             }
         }
+        for k in self.ending_lock().keys() {
+            if let Ok(id) = k.parse::<ResourceId>() {
+                ids.insert(key(&id), id);
+            }
+        }
         for s in self.seen().snapshots.values() {
             if s.properties.disk_state.as_deref() == Some("ActiveSAS") {
                 if let Ok(id) = s.id.parse::<ResourceId>() {
@@ -655,10 +707,13 @@ impl ManagedDiskSource {
     }
 
     /// Deletes one snapshot. Its access is ended first when it has any (granted here, or
-    /// `ActiveSAS` when last seen); one whose SAS was not known is deleted directly, and on
-    /// ARM's 409 its access is ended and the delete sent again.
+    /// `ActiveSAS` when last seen); an end started in the background is waited for, and the
+    /// access ended again only if that failed. One whose SAS was not known is deleted
+    /// directly, and on ARM's 409 its access is ended and the delete sent again.
     async fn delete_one(&self, id: &ResourceId) -> BlobResult<()> {
-        let active = self.lock().contains_key(&key(id))
+        self.settle_end(id).await;
+        let active = self.ending_lock().contains_key(&key(id))
+            || self.lock().contains_key(&key(id))
             || self
                 .seen()
                 .snapshots
@@ -679,6 +734,61 @@ impl ManagedDiskSource {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(()),
             Err(e) => Err(arm_err(id, e)),
+        }
+    }
+
+    fn ending_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Ending>>> {
+        lock_map(&self.ending)
+    }
+
+    /// Waits for the end of `id`'s access started in the background, if one is running:
+    /// whether access is ended (None: none was started, or it was settled before). A failed
+    /// end is reported here, once, and stays in [`Self::ending`], so the access counts as
+    /// granted: prune ends it again before the delete, or the next cycle's sweep does.
+    async fn settle_end(&self, id: &ResourceId) -> Option<bool> {
+        let k = key(id);
+        let mut running = {
+            let mut ending = self.ending_lock();
+            match ending.get_mut(&k) {
+                Some(running @ Some(_)) => running.take()?,
+                _ => return None,
+            }
+        };
+        let ended = match (&mut running.0).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) if e.kind() == ArmErrorKind::NotFound => true,
+            Ok(Err(e)) => {
+                tracing::warn!(snapshot = %id, error = %e, "ending read access after the diff listing failed; it is ended again before the snapshot is deleted");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "the end of read access after the diff listing did not finish; it is ended again before the snapshot is deleted");
+                false
+            }
+        };
+        if ended {
+            self.ending_lock().remove(&k);
+            if let Some(s) = self.seen().snapshots.get_mut(&k) {
+                s.properties.disk_state = None;
+            }
+        }
+        Some(ended)
+    }
+
+    /// Waits for every end of access still running in the background (a cycle that stops
+    /// before prune does not leave one running after it: it would be sent on past the
+    /// disk's lease, and could end a later cycle's grant of the same snapshot).
+    pub async fn settle_ends(&self) {
+        let running: Vec<String> = self
+            .ending_lock()
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in running {
+            if let Ok(id) = k.parse::<ResourceId>() {
+                self.settle_end(&id).await;
+            }
         }
     }
 

@@ -104,6 +104,14 @@ pub trait Source: Send + Sync {
     /// One page of the diff (see [`DiffQuery`]).
     async fn diff(&self, query: DiffQuery<'_>) -> BlobResult<PageList>;
 
+    /// The diff listing against `base` is complete: every page that needed `base` was read,
+    /// and what a resumed apply needs is in its checkpoint (a resume lists again from there,
+    /// with `base` granted anew). The rest of the apply reads `S(n)` only, so the source may
+    /// let go of `base` beside it: a managed disk ends `base`'s read access in the
+    /// background (docs/managed-disks.md, "Round trips of an incremental cycle"). A page
+    /// blob holds nothing per snapshot.
+    fn diff_listed(&self, _base: &SnapshotId) {}
+
     /// Reads `range` of a snapshot.
     async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes>;
 

@@ -239,7 +239,9 @@ function blobSas(blob, snapshot, permissions, seconds, container = CONTAINER) {
 function storage(method, path, query, headers) {
   const url = new URL(`${AZURITE}/${MD_ACCOUNT}/${path}?${query ? query + "&" : ""}${accountSas()}`);
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, ...headers } }, (res) => {
+    // The User-Agent tells the emulator's own requests from its clients' in Azurite's
+    // request log (/__harness/requests).
+    const req = http.request(url, { method, headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, "user-agent": TAG, ...headers } }, (res) => {
       const chunks = [];
       res.on("data", (c) => chunks.push(c));
       res.on("end", () => {
@@ -966,7 +968,7 @@ async function handleControl(req, res, url) {
     // Through a service SAS: Azurite answers 500 to a resize signed with an account SAS.
     const status = await new Promise((resolve, reject) => {
       const target = new URL(`${blobSas(disk.blob, undefined, "rw", 60)}&comp=properties`);
-      const r = http.request(target, { method: "PUT", headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, "x-ms-blob-content-length": String(bytes + VHD_FOOTER) } }, (out) => {
+      const r = http.request(target, { method: "PUT", headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, "user-agent": TAG, "x-ms-blob-content-length": String(bytes + VHD_FOOTER) } }, (out) => {
         out.resume();
         out.on("end", () => resolve(out.statusCode));
       });
