@@ -476,6 +476,11 @@ async fn restore(app: &App, command: Command) -> anyhow::Result<ExitCode> {
         }
     );
     println!("  copy:    {:.2}s", rep.copy_seconds);
+    if let Some(vmgs) = &rep.guest_state {
+        println!(
+            "  VM guest state (Trusted Launch: vTPM, UEFI) beside it: {vmgs}; a managed disk takes both with `az disk create --upload-type UploadWithSecurityData --security-type TrustedLaunch`, or use restore --to-managed-disk"
+        );
+    }
     if let Some(chain) = &rep.rebased {
         let stanza = snapback::restore::config_stanza(chain, &disk);
         println!(

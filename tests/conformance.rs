@@ -825,11 +825,7 @@ async fn emulator_answers_in_the_recorded_shapes() {
         .parse()
         .unwrap();
     let shape = |u: &url::Url| {
-        let q = |k: &str| {
-            u.query_pairs()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.into_owned())
-        };
+        let q = |k: &str| query(u, k);
         let segments: Vec<String> = u.path_segments().unwrap().map(str::to_string).collect();
         (
             q("sr"),
@@ -1472,4 +1468,157 @@ async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() 
     let snap_raw = raw.send(reqwest::Method::GET, &snap.id, None).await.body;
     assert_eq!(snap_raw["properties"]["osType"], "Linux");
     assert_eq!(snap_raw["properties"]["hyperVGeneration"], "V2");
+}
+
+/// The spec's Trusted Launch examples: snapback's parser of `beginGetAccess` reads
+/// `Disk_BeginGetAccess_WithVMGuestState`'s two SASes (the guest state a page blob
+/// `<guid>_vmgs`, `sr=b`, beside `abcd` in the same export container) and finds none in
+/// `Snapshot_BeginGetAccess`'s. The emulator answers in those shapes: an
+/// `UploadPreparedSecure` disk made from the spec's own request body has the example's
+/// fields, its write grant with the flag answers both SASes, a snapshot's read grant with
+/// the flag exports the uploaded guest state as `<guid>_vmgs` beside `abcd`, without the
+/// flag there is no such field, and `UploadPreparedSecure` without a security type is 400
+/// `InvalidParameter`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_launch_grants_and_uploads_have_the_spec_shapes() {
+    let spec = replay::load("arm/spec-examples.json");
+    let parse = |name: &str| {
+        let body = spec["examples"][name]["body"].to_string();
+        snapback::arm::client::parse_access("spec", bytes::Bytes::from(body)).expect(name)
+    };
+    // (host, container, blob name, sr, sp) of a SAS URL.
+    let shape = |u: &url::Url| {
+        let q = |k: &str| query(u, k);
+        let segments: Vec<String> = u.path_segments().unwrap().map(str::to_string).collect();
+        let n = segments.len();
+        (
+            u.host_str().map(str::to_string),
+            segments[n - 2].clone(),
+            segments[n - 1].clone(),
+            q("sr"),
+            q("sp"),
+        )
+    };
+    let with = parse("Disk_BeginGetAccess_WithVMGuestState");
+    let guest = with
+        .guest_state
+        .as_ref()
+        .expect("securityDataAccessSAS parsed");
+    let (disk_host, disk_container, disk_blob, _, _) = shape(with.sas.expose());
+    let (host, container, blob, sr, _) = shape(guest.expose());
+    assert_eq!(
+        (host, container),
+        (disk_host, disk_container),
+        "same export"
+    );
+    assert_eq!(disk_blob, "abcd");
+    assert!(blob.ends_with("_vmgs"), "{blob}");
+    assert_eq!(sr.as_deref(), Some("b"));
+    assert!(format!("{guest:?}").contains("sig=REDACTED"));
+    assert_eq!(parse("Snapshot_BeginGetAccess").guest_state, None);
+
+    let az = common::azurite::Azurite::start();
+    let emu = ArmEmulator::start(&az, &[]);
+    let raw = Raw::new(&emu).await;
+    let arm = emu.client();
+    let example = &spec["examples"]["Disk_Create_FromUploadPreparedSecure"];
+    let mut request = example["request"].clone();
+    request["properties"]["creationData"]["uploadSizeBytes"] = json!(MIB8 + 512);
+    let disk = id("disks", "tl-upload");
+    let put = raw
+        .send(reqwest::Method::PUT, &disk.to_string(), Some(request))
+        .await;
+    assert_eq!(put.status, 202, "{:?}", put.body);
+    raw.polls(&put).await;
+    let got = raw
+        .send(reqwest::Method::GET, &disk.to_string(), None)
+        .await;
+    assert_same_shape(
+        "UploadPreparedSecure disk",
+        &got.body,
+        &example["body"],
+        &[
+            "/properties/osType",
+            "/properties/securityProfile/securityType",
+            "/properties/creationData/createOption",
+            "/properties/creationData/uploadSizeBytes",
+            "/properties/provisioningState",
+        ],
+    );
+    assert_eq!(
+        got.body["properties"]["creationData"]["createOption"],
+        "UploadPreparedSecure"
+    );
+    let write = arm
+        .begin_get_access_with(&disk, Access::Write, Duration::from_secs(600), true)
+        .await
+        .expect("write grant");
+    let guest_write = write
+        .guest_state
+        .expect("the write grant's securityDataAccessSAS");
+    let vmgs: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    let blobs = SasBlobs::new(None);
+    blobs
+        .put_pages("tl", &guest_write, 0, bytes::Bytes::from(vmgs.clone()))
+        .await
+        .expect("upload the guest state");
+    arm.end_get_access(&disk).await.expect("end upload");
+    let made = arm.get_disk(&disk).await.unwrap();
+    let snap = id("snapshots", "tl-s1");
+    arm.create_incremental_snapshot(&snap, &made, &Tags::new())
+        .await
+        .unwrap();
+    let read = arm
+        .begin_get_access_with(&snap, Access::Read, Duration::from_secs(600), true)
+        .await
+        .expect("read grant");
+    let exported = read
+        .guest_state
+        .expect("the read grant's securityDataAccessSAS");
+    let (_, c1, b1, sr1, sp1) = shape(read.sas.expose());
+    let (_, c2, b2, sr2, sp2) = shape(exported.expose());
+    assert_eq!((c1, b1.as_str()), (c2, "abcd"), "beside abcd: {b2}");
+    assert!(b2.ends_with("_vmgs") && b2.len() == 36 + 5, "{b2}");
+    assert_eq!((sr1, sp1), (sr2, sp2));
+    let got = blobs
+        .read("tl", &exported, ByteRange::new(0, vmgs.len() as u64))
+        .await
+        .expect("read the exported guest state");
+    assert!(got.as_ref() == vmgs.as_slice(), "the uploaded guest state");
+    arm.end_get_access(&snap).await.unwrap();
+    let plain = arm
+        .begin_get_access_with(&snap, Access::Read, Duration::from_secs(600), false)
+        .await
+        .unwrap();
+    assert_eq!(plain.guest_state, None, "no field without the flag");
+    arm.end_get_access(&snap).await.unwrap();
+
+    let mut no_type = example["request"].clone();
+    no_type["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("securityProfile");
+    no_type["properties"]["creationData"]["uploadSizeBytes"] = json!(MIB8 + 512);
+    let refused = raw
+        .send(
+            reqwest::Method::PUT,
+            &id("disks", "tl-no-type").to_string(),
+            Some(no_type),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (400, Some("InvalidParameter")),
+        "{:?}",
+        refused.body
+    );
+}
+
+const MIB8: u64 = 8 << 20;
+
+/// The value of query parameter `k` of `u`.
+fn query(u: &url::Url, k: &str) -> Option<String> {
+    u.query_pairs()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.into_owned())
 }

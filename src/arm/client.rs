@@ -8,9 +8,9 @@
 use super::error::ArmError;
 use super::id::{ResourceGroup, ResourceId, ResourceKind};
 use super::models::{
-    Access, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties, DiskRecipe,
-    ErrorResponse, GrantAccess, Page, Sku, Snapshot, SnapshotPut, SnapshotPutProperties, Tags,
-    UploadDiskSpec,
+    Access, AccessGrant, AccessUri, AsyncOperation, CreationData, Disk, DiskPut, DiskPutProperties,
+    DiskRecipe, ErrorResponse, GrantAccess, Page, SecurityProfile, Sku, Snapshot, SnapshotPut,
+    SnapshotPutProperties, Tags, UploadDiskSpec,
 };
 use super::API_VERSION;
 use crate::arm::options::AzureConfig;
@@ -258,10 +258,27 @@ impl ArmClient {
         access: Access,
         duration: Duration,
     ) -> Result<SasUrl, ArmError> {
+        Ok(self
+            .begin_get_access_with(id, access, duration, false)
+            .await?
+            .sas)
+    }
+
+    /// [`Self::begin_get_access`], with `guest_state` also asking for the Trusted Launch VM
+    /// guest state blob's SAS (`getSecureVMGuestStateSAS`; answered as
+    /// `securityDataAccessSAS`, [`parse_access`]).
+    pub async fn begin_get_access_with(
+        &self,
+        id: &ResourceId,
+        access: Access,
+        duration: Duration,
+        guest_state: bool,
+    ) -> Result<AccessGrant, ArmError> {
         const OP: &str = "begin get access";
         let body = GrantAccess {
             access,
             duration_in_seconds: u32::try_from(duration.as_secs()).unwrap_or(u32::MAX),
+            get_secure_vm_guest_state_sas: guest_state,
         };
         let out = self
             .lro(
@@ -273,11 +290,7 @@ impl ArmClient {
                 Outcome::AtLocation,
             )
             .await?;
-        let uri: AccessUri = parse(OP, &id.to_string(), out)?;
-        let url = Url::parse(&uri.access_sas).map_err(|e| {
-            ArmError::invalid(OP, &id.to_string(), format!("accessSAS is not a URL: {e}"))
-        })?;
-        Ok(SasUrl::new(url))
+        parse_access(&id.to_string(), out)
     }
 
     /// Revokes the SAS of a snapshot or disk (also ends an upload).
@@ -325,7 +338,16 @@ impl ArmClient {
             tags: &spec.tags,
             properties: DiskPutProperties {
                 creation_data: CreationData {
-                    create_option: "Upload".into(),
+                    // A Trusted Launch disk is uploaded with its VM guest state
+                    // (`Disk_Create_FromUploadPreparedSecure.json`): its write grant then
+                    // answers a `securityDataAccessSAS` too.
+                    create_option: if SecurityProfile::is_trusted_launch(
+                        recipe.security_profile.as_ref(),
+                    ) {
+                        "UploadPreparedSecure".into()
+                    } else {
+                        "Upload".into()
+                    },
                     upload_size_bytes: Some(spec.upload_size_bytes),
                     logical_sector_size: recipe.logical_sector_size,
                     ..Default::default()
@@ -644,6 +666,28 @@ fn parse<T: DeserializeOwned>(
         .map_err(|e| ArmError::invalid(op, resource, format!("bad JSON: {e}")))
 }
 
+/// The answer of `beginGetAccess` (its `properties.output`, or the `Location` result):
+/// `accessSAS` and, when the guest state was asked for and the resource has one,
+/// `securityDataAccessSAS`. Either not a URL: `InvalidResponse` (the value is a credential
+/// and never quoted).
+pub fn parse_access(resource: &str, body: Bytes) -> Result<AccessGrant, ArmError> {
+    const OP: &str = "begin get access";
+    let uri: AccessUri = parse(OP, resource, body)?;
+    let url = |field: &str, v: &str| {
+        Url::parse(v)
+            .map(SasUrl::new)
+            .map_err(|e| ArmError::invalid(OP, resource, format!("{field} is not a URL: {e}")))
+    };
+    Ok(AccessGrant {
+        sas: url("accessSAS", &uri.access_sas)?,
+        guest_state: uri
+            .security_data_access_sas
+            .as_deref()
+            .map(|v| url("securityDataAccessSAS", v))
+            .transpose()?,
+    })
+}
+
 fn service_error(op: &'static str, resource: &str, status: u16, body: &[u8]) -> ArmError {
     let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
         Ok(e) => (e.error.code, e.error.message),
@@ -662,5 +706,43 @@ fn service_error(op: &'static str, resource: &str, status: u16, body: &[u8]) -> 
             code
         },
         message: redact(&message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grant_answer_is_parsed_with_or_without_the_guest_state() {
+        let both = parse_access(
+            "d",
+            Bytes::from_static(
+                br#"{"accessSAS":"https://md-x.blob.storage.azure.net/c/abcd?sr=b&sig=S1","securityDataAccessSAS":"https://md-x.blob.storage.azure.net/c/0f_vmgs?sr=b&sig=S2"}"#,
+            ),
+        )
+        .unwrap();
+        let g = both.guest_state.clone().expect("securityDataAccessSAS");
+        assert!(g.expose().path().ends_with("_vmgs"));
+        assert!(
+            !format!("{both:?}").contains("S2"),
+            "the signature is redacted"
+        );
+        let plain = parse_access(
+            "d",
+            Bytes::from_static(
+                br#"{"accessSAS":"https://md-x.blob.storage.azure.net/c/abcd?sig=S"}"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(plain.guest_state, None);
+        let bad = parse_access(
+            "d",
+            Bytes::from_static(br#"{"accessSAS":"https://h/c/abcd?sig=S","securityDataAccessSAS":"not a url sig=S2"}"#),
+        )
+        .unwrap_err();
+        assert_eq!(bad.kind(), crate::arm::ArmErrorKind::InvalidResponse);
+        assert!(bad.to_string().contains("securityDataAccessSAS"), "{bad}");
+        assert!(!bad.to_string().contains("S2"), "{bad}");
     }
 }

@@ -24,8 +24,8 @@ pub use error::{ArmError, ArmErrorKind};
 pub use export::{ExportBlocked, ExportPolicy, ExportProperty};
 pub use id::{ResourceGroup, ResourceId, ResourceKind};
 pub use models::{
-    Access, Disk, DiskRecipe, Encryption, SecurityProfile, Snapshot, SupportedCapabilities, Tags,
-    UploadDiskSpec,
+    Access, AccessGrant, Disk, DiskRecipe, Encryption, SecurityProfile, Snapshot,
+    SupportedCapabilities, Tags, UploadDiskSpec, TRUSTED_LAUNCH,
 };
 
 /// The Microsoft.Compute (DiskRP) REST version of every request.

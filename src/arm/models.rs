@@ -63,6 +63,9 @@ pub struct SnapshotProperties {
     /// Who may read the snapshot's export, from where (`dataAccessAuthMode`, …).
     #[serde(flatten)]
     pub export: ExportPolicy,
+    /// A snapshot of a Trusted Launch disk is one too (its guest state is exported with it).
+    #[serde(default)]
+    pub security_profile: Option<SecurityProfile>,
     /// `Pending`, `Available`, `InstantAccess`, `AvailableWithInstantAccess` (DiskRP
     /// `SnapshotAccessState`, api-versions after 2024-03-02; absent in older answers).
     #[serde(default)]
@@ -252,6 +255,16 @@ pub struct DiskRecipe {
     pub logical_sector_size: Option<u32>,
 }
 
+/// DiskRP's security type of a Trusted Launch disk: its VM guest state (UEFI variables,
+/// vTPM) is a blob beside the disk, exported and uploaded with `getSecureVMGuestStateSAS`.
+pub const TRUSTED_LAUNCH: &str = "TrustedLaunch";
+
+impl SecurityProfile {
+    pub fn is_trusted_launch(p: Option<&SecurityProfile>) -> bool {
+        p.and_then(|p| p.security_type.as_deref()) == Some(TRUSTED_LAUNCH)
+    }
+}
+
 /// `beginGetAccess` access level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Access {
@@ -264,14 +277,25 @@ pub enum Access {
 pub(crate) struct GrantAccess {
     pub access: Access,
     pub duration_in_seconds: u32,
+    /// Also export (Read) or open for upload (Write) the Trusted Launch VM guest state blob
+    /// (`securityDataAccessSAS` in the answer); sent only when asked, as Azure's SDKs do.
+    #[serde(
+        rename = "getSecureVMGuestStateSAS",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub get_secure_vm_guest_state_sas: bool,
 }
 
-/// The result of `beginGetAccess`.
+/// The result of `beginGetAccess` (DiskRP `AccessUri`).
 #[derive(Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub(crate) struct AccessUri {
     #[serde(rename = "accessSAS")]
     pub access_sas: String,
+    /// The VM guest state blob's SAS, when `getSecureVMGuestStateSAS` was asked for
+    /// (`Disk_BeginGetAccess_WithVMGuestState.json`: a page blob `<guid>_vmgs` on the
+    /// same export host).
+    #[serde(rename = "securityDataAccessSAS", default)]
+    pub security_data_access_sas: Option<String>,
 }
 
 impl fmt::Debug for AccessUri {
@@ -281,6 +305,15 @@ impl fmt::Debug for AccessUri {
             Err(_) => f.write_str("AccessUri(<unparsable>)"),
         }
     }
+}
+
+/// What `beginGetAccess` granted: the disk's SAS and, when asked for, the VM guest state's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessGrant {
+    pub sas: SasUrl,
+    /// `securityDataAccessSAS`: None when not asked for or not answered (a disk without
+    /// guest state; the caller decides whether that is an error).
+    pub guest_state: Option<SasUrl>,
 }
 
 /// Body of an `Azure-AsyncOperation` poll.

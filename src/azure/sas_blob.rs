@@ -179,6 +179,30 @@ impl SasBlobs {
 }
 
 impl SasBlobs {
+    /// The length of `blob` (Get Blob Properties): how big a managed disk's VM guest state
+    /// blob is, before it is copied or uploaded into.
+    pub async fn size(&self, resource: &str, blob: &SasUrl) -> BlobResult<u64> {
+        let what = "properties";
+        let mut request = Request::new(blob.expose().clone(), Method::Head);
+        request.insert_header("x-ms-version", SERVICE_VERSION);
+        let resp = self
+            .pipeline_for(resource, blob)?
+            .send(&Context::new(), &mut request, None)
+            .await
+            .map_err(|e| map_err(resource, blob, what, e))?;
+        resp.headers()
+            .get_optional_str(&azure_core::http::headers::CONTENT_LENGTH)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                BlobError::bad_response(
+                    Resource::Managed(resource.to_string()),
+                    200,
+                    "MissingContentLength",
+                    format!("{what}: no Content-Length"),
+                )
+            })
+    }
+
     /// Put Page of `data` (page aligned, at most 4 MiB) at `offset` of `blob` (a managed
     /// disk awaiting its upload, through its write SAS), with a transactional CRC-64.
     pub async fn put_pages(

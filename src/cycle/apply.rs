@@ -583,6 +583,12 @@ fn diff_batches<'b>(
                     }
                     None => None,
                 };
+                // The last page that needed the diff base is read (and checked): the rest of
+                // the apply reads `S(n)` only, so the source may let the base go beside it.
+                // A resume lists again from its checkpoint, with the base granted anew.
+                if let (None, Some(base)) = (&st.next, base) {
+                    source.diff_listed(base);
+                }
                 st.items = page.items.into_iter();
                 st.segment = segment;
                 continue;

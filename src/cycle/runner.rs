@@ -748,6 +748,7 @@ impl<'a> Runner<'a> {
             ),
             self.fence.map(|Fence(t)| t),
         ));
+        let src = self.source();
         let made = find_or_make(
             || async {
                 Ok(self
@@ -758,11 +759,37 @@ impl<'a> Runner<'a> {
                     .find(found)
                     .map(|s| s.snapshot))
             },
-            || self.blobs.create_snapshot_if_match(backup, &meta, &written),
+            // A Trusted Launch disk's VM guest state is copied first, every time B(n) is
+            // still to be made: the restore point names a complete copy or is not taken.
+            || async {
+                let guest = self
+                    .copy_guest_state(&*src, &rec.disk, &rec.tag, source)
+                    .await?;
+                let meta = match &guest {
+                    Some(g) => tags::with_guest_state(meta.clone(), g),
+                    None => meta.clone(),
+                };
+                self.blobs
+                    .create_snapshot_if_match(backup, &meta, &written)
+                    .await
+            },
         )
         .await;
         let snapshot = match made {
             Ok(s) => s,
+            // S(n) vanished before its guest state was copied: no restore point can name
+            // it; a new S(n) is taken (as for a backup written by someone else).
+            Err(e)
+                if e.is_not_found()
+                    && *e.resource == src.snapshot_resource(source)
+                    && src.snapshot_size(source).await?.is_none() =>
+            {
+                return Ok(Outcome::Repair {
+                    reason: format!(
+                        "source snapshot {source} vanished before its VM guest state was copied"
+                    ),
+                })
+            }
             Err(e) if e.kind == ErrorKind::PreconditionFailed && self.fenced_now().await? => {
                 return Err(BlobError {
                     kind: ErrorKind::Fenced,

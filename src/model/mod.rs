@@ -190,6 +190,50 @@ pub mod tags {
     const HOLDER: &str = "snapback_holder";
     const CHAIN: &str = "snapback_chain";
     const FENCE: &str = "snapback_fence";
+    const GUEST_STATE: &str = "snapback_vmgs";
+    const GUEST_STATE_LENGTH: &str = "snapback_vmgs_length";
+    const GUEST_STATE_CRC64: &str = "snapback_vmgs_crc64";
+
+    /// The copy of a Trusted Launch disk's VM guest state a restore point names: a page
+    /// blob in the backup's container, its length and its CRC-64/NVME.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct GuestStateCopy {
+        pub blob: String,
+        pub length: u64,
+        pub crc64: u64,
+    }
+
+    /// The name of the copy of the guest state exported with source snapshot `source_name`
+    /// (unique per cycle: a managed snapshot's name carries the cycle id), beside `backup`.
+    pub fn guest_state_blob(backup: &str, source_name: &str) -> String {
+        format!("{backup}.vmgs.{source_name}")
+    }
+
+    /// `m` naming the guest state copy `g` (a restore point of a Trusted Launch disk).
+    pub fn with_guest_state(mut m: Metadata, g: &GuestStateCopy) -> Metadata {
+        m.insert(GUEST_STATE.to_string(), g.blob.clone());
+        m.insert(GUEST_STATE_LENGTH.to_string(), g.length.to_string());
+        m.insert(GUEST_STATE_CRC64.to_string(), format!("{:016x}", g.crc64));
+        m
+    }
+
+    /// The guest state copy a restore point names: None if it names none, an error naming
+    /// the key when the record is incomplete or unreadable.
+    pub fn guest_state(m: &Metadata) -> Option<Result<GuestStateCopy, String>> {
+        let blob = m.get(GUEST_STATE).filter(|b| !b.is_empty())?;
+        let field = |key: &str, radix: u32| {
+            m.get(key)
+                .and_then(|v| u64::from_str_radix(v, radix).ok())
+                .ok_or_else(|| format!("metadata {key} is missing or not a number"))
+        };
+        Some((|| {
+            Ok(GuestStateCopy {
+                blob: blob.clone(),
+                length: field(GUEST_STATE_LENGTH, 10)?,
+                crc64: field(GUEST_STATE_CRC64, 16)?,
+            })
+        })())
+    }
 
     /// Tags of a source snapshot `S(n)` taken by cycle `cycle` of `disk`.
     pub fn source_snapshot(disk: &str, cycle: &str) -> Metadata {
@@ -442,6 +486,28 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_state_record_round_trips_and_a_broken_one_is_named() {
+        let g = tags::GuestStateCopy {
+            blob: tags::guest_state_blob("vm/os", "os-sb-00ff"),
+            length: 4 * 1024 * 1024 + 65536,
+            crc64: 0xae8b_1486_0a79_9888,
+        };
+        assert_eq!(g.blob, "vm/os.vmgs.os-sb-00ff");
+        let m = tags::with_guest_state(Metadata::new(), &g);
+        assert_eq!(m["snapback_vmgs_crc64"], "ae8b14860a799888");
+        assert_eq!(tags::guest_state(&m), Some(Ok(g)));
+        assert_eq!(tags::guest_state(&Metadata::new()), None);
+        let mut broken = m.clone();
+        broken.insert("snapback_vmgs_length".into(), "many".into());
+        assert!(tags::guest_state(&broken)
+            .unwrap()
+            .unwrap_err()
+            .contains("snapback_vmgs_length"));
+        broken.remove("snapback_vmgs_length");
+        assert!(tags::guest_state(&broken).unwrap().is_err());
+    }
 
     #[test]
     fn restore_points_need_both_tags() {

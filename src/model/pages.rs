@@ -291,7 +291,14 @@ pub fn plan_reads(ops: &[PageOp], max_read: u64, max_gap: u64) -> Vec<Batch> {
 /// CRC-64/NVME, the checksum Azure uses for `x-ms-content-crc64`; also how `verify` compares
 /// chunks.
 pub fn crc64(data: &[u8]) -> u64 {
-    crc::Crc::<u64>::new(&crc::CRC_64_NVME).checksum(data)
+    CRC64.checksum(data)
+}
+
+static CRC64: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_NVME);
+
+/// [`crc64`] of data given in pieces, in order (a blob read in chunks).
+pub fn crc64_digest() -> crc::Digest<'static, u64> {
+    CRC64.digest()
 }
 
 /// Rounds `n` up to the next page boundary (a resize target must be page aligned).

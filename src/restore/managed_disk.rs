@@ -89,6 +89,8 @@ pub struct ManagedRestoreReport {
     /// Whether the restore point recorded the source disk's properties (points taken
     /// before records were kept did not: the new disk then has only what the flags give).
     pub recorded: bool,
+    /// A Trusted Launch disk: the bytes of VM guest state uploaded with it.
+    pub guest_state: Option<u64>,
 }
 
 /// Writes restore point `req.point` of `disk` into the new managed disk `req.target`;
@@ -167,6 +169,17 @@ async fn restore_under(
         return Err(refused(problems.join("; ")));
     }
     let plan = plan_upload(recorded.as_ref(), &overrides).map_err(refused)?;
+    // A Trusted Launch disk is uploaded with its VM guest state, read and checked against
+    // the restore point's record before anything is created.
+    let guest = if plan.is_trusted_launch() {
+        Some(
+            guest_state_of(blobs, disk, &chosen)
+                .await?
+                .map_err(refused)?,
+        )
+    } else {
+        None
+    };
     // Before anything is read or created: a size no Upload disk can take is refused here.
     upload_disk_size(chosen.size, false).map_err(refused)?;
     // The recorded location: the source disk may be gone. Older points: the disk's now.
@@ -240,10 +253,16 @@ async fn restore_under(
         other => other,
     };
     created.map_err(arm_fail(format!("create {target}"), &req.target))?;
-    let write = arm
-        .begin_get_access(&req.target, Access::Write, WRITE_SAS_LIFETIME)
+    let grant = arm
+        .begin_get_access_with(
+            &req.target,
+            Access::Write,
+            WRITE_SAS_LIFETIME,
+            guest.is_some(),
+        )
         .await
         .map_err(arm_fail(format!("write access to {target}"), &req.target))?;
+    let write = grant.sas;
 
     let backup = &disk.backup;
     let ranges = allocated_ranges(blobs, backup, Some(&chosen.snapshot))
@@ -288,6 +307,9 @@ async fn restore_under(
     )
     .await
     .map_err(blob_err(format!("write the VHD footer of {target}")))?;
+    if let Some(data) = &guest {
+        upload_guest_state(sas, &target, grant.guest_state.as_ref(), data).await?;
+    }
     // Ends the upload: the disk becomes an ordinary unattached disk.
     arm.end_get_access(&req.target)
         .await
@@ -304,7 +326,7 @@ async fn restore_under(
                 (arm, sas),
                 &req.target,
                 old,
-                &chosen.snapshot,
+                &chosen,
                 copy_stall,
                 lease,
             )
@@ -332,7 +354,81 @@ async fn restore_under(
             .as_ref()
             .and_then(|e| e.disk_encryption_set_id.clone()),
         recorded: recorded.is_some(),
+        guest_state: guest.as_ref().map(|d| d.len() as u64),
     })
+}
+
+/// The VM guest state copy restore point `chosen` of a Trusted Launch disk names, read and
+/// checked against its record (Ok(Err): the reason the restore is refused).
+async fn guest_state_of(
+    blobs: &dyn PageBlobs,
+    disk: &DiskConfig,
+    chosen: &crate::restore::Chosen,
+) -> Result<Result<Vec<u8>, String>, RestoreError> {
+    let point = &chosen.snapshot;
+    let g = match &chosen.guest_state {
+        Some(Ok(g)) => g,
+        Some(Err(why)) => return Ok(Err(format!("restore point {point}: {why}"))),
+        None => {
+            return Ok(Err(format!(
+                "restore point {point} of a Trusted Launch disk names no copy of its VM guest \
+                 state (vTPM, UEFI): a disk made from it would boot with a blank vTPM \
+                 (BitLocker recovery, TPM-sealed keys lost); restore it with --to to a page blob \
+                 to reach its data"
+            )))
+        }
+    };
+    let read = crate::restore::verify::read_guest_state(blobs, &disk.backup, g)
+        .await
+        .map_err(blob_err(format!("read the VM guest state copy {}", g.blob)))?;
+    Ok(read.map_err(|why| format!("restore point {point}: {why}")))
+}
+
+/// Writes the VM guest state `data` through the upload disk's `securityDataAccessSAS`
+/// (its write grant's second SAS); zero chunks are skipped, as for the disk.
+async fn upload_guest_state(
+    sas: &SasBlobs,
+    target: &str,
+    url: Option<&crate::model::secrets::SasUrl>,
+    data: &[u8],
+) -> Result<(), RestoreError> {
+    let no_sas = || RestoreError::Blob {
+        what: format!("write the VM guest state of {target}"),
+        source: crate::storage::BlobError::bad_response(
+            crate::storage::Resource::Managed(target.to_string()),
+            200,
+            crate::source::managed_disk::NO_GUEST_STATE_SAS,
+            "the write grant of the UploadPreparedSecure disk answered no securityDataAccessSAS"
+                .into(),
+        ),
+    };
+    let url = url.ok_or_else(no_sas)?;
+    let room = sas
+        .size(target, url)
+        .await
+        .map_err(blob_err(format!("size of the VM guest state of {target}")))?;
+    if data.len() as u64 > room {
+        return Err(RestoreError::ManagedTarget {
+            target: target.to_string(),
+            reason: format!(
+                "the VM guest state copy is {} bytes, the new disk's guest state blob {room}",
+                data.len()
+            ),
+        });
+    }
+    for r in crate::cycle::guest_state::chunks(data.len() as u64) {
+        // Both bounds are within `data`: the chunks cover exactly its length.
+        let piece = &data[r.start as usize..r.end as usize];
+        if piece.iter().all(|b| *b == 0) {
+            continue;
+        }
+        sas.put_pages(target, url, r.start, bytes::Bytes::copy_from_slice(piece))
+            .await
+            .map_err(blob_err(format!(
+                "write the VM guest state of {target} {r}"
+            )))?;
+    }
+    Ok(())
 }
 
 /// Restarts `disk`'s chain on the restored disk `target`, which holds restore point `point`:
@@ -354,10 +450,11 @@ async fn rebase(
     (arm, sas): (&ArmClient, &SasBlobs),
     target: &ResourceId,
     (old, old_group): (&ResourceId, &ResourceGroup),
-    point: &str,
+    chosen: &crate::restore::Chosen,
     copy_stall: Duration,
     lease: Option<&DiskLease>,
 ) -> Result<ManagedRebase, RestoreError> {
+    let point = chosen.snapshot.as_str();
     let now = chrono::Utc::now().timestamp();
     let tag = format!("rebase{:010x}", rand::random::<u64>() >> 24);
     // The snapshot group follows the disk when it was left to its default.
@@ -446,8 +543,15 @@ async fn rebase(
     }
     // B(0) records the base's ETag (a snapshot leaves it alone), as a cycle's restore point
     // does: the chain then survives a lost state.
-    let (b0, etag) =
-        first_restore_point(blobs, lease, &disk.name, backup, (tag.as_str(), &s0)).await?;
+    let (b0, etag) = first_restore_point(
+        blobs,
+        lease,
+        &disk.name,
+        backup,
+        (tag.as_str(), &s0),
+        chosen.guest_state.as_ref().and_then(|g| g.as_ref().ok()),
+    )
+    .await?;
     let rec = CycleRecord::rebased(
         &disk.name,
         tag,
@@ -550,6 +654,13 @@ pub fn swap_commands_for(target: &ResourceId, report: &ManagedRestoreReport) -> 
     if let Some(des) = &report.disk_encryption_set {
         out.push_str(&format!(
             "# Encrypted with the customer-managed key of {des}: the VM's disks use the same.\n"
+        ));
+    }
+    if let Some(bytes) = report.guest_state {
+        out.push_str(&format!(
+            "# Trusted Launch, with its VM guest state ({bytes} bytes: vTPM, UEFI variables): the VM\n\
+             # must be a Trusted Launch VM (Gen2, security type TrustedLaunch); its vTPM keys are the\n\
+             # restore point's, so BitLocker / TPM-sealed volumes open as they did then.\n"
         ));
     }
     out.push_str(&format!(

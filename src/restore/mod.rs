@@ -96,6 +96,10 @@ pub enum RestoreError {
     },
     #[error("restore interrupted; the partial copy {dest} was aborted and removed")]
     Interrupted { dest: String },
+    /// A Trusted Launch disk's restore point whose VM guest state copy is missing, altered or
+    /// unreadable (nothing was written).
+    #[error("restore point {snapshot}: {reason} (nothing was written)")]
+    UnreadableGuestState { snapshot: String, reason: String },
     /// `--to-managed-disk` cannot be done as asked (the reason says why).
     #[error("restore to managed disk {target}: {reason}")]
     ManagedTarget { target: String, reason: String },
@@ -157,6 +161,21 @@ pub struct RestoreReport {
     /// The promoted blob is kept (it is the rebased chain's backup blob).
     pub promoted_kept: bool,
     pub rebased: Option<RebasedChain>,
+    /// A Trusted Launch disk's restore point: where its VM guest state copy was put, beside
+    /// the target ([`guest_state_target`]).
+    pub guest_state: Option<BlobRef>,
+}
+
+/// Where a page-blob restore of a Trusted Launch disk's restore point puts its VM guest
+/// state: `<target>.vmgs` beside the target. The disk's bytes are what a page-blob restore
+/// is for (mount it, read files, import it); the guest state goes with them, so nothing of
+/// the restore point is lost, and `az disk create --upload-type UploadWithSecurityData`
+/// with `--security-type TrustedLaunch` can take both.
+pub fn guest_state_target(target: &BlobRef) -> BlobRef {
+    BlobRef {
+        blob: format!("{}.vmgs", target.blob),
+        ..target.clone()
+    }
 }
 
 /// Executes restores for one disk.
@@ -239,6 +258,7 @@ pub(crate) async fn first_restore_point(
     disk: &str,
     backup: &BlobRef,
     (tag, s0): (&str, &SnapshotId),
+    guest_state: Option<&tags::GuestStateCopy>,
 ) -> Result<(SnapshotId, String), RestoreError> {
     let what = |w: &str| format!("{w} of {backup}");
     let props = blobs
@@ -265,6 +285,13 @@ pub(crate) async fn first_restore_point(
         ),
         lease.map(DiskLease::token),
     );
+    // A Trusted Launch disk's B(0) names the guest state copy of the point it was restored
+    // from: the new disk was uploaded with exactly that guest state (retention keeps the
+    // copy while either names it).
+    let meta = match guest_state {
+        Some(g) => tags::with_guest_state(meta, g),
+        None => meta,
+    };
     let b0 = blobs
         .create_snapshot_if_match(backup, &meta, &etag)
         .await
@@ -278,6 +305,8 @@ pub(crate) struct Chosen {
     pub(crate) snapshot: String,
     pub(crate) source_snapshot: String,
     pub(crate) size: u64,
+    /// The copy of the VM guest state it names (a Trusted Launch disk's).
+    pub(crate) guest_state: Option<Result<tags::GuestStateCopy, String>>,
 }
 
 /// Checks a disk name by the config's rule ([`crate::model::valid_simple_name`]).
@@ -328,6 +357,7 @@ impl<'a> Restorer<'a> {
                 source_snapshot: s.source.to_string(),
                 snapshot: s.snapshot,
                 size: s.size,
+                guest_state: s.guest_state,
             })
             .collect();
         match sel {
@@ -369,13 +399,46 @@ impl<'a> Restorer<'a> {
             }
         }
         let chosen = self.choose(&req.point).await?;
+        let mut targets = vec![req.target.clone()];
+        match &chosen.guest_state {
+            Some(Err(why)) => {
+                return Err(RestoreError::UnreadableGuestState {
+                    snapshot: chosen.snapshot.clone(),
+                    reason: why.clone(),
+                })
+            }
+            // Checked before anything is written: a restore never puts a wrong guest state.
+            Some(Ok(g)) => {
+                let checked =
+                    crate::restore::verify::read_guest_state(self.blobs, &self.backup(), g)
+                        .await
+                        .map_err(blob_err(format!("read the VM guest state copy {}", g.blob)))?;
+                if let Err(reason) = checked {
+                    return Err(RestoreError::UnreadableGuestState {
+                        snapshot: chosen.snapshot.clone(),
+                        reason,
+                    });
+                }
+                targets.push(guest_state_target(&req.target));
+            }
+            None => {}
+        }
+        for target in targets {
+            self.target_free(&target, req.force).await?;
+        }
+        Ok(chosen)
+    }
+
+    /// Refuses an existing `target` unless `force`.
+    async fn target_free(&self, target: &BlobRef, force: bool) -> Result<(), RestoreError> {
+        let req_target = target;
         let existing = self
             .blobs
-            .properties(&req.target, None)
+            .properties(req_target, None)
             .await
-            .map_err(blob_err(format!("check target {}", req.target)))?;
+            .map_err(blob_err(format!("check target {req_target}")))?;
         if let Some(p) = existing {
-            if !req.force {
+            if !force {
                 let detail = match tags::restore_state(&p.metadata) {
                     Some(RestoreState::InProgress) => {
                         " (an unfinished restore left by an interrupted run)".to_string()
@@ -383,12 +446,12 @@ impl<'a> Restorer<'a> {
                     _ => format!(" ({} bytes)", p.size),
                 };
                 return Err(RestoreError::TargetExists {
-                    target: req.target.to_string(),
+                    target: req_target.to_string(),
                     detail,
                 });
             }
         }
-        Ok(chosen)
+        Ok(())
     }
 
     /// Runs a restore end to end.
@@ -488,6 +551,32 @@ impl<'a> Restorer<'a> {
             self.remove(&promoted, None).await;
             return Err(e);
         }
+        // The VM guest state of a Trusted Launch disk goes beside the target, copied by the
+        // service from the backup's copy (checked against its record by the preflight).
+        let guest_state = match &chosen.guest_state {
+            Some(Ok(g)) => {
+                let dest = guest_state_target(&req.target);
+                let copy = BlobRef {
+                    blob: g.blob.clone(),
+                    ..backup.clone()
+                };
+                let copied = self
+                    .copy(
+                        "guest state copy",
+                        &dest,
+                        &copy,
+                        None,
+                        &meta(RestoreState::Complete),
+                    )
+                    .await;
+                if let Err(e) = copied {
+                    self.remove(&promoted, None).await;
+                    return Err(e);
+                }
+                Some(dest)
+            }
+            _ => None,
+        };
         let copy_seconds = started.elapsed().as_secs_f64();
 
         // 3. Rebase, or clean up.
@@ -512,6 +601,7 @@ impl<'a> Restorer<'a> {
             copy_seconds,
             promoted_kept: rebased.is_some(),
             rebased,
+            guest_state,
         })
     }
 
@@ -652,7 +742,7 @@ impl<'a> Restorer<'a> {
             )))?
             .id;
         let (b0, etag) =
-            first_restore_point(self.blobs, lease, &rb.name, promoted, (tag, &s0)).await?;
+            first_restore_point(self.blobs, lease, &rb.name, promoted, (tag, &s0), None).await?;
         let rec = CycleRecord::rebased(
             &rb.name,
             tag.to_string(),

@@ -257,6 +257,7 @@ pub async fn restore_points(
             Some(StoredPoint {
                 source: tags::source_of(&s.metadata)?,
                 fence: tags::fence(&s.metadata),
+                guest_state: tags::guest_state(&s.metadata),
                 snapshot: s.snapshot,
                 size: s.size,
             })
@@ -274,6 +275,9 @@ pub struct StoredPoint {
     pub size: u64,
     /// The fencing token of the owner that took it (`snapback_fence`; None before fencing).
     pub fence: Option<u64>,
+    /// The copy of a Trusted Launch disk's VM guest state it names (an unreadable record:
+    /// the reason).
+    pub guest_state: Option<Result<tags::GuestStateCopy, String>>,
 }
 
 /// The plan for a disk's restore points (the backup snapshots tagged for this disk), oldest
@@ -321,22 +325,54 @@ pub async fn prune(
     now: i64,
     dry_run: bool,
 ) -> Result<PruneReport, RetentionError> {
-    let decisions = disk_plan(blobs, disk, now).await?;
+    let err = |source| RetentionError::Blob {
+        disk: disk.name.clone(),
+        source,
+    };
+    let stored = restore_points(blobs, disk).await.map_err(err)?;
+    let points: Vec<Point> = stored
+        .iter()
+        .map(|s| Point::from_snapshot(&s.snapshot))
+        .collect();
+    let decisions = plan(&points, &disk.retention, from_unix(now), &disk.tz);
     let backup = disk.backup.clone();
     let mut deleted = Vec::new();
     if !dry_run {
-        for d in decisions.iter().filter(|d| !d.is_kept()) {
-            let snapshot = &d.point.snapshot;
+        let pruned: std::collections::HashSet<&str> = decisions
+            .iter()
+            .filter(|d| !d.is_kept())
+            .map(|d| d.point.snapshot.as_str())
+            .collect();
+        // The guest state copies the kept points name (a rebased chain's first point names
+        // the copy of the point it was restored from): never deleted.
+        let named: std::collections::HashSet<&str> = stored
+            .iter()
+            .filter(|s| !pruned.contains(s.snapshot.as_str()))
+            .filter_map(|s| Some(s.guest_state.as_ref()?.as_ref().ok()?.blob.as_str()))
+            .collect();
+        let mut copies = std::collections::BTreeSet::new();
+        for s in stored
+            .iter()
+            .filter(|s| pruned.contains(s.snapshot.as_str()))
+        {
+            let snapshot = &s.snapshot;
             blobs
                 .delete_snapshot(&backup, snapshot)
                 .await
-                .map_err(|source| RetentionError::Blob {
-                    disk: disk.name.clone(),
-                    source,
-                })?;
+                .map_err(err)?;
             store.delete_restore_point(&disk.name, snapshot)?;
             tracing::info!(disk = %disk.name, snapshot = %snapshot, "restore point pruned");
+            if let Some(Ok(g)) = &s.guest_state {
+                copies.insert(g.blob.as_str());
+            }
             deleted.push(snapshot.clone());
+        }
+        // Their VM guest state copies go after them (a copy is never missing while a point
+        // names it), except those a kept point names.
+        for blob in copies.into_iter().filter(|b| !named.contains(b)) {
+            let copy = crate::storage::BlobRef::new(&backup.account, &backup.container, blob);
+            blobs.delete_blob(&copy).await.map_err(err)?;
+            tracing::info!(disk = %disk.name, copy = %copy, "VM guest state copy of a pruned restore point deleted");
         }
     }
     Ok(PruneReport {

@@ -661,7 +661,13 @@ impl App {
             runner.fence = Some(crate::storage::Fence(lease.token()));
             runner.lease = Some(lease);
         }
-        runner.run_cycle().await
+        let cycle = runner.run_cycle().await;
+        // An end of access the cycle started in the background and did not wait for (it
+        // stopped before prune) lands under the lease, not after it.
+        if let Some(m) = &managed {
+            m.settle_ends().await;
+        }
+        cycle
     }
 
     /// Runs one cycle for each disk, at most `max_concurrent_cycles` at a time.

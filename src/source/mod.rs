@@ -36,6 +36,22 @@ pub enum CopySource {
     Url { url: SasUrl, resource: String },
 }
 
+/// The VM guest state exported with a source snapshot: a Trusted Launch managed disk's UEFI
+/// and vTPM state, a page blob beside the disk (`securityDataAccessSAS`). A restore point of
+/// such a disk keeps a copy of it (docs/managed-disks.md, "Trusted Launch").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestState {
+    /// Unique to the source snapshot (a managed snapshot's ARM name, which carries the
+    /// cycle id): with the backup blob's name it names the copy, so no other cycle's or
+    /// owner's copy has its name.
+    pub name: String,
+    /// Its length in bytes (a page blob: a multiple of 512).
+    pub size: u64,
+    /// Where the backup account's service can read it (Put Page From URL); None where only
+    /// snapback can (an Entra-only export: see `managed_access::server_copy_allowed`).
+    pub copy_from: Option<CopySource>,
+}
+
 /// One page of a diff: the changed and cleared ranges of `snapshot` since `base` (every
 /// written range of `snapshot` without a base), within `range`, from `marker` on.
 #[derive(Clone, Copy, Debug)]
@@ -91,6 +107,14 @@ pub trait Source: Send + Sync {
     /// One page of the diff (see [`DiffQuery`]).
     async fn diff(&self, query: DiffQuery<'_>) -> BlobResult<PageList>;
 
+    /// The diff listing against `base` is complete: every page that needed `base` was read,
+    /// and what a resumed apply needs is in its checkpoint (a resume lists again from there,
+    /// with `base` granted anew). The rest of the apply reads `S(n)` only, so the source may
+    /// let go of `base` beside it: a managed disk ends `base`'s read access in the
+    /// background (docs/managed-disks.md, "Round trips of an incremental cycle"). A page
+    /// blob holds nothing per snapshot.
+    fn diff_listed(&self, _base: &SnapshotId) {}
+
     /// Reads `range` of a snapshot.
     async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes>;
 
@@ -126,6 +150,22 @@ pub trait Source: Send + Sync {
     /// source of a re-pointed disk. None if it is not of this kind.
     fn sibling(&self, _recorded: &str, _chain: Option<&str>) -> Option<Box<dyn Source + '_>> {
         None
+    }
+
+    /// The VM guest state exported with `snapshot`, or None when the source has none (a page
+    /// blob, an ordinary managed disk). A source that should have one and cannot export it
+    /// fails: a restore point is never taken without it.
+    async fn guest_state(&self, _snapshot: &SnapshotId) -> BlobResult<Option<GuestState>> {
+        Ok(None)
+    }
+
+    /// Reads `range` of the guest state of `snapshot` ([`Source::guest_state`]).
+    async fn read_guest_state(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
+        Err(crate::storage::BlobError::local(
+            crate::storage::ErrorKind::NotFound,
+            self.snapshot_resource(snapshot),
+            format!("no VM guest state to read {range} of"),
+        ))
     }
 
     /// Metadata the restore point of `snapshot` carries besides snapback's tags: what a

@@ -47,6 +47,14 @@
  *    hyperVGeneration other than V1/V2, a Trusted Launch / confidential disk not
  *    V2, a customer-key encryption without diskEncryptionSetId (400
  *    InvalidParameter; the codes are the emulator's choice).
+ *  - Trusted Launch disks (securityProfile.securityType TrustedLaunch) have a VM guest
+ *    state page blob `vmgs/<sub>/<rg>/<name>` (EMU_VMGS_BYTES, default 4 MiB), snapshotted
+ *    with the disk. beginGetAccess with getSecureVMGuestStateSAS: true also answers
+ *    securityDataAccessSAS — for a snapshot an export `<container>/<guid>_vmgs` beside
+ *    `abcd` (Disk_BeginGetAccess_WithVMGuestState.json), for a disk its guest state blob
+ *    (rw for a Write grant). Without the flag, or for a resource without guest state, no
+ *    such field. createOption UploadPreparedSecure (an upload with its guest state) needs
+ *    securityProfile.securityType (400 InvalidParameter otherwise: the emulator's code).
  *  - Azure's limits: at most EMU_SNAPSHOT_RATE_LIMIT (default 7) new snapshots
  *    of a disk per EMU_SNAPSHOT_RATE_WINDOW seconds (default 300), else 409
  *    OperationNotAllowed; uploadSizeBytes at least 20,972,032 (20 MiB + 512)
@@ -83,20 +91,21 @@
  *   /__emulator/next-operation?fail=CODE[&message=M] makes the next long-running
  *   operation end Failed with that code (?host=localhost: announce its polling URL on
  *   another origin); GET
- *   /__emulator/disk-sas?id=<disk id> mints a read-write SAS on the live disk
- *   blob (the "VM" writing its disk); POST /__emulator/resize?id=<disk id>&bytes=N grows
+ *   /__emulator/disk-sas?id=<disk id>[&part=vmgs] mints a read-write SAS on the live disk
+ *   blob (the "VM" writing its disk), or on its VM guest state blob; POST /__emulator/resize?id=<disk id>&bytes=N grows
  *   a disk to N bytes; GET /__emulator/stats counts requests (all ARM ones, and by kind:
  *   reads, writes, polls; token requests; diffRefused); POST
  *   /__emulator/refuse-resized-diffs?on=1 serves every export through the checking data
  *   plane, which answers a diff whose previous snapshot has another size 400
- *   InvalidHeaderValue (an unexpected refusal; the code is the emulator's); GET /__emulator/operations lists every
+ *   InvalidHeaderValue (an unexpected refusal; the code is the emulator's); POST
+ *   /__emulator/drop-guest-state?on=1 leaves securityDataAccessSAS out of every grant; GET /__emulator/operations lists every
  *   long-running operation with its start and the time a poll first saw it end.
  *
  * Environment: EMU_AZURITE (http://127.0.0.1:PORT), EMU_MD_ACCOUNT, EMU_MD_KEY,
  * EMU_TLS_CERT, EMU_TLS_KEY (PEM files), EMU_TENANT, EMU_CLIENT_ID,
  * EMU_CLIENT_SECRET, EMU_FEDERATED_TOKEN, EMU_IDENTITY_HEADER, EMU_POLLS, EMU_LOCATION_ONLY, EMU_RETRY_AFTER, EMU_PAGE_SIZE (list page size,
  * default 2), EMU_COMPLETION_STEP, EMU_SNAPSHOT_RATE_LIMIT (0: none), EMU_SNAPSHOT_RATE_WINDOW,
- * EMU_SMALL_UPLOADS, SNAPBACK_HARNESS_PARENT_PID (exit when that process is gone).
+ * EMU_SMALL_UPLOADS, EMU_VMGS_BYTES, SNAPBACK_HARNESS_PARENT_PID (exit when that process is gone).
  */
 
 const fs = require("fs");
@@ -143,6 +152,10 @@ const COMPLETION_STEP = Number(env("EMU_COMPLETION_STEP", "50"));
 const SNAPSHOT_RATE_LIMIT = Number(env("EMU_SNAPSHOT_RATE_LIMIT", "7"));
 const SNAPSHOT_RATE_WINDOW_MS = Number(env("EMU_SNAPSHOT_RATE_WINDOW", "300")) * 1000;
 const SMALL_UPLOADS = env("EMU_SMALL_UPLOADS", "0") === "1";
+// Trusted Launch disks: the VM guest state (UEFI, vTPM) is a page blob of its own beside the
+// disk's, `vmgs/<sub>/<rg>/<name>` (EMU_VMGS_BYTES long, default 4 MiB).
+const VMGS_CONTAINER = "vmgs";
+const VMGS_BYTES = Number(env("EMU_VMGS_BYTES", String(4 * 1024 * 1024)));
 const MIB = 1024 * 1024;
 // Azure's bounds of uploadSizeBytes: 20 MiB + 512 to 32 TiB + 512 (DiskRP CreationData).
 const MIN_UPLOAD = 20 * MIB + VHD_FOOTER;
@@ -166,6 +179,9 @@ let dataOperator = true; // the principal holds the Data Operator for Managed Di
 // nothing expects). Azure documents refusing only diffs across 4 TiB, and not its answer;
 // this stands for an unexpected refusal, so it is opt-in and its code is the emulator's.
 let refuseResizedDiffs = false;
+// POST /__emulator/drop-guest-state?on=1: grants answer no securityDataAccessSAS even when
+// asked for one (a service that fails to export a Trusted Launch disk's guest state).
+let dropGuestState = false;
 const exportsByContainer = new Map(); // export container -> snapshot or disk it exports
 const disks = new Map(); // lower-case id -> disk
 const snapshots = new Map(); // lower-case id -> snapshot
@@ -223,7 +239,9 @@ function blobSas(blob, snapshot, permissions, seconds, container = CONTAINER) {
 function storage(method, path, query, headers) {
   const url = new URL(`${AZURITE}/${MD_ACCOUNT}/${path}?${query ? query + "&" : ""}${accountSas()}`);
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, ...headers } }, (res) => {
+    // The User-Agent tells the emulator's own requests from its clients' in Azurite's
+    // request log (/__harness/requests).
+    const req = http.request(url, { method, headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, "user-agent": TAG, ...headers } }, (res) => {
       const chunks = [];
       res.on("data", (c) => chunks.push(c));
       res.on("end", () => {
@@ -239,11 +257,23 @@ function storage(method, path, query, headers) {
 }
 
 async function ensureContainer() {
-  try {
-    await storage("PUT", CONTAINER, "restype=container");
-  } catch (err) {
-    if (!/ContainerAlreadyExists/.test(err.message)) throw err;
+  for (const c of [CONTAINER, VMGS_CONTAINER]) {
+    try {
+      await storage("PUT", c, "restype=container");
+    } catch (err) {
+      if (!/ContainerAlreadyExists/.test(err.message)) throw err;
+    }
   }
+}
+
+/** Whether a disk or snapshot (its echoed properties) is Trusted Launch: it has a VM guest state blob. */
+function trustedLaunch(r) {
+  return ((r.echo || {}).securityProfile || {}).securityType === "TrustedLaunch";
+}
+
+/** createOption values that make a disk awaiting an upload. */
+function isUpload(option) {
+  return option === "Upload" || option === "UploadPreparedSecure";
 }
 
 // ----------------------------------------------------------- helpers -----
@@ -334,7 +364,7 @@ function skuView(name) {
  * (as recorded: `ReadyToUpload` with only creationData.uploadSizeBytes).
  */
 function diskView(d) {
-  const sized = d.createOption !== "Upload" || d.uploaded;
+  const sized = !isUpload(d.createOption) || d.uploaded;
   return {
     name: d.name, id: d.id, type: "Microsoft.Compute/disks", location: d.location,
     sku: skuView(d.sku), zones: d.zone ? [d.zone] : undefined, tags: d.tags,
@@ -436,7 +466,8 @@ function propertyProblem(props, sku, sector) {
   if (props.osType !== undefined && !["Windows", "Linux"].includes(props.osType)) return `osType must be Windows or Linux, got ${props.osType}`;
   if (props.hyperVGeneration !== undefined && !["V1", "V2"].includes(props.hyperVGeneration)) return `hyperVGeneration must be V1 or V2, got ${props.hyperVGeneration}`;
   const security = (props.securityProfile || {}).securityType;
-  if (security !== undefined && props.hyperVGeneration !== "V2") return `securityType ${security} requires hyperVGeneration V2.`;
+  // Absent is accepted: Disk_Create_FromUploadPreparedSecure.json sends none.
+  if (security !== undefined && props.hyperVGeneration === "V1") return `securityType ${security} requires hyperVGeneration V2.`;
   const enc = props.encryption || {};
   if (/CustomerKey/.test(enc.type || "") && !enc.diskEncryptionSetId) return `encryption type ${enc.type} requires a diskEncryptionSetId.`;
   if (sector === 4096 && !BACKGROUND_COPY_SKUS.includes(sku)) return `logicalSectorSize 4096 is supported for ${BACKGROUND_COPY_SKUS.join(" and ")} disks only.`;
@@ -457,8 +488,13 @@ async function putDisk(req, res, id, m, body) {
     return armError(res, 409, "Conflict", `Disk ${id} already exists; the emulator does not update disks.`);
   }
   const option = creation.createOption;
-  if (option !== "Upload" && option !== "Empty") {
-    return armError(res, 400, "InvalidParameter", "The emulator creates disks with createOption Upload or Empty only.");
+  if (!isUpload(option) && option !== "Empty") {
+    return armError(res, 400, "InvalidParameter", "The emulator creates disks with createOption Upload, UploadPreparedSecure or Empty only.");
+  }
+  // An upload with its VM guest state needs the security type that has one (the answer
+  // Azure gives without it is not recorded; code and message are the emulator's).
+  if (option === "UploadPreparedSecure" && !((props.securityProfile || {}).securityType)) {
+    return armError(res, 400, "InvalidParameter", "createOption UploadPreparedSecure requires securityProfile.securityType (TrustedLaunch or a ConfidentialVM type).");
   }
   const sector = creation.logicalSectorSize === undefined ? undefined : Number(creation.logicalSectorSize);
   if (sector !== undefined && sector !== 512 && sector !== 4096) {
@@ -471,7 +507,7 @@ async function putDisk(req, res, id, m, body) {
   for (const k of ECHOED) if (props[k] !== undefined) echo[k] = props[k];
   let upload;
   let sizeBytes;
-  if (option === "Upload") {
+  if (isUpload(option)) {
     upload = Number(creation.uploadSizeBytes);
     const problem = uploadSizeProblem(upload);
     if (problem) return armError(res, 400, "BadRequest", problem);
@@ -500,14 +536,20 @@ async function putDisk(req, res, id, m, body) {
     // Premium SSD v2 / Ultra report their sector size: 4096 unless asked otherwise; an
     // upload is a VHD of 512-byte sectors.
     logicalSectorSize: sector !== undefined ? sector
-      : !BACKGROUND_COPY_SKUS.includes(skuName) ? undefined : option === "Upload" ? 512 : 4096,
+      : !BACKGROUND_COPY_SKUS.includes(skuName) ? undefined : isUpload(option) ? 512 : 4096,
     uniqueId: crypto.randomUUID(), provisioningState: "Updating",
-    diskState: option === "Upload" ? "ReadyToUpload" : "Unattached", uploaded: false,
+    diskState: isUpload(option) ? "ReadyToUpload" : "Unattached", uploaded: false,
     timeCreated: now(), access: undefined,
   };
   disks.set(key, disk);
   const headers = startOperation(async () => {
     await storage("PUT", `${CONTAINER}/${blob}`, "", { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(sizeBytes + VHD_FOOTER) });
+    if (trustedLaunch(disk)) {
+      // Its VM guest state: blank, as a new VM's before first boot (tests write it through
+      // GET /__emulator/disk-sas?part=vmgs; an upload through securityDataAccessSAS).
+      await storage("PUT", `${VMGS_CONTAINER}/${blob}`, "", { "x-ms-blob-type": "PageBlob", "x-ms-blob-content-length": String(VMGS_BYTES) });
+      disk.vmgs = true;
+    }
     disk.provisioningState = "Succeeded";
     return diskView(disk);
   }, `PUT ${id}`);
@@ -562,6 +604,10 @@ async function putSnapshot(req, res, id, m, body) {
   snapshotTimes.set(diskKey, [...recent, Date.now()]);
   // The blob snapshot is taken now, when the PUT is accepted: the point in time is the PUT's.
   const snap = await storage("PUT", `${CONTAINER}/${disk.blob}`, "comp=snapshot");
+  // The guest state is captured at the same instant (a snapshot of a Trusted Launch disk).
+  const vmgsSnapshot = disk.vmgs
+    ? (await storage("PUT", `${VMGS_CONTAINER}/${disk.blob}`, "comp=snapshot")).headers["x-ms-snapshot"]
+    : undefined;
   const background = BACKGROUND_COPY_SKUS.includes(disk.sku);
   const snapshot = {
     ...exportOf,
@@ -569,7 +615,7 @@ async function putSnapshot(req, res, id, m, body) {
     sourceResourceId: disk.id, sourceUniqueId: disk.uniqueId, incremental: true,
     sizeBytes: disk.sizeBytes, logicalSectorSize: disk.logicalSectorSize, blob: disk.blob,
     echo: Object.fromEntries(Object.entries(disk.echo).filter(([k]) => k !== "tier")), // a snapshot has no tier
-    blobSnapshot: snap.headers["x-ms-snapshot"], provisioningState: "Updating",
+    blobSnapshot: snap.headers["x-ms-snapshot"], vmgsSnapshot, provisioningState: "Updating",
     completionPercent: background ? 0 : undefined, uniqueId: crypto.randomUUID(),
     timeCreated: now(), access: undefined, exportContainer: undefined,
   };
@@ -625,8 +671,17 @@ function beginGetAccess(req, res, kind, resource, body) {
   }
   resource.access = access; // counts against the family limit from the moment it is accepted
   if (kind === "disks") resource.diskState = access === "Write" ? "ActiveUpload" : "ActiveSAS";
+  // getSecureVMGuestStateSAS: the guest state's SAS too (securityDataAccessSAS), only for a
+  // resource that has one; without the flag the answer has no such field.
+  const guest = !dropGuestState && body.getSecureVMGuestStateSAS === true &&
+    (kind === "disks" ? resource.vmgs : resource.vmgsSnapshot !== undefined);
   const headers = startOperation(async () => {
-    if (kind === "disks") return { accessSAS: blobSas(resource.blob, undefined, access === "Write" ? "rw" : "r", seconds) };
+    if (kind === "disks") {
+      const perm = access === "Write" ? "rw" : "r";
+      const out = { accessSAS: blobSas(resource.blob, undefined, perm, seconds) };
+      if (guest) out.securityDataAccessSAS = blobSas(resource.blob, undefined, perm, seconds, VMGS_CONTAINER);
+      return out;
+    }
     // A snapshot is exported as a blob of its own (`<container>/abcd`, sr=b), as Azure does.
     if (!resource.exportContainer) {
       const container = `x${crypto.randomBytes(6).toString("hex")}`;
@@ -635,10 +690,20 @@ function beginGetAccess(req, res, kind, resource, body) {
       await storage("PUT", `${container}/abcd`, "", { "x-ms-copy-source": source, "x-ms-meta-snapbackexportof": resource.blob });
       resource.exportContainer = container;
     }
+    // Its guest state: a page blob `<guid>_vmgs` in the same export container, as in
+    // Disk_BeginGetAccess_WithVMGuestState.json.
+    if (guest && !resource.exportVmgs) {
+      const name = `${crypto.randomUUID()}_vmgs`;
+      const source = `${AZURITE}/${MD_ACCOUNT}/${VMGS_CONTAINER}/${resource.blob}?snapshot=${encodeURIComponent(resource.vmgsSnapshot)}&${accountSas()}`;
+      await storage("PUT", `${resource.exportContainer}/${name}`, "", { "x-ms-copy-source": source });
+      resource.exportVmgs = name;
+    }
     exportsByContainer.set(resource.exportContainer, resource);
-    const sas = blobSas("abcd", undefined, "r", seconds, resource.exportContainer);
     // Guarded exports are served (and checked) by this emulator's /__md/ data plane.
-    return { accessSAS: guardedExport(resource) ? sas.replace(`${AZURITE}/${MD_ACCOUNT}/`, `${base}/__md/`) : sas };
+    const host = (sas) => guardedExport(resource) ? sas.replace(`${AZURITE}/${MD_ACCOUNT}/`, `${base}/__md/`) : sas;
+    const out = { accessSAS: host(blobSas("abcd", undefined, "r", seconds, resource.exportContainer)) };
+    if (guest) out.securityDataAccessSAS = host(blobSas(resource.exportVmgs, undefined, "r", seconds, resource.exportContainer));
+    return out;
   }, `beginGetAccess ${resource.id}`);
   send(res, 202, undefined, headers);
 }
@@ -653,6 +718,7 @@ function endGetAccess(req, res, kind, resource) {
       const container = resource.exportContainer;
       exportsByContainer.delete(container);
       resource.exportContainer = undefined;
+      resource.exportVmgs = undefined;
       await storage("DELETE", container, "restype=container");
     }
     return undefined;
@@ -668,6 +734,9 @@ function deleteResource(req, res, kind, id, resource) {
   const headers = startOperation(async () => {
     if (kind === "snapshots") {
       await storage("DELETE", `${CONTAINER}/${resource.blob}`, `snapshot=${encodeURIComponent(resource.blobSnapshot)}`);
+      if (resource.vmgsSnapshot) {
+        await storage("DELETE", `${VMGS_CONTAINER}/${resource.blob}`, `snapshot=${encodeURIComponent(resource.vmgsSnapshot)}`);
+      }
       snapshots.delete(id.toLowerCase());
     } else {
       if ([...snapshots.values()].some((s) => s.sourceResourceId.toLowerCase() === id.toLowerCase())) {
@@ -675,6 +744,7 @@ function deleteResource(req, res, kind, id, resource) {
         disks.delete(id.toLowerCase());
       } else {
         await storage("DELETE", `${CONTAINER}/${resource.blob}`, "", { "x-ms-delete-snapshots": "include" });
+        if (resource.vmgs) await storage("DELETE", `${VMGS_CONTAINER}/${resource.blob}`, "", { "x-ms-delete-snapshots": "include" });
         disks.delete(id.toLowerCase());
       }
     }
@@ -866,6 +936,10 @@ async function handleControl(req, res, url) {
     refuseResizedDiffs = q.get("on") !== "0";
     return send(res, 200, { refuseResizedDiffs });
   }
+  if (url.pathname === "/__emulator/drop-guest-state" && req.method === "POST") {
+    dropGuestState = q.get("on") !== "0";
+    return send(res, 200, { dropGuestState });
+  }
   if (url.pathname === "/__emulator/roles" && req.method === "POST") {
     dataOperator = q.get("data_operator") !== "0";
     return send(res, 200, { dataOperator });
@@ -874,6 +948,12 @@ async function handleControl(req, res, url) {
   if (url.pathname === "/__emulator/disk-sas" && req.method === "GET") {
     const disk = disks.get(String(q.get("id")).toLowerCase());
     if (!disk) return send(res, 404, { error: `no disk ${q.get("id")}` });
+    // part=vmgs: the VM guest state blob of a Trusted Launch disk (the guest changing its
+    // vTPM or UEFI state).
+    if (q.get("part") === "vmgs") {
+      if (!disk.vmgs) return send(res, 404, { error: `disk ${q.get("id")} has no VM guest state` });
+      return send(res, 200, { url: blobSas(disk.blob, undefined, "rw", 3600, VMGS_CONTAINER) });
+    }
     return send(res, 200, { url: blobSas(disk.blob, undefined, "rw", 3600) });
   }
   if (url.pathname === "/__emulator/resize" && req.method === "POST") {
@@ -888,7 +968,7 @@ async function handleControl(req, res, url) {
     // Through a service SAS: Azurite answers 500 to a resize signed with an account SAS.
     const status = await new Promise((resolve, reject) => {
       const target = new URL(`${blobSas(disk.blob, undefined, "rw", 60)}&comp=properties`);
-      const r = http.request(target, { method: "PUT", headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, "x-ms-blob-content-length": String(bytes + VHD_FOOTER) } }, (out) => {
+      const r = http.request(target, { method: "PUT", headers: { "x-ms-version": STORAGE_VERSION, "content-length": 0, "user-agent": TAG, "x-ms-blob-content-length": String(bytes + VHD_FOOTER) } }, (out) => {
         out.resume();
         out.on("end", () => resolve(out.statusCode));
       });

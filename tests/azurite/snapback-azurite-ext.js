@@ -50,6 +50,12 @@
  *       GET    /__harness/faults     -> JSON list of armed faults
  *       DELETE /__harness/faults     -> clear all
  *       GET    /__harness/version    -> {"azurite":"3.37.0","extension":"..."}
+ *       POST   /__harness/requests?record=1   -> from now on, log every request:
+ *              method, path (no query: a SAS stays out of the log), `comp`, the
+ *              User-Agent, and when it came and when its answer was sent (ms since
+ *              the epoch, as the ARM emulator's operation log); at most 100,000
+ *       GET    /__harness/requests   -> {"requests":[...]} (what a client did while a
+ *              long-running operation ran: tests/managed.rs, the request budget)
  *  i. Put Page From URL. Azurite answers 501 NotImplemented; Azure copies the
  *     source range server-side. We read x-ms-source-range of the source URL
  *     (x-ms-copy-source, a SAS or x-ms-copy-source-authorization Bearer) with a
@@ -89,7 +95,7 @@ const fs = require("fs");
 const path = require("path");
 const crypto = require("crypto");
 
-const EXTENSION_VERSION = "1.5.0";
+const EXTENSION_VERSION = "1.6.0";
 const PINNED_AZURITE_VERSION = "3.37.0";
 const MAX_PUT_PAGE_BYTES = 4 * 1024 * 1024;
 const PAGE = 512;
@@ -683,6 +689,27 @@ const FAULT_CODES = {
 };
 
 const faults = []; // { status: number|"reset", count, match, method, code }
+// POST /__harness/requests?record=1: the request log (off by default: most tests do not
+// need it, and a long test must not grow it without bound).
+const MAX_LOGGED_REQUESTS = 100000;
+let recordRequests = false;
+const requestLog = []; // { method, path, comp, agent, started, ended }
+
+function logRequest(req, res, url) {
+  if (!recordRequests || requestLog.length >= MAX_LOGGED_REQUESTS) return;
+  const entry = {
+    method: req.method,
+    path: url.pathname,
+    comp: url.searchParams.get("comp") || "",
+    agent: req.headers["user-agent"] || "",
+    started: Date.now(),
+    ended: undefined,
+  };
+  requestLog.push(entry);
+  res.on("close", () => {
+    if (entry.ended === undefined) entry.ended = Date.now();
+  });
+}
 
 function sendJson(res, status, value) {
   const body = JSON.stringify(value);
@@ -717,6 +744,13 @@ function handleControl(req, res, url) {
       return sendJson(res, 200, { faults });
     }
     if (req.method === "GET") return sendJson(res, 200, { faults });
+  }
+  if (url.pathname === "/__harness/requests") {
+    if (req.method === "POST") {
+      recordRequests = url.searchParams.get("record") === "1";
+      return sendJson(res, 200, { recording: recordRequests });
+    }
+    if (req.method === "GET") return sendJson(res, 200, { requests: requestLog });
   }
   return sendJson(res, 404, { error: `unknown harness route ${req.method} ${url.pathname}` });
 }
@@ -760,6 +794,7 @@ function patchListener(az) {
     return function snapbackListener(req, res) {
       const url = new URL(req.url, "http://harness.invalid");
       if (url.pathname.startsWith("/__harness/")) return handleControl(req, res, url);
+      logRequest(req, res, url);
       const fault = takeFault(req);
       if (fault) return sendFault(req, res, fault);
       return app(req, res);

@@ -150,6 +150,52 @@ impl ArmEmulator {
         serde_json::from_slice(&body).expect("JSON")
     }
 
+    /// A read-write SAS on a disk's live blob (the "VM" writing its disk) or, with `vmgs`,
+    /// on its VM guest state blob (a Trusted Launch disk's vTPM and UEFI state).
+    pub async fn disk_sas(&self, disk: &str, vmgs: bool) -> String {
+        let part = if vmgs { "&part=vmgs" } else { "" };
+        let v = self
+            .control_get(&format!("/__emulator/disk-sas?id={disk}{part}"))
+            .await;
+        v["url"].as_str().expect("disk SAS").to_string()
+    }
+
+    /// Put Page of `data` (page aligned, at most 4 MiB) at `offset` through the SAS `url`.
+    pub async fn sas_write(url: &str, offset: u64, data: &[u8]) {
+        let resp = Self::http()
+            .put(format!("{url}&comp=page"))
+            .header("x-ms-version", "2021-08-06")
+            .header("x-ms-page-write", "update")
+            .header(
+                "x-ms-range",
+                format!("bytes={offset}-{}", offset + data.len() as u64 - 1),
+            )
+            .header("content-length", data.len().to_string())
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("put page");
+        assert_eq!(
+            resp.status().as_u16(),
+            201,
+            "put page {offset}+{}",
+            data.len()
+        );
+    }
+
+    /// The first `len` bytes of the blob behind the SAS `url`.
+    pub async fn sas_read(url: &str, len: u64) -> Vec<u8> {
+        let resp = Self::http()
+            .get(url)
+            .header("x-ms-version", "2021-08-06")
+            .header("x-ms-range", format!("bytes=0-{}", len - 1))
+            .send()
+            .await
+            .expect("get blob");
+        assert!(resp.status().is_success(), "read: {}", resp.status());
+        resp.bytes().await.expect("body").to_vec()
+    }
+
     /// POST a control route (e.g. arm a fault).
     pub async fn control_post(&self, path_and_query: &str) {
         self.control(reqwest::Method::POST, path_and_query).await;

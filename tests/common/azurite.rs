@@ -149,6 +149,18 @@ impl Azurite {
         self.control("DELETE", "/__harness/faults");
     }
 
+    /// Logs every request from now on (method, path, `comp`, User-Agent, start and answer
+    /// times in ms since the epoch): see [`Azurite::requests`].
+    pub fn record_requests(&self) {
+        self.control("POST", "/__harness/requests?record=1");
+    }
+
+    /// The requests logged since [`Azurite::record_requests`], as JSON.
+    pub fn requests(&self) -> serde_json::Value {
+        let body = self.control("GET", "/__harness/requests");
+        serde_json::from_str(&body).expect("the request log is JSON")
+    }
+
     /// Everything Azurite wrote to stderr so far (for assertion messages).
     pub fn stderr(&self) -> String {
         self.node.stderr()

@@ -9,8 +9,10 @@
 //! - Reads need a read SAS; it is granted the first time a snapshot is read in this process
 //!   and kept in memory (never persisted: it is a credential). [`Source::release`] ends
 //!   every access to the disk's tagged snapshots — at the end of each cycle and before one
-//!   starts, so access a killed process left is ended too. At most two snapshots of a disk
-//!   (`S(n)` and `S(n-1)`) have access at once, well under Azure's 5 per disk.
+//!   starts, so access a killed process left is ended too. `S(n-1)`'s access is ended as
+//!   soon as the diff is listed, in the background beside the rest of the apply
+//!   ([`Source::diff_listed`]). At most two snapshots of a disk (`S(n)` and `S(n-1)`) have
+//!   access at once, well under Azure's 5 per disk.
 //! - Sizes are the disk's `diskSizeBytes`. The exported blob is a fixed VHD, that size plus a
 //!   512-byte footer; snapback reads and backs up only the disk's bytes, so a restore point
 //!   is the raw disk image (the footer is written again by a restore to a managed disk).
@@ -19,7 +21,8 @@ pub mod access;
 pub mod props;
 
 use crate::arm::{
-    Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, Snapshot,
+    Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, SecurityProfile,
+    Snapshot,
 };
 use crate::azure::sas_blob::SasBlobs;
 use crate::model::pages::ByteRange;
@@ -27,7 +30,7 @@ use crate::model::secrets::SasUrl;
 use crate::model::BaseState;
 use crate::model::{tags, SnapshotId};
 use crate::source::snapshot_limits::ManagedLimit;
-use crate::source::{CopySource, DiffQuery, Source, SourceSnapshot};
+use crate::source::{CopySource, DiffQuery, GuestState, Source, SourceSnapshot};
 use crate::storage::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -74,6 +77,14 @@ pub struct ManagedDiskSource {
     snapshot_group: ResourceGroup,
     /// Read SAS granted by this process, by lower-cased snapshot id.
     granted: Mutex<HashMap<String, SasUrl>>,
+    /// The VM guest state SAS (`securityDataAccessSAS`) of the same grants, for snapshots
+    /// of a Trusted Launch disk; ended with them.
+    guest: Mutex<HashMap<String, SasUrl>>,
+    /// Ends of access started in the background ([`Source::diff_listed`]), by lower-cased
+    /// snapshot id: still running, or `None` once one failed (the access then counts as
+    /// granted: prune, or the next cycle's sweep, ends it again). Settled before the
+    /// snapshot is granted again, its access ended again or the snapshot deleted.
+    ending: Mutex<HashMap<String, Option<Ending>>>,
     /// What this source saw of ARM in its cycle (a source lives for one cycle), so no
     /// resource is fetched twice: the chain's snapshots as last listed or made, by
     /// lower-cased id, and the disk as read before its snapshot was taken.
@@ -106,6 +117,8 @@ impl ManagedDiskSource {
             disk,
             snapshot_group,
             granted: Mutex::new(HashMap::new()),
+            guest: Mutex::new(HashMap::new()),
+            ending: Mutex::new(HashMap::new()),
             seen: Mutex::new(Seen::default()),
             ready_poll: Duration::from_secs(10),
             requests: AtomicU64::new(0),
@@ -244,15 +257,27 @@ impl ManagedDiskSource {
         if let Some(s) = self.lock().get(&key) {
             return Ok(s.clone());
         }
+        // Granted again after its end (a listing redone in this process): that end must land
+        // first, or it would end the new grant.
+        self.settle_end(id).await;
         let snap = self.known(id).await?;
         let size = snap
             .as_ref()
             .and_then(|s| s.properties.disk_size_bytes)
             .unwrap_or(0);
-        let policy = snap.map(|s| s.properties.export).unwrap_or_default();
+        let policy = snap
+            .as_ref()
+            .map(|s| s.properties.export.clone())
+            .unwrap_or_default();
         crate::source::managed_disk::access::check_export(&policy, &id.to_string())?;
         let lifetime = crate::storage::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
-        let sas = match self.arm.begin_get_access(id, Access::Read, lifetime).await {
+        // A Trusted Launch snapshot's grant also exports its VM guest state.
+        let with_guest = self.has_guest_state(snap.as_ref()).await?;
+        let grant = match self
+            .arm
+            .begin_get_access_with(id, Access::Read, lifetime, with_guest)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let e = arm_err(id, e);
@@ -260,21 +285,29 @@ impl ManagedDiskSource {
                 return Err(e);
             }
         };
-        let sas = crate::source::managed_disk::access::mark(sas, &policy);
+        // The guest state is read through the same export host: the same bearer rule.
+        if let Some(g) = grant.guest_state {
+            let g = crate::source::managed_disk::access::mark(g, &policy);
+            lock_map(&self.guest).insert(key.clone(), g);
+        }
+        let sas = crate::source::managed_disk::access::mark(grant.sas, &policy);
         self.lock().insert(key, sas.clone());
         Ok(sas)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
-        // A panic while holding the map leaves it consistent (single inserts/removes).
-        self.granted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_map(&self.granted)
     }
 
-    /// Ends access to `id` (also when this process did not grant it).
+    /// Ends access to `id` (also when this process did not grant it). One ended in the
+    /// background is waited for; it is ended again only if that failed.
     async fn end_access(&self, id: &ResourceId) -> BlobResult<()> {
+        if self.settle_end(id).await == Some(true) {
+            return Ok(());
+        }
+        self.ending_lock().remove(&key(id));
         self.lock().remove(&key(id));
+        lock_map(&self.guest).remove(&key(id));
         if let Some(s) = self.seen().snapshots.get_mut(&key(id)) {
             s.properties.disk_state = None;
         }
@@ -288,7 +321,10 @@ impl ManagedDiskSource {
     /// Ends the read access this process granted, and only that: what `verify` opened,
     /// never another replica's or installation's SAS of a cycle under way.
     pub async fn end_granted(&self) -> BlobResult<()> {
-        let granted: Vec<String> = self.lock().keys().cloned().collect();
+        self.settle_ends().await;
+        let mut granted: Vec<String> = self.lock().keys().cloned().collect();
+        // Ends that failed in the background: this process granted those too.
+        granted.extend(self.ending_lock().keys().cloned());
         for key in granted {
             if let Ok(id) = key.parse::<ResourceId>() {
                 self.end_access(&id).await?;
@@ -323,6 +359,22 @@ impl ManagedDiskSource {
             (&a.properties.time_created, &a.name).cmp(&(&b.properties.time_created, &b.name))
         });
         Ok(all)
+    }
+}
+
+fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of the source's maps leaves it consistent (single inserts
+    // and removes).
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// An end of read access running in the background; aborted if the source is dropped
+/// before it is settled (a cycle cancelled midway: the next cycle's sweep ends what is left).
+struct Ending(tokio::task::JoinHandle<Result<(), ArmError>>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -513,14 +565,28 @@ impl Source for ManagedDiskSource {
         Ok(page)
     }
 
+    /// Starts the end of `base`'s access (if this process granted it) and returns at once:
+    /// the apply goes on writing from `S(n)` while ARM ends it, so by the time prune deletes
+    /// `base` its end has usually landed and the DELETE goes beside the end of `S(n)`'s
+    /// access. Needs a Tokio runtime (the apply runs in one).
+    fn diff_listed(&self, base: &SnapshotId) {
+        let Ok(id) = self.parse_id(base) else {
+            return;
+        };
+        let k = key(&id);
+        if self.lock().remove(&k).is_none() {
+            return;
+        }
+        lock_map(&self.guest).remove(&k);
+        let arm = self.arm.clone();
+        let task = tokio::spawn(async move { arm.end_get_access(&id).await });
+        self.ending_lock().insert(k, Some(Ending(task)));
+    }
+
     async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
         let id = self.parse_id(snapshot)?;
         let sas = self.sas_or_gone(&id).await?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        match self.sas.read(&id.to_string(), &sas, range).await {
-            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(&id, e).await),
-            r => r,
-        }
+        self.read_through(&id, &sas, range).await
     }
 
     async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
@@ -530,7 +596,8 @@ impl Source for ManagedDiskSource {
 
     /// Ends access and deletes at once: each older snapshot's access is ended and then it
     /// is deleted (ARM refuses to delete a snapshot with an active SAS), while access to the
-    /// rest (`S(n)`) is ended beside it.
+    /// rest (`S(n)`) is ended beside it. `S(n-1)`'s end was started when the diff was listed
+    /// ([`Source::diff_listed`]): its DELETE waits for it only if it is still running.
     async fn retire(&self, _disk: &str, older: &[SnapshotId]) -> BlobResult<()> {
         let older = older
             .iter()
@@ -575,6 +642,35 @@ impl Source for ManagedDiskSource {
         self.recorded_disk(snapshot).await
     }
 
+    async fn guest_state(&self, snapshot: &SnapshotId) -> BlobResult<Option<GuestState>> {
+        let id = self.parse_id(snapshot)?;
+        let snap = self.known(&id).await?.ok_or_else(|| gone(&id))?;
+        if !self.has_guest_state(Some(&snap)).await? {
+            return Ok(None);
+        }
+        let url = self.guest_sas(&id).await?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let size = self.sas.size(&id.to_string(), &url).await?;
+        let copy_from =
+            crate::source::managed_disk::access::server_copy_allowed(&url, &id.to_string())
+                .ok()
+                .map(|()| CopySource::Url {
+                    url,
+                    resource: id.to_string(),
+                });
+        Ok(Some(GuestState {
+            name: id.name.clone(),
+            size,
+            copy_from,
+        }))
+    }
+
+    async fn read_guest_state(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
+        let id = self.parse_id(snapshot)?;
+        let url = self.guest_sas(&id).await?;
+        self.read_through(&id, &url, range).await
+    }
+
     fn limit_of(&self, e: &BlobError) -> Option<ManagedLimit> {
         let noted = self.limit_lock().clone()?;
         let same = matches!(&*e.resource, Resource::Managed(r) if r.eq_ignore_ascii_case(&noted.resource))
@@ -608,6 +704,11 @@ impl ManagedDiskSource {
                 ids.insert(key(&id), id);
             }
         }
+        for k in self.ending_lock().keys() {
+            if let Ok(id) = k.parse::<ResourceId>() {
+                ids.insert(key(&id), id);
+            }
+        }
         for s in self.seen().snapshots.values() {
             if s.properties.disk_state.as_deref() == Some("ActiveSAS") {
                 if let Ok(id) = s.id.parse::<ResourceId>() {
@@ -619,10 +720,13 @@ impl ManagedDiskSource {
     }
 
     /// Deletes one snapshot. Its access is ended first when it has any (granted here, or
-    /// `ActiveSAS` when last seen); one whose SAS was not known is deleted directly, and on
-    /// ARM's 409 its access is ended and the delete sent again.
+    /// `ActiveSAS` when last seen); an end started in the background is waited for, and the
+    /// access ended again only if that failed. One whose SAS was not known is deleted
+    /// directly, and on ARM's 409 its access is ended and the delete sent again.
     async fn delete_one(&self, id: &ResourceId) -> BlobResult<()> {
-        let active = self.lock().contains_key(&key(id))
+        self.settle_end(id).await;
+        let active = self.ending_lock().contains_key(&key(id))
+            || self.lock().contains_key(&key(id))
             || self
                 .seen()
                 .snapshots
@@ -646,6 +750,61 @@ impl ManagedDiskSource {
         }
     }
 
+    fn ending_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Ending>>> {
+        lock_map(&self.ending)
+    }
+
+    /// Waits for the end of `id`'s access started in the background, if one is running:
+    /// whether access is ended (None: none was started, or it was settled before). A failed
+    /// end is reported here, once, and stays in [`Self::ending`], so the access counts as
+    /// granted: prune ends it again before the delete, or the next cycle's sweep does.
+    async fn settle_end(&self, id: &ResourceId) -> Option<bool> {
+        let k = key(id);
+        let mut running = {
+            let mut ending = self.ending_lock();
+            match ending.get_mut(&k) {
+                Some(running @ Some(_)) => running.take()?,
+                _ => return None,
+            }
+        };
+        let ended = match (&mut running.0).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) if e.kind() == ArmErrorKind::NotFound => true,
+            Ok(Err(e)) => {
+                tracing::warn!(snapshot = %id, error = %e, "ending read access after the diff listing failed; it is ended again before the snapshot is deleted");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "the end of read access after the diff listing did not finish; it is ended again before the snapshot is deleted");
+                false
+            }
+        };
+        if ended {
+            self.ending_lock().remove(&k);
+            if let Some(s) = self.seen().snapshots.get_mut(&k) {
+                s.properties.disk_state = None;
+            }
+        }
+        Some(ended)
+    }
+
+    /// Waits for every end of access still running in the background (a cycle that stops
+    /// before prune does not leave one running after it: it would be sent on past the
+    /// disk's lease, and could end a later cycle's grant of the same snapshot).
+    pub async fn settle_ends(&self) {
+        let running: Vec<String> = self
+            .ending_lock()
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in running {
+            if let Ok(id) = k.parse::<ResourceId>() {
+                self.settle_end(&id).await;
+            }
+        }
+    }
+
     /// Whether `s` is a snapshot of this disk (by resource id).
     fn of_this_disk(&self, s: &Snapshot) -> bool {
         let disk = self.disk.to_string();
@@ -665,7 +824,70 @@ impl ManagedDiskSource {
     }
 }
 
+// ---- Trusted Launch: the VM guest state (docs/managed-disks.md, "Trusted Launch") ----
+
 impl ManagedDiskSource {
+    /// Whether `snap` (a snapshot of this disk) carries a VM guest state: it, or the disk as
+    /// this cycle read it, is Trusted Launch. The disk is asked too because the restore
+    /// point's record of it ([`Self::recorded_disk`]) is what a restore goes by; a disk gone
+    /// since leaves the snapshot's own word.
+    async fn has_guest_state(&self, snap: Option<&Snapshot>) -> BlobResult<bool> {
+        if snap.is_some_and(|s| {
+            SecurityProfile::is_trusted_launch(s.properties.security_profile.as_ref())
+        }) {
+            return Ok(true);
+        }
+        if snap.is_some_and(|s| !self.of_this_disk(s)) {
+            return Ok(false);
+        }
+        match self.disk().await {
+            Ok(d) => Ok(SecurityProfile::is_trusted_launch(
+                d.properties.security_profile.as_ref(),
+            )),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The guest state SAS of `id`'s grant (granting it if this process has not). A Trusted
+    /// Launch snapshot whose grant answered none fails, named: never a restore point
+    /// without its guest state.
+    async fn guest_sas(&self, id: &ResourceId) -> BlobResult<SasUrl> {
+        self.sas_or_gone(id).await?;
+        lock_map(&self.guest).get(&key(id)).cloned().ok_or_else(|| {
+            BlobError::bad_response(
+                Resource::Managed(id.to_string()),
+                200,
+                NO_GUEST_STATE_SAS,
+                "the snapshot of a Trusted Launch disk was exported without its VM guest state \
+                 (beginGetAccess with getSecureVMGuestStateSAS answered no securityDataAccessSAS): \
+                 no restore point is taken without the vTPM and UEFI state"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// The code of a Trusted Launch grant that answered no `securityDataAccessSAS`.
+pub const NO_GUEST_STATE_SAS: &str = "NoSecurityDataAccessSAS";
+
+impl ManagedDiskSource {
+    /// Reads `range` through `url`, an export of snapshot `id` (its disk's or its guest
+    /// state's), counted in the cycle's requests; a refusal is explained by the export's
+    /// settings.
+    async fn read_through(
+        &self,
+        id: &ResourceId,
+        url: &SasUrl,
+        range: ByteRange,
+    ) -> BlobResult<Bytes> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match self.sas.read(&id.to_string(), url, range).await {
+            Err(e) if e.kind == ErrorKind::Auth => Err(self.explain_refusal(id, e).await),
+            r => r,
+        }
+    }
+
     /// A 401/403 through a snapshot's export, explained by the snapshot's export settings
     /// (one GET, only on failure): `AllowPrivate` names the property and the fix; otherwise
     /// the error stays as it is (an Entra-only export already names the role).

@@ -13,7 +13,7 @@
 //!   a restore works after the source disk is gone.
 //! - [`plan_upload`]: the Upload disk's properties from the record and the CLI's overrides.
 
-use crate::arm::{Disk, DiskRecipe, Encryption, SupportedCapabilities};
+use crate::arm::{Disk, DiskRecipe, Encryption, SecurityProfile, SupportedCapabilities};
 use crate::storage::Metadata;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ impl std::error::Error for Unsupported {}
 pub fn admit(disk: &Disk) -> Result<String, Unsupported> {
     let kind = DiskType::of(disk);
     let sectors = sector_size(disk);
-    let label = format!("{}, {sectors}-byte sectors", kind.label());
+    let mut label = format!("{}, {sectors}-byte sectors", kind.label());
     let refuse = |disk_type: String, reason: &str| Unsupported {
         disk: disk.id.clone(),
         disk_type,
@@ -142,15 +142,8 @@ pub fn admit(disk: &Disk) -> Result<String, Unsupported> {
                  copies neither, so its restore could not boot",
             ))
         }
-        Some("TrustedLaunch") => {
-            return Err(refuse(
-                format!("{label}, Trusted Launch"),
-                "Trusted Launch keeps the VM's UEFI and vTPM state in a separate VM guest \
-                 state blob (getSecureVMGuestStateSAS); snapback does not export it yet, so \
-                 a restore would boot without the vTPM's keys (BitLocker recovery, lost \
-                 measured-boot secrets)",
-            ))
-        }
+        // Backed up with its VM guest state (`crate::cycle::guest_state`).
+        Some(crate::arm::TRUSTED_LAUNCH) => label.push_str(", Trusted Launch"),
         _ => {}
     }
     match disk.properties.disk_state.as_deref() {
@@ -318,6 +311,11 @@ impl UploadPlan {
     pub fn is_os_disk(&self) -> bool {
         self.recipe.os_type.is_some()
     }
+
+    /// A Trusted Launch disk: uploaded with its VM guest state.
+    pub fn is_trusted_launch(&self) -> bool {
+        SecurityProfile::is_trusted_launch(self.recipe.security_profile.as_ref())
+    }
 }
 
 /// The Upload disk for a restore point recorded as `recorded` (None: a point from before
@@ -325,13 +323,24 @@ impl UploadPlan {
 /// combination Azure documents as unusable, named.
 pub fn plan_upload(recorded: Option<&RecordedDisk>, o: &Overrides) -> Result<UploadPlan, String> {
     let r = recorded.cloned().unwrap_or_default();
-    if let Some(t) = &r.security_type {
-        if t == "TrustedLaunch" || t.starts_with("ConfidentialVM") {
-            return Err(format!(
-                "the source disk's security type is {t}: its VM guest state (UEFI, vTPM) was not \
-                 backed up, so a restore could not boot as that VM's OS disk"
-            ));
-        }
+    if let Some(t) = r
+        .security_type
+        .as_deref()
+        .filter(|t| t.starts_with("ConfidentialVM"))
+    {
+        return Err(format!(
+            "the source disk's security type is {t}: its VM guest state (UEFI, vTPM) was not \
+             backed up, so a restore could not boot as that VM's OS disk"
+        ));
+    }
+    // A Trusted Launch disk is made again as one, uploaded with its VM guest state
+    // (`UploadPreparedSecure`): Trusted Launch is Gen2 only.
+    let trusted_launch = r.security_type.as_deref() == Some(crate::arm::TRUSTED_LAUNCH);
+    if trusted_launch && o.hyper_v_generation.as_deref() == Some("V1") {
+        return Err(
+            "--hyper-v-generation V1: the source disk is Trusted Launch, which is Gen2 (V2) only"
+                .to_string(),
+        );
     }
     if r.logical_sector_size > 512 {
         return Err(format!(
@@ -378,7 +387,10 @@ pub fn plan_upload(recorded: Option<&RecordedDisk>, o: &Overrides) -> Result<Upl
             os_type: os_type.clone(),
             hyper_v_generation,
             supported_capabilities: r.capabilities.clone().filter(|_| os_type.is_some()),
-            security_profile: None,
+            security_profile: trusted_launch.then(|| SecurityProfile {
+                security_type: Some(crate::arm::TRUSTED_LAUNCH.into()),
+                ..SecurityProfile::default()
+            }),
             encryption,
             tier,
             logical_sector_size: recorded
@@ -463,12 +475,20 @@ mod tests {
     }
 
     #[test]
-    fn trusted_launch_confidential_and_uploading_disks_are_refused_naming_why() {
+    fn trusted_launch_disks_are_admitted_and_named() {
+        let tl = disk(
+            "Premium_LRS",
+            serde_json::json!({"securityProfile": {"securityType": "TrustedLaunch"}}),
+        );
+        assert_eq!(
+            admit(&tl).as_deref(),
+            Ok("Premium SSD, 512-byte sectors, Trusted Launch")
+        );
+    }
+
+    #[test]
+    fn confidential_and_uploading_disks_are_refused_naming_why() {
         for (extra, want) in [
-            (
-                serde_json::json!({"securityProfile": {"securityType": "TrustedLaunch"}}),
-                "VM guest state",
-            ),
             (
                 serde_json::json!({"securityProfile": {"securityType": "ConfidentialVM_DiskEncryptedWithCustomerKey"}}),
                 "confidential VM",
@@ -556,12 +576,24 @@ mod tests {
             .unwrap_err()
             .contains("--os-type"));
         let mut tl = rec.clone();
-        tl.security_type = SecurityProfile {
-            security_type: Some("TrustedLaunch".into()),
-            ..SecurityProfile::default()
-        }
-        .security_type;
-        assert!(plan_upload(Some(&tl), &Overrides::default())
+        tl.security_type = Some("TrustedLaunch".into());
+        let plan = plan_upload(Some(&tl), &Overrides::default()).unwrap();
+        assert!(plan.is_trusted_launch());
+        assert_eq!(
+            plan.recipe.security_profile,
+            Some(SecurityProfile {
+                security_type: Some("TrustedLaunch".into()),
+                ..SecurityProfile::default()
+            })
+        );
+        let v1 = Overrides {
+            hyper_v_generation: Some("V1".into()),
+            ..Overrides::default()
+        };
+        assert!(plan_upload(Some(&tl), &v1).unwrap_err().contains("Gen2"));
+        let mut cvm = rec.clone();
+        cvm.security_type = Some("ConfidentialVM_DiskEncryptedWithCustomerKey".into());
+        assert!(plan_upload(Some(&cvm), &Overrides::default())
             .unwrap_err()
             .contains("guest state"));
         assert_eq!(
