@@ -7,7 +7,7 @@
 //! - [`client`]: [`ArmClient`], retries per `Retry-After` and long-running operations.
 //! - [`models`]: the request and response bodies.
 //! - [`credential`]: the azure_identity credential an `[azure]` table names.
-//! - [`sas`]: SAS URLs that never show their signature; redaction of error text.
+//! - [`options`]: where ARM and Entra ID are and how snapback signs in (built by `config`).
 //! - [`export`]: who may read a disk's export and from where (Entra-only disks, network policy).
 //! - [`error`]: typed errors (kind, resource id, HTTP status, ARM error code).
 
