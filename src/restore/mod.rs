@@ -1,3 +1,8 @@
+//! What is done with restore points once they exist: this file restores one to a page blob
+//! (below); [`managed_disk`] restores one to a new managed disk (with [`vhd`], the footer an
+//! upload needs); [`verify`] proves one equal to its source snapshot; [`retention`] decides
+//! which to keep and prunes the rest.
+//!
 //! Restore: a restore point becomes a disk again.
 //!
 //! 1. **Promote**: Copy Blob from the restore point (a backup snapshot) to a new writable blob

@@ -1,5 +1,7 @@
 //! The operations behind the CLI commands, on a loaded config: run cycles, list restore
-//! points, report status. The binary only parses arguments and prints.
+//! points, report status. The binary only parses arguments and prints. Beside them: the
+//! preflight ([`check`]), the hooks run after a cycle ([`hooks`]), progress bars on a
+//! terminal ([`terminal`]) and log output ([`logging`]).
 
 pub mod check;
 pub mod hooks;
