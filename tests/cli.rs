@@ -276,25 +276,29 @@ fn stand_in_daemon(
 /// so, and `backup` exits 1; so is a daemon older than run ids, which gives none.
 #[test]
 fn backup_handed_to_a_daemon_that_does_not_know_the_run_says_so() {
-    // The config's state_dir is the stand-in's folder: the control socket's default place.
-    let in_dir = |dir: &tempfile::TempDir| {
-        GOOD.replace(
+    // `snapback backup d1` against a stand-in; what it printed, and the requests it sent.
+    let backup_against = |reply: fn(&str) -> String| {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = stand_in_daemon(&dir.path().join("control.sock"), reply);
+        // The config's state_dir is the stand-in's folder: the control socket's default place.
+        let config = GOOD.replace(
             "/tmp/snapback-cli-test-unused",
             &dir.path().display().to_string(),
-        )
+        );
+        let (out, _config) = snapback_with(&config, &["backup", "d1"]);
+        no_panic(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stdout}{}", stderr(&out));
+        let seen = seen.lock().unwrap().clone();
+        (stdout, seen)
     };
-    let dir = tempfile::tempdir().unwrap();
-    let seen = stand_in_daemon(&dir.path().join("control.sock"), |req| {
+    let (stdout, seen) = backup_against(|req| {
         if req.contains(r#""cmd":"backup""#) {
             r#"{"reply":"backup","disk":"d1","outcome":"started","run":"0ld-7"}"#.into()
         } else {
             r#"{"reply":"unknown_run","run":"0ld-7"}"#.into()
         }
     });
-    let (out, _config) = snapback_with(&in_dir(&dir), &["backup", "d1"]);
-    no_panic(&out);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", stderr(&out));
     assert!(
         stdout.contains("d1: cycle started by the daemon"),
         "{stdout}"
@@ -304,20 +308,15 @@ fn backup_handed_to_a_daemon_that_does_not_know_the_run_says_so() {
         "{stdout}"
     );
     assert_eq!(
-        *seen.lock().unwrap(),
+        seen,
         [
             r#"{"cmd":"backup","disk":"d1"}"#,
             r#"{"cmd":"run","run":"0ld-7"}"#
         ]
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    stand_in_daemon(&dir.path().join("control.sock"), |_| {
-        r#"{"reply":"backup","disk":"d1","outcome":"already_running"}"#.into()
-    });
-    let (out, _config) = snapback_with(&in_dir(&dir), &["backup", "d1"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", stderr(&out));
+    let (stdout, _) =
+        backup_against(|_| r#"{"reply":"backup","disk":"d1","outcome":"already_running"}"#.into());
     assert!(
         stdout.contains("d1: cycle already running by the daemon"),
         "{stdout}"

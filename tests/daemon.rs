@@ -50,6 +50,18 @@ async fn daemon_status(socket: &Path) -> Option<control::DaemonStatus> {
     }
 }
 
+/// A `snapback run` of the fixture, once it answers on its control socket.
+async fn answering_daemon(fx: &Fixture) -> DaemonProc {
+    let d = DaemonProc::spawn(fx);
+    let socket = fx.config().control_socket;
+    let up = eventually(Duration::from_secs(10), || async {
+        daemon_status(&socket).await.is_some()
+    })
+    .await;
+    assert!(up, "the daemon never answered:\n{}", d.stderr());
+    d
+}
+
 /// The metrics port the daemon logged ("serving /metrics, /healthz and /readyz addr=127.0.0.1:PORT").
 async fn metrics_port(d: &DaemonProc) -> u16 {
     let mut port = None;
@@ -266,13 +278,7 @@ async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle(
     scatter_writes(blobs.as_ref(), &source, 1500, 8).await;
 
     let socket = fx.config().control_socket;
-    let mut d = DaemonProc::spawn(&fx);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            daemon_status(&socket).await.is_some()
-        })
-        .await
-    );
+    let mut d = answering_daemon(&fx).await;
     // `backup` through the daemon: "run this disk now".
     let out = fx.snapback(&["backup", "--no-wait", "disk1"]);
     assert!(out.status.success());
@@ -807,14 +813,7 @@ async fn backup_through_the_daemon_waits_for_the_result() {
     let fx = Fixture::with_extra(&disks);
     let blobs = fx.blobs();
     small_disk(blobs.as_ref(), &fx.source("disk1"), 11).await;
-    let socket = fx.config().control_socket;
-    let d = DaemonProc::spawn(&fx);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            daemon_status(&socket).await.is_some()
-        })
-        .await
-    );
+    let d = answering_daemon(&fx).await;
     let out = fx.snapback(&["backup", "disk1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", d.stderr());
@@ -1033,13 +1032,7 @@ async fn each_backup_handed_to_the_daemon_is_a_run_with_its_own_result() {
     let blobs = fx.blobs();
     small_disk(blobs.as_ref(), &fx.source("good"), 31).await;
     let socket = fx.config().control_socket;
-    let mut d = DaemonProc::spawn(&fx);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            daemon_status(&socket).await.is_some()
-        })
-        .await
-    );
+    let mut d = answering_daemon(&fx).await;
 
     // Through the CLI: both handed over in one command, each result under its disk.
     let out = fx.snapback(&["backup", "good", "bad"]);
@@ -1144,14 +1137,6 @@ async fn each_backup_handed_to_the_daemon_is_a_run_with_its_own_result() {
         .wait_exit(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
     drop(d);
-    let d = DaemonProc::spawn(&fx);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            daemon_status(&socket).await.is_some()
-        })
-        .await,
-        "{}",
-        d.stderr()
-    );
+    let _restarted = answering_daemon(&fx).await;
     unknown(good_run).await;
 }
