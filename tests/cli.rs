@@ -248,3 +248,81 @@ async fn transient_failures_are_retried() {
         2
     );
 }
+
+/// A stand-in daemon on the control socket: answers each request line with the reply that
+/// `reply` gives for it, and records the requests. Scripted, so that the CLI meets the
+/// answers a real daemon gives only across a restart or an upgrade.
+fn stand_in_daemon(
+    socket: &std::path::Path,
+    reply: fn(&str) -> String,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{BufRead, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+            log.lock().unwrap().push(line.trim().to_string());
+            let _ = writeln!(stream, "{}", reply(line.trim()));
+        }
+    });
+    seen
+}
+
+/// A run the daemon does not know (it restarted between the hand-over and the wait) is said
+/// so, and `backup` exits 1; so is a daemon older than run ids, which gives none.
+#[test]
+fn backup_handed_to_a_daemon_that_does_not_know_the_run_says_so() {
+    // `snapback backup d1` against a stand-in; what it printed, and the requests it sent.
+    let backup_against = |reply: fn(&str) -> String| {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = stand_in_daemon(&dir.path().join("control.sock"), reply);
+        // The config's state_dir is the stand-in's folder: the control socket's default place.
+        let config = GOOD.replace(
+            "/tmp/snapback-cli-test-unused",
+            &dir.path().display().to_string(),
+        );
+        let (out, _config) = snapback_with(&config, &["backup", "d1"]);
+        no_panic(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stdout}{}", stderr(&out));
+        let seen = seen.lock().unwrap().clone();
+        (stdout, seen)
+    };
+    let (stdout, seen) = backup_against(|req| {
+        if req.contains(r#""cmd":"backup""#) {
+            r#"{"reply":"backup","disk":"d1","outcome":"started","run":"0ld-7"}"#.into()
+        } else {
+            r#"{"reply":"unknown_run","run":"0ld-7"}"#.into()
+        }
+    });
+    assert!(
+        stdout.contains("d1: cycle started by the daemon"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("d1: RESULT UNKNOWN: the daemon does not know run 0ld-7"),
+        "{stdout}"
+    );
+    assert_eq!(
+        seen,
+        [
+            r#"{"cmd":"backup","disk":"d1"}"#,
+            r#"{"cmd":"run","run":"0ld-7"}"#
+        ]
+    );
+
+    let (stdout, _) =
+        backup_against(|_| r#"{"reply":"backup","disk":"d1","outcome":"already_running"}"#.into());
+    assert!(
+        stdout.contains("d1: cycle already running by the daemon"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("d1: the daemon gives no run id"),
+        "{stdout}"
+    );
+}

@@ -50,6 +50,18 @@ async fn daemon_status(socket: &Path) -> Option<control::DaemonStatus> {
     }
 }
 
+/// A `snapback run` of the fixture, once it answers on its control socket.
+async fn answering_daemon(fx: &Fixture) -> DaemonProc {
+    let d = DaemonProc::spawn(fx);
+    let socket = fx.config().control_socket;
+    let up = eventually(Duration::from_secs(10), || async {
+        daemon_status(&socket).await.is_some()
+    })
+    .await;
+    assert!(up, "the daemon never answered:\n{}", d.stderr());
+    d
+}
+
 /// The metrics port the daemon logged ("serving /metrics, /healthz and /readyz addr=127.0.0.1:PORT").
 async fn metrics_port(d: &DaemonProc) -> u16 {
     let mut port = None;
@@ -266,13 +278,7 @@ async fn sigterm_during_apply_exits_zero_and_the_restart_resumes_the_same_cycle(
     scatter_writes(blobs.as_ref(), &source, 1500, 8).await;
 
     let socket = fx.config().control_socket;
-    let mut d = DaemonProc::spawn(&fx);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            daemon_status(&socket).await.is_some()
-        })
-        .await
-    );
+    let mut d = answering_daemon(&fx).await;
     // `backup` through the daemon: "run this disk now".
     let out = fx.snapback(&["backup", "--no-wait", "disk1"]);
     assert!(out.status.success());
@@ -807,14 +813,7 @@ async fn backup_through_the_daemon_waits_for_the_result() {
     let fx = Fixture::with_extra(&disks);
     let blobs = fx.blobs();
     small_disk(blobs.as_ref(), &fx.source("disk1"), 11).await;
-    let socket = fx.config().control_socket;
-    let d = DaemonProc::spawn(&fx);
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            daemon_status(&socket).await.is_some()
-        })
-        .await
-    );
+    let d = answering_daemon(&fx).await;
     let out = fx.snapback(&["backup", "disk1"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", d.stderr());
@@ -1019,4 +1018,125 @@ async fn an_operator_failure_alerts_and_backs_off_while_a_503_burst_is_retried_s
         Some(0.0)
     );
     assert!(restore_points(blobs.as_ref(), &fx.backup("locked")).await >= 1);
+}
+
+/// Two backups handed to the daemon at once: each is its own run, with its own id, and the CLI
+/// reports each one's own result — `bad` has no source blob and fails with that cause while
+/// `good` succeeds. A run id the daemon does not know (nonsense, or one given before a
+/// restart) is answered as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_backup_handed_to_the_daemon_is_a_run_with_its_own_result() {
+    use control::{RunId, RunResult};
+    // Manual-only disks (no schedule): only our requests run cycles.
+    let fx = Fixture::with_extra(&(disk_section("good", "") + &disk_section("bad", "")));
+    let blobs = fx.blobs();
+    small_disk(blobs.as_ref(), &fx.source("good"), 31).await;
+    let socket = fx.config().control_socket;
+    let mut d = answering_daemon(&fx).await;
+
+    // Through the CLI: both handed over in one command, each result under its disk.
+    let out = fx.snapback(&["backup", "good", "bad"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", d.stderr());
+    assert!(
+        stdout.contains("good: cycle started by the daemon"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("bad: cycle started by the daemon"),
+        "{stdout}"
+    );
+    let good_line = stdout
+        .lines()
+        .find(|l| l.starts_with("good: ok, restore point "))
+        .unwrap_or_else(|| panic!("no result for good:\n{stdout}"));
+    let point = good_line.trim_start_matches("good: ok, restore point ");
+    let points = tagged_snapshots(blobs.as_ref(), &fx.backup("good")).await;
+    assert_eq!(points, vec![point.to_string()], "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("bad: FAILED: ") && l.contains("bad.vhd")),
+        "bad's failure not reported with its cause:\n{stdout}"
+    );
+    // One hand-over line and one result line per disk.
+    for disk in ["good", "bad"] {
+        let lines = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{disk}: ")));
+        assert_eq!(lines.count(), 2, "{stdout}");
+    }
+
+    // On the socket: two requests, two run ids, each with its own result.
+    let hand_over = |disk: &str| {
+        let (socket, disk) = (socket.clone(), disk.to_string());
+        async move {
+            match control::request(&socket, &Request::Backup { disk }).await {
+                Ok(Some(Response::Backup { run: Some(run), .. })) => run,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (good_run, bad_run) = (hand_over("good").await, hand_over("bad").await);
+    assert_ne!(good_run, bad_run);
+    let result_of = |run: RunId| {
+        let socket = socket.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match control::request(&socket, &Request::Run { run: run.clone() }).await {
+                    Ok(Some(Response::Run {
+                        result: RunResult::Running,
+                        ..
+                    })) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Ok(Some(Response::Run { disk, result, .. })) => return (disk, result),
+                    other => panic!("run {run}: {other:?}"),
+                }
+            }
+        }
+    };
+    let (disk, result) = result_of(good_run.clone()).await;
+    assert_eq!(disk, "good");
+    let RunResult::Ok {
+        restore_point: Some(second),
+        ..
+    } = result
+    else {
+        panic!("{result:?}\n{}", d.stderr())
+    };
+    assert!(
+        tagged_snapshots(blobs.as_ref(), &fx.backup("good"))
+            .await
+            .contains(&second),
+        "{second}"
+    );
+    assert_ne!(second, point);
+    let (disk, result) = result_of(bad_run).await;
+    assert_eq!(disk, "bad");
+    assert!(
+        matches!(&result, RunResult::Failed { error, .. } if error.contains("bad.vhd")),
+        "{result:?}"
+    );
+
+    // Unknown ids are refused as unknown: nonsense, and a run of the process before a restart.
+    let unknown = |run: RunId| {
+        let socket = socket.clone();
+        async move {
+            let answer = control::request(&socket, &Request::Run { run: run.clone() }).await;
+            assert!(
+                matches!(&answer, Ok(Some(Response::UnknownRun { run: r })) if *r == run),
+                "{answer:?}"
+            );
+        }
+    };
+    unknown(RunId("no-such-run".into())).await;
+    d.signal("TERM");
+    assert!(d
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    drop(d);
+    let _restarted = answering_daemon(&fx).await;
+    unknown(good_run).await;
 }

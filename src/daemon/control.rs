@@ -1,6 +1,11 @@
 //! The control socket: one JSON request per line, one JSON response per line, over the Unix
 //! socket `config.control_socket`. `snapback status` and `snapback backup` are its clients;
 //! when nothing listens there they work standalone.
+//!
+//! A backup request is answered with the id of the run (the cycle) that will carry it out;
+//! `run` asks what became of that run. Fields were only ever added, with defaults, so a CLI
+//! older than the daemon still works (it ignores `run` and watches `status`); a CLI newer
+//! than the daemon gets no run id and says so.
 
 use crate::service::DiskStatus;
 use serde::{Deserialize, Serialize};
@@ -25,6 +30,11 @@ pub enum Request {
     Backup {
         disk: String,
     },
+    /// What became of a run: `Response::Run`, or `Response::UnknownRun` for an id this daemon
+    /// process never gave (another process's, before a restart) or has forgotten.
+    Run {
+        run: RunId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,10 +44,58 @@ pub enum Response {
     Backup {
         disk: String,
         outcome: BackupOutcome,
+        /// The run that carries the request out: the one started, or the one already running
+        /// that it was merged into. Absent from daemons older than run ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<RunId>,
+    },
+    Run {
+        run: RunId,
+        disk: String,
+        result: RunResult,
+    },
+    UnknownRun {
+        run: RunId,
     },
     Error {
         message: String,
     },
+}
+
+/// Names one cycle the daemon ran or runs: `INSTANCE-N`, where INSTANCE is drawn afresh by
+/// each daemon process, so that an id from before a restart is unknown rather than the id of
+/// some other cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub String);
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a run stands, as `Response::Run` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RunResult {
+    /// Started, or waiting for a `max_concurrent_cycles` slot.
+    Running,
+    /// The cycle made this restore point.
+    Ok {
+        restore_point: Option<String>,
+        seconds: f64,
+    },
+    /// The cycle failed; `error_class` is the error policy's (`needs_operator`, `transient`,
+    /// `retry_after`), which decides when the daemon tries again.
+    Failed { error: String, error_class: String },
+    /// A later owner of the disk fenced this cycle off.
+    Fenced { error: String },
+    /// Another process holds the disk's lease: no cycle ran here.
+    OwnedElsewhere { error: String },
+    /// Stopped at a checkpoint before it ended (the window closed, the daemon is stopping, the
+    /// disk left the config); the next run of the disk resumes it.
+    Stopped { reason: String },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -347,10 +405,44 @@ mod tests {
             r#"{"cmd":"backup","disk":"d1"}"#
         );
         assert_eq!(
+            serde_json::to_string(&Request::Run {
+                run: RunId("7f-3".into())
+            })
+            .unwrap(),
+            r#"{"cmd":"run","run":"7f-3"}"#
+        );
+        assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
             Request::Status
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"rm -rf"}"#).is_err());
+    }
+
+    /// A CLI older than run ids reads the new backup reply, and a newer one reads the old.
+    #[test]
+    fn backup_reply_with_and_without_a_run_id() {
+        let new = Response::Backup {
+            disk: "d1".into(),
+            outcome: BackupOutcome::Started,
+            run: Some(RunId("7f-3".into())),
+        };
+        assert_eq!(
+            serde_json::to_string(&new).unwrap(),
+            r#"{"reply":"backup","disk":"d1","outcome":"started","run":"7f-3"}"#
+        );
+        #[derive(Deserialize)]
+        #[serde(tag = "reply", rename_all = "snake_case")]
+        enum OldResponse {
+            Backup { disk: String },
+        }
+        let OldResponse::Backup { disk } =
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(disk, "d1");
+        let old = r#"{"reply":"backup","disk":"d1","outcome":"already_running"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Response>(old).unwrap(),
+            Response::Backup { run: None, .. }
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!
 //! - [`schedule`]: pure timing rules (cron in a time zone, window, jitter, retry, resume).
 //! - [`control`]: the control socket protocol, server and client.
+//! - [`runs`]: the run id of each cycle started, and its result.
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`readiness`]: what `/readyz` answers.
 //! - [`signals`]: Unix signal handling.
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod control;
 pub mod metrics;
 pub mod readiness;
+pub mod runs;
 pub mod schedule;
 pub mod signals;
 
@@ -36,6 +38,7 @@ use control::{
 };
 use metrics::Metrics;
 use readiness::Readiness;
+use runs::Runs;
 use schedule::{DiskSchedule, Finish, Planner, Reason, Wake};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -234,7 +237,7 @@ impl Daemon {
             metrics,
             ready,
             events_tx: events_tx.clone(),
-            next_id: 0,
+            runs: Runs::default(),
             started: Instant::now(),
             notify: opts.notify_systemd,
             blobs: opts.blobs,
@@ -342,7 +345,8 @@ struct Supervisor {
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
     events_tx: mpsc::UnboundedSender<Event>,
-    next_id: u64,
+    /// Every cycle started, by run id, and how it ended.
+    runs: Runs,
     started: Instant,
     notify: bool,
     blobs: Option<Arc<dyn PageBlobs>>,
@@ -555,12 +559,10 @@ impl Supervisor {
         );
     }
 
-    fn start(&mut self, name: &str, reason: Reason, now: DateTime<Utc>) {
-        let Some(slot) = self.slots.get_mut(name) else {
-            return;
-        };
-        let id = self.next_id;
-        self.next_id += 1;
+    /// Starts a cycle of `name`; its run number.
+    fn start(&mut self, name: &str, reason: Reason, now: DateTime<Utc>) -> Option<u64> {
+        let slot = self.slots.get_mut(name)?;
+        let id = self.runs.start(name);
         let token = CancellationToken::new();
         let progress = Arc::new(Progress::default());
         let window_close = match reason {
@@ -615,10 +617,24 @@ impl Supervisor {
             };
             let _ = tx.send(Event::Finished(Box::new(ev)));
         });
+        Some(id)
     }
 
     fn finished(&mut self, f: Finished) {
         let now = self.clock.now();
+        let ours = |s: &Slot| {
+            s.running
+                .as_ref()
+                .filter(|r| r.id == f.id)
+                .map(|r| r.by_window)
+        };
+        let stopped_because = match self.slots.get(&f.disk).and_then(ours) {
+            Some(true) => "the backup window closed",
+            Some(false) => "the daemon is stopping",
+            None => "the disk was removed from the daemon's config",
+        };
+        let result = runs::result_of(f.result.as_ref(), f.seconds, f.cancelled, stopped_because);
+        self.runs.end(f.id, result);
         let Some(slot) = self.slots.get_mut(&f.disk) else {
             return; // removed by a reload meanwhile
         };
@@ -753,6 +769,7 @@ impl Supervisor {
     fn handle_request(&mut self, req: Request) -> Response {
         match req {
             Request::Status => self.status(),
+            Request::Run { run } => self.runs.answer(run),
             Request::Backup { disk } => {
                 let Some(slot) = self.slots.get(&disk) else {
                     let known: Vec<_> = self.slots.keys().cloned().collect();
@@ -767,8 +784,9 @@ impl Supervisor {
                         ),
                     };
                 };
-                if slot.running.is_some() {
+                if let Some(r) = &slot.running {
                     return Response::Backup {
+                        run: Some(self.runs.id(r.id)),
                         disk,
                         outcome: BackupOutcome::AlreadyRunning,
                     };
@@ -778,8 +796,9 @@ impl Supervisor {
                 if let Some(slot) = self.slots.get_mut(&disk) {
                     slot.planner.afresh(now, false);
                 }
-                self.start(&disk, Reason::Manual, now);
+                let run = self.start(&disk, Reason::Manual, now);
                 Response::Backup {
+                    run: run.map(|n| self.runs.id(n)),
                     disk,
                     outcome: BackupOutcome::Started,
                 }
