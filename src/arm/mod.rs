@@ -5,6 +5,7 @@
 //!
 //! - [`id`]: resource ids of disks and snapshots, validated.
 //! - [`api`]: [`Arm`], the operations snapback uses, as a trait (the client and the fake).
+//! - [`fake`]: [`fake::MemArm`], an in-memory ARM and export data plane for simulation tests.
 //! - [`client`]: [`ArmClient`], retries per `Retry-After` and long-running operations.
 //! - [`models`]: the request and response bodies.
 //! - [`credential`]: the azure_identity credential an `[azure]` table names.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod credential;
 pub mod error;
 pub mod export;
+pub mod fake;
 pub mod id;
 pub mod models;
 pub mod options;
