@@ -499,3 +499,33 @@ async fn rebase_moves_the_chain_to_the_restored_disk() {
     assert_eq!(snapshots.len(), 1, "one snapshot resource: {snapshots:?}");
     assert!(access.is_empty());
 }
+
+/// Eight cycles within five minutes of the fake's clock: the eighth snapshot is refused by
+/// Azure's rate limit, which the cycle names (kind `Rate`); the earlier snapshots were
+/// deleted by the cycles, so their times are not listed and the wait is the whole window.
+/// Nothing is left granted, and once the window has passed the cycle finishes.
+#[tokio::test]
+async fn the_snapshot_rate_limit_is_named_and_waited_out() {
+    use snapback::cycle::error::{CycleError, SnapshotLimit};
+    use snapback::source::snapshot_limits::LimitKind;
+    let w = World::new(NewDisk::default(), 0x11).await;
+    for n in 0..7 {
+        w.arm.write(&w.disk, n * PAGE, &[n as u8 + 1; 512]).await;
+        w.cycle().await;
+    }
+    let source = w.source();
+    let refused = w.runner(&source).run_cycle().await;
+    let Err(CycleError::SnapshotLimit {
+        limit: SnapshotLimit::Managed(limit),
+        ..
+    }) = refused
+    else {
+        panic!("the eighth snapshot in 5 minutes is refused for the rate: {refused:?}");
+    };
+    assert!(matches!(limit.kind, LimitKind::Rate { .. }), "{limit}");
+    assert_eq!(limit.wait, Some(Duration::from_secs(300)), "{limit}");
+    let (_, access) = w.arm.inventory().await;
+    assert!(access.is_empty(), "access left: {access:?}");
+    w.arm.advance(Duration::from_secs(300)).await;
+    assert_eq!(w.cycle().await.kind, CycleKind::Incremental);
+}
