@@ -12,6 +12,7 @@ use snapback::arm::{Access, ArmClient, ArmErrorKind, Disk, ResourceId, Tags, Upl
 use snapback::azure::sas_blob::SasBlobs;
 use snapback::model::pages::{ByteRange, PageItem};
 use snapback::model::secrets::SasUrl;
+use snapback::storage::ExportBlobs;
 use snapback::storage::{ErrorKind, PageListQuery, Resource};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1076,8 +1077,8 @@ async fn premium_v2_snapshots_complete_in_the_background() {
         name: "rg-conf".into(),
     };
     let source = snapback::source::managed_disk::ManagedDiskSource::new(
-        emu.client(),
-        SasBlobs::new(None),
+        std::sync::Arc::new(emu.client()),
+        std::sync::Arc::new(SasBlobs::new(None)),
         disk,
         group,
     )
@@ -1346,8 +1347,8 @@ async fn disk_types_are_admitted_or_refused_and_the_emulator_keeps_properties() 
         name: "rg-conf".into(),
     };
     let source = snapback::source::managed_disk::ManagedDiskSource::new(
-        emu.client(),
-        SasBlobs::new(None),
+        std::sync::Arc::new(emu.client()),
+        std::sync::Arc::new(SasBlobs::new(None)),
         id("disks", "v2-default"),
         group,
     );

@@ -8,7 +8,10 @@
 use super::{check_served_range, page_list, retry_options, SERVICE_VERSION};
 use crate::model::pages::ByteRange;
 use crate::model::secrets::SasUrl;
-use crate::storage::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
+use crate::storage::{
+    BlobError, BlobResult, ErrorKind, ExportBlobs, PageList, PageListQuery, Resource,
+};
+use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::http::policies::auth::BearerTokenAuthorizationPolicy;
 use azure_core::http::policies::Policy;
@@ -102,10 +105,14 @@ impl SasBlobs {
             )
         })
     }
+}
 
+/// Requests through the URL; a bearer token for the disk audience where it asks for one.
+#[async_trait]
+impl ExportBlobs for SasBlobs {
     /// One page of Get Page Ranges of `blob` within `query.range`: every written range, or,
     /// with `previous`, the diff against that older snapshot of the same disk.
-    pub async fn page_ranges(
+    async fn page_ranges(
         &self,
         resource: &str,
         blob: &SasUrl,
@@ -141,7 +148,7 @@ impl SasBlobs {
     }
 
     /// Reads `range` of `blob`.
-    pub async fn read(&self, resource: &str, blob: &SasUrl, range: ByteRange) -> BlobResult<Bytes> {
+    async fn read(&self, resource: &str, blob: &SasUrl, range: ByteRange) -> BlobResult<Bytes> {
         let what = format!("read {range}");
         let mut request = Request::new(blob.expose().clone(), Method::Get);
         request.insert_header("x-ms-version", SERVICE_VERSION);
@@ -176,12 +183,10 @@ impl SasBlobs {
         }
         Ok(data)
     }
-}
 
-impl SasBlobs {
-    /// The length of `blob` (Get Blob Properties): how big a managed disk's VM guest state
-    /// blob is, before it is copied or uploaded into.
-    pub async fn size(&self, resource: &str, blob: &SasUrl) -> BlobResult<u64> {
+    /// Get Blob Properties: how big a managed disk's VM guest state blob is, before it is
+    /// copied or uploaded into.
+    async fn size(&self, resource: &str, blob: &SasUrl) -> BlobResult<u64> {
         let what = "properties";
         let mut request = Request::new(blob.expose().clone(), Method::Head);
         request.insert_header("x-ms-version", SERVICE_VERSION);
@@ -205,7 +210,7 @@ impl SasBlobs {
 
     /// Put Page of `data` (page aligned, at most 4 MiB) at `offset` of `blob` (a managed
     /// disk awaiting its upload, through its write SAS), with a transactional CRC-64.
-    pub async fn put_pages(
+    async fn put_pages(
         &self,
         resource: &str,
         blob: &SasUrl,

@@ -11,10 +11,7 @@
 //!
 //! With `rebase` the disk's chain restarts on the new disk (see `rebase`).
 
-use crate::arm::{
-    Access, ArmClient, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec,
-};
-use crate::azure::sas_blob::SasBlobs;
+use crate::arm::{Access, Arm, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec};
 use crate::config::{DiskConfig, DiskSource};
 use crate::cycle::handover::publish_record;
 use crate::model::pages::MAX_PUT_BYTES;
@@ -31,9 +28,14 @@ use crate::source::managed_disk::{arm_err, ManagedDiskSource};
 use crate::source::Source;
 use crate::state::StateStore;
 use crate::storage::copy::{CopyEnd, CopyWait};
-use crate::storage::{retry_unanswered, IfBlob, PageBlobs};
+use crate::storage::{retry_unanswered, ExportBlobs, IfBlob, PageBlobs};
 use futures::TryStreamExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// ARM and the data plane behind its SAS URLs (built once, by `service`; the in-memory
+/// fake in the simulation tests).
+pub type Clients<'a> = (&'a Arc<dyn Arm>, &'a Arc<dyn ExportBlobs>);
 
 /// How long the write SAS of the upload is asked for (ended as soon as the upload is done).
 const WRITE_SAS_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -102,7 +104,7 @@ pub async fn restore(
     blobs: &dyn PageBlobs,
     store: &StateStore,
     disk: &DiskConfig,
-    clients: (&ArmClient, &SasBlobs),
+    clients: Clients<'_>,
     req: &ManagedRestoreRequest,
     copy_stall: Duration,
     leasing: Option<&Leasing>,
@@ -123,7 +125,7 @@ async fn restore_under(
     blobs: &dyn PageBlobs,
     store: &StateStore,
     disk: &DiskConfig,
-    (arm, sas): (&ArmClient, &SasBlobs),
+    (arm, sas): Clients<'_>,
     req: &ManagedRestoreRequest,
     copy_stall: Duration,
     lease: Option<&DiskLease>,
@@ -239,7 +241,7 @@ async fn restore_under(
     // disk is made at the next size Azure takes. A 400 for anything else stays an error.
     let mut disk_size = chosen.size;
     let created = match arm
-        .create_upload_disk_with(&req.target, &spec, &plan.recipe)
+        .create_upload_disk(&req.target, &spec, &plan.recipe)
         .await
     {
         Err(e) if e.status() == Some(400) && needs_rounding(chosen.size) => {
@@ -247,14 +249,14 @@ async fn restore_under(
                 .map_err(|reason| refused(format!("{reason} (ARM refused the exact size: {e})")))?;
             tracing::warn!(target = %target, restore_point = chosen.size, disk = disk_size, code = e.code().unwrap_or(""), "Azure refused an Upload disk of the restore point's size: the disk is made larger, the rest reads as zeros");
             spec.upload_size_bytes = disk_size + vhd::FOOTER_SIZE;
-            arm.create_upload_disk_with(&req.target, &spec, &plan.recipe)
+            arm.create_upload_disk(&req.target, &spec, &plan.recipe)
                 .await
         }
         other => other,
     };
     created.map_err(arm_fail(format!("create {target}"), &req.target))?;
     let grant = arm
-        .begin_get_access_with(
+        .grant_access(
             &req.target,
             Access::Write,
             WRITE_SAS_LIFETIME,
@@ -308,7 +310,7 @@ async fn restore_under(
     .await
     .map_err(blob_err(format!("write the VHD footer of {target}")))?;
     if let Some(data) = &guest {
-        upload_guest_state(sas, &target, grant.guest_state.as_ref(), data).await?;
+        upload_guest_state(sas.as_ref(), &target, grant.guest_state.as_ref(), data).await?;
     }
     // Ends the upload: the disk becomes an ordinary unattached disk.
     arm.end_get_access(&req.target)
@@ -387,7 +389,7 @@ async fn guest_state_of(
 /// Writes the VM guest state `data` through the upload disk's `securityDataAccessSAS`
 /// (its write grant's second SAS); zero chunks are skipped, as for the disk.
 async fn upload_guest_state(
-    sas: &SasBlobs,
+    sas: &dyn ExportBlobs,
     target: &str,
     url: Option<&crate::model::secrets::SasUrl>,
     data: &[u8],
@@ -447,7 +449,7 @@ async fn rebase(
     blobs: &dyn PageBlobs,
     store: &StateStore,
     disk: &DiskConfig,
-    (arm, sas): (&ArmClient, &SasBlobs),
+    (arm, sas): Clients<'_>,
     target: &ResourceId,
     (old, old_group): (&ResourceId, &ResourceGroup),
     chosen: &crate::restore::Chosen,

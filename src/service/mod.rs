@@ -8,7 +8,7 @@ pub mod hooks;
 pub mod logging;
 pub mod terminal;
 
-use crate::arm::{ArmClient, ArmOptions};
+use crate::arm::{Arm, ArmClient, ArmOptions};
 use crate::azure::sas_blob::SasBlobs;
 use crate::azure::AzureBlobs;
 use crate::config::VerifyMode;
@@ -28,6 +28,7 @@ use crate::source::managed_disk::ManagedDiskSource;
 use crate::source::{PageBlobSource, Source};
 use crate::state::{StateError, StateStore};
 use crate::storage::lease::LeaseBlobs;
+use crate::storage::ExportBlobs;
 use crate::storage::{BlobError, BlobRef, PageBlobs};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -182,9 +183,10 @@ pub struct App {
     pub limits: Arc<Limits>,
     /// The ARM client of the `[azure]` table (managed disks), or why it could not be made
     /// (reported by the managed disks only); None without an `[azure]` table.
-    pub arm: Option<Result<ArmClient, BlobError>>,
-    /// Reads through the SAS URLs of managed disks' snapshots.
-    pub sas: SasBlobs,
+    /// Behind its trait, so a test can give the in-memory fake (`arm::fake::MemArm`).
+    pub arm: Option<Result<Arc<dyn Arm>, BlobError>>,
+    /// Reads through the SAS URLs of managed disks' snapshots (and uploads through them).
+    pub sas: Arc<dyn ExportBlobs>,
     /// Disk leases in Azure (one owner per disk across hosts); `None` for in-memory storage
     /// (a simulation has one process and no one to exclude).
     pub leases: Option<Arc<dyn LeaseBlobs>>,
@@ -241,10 +243,11 @@ impl App {
             })
         });
         // Exports of Entra-only disks are read with the same identity that asks for them.
-        let sas = match &arm {
+        let sas: Arc<dyn ExportBlobs> = Arc::new(match &arm {
             Some(Ok(a)) => SasBlobs::default().with_credential(a.credential()),
             _ => SasBlobs::default(),
-        };
+        });
+        let arm = arm.map(|a| a.map(|a| Arc::new(a) as Arc<dyn Arm>));
         Ok(App {
             limits,
             config,

@@ -6,6 +6,7 @@
 
 pub mod copy;
 pub mod error;
+pub mod export;
 pub mod fake;
 pub mod lease;
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 
 pub use crate::model::{BlobRef, Metadata};
 pub use crate::storage::error::{BlobError, BlobResult, ErrorKind, Resource, ServiceCode};
+pub use crate::storage::export::ExportBlobs;
 
 /// State of an asynchronous Copy Blob, as reported on the destination.
 #[derive(Clone, Debug, PartialEq, Eq)]

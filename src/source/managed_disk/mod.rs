@@ -21,22 +21,22 @@ pub mod access;
 pub mod props;
 
 use crate::arm::{
-    Access, ArmClient, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, SecurityProfile,
-    Snapshot,
+    Access, Arm, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, SecurityProfile, Snapshot,
 };
-use crate::azure::sas_blob::SasBlobs;
 use crate::model::pages::ByteRange;
 use crate::model::secrets::SasUrl;
 use crate::model::BaseState;
 use crate::model::{tags, SnapshotId};
 use crate::source::snapshot_limits::ManagedLimit;
 use crate::source::{CopySource, DiffQuery, GuestState, Source, SourceSnapshot};
-use crate::storage::{BlobError, BlobResult, ErrorKind, PageList, PageListQuery, Resource};
+use crate::storage::{
+    BlobError, BlobResult, ErrorKind, ExportBlobs, PageList, PageListQuery, Resource,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Azure diffs incremental snapshots of a managed disk only on one side of 4 TiB: a disk
@@ -71,8 +71,10 @@ struct Seen {
 }
 
 pub struct ManagedDiskSource {
-    arm: ArmClient,
-    sas: SasBlobs,
+    /// ARM (the HTTP client, or the in-memory fake of the simulation tests).
+    arm: Arc<dyn Arm>,
+    /// The data plane behind the SAS URLs ARM grants.
+    sas: Arc<dyn ExportBlobs>,
     disk: ResourceId,
     snapshot_group: ResourceGroup,
     /// Read SAS granted by this process, by lower-cased snapshot id.
@@ -106,8 +108,8 @@ pub struct ManagedDiskSource {
 
 impl ManagedDiskSource {
     pub fn new(
-        arm: ArmClient,
-        sas: SasBlobs,
+        arm: Arc<dyn Arm>,
+        sas: Arc<dyn ExportBlobs>,
         disk: ResourceId,
         snapshot_group: ResourceGroup,
     ) -> Self {
@@ -275,7 +277,7 @@ impl ManagedDiskSource {
         let with_guest = self.has_guest_state(snap.as_ref()).await?;
         let grant = match self
             .arm
-            .begin_get_access_with(id, Access::Read, lifetime, with_guest)
+            .grant_access(id, Access::Read, lifetime, with_guest)
             .await
         {
             Ok(s) => s,
@@ -337,7 +339,7 @@ impl ManagedDiskSource {
     async fn tagged(&self, disk: &str) -> BlobResult<Vec<Snapshot>> {
         let mut all = self
             .arm
-            .list_snapshots(&self.snapshot_group, &self.disk, None)
+            .list_snapshots(&self.snapshot_group, &self.disk)
             .await
             .map_err(|e| arm_err(&self.disk, e))?;
         all.retain(|s| match self.chain.as_deref() {
@@ -992,7 +994,7 @@ impl ManagedDiskSource {
         }
         let listing = match self
             .arm
-            .list_snapshots(&self.snapshot_group, &self.disk, None)
+            .list_snapshots(&self.snapshot_group, &self.disk)
             .await
         {
             Ok(l) => l,
