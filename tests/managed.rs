@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::arm::{ArmEmulator, CLIENT_SECRET, SUBSCRIPTION};
+use common::arm::{ArmEmulator, SUBSCRIPTION};
 use common::azurite::Azurite;
 use common::fixture::{content, Fixture, Rng, MIB};
 use common::process::kill_at_failpoint;
@@ -19,8 +19,6 @@ use snapback::storage::{BlobRef, PageBlobs};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const SECRET_ENV: &str = "SB_TEST_ARM_SECRET";
 
 /// A backup account in Azurite, a managed disk `vm01-data` in the emulator, and a config
 /// backing it up as disk `disk1`.
@@ -58,15 +56,8 @@ impl World {
         let azurite = Azurite::start();
         let emu = ArmEmulator::start(&azurite, emu_env);
         let disk = disk_id();
-        let section = format!(
-            "[azure]\narm_endpoint = \"{e}\"\nauthority_host = \"{e}\"\ntenant_id = \"{t}\"\nclient_id = \"{c}\"\nclient_secret_env = \"{SECRET_ENV}\"\n\n[[disk]]\nname = \"disk1\"\nmanaged_disk = \"{disk}\"\nsnapshot_resource_group = \"rg-snapshots\"\nbackup = \"backup/backups/disk1\"\nconcurrency = 4\n{extra_disk_lines}\n",
-            e = emu.endpoint(),
-            t = common::arm::TENANT,
-            c = common::arm::CLIENT_ID,
-        );
+        let section = emu.disk_section(&disk, &format!("concurrency = 4\n{extra_disk_lines}"));
         let fx = Fixture::start(azurite, &section);
-        // The disk, made as a restore makes one: Upload, write SAS, end access.
-        let arm = emu.client();
         let spec = UploadDiskSpec {
             location: "westeurope".into(),
             upload_size_bytes: size + 512,
@@ -74,13 +65,7 @@ impl World {
             zone: zone.map(str::to_string),
             tags: Tags::new(),
         };
-        arm.create_upload_disk_with(&disk, &spec, recipe)
-            .await
-            .unwrap();
-        arm.begin_get_access(&disk, Access::Write, Duration::from_secs(600))
-            .await
-            .unwrap();
-        arm.end_get_access(&disk).await.unwrap();
+        emu.make_disk(&disk, &spec, recipe).await;
         World {
             fx,
             emu,
@@ -91,13 +76,7 @@ impl World {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = self.fx.command(args);
-        // The emulator's test certificate, trusted by the binary's default HTTP client
-        // (rustls-platform-verifier reads SSL_CERT_FILE on Linux).
-        cmd.env(
-            "SSL_CERT_FILE",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/arm/emulator-cert.pem"),
-        )
-        .env(SECRET_ENV, CLIENT_SECRET);
+        ArmEmulator::sign_in(&mut cmd);
         cmd
     }
 

@@ -6,19 +6,15 @@
 
 mod common;
 
-use common::arm::{ArmEmulator, CLIENT_SECRET, SUBSCRIPTION};
+use common::arm::{ArmEmulator, SUBSCRIPTION};
 use common::fixture::{content, Fixture, Rng, MIB};
 use common::process::kill_at_failpoint;
 use snapback::arm::{
-    Access, DiskRecipe, ResourceGroup, ResourceId, ResourceKind, SecurityProfile, Tags,
-    UploadDiskSpec,
+    DiskRecipe, ResourceGroup, ResourceId, ResourceKind, SecurityProfile, Tags, UploadDiskSpec,
 };
 use snapback::storage::{BlobRef, Metadata, PageBlobs};
-use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
-const SECRET_ENV: &str = "SB_TEST_ARM_SECRET";
 /// The guest state blob's length: two pieces of a copy (4 MiB and 64 KiB).
 const VMGS: u64 = 4 * MIB + 64 * 1024;
 const DISK: u64 = 4 * MIB;
@@ -44,14 +40,8 @@ impl Tl {
         let vmgs = VMGS.to_string();
         let emu = ArmEmulator::start(&azurite, &[("EMU_VMGS_BYTES", vmgs.as_str())]);
         let disk = id("tl-os");
-        let section = format!(
-            "[azure]\narm_endpoint = \"{e}\"\nauthority_host = \"{e}\"\ntenant_id = \"{t}\"\nclient_id = \"{c}\"\nclient_secret_env = \"{SECRET_ENV}\"\n\n[[disk]]\nname = \"disk1\"\nmanaged_disk = \"{disk}\"\nsnapshot_resource_group = \"rg-snapshots\"\nbackup = \"backup/backups/disk1\"\n{extra_disk_lines}\n",
-            e = emu.endpoint(),
-            t = common::arm::TENANT,
-            c = common::arm::CLIENT_ID,
-        );
+        let section = emu.disk_section(&disk, extra_disk_lines);
         let fx = Fixture::start(azurite, &section);
-        let arm = emu.client();
         let recipe = DiskRecipe {
             os_type: Some("Linux".into()),
             hyper_v_generation: Some("V2".into()),
@@ -68,23 +58,13 @@ impl Tl {
             zone: None,
             tags: Tags::new(),
         };
-        arm.create_upload_disk_with(&disk, &spec, &recipe)
-            .await
-            .unwrap();
-        arm.begin_get_access(&disk, Access::Write, Duration::from_secs(600))
-            .await
-            .unwrap();
-        arm.end_get_access(&disk).await.unwrap();
+        emu.make_disk(&disk, &spec, &recipe).await;
         Tl { fx, emu, disk }
     }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = self.fx.command(args);
-        cmd.env(
-            "SSL_CERT_FILE",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/arm/emulator-cert.pem"),
-        )
-        .env(SECRET_ENV, CLIENT_SECRET);
+        ArmEmulator::sign_in(&mut cmd);
         cmd
     }
 

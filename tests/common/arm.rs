@@ -10,7 +10,9 @@
 use super::azurite::{Azurite, MD_ACCOUNT, MD_KEY};
 use super::process::{tests_path, NodeProcess};
 use azure_core::http::Transport;
-use snapback::arm::{ArmClient, ArmOptions, PollPolicy, RetryPolicy};
+use snapback::arm::{
+    Access, ArmClient, ArmOptions, DiskRecipe, PollPolicy, ResourceId, RetryPolicy, UploadDiskSpec,
+};
 use snapback::config::azure::AzureConfig;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub const CLIENT_SECRET: &str = "snapback-test-client-secret-not-a-secret";
 pub const FEDERATED_TOKEN: &str = "snapback-test-federated-token-not-a-secret";
 /// Test-only `IDENTITY_HEADER` of the emulator's managed identity endpoint (`/msi/token`).
 pub const IDENTITY_HEADER: &str = "snapback-test-identity-header";
+/// The variable the tests' `[azure]` sections name for the client secret.
+pub const SECRET_ENV: &str = "SB_TEST_ARM_SECRET";
 /// A subscription id (a GUID, as ARM's are).
 pub const SUBSCRIPTION: &str = "00000000-0000-4000-8000-000000000001";
 
@@ -139,9 +143,40 @@ impl ArmEmulator {
     /// emulator's token endpoint.
     pub fn client(&self) -> ArmClient {
         // One fixed secret for every emulator, so a process-wide variable is safe.
-        std::env::set_var("SB_TEST_ARM_SECRET", CLIENT_SECRET);
-        ArmClient::from_config(&self.azure_config("SB_TEST_ARM_SECRET"), Self::options())
-            .expect("ARM client")
+        std::env::set_var(SECRET_ENV, CLIENT_SECRET);
+        ArmClient::from_config(&self.azure_config(SECRET_ENV), Self::options()).expect("ARM client")
+    }
+
+    /// The config lines of one managed disk `disk1` backed up from `disk` through this
+    /// emulator, signed in with the test client secret (read from [`SECRET_ENV`]).
+    pub fn disk_section(&self, disk: &ResourceId, extra_disk_lines: &str) -> String {
+        format!(
+            "[azure]\narm_endpoint = \"{e}\"\nauthority_host = \"{e}\"\ntenant_id = \"{TENANT}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"{SECRET_ENV}\"\n\n[[disk]]\nname = \"disk1\"\nmanaged_disk = \"{disk}\"\nsnapshot_resource_group = \"rg-snapshots\"\nbackup = \"backup/backups/disk1\"\n{extra_disk_lines}\n",
+            e = self.endpoint(),
+        )
+    }
+
+    /// Makes `disk` as a restore makes one (Upload, write SAS, end access): a disk of
+    /// `spec.upload_size_bytes - 512` zero bytes with `recipe`'s properties.
+    pub async fn make_disk(&self, disk: &ResourceId, spec: &UploadDiskSpec, recipe: &DiskRecipe) {
+        let arm = self.client();
+        arm.create_upload_disk_with(disk, spec, recipe)
+            .await
+            .expect("create the disk");
+        arm.begin_get_access(disk, Access::Write, Duration::from_secs(600))
+            .await
+            .expect("write access to the disk");
+        arm.end_get_access(disk)
+            .await
+            .expect("end access to the disk");
+    }
+
+    /// Lets a `snapback` process reach this emulator as a config from
+    /// [`Self::disk_section`] asks: the emulator's test certificate trusted
+    /// (rustls-platform-verifier reads SSL_CERT_FILE on Linux) and the client secret set.
+    pub fn sign_in(cmd: &mut std::process::Command) {
+        cmd.env("SSL_CERT_FILE", tests_path("arm/emulator-cert.pem"))
+            .env(SECRET_ENV, CLIENT_SECRET);
     }
 
     /// GET a control route; the JSON answer.
