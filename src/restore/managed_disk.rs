@@ -13,15 +13,14 @@
 
 use crate::arm::{Access, Arm, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec};
 use crate::config::{DiskConfig, DiskSource};
-use crate::cycle::handover::publish_record;
 use crate::model::pages::MAX_PUT_BYTES;
-use crate::model::record::CycleRecord;
 use crate::model::{tags, SnapshotId};
 use crate::ownership::DiskLease;
 use crate::restore::verify::{allocated_ranges, union_chunks};
 use crate::restore::vhd;
 use crate::restore::{
-    blob_err, first_restore_point, leased_etag, Leasing, PointSelector, RestoreError, Restorer,
+    blob_err, finish_first_cycle, leased_etag, FirstCycle, Leasing, PointSelector, RestoreError,
+    Restorer,
 };
 use crate::source::managed_disk::props::{plan_upload, Overrides, RecordedDisk};
 use crate::source::managed_disk::{arm_err, ManagedDiskSource};
@@ -545,29 +544,22 @@ async fn rebase(
     }
     // B(0) records the base's ETag (a snapshot leaves it alone), as a cycle's restore point
     // does: the chain then survives a lost state.
-    let (b0, etag) = first_restore_point(
+    let b0 = finish_first_cycle(
         blobs,
+        store,
         lease,
-        &disk.name,
-        backup,
-        (tag.as_str(), &s0),
-        chosen.guest_state.as_ref().and_then(|g| g.as_ref().ok()),
+        FirstCycle {
+            disk: &disk.name,
+            source: target.to_string(),
+            backup,
+            tag: &tag,
+            s0: &s0,
+            guest_state: chosen.guest_state.as_ref().and_then(|g| g.as_ref().ok()),
+            note: format!("rebased onto managed disk {target}"),
+            now,
+        },
     )
     .await?;
-    let rec = CycleRecord::rebased(
-        &disk.name,
-        tag,
-        s0.clone(),
-        b0.clone(),
-        etag,
-        format!("rebased onto managed disk {target}"),
-        now,
-    );
-    let (source, backup_name) = (target.to_string(), backup.to_string());
-    store.start_chain(&rec, &source, &backup_name, now)?;
-    if let Some(lease) = lease {
-        publish_record(lease, &source, &backup_name, &rec).await?;
-    }
 
     // Only this chain's snapshots and access grants: another installation may back up the
     // old disk under the same name.

@@ -257,7 +257,7 @@ pub(crate) async fn leased_etag(
 /// raised again after the copy that made it), and the snapshot is taken `If-Match` the ETag
 /// read with it and records the token, as a cycle's restore point does. Returns `B(0)` and
 /// the ETag it was taken on (the next cycle's base).
-pub(crate) async fn first_restore_point(
+async fn first_restore_point(
     blobs: &dyn PageBlobs,
     lease: Option<&DiskLease>,
     disk: &str,
@@ -302,6 +302,58 @@ pub(crate) async fn first_restore_point(
         .await
         .map_err(blob_err(what("first restore point")))?;
     Ok((SnapshotId::new(b0), etag))
+}
+
+/// The first cycle of a rebased chain: `S(0)` taken of the restored disk, `backup` holding
+/// the same bytes (both are copies of one restore point).
+pub(crate) struct FirstCycle<'a> {
+    pub(crate) disk: &'a str,
+    /// The new chain's source, as the state binds it (a blob path or a resource id).
+    pub(crate) source: String,
+    pub(crate) backup: &'a BlobRef,
+    pub(crate) tag: &'a str,
+    pub(crate) s0: &'a SnapshotId,
+    /// The guest state copy `B(0)` names (a Trusted Launch disk's).
+    pub(crate) guest_state: Option<&'a tags::GuestStateCopy>,
+    /// Why the chain started, for `status` and the record.
+    pub(crate) note: String,
+    pub(crate) now: i64,
+}
+
+/// Finishes a rebased chain's first cycle as a cycle finishes one: `B(0)` taken
+/// ([`first_restore_point`]), the finished cycle recorded in the state and, under the new
+/// disk's lease, in its lock blob, so the next cycle is incremental against `S(0)`. Both
+/// rebases (onto a page blob, onto a managed disk) end here. Returns `B(0)`.
+pub(crate) async fn finish_first_cycle(
+    blobs: &dyn PageBlobs,
+    store: &StateStore,
+    lease: Option<&DiskLease>,
+    first: FirstCycle<'_>,
+) -> Result<SnapshotId, RestoreError> {
+    let (b0, etag) = first_restore_point(
+        blobs,
+        lease,
+        first.disk,
+        first.backup,
+        (first.tag, first.s0),
+        first.guest_state,
+    )
+    .await?;
+    let rec = CycleRecord::rebased(
+        first.disk,
+        first.tag.to_string(),
+        first.s0.clone(),
+        b0.clone(),
+        etag,
+        first.note,
+        first.now,
+    );
+    let backup = first.backup.to_string();
+    store.start_chain(&rec, &first.source, &backup, first.now)?;
+    if let Some(lease) = lease {
+        publish_record(lease, &first.source, &backup, &rec).await?;
+    }
+    Ok(b0)
 }
 
 /// A restore point of the disk, with the source snapshot it recorded.
@@ -746,22 +798,22 @@ impl<'a> Restorer<'a> {
                 "first snapshot of the restored disk {target}"
             )))?
             .id;
-        let (b0, etag) =
-            first_restore_point(self.blobs, lease, &rb.name, promoted, (tag, &s0), None).await?;
-        let rec = CycleRecord::rebased(
-            &rb.name,
-            tag.to_string(),
-            s0.clone(),
-            b0.clone(),
-            etag,
-            format!("started by restore of {}", self.disk.name),
-            self.now,
-        );
-        let (source, backup) = (target.to_string(), promoted.to_string());
-        self.store.start_chain(&rec, &source, &backup, self.now)?;
-        if let Some(lease) = lease {
-            publish_record(lease, &source, &backup, &rec).await?;
-        }
+        let b0 = finish_first_cycle(
+            self.blobs,
+            self.store,
+            lease,
+            FirstCycle {
+                disk: &rb.name,
+                source: target.to_string(),
+                backup: promoted,
+                tag,
+                s0: &s0,
+                guest_state: None,
+                note: format!("started by restore of {}", self.disk.name),
+                now: self.now,
+            },
+        )
+        .await?;
         Ok(RebasedChain {
             name: rb.name.clone(),
             source: target.clone(),
