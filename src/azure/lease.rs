@@ -1,7 +1,9 @@
 //! [`LeaseBlobs`] over the storage SDK: Put Blob (If-None-Match: *), Lease Blob, and Set Blob
 //! Metadata and Put Blob (If-Match) with the lease id.
 
-use super::{etag_string, map_err, AzureBlobs};
+use super::error_map::map_err;
+use super::headers::etag_string;
+use super::AzureBlobs;
 use crate::model::pages::ByteRange;
 use crate::storage::error::ErrorKind as Kind;
 use crate::storage::lease::LeaseBlobs;

@@ -1,7 +1,9 @@
 //! [`LeaseListing`] over the storage SDK: List Blobs with metadata; each item carries its
 //! lease state.
 
-use super::{listed_metadata, map_err, AzureBlobs};
+use super::error_map::map_err;
+use super::headers::listed_metadata;
+use super::AzureBlobs;
 use crate::storage::lease::{LeaseListing, LeasedBlob};
 use crate::storage::{BlobRef, BlobResult, Continuation, Resource};
 use async_trait::async_trait;

@@ -1,7 +1,8 @@
 //! Requests that only `snapback check` makes: a cycle never leases a blob, asks whether a
 //! container exists or deletes one. Kept here so the cycle's client stays what it needs.
 
-use super::{map_err, AzureBlobs};
+use super::error_map::map_err;
+use super::AzureBlobs;
 use crate::storage::{BlobError, BlobRef, BlobResult, ErrorKind, Resource};
 use azure_storage_blob::models::BlobClientAcquireLeaseResultHeaders;
 

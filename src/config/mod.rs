@@ -595,9 +595,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 // Problem collection
 // ---------------------------------------------------------------------------
 
+mod accounts;
 pub mod azure;
 pub mod cluster;
 pub use cluster::ClusterConfig;
+mod disks;
 mod hooks;
 mod throttle;
 pub use throttle::ThrottleConfig;

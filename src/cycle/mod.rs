@@ -7,12 +7,15 @@
 
 pub mod apply;
 pub mod error;
+mod fenced_writes;
 pub mod find_or_make;
 pub mod guest_state;
 pub mod handover;
 pub mod machine;
 pub mod metered;
+mod open;
 pub mod policy;
 pub mod runner;
 pub mod seed;
+mod snapshot_actions;
 pub mod tuning;
