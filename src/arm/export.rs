@@ -3,7 +3,7 @@
 //!
 //! - `dataAccessAuthMode = AzureActiveDirectory`: every request through the export (SAS) URL
 //!   also needs an Entra ID bearer token for the managed-disk audience
-//!   ([`DISK_DATA_SCOPE`]) of a principal holding the *Data Operator for Managed Disks* role
+//!   ([`DISK_DATA_SCOPE`](crate::azure::sas_blob::DISK_DATA_SCOPE)) of a principal holding the *Data Operator for Managed Disks* role
 //!   (or `Microsoft.Compute/{disks,snapshots}/download/action`)
 //!   (<https://learn.microsoft.com/azure/virtual-machines/disks-secure-upload-download>).
 //! - `networkAccessPolicy`: `AllowAll` (any network), `AllowPrivate` (only through the
@@ -14,8 +14,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-
-pub use crate::azure::sas_blob::{DATA_OPERATOR_ROLE, DISK_DATA_SCOPE};
 
 /// The export settings of a disk or snapshot; `None` where ARM did not say (older disks,
 /// recordings): Azure's defaults then apply (no token, `AllowAll`, `Enabled`).
@@ -53,7 +51,7 @@ fn is(v: &Option<String>, want: &str) -> bool {
 }
 
 impl ExportPolicy {
-    /// Requests through the export URL need a bearer token ([`DISK_DATA_SCOPE`]).
+    /// Requests through the export URL need a bearer token ([`DISK_DATA_SCOPE`](crate::azure::sas_blob::DISK_DATA_SCOPE)).
     pub fn needs_bearer(&self) -> bool {
         is(&self.data_access_auth_mode, "AzureActiveDirectory")
     }
