@@ -1,6 +1,6 @@
 //! The only code in snapback that speaks HTTP.
 //!
-//! [`AzureBlobs`] implements [`PageBlobs`] on the Azure SDK for Rust 1.x (`azure_storage_blob`
+//! [`AzureBlobs`] implements [`PageBlobs`](crate::storage::PageBlobs) on the Azure SDK for Rust 1.x (`azure_storage_blob`
 //! over `azure_core`'s pipeline). Where the SDK has no operation we add the smallest piece on
 //! the same pipeline: Shared Key signing ([`shared_key`]) and the Get Page Ranges diff
 //! ([`page_list`]). Why this layout: see `docs/azure.md`.
@@ -13,10 +13,10 @@
 //! for what the lost attempt may have made (`cycle::runner`).
 //!
 //! The client is set up here (accounts, retry policy, the SDK clients per request); the
-//! rest lives by job: how an account signs ([`auth`]), the SAS minted for a server-side
-//! copy's source ([`copy_source`]), what the service's errors mean ([`error_map`]), the
-//! headers of requests and answers ([`headers`]), and the [`PageBlobs`] operations
-//! themselves ([`page_blobs`]).
+//! rest lives by job: how an account signs (`auth`), the SAS minted for a server-side
+//! copy's source (`copy_source`), what the service's errors mean (`error_map`), the
+//! headers of requests and answers (`headers`), and the [`PageBlobs`](crate::storage::PageBlobs) operations
+//! themselves (`page_blobs`).
 
 pub mod account;
 mod auth;
@@ -69,7 +69,7 @@ struct Account {
     options: ClientOptions,
 }
 
-/// [`PageBlobs`] over Azure Storage (or Azurite).
+/// [`PageBlobs`](crate::storage::PageBlobs) over Azure Storage (or Azurite).
 #[derive(Clone, Debug)]
 pub struct AzureBlobs {
     /// Per account: its clients' settings, or why its secret could not be loaded. A broken
@@ -144,7 +144,7 @@ impl AzureBlobs {
         AzureBlobs { accounts: out }
     }
 
-    /// Ends every try of a write not answered within `limit` (see [`write_deadline`]): the
+    /// Ends every try of a write not answered within `limit` (see `write_deadline`): the
     /// request timeout of the disk leases (`ownership::LeaseTiming::request_timeout`).
     pub fn with_write_timeout(mut self, limit: std::time::Duration) -> Self {
         for account in self.accounts.values_mut().flatten() {

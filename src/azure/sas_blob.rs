@@ -64,7 +64,7 @@ impl SasBlobs {
 
     /// Signs the requests through an Entra-only disk's export with `credential`'s token for
     /// [`DISK_DATA_SCOPE`] (after the SAS, which stays in the URL). Storage accepts bearer
-    /// tokens from `x-ms-version` 2017-11-09 on; [`SERVICE_VERSION`] is later. azure_core's
+    /// tokens from `x-ms-version` 2017-11-09 on; `SERVICE_VERSION` is later. azure_core's
     /// bearer policy refuses plain http, so a token never leaves over an unencrypted link.
     pub fn with_credential(mut self, credential: Arc<dyn TokenCredential>) -> Self {
         let auth: Arc<dyn Policy> = Arc::new(BearerTokenAuthorizationPolicy::new(

@@ -274,7 +274,7 @@ impl DiskLease {
         lock(&self.record).clone()
     }
 
-    /// Who writes under this lease, as recorded in the body: [`writer_id`], the same for
+    /// Who writes under this lease, as recorded in the body: [`writer_id`](super::writer_id), the same for
     /// every process of one installation (state directory) and different for any other.
     pub fn writer(&self) -> &str {
         &self.owner.writer

@@ -37,9 +37,9 @@
 //! lease and `If-Match` the ETag this owner's last write left ([`DiskLease::write_record`]).
 
 //!
-//! By concept: the lease's clock ([`timing`]), who this process and installation are
-//! ([`identity`]), fencing the backup with the token ([`fencing`]), and the held lease
-//! itself ([`disk_lease`]); the lock blob's name and the errors stay here, shared by all.
+//! By concept: the lease's clock (`timing`), who this process and installation are
+//! (`identity`), fencing the backup with the token (`fencing`), and the held lease
+//! itself (`disk_lease`); the lock blob's name and the errors stay here, shared by all.
 
 mod disk_lease;
 mod fencing;

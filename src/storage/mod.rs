@@ -335,7 +335,7 @@ const READ_ATTEMPTS: u32 = 3;
 const READ_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// An idempotent read (Get Blob of a snapshot, of a lock blob), tried again (at most
-/// [`READ_ATTEMPTS`] times, with backoff) when its answer is cut: a connection dropped
+/// `READ_ATTEMPTS` times, with backoff) when its answer is cut: a connection dropped
 /// mid-body is not retried by the storage client, whose retry policy ends once the headers
 /// arrived. Other errors, answered 5xx and throttling included (the client's policy has
 /// retried those already), are returned at once.

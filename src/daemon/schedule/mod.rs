@@ -20,8 +20,8 @@
 //! minute after the gap), never twice and never zero times.
 //!
 //! Three parts: the calendar of one disk (cron ticks, the window, DST, jitter:
-//! [`calendar`]), the backoff after a failure ([`backoff`]), and the per-disk plan that
-//! combines them into what is due now ([`planner`]).
+//! `calendar`), the backoff after a failure (`backoff`), and the per-disk plan that
+//! combines them into what is due now (`planner`).
 
 mod backoff;
 mod calendar;

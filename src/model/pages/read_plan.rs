@@ -56,7 +56,7 @@ impl Batch {
     }
 }
 
-/// Groups the ops of a [`Coalescer`] into [`Batch`]es: consecutive puts whose gaps are at most
+/// Groups the ops of a [`Coalescer`](super::Coalescer) into [`Batch`]es: consecutive puts whose gaps are at most
 /// `max_gap` bytes share one read of at most `max_read` bytes. A clear ends the open group, so
 /// batches stay in offset order and never overlap (the checkpoint relies on it). Every batch
 /// holds at least one put, so reads ≤ puts.
