@@ -16,12 +16,10 @@ use crate::config::{DiskConfig, DiskSource};
 use crate::model::pages::MAX_PUT_BYTES;
 use crate::model::{tags, SnapshotId};
 use crate::ownership::DiskLease;
+use crate::restore::chain::{finish_first_cycle, leased_etag, FirstCycle, Leasing};
 use crate::restore::verify::{allocated_ranges, union_chunks};
 use crate::restore::vhd;
-use crate::restore::{
-    blob_err, finish_first_cycle, leased_etag, FirstCycle, Leasing, PointSelector, RestoreError,
-    Restorer,
-};
+use crate::restore::{blob_err, PointSelector, RestoreError, Restorer};
 use crate::source::managed_disk::props::{plan_upload, Overrides, RecordedDisk};
 use crate::source::managed_disk::{arm_err, ManagedDiskSource};
 use crate::source::Source;
