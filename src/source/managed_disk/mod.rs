@@ -16,24 +16,31 @@
 //! - Sizes are the disk's `diskSizeBytes`. The exported blob is a fixed VHD, that size plus a
 //!   512-byte footer; snapback reads and backs up only the disk's bytes, so a restore point
 //!   is the raw disk image (the footer is written again by a restore to a managed disk).
+//!
+//! This file holds the source's state and its ARM lookups, reads, guest state, recorded
+//! properties and limits; `source_impl` maps the [`Source`] trait onto them, and `grants`
+//! keeps the read access it holds and its ends.
+//!
+//! [`Source`]: crate::source::Source
+//! [`Source::release`]: crate::source::Source::release
+//! [`Source::diff_listed`]: crate::source::Source::diff_listed
 
 pub mod access;
+mod grants;
 pub mod props;
+mod source_impl;
 
 use crate::arm::{
-    Access, Arm, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, SecurityProfile, Snapshot,
+    Arm, ArmError, ArmErrorKind, Disk, ResourceGroup, ResourceId, SecurityProfile, Snapshot,
 };
 use crate::model::pages::ByteRange;
 use crate::model::secrets::SasUrl;
-use crate::model::BaseState;
 use crate::model::{tags, SnapshotId};
 use crate::source::snapshot_limits::ManagedLimit;
-use crate::source::{CopySource, DiffQuery, GuestState, Source, SourceSnapshot};
-use crate::storage::{
-    BlobError, BlobResult, ErrorKind, ExportBlobs, PageList, PageListQuery, Resource,
-};
-use async_trait::async_trait;
+use crate::source::SourceSnapshot;
+use crate::storage::{BlobError, BlobResult, ErrorKind, ExportBlobs, Resource};
 use bytes::Bytes;
+use grants::Ending;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -86,6 +93,8 @@ pub struct ManagedDiskSource {
     /// snapshot id: still running, or `None` once one failed (the access then counts as
     /// granted: prune, or the next cycle's sweep, ends it again). Settled before the
     /// snapshot is granted again, its access ended again or the snapshot deleted.
+    ///
+    /// [`Source::diff_listed`]: crate::source::Source::diff_listed
     ending: Mutex<HashMap<String, Option<Ending>>>,
     /// What this source saw of ARM in its cycle (a source lives for one cycle), so no
     /// resource is fetched twice: the chain's snapshots as last listed or made, by
@@ -103,6 +112,8 @@ pub struct ManagedDiskSource {
     progress: Option<std::sync::Arc<crate::model::progress::Progress>>,
     /// The limit the last refused snapshot or access hit, as [`limits`] decided it when the
     /// refusal came (the listing is read then); [`Source::limit_of`] hands it to the runner.
+    ///
+    /// [`Source::limit_of`]: crate::source::Source::limit_of
     limit: Mutex<Option<ManagedLimit>>,
 }
 
@@ -253,88 +264,6 @@ impl ManagedDiskSource {
         })
     }
 
-    /// A read SAS for `id`, granted once per process.
-    async fn sas(&self, id: &ResourceId) -> BlobResult<SasUrl> {
-        let key = key(id);
-        if let Some(s) = self.lock().get(&key) {
-            return Ok(s.clone());
-        }
-        // Granted again after its end (a listing redone in this process): that end must land
-        // first, or it would end the new grant.
-        self.settle_end(id).await;
-        let snap = self.known(id).await?;
-        let size = snap
-            .as_ref()
-            .and_then(|s| s.properties.disk_size_bytes)
-            .unwrap_or(0);
-        let policy = snap
-            .as_ref()
-            .map(|s| s.properties.export.clone())
-            .unwrap_or_default();
-        crate::source::managed_disk::access::check_export(&policy, &id.to_string())?;
-        let lifetime = crate::storage::copy_source_lifetime(size).max(READ_SAS_LIFETIME);
-        // A Trusted Launch snapshot's grant also exports its VM guest state.
-        let with_guest = self.has_guest_state(snap.as_ref()).await?;
-        let grant = match self
-            .arm
-            .grant_access(id, Access::Read, lifetime, with_guest)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let e = arm_err(id, e);
-                self.note_limit(&e, id, limits::on_access, false).await;
-                return Err(e);
-            }
-        };
-        // The guest state is read through the same export host: the same bearer rule.
-        if let Some(g) = grant.guest_state {
-            let g = crate::source::managed_disk::access::mark(g, &policy);
-            lock_map(&self.guest).insert(key.clone(), g);
-        }
-        let sas = crate::source::managed_disk::access::mark(grant.sas, &policy);
-        self.lock().insert(key, sas.clone());
-        Ok(sas)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, SasUrl>> {
-        lock_map(&self.granted)
-    }
-
-    /// Ends access to `id` (also when this process did not grant it). One ended in the
-    /// background is waited for; it is ended again only if that failed.
-    async fn end_access(&self, id: &ResourceId) -> BlobResult<()> {
-        if self.settle_end(id).await == Some(true) {
-            return Ok(());
-        }
-        self.ending_lock().remove(&key(id));
-        self.lock().remove(&key(id));
-        lock_map(&self.guest).remove(&key(id));
-        if let Some(s) = self.seen().snapshots.get_mut(&key(id)) {
-            s.properties.disk_state = None;
-        }
-        match self.arm.end_get_access(id).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ArmErrorKind::NotFound => Ok(()),
-            Err(e) => Err(arm_err(id, e)),
-        }
-    }
-
-    /// Ends the read access this process granted, and only that: what `verify` opened,
-    /// never another replica's or installation's SAS of a cycle under way.
-    pub async fn end_granted(&self) -> BlobResult<()> {
-        self.settle_ends().await;
-        let mut granted: Vec<String> = self.lock().keys().cloned().collect();
-        // Ends that failed in the background: this process granted those too.
-        granted.extend(self.ending_lock().keys().cloned());
-        for key in granted {
-            if let Ok(id) = key.parse::<ResourceId>() {
-                self.end_access(&id).await?;
-            }
-        }
-        Ok(())
-    }
-
     /// The disk's snapshots tagged for `disk` (in this source's chain), oldest first.
     async fn tagged(&self, disk: &str) -> BlobResult<Vec<Snapshot>> {
         let mut all = self
@@ -370,16 +299,6 @@ fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// An end of read access running in the background; aborted if the source is dropped
-/// before it is settled (a cycle cancelled midway: the next cycle's sweep ends what is left).
-struct Ending(tokio::task::JoinHandle<Result<(), ArmError>>);
-
-impl Drop for Ending {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The key of a resource in [`ManagedDiskSource::granted`] and [`Seen::snapshots`] (ARM
 /// ids are case-insensitive).
 fn key(id: &ResourceId) -> String {
@@ -387,6 +306,8 @@ fn key(id: &ResourceId) -> String {
 }
 
 /// "This snapshot is gone", in the terms [`Source::snapshot_resource`] compares.
+///
+/// [`Source::snapshot_resource`]: crate::source::Source::snapshot_resource
 fn gone(id: &ResourceId) -> BlobError {
     BlobError::local(
         ErrorKind::NotFound,
@@ -419,308 +340,7 @@ pub(crate) fn arm_err(id: &ResourceId, e: ArmError) -> BlobError {
     }
 }
 
-#[async_trait]
-impl Source for ManagedDiskSource {
-    fn check(&self) -> BlobResult<()> {
-        Ok(())
-    }
-
-    fn snapshot_resource(&self, snapshot: &SnapshotId) -> Resource {
-        // Canonical casing, as the errors above write it.
-        match snapshot.as_str().parse::<ResourceId>() {
-            Ok(id) => Resource::Managed(id.to_string()),
-            Err(_) => Resource::Managed(snapshot.as_str().to_string()),
-        }
-    }
-
-    async fn find_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<Option<SourceSnapshot>> {
-        let id = self.snapshot_id(cycle)?;
-        // The listing this cycle began with (`release`) holds every snapshot of the chain: one
-        // that is not there was not made (and if it was, its PUT is idempotent by name).
-        let found = {
-            let seen = self.seen();
-            seen.listed.then(|| seen.snapshots.get(&key(&id)).cloned())
-        };
-        let found = match found {
-            Some(found) => found,
-            None => self.get(&id).await?,
-        };
-        match found {
-            Some(s) if tags::disk(&s.tags) == Some(disk) => Ok(Some(self.ready(&id, s).await?)),
-            _ => Ok(None),
-        }
-    }
-
-    async fn take_snapshot(&self, disk: &str, cycle: &str) -> BlobResult<SourceSnapshot> {
-        let id = self.snapshot_id(cycle)?;
-        // Invariant 9: the disk is read first; a missing disk or a refused token fails here.
-        let source = self.disk().await?;
-        // A disk whose network settings stop every export fails here too, named.
-        crate::source::managed_disk::access::check_export(
-            &source.properties.export,
-            &self.disk.to_string(),
-        )?;
-        admit(&source)?;
-        let snap = self
-            .arm
-            .create_incremental_snapshot(
-                &id,
-                &source,
-                &tags::in_chain(tags::source_snapshot(disk, cycle), self.chain.as_deref()),
-            )
-            .await;
-        let snap = match snap {
-            Ok(s) => s,
-            Err(e) => {
-                let e = arm_err(&id, e);
-                let copies = crate::source::managed_disk::props::DiskType::of(&source)
-                    .copies_in_background();
-                self.note_limit(&e, &id, limits::on_create, copies).await;
-                return Err(e);
-            }
-        };
-        self.remember(&snap);
-        self.ready(&id, snap).await
-    }
-
-    async fn own_snapshots(&self, disk: &str) -> BlobResult<Vec<SnapshotId>> {
-        Ok(self
-            .tagged(disk)
-            .await?
-            .into_iter()
-            .map(|s| SnapshotId::new(s.id))
-            .collect())
-    }
-
-    /// None too for a snapshot of another disk: after `restore --to-managed-disk --rebase`
-    /// the newest restore point records `S(0)` of the new disk, and a cycle still configured
-    /// on the old disk must seed rather than diff across disks.
-    async fn snapshot_size(&self, snapshot: &SnapshotId) -> BlobResult<Option<u64>> {
-        let id = self.parse_id(snapshot)?;
-        Ok(self
-            .known(&id)
-            .await?
-            .filter(|s| self.of_this_disk(s))
-            .and_then(|s| s.properties.disk_size_bytes))
-    }
-
-    /// Compares `sourceUniqueId` too: a disk deleted and re-created under the same name
-    /// keeps its resource id (and so `sourceResourceId`), but not its unique id, and a diff
-    /// across the two disks is meaningless. `S(n)` and `S(n-1)` are both known in the cycle
-    /// (made and listed), so this costs no request.
-    async fn diff_base(&self, base: &SnapshotId, snapshot: &SnapshotId) -> BlobResult<BaseState> {
-        let base_id = self.parse_id(base)?;
-        let Some(b) = self.known(&base_id).await? else {
-            return Ok(BaseState::Gone);
-        };
-        if !self.of_this_disk(&b) {
-            return Ok(BaseState::OtherSource);
-        }
-        let now = self.known(&self.parse_id(snapshot)?).await?;
-        let was = b.properties.creation_data.source_unique_id.clone();
-        let is = now.and_then(|s| s.properties.creation_data.source_unique_id);
-        if let (Some(was), Some(now)) = (was, is) {
-            if !was.eq_ignore_ascii_case(&now) {
-                return Ok(BaseState::Recreated { was, now });
-            }
-        }
-        Ok(match b.properties.disk_size_bytes {
-            Some(size) => BaseState::Present { size },
-            None => BaseState::Gone,
-        })
-    }
-
-    fn diff_boundary(&self) -> Option<u64> {
-        Some(MANAGED_DIFF_BOUNDARY)
-    }
-
-    async fn diff(&self, q: DiffQuery<'_>) -> BlobResult<PageList> {
-        let id = self.parse_id(q.snapshot)?;
-        // Access to S(n) and S(n-1) is asked for at once: two operations waited for together.
-        let (sas, previous) = match q.base {
-            Some(b) => {
-                let base = self.parse_id(b)?;
-                let (sas, previous) =
-                    tokio::try_join!(self.sas_or_gone(&id), self.sas_or_gone(&base))?;
-                (sas, Some(previous))
-            }
-            None => (self.sas_or_gone(&id).await?, None),
-        };
-        let query = PageListQuery {
-            snapshot: None,
-            prev_snapshot: None,
-            range: Some(q.range),
-            marker: q.marker,
-            max_results: Some(q.max_results),
-        };
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let page = match self
-            .sas
-            .page_ranges(&id.to_string(), &sas, previous.as_ref(), &query)
-            .await
-        {
-            Err(e) if e.kind == ErrorKind::Auth => return Err(self.explain_refusal(&id, e).await),
-            r => r?,
-        };
-        self.ranges
-            .fetch_add(page.items.len() as u64, Ordering::Relaxed);
-        Ok(page)
-    }
-
-    /// Starts the end of `base`'s access (if this process granted it) and returns at once:
-    /// the apply goes on writing from `S(n)` while ARM ends it, so by the time prune deletes
-    /// `base` its end has usually landed and the DELETE goes beside the end of `S(n)`'s
-    /// access. Needs a Tokio runtime (the apply runs in one).
-    fn diff_listed(&self, base: &SnapshotId) {
-        let Ok(id) = self.parse_id(base) else {
-            return;
-        };
-        let k = key(&id);
-        if self.lock().remove(&k).is_none() {
-            return;
-        }
-        lock_map(&self.guest).remove(&k);
-        let arm = self.arm.clone();
-        let task = tokio::spawn(async move { arm.end_get_access(&id).await });
-        self.ending_lock().insert(k, Some(Ending(task)));
-    }
-
-    async fn read(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
-        let id = self.parse_id(snapshot)?;
-        let sas = self.sas_or_gone(&id).await?;
-        self.read_through(&id, &sas, range).await
-    }
-
-    async fn delete_snapshot(&self, snapshot: &SnapshotId) -> BlobResult<()> {
-        let id = self.parse_id(snapshot)?;
-        self.delete_one(&id).await
-    }
-
-    /// Ends access and deletes at once: each older snapshot's access is ended and then it
-    /// is deleted (ARM refuses to delete a snapshot with an active SAS), while access to the
-    /// rest (`S(n)`) is ended beside it. `S(n-1)`'s end was started when the diff was listed
-    /// ([`Source::diff_listed`]): its DELETE waits for it only if it is still running.
-    async fn retire(&self, _disk: &str, older: &[SnapshotId]) -> BlobResult<()> {
-        let older = older
-            .iter()
-            .map(|s| self.parse_id(s))
-            .collect::<BlobResult<Vec<_>>>()?;
-        let gone: std::collections::HashSet<String> = older.iter().map(key).collect();
-        let rest: Vec<ResourceId> = self
-            .with_access()
-            .into_iter()
-            .filter(|id| !gone.contains(&key(id)))
-            .collect();
-        let deletes = futures::future::try_join_all(older.iter().map(|id| self.delete_one(id)));
-        let ends = futures::future::try_join_all(rest.iter().map(|id| self.end_access(id)));
-        tokio::try_join!(deletes, ends)?;
-        Ok(())
-    }
-
-    async fn grant_read(&self, snapshot: &SnapshotId) -> BlobResult<CopySource> {
-        let id = self.parse_id(snapshot)?;
-        let url = self.sas_or_gone(&id).await?;
-        crate::source::managed_disk::access::server_copy_allowed(&url, &id.to_string())?;
-        Ok(CopySource::Url {
-            url,
-            resource: id.to_string(),
-        })
-    }
-
-    async fn revoke_read(&self, _snapshot: &SnapshotId) -> BlobResult<()> {
-        // The same SAS serves this process's reads of the snapshot; it is ended with the
-        // rest by `release` when the cycle is done.
-        Ok(())
-    }
-
-    fn sibling(&self, recorded: &str, chain: Option<&str>) -> Option<Box<dyn Source + '_>> {
-        let (disk, group) = crate::config::DiskSource::parse_managed(recorded)?;
-        let old =
-            ManagedDiskSource::new(self.arm.clone(), self.sas.clone(), disk, group).in_chain(chain);
-        Some(Box::new(old))
-    }
-
-    async fn point_metadata(&self, snapshot: &SnapshotId) -> BlobResult<crate::storage::Metadata> {
-        self.recorded_disk(snapshot).await
-    }
-
-    async fn guest_state(&self, snapshot: &SnapshotId) -> BlobResult<Option<GuestState>> {
-        let id = self.parse_id(snapshot)?;
-        let snap = self.known(&id).await?.ok_or_else(|| gone(&id))?;
-        if !self.has_guest_state(Some(&snap)).await? {
-            return Ok(None);
-        }
-        let url = self.guest_sas(&id).await?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        let size = self.sas.size(&id.to_string(), &url).await?;
-        let copy_from =
-            crate::source::managed_disk::access::server_copy_allowed(&url, &id.to_string())
-                .ok()
-                .map(|()| CopySource::Url {
-                    url,
-                    resource: id.to_string(),
-                });
-        Ok(Some(GuestState {
-            name: id.name.clone(),
-            size,
-            copy_from,
-        }))
-    }
-
-    async fn read_guest_state(&self, snapshot: &SnapshotId, range: ByteRange) -> BlobResult<Bytes> {
-        let id = self.parse_id(snapshot)?;
-        let url = self.guest_sas(&id).await?;
-        self.read_through(&id, &url, range).await
-    }
-
-    fn limit_of(&self, e: &BlobError) -> Option<ManagedLimit> {
-        let noted = self.limit_lock().clone()?;
-        let same = matches!(&*e.resource, Resource::Managed(r) if r.eq_ignore_ascii_case(&noted.resource))
-            && e.status == Some(noted.status)
-            && e.code.as_deref() == Some(noted.code.as_str());
-        same.then_some(noted)
-    }
-
-    fn take_counts(&self) -> (u64, u64) {
-        (
-            self.requests.swap(0, Ordering::Relaxed),
-            self.ranges.swap(0, Ordering::Relaxed),
-        )
-    }
-
-    async fn release(&self, disk: &str) -> BlobResult<()> {
-        self.tagged(disk).await?;
-        let ends = self.with_access();
-        futures::future::try_join_all(ends.iter().map(|id| self.end_access(id))).await?;
-        Ok(())
-    }
-}
-
 impl ManagedDiskSource {
-    /// Snapshots with access: granted by this process, or reported `ActiveSAS` by the
-    /// cycle's last listing (a killed process's).
-    fn with_access(&self) -> Vec<ResourceId> {
-        let mut ids: HashMap<String, ResourceId> = HashMap::new();
-        for k in self.lock().keys() {
-            if let Ok(id) = k.parse::<ResourceId>() {
-                ids.insert(key(&id), id);
-            }
-        }
-        for k in self.ending_lock().keys() {
-            if let Ok(id) = k.parse::<ResourceId>() {
-                ids.insert(key(&id), id);
-            }
-        }
-        for s in self.seen().snapshots.values() {
-            if s.properties.disk_state.as_deref() == Some("ActiveSAS") {
-                if let Ok(id) = s.id.parse::<ResourceId>() {
-                    ids.insert(key(&id), id);
-                }
-            }
-        }
-        ids.into_values().collect()
-    }
-
     /// Deletes one snapshot. Its access is ended first when it has any (granted here, or
     /// `ActiveSAS` when last seen); an end started in the background is waited for, and the
     /// access ended again only if that failed. One whose SAS was not known is deleted
@@ -752,61 +372,6 @@ impl ManagedDiskSource {
         }
     }
 
-    fn ending_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Ending>>> {
-        lock_map(&self.ending)
-    }
-
-    /// Waits for the end of `id`'s access started in the background, if one is running:
-    /// whether access is ended (None: none was started, or it was settled before). A failed
-    /// end is reported here, once, and stays in [`Self::ending`], so the access counts as
-    /// granted: prune ends it again before the delete, or the next cycle's sweep does.
-    async fn settle_end(&self, id: &ResourceId) -> Option<bool> {
-        let k = key(id);
-        let mut running = {
-            let mut ending = self.ending_lock();
-            match ending.get_mut(&k) {
-                Some(running @ Some(_)) => running.take()?,
-                _ => return None,
-            }
-        };
-        let ended = match (&mut running.0).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) if e.kind() == ArmErrorKind::NotFound => true,
-            Ok(Err(e)) => {
-                tracing::warn!(snapshot = %id, error = %e, "ending read access after the diff listing failed; it is ended again before the snapshot is deleted");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(snapshot = %id, error = %e, "the end of read access after the diff listing did not finish; it is ended again before the snapshot is deleted");
-                false
-            }
-        };
-        if ended {
-            self.ending_lock().remove(&k);
-            if let Some(s) = self.seen().snapshots.get_mut(&k) {
-                s.properties.disk_state = None;
-            }
-        }
-        Some(ended)
-    }
-
-    /// Waits for every end of access still running in the background (a cycle that stops
-    /// before prune does not leave one running after it: it would be sent on past the
-    /// disk's lease, and could end a later cycle's grant of the same snapshot).
-    pub async fn settle_ends(&self) {
-        let running: Vec<String> = self
-            .ending_lock()
-            .iter()
-            .filter(|(_, e)| e.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in running {
-            if let Ok(id) = k.parse::<ResourceId>() {
-                self.settle_end(&id).await;
-            }
-        }
-    }
-
     /// Whether `s` is a snapshot of this disk (by resource id).
     fn of_this_disk(&self, s: &Snapshot) -> bool {
         let disk = self.disk.to_string();
@@ -815,14 +380,6 @@ impl ManagedDiskSource {
             .source_resource_id
             .as_deref()
             .is_some_and(|src| src.eq_ignore_ascii_case(&disk))
-    }
-
-    /// A read SAS for `id`; a snapshot that no longer exists is `NotFound` about it (the
-    /// runner then takes a new `S(n)`, or repairs when it was `S(n-1)`).
-    async fn sas_or_gone(&self, id: &ResourceId) -> BlobResult<SasUrl> {
-        self.sas(id)
-            .await
-            .map_err(|e| if e.is_not_found() { gone(id) } else { e })
     }
 }
 

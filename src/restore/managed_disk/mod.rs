@@ -10,18 +10,25 @@
 //! replaces it.
 //!
 //! With `rebase` the disk's chain restarts on the new disk (see `rebase`).
+//!
+//! Beside this file: `upload_size`, the sizes an Upload disk may have; `commands`, the `az`
+//! commands printed to swap the new disk into a VM.
+
+mod commands;
+mod upload_size;
+
+pub use commands::{swap_commands, swap_commands_for};
+pub use upload_size::{needs_rounding, upload_disk_size, MAX_UPLOAD_DISK, MIN_UPLOAD_DISK};
 
 use crate::arm::{Access, Arm, ArmErrorKind, ResourceGroup, ResourceId, Tags, UploadDiskSpec};
 use crate::config::{DiskConfig, DiskSource};
 use crate::model::pages::MAX_PUT_BYTES;
 use crate::model::{tags, SnapshotId};
 use crate::ownership::DiskLease;
+use crate::restore::chain::{finish_first_cycle, leased_etag, FirstCycle, Leasing};
 use crate::restore::verify::{allocated_ranges, union_chunks};
 use crate::restore::vhd;
-use crate::restore::{
-    blob_err, finish_first_cycle, leased_etag, FirstCycle, Leasing, PointSelector, RestoreError,
-    Restorer,
-};
+use crate::restore::{blob_err, PointSelector, RestoreError, Restorer};
 use crate::source::managed_disk::props::{plan_upload, Overrides, RecordedDisk};
 use crate::source::managed_disk::{arm_err, ManagedDiskSource};
 use crate::source::Source;
@@ -612,146 +619,5 @@ async fn recorded_disk(
             target: target.to_string(),
             reason: format!("restore point {point}: {reason}"),
         }),
-    }
-}
-
-/// The commands that swap the disk of `report` into a VM, for its kind: an OS disk
-/// (`osType` set) replaces the VM's OS disk, which Azure allows only between disks of the
-/// VM's generation and, with a customer-managed key, the VM's encryption settings
-/// (os-disk-swap); a data disk is detached and attached.
-pub fn swap_commands_for(target: &ResourceId, report: &ManagedRestoreReport) -> String {
-    let rg = &target.group.name;
-    let mut out = String::from(
-        "# Swap the restored disk into the VM (snapback does not run these). Fill in <VM>",
-    );
-    if report.os_type.is_none() {
-        out.push_str(" and <OLD_DISK>.\n");
-        out.push_str(&format!(
-            "# A data disk (the source disk had no osType).\n\
-             az vm disk detach --resource-group {rg} --vm-name <VM> --name <OLD_DISK>\n\
-             az vm disk attach --resource-group {rg} --vm-name <VM> --name {target}\n"
-        ));
-        if !report.recorded {
-            out.push_str(
-                "# The restore point recorded no disk properties (taken by an older snapback):\n\
-                 # for an OS disk, restore again with --os-type (and --hyper-v-generation V2 for Gen2).\n",
-            );
-        }
-        return out;
-    }
-    out.push_str(".\n");
-    out.push_str(&format!(
-        "# An OS disk ({}, Hyper-V generation {}): the VM must be of that generation.\n",
-        report.os_type.as_deref().unwrap_or(""),
-        report.hyper_v_generation.as_deref().unwrap_or("V1")
-    ));
-    if let Some(des) = &report.disk_encryption_set {
-        out.push_str(&format!(
-            "# Encrypted with the customer-managed key of {des}: the VM's disks use the same.\n"
-        ));
-    }
-    if let Some(bytes) = report.guest_state {
-        out.push_str(&format!(
-            "# Trusted Launch, with its VM guest state ({bytes} bytes: vTPM, UEFI variables): the VM\n\
-             # must be a Trusted Launch VM (Gen2, security type TrustedLaunch); its vTPM keys are the\n\
-             # restore point's, so BitLocker / TPM-sealed volumes open as they did then.\n"
-        ));
-    }
-    out.push_str(&format!(
-        "az vm deallocate --resource-group {rg} --name <VM>\n\
-         az vm update --resource-group {rg} --name <VM> --os-disk {target}\n\
-         az vm start --resource-group {rg} --name <VM>\n"
-    ));
-    out
-}
-
-/// The Azure CLI commands that swap the restored disk into a VM (printed, never run).
-pub fn swap_commands(target: &ResourceId) -> String {
-    let rg = &target.group.name;
-    format!(
-        "# Swap the restored disk into the VM (snapback does not run these). Fill in <VM>\n\
-         # and, for a data disk, <OLD_DISK>.\n\
-         az vm deallocate --resource-group {rg} --name <VM>\n\
-         az vm update --resource-group {rg} --name <VM> --os-disk {target}        # OS disk\n\
-         # or, for a data disk:\n\
-         #   az vm disk detach --resource-group {rg} --vm-name <VM> --name <OLD_DISK>\n\
-         #   az vm disk attach --resource-group {rg} --vm-name <VM> --name {target}\n\
-         az vm start --resource-group {rg} --name <VM>\n"
-    )
-}
-
-// ---- Upload disk sizes (docs/managed-disks.md, "Limits") ----
-
-const MIB: u64 = 1 << 20;
-/// `uploadSizeBytes` "should be between 20972032 (20 MiB + 512 bytes for the VHD footer) and
-/// 35183298347520 bytes (32 TiB + 512 bytes for the VHD footer)" (DiskRP `CreationData`), and
-/// an upload is "N * MiB + 512 bytes" (`Add-AzVhd`): the disk part is a whole number of MiB.
-pub const MIN_UPLOAD_DISK: u64 = 20 * MIB;
-pub const MAX_UPLOAD_DISK: u64 = 32 * (1 << 40);
-
-/// Whether Azure's documented upload sizes exclude a disk of exactly `size` bytes.
-pub fn needs_rounding(size: u64) -> bool {
-    size < MIN_UPLOAD_DISK || !size.is_multiple_of(MIB)
-}
-
-/// The size of the Upload disk that holds a restore point of `size` bytes: `size` rounded up
-/// to Azure's minimum and to a whole MiB. The restore point's bytes come first and the rest
-/// reads as zeros, as a disk grown by `az disk update --size-gb` would.
-///
-/// Refused where rounding cannot be right: above 32 TiB (no Upload disk is that large), and
-/// with `--rebase` when the disk would differ from the restore point, since the rebased
-/// chain takes the new disk's first snapshot and the restore point as one finished cycle,
-/// which needs the two to be the same bytes and size.
-pub fn upload_disk_size(size: u64, rebase: bool) -> Result<u64, String> {
-    let rounded = size
-        .max(MIN_UPLOAD_DISK)
-        .checked_next_multiple_of(MIB)
-        .filter(|r| *r <= MAX_UPLOAD_DISK)
-        .ok_or_else(|| {
-            format!(
-                "the restore point is {size} bytes; an Upload disk holds at most 32 TiB \
-                 ({MAX_UPLOAD_DISK} bytes): restore it with --to to a page blob instead"
-            )
-        })?;
-    if rebase && rounded != size {
-        return Err(format!(
-            "the restore point is {size} bytes, which no Upload disk can be (at least 20 MiB, a \
-             whole number of MiB): the new disk would be {rounded} bytes, {} more, and --rebase \
-             needs the new disk and the restore point to hold the same bytes (the chain's first \
-             cycle pairs them). Restore without --rebase (the disk is then {rounded} bytes, the \
-             rest zeros) and let the next cycle of a config pointing at it seed",
-            rounded - size
-        ));
-    }
-    Ok(rounded)
-}
-
-#[cfg(test)]
-mod upload_size_tests {
-    use super::*;
-
-    #[test]
-    fn sizes_are_rounded_up_to_azures_upload_sizes() {
-        assert_eq!(upload_disk_size(4 * MIB, false), Ok(MIN_UPLOAD_DISK));
-        assert_eq!(upload_disk_size(512, false), Ok(MIN_UPLOAD_DISK));
-        assert_eq!(upload_disk_size(0, false), Ok(MIN_UPLOAD_DISK));
-        assert_eq!(upload_disk_size(20 * MIB, false), Ok(20 * MIB));
-        assert_eq!(upload_disk_size(20 * MIB + 512, false), Ok(21 * MIB));
-        assert_eq!(upload_disk_size(64 * MIB - 512, false), Ok(64 * MIB));
-        assert_eq!(
-            upload_disk_size(MAX_UPLOAD_DISK, false),
-            Ok(MAX_UPLOAD_DISK)
-        );
-    }
-
-    #[test]
-    fn rounding_is_refused_where_it_cannot_be_right() {
-        let e = upload_disk_size(MAX_UPLOAD_DISK + 512, false).unwrap_err();
-        assert!(e.contains("32 TiB"), "{e}");
-        assert!(upload_disk_size(u64::MAX, false).is_err());
-        let e = upload_disk_size(4 * MIB, true).unwrap_err();
-        assert!(e.contains("--rebase") && e.contains("16777216 more"), "{e}");
-        // A valid size needs no rounding: --rebase is fine.
-        assert_eq!(upload_disk_size(32 * MIB, true), Ok(32 * MIB));
     }
 }
