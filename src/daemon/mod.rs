@@ -356,12 +356,10 @@ struct Supervisor {
     view: Option<cluster::View>,
 }
 
-/// Joins the `[cluster]` through the coordination account's own client (the heartbeat is
-/// Azure leases, whatever storage the cycles use).
+/// Joins the `[cluster]` through the coordination account's own client, from the composition
+/// root (the heartbeat is Azure leases, whatever storage the cycles use).
 async fn join_cluster(c: &config::ClusterConfig, config: &Config, app: &App) -> cluster::Member {
-    let blobs = Arc::new(crate::azure::AzureBlobs::new(
-        config.accounts.get(&c.account),
-    ));
+    let blobs = crate::service::clients::coordination(config, &c.account);
     let names = cluster::DiskSet::of(&config.disks);
     let member =
         cluster::Member::join(c, &app.replica_id, blobs, app.owner_key, &app.holder, names).await;

@@ -4,13 +4,12 @@
 //! terminal ([`terminal`]) and log output ([`logging`]).
 
 pub mod check;
+pub mod clients;
 pub mod hooks;
 pub mod logging;
 pub mod terminal;
 
-use crate::arm::{Arm, ArmClient, ArmOptions};
-use crate::azure::sas_blob::SasBlobs;
-use crate::azure::AzureBlobs;
+use crate::arm::Arm;
 use crate::config::VerifyMode;
 use crate::config::{Config, DiskConfig, DiskSource};
 use crate::cycle::error::CycleError;
@@ -200,14 +199,12 @@ pub struct App {
 }
 
 impl App {
-    /// Opens storage clients (reading secrets) and the state database.
+    /// Opens the state database on the clients of the composition root
+    /// ([`clients::Clients::open`], which reads the secrets).
     pub fn open(config: Config) -> Result<App, AppError> {
-        // No write of a lease holder outlives the lease's request timeout.
-        let write_timeout =
-            crate::ownership::LeaseTiming::new(config.lease_duration).request_timeout();
-        let blobs =
-            Arc::new(AzureBlobs::new(config.accounts.values()).with_write_timeout(write_timeout));
-        let mut app = Self::with_blobs(config, blobs.clone())?;
+        let clients = clients::Clients::open(&config);
+        let storage = clients.storage;
+        let mut app = Self::with_cloud(config, storage.clone(), clients.cloud)?;
         app.owner_key = crate::ownership::owner_key(&app.config.state_dir).map_err(|source| {
             AppError::Lock {
                 path: app.config.state_dir.join(crate::ownership::OWNER_KEY_FILE),
@@ -223,31 +220,35 @@ impl App {
             .unwrap_or_else(|| crate::ownership::default_replica_id(app.owner_key));
         // Lock blobs name the replica by the id its heartbeat and status use.
         app.holder = crate::ownership::holder_identity(Some(&app.replica_id));
-        app.leases = Some(blobs);
+        app.leases = Some(storage);
         Ok(app)
     }
 
+    /// Storage given (tests: in memory); the `[azure]` clients from the composition root.
     pub fn with_blobs(config: Config, blobs: Arc<dyn PageBlobs>) -> Result<App, AppError> {
+        let cloud = clients::Cloud::open(&config);
+        Self::with_cloud(config, blobs, cloud)
+    }
+
+    fn with_cloud(
+        config: Config,
+        blobs: Arc<dyn PageBlobs>,
+        cloud: clients::Cloud,
+    ) -> Result<App, AppError> {
         let store = StateStore::open(&config.state_dir)?;
         let limits = Arc::new(Limits::new(
             config.max_inflight_requests,
             config.max_buffer_mib * 1024 * 1024,
         ));
-        let arm = config.azure.as_ref().map(|a| {
-            ArmClient::from_config(a, ArmOptions::default()).map_err(|e| {
+        let arm = cloud.arm.map(|a| {
+            a.map(|a| a as Arc<dyn Arm>).map_err(|e| {
                 BlobError::local(
                     crate::storage::ErrorKind::Unusable,
                     crate::storage::Resource::Account("[azure]".into()),
-                    e.to_string(),
+                    e,
                 )
             })
         });
-        // Exports of Entra-only disks are read with the same identity that asks for them.
-        let sas: Arc<dyn ExportBlobs> = Arc::new(match &arm {
-            Some(Ok(a)) => SasBlobs::default().with_credential(a.credential()),
-            _ => SasBlobs::default(),
-        });
-        let arm = arm.map(|a| a.map(|a| Arc::new(a) as Arc<dyn Arm>));
         Ok(App {
             limits,
             config,
@@ -255,7 +256,7 @@ impl App {
             store,
             clock: Arc::new(SystemClock),
             arm,
-            sas,
+            sas: cloud.exports,
             leases: None,
             holder: crate::ownership::holder_identity(None),
             owner_key: 0,
