@@ -3,7 +3,7 @@
 //! One supervisor task owns all scheduling state and is driven by events: the clock reaching
 //! a planned instant, a cycle ending, a control-socket request, SIGHUP (reload) and
 //! SIGTERM/SIGINT (shutdown). Each cycle runs in its own task through
-//! [`App::run_disk_with`]; the supervisor never waits on storage itself.
+//! [`App::backup_disk_with_progress`]; the supervisor never waits on storage itself.
 //!
 //! - [`schedule`]: pure timing rules (cron in a time zone, window, jitter, retry, resume).
 //! - [`control`]: the control socket protocol, server and client.
@@ -598,7 +598,7 @@ impl Supervisor {
                 },
                 Some(_permit) => {
                     let rep = app
-                        .run_disk_with(&disk, token.clone(), Some(progress))
+                        .backup_disk_with_progress(&disk, token.clone(), Some(progress))
                         .await;
                     // Still in the disk's concurrency slot: a cycle's requests stay within
                     // max_concurrent_cycles.

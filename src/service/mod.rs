@@ -401,13 +401,18 @@ impl App {
             .join(format!("{disk}.lock"))
     }
 
-    /// Runs (or resumes) one cycle of one disk, logging one line with its result.
-    pub async fn run_disk(&self, disk: &DiskConfig, stop: CancellationToken) -> CycleReport {
-        self.run_disk_with(disk, stop, None).await
+    /// [`App::backup_disk_with_progress`] with no one watching its progress (tests, one-off
+    /// runs).
+    pub async fn backup_disk(&self, disk: &DiskConfig, stop: CancellationToken) -> CycleReport {
+        self.backup_disk_with_progress(disk, stop, None).await
     }
 
-    /// [`App::run_disk`], publishing the cycle's phase and apply offset to `progress`.
-    pub async fn run_disk_with(
+    /// One disk's backup, publishing the cycle's phase and apply offset to `progress`: takes
+    /// the disk's lock file and lease (`own`), runs (or resumes) its cycle under them
+    /// (`cycle_under_lease`), verifies and prunes after a success
+    /// (`after_cycle`), releases the lease, then logs and records the result
+    /// (`log_result`) and runs the hooks (`run_hooks`).
+    pub async fn backup_disk_with_progress(
         &self,
         disk: &DiskConfig,
         stop: CancellationToken,
@@ -420,7 +425,7 @@ impl App {
         let (result, lease, _lock) = match self.own(disk, fence.clone()).await {
             Ok((lock, lease)) => {
                 let result = self
-                    .run_disk_inner(disk, fence, progress, lease.as_ref())
+                    .cycle_under_lease(disk, fence, progress, lease.as_ref())
                     .await;
                 (fenced(result, lease.as_ref()), lease, Some(lock))
             }
@@ -434,7 +439,25 @@ impl App {
         if let Some(lease) = lease {
             lease.release().await;
         }
-        match &result {
+        self.log_result(disk, seconds, &result);
+        self.run_hooks(disk, seconds, &result).await;
+        CycleReport {
+            disk: disk.name.clone(),
+            seconds,
+            result,
+            verify,
+            prune,
+        }
+    }
+
+    /// Logs one line with a cycle's result; a failure is recorded as the disk's last error.
+    fn log_result(
+        &self,
+        disk: &DiskConfig,
+        seconds: f64,
+        result: &Result<CycleRecord, CycleError>,
+    ) {
+        match result {
             Err(e) if e.is_fenced() => {
                 // The disk was taken over while this process believed it owned it (it was
                 // frozen or cut off past its lease): its writes are refused from now on.
@@ -470,25 +493,27 @@ impl App {
                 tracing::error!(disk = %disk.name, seconds = format!("{seconds:.2}"), result = "error", error = %e, "cycle failed");
             }
         }
+    }
+
+    /// Runs the disk's hooks on a cycle's result, once it is persisted and logged.
+    async fn run_hooks(
+        &self,
+        disk: &DiskConfig,
+        seconds: f64,
+        result: &Result<CycleRecord, CycleError>,
+    ) {
         // After the result is persisted and logged: a hook can only add warnings. A cycle
         // stopped at a checkpoint (shutdown, window end) has no result yet, and a disk another
         // process owns had no cycle here: no hook.
         let hooks = self.config.hooks_for(disk);
-        let no_result = match &result {
+        let no_result = match result {
             Err(CycleError::Interrupted { .. }) => true,
             Err(e) => e.is_owned_elsewhere(),
             Ok(_) => false,
         };
         if hooks != crate::config::Hooks::default() && !no_result {
-            let event = crate::service::hooks::HookEvent::from_cycle(&disk.name, seconds, &result);
+            let event = crate::service::hooks::HookEvent::from_cycle(&disk.name, seconds, result);
             crate::service::hooks::run(&hooks, &event, &self.config.secret_env_vars()).await;
-        }
-        CycleReport {
-            disk: disk.name.clone(),
-            seconds,
-            result,
-            verify,
-            prune,
         }
     }
 
@@ -637,7 +662,9 @@ impl App {
         Ok((lock, Some(lease)))
     }
 
-    async fn run_disk_inner(
+    /// The cycle itself: the disk's source (a managed disk's, in the lease's chain) and a
+    /// runner over it, fenced by the lease's token.
+    async fn cycle_under_lease(
         &self,
         disk: &DiskConfig,
         stop: CancellationToken,
@@ -682,7 +709,9 @@ impl App {
             .map(|d| async {
                 let progress = Arc::new(Progress::default());
                 let bar = crate::service::terminal::watch(&d.name, progress.clone());
-                let report = self.run_disk_with(d, stop.clone(), Some(progress)).await;
+                let report = self
+                    .backup_disk_with_progress(d, stop.clone(), Some(progress))
+                    .await;
                 if let Some(bar) = bar {
                     bar.finish().await;
                 }
