@@ -61,7 +61,7 @@ async fn restore_points_equal_their_source_snapshots_over_many_cycles() {
                 .await;
             }
         }
-        let report = app.run_disk(&disk, CancellationToken::new()).await;
+        let report = app.backup_disk(&disk, CancellationToken::new()).await;
         let rec = report
             .result
             .unwrap_or_else(|e| panic!("cycle {cycle} (seed {seed:#x}): {e}"));

@@ -385,7 +385,7 @@ async fn window_closing_mid_apply_pauses_and_the_next_window_completes_it() {
     write(blobs.as_ref(), &source, 0, &Rng(9).bytes(MIB as usize)).await;
     let app = fx.app();
     let disk = app.config.disks[0].clone();
-    app.run_disk(&disk, Default::default())
+    app.backup_disk(&disk, Default::default())
         .await
         .result
         .expect("seed");

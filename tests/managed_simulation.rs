@@ -346,7 +346,7 @@ fn app(w: &World, dir: &std::path::Path) -> (App, DiskConfig) {
 }
 
 async fn backup(app: &App, disk: &DiskConfig) -> CycleRecord {
-    app.run_disk(disk, CancellationToken::new())
+    app.backup_disk(disk, CancellationToken::new())
         .await
         .result
         .expect("a cycle")

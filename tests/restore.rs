@@ -52,7 +52,7 @@ async fn restore_refuse_rebase_and_verify() {
             }
         }
         let rec = app
-            .run_disk(&disk, CancellationToken::new())
+            .backup_disk(&disk, CancellationToken::new())
             .await
             .result
             .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
@@ -184,7 +184,7 @@ async fn restore_refuse_rebase_and_verify() {
     );
     let changed = rng.bytes(3 * PAGE_SIZE as usize);
     write(blobs.as_ref(), &restored, 64 * PAGE_SIZE, &changed).await;
-    let report = app2.run_disk(&new_disk, CancellationToken::new()).await;
+    let report = app2.backup_disk(&new_disk, CancellationToken::new()).await;
     let rec = report
         .result
         .unwrap_or_else(|e| panic!("first cycle of the new chain: {e}"));
@@ -256,7 +256,7 @@ async fn restore_of_a_full_64_mib_disk_is_measured() {
     let data = Rng(0xb16).bytes(size as usize);
     write(blobs.as_ref(), &source, 0, &data).await;
     let rec = app
-        .run_disk(&disk, CancellationToken::new())
+        .backup_disk(&disk, CancellationToken::new())
         .await
         .result
         .expect("seed cycle");

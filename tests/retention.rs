@@ -46,7 +46,7 @@ async fn keep_last_3_leaves_exactly_3_restore_points() {
             let other = Metadata::from([("snapback_disk".to_string(), "other".to_string())]);
             blobs.create_snapshot(&backup, &other).await.unwrap();
         }
-        let report = app.run_disk(&disk, CancellationToken::new()).await;
+        let report = app.backup_disk(&disk, CancellationToken::new()).await;
         let rec = report
             .result
             .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));

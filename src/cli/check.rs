@@ -25,7 +25,8 @@ pub async fn run(config: &Config, names: &[String], as_json: bool) -> anyhow::Re
     if names.is_empty() {
         disks = config.disks.clone();
     }
-    let rows = check::check(config, &disks).await;
+    let clients = snapback::service::clients::Clients::for_check(config);
+    let rows = check::check(config, &clients, &disks).await;
     if as_json {
         json(&rows)?;
     } else {

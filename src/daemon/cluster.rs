@@ -20,7 +20,6 @@
 //! container unreachable at start) the replica runs every disk, as without `[cluster]`: a
 //! broken coordination setting degrades to racing on the disk leases, never to no backups.
 
-use crate::azure::AzureBlobs;
 use crate::config::{ClusterConfig, DiskConfig};
 use crate::model::assign;
 use crate::storage::lease::{LeaseBlobs, LeaseListing};
@@ -30,6 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// What the heartbeat asks of the coordination account: a container and a blob, a lease on
+/// it, and a listing with lease states. A trait, not the Azure client: the daemon gets the
+/// client from the composition root (`service::clients::coordination`).
+pub trait CoordinationBlobs: PageBlobs + LeaseBlobs + LeaseListing {}
+impl<T: PageBlobs + LeaseBlobs + LeaseListing> CoordinationBlobs for T {}
 
 /// Heartbeat blobs live under this prefix of the coordination container.
 pub const REPLICAS_PREFIX: &str = "replicas/";
@@ -100,7 +105,7 @@ impl Member {
     pub async fn join(
         cfg: &ClusterConfig,
         replica_id: &str,
-        blobs: Arc<AzureBlobs>,
+        blobs: Arc<dyn CoordinationBlobs>,
         owner_key: u128,
         holder: &str,
         disks: DiskSet,
@@ -212,7 +217,7 @@ struct Heartbeat {
     cfg: ClusterConfig,
     /// `cfg.replica_id`, or the installation's default.
     replica_id: String,
-    blobs: Arc<AzureBlobs>,
+    blobs: Arc<dyn CoordinationBlobs>,
     blob: BlobRef,
     dir: BlobRef,
     lease_id: String,

@@ -4,12 +4,13 @@
 
 use super::report::{CheckRow, Operation, Outcome};
 use super::schedule_limits::managed_limits_note;
-use crate::config::{Config, DiskConfig};
+use crate::config::DiskConfig;
+use crate::service::clients::Cloud;
 use chrono::Utc;
 
 /// A managed disk's type, read from ARM: a type snapback refuses fails here, naming it and
 /// why, before any cycle tries (nothing is written). None for a page blob.
-pub(super) async fn managed_disk_type(config: &Config, disk: &DiskConfig) -> Option<CheckRow> {
+pub(super) async fn managed_disk_type(cloud: &Cloud, disk: &DiskConfig) -> Option<CheckRow> {
     let crate::config::DiskSource::Managed { disk: id, .. } = &disk.source else {
         return None;
     };
@@ -21,16 +22,16 @@ pub(super) async fn managed_disk_type(config: &Config, disk: &DiskConfig) -> Opt
         cause,
         missing: missing.to_string(),
     };
-    let Some(azure) = &config.azure else {
+    let Some(arm) = &cloud.arm else {
         return Some(row(
             Outcome::Fail,
             "a managed disk needs an [azure] table".into(),
             "[azure]",
         ));
     };
-    let arm = match crate::arm::ArmClient::from_config(azure, crate::arm::ArmOptions::default()) {
+    let arm = match arm {
         Ok(a) => a,
-        Err(e) => return Some(row(Outcome::Fail, e.to_string(), "[azure] credential")),
+        Err(e) => return Some(row(Outcome::Fail, e.clone(), "[azure] credential")),
     };
     Some(match arm.get_disk(id).await {
         Ok(d) => match crate::source::managed_disk::props::admit(&d) {
@@ -48,7 +49,7 @@ pub(super) async fn managed_disk_type(config: &Config, disk: &DiskConfig) -> Opt
 /// A managed disk: its export settings, read with one `GET` of the disk (issue 17, item 4).
 /// Its other ARM permissions are not exercised (docs/managed-disks.md, "Permissions"), so
 /// the last row stays skipped and `check` of a managed disk exits 1.
-pub(super) async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
+pub(super) async fn check_managed(cloud: &Cloud, disk: &DiskConfig) -> Vec<CheckRow> {
     let row = |operation, outcome, cause: String, missing: String| CheckRow {
         disk: disk.name.clone(),
         operation,
@@ -73,7 +74,7 @@ pub(super) async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<Che
     else {
         return vec![not_checked()];
     };
-    let Some(azure) = &config.azure else {
+    let Some(arm) = &cloud.arm else {
         return vec![row(
             Operation::ManagedExport,
             Outcome::Fail,
@@ -81,12 +82,9 @@ pub(super) async fn check_managed(config: &Config, disk: &DiskConfig) -> Vec<Che
             "add [azure] with a credential (docs/managed-disks.md)".into(),
         )];
     };
-    let arm = crate::arm::ArmClient::from_config(azure, Default::default());
-    let disk_read = match &arm {
+    let disk_read = match arm {
         Ok(arm) => arm.get_disk(id).await,
-        Err(e) => Err(crate::arm::ArmError::Credential {
-            reason: e.to_string(),
-        }),
+        Err(e) => Err(crate::arm::ArmError::Credential { reason: e.clone() }),
     };
     let mut rows = Vec::new();
     match disk_read {

@@ -25,7 +25,7 @@ mod schedule_limits;
 pub use report::{all_passed, render, CheckRow, Operation, Outcome};
 pub use schedule_limits::{managed_limits_note, premium_schedule_warning};
 
-use crate::azure::AzureBlobs;
+use super::clients::Clients;
 use crate::config::{AccountConfig, Config, DiskConfig};
 use crate::storage::{BlobError, BlobRef};
 use remedy::missing_for;
@@ -34,21 +34,26 @@ use remedy::missing_for;
 pub const TAG_CHECK: &str = "snapback_check";
 
 /// Checks each disk in turn (one at a time: a check is a handful of small requests).
-pub async fn check(config: &Config, disks: &[DiskConfig]) -> Vec<CheckRow> {
-    let blobs = AzureBlobs::new(config.accounts.values());
+/// The clients come from the composition root ([`Clients::for_check`]).
+pub async fn check(config: &Config, clients: &Clients, disks: &[DiskConfig]) -> Vec<CheckRow> {
     let mut rows = Vec::new();
     for disk in disks {
-        rows.extend(managed::managed_disk_type(config, disk).await);
-        rows.extend(check_disk(&blobs, config, disk).await);
+        rows.extend(managed::managed_disk_type(&clients.cloud, disk).await);
+        rows.extend(check_disk(clients, config, disk).await);
     }
     rows
 }
 
-/// One disk's check: a managed disk's ARM reads, or a page blob's scratch round trip.
-async fn check_disk(blobs: &AzureBlobs, config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
+/// One disk's check: a managed disk's ARM reads, or a page blob's scratch round trip. The
+/// concrete `AzureBlobs` (not the `PageBlobs` trait): the preflight asks Azure-specific
+/// questions the trait has no words for (the account's SKU, a lease taken and released on a
+/// scratch blob, whether a container exists, deleting it).
+async fn check_disk(clients: &Clients, config: &Config, disk: &DiskConfig) -> Vec<CheckRow> {
     match disk.blob_source().cloned() {
-        Some(source) => page_blob::check_page_blob(blobs, config, disk, source).await,
-        None => managed::check_managed(config, disk).await,
+        Some(source) => {
+            page_blob::check_page_blob(clients.storage.as_ref(), config, disk, source).await
+        }
+        None => managed::check_managed(&clients.cloud, disk).await,
     }
 }
 
