@@ -994,9 +994,20 @@ async fn an_operator_failure_alerts_and_backs_off_while_a_503_burst_is_retried_s
         lines(),
         d.stderr()
     );
-    let st = daemon_status(&socket).await.expect("status");
-    let locked = disk(&st, "locked");
-    assert!(locked.needs_operator && locked.failures == 2, "{locked:?}");
+    // The hook reports the failure before the supervisor has taken the result in: wait for
+    // `status` to show it too.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let locked = loop {
+        let st = daemon_status(&socket).await.map(|st| disk(&st, "locked"));
+        match st {
+            Some(l) if l.failures == 2 && !l.running => break l,
+            _ if Instant::now() > deadline => {
+                panic!("status never showed the retry:\n{}", d.stderr())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert!(locked.needs_operator, "{locked:?}");
     let wait = next_attempt(&locked, hup);
     assert!(
         wait > chrono::TimeDelta::minutes(4)

@@ -1,3 +1,7 @@
+//! The config contract's tests: one per rule of the file (every field's type, range and
+//! spelling hints, every cross-field check, every error's file:line), which is why this file
+//! is longer than 700 lines — a test table, not code to split.
+
 use super::reader::{closest, edit_distance};
 use super::*;
 

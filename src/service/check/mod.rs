@@ -11,10 +11,10 @@
 //! A failure names its cause and what is missing in terms an operator can act on: the role to
 //! assign to a managed identity, the letter a SAS lacks, or the key that is refused.
 //!
-//! Rows per concern: the report's vocabulary and its table ([`report`]), what a refusal asks
-//! the operator to grant ([`remedy`]), schedules against Azure's snapshot limits
-//! ([`schedule_limits`]), a page-blob disk's scratch round trip ([`page_blob`]) and a managed
-//! disk's ARM reads ([`managed`]). This file runs them per disk and records their rows.
+//! Rows per concern: the report's vocabulary and its table (`report`), what a refusal asks
+//! the operator to grant (`remedy`), schedules against Azure's snapshot limits
+//! (`schedule_limits`), a page-blob disk's scratch round trip (`page_blob`) and a managed
+//! disk's ARM reads (`managed`). This file runs them per disk and records their rows.
 
 mod managed;
 mod page_blob;
