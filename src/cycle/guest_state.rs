@@ -22,7 +22,7 @@
 
 use super::runner::Runner;
 use crate::config::CopyMode;
-use crate::model::pages::{crc64_digest, ByteRange, MAX_PUT_BYTES};
+use crate::model::pages::{crc64_digest, segments, ByteRange, MAX_PUT_BYTES};
 use crate::model::{tags, SnapshotId};
 use crate::source::{CopySource, GuestState, Source};
 use crate::storage::{
@@ -38,12 +38,9 @@ pub fn copy_blob(backup: &BlobRef, g: &GuestState) -> BlobRef {
     )
 }
 
-/// The 4 MiB pieces of a blob of `size` bytes.
+/// The 4 MiB pieces of a blob of `size` bytes (one Put Page each).
 pub fn chunks(size: u64) -> impl Iterator<Item = ByteRange> {
-    (0..size.div_ceil(MAX_PUT_BYTES)).map(move |i| {
-        let start = i * MAX_PUT_BYTES;
-        ByteRange::new(start, (start + MAX_PUT_BYTES).min(size))
-    })
+    segments(ByteRange::new(0, size), MAX_PUT_BYTES)
 }
 
 impl Runner<'_> {

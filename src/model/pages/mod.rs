@@ -5,7 +5,7 @@
 //!
 //! This file holds the geometry (pages, byte ranges, diff items, the requests they become,
 //! checksums); beside it by concept: a diff coalesced into the fewest writes
-//! (`coalesce`(mod@coalesce)), those writes grouped under ranged reads over segments
+//! (`coalesce`), those writes grouped under ranged reads over segments
 //! (`read_plan`), and a listing checked before it is used (`listing`).
 
 mod coalesce;
