@@ -229,21 +229,7 @@ impl World {
 
     /// Nothing left behind: one snapshot resource of the disk, no active SAS anywhere.
     async fn assert_clean(&self, ctx: &str) -> String {
-        let state = self.emu.control_get("/__emulator/state").await;
-        let snaps: Vec<&serde_json::Value> =
-            state["snapshots"].as_array().unwrap().iter().collect();
-        assert_eq!(
-            snaps.len(),
-            1,
-            "{ctx}: one snapshot resource left: {snaps:?}"
-        );
-        assert_eq!(
-            state["activeAccess"].as_array().unwrap().len(),
-            0,
-            "{ctx}: no SAS left granted: {}",
-            state["activeAccess"]
-        );
-        let id = snaps[0]["id"].as_str().unwrap().to_string();
+        let id = self.emu.assert_clean(ctx).await;
         assert!(
             id.contains(
                 "/resourceGroups/rg-snapshots/providers/Microsoft.Compute/snapshots/vm01-data-sb-"

@@ -143,23 +143,6 @@ impl Tl {
             &target,
         ])
     }
-
-    /// No snapshot resource but the newest cycle's, and no SAS left granted.
-    async fn assert_clean(&self, ctx: &str) {
-        let state = self.emu.control_get("/__emulator/state").await;
-        assert_eq!(
-            state["snapshots"].as_array().unwrap().len(),
-            1,
-            "{ctx}: {}",
-            state["snapshots"]
-        );
-        assert_eq!(
-            state["activeAccess"].as_array().unwrap().len(),
-            0,
-            "{ctx}: {}",
-            state["activeAccess"]
-        );
-    }
 }
 
 fn text(o: &Output) -> String {
@@ -198,7 +181,7 @@ async fn restore_points_restore_the_disk_and_its_guest_state() {
         w.change(&mut rng).await;
         want.push(w.now().await);
         w.backup_ok(&format!("cycle {cycle}"));
-        w.assert_clean(&format!("cycle {cycle}")).await;
+        w.emu.assert_clean(&format!("cycle {cycle}")).await;
     }
     assert_ne!(
         want[0].1, want[1].1,
@@ -238,7 +221,7 @@ async fn restore_points_restore_the_disk_and_its_guest_state() {
             "UploadPreparedSecure"
         );
     }
-    w.assert_clean("after the restores").await;
+    w.emu.assert_clean("after the restores").await;
 
     // To a page blob: the disk, and the guest state beside it.
     let (newest, meta) = points.last().unwrap().clone();
@@ -336,7 +319,7 @@ async fn guest_state_copies_survive_sigkill_and_go_with_pruned_points() {
         cmd.env(var, value);
         kill_at_failpoint(cmd, &ctx);
         w.backup_ok(&format!("resume after {ctx}"));
-        w.assert_clean(&ctx).await;
+        w.emu.assert_clean(&ctx).await;
         let after = w.points().await;
         assert_eq!(after.len(), 1, "{ctx}: the older point was pruned");
         let copy = w.copy_of(&after[0].1);

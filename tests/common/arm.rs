@@ -171,6 +171,28 @@ impl ArmEmulator {
             .expect("end access to the disk");
     }
 
+    /// Asserts what a finished cycle leaves on the emulator: one snapshot resource (the
+    /// newest cycle's `S(n)`) and no SAS granted. Returns that snapshot's resource id.
+    pub async fn assert_clean(&self, ctx: &str) -> String {
+        let state = self.control_get("/__emulator/state").await;
+        let snaps = state["snapshots"].as_array().expect("snapshots");
+        assert_eq!(
+            snaps.len(),
+            1,
+            "{ctx}: one snapshot resource left: {snaps:?}"
+        );
+        assert_eq!(
+            state["activeAccess"]
+                .as_array()
+                .expect("activeAccess")
+                .len(),
+            0,
+            "{ctx}: no SAS left granted: {}",
+            state["activeAccess"]
+        );
+        snaps[0]["id"].as_str().expect("snapshot id").to_string()
+    }
+
     /// Lets a `snapback` process reach this emulator as a config from
     /// [`Self::disk_section`] asks: the emulator's test certificate trusted
     /// (rustls-platform-verifier reads SSL_CERT_FILE on Linux) and the client secret set.

@@ -167,6 +167,17 @@ mod tests {
         }
     }
 
+    /// ARM's refusal of a snapshot PUT (409 `OperationNotAllowed` on `S`), decided with
+    /// `listing` as the disk's snapshots.
+    fn refused(listing: &[Snapshot], background_copy: bool) -> Option<ManagedLimit> {
+        on_create(
+            Some(409),
+            Some("OperationNotAllowed"),
+            "S",
+            &facts(listing, background_copy),
+        )
+    }
+
     #[test]
     fn only_a_409_with_the_limit_code_is_a_limit() {
         let f = facts(&[], false);
@@ -188,13 +199,7 @@ mod tests {
         {
             listing.push(snap(&format!("s{i}"), &format!("2026-12-07T{t}Z")));
         }
-        let l = on_create(
-            Some(409),
-            Some("OperationNotAllowed"),
-            "S",
-            &facts(&listing, false),
-        )
-        .expect("a limit");
+        let l = refused(&listing, false).expect("a limit");
         assert_eq!(l.kind, LimitKind::Rate { listed_recent: 7 });
         // 12:00:30 + 5 min = 12:05:30: 30 s from now.
         assert_eq!(l.wait, Some(Duration::from_secs(30)));
@@ -210,13 +215,7 @@ mod tests {
     #[test]
     fn a_rate_refusal_with_deleted_snapshots_waits_the_whole_window() {
         let listing = vec![snap("s1", "2026-12-07T12:04:00Z")];
-        let l = on_create(
-            Some(409),
-            Some("OperationNotAllowed"),
-            "S",
-            &facts(&listing, false),
-        )
-        .unwrap();
+        let l = refused(&listing, false).unwrap();
         assert_eq!(l.kind, LimitKind::Rate { listed_recent: 1 });
         assert_eq!(l.wait, Some(RATE_WINDOW));
     }
@@ -229,23 +228,11 @@ mod tests {
             s.properties.completion_percent = Some(40.0);
             listing.push(s);
         }
-        let l = on_create(
-            Some(409),
-            Some("OperationNotAllowed"),
-            "S",
-            &facts(&listing, true),
-        )
-        .unwrap();
+        let l = refused(&listing, true).unwrap();
         assert_eq!(l.kind, LimitKind::Pending { pending: 3 });
         assert_eq!(l.wait, Some(RECHECK));
         // The same listing on a disk that does not copy in the background: the rate.
-        let l = on_create(
-            Some(409),
-            Some("OperationNotAllowed"),
-            "S",
-            &facts(&listing, false),
-        )
-        .unwrap();
+        let l = refused(&listing, false).unwrap();
         assert!(matches!(l.kind, LimitKind::Rate { .. }));
     }
 
@@ -254,13 +241,7 @@ mod tests {
         let listing: Vec<Snapshot> = (0..500)
             .map(|i| snap(&format!("s{i}"), "2026-11-01T00:00:00Z"))
             .collect();
-        let l = on_create(
-            Some(409),
-            Some("OperationNotAllowed"),
-            "S",
-            &facts(&listing, false),
-        )
-        .unwrap();
+        let l = refused(&listing, false).unwrap();
         assert_eq!(l.kind, LimitKind::Count { listed: 500 });
         assert_eq!(l.wait, None);
         assert!(count_warning("d", 449).is_none());
